@@ -1,0 +1,1 @@
+int privsep_bench_placeholder(void);

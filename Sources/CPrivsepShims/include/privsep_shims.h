@@ -1,0 +1,121 @@
+/*
+ * privsep_shims.h: what Swift cannot import from C on Linux, as thin functions.
+ *
+ * Macros (CMSG_*, W*), raw syscalls without a usable libc wrapper, and a few
+ * constants that Glibc's module map hides or mistypes. No logic lives here:
+ * every function is one call or one expression. Return values follow the C
+ * convention (-1 and errno); the Swift side turns them into typed errors.
+ */
+#ifndef PRIVSEP_SHIMS_H
+#define PRIVSEP_SHIMS_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/openat2.h>
+
+#pragma clang assume_nonnull begin
+
+/* ---- constants ---- */
+
+static const int privsep_SOCK_SEQPACKET = SOCK_SEQPACKET;
+static const int privsep_SOCK_CLOEXEC = SOCK_CLOEXEC;
+static const int privsep_SOCK_NONBLOCK = SOCK_NONBLOCK;
+static const int privsep_MSG_NOSIGNAL = MSG_NOSIGNAL;
+static const int privsep_MSG_CMSG_CLOEXEC = MSG_CMSG_CLOEXEC;
+static const int privsep_MSG_DONTWAIT = MSG_DONTWAIT;
+static const int privsep_MSG_TRUNC = MSG_TRUNC;
+static const int privsep_MSG_CTRUNC = MSG_CTRUNC;
+static const int privsep_MSG_EOR = MSG_EOR;
+static const int privsep_SCM_RIGHTS = SCM_RIGHTS;
+static const int privsep_SCM_CREDENTIALS = 0x02; /* hidden without _GNU_SOURCE */
+/* Linux 6.5+; older uapi headers lack them. */
+static const int privsep_SO_PEERPIDFD = 77;
+static const int privsep_SCM_PIDFD = 0x04;
+/* The kernel's SCM_MAX_FD. */
+static const int privsep_SCM_MAX_FD = 253;
+
+/* struct ucred without _GNU_SOURCE: the same layout, for SO_PEERCRED. */
+struct privsep_peer_credentials {
+    int32_t pid;
+    uint32_t uid;
+    uint32_t gid;
+};
+
+/* ---- control messages ---- */
+
+static inline size_t privsep_cmsg_space(size_t data_length) { return CMSG_SPACE(data_length); }
+static inline size_t privsep_cmsg_len(size_t data_length) { return CMSG_LEN(data_length); }
+static inline struct cmsghdr *_Nullable privsep_cmsg_firsthdr(struct msghdr *message) {
+    return CMSG_FIRSTHDR(message);
+}
+static inline struct cmsghdr *_Nullable privsep_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *cmsg) {
+    return CMSG_NXTHDR(message, cmsg);
+}
+static inline unsigned char *privsep_cmsg_data(struct cmsghdr *cmsg) { return CMSG_DATA(cmsg); }
+
+/* ---- raw syscalls ---- */
+
+static inline int privsep_pidfd_open(pid_t pid, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+static inline int privsep_pidfd_send_signal(int pidfd, int sig, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, flags);
+}
+static inline int privsep_openat2(int dirfd, const char *path, struct open_how *how, size_t size) {
+    return (int)syscall(SYS_openat2, dirfd, path, how, size);
+}
+static inline int privsep_close_range(unsigned int first, unsigned int last, unsigned int flags) {
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+static inline long privsep_seccomp(unsigned int operation, unsigned int flags, void *_Nullable args) {
+    return syscall(SYS_seccomp, operation, flags, args);
+}
+static inline pid_t privsep_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+/* ---- spawn (GNU extensions the Glibc module does not export to Swift) ---- */
+
+/* Declared here because spawn.h, built as part of the Glibc module, hides them
+   without _GNU_SOURCE. Both exist since glibc 2.34. */
+extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *actions, int from);
+extern int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *actions, const char *path);
+
+static inline int privsep_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+static inline int privsep_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
+    return posix_spawn_file_actions_addchdir_np(actions, path);
+}
+#ifdef POSIX_SPAWN_SETSID
+static const short privsep_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
+#else
+static const short privsep_POSIX_SPAWN_SETSID = 0x80; /* glibc's value */
+#endif
+
+/* ---- wait status ---- */
+
+static inline int privsep_wifexited(int status) { return WIFEXITED(status); }
+static inline int privsep_wexitstatus(int status) { return WEXITSTATUS(status); }
+static inline int privsep_wifsignaled(int status) { return WIFSIGNALED(status); }
+static inline int privsep_wtermsig(int status) { return WTERMSIG(status); }
+
+/* ---- errno ---- */
+
+static inline int privsep_errno(void) { return errno; }
+static inline void privsep_set_errno(int value) { errno = value; }
+
+#pragma clang assume_nonnull end
+
+#endif /* PRIVSEP_SHIMS_H */

@@ -1,0 +1,329 @@
+import CPrivsepShims
+import Glibc
+public import SystemPackage
+
+/// One end of a connected AF_UNIX SOCK_SEQPACKET socket: the privsep channel.
+///
+/// SOCK_SEQPACKET rather than SOCK_STREAM because it keeps message boundaries
+/// (one `recvmsg` is one whole message, never a fragment, so there is no
+/// framing code to get wrong) and, unlike SOCK_DGRAM, it is connection-oriented:
+/// when the peer dies its end closes and a receive sees end-of-file.
+///
+/// The socket owns its descriptor and closes it exactly once. Every receive uses
+/// MSG_CMSG_CLOEXEC, so a received fd is never inherited by an `exec` that races
+/// with it; every send uses MSG_NOSIGNAL, so a dead peer is an error, never SIGPIPE.
+public struct SeqpacketSocket: ~Copyable, Sendable {
+    /// The most fds one message can carry (the kernel's SCM_MAX_FD).
+    public static let maximumFileDescriptorsPerMessage = 253
+
+    private let descriptor: OwnedFileDescriptor
+    /// Whether SO_PASSCRED is on, so each datagram brings its sender's credentials.
+    private var receivesSenderCredentials = false
+
+    /// Wraps a descriptor that is already a connected SOCK_SEQPACKET socket.
+    /// Use ``validated(_:)`` for a descriptor of unknown origin.
+    public init(_ descriptor: consuming OwnedFileDescriptor) {
+        self.descriptor = descriptor
+    }
+
+    /// Turns on SO_PASSCRED: from now on each received datagram carries the
+    /// credentials of the process that sent it, filled in by the kernel
+    /// (``ReceivedDatagram/senderCredentials``).
+    ///
+    /// This, not ``peerCredentials()``, identifies a spawned worker: SO_PEERCRED
+    /// on a `socketpair` names the process that created the pair (the supervisor),
+    /// whichever process the other end was later handed to.
+    public mutating func enableSenderCredentials() throws(Errno) {
+        var on: Int32 = 1
+        try system_setsockopt(descriptor.unsafeRawValue, SOL_SOCKET, SO_PASSCRED, &on).get()
+        receivesSenderCredentials = true
+    }
+
+    /// Wraps `descriptor` after checking that it is a connected AF_UNIX
+    /// SOCK_SEQPACKET socket; fails with ENOTSOCK, EPROTOTYPE, EAFNOSUPPORT or ENOTCONN.
+    public static func validated(_ descriptor: consuming OwnedFileDescriptor) throws(Errno) -> SeqpacketSocket {
+        let fd = descriptor.unsafeRawValue
+        var type: Int32 = 0
+        _ = try system_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type).get()
+        guard type == privsep_SOCK_SEQPACKET else { throw .protocolWrongTypeForSocket }
+        var domain: Int32 = 0
+        _ = try system_getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain).get()
+        guard domain == AF_UNIX else { throw .addressFamilyNotSupported }
+        // A connected pair has a peer; an unconnected socket reports ENOTCONN here.
+        var credentials = privsep_peer_credentials()
+        _ = try system_getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials).get()
+        guard credentials.pid > 0 else { throw .socketNotConnected }
+        return SeqpacketSocket(descriptor)
+    }
+
+    /// A connected pair, both ends close-on-exec.
+    /// The corresponding C call is `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)`.
+    public static func pair() throws(Errno) -> SeqpacketSocketPair {
+        let (a, b) = try system_socketpair(AF_UNIX, privsep_SOCK_SEQPACKET | privsep_SOCK_CLOEXEC, 0).get()
+        return SeqpacketSocketPair(first: SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: a)),
+                                   second: SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: b)))
+    }
+
+    /// The raw descriptor, for polling it. It stays owned by the socket.
+    public var unsafeRawValue: Int32 { descriptor.unsafeRawValue }
+
+    /// Borrows the underlying descriptor.
+    public func withFileDescriptor<R>(_ body: (borrowing OwnedFileDescriptor) throws -> R) rethrows -> R {
+        try body(descriptor)
+    }
+
+    /// Gives up the socket and returns its descriptor.
+    public consuming func intoFileDescriptor() -> OwnedFileDescriptor {
+        descriptor
+    }
+
+    // MARK: Sending
+
+    /// Sends one datagram carrying `bytes` and no fds.
+    public func send(_ bytes: UnsafeRawBufferPointer) throws(ChannelError) {
+        try sendRaw(bytes, fileDescriptors: UnsafeBufferPointer(start: nil, count: 0), flags: 0)
+    }
+
+    /// Sends one datagram carrying `bytes` and a duplicate of `fd` (the caller keeps its own).
+    public func send(_ bytes: UnsafeRawBufferPointer, passing fd: borrowing OwnedFileDescriptor) throws(ChannelError) {
+        var raw = fd.unsafeRawValue
+        try withUnsafePointer(to: &raw) { (pointer) throws(ChannelError) in
+            try sendRaw(bytes, fileDescriptors: UnsafeBufferPointer(start: pointer, count: 1), flags: 0)
+        }
+    }
+
+    /// Sends one datagram carrying `bytes` and duplicates of every fd in `fds`.
+    public func send(_ bytes: UnsafeRawBufferPointer, passing fds: borrowing OwnedFileDescriptors) throws(ChannelError) {
+        try unsafeSend(bytes, passingRawValues: fds.unsafeRawValues)
+    }
+
+    /// Sends `bytes` with fds named by raw number: the escape hatch for fds this
+    /// library does not own. Each must stay open until the call returns.
+    public func unsafeSend(_ bytes: UnsafeRawBufferPointer, passingRawValues fds: [Int32], flags: Int32 = 0) throws(ChannelError) {
+        let result = fds.withUnsafeBufferPointer { buffer in
+            Result { () throws(ChannelError) in try sendRaw(bytes, fileDescriptors: buffer, flags: flags) }
+        }
+        try result.get()
+    }
+
+    /// Sends with MSG_DONTWAIT: `.system(.resourceTemporarilyUnavailable)` instead of blocking.
+    public func sendNonBlocking(_ bytes: UnsafeRawBufferPointer) throws(ChannelError) {
+        try sendRaw(bytes, fileDescriptors: UnsafeBufferPointer(start: nil, count: 0), flags: privsep_MSG_DONTWAIT)
+    }
+
+    private func sendRaw(
+        _ bytes: UnsafeRawBufferPointer, fileDescriptors fds: UnsafeBufferPointer<Int32>, flags: Int32
+    ) throws(ChannelError) {
+        guard fds.count <= Self.maximumFileDescriptorsPerMessage else {
+            throw .tooManyFileDescriptorsToSend(fds.count)
+        }
+        let controlLength = fds.isEmpty ? 0 : privsep_cmsg_space(fds.count * MemoryLayout<Int32>.size)
+        let result: Result<Int, Errno> = withUnsafeTemporaryAllocation(
+            byteCount: max(controlLength, 1), alignment: MemoryLayout<cmsghdr>.alignment
+        ) { control in
+            var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+            return withUnsafeMutablePointer(to: &iov) { iovPointer in
+                var message = msghdr()
+                message.msg_iov = iovPointer
+                message.msg_iovlen = 1
+                if controlLength > 0 {
+                    control.initializeMemory(as: UInt8.self, repeating: 0)
+                    message.msg_control = control.baseAddress
+                    message.msg_controllen = controlLength
+                    let header = privsep_cmsg_firsthdr(&message)!
+                    header.pointee.cmsg_level = SOL_SOCKET
+                    header.pointee.cmsg_type = privsep_SCM_RIGHTS
+                    header.pointee.cmsg_len = privsep_cmsg_len(fds.count * MemoryLayout<Int32>.size)
+                    UnsafeMutableRawPointer(privsep_cmsg_data(header))
+                        .copyMemory(from: fds.baseAddress!, byteCount: fds.count * MemoryLayout<Int32>.size)
+                }
+                return system_sendmsg(descriptor.unsafeRawValue, &message, privsep_MSG_NOSIGNAL | flags)
+            }
+        }
+        switch result {
+        case .success(let sent):
+            // SOCK_SEQPACKET sends are atomic: all or EMSGSIZE.
+            precondition(sent == bytes.count, "short seqpacket send: \(sent) of \(bytes.count)")
+        case .failure(.brokenPipe), .failure(.connectionReset):
+            throw .peerClosed
+        case .failure(let errno):
+            throw .system(errno)
+        }
+    }
+
+    // MARK: Receiving
+
+    /// Receives one datagram into `buffer`, accepting at most `maximumFileDescriptors` fds.
+    ///
+    /// Fails, with every fd that arrived already closed, if the datagram did not
+    /// fit (MSG_TRUNC), ancillary data was cut (MSG_CTRUNC), more fds than allowed
+    /// arrived, or a control message other than SCM_RIGHTS came with it. The
+    /// control buffer is sized for `maximumFileDescriptors`, so a peer that sends
+    /// more cannot make this process install them. End-of-file is ``ChannelError/peerClosed``.
+    public func receive(
+        into buffer: UnsafeMutableRawBufferPointer,
+        maximumFileDescriptors: Int,
+        nonBlocking: Bool = false
+    ) throws(ChannelError) -> ReceivedDatagram {
+        precondition((0...Self.maximumFileDescriptorsPerMessage).contains(maximumFileDescriptors),
+                     "maximumFileDescriptors must be 0...253")
+        // Sized exactly: fds beyond the limit are never installed in this process.
+        // SCM_CREDENTIALS, when enabled, comes first in the control buffer.
+        let credentialsLength = receivesSenderCredentials ? privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size) : 0
+        let controlLength = credentialsLength + (maximumFileDescriptors == 0
+            ? 0 : privsep_cmsg_space(maximumFileDescriptors * MemoryLayout<Int32>.size))
+        let flags = privsep_MSG_CMSG_CLOEXEC | (nonBlocking ? privsep_MSG_DONTWAIT : 0)
+        return try withUnsafeTemporaryAllocation(
+            byteCount: max(controlLength, 1), alignment: MemoryLayout<cmsghdr>.alignment
+        ) { (control) throws(ChannelError) -> ReceivedDatagram in
+            var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+            var message = msghdr()
+            let received: Result<Int, Errno> = withUnsafeMutablePointer(to: &iov) { iovPointer in
+                message.msg_iov = iovPointer
+                message.msg_iovlen = 1
+                message.msg_control = controlLength > 0 ? control.baseAddress : nil
+                message.msg_controllen = controlLength
+                return system_recvmsg(descriptor.unsafeRawValue, &message, flags)
+            }
+            let byteCount: Int
+            switch received {
+            case .success(let count): byteCount = count
+            case .failure(.connectionReset): throw .peerClosed
+            case .failure(let errno): throw .system(errno)
+            }
+            // Take ownership of every fd the kernel installed before judging the datagram,
+            // so each failure below closes them.
+            var fds = OwnedFileDescriptors()
+            var unexpected: (level: Int32, type: Int32)? = nil
+            var sender: PeerCredentials? = nil
+            if message.msg_controllen > 0, var header = privsep_cmsg_firsthdr(&message) {
+                while true {
+                    let dataLength = Int(header.pointee.cmsg_len) - privsep_cmsg_len(0)
+                    let level = header.pointee.cmsg_level, type = header.pointee.cmsg_type
+                    let data = UnsafeRawPointer(privsep_cmsg_data(header))
+                    let isRights = level == SOL_SOCKET && type == privsep_SCM_RIGHTS
+                    // SCM_PIDFD carries an fd too: own it so it is closed, then report it as unexpected.
+                    if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
+                        for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
+                            let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
+                            if fd >= 0 { fds.append(OwnedFileDescriptor(adoptingRawValue: fd)) }
+                        }
+                    } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
+                                && dataLength >= MemoryLayout<privsep_peer_credentials>.size {
+                        let credentials = data.loadUnaligned(as: privsep_peer_credentials.self)
+                        sender = PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
+                    } else if unexpected == nil {
+                        unexpected = (level, type)
+                    }
+                    guard let next = privsep_cmsg_nxthdr(&message, header) else { break }
+                    header = next
+                }
+            }
+            if message.msg_flags & privsep_MSG_CTRUNC != 0 {
+                throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)
+            }
+            if message.msg_flags & privsep_MSG_TRUNC != 0 { throw .messageTruncated(capacity: buffer.count) }
+            if let unexpected { throw .unexpectedControlMessage(level: unexpected.level, type: unexpected.type) }
+            if fds.count > maximumFileDescriptors {
+                throw .tooManyFileDescriptors(received: fds.count, limit: maximumFileDescriptors)
+            }
+            if byteCount == 0 && fds.isEmpty { throw .peerClosed }
+            return ReceivedDatagram(byteCount: byteCount, fileDescriptors: fds, flags: message.msg_flags,
+                                    senderCredentials: sender)
+        }
+    }
+
+    /// Receives one datagram of at most `maximumBytes` bytes as an array.
+    public func receive(maximumBytes: Int, maximumFileDescriptors: Int) throws(ChannelError) -> ReceivedBytes {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumBytes, alignment: 8)
+        defer { buffer.deallocate() }
+        let datagram = try receive(into: buffer, maximumFileDescriptors: maximumFileDescriptors)
+        return ReceivedBytes(bytes: Array(buffer[..<datagram.byteCount]),
+                             fileDescriptors: datagram.fileDescriptors, flags: datagram.flags,
+                             senderCredentials: datagram.senderCredentials)
+    }
+
+    // MARK: Socket state
+
+    /// Sets or clears O_NONBLOCK on the socket. In non-blocking mode a send or
+    /// receive that would wait fails with `.system(.resourceTemporarilyUnavailable)`.
+    public func setNonBlocking(_ enabled: Bool) throws(Errno) {
+        let flags = try system_fcntl(descriptor.unsafeRawValue, F_GETFL).get()
+        let wanted = enabled ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        if wanted != flags { _ = try system_fcntl(descriptor.unsafeRawValue, F_SETFL, wanted).get() }
+    }
+
+    /// Whether O_NONBLOCK is set.
+    public func isNonBlocking() throws(Errno) -> Bool {
+        (try system_fcntl(descriptor.unsafeRawValue, F_GETFL).get() & O_NONBLOCK) != 0
+    }
+
+    /// Which directions ``shutdown(_:)`` closes.
+    public enum ShutdownDirection: Sendable {
+        case reading, writing, both
+    }
+
+    /// Shuts down one or both directions; the peer sees end-of-file when writing is shut.
+    public func shutdown(_ direction: ShutdownDirection) throws(Errno) {
+        let how: Int32 = switch direction {
+        case .reading: Int32(SHUT_RD)
+        case .writing: Int32(SHUT_WR)
+        case .both: Int32(SHUT_RDWR)
+        }
+        try system_shutdown(descriptor.unsafeRawValue, how).get()
+    }
+
+    /// The credentials of the process that created the peer's end, captured by
+    /// the kernel at `socketpair`/`connect` time (SO_PEERCRED). For a socketpair
+    /// that is the process that called `socketpair`, on both ends; use
+    /// ``enableSenderCredentials()`` to learn which process sends.
+    public func peerCredentials() throws(Errno) -> PeerCredentials {
+        var credentials = privsep_peer_credentials()
+        _ = try system_getsockopt(descriptor.unsafeRawValue, SOL_SOCKET, SO_PEERCRED, &credentials).get()
+        return PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
+    }
+
+    /// A pidfd for the peer process (SO_PEERPIDFD, Linux 6.5 and later; the same
+    /// process ``peerCredentials()`` names), which
+    /// unlike a pid cannot come to name another process after the peer exits.
+    /// Fails with ENOPROTOOPT on older kernels.
+    public func peerProcessDescriptor() throws(Errno) -> OwnedFileDescriptor {
+        var fd: Int32 = -1
+        _ = try system_getsockopt(descriptor.unsafeRawValue, SOL_SOCKET, privsep_SO_PEERPIDFD, &fd).get()
+        return OwnedFileDescriptor(adoptingRawValue: fd)
+    }
+}
+
+/// One received datagram: how many bytes landed in the buffer, and the fds it carried.
+public struct ReceivedDatagram: ~Copyable, Sendable {
+    /// Bytes written to the receive buffer.
+    public var byteCount: Int
+    /// The fds that arrived, owned; any left unclaimed close with this value.
+    public var fileDescriptors: OwnedFileDescriptors
+    /// The `msg_flags` recvmsg returned (MSG_EOR and so on; never MSG_TRUNC or MSG_CTRUNC).
+    public var flags: Int32
+    /// Who sent the datagram, as the kernel saw it; only after ``SeqpacketSocket/enableSenderCredentials()``.
+    public var senderCredentials: PeerCredentials?
+}
+
+/// One received datagram as an array of its bytes, with the fds it carried.
+public struct ReceivedBytes: ~Copyable, Sendable {
+    public var bytes: [UInt8]
+    /// The fds that arrived, owned; any left unclaimed close with this value.
+    public var fileDescriptors: OwnedFileDescriptors
+    public var flags: Int32
+    public var senderCredentials: PeerCredentials?
+}
+
+/// Both ends of a new connected pair; take them apart with `let a = pair.first`.
+public struct SeqpacketSocketPair: ~Copyable, Sendable {
+    public var first: SeqpacketSocket
+    public var second: SeqpacketSocket
+}
+
+/// The identity of the process on the other end of a socket.
+public struct PeerCredentials: Sendable, Equatable {
+    public var processID: Int32
+    public var userID: UInt32
+    public var groupID: UInt32
+}

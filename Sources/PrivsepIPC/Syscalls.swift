@@ -1,0 +1,77 @@
+// Every raw system call PrivsepIPC makes goes through this file. Each wrapper
+// returns `Result<_, Errno>` and retries EINTR where retrying is correct, so
+// the EINTR policy lives in one place.
+
+import CPrivsepShims
+import Glibc
+import SystemPackage
+
+@inline(never)
+internal func currentErrno() -> Errno {
+    Errno(rawValue: privsep_errno())
+}
+
+/// Runs `body` until it returns something other than -1/EINTR.
+@inline(__always)
+internal func retryingOnInterrupt<T: FixedWidthInteger>(_ body: () -> T) -> Result<T, Errno> {
+    while true {
+        let result = body()
+        if result != -1 { return .success(result) }
+        let error = currentErrno()
+        if error != .interrupted { return .failure(error) }
+    }
+}
+
+/// close(2). Never retried: on Linux the fd is released even when close reports EINTR,
+/// and retrying could close a descriptor another thread has just been given.
+internal func system_close(_ fd: Int32) -> Result<Void, Errno> {
+    Glibc.close(fd) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+internal func system_socketpair(_ domain: Int32, _ type: Int32, _ proto: Int32) -> Result<(Int32, Int32), Errno> {
+    var fds: (Int32, Int32) = (-1, -1)
+    let rc = withUnsafeMutablePointer(to: &fds) {
+        $0.withMemoryRebound(to: Int32.self, capacity: 2) { Glibc.socketpair(domain, type, proto, $0) }
+    }
+    return rc == 0 ? .success(fds) : .failure(currentErrno())
+}
+
+internal func system_sendmsg(_ fd: Int32, _ message: UnsafePointer<msghdr>, _ flags: Int32) -> Result<Int, Errno> {
+    retryingOnInterrupt { Glibc.sendmsg(fd, message, flags) }
+}
+
+internal func system_recvmsg(_ fd: Int32, _ message: UnsafeMutablePointer<msghdr>, _ flags: Int32) -> Result<Int, Errno> {
+    retryingOnInterrupt { Glibc.recvmsg(fd, message, flags) }
+}
+
+internal func system_fcntl(_ fd: Int32, _ command: Int32) -> Result<Int32, Errno> {
+    retryingOnInterrupt { Glibc.fcntl(fd, command) }
+}
+
+internal func system_fcntl(_ fd: Int32, _ command: Int32, _ argument: Int32) -> Result<Int32, Errno> {
+    retryingOnInterrupt { Glibc.fcntl(fd, command, argument) }
+}
+
+internal func system_shutdown(_ fd: Int32, _ how: Int32) -> Result<Void, Errno> {
+    Glibc.shutdown(fd, how) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+internal func system_getsockopt<Value>(
+    _ fd: Int32, _ level: Int32, _ option: Int32, _ value: inout Value
+) -> Result<Int, Errno> {
+    var length = socklen_t(MemoryLayout<Value>.size)
+    let rc = withUnsafeMutableBytes(of: &value) { Glibc.getsockopt(fd, level, option, $0.baseAddress, &length) }
+    return rc == 0 ? .success(Int(length)) : .failure(currentErrno())
+}
+
+internal func system_fstat(_ fd: Int32) -> Result<stat, Errno> {
+    var info = stat()
+    return Glibc.fstat(fd, &info) == 0 ? .success(info) : .failure(currentErrno())
+}
+
+internal func system_setsockopt<Value>(
+    _ fd: Int32, _ level: Int32, _ option: Int32, _ value: inout Value
+) -> Result<Void, Errno> {
+    let rc = withUnsafeBytes(of: &value) { Glibc.setsockopt(fd, level, option, $0.baseAddress, socklen_t($0.count)) }
+    return rc == 0 ? .success(()) : .failure(currentErrno())
+}

@@ -1,0 +1,307 @@
+import Glibc
+import SystemPackage
+
+/// Encodes and decodes protocol messages.
+///
+/// ``decode(_:fileDescriptorCount:)`` is a pure function from the bytes and the
+/// number of fds that arrived to a message or a precise ``ProtocolError``. It
+/// never trusts a length field (each is checked against the datagram's real
+/// size first) and never allocates more than the datagram already holds.
+/// ``encode(_:)`` enforces the same rules, so this library cannot produce a
+/// message its own decoder would reject.
+public enum WireCodec {
+    // MARK: Decoding
+
+    /// Decodes one datagram that arrived with `fileDescriptorCount` fds.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> Envelope {
+        guard bytes.count >= WireFormat.headerSize else { throw .truncatedHeader(byteCount: bytes.count) }
+        guard bytes.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: bytes.count) }
+        var reader = Reader(bytes)
+        let magic = reader.u16(at: WireFormat.magicOffset)
+        guard magic == WireFormat.magic else { throw .badMagic(magic) }
+        let version = reader.u16(at: WireFormat.versionOffset)
+        guard version == WireFormat.version else { throw .unsupportedVersion(version) }
+        let rawType = reader.u16(at: WireFormat.typeOffset)
+        guard let type = MessageType(rawValue: rawType) else { throw .unknownType(rawType) }
+        guard reader.u16(at: WireFormat.flagsOffset) == 0 else { throw .nonZeroReserved(field: "header.flags") }
+        let declaredLength = reader.u32(at: WireFormat.lengthOffset)
+        let payloadSize = bytes.count - WireFormat.headerSize
+        guard Int(declaredLength) == payloadSize else {
+            throw .lengthMismatch(declared: declaredLength, actual: payloadSize)
+        }
+        guard reader.u32(at: WireFormat.reservedOffset) == 0 else { throw .nonZeroReserved(field: "header.reserved") }
+        let requestID = reader.u64(at: WireFormat.requestIDOffset)
+
+        reader.base = WireFormat.headerSize
+        let fixed = type.fixedPayloadSize
+        if type.hasTrailingString {
+            guard payloadSize >= fixed else { throw .wrongPayloadSize(type, expected: fixed, actual: payloadSize) }
+        } else {
+            guard payloadSize == fixed else { throw .wrongPayloadSize(type, expected: fixed, actual: payloadSize) }
+        }
+        let tail = UnsafeRawBufferPointer(rebasing: bytes[(WireFormat.headerSize + fixed)...])
+        let message = try decodePayload(type, reader, tail: tail)
+        let expectedFDs = message.fileDescriptorCount
+        guard fileDescriptorCount == expectedFDs else {
+            throw .wrongFileDescriptorCount(type, expected: expectedFDs, actual: fileDescriptorCount)
+        }
+        return Envelope(requestID: requestID, message)
+    }
+
+    /// Decodes a datagram held in an array.
+    public static func decode(_ bytes: [UInt8], fileDescriptorCount: Int) throws(ProtocolError) -> Envelope {
+        let result = bytes.withUnsafeBytes { buffer in
+            Result { () throws(ProtocolError) in try decode(buffer, fileDescriptorCount: fileDescriptorCount) }
+        }
+        return try result.get()
+    }
+
+    private static func decodePayload(_ type: MessageType, _ r: Reader, tail: UnsafeRawBufferPointer) throws(ProtocolError) -> Message {
+        switch type {
+        case .hello:
+            guard r.u32(at: 4) == 0 else { throw .nonZeroReserved(field: "hello.flags") }
+            return .hello(Hello(processID: try positivePID(r.u32(at: 0), field: "hello.pid")))
+        case .welcome:
+            guard r.u32(at: 4) == 0 else { throw .nonZeroReserved(field: "welcome.reserved") }
+            return .welcome(Welcome(supervisorProcessID: try positivePID(r.u32(at: 0), field: "welcome.supervisor_pid"),
+                                    workerID: r.u64(at: 8)))
+        case .open:
+            let path = try decodeString(tail, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
+            return .open(OpenRequest(path: path, flags: Int32(bitPattern: r.u32(at: 0)), mode: r.u32(at: 4)))
+        case .socket:
+            guard r.u32(at: 12) == 0 else { throw .nonZeroReserved(field: "socket.reserved") }
+            return .socket(SocketRequest(domain: r.i32(at: 0), type: r.i32(at: 4), protocol: r.i32(at: 8)))
+        case .connect, .bind:
+            let request = AddressRequest(type: r.i32(at: 0), protocol: r.i32(at: 4),
+                                         address: try decodeAddress(r, at: 8, tail: tail, type: type))
+            return type == .connect ? .connect(request) : .bind(request)
+        case .reply:
+            let error = r.i32(at: 0)
+            let count = r.u32(at: 4)
+            guard (0...WireFormat.maximumErrno).contains(error) else {
+                throw .invalidValue(field: "reply.error", value: Int64(error))
+            }
+            guard count <= UInt32(WireFormat.maximumFileDescriptors) else {
+                throw .invalidValue(field: "reply.fd_count", value: Int64(count))
+            }
+            if error != 0 {
+                guard count == 0 else { throw .invalidValue(field: "reply.fd_count", value: Int64(count)) }
+                return .reply(.failure(Errno(rawValue: error)))
+            }
+            return .reply(.success(fileDescriptorCount: Int(count)))
+        case .violation:
+            let arguments = (0..<6).map { r.u64(at: 16 + 8 * $0) }
+            return .violation(Violation(syscallNumber: r.i32(at: 0), architecture: r.u32(at: 4),
+                                        instructionPointer: r.u64(at: 8), arguments: arguments))
+        case .log:
+            guard r.u32(at: 4) == 0 else { throw .nonZeroReserved(field: "log.reserved") }
+            let rawLevel = r.u32(at: 0)
+            guard let level = LogLine.Level(rawValue: rawLevel) else {
+                throw .invalidValue(field: "log.level", value: Int64(rawLevel))
+            }
+            let text = try decodeString(tail, field: "log.message", maximum: WireFormat.maximumLogLength, allowEmpty: true)
+            return .log(LogLine(level: level, message: text))
+        case .sandboxStatus:
+            guard r.u32(at: 12) == 0 else { throw .nonZeroReserved(field: "sandbox_status.reserved") }
+            let requested = r.u32(at: 0), active = r.u32(at: 4)
+            guard requested & ~SandboxLayers.known.rawValue == 0 else {
+                throw .invalidValue(field: "sandbox_status.requested", value: Int64(requested))
+            }
+            guard active & ~SandboxLayers.known.rawValue == 0 else {
+                throw .invalidValue(field: "sandbox_status.active", value: Int64(active))
+            }
+            return .sandboxStatus(SandboxStatus(requested: SandboxLayers(rawValue: requested),
+                                                active: SandboxLayers(rawValue: active), landlockABI: r.u32(at: 8)))
+        }
+    }
+
+    private static func positivePID(_ raw: UInt32, field: String) throws(ProtocolError) -> Int32 {
+        guard raw > 0, raw <= UInt32(Int32.max) else { throw .invalidValue(field: field, value: Int64(raw)) }
+        return Int32(raw)
+    }
+
+    private static func decodeAddress(
+        _ r: Reader, at offset: Int, tail: UnsafeRawBufferPointer, type: MessageType
+    ) throws(ProtocolError) -> SocketAddress {
+        let prefix = type == .connect ? "connect" : "bind"
+        let family = Int32(r.u16(at: offset))
+        let port = r.u16(at: offset + 2)
+        let scope = r.u32(at: offset + 4)
+        let high = r.bigEndianU64(at: offset + 8), low = r.bigEndianU64(at: offset + 16)
+        switch family {
+        case AF_INET:
+            guard tail.isEmpty else { throw .unexpectedString(field: "\(prefix).address") }
+            guard scope == 0 else { throw .nonZeroReserved(field: "\(prefix).address.scope_id") }
+            guard high & 0xffff_ffff == 0, low == 0 else { throw .nonZeroReserved(field: "\(prefix).address.addr[4...15]") }
+            return .ipv4(IPv4Address(UInt32(high >> 32)), port: port)
+        case AF_INET6:
+            guard tail.isEmpty else { throw .unexpectedString(field: "\(prefix).address") }
+            return .ipv6(IPv6Address(UInt128(high) << 64 | UInt128(low)), port: port, scopeID: scope)
+        case AF_UNIX:
+            guard port == 0 else { throw .nonZeroReserved(field: "\(prefix).address.port") }
+            guard scope == 0 else { throw .nonZeroReserved(field: "\(prefix).address.scope_id") }
+            guard high == 0, low == 0 else { throw .nonZeroReserved(field: "\(prefix).address.addr") }
+            let path = try decodeString(tail, field: "\(prefix).path", maximum: WireFormat.maximumUnixPathLength, allowEmpty: false)
+            return .unix(path: path)
+        default:
+            throw .invalidValue(field: "\(prefix).address.family", value: Int64(family))
+        }
+    }
+
+    /// A string occupying all of `bytes`: content, then exactly one NUL at the end.
+    private static func decodeString(
+        _ bytes: UnsafeRawBufferPointer, field: String, maximum: Int, allowEmpty: Bool
+    ) throws(ProtocolError) -> String {
+        guard !bytes.isEmpty else { throw .missingString(field: field) }
+        guard bytes.count <= maximum else { throw .stringTooLong(field: field, maximum: maximum, actual: bytes.count) }
+        guard bytes[bytes.count - 1] == 0 else { throw .stringUnterminated(field: field) }
+        let content = UnsafeRawBufferPointer(rebasing: bytes[..<(bytes.count - 1)])
+        guard !content.contains(0) else { throw .stringHasEmbeddedNUL(field: field) }
+        guard allowEmpty || !content.isEmpty else { throw .stringEmpty(field: field) }
+        // Strict: a path that is not UTF-8 is refused rather than repaired, because a
+        // repaired string would name a different file than the bytes the worker sent.
+        guard let text = String(validating: content.bindMemory(to: UInt8.self), as: UTF8.self) else {
+            throw .stringNotUTF8(field: field)
+        }
+        return text
+    }
+
+    // MARK: Encoding
+
+    /// Encodes `envelope` as one datagram. Throws the same ``ProtocolError`` the
+    /// decoder would for a message that breaks the protocol's rules.
+    public static func encode(_ envelope: Envelope) throws(ProtocolError) -> [UInt8] {
+        var w = Writer()
+        let message = envelope.message
+        w.u16(WireFormat.magic)
+        w.u16(WireFormat.version)
+        w.u16(message.type.rawValue)
+        w.u16(0)
+        w.u32(0) // length, patched below
+        w.u32(0)
+        w.u64(envelope.requestID)
+        switch message {
+        case .hello(let hello):
+            w.u32(try encodablePID(hello.processID, field: "hello.pid"))
+            w.u32(0)
+        case .welcome(let welcome):
+            w.u32(try encodablePID(welcome.supervisorProcessID, field: "welcome.supervisor_pid"))
+            w.u32(0)
+            w.u64(welcome.workerID)
+        case .open(let open):
+            w.u32(UInt32(bitPattern: open.flags))
+            w.u32(open.mode)
+            try w.string(open.path, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
+        case .socket(let socket):
+            w.i32(socket.domain)
+            w.i32(socket.type)
+            w.i32(socket.protocol)
+            w.u32(0)
+        case .connect(let request), .bind(let request):
+            w.i32(request.type)
+            w.i32(request.protocol)
+            try encodeAddress(request.address, into: &w, field: message.type == .connect ? "connect" : "bind")
+        case .reply(let reply):
+            if let error = reply.error {
+                guard (1...WireFormat.maximumErrno).contains(error.rawValue) else {
+                    throw .invalidValue(field: "reply.error", value: Int64(error.rawValue))
+                }
+                guard reply.fileDescriptorCount == 0 else {
+                    throw .invalidValue(field: "reply.fd_count", value: Int64(reply.fileDescriptorCount))
+                }
+                w.i32(error.rawValue)
+            } else {
+                guard (0...WireFormat.maximumFileDescriptors).contains(reply.fileDescriptorCount) else {
+                    throw .invalidValue(field: "reply.fd_count", value: Int64(reply.fileDescriptorCount))
+                }
+                w.i32(0)
+            }
+            w.u32(UInt32(reply.fileDescriptorCount))
+        case .violation(let violation):
+            w.i32(violation.syscallNumber)
+            w.u32(violation.architecture)
+            w.u64(violation.instructionPointer)
+            precondition(violation.arguments.count == 6, "a syscall has six argument registers")
+            for argument in violation.arguments { w.u64(argument) }
+        case .log(let line):
+            w.u32(line.level.rawValue)
+            w.u32(0)
+            try w.string(line.message, field: "log.message", maximum: WireFormat.maximumLogLength, allowEmpty: true)
+        case .sandboxStatus(let status):
+            for (field, layers) in [("sandbox_status.requested", status.requested), ("sandbox_status.active", status.active)] {
+                guard layers.isSubset(of: .known) else { throw .invalidValue(field: field, value: Int64(layers.rawValue)) }
+            }
+            w.u32(status.requested.rawValue)
+            w.u32(status.active.rawValue)
+            w.u32(status.landlockABI)
+            w.u32(0)
+        }
+        guard w.bytes.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.bytes.count) }
+        w.patchU32(UInt32(w.bytes.count - WireFormat.headerSize), at: WireFormat.lengthOffset)
+        return w.bytes
+    }
+
+    private static func encodablePID(_ pid: Int32, field: String) throws(ProtocolError) -> UInt32 {
+        guard pid > 0 else { throw .invalidValue(field: field, value: Int64(pid)) }
+        return UInt32(pid)
+    }
+
+    private static func encodeAddress(_ address: SocketAddress, into w: inout Writer, field: String) throws(ProtocolError) {
+        switch address {
+        case .ipv4(let ip, let port):
+            w.u16(UInt16(AF_INET))
+            w.u16(port)
+            w.u32(0)
+            w.bigEndianU64(UInt64(ip.value) << 32)
+            w.bigEndianU64(0)
+        case .ipv6(let ip, let port, let scope):
+            w.u16(UInt16(AF_INET6))
+            w.u16(port)
+            w.u32(scope)
+            w.bigEndianU64(UInt64(truncatingIfNeeded: ip.value >> 64))
+            w.bigEndianU64(UInt64(truncatingIfNeeded: ip.value))
+        case .unix(let path):
+            w.u16(UInt16(AF_UNIX))
+            w.u16(0)
+            w.u32(0)
+            w.bigEndianU64(0)
+            w.bigEndianU64(0)
+            try w.string(path, field: "\(field).path", maximum: WireFormat.maximumUnixPathLength, allowEmpty: false)
+        }
+    }
+}
+
+/// Reads host-order integers at offsets from `base`. Callers have checked the
+/// buffer is long enough; the loads are unaligned-safe.
+private struct Reader {
+    let bytes: UnsafeRawBufferPointer
+    var base = 0
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+    func u16(at offset: Int) -> UInt16 { bytes.loadUnaligned(fromByteOffset: base + offset, as: UInt16.self) }
+    func u32(at offset: Int) -> UInt32 { bytes.loadUnaligned(fromByteOffset: base + offset, as: UInt32.self) }
+    func i32(at offset: Int) -> Int32 { bytes.loadUnaligned(fromByteOffset: base + offset, as: Int32.self) }
+    func u64(at offset: Int) -> UInt64 { bytes.loadUnaligned(fromByteOffset: base + offset, as: UInt64.self) }
+    /// Eight address bytes in network order as a number.
+    func bigEndianU64(at offset: Int) -> UInt64 { UInt64(bigEndian: u64(at: offset)) }
+}
+
+private struct Writer {
+    var bytes: [UInt8] = []
+    init() { bytes.reserveCapacity(64) }
+    mutating func u16(_ value: UInt16) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
+    mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
+    mutating func i32(_ value: Int32) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
+    mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
+    mutating func bigEndianU64(_ value: UInt64) { u64(value.bigEndian) }
+    mutating func patchU32(_ value: UInt32, at offset: Int) {
+        withUnsafeBytes(of: value) { for i in 0..<4 { bytes[offset + i] = $0[i] } }
+    }
+    mutating func string(_ text: String, field: String, maximum: Int, allowEmpty: Bool) throws(ProtocolError) {
+        let utf8 = text.utf8
+        guard allowEmpty || !utf8.isEmpty else { throw .stringEmpty(field: field) }
+        guard !utf8.contains(0) else { throw .stringHasEmbeddedNUL(field: field) }
+        guard utf8.count + 1 <= maximum else { throw .stringTooLong(field: field, maximum: maximum, actual: utf8.count + 1) }
+        bytes.append(contentsOf: utf8)
+        bytes.append(0)
+    }
+}
