@@ -98,7 +98,7 @@ let package = Package(
             name: "PrivsepIPCTests",
             dependencies: ["PrivsepIPC", "CPrivsepProtocol", "CPrivsepShims",
                            .product(name: "SystemPackage", package: "swift-system")],
-            swiftSettings: strictSwift
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
     ]
 )

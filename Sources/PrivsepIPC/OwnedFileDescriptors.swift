@@ -57,7 +57,7 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     public var unsafeRawValues: [Int32] { slots.filter { $0 >= 0 } }
 
     /// Calls `body` with the raw number at `index` (-1 if taken) without giving up ownership.
-    public func withUnsafeRawValue<R>(at index: Int, _ body: (Int32) throws -> R) rethrows -> R {
+    public func withUnsafeRawValue<R: ~Copyable, E: Error>(at index: Int, _ body: (Int32) throws(E) -> R) throws(E) -> R {
         try body(slots[index])
     }
 }

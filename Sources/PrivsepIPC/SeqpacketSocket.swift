@@ -68,7 +68,9 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     public var unsafeRawValue: Int32 { descriptor.unsafeRawValue }
 
     /// Borrows the underlying descriptor.
-    public func withFileDescriptor<R>(_ body: (borrowing OwnedFileDescriptor) throws -> R) rethrows -> R {
+    public func withFileDescriptor<R: ~Copyable, E: Error>(
+        _ body: (borrowing OwnedFileDescriptor) throws(E) -> R
+    ) throws(E) -> R {
         try body(descriptor)
     }
 
@@ -316,6 +318,7 @@ public struct ReceivedBytes: ~Copyable, Sendable {
 }
 
 /// Both ends of a new connected pair; take them apart with `let a = pair.first`.
+@frozen
 public struct SeqpacketSocketPair: ~Copyable, Sendable {
     public var first: SeqpacketSocket
     public var second: SeqpacketSocket
@@ -326,4 +329,10 @@ public struct PeerCredentials: Sendable, Equatable {
     public var processID: Int32
     public var userID: UInt32
     public var groupID: UInt32
+
+    public init(processID: Int32, userID: UInt32, groupID: UInt32) {
+        self.processID = processID
+        self.userID = userID
+        self.groupID = groupID
+    }
 }

@@ -30,6 +30,8 @@
 
 /* ---- constants ---- */
 
+static const int privsep_SOCK_STREAM = SOCK_STREAM;
+static const int privsep_SOCK_DGRAM = SOCK_DGRAM;
 static const int privsep_SOCK_SEQPACKET = SOCK_SEQPACKET;
 static const int privsep_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const int privsep_SOCK_NONBLOCK = SOCK_NONBLOCK;

@@ -1,0 +1,329 @@
+import CPrivsepShims
+import Glibc
+import PrivsepIPC
+import SystemPackage
+import Testing
+
+/// The open descriptors and what they refer to, for a leak report.
+func openFileDescriptorTargets() -> String {
+    guard let directory = opendir("/proc/self/fd") else { return "" }
+    defer { closedir(directory) }
+    var result = ""
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        var target = [CChar](repeating: 0, count: 256)
+        _ = readlink("/proc/self/fd/" + name, &target, 255)
+        result += name + "->" + String(cString: target) + " "
+    }
+    return result
+}
+
+/// Counts this process's open pipes, sockets and files: every kind of fd these
+/// tests pass around. anon_inode fds are left out because libdispatch creates
+/// its timerfd and eventfd lazily, at moments no test controls.
+func openFileDescriptorCount() -> Int {
+    guard let directory = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(directory) }
+    let own = dirfd(directory)
+    var count = 0
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard let fd = Int32(name), fd != own else { continue }
+        var target = [CChar](repeating: 0, count: 256)
+        _ = readlink("/proc/self/fd/" + name, &target, 255)
+        if !String(cString: target).hasPrefix("anon_inode:") { count += 1 }
+    }
+    return count
+}
+
+/// Ends an exit test's child with a reason its parent can print (precondition's
+/// message is lost when the exit expectation fails).
+func fail(_ reason: String) -> Never {
+    let path = "/tmp/privsep-exit-test-\(getppid()).log"
+    if let file = fopen(path, "a") { fputs(reason + "\n", file); fclose(file) }
+    fatalError(reason)
+}
+
+func require(_ condition: Bool, _ reason: @autoclosure () -> String) {
+    if !condition { fail(reason()) }
+}
+
+/// An fd of a fresh pipe's read end (the write end is closed).
+func makeDescriptor() -> OwnedFileDescriptor {
+    var fds: [Int32] = [-1, -1]
+    require(pipe(&fds) == 0, "pipe: \(errno)")
+    close(fds[1])
+    let fd = OwnedFileDescriptor(adoptingRawValue: fds[0])
+    try! fd.setCloseOnExec(true)
+    return fd
+}
+
+func inode(_ fd: Int32) -> UInt64 {
+    var info = stat()
+    require(fstat(fd, &info) == 0, "fstat")
+    return UInt64(info.st_ino)
+}
+
+func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+@Suite struct ChannelTests {
+    @Test func pairIsCloseOnExecSeqpacket() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        let closeOnExec = try a.withFileDescriptor { (fd) throws(Errno) in try fd.isCloseOnExec() }
+        #expect(closeOnExec)
+        var type: Int32 = 0
+        var length = socklen_t(4)
+        getsockopt(a.unsafeRawValue, SOL_SOCKET, SO_TYPE, &type, &length)
+        #expect(type == privsep_SOCK_SEQPACKET)
+    }
+
+    @Test func bytesRoundTripAndKeepBoundaries() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        try bytes("first").withUnsafeBytes { try a.send($0) }
+        try bytes("second!").withUnsafeBytes { try a.send($0) }
+        let one = try b.receive(maximumBytes: 100, maximumFileDescriptors: 0)
+        let two = try b.receive(maximumBytes: 100, maximumFileDescriptors: 0)
+        #expect(one.bytes == bytes("first"))
+        #expect(two.bytes == bytes("second!"))
+    }
+
+    @Test func fileDescriptorArrivesCloseOnExecAndRefersToTheSameFile() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        let original = makeDescriptor()
+        try original.setCloseOnExec(false)
+        try bytes("fd").withUnsafeBytes { try a.send($0, passing: original) }
+        var received = try b.receive(maximumBytes: 16, maximumFileDescriptors: 1)
+        #expect(received.fileDescriptors.count == 1)
+        guard let fd = received.fileDescriptors.take(at: 0) else {
+            Issue.record("no fd in slot 0")
+            return
+        }
+        #expect(fd.unsafeRawValue != original.unsafeRawValue)
+        #expect(try fd.isCloseOnExec(), "MSG_CMSG_CLOEXEC must set FD_CLOEXEC even when the sender's copy lacked it")
+        #expect(inode(fd.unsafeRawValue) == inode(original.unsafeRawValue))
+        let slotIsEmpty = received.fileDescriptors.take(at: 0) == nil
+        #expect(slotIsEmpty, "a taken slot is empty")
+    }
+
+    @Test func twoHundredFiftyThreeDescriptorsInOneMessage() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        var outgoing = OwnedFileDescriptors()
+        for _ in 0..<253 { outgoing.append(makeDescriptor()) }
+        let inodes = outgoing.unsafeRawValues.map(inode)
+        try bytes("many").withUnsafeBytes { try a.send($0, passing: outgoing) }
+        let received = try b.receive(maximumBytes: 16, maximumFileDescriptors: 253)
+        #expect(received.fileDescriptors.count == 253)
+        #expect(received.fileDescriptors.unsafeRawValues.map(inode) == inodes)
+        outgoing.append(makeDescriptor())
+        #expect(throws: ChannelError.tooManyFileDescriptorsToSend(254)) {
+            try bytes("x").withUnsafeBytes { try a.send($0, passing: outgoing) }
+        }
+    }
+
+    @Test func sendToAClosedPeerIsAnErrorNotSIGPIPE() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        _ = consume pair.second
+        #expect(throws: ChannelError.peerClosed) { try bytes("x").withUnsafeBytes { try a.send($0) } }
+        #expect(throws: ChannelError.peerClosed) { _ = try a.receive(maximumBytes: 8, maximumFileDescriptors: 0) }
+    }
+
+    @Test func nonBlockingReceiveSurfacesEAGAIN() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        try a.setNonBlocking(true)
+        #expect(try a.isNonBlocking())
+        #expect(throws: ChannelError.system(.resourceTemporarilyUnavailable)) {
+            _ = try a.receive(maximumBytes: 8, maximumFileDescriptors: 0)
+        }
+        try a.setNonBlocking(false)
+        #expect(try !a.isNonBlocking())
+    }
+
+    @Test func nonBlockingSendSurfacesEAGAINWhenTheQueueIsFull() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        let payload = [UInt8](repeating: 0, count: 4096)
+        var sent = 0
+        func fill() throws { while sent < 100_000 { try payload.withUnsafeBytes { try a.sendNonBlocking($0) }; sent += 1 } }
+        #expect(throws: ChannelError.system(.resourceTemporarilyUnavailable)) { try fill() }
+        #expect(sent > 0 && sent < 100_000)
+    }
+
+    @Test func shutdownGivesThePeerEndOfFile() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        try a.shutdown(.writing)
+        #expect(throws: ChannelError.peerClosed) { _ = try b.receive(maximumBytes: 8, maximumFileDescriptors: 0) }
+    }
+
+    @Test func peerCredentialsNameTheCreator() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        let credentials = try a.peerCredentials()
+        #expect(credentials == PeerCredentials(processID: getpid(), userID: getuid(), groupID: getgid()))
+        let pidfd = try a.peerProcessDescriptor()
+        #expect(try pidfd.isCloseOnExec())
+        // /proc/self/fdinfo of a pidfd names the process it refers to.
+        let fdinfo = "/proc/self/fdinfo/\(pidfd.unsafeRawValue)"
+        let file = try #require(fopen(fdinfo, "r"))
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 256)
+        var pidLine = ""
+        while fgets(&line, 256, file) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if text.hasPrefix("Pid:") { pidLine = text }
+        }
+        #expect(pidLine == "Pid:\t\(getpid())\n")
+    }
+
+    @Test func senderCredentialsArriveWithEachDatagram() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        var b = pair.second
+        try b.enableSenderCredentials()
+        let fd = makeDescriptor()
+        try bytes("who").withUnsafeBytes { try a.send($0, passing: fd) }
+        let received = try b.receive(maximumBytes: 8, maximumFileDescriptors: 1)
+        #expect(received.senderCredentials == PeerCredentials(processID: getpid(), userID: getuid(), groupID: getgid()))
+        #expect(received.fileDescriptors.count == 1)
+    }
+
+    @Test func validatedAcceptsOnlyConnectedSeqpacketSockets() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        let dup = try a.withFileDescriptor { (fd) throws(Errno) in try fd.duplicate() }
+        _ = try SeqpacketSocket.validated(dup)
+        #expect(throws: Errno.notSocket) { _ = try SeqpacketSocket.validated(makeDescriptor()) }
+        let stream = socket(AF_UNIX, privsep_SOCK_STREAM | O_CLOEXEC, 0)
+        #expect(throws: Errno.protocolWrongTypeForSocket) { _ = try SeqpacketSocket.validated(OwnedFileDescriptor(adoptingRawValue: stream)) }
+        let lonely = socket(AF_UNIX, privsep_SOCK_SEQPACKET | O_CLOEXEC, 0)
+        #expect(throws: Errno.socketNotConnected) { _ = try SeqpacketSocket.validated(OwnedFileDescriptor(adoptingRawValue: lonely)) }
+    }
+
+    @Test func messagesRoundTripWithTheirDescriptors() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        try a.send(Envelope(requestID: 9, .open(OpenRequest(path: "/etc/hosts", flags: O_RDONLY))))
+        let request = try b.receiveMessage()
+        #expect(request.envelope == Envelope(requestID: 9, .open(OpenRequest(path: "/etc/hosts", flags: O_RDONLY))))
+        var fds = OwnedFileDescriptors()
+        fds.append(makeDescriptor())
+        fds.append(makeDescriptor())
+        try b.send(Envelope(requestID: 9, .reply(.success(fileDescriptorCount: 2))), passing: fds)
+        let reply = try a.receiveMessage(maximumFileDescriptors: 2)
+        #expect(reply.envelope.message == .reply(.success(fileDescriptorCount: 2)))
+        #expect(reply.fileDescriptors.count == 2)
+        #expect(throws: ChannelError.malformed(.wrongFileDescriptorCount(.reply, expected: 1, actual: 2))) {
+            try b.send(Envelope(requestID: 9, .reply(.success(fileDescriptorCount: 1))), passing: fds)
+        }
+    }
+}
+
+/// Hostile transfers: each must fail precisely and leave no descriptor behind.
+/// These run as exit tests, in a child process of their own, so the count of
+/// open descriptors is exact whatever other tests do meanwhile.
+@Suite struct ChannelHygieneTests {
+    @Test func truncatedDatagramClosesItsDescriptors() async {
+        await #expect(processExitsWith: .success) {
+            let pair = try! SeqpacketSocket.pair()
+            let a = pair.first, b = pair.second
+            let before = openFileDescriptorCount()
+            var fds = OwnedFileDescriptors()
+            for _ in 0..<4 { fds.append(makeDescriptor()) }
+            try! [UInt8](repeating: 7, count: 100).withUnsafeBytes { try a.send($0, passing: fds) }
+            fds.closeAll()
+            do {
+                _ = try b.receive(maximumBytes: 50, maximumFileDescriptors: 4)
+                fail("a 100-byte datagram fit in 50 bytes")
+            } catch let error as ChannelError {
+                require(error == .messageTruncated(capacity: 50), "\(error)")
+            } catch {
+                fail("\(error)")
+            }
+            require(openFileDescriptorCount() == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+        }
+    }
+
+    @Test func surplusDescriptorsAreRefusedAndClosed() async {
+        await #expect(processExitsWith: .success) {
+            let pair = try! SeqpacketSocket.pair()
+            let a = pair.first, b = pair.second
+            let before = openFileDescriptorCount()
+            // (sent, limit, expected error): the control buffer is sized for `limit`,
+            // so depending on alignment slack the kernel truncates (MSG_CTRUNC) or
+            // delivers a few more than the limit, which the receive then refuses.
+            let cases: [(Int, Int, ChannelError)] = [
+                (1, 0, .controlTruncated(acceptedFileDescriptors: 0)),
+                (3, 1, .controlTruncated(acceptedFileDescriptors: 1)),
+                (2, 1, .tooManyFileDescriptors(received: 2, limit: 1)),
+                (253, 16, .controlTruncated(acceptedFileDescriptors: 16)),
+            ]
+            for (sent, limit, expected) in cases {
+                var fds = OwnedFileDescriptors()
+                for _ in 0..<sent { fds.append(makeDescriptor()) }
+                do { try [UInt8](repeating: 1, count: 24).withUnsafeBytes { try a.send($0, passing: fds) } } catch { fail("send \(sent): \(error)") }
+                fds.closeAll()
+                do {
+                    _ = try b.receive(maximumBytes: 64, maximumFileDescriptors: limit)
+                    fail("\(sent) fds accepted with limit \(limit)")
+                } catch let error as ChannelError {
+                    require(error == expected, "sent \(sent), limit \(limit): \(error)")
+                } catch {
+                    fail("\(error)")
+                }
+                require(openFileDescriptorCount() == before, "sent \(sent), limit \(limit): leaked \(openFileDescriptorCount() - before): \(openFileDescriptorTargets())")
+            }
+        }
+    }
+
+    @Test func malformedMessagesCloseTheirDescriptors() async {
+        await #expect(processExitsWith: .success) {
+            let pair = try! SeqpacketSocket.pair()
+            let a = pair.first, b = pair.second
+            let before = openFileDescriptorCount()
+            let open = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/x", flags: 0))))
+            var badMagic = open
+            badMagic[0] = 0
+            // An OPEN may carry no fds; a datagram of garbage; a REPLY claiming fewer fds than sent.
+            let reply = try! WireCodec.encode(Envelope(requestID: 1, .reply(.success(fileDescriptorCount: 1))))
+            let cases: [([UInt8], Int)] = [(open, 1), (open, 16), (badMagic, 2), ([1, 2, 3], 5), (reply, 3), ([], 1)]
+            for (bytes, count) in cases {
+                var fds = OwnedFileDescriptors()
+                for _ in 0..<count { fds.append(makeDescriptor()) }
+                try! bytes.withUnsafeBytes { try a.send($0, passing: fds) }
+                fds.closeAll()
+                do {
+                    _ = try b.receiveMessage(maximumFileDescriptors: 16)
+                    fail("malformed message accepted")
+                } catch let error as ChannelError {
+                    guard case .malformed = error else { fail("\(error)") }
+                } catch {
+                    fail("\(error)")
+                }
+                require(openFileDescriptorCount() == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+            }
+        }
+    }
+
+    @Test func unclaimedReceivedDescriptorsCloseThemselves() async {
+        await #expect(processExitsWith: .success) {
+            let pair = try! SeqpacketSocket.pair()
+            let a = pair.first, b = pair.second
+            let before = openFileDescriptorCount()
+            for _ in 0..<1000 {
+                var fds = OwnedFileDescriptors()
+                for _ in 0..<3 { fds.append(makeDescriptor()) }
+                try! a.send(Envelope(requestID: 1, .reply(.success(fileDescriptorCount: 3))), passing: fds)
+                fds.closeAll()
+                var message = try! b.receiveMessage(maximumFileDescriptors: 3)
+                _ = message.fileDescriptors.take(at: 1) // claimed and dropped; the other two are never claimed
+            }
+            require(openFileDescriptorCount() == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+        }
+    }
+}
