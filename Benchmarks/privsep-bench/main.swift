@@ -1,1 +1,218 @@
-// placeholder
+// privsep-bench: channel round trips between two processes, the Swift channel
+// beside a plain C sendmsg/recvmsg reference in the same run, pinned to one
+// core and unpinned. Run with: swift run -c release privsep-bench [--iterations N]
+//
+// Rows:
+//   raw N fds    16-byte request carrying N fds; the child closes them and replies 16 bytes.
+//   OPEN->REPLY  the protocol: an encoded OPEN, decoded by the child, answered with a
+//                REPLY carrying one fd, decoded by the parent, fd closed. The C reference
+//                is a minimal C broker doing the same transfer with raw bytes.
+
+import CBenchReference
+import Glibc
+import PrivsepIPC
+
+// MARK: Children (entered when argv[1] == "--child")
+
+func childMain(_ mode: String) -> Never {
+    // Only the Swift children adopt fd 3: an owned value is closed after its last
+    // use, which for the C children would be before the C loop starts.
+    func adoptChannel() -> SeqpacketSocket {
+        SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: WireFormat.channelFileDescriptor))
+    }
+    switch mode {
+    case "c-echo":
+        exit(cbench_echo_loop(WireFormat.channelFileDescriptor) == 0 ? 0 : 1)
+    case "c-broker":
+        exit(cbench_reply_fd_loop(WireFormat.channelFileDescriptor, open("/dev/null", O_RDONLY | O_CLOEXEC)) == 0 ? 0 : 1)
+    case "swift-echo":
+        let channel = adoptChannel()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: WireFormat.maximumMessageSize, alignment: 8)
+        let reply = [UInt8](repeating: 0, count: 16)
+        while true {
+            do {
+                _ = try channel.receive(into: buffer, maximumFileDescriptors: 253) // fds close when dropped
+                try reply.withUnsafeBytes { try channel.send($0) }
+            } catch ChannelError.peerClosed {
+                exit(0)
+            } catch {
+                fatalError("swift-echo: \(error)")
+            }
+        }
+    case "swift-broker":
+        let channel = adoptChannel()
+        var held = OwnedFileDescriptors()
+        held.append(OwnedFileDescriptor(adoptingRawValue: open("/dev/null", O_RDONLY | O_CLOEXEC)))
+        while true {
+            do {
+                let request = try channel.receiveMessage()
+                guard case .open = request.envelope.message else { fatalError("expected OPEN") }
+                try channel.send(Envelope(requestID: request.envelope.requestID, .reply(.success(fileDescriptorCount: 1))),
+                                 passing: held)
+            } catch .peerClosed {
+                exit(0)
+            } catch {
+                fatalError("swift-broker: \(error)")
+            }
+        }
+    default:
+        fatalError("unknown child mode \(mode)")
+    }
+}
+
+/// precondition's message is dropped in release builds; this one is printed.
+func check(_ condition: Bool, _ message: @autoclosure () -> String) {
+    if !condition {
+        let text = "privsep-bench: \(message()) (errno \(errno))\n"
+        _ = text.withCString { write(2, $0, strlen($0)) }
+        exit(1)
+    }
+}
+
+if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--child" {
+    childMain(CommandLine.arguments[2])
+}
+
+// MARK: Parent
+
+var iterations = 20_000
+if let index = CommandLine.arguments.firstIndex(of: "--iterations"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value > 0 {
+    iterations = value
+}
+let warmup = max(iterations / 10, 100)
+
+func selfPath() -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let length = readlink("/proc/self/exe", &buffer, 4095)
+    check(length > 0, "readlink /proc/self/exe")
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// A spawned child and the parent's end of its channel.
+struct Child: ~Copyable {
+    var channel: SeqpacketSocket
+    var pid: pid_t
+
+    /// Closes the channel (the child sees end-of-file and exits) and reaps the child.
+    consuming func finish() {
+        let pid = self.pid
+        _ = consume channel
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        check(status == 0, "child \(pid) exited with status \(status)")
+    }
+}
+
+/// Spawns this binary in `mode` with the child end of a fresh pair at fd 3.
+func spawnChild(_ mode: String) -> Child {
+    let pair = try! SeqpacketSocket.pair()
+    let parent = pair.first, child = pair.second
+    let path = selfPath()
+    var argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), strdup("--child"), strdup(mode), nil]
+    defer { for pointer in argv { free(pointer) } }
+    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue) }
+    check(pid > 0, "spawn failed: \(errno)")
+    _ = consume child
+    return Child(channel: parent, pid: pid)
+}
+
+struct Summary {
+    var median: Double
+    var p99: Double
+    init(_ samples: [UInt64]) {
+        let sorted = samples.sorted()
+        median = Double(sorted[sorted.count / 2]) / 1000
+        p99 = Double(sorted[min(sorted.count - 1, sorted.count * 99 / 100)]) / 1000
+    }
+}
+
+let devNull = OwnedFileDescriptor(adoptingRawValue: open("/dev/null", O_RDONLY | O_CLOEXEC))
+
+@MainActor func measureC(fdCount: Int) -> Summary {
+    let child = spawnChild("c-echo")
+    var samples = [UInt64](repeating: 0, count: iterations)
+    check(cbench_round_trips(child.channel.unsafeRawValue, Int32(fdCount), devNull.unsafeRawValue, Int32(warmup), &samples) == 0, "C round trips")
+    check(cbench_round_trips(child.channel.unsafeRawValue, Int32(fdCount), devNull.unsafeRawValue, Int32(iterations), &samples) == 0, "C call failed")
+    child.finish()
+    return Summary(samples)
+}
+
+@MainActor func measureSwift(fdCount: Int) -> Summary {
+    let child = spawnChild("swift-echo")
+    var fds = OwnedFileDescriptors()
+    for _ in 0..<fdCount { fds.append(try! devNull.duplicate()) }
+    var samples = [UInt64](repeating: 0, count: iterations)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+    defer { buffer.deallocate() }
+    let request = [UInt8](repeating: 1, count: 16)
+    request.withUnsafeBytes { request in
+        for i in 0..<(warmup + iterations) {
+            let start = cbench_now_ns()
+            try! child.channel.send(request, passing: fds)
+            _ = try! child.channel.receive(into: buffer, maximumFileDescriptors: 0)
+            if i >= warmup { samples[i - warmup] = cbench_now_ns() - start }
+        }
+    }
+    child.finish()
+    return Summary(samples)
+}
+
+@MainActor func measureCBroker() -> Summary {
+    let child = spawnChild("c-broker")
+    var samples = [UInt64](repeating: 0, count: iterations)
+    check(cbench_request_fd_round_trips(child.channel.unsafeRawValue, Int32(warmup), &samples) == 0, "C call failed")
+    check(cbench_request_fd_round_trips(child.channel.unsafeRawValue, Int32(iterations), &samples) == 0, "C call failed")
+    child.finish()
+    return Summary(samples)
+}
+
+@MainActor func measureSwiftBroker() -> Summary {
+    let child = spawnChild("swift-broker")
+    var samples = [UInt64](repeating: 0, count: iterations)
+    for i in 0..<(warmup + iterations) {
+        let start = cbench_now_ns()
+        try! child.channel.send(Envelope(requestID: UInt64(i), .open(OpenRequest(path: "/dev/null", flags: O_RDONLY))))
+        var reply = try! child.channel.receiveMessage(maximumFileDescriptors: 1)
+        check(reply.envelope.requestID == UInt64(i), "reply id mismatch")
+        _ = reply.fileDescriptors.take(at: 0) // closed here
+        if i >= warmup { samples[i - warmup] = cbench_now_ns() - start }
+    }
+    child.finish()
+    return Summary(samples)
+}
+
+func format(_ value: Double) -> String {
+    let rounded = (value * 100).rounded() / 100
+    var text = "\(rounded)"
+    if let dot = text.firstIndex(of: ".") {
+        let decimals = text.distance(from: dot, to: text.endIndex) - 1
+        if decimals < 2 { text += String(repeating: "0", count: 2 - decimals) }
+    }
+    return text
+}
+
+func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text : String(repeating: " ", count: width - text.count) + text
+}
+
+var uts = utsname()
+uname(&uts)
+let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+print("privsep-bench: \(iterations) round trips per row (after \(warmup) warm-up), Linux \(release), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) CPUs")
+print("times in microseconds; ratio = Swift median / C median")
+print("")
+print("| row | placement | C median | C p99 | Swift median | Swift p99 | ratio |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for pinned in [true, false] {
+    check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
+    let placement = pinned ? "pinned (CPU 0)" : "unpinned"
+    var rows: [(String, Summary, Summary)] = []
+    for fdCount in [0, 1, 16, 253] {
+        rows.append(("raw, \(fdCount) fd\(fdCount == 1 ? "" : "s")", measureC(fdCount: fdCount), measureSwift(fdCount: fdCount)))
+    }
+    rows.append(("OPEN -> REPLY + 1 fd", measureCBroker(), measureSwiftBroker()))
+    for (name, c, swift) in rows {
+        print("| \(name) | \(placement) | \(pad(format(c.median), 7)) | \(pad(format(c.p99), 7)) | \(pad(format(swift.median), 7)) | \(pad(format(swift.p99), 7)) | \(format(swift.median / c.median))x |")
+    }
+}

@@ -5,8 +5,8 @@ extension SeqpacketSocket {
     /// here rather than left for the peer to reject.
     public func send(_ envelope: Envelope, passing fds: borrowing OwnedFileDescriptors = OwnedFileDescriptors()) throws(ChannelError) {
         let expected = envelope.message.fileDescriptorCount
-        guard fds.unsafeRawValues.count == expected else {
-            throw .malformed(.wrongFileDescriptorCount(envelope.message.type, expected: expected, actual: fds.unsafeRawValues.count))
+        guard fds.ownedCount == expected else {
+            throw .malformed(.wrongFileDescriptorCount(envelope.message.type, expected: expected, actual: fds.ownedCount))
         }
         let bytes: [UInt8]
         do throws(ProtocolError) { bytes = try WireCodec.encode(envelope) } catch { throw .malformed(error) }

@@ -6,6 +6,8 @@
 public struct OwnedFileDescriptors: ~Copyable, Sendable {
     /// Raw numbers; -1 marks a slot already taken.
     private var slots: [Int32]
+    /// How many slots hold -1, so the common case (none) needs no filtering.
+    private var takenCount = 0
 
     /// An empty list.
     public init() { slots = [] }
@@ -43,6 +45,7 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
         let fd = slots[index]
         guard fd >= 0 else { return nil }
         slots[index] = -1
+        takenCount += 1
         return OwnedFileDescriptor(adoptingRawValue: fd)
     }
 
@@ -50,11 +53,15 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     public mutating func closeAll() {
         for fd in slots where fd >= 0 { _ = system_close(fd) }
         slots.removeAll()
+        takenCount = 0
     }
 
     /// The raw numbers of the descriptors still owned, for a call this library
     /// does not wrap. They stay owned by the list.
-    public var unsafeRawValues: [Int32] { slots.filter { $0 >= 0 } }
+    public var unsafeRawValues: [Int32] { takenCount == 0 ? slots : slots.filter { $0 >= 0 } }
+
+    /// How many descriptors the list still owns.
+    public var ownedCount: Int { slots.count - takenCount }
 
     /// Calls `body` with the raw number at `index` (-1 if taken) without giving up ownership.
     public func withUnsafeRawValue<R: ~Copyable, E: Error>(at index: Int, _ body: (Int32) throws(E) -> R) throws(E) -> R {

@@ -1,1 +1,41 @@
-int privsep_bench_placeholder(void);
+/* The C reference for privsep-bench: the same round trip as the Swift channel,
+   written with plain sendmsg/recvmsg, measured in the same run. */
+#ifndef CBENCH_H
+#define CBENCH_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#pragma clang assume_nonnull begin
+
+/* Spawns `path` with `argv` (NULL-terminated), with `channel_fd` at fd 3 and
+   every other fd above 2 closed. Returns the pid, or -1 with errno set. */
+pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int channel_fd);
+
+/* Pins the calling thread (and children spawned after) to `cpu`, or to every
+   CPU when cpu < 0. Returns 0 or -1 with errno set. */
+int cbench_pin(int cpu);
+
+/* Child side: receive a message (up to 253 fds), close its fds, reply with 16
+   bytes; until end-of-file. Returns 0 at EOF, -1 on error. */
+int cbench_echo_loop(int fd);
+
+/* Parent side: `iterations` round trips sending 16 bytes and `fd_count` copies
+   of `fd_to_send`, waiting for the 16-byte reply; each round trip's duration
+   in nanoseconds goes to `out_ns`. Returns 0 or -1 with errno set. */
+int cbench_round_trips(int fd, int fd_count, int fd_to_send, int iterations, uint64_t *out_ns);
+
+/* Child side of a minimal C broker: for each request (any bytes, no fds) reply
+   with 32 bytes and a copy of `held_fd`; until end-of-file. */
+int cbench_reply_fd_loop(int fd, int held_fd);
+
+/* Parent side of the minimal C broker: send a 40-byte request, receive the
+   32-byte reply and its fd, close the fd. */
+int cbench_request_fd_round_trips(int fd, int iterations, uint64_t *out_ns);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t cbench_now_ns(void);
+
+#pragma clang assume_nonnull end
+
+#endif
