@@ -32,6 +32,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         .target(name: "CPrivsepProtocol"),
@@ -52,7 +54,8 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "PrivsepIPC", "CPrivsepShims",
+                "PrivsepIPC", "CPrivsepShims", "CSeccomp",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strictSwift
@@ -93,6 +96,19 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")],
             path: "examples/hello-worker",
             swiftSettings: strictSwift
+        ),
+        .executableTarget(
+            name: "privsep-test-worker",
+            dependencies: ["Worker", "PrivsepIPC", "CPrivsepShims", .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/Fixtures/privsep-test-worker",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .testTarget(
+            name: "SupervisorTests",
+            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker",
+                           .product(name: "SystemPackage", package: "swift-system"),
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(
             name: "PrivsepIPCTests",

@@ -21,10 +21,10 @@ extension SeqpacketSocket {
     ///
     /// A datagram that is not a valid message fails with ``ChannelError/malformed(_:)``
     /// and every fd it carried is closed.
-    public func receiveMessage(maximumFileDescriptors: Int = 0) throws(ChannelError) -> ReceivedMessage {
+    public func receiveMessage(maximumFileDescriptors: Int = 0, nonBlocking: Bool = false) throws(ChannelError) -> ReceivedMessage {
         try withUnsafeTemporaryAllocation(byteCount: WireFormat.maximumMessageSize, alignment: 8) {
             (buffer) throws(ChannelError) -> ReceivedMessage in
-            let datagram = try receive(into: buffer, maximumFileDescriptors: maximumFileDescriptors)
+            let datagram = try receive(into: buffer, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
             let envelope: Envelope
             do throws(ProtocolError) {
                 envelope = try WireCodec.decode(UnsafeRawBufferPointer(rebasing: buffer[..<datagram.byteCount]),
@@ -39,6 +39,7 @@ extension SeqpacketSocket {
 }
 
 /// A decoded message and the fds that came with it (exactly as many as its type requires).
+@frozen
 public struct ReceivedMessage: ~Copyable, Sendable {
     public var envelope: Envelope
     /// Owned; any left unclaimed close with this value.

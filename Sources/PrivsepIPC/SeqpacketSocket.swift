@@ -297,6 +297,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
 }
 
 /// One received datagram: how many bytes landed in the buffer, and the fds it carried.
+@frozen
 public struct ReceivedDatagram: ~Copyable, Sendable {
     /// Bytes written to the receive buffer.
     public var byteCount: Int
@@ -309,6 +310,7 @@ public struct ReceivedDatagram: ~Copyable, Sendable {
 }
 
 /// One received datagram as an array of its bytes, with the fds it carried.
+@frozen
 public struct ReceivedBytes: ~Copyable, Sendable {
     public var bytes: [UInt8]
     /// The fds that arrived, owned; any left unclaimed close with this value.

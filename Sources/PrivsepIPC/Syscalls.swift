@@ -4,16 +4,16 @@
 
 import CPrivsepShims
 import Glibc
-import SystemPackage
+package import SystemPackage
 
 @inline(never)
-internal func currentErrno() -> Errno {
+package func currentErrno() -> Errno {
     Errno(rawValue: privsep_errno())
 }
 
 /// Runs `body` until it returns something other than -1/EINTR.
 @inline(__always)
-internal func retryingOnInterrupt<T: FixedWidthInteger>(_ body: () -> T) -> Result<T, Errno> {
+package func retryingOnInterrupt<T: FixedWidthInteger>(_ body: () -> T) -> Result<T, Errno> {
     while true {
         let result = body()
         if result != -1 { return .success(result) }
@@ -24,7 +24,7 @@ internal func retryingOnInterrupt<T: FixedWidthInteger>(_ body: () -> T) -> Resu
 
 /// close(2). Never retried: on Linux the fd is released even when close reports EINTR,
 /// and retrying could close a descriptor another thread has just been given.
-internal func system_close(_ fd: Int32) -> Result<Void, Errno> {
+package func system_close(_ fd: Int32) -> Result<Void, Errno> {
     Glibc.close(fd) == 0 ? .success(()) : .failure(currentErrno())
 }
 

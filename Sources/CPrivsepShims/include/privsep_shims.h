@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -48,6 +49,15 @@ static const int privsep_SO_PEERPIDFD = 77;
 static const int privsep_SCM_PIDFD = 0x04;
 /* The kernel's SCM_MAX_FD. */
 static const int privsep_SCM_MAX_FD = 253;
+static const int privsep_O_PATH = 010000000;
+static const int privsep_O_TMPFILE = 020200000;
+static const int privsep_O_NOATIME = 01000000;
+static const int privsep_O_DIRECT = 040000;
+static const int privsep_O_LARGEFILE_KERNEL = 0100000;
+static const unsigned long long privsep_RESOLVE_BENEATH = RESOLVE_BENEATH;
+static const unsigned long long privsep_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
+static const unsigned long long privsep_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;
+static const unsigned long long privsep_RESOLVE_NO_XDEV = RESOLVE_NO_XDEV;
 
 /* struct ucred without _GNU_SOURCE: the same layout, for SO_PEERCRED. */
 struct privsep_peer_credentials {
@@ -85,7 +95,32 @@ static inline int privsep_close_range(unsigned int first, unsigned int last, uns
 static inline long privsep_seccomp(unsigned int operation, unsigned int flags, void *_Nullable args) {
     return syscall(SYS_seccomp, operation, flags, args);
 }
+static inline int privsep_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5) {
+    return prctl(option, arg2, arg3, arg4, arg5);
+}
+static const int privsep_PR_SET_PDEATHSIG = PR_SET_PDEATHSIG;
+static const int privsep_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS;
+static const int privsep_PR_GET_NO_NEW_PRIVS = PR_GET_NO_NEW_PRIVS;
+static const int privsep_PR_GET_SECCOMP = PR_GET_SECCOMP;
 static inline pid_t privsep_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+static inline int privsep_prlimit(pid_t pid, int resource, const struct rlimit *_Nullable new_limit,
+                                  struct rlimit *_Nullable old_limit) {
+    return (int)syscall(SYS_prlimit64, pid, resource, new_limit, old_limit);
+}
+/* waitid(P_PIDFD, pidfd, ...): reaps the process behind a pidfd. *code is the
+   siginfo si_code (CLD_EXITED, CLD_KILLED, CLD_DUMPED...), *status its si_status. */
+static inline int privsep_waitid_pidfd(int pidfd, int options, int *code, int *status) {
+    siginfo_t info;
+    info.si_pid = 0;
+    int rc = (int)syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options, NULL);
+    if (rc == 0) { *code = info.si_pid == 0 ? 0 : info.si_code; *status = info.si_status; }
+    return rc;
+}
+static inline int privsep_eventfd(unsigned int initial, int flags) {
+    return (int)syscall(SYS_eventfd2, initial, flags);
+}
+static const int privsep_EFD_CLOEXEC = 02000000;
+static const int privsep_EFD_NONBLOCK = 04000;
 
 /* ---- spawn (GNU extensions the Glibc module does not export to Swift) ---- */
 
@@ -112,6 +147,9 @@ static inline int privsep_wifexited(int status) { return WIFEXITED(status); }
 static inline int privsep_wexitstatus(int status) { return WEXITSTATUS(status); }
 static inline int privsep_wifsignaled(int status) { return WIFSIGNALED(status); }
 static inline int privsep_wtermsig(int status) { return WTERMSIG(status); }
+static const int privsep_CLD_EXITED = CLD_EXITED;
+static const int privsep_CLD_KILLED = CLD_KILLED;
+static const int privsep_CLD_DUMPED = CLD_DUMPED;
 
 /* ---- errno ---- */
 

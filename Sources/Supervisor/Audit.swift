@@ -1,0 +1,124 @@
+import Glibc
+public import Logging
+import PrivsepIPC
+import Synchronization
+public import SystemPackage
+
+/// One decision of the broker, or one lifecycle event of a worker.
+public struct AuditRecord: Sendable, Equatable {
+    /// Seconds since the Unix epoch.
+    public var time: Double
+    public var workerID: UInt64
+    public var workerName: String
+    public var pid: Int32
+    /// "OPEN", "SOCKET", "CONNECT", "BIND", "SPAWN", "EXIT", "KILL", "LOG"...
+    public var event: String
+    /// What was asked, e.g. the path and flags of an OPEN.
+    public var detail: String
+    /// "granted", "denied", or "" for events that are not decisions.
+    public var decision: String
+    /// The errno answered, 0 if none.
+    public var errno: Int32
+    /// Why, in plain words.
+    public var reason: String
+
+    /// The record as one line of JSON (no trailing newline).
+    public var jsonLine: String {
+        var fields: [String] = []
+        fields.append("\"time\":\(time)")
+        fields.append("\"worker\":\(workerID)")
+        fields.append("\"name\":\(jsonString(workerName))")
+        fields.append("\"pid\":\(pid)")
+        fields.append("\"event\":\(jsonString(event))")
+        if !detail.isEmpty { fields.append("\"detail\":\(jsonString(detail))") }
+        if !decision.isEmpty { fields.append("\"decision\":\(jsonString(decision))") }
+        if errno != 0 { fields.append("\"errno\":\(errno)"); fields.append("\"error\":\(jsonString(Errno(rawValue: errno).description))") }
+        if !reason.isEmpty { fields.append("\"reason\":\(jsonString(reason))") }
+        return "{" + fields.joined(separator: ",") + "}"
+    }
+}
+
+/// Where audit records go besides the logger: a JSON-lines file, an in-memory
+/// collector (for tests and embedders), or both.
+public final class AuditLog: Sendable {
+    private let fd: Int32?
+    private let collected: Mutex<[AuditRecord]>?
+    private let collectLimit: Int
+
+    /// Appends JSON lines to `path` (created 0600 if missing).
+    public init(path: String) throws(Errno) {
+        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Errno(rawValue: Glibc.errno) }
+        self.fd = fd
+        self.collected = nil
+        self.collectLimit = 0
+    }
+
+    /// Keeps the latest `limit` records in memory; read them with ``records``.
+    public init(collectingUpTo limit: Int) {
+        self.fd = nil
+        self.collected = Mutex([])
+        self.collectLimit = limit
+    }
+
+    deinit {
+        if let fd { Glibc.close(fd) }
+    }
+
+    /// The records collected so far (in-memory logs only).
+    public var records: [AuditRecord] { collected?.withLock { $0 } ?? [] }
+
+    func write(_ record: AuditRecord) {
+        if let fd {
+            // One write(2) per line on an O_APPEND fd: lines from concurrent writers never interleave.
+            var line = record.jsonLine + "\n"
+            line.withUTF8 { bytes in _ = Glibc.write(fd, bytes.baseAddress, bytes.count) }
+        }
+        collected?.withLock { records in
+            if records.count >= collectLimit { records.removeFirst(records.count - collectLimit + 1) }
+            records.append(record)
+        }
+    }
+}
+
+/// Audits through swift-log and an optional ``AuditLog``.
+struct Auditor: Sendable {
+    var logger: Logger
+    var log: AuditLog?
+
+    func record(_ record: AuditRecord) {
+        log?.write(record)
+        var metadata: Logger.Metadata = [
+            "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",
+        ]
+        if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
+        if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
+        let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(record.detail)\(record.reason.isEmpty ? "" : ": \(record.reason)")"
+        let level: Logger.Level = record.decision == "denied" ? .notice : (record.decision == "granted" ? .debug : .info)
+        logger.log(level: level, message, metadata: metadata)
+    }
+}
+
+func wallClockSeconds() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_REALTIME, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+
+func jsonString(_ text: String) -> String {
+    var out = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where scalar.value < 0x20 || scalar.value == 0x7f:
+            let hex = String(scalar.value, radix: 16)
+            out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
+}

@@ -1,0 +1,367 @@
+import CPrivsepShims
+import Glibc
+public import PrivsepIPC
+public import SystemPackage
+
+/// A policy made ready to serve: the directory of every rule opened once, as an
+/// O_PATH descriptor, so each request is resolved beneath a directory the
+/// supervisor chose, never beneath a path the worker spelled.
+///
+/// One active policy can be shared by many workers.
+public final class ActivePolicy: Sendable {
+    public let policy: Policy
+    /// Per path rule (same index): the O_PATH fd to resolve beneath, and for a
+    /// file rule the rule's own copy of the file name.
+    private let anchors: [Anchor]
+    /// Per unix address rule: the O_PATH fd of the socket's directory and its name.
+    private let unixAnchors: [String: Anchor]
+
+    struct Anchor: Sendable {
+        let directory: Int32
+        let name: String?
+    }
+
+    /// Opens every rule's directory. Fails, naming the rule, if the policy is not
+    /// well formed or a directory cannot be opened: a grant that cannot be
+    /// enforced is an error, never silently dropped.
+    public init(_ policy: Policy) throws(PolicyError) {
+        try policy.validate()
+        var anchors: [Anchor] = []
+        var unixAnchors: [String: Anchor] = [:]
+        func openDirectory(_ path: String) throws(PolicyError) -> Int32 {
+            switch system_open(path, O_PATH_FLAGS) {
+            case .success(let fd): return fd
+            case .failure(let errno): throw .cannotOpen(path, "\(errno)")
+            }
+        }
+        do {
+            for rule in policy.paths {
+                switch rule.kind {
+                case .directory:
+                    anchors.append(Anchor(directory: try openDirectory(rule.path), name: nil))
+                case .file:
+                    let (parent, name) = splitParent(rule.path)
+                    anchors.append(Anchor(directory: try openDirectory(parent), name: name))
+                }
+            }
+            for rule in policy.connect + policy.bind {
+                guard case .unix(let path) = rule.network, unixAnchors[path] == nil else { continue }
+                let (parent, name) = splitParent(path)
+                unixAnchors[path] = Anchor(directory: try openDirectory(parent), name: name)
+            }
+        } catch {
+            for anchor in anchors { _ = system_close(anchor.directory) }
+            for anchor in unixAnchors.values { _ = system_close(anchor.directory) }
+            throw error
+        }
+        self.policy = policy
+        self.anchors = anchors
+        self.unixAnchors = unixAnchors
+    }
+
+    deinit {
+        for anchor in anchors { _ = system_close(anchor.directory) }
+        for anchor in unixAnchors.values { _ = system_close(anchor.directory) }
+    }
+
+    // MARK: OPEN
+
+    /// Serves an OPEN: vets the flags bit by bit, resolves the path beneath the
+    /// most specific rule with openat2, and checks what was opened.
+    ///
+    /// A path outside every rule fails with EACCES before any system call, the
+    /// same errno as a path that exists but is denied, so the broker is no
+    /// oracle of what exists outside the policy.
+    public func open(_ request: OpenRequest) -> BrokerResult {
+        let path = request.path
+        guard isCanonicalAbsolutePath(path) else {
+            return .denied(.permissionDenied, "path is not absolute and canonical")
+        }
+        guard let index = mostSpecificRule(for: path) else {
+            return .denied(.permissionDenied, "no rule grants this path")
+        }
+        let rule = policy.paths[index]
+        let flags: Int32
+        switch vetOpenFlags(request.flags, rule: rule) {
+        case .success(let vetted): flags = vetted
+        case .failure(let denial): return .denied(denial.errno, denial.reason)
+        }
+        let anchor = anchors[index]
+        let relative: String
+        if let name = anchor.name {
+            relative = name // the rule's own copy of the name, not the worker's string
+        } else if path == rule.path {
+            relative = "."
+        } else {
+            relative = String(path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1))!
+        }
+        var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
+        if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
+        // O_NONBLOCK while opening: a FIFO must not hang the supervisor. Cleared below
+        // unless the worker asked for it.
+        let fd: OwnedFileDescriptor
+        switch system_openat2(anchor.directory, relative, flags: flags | O_NONBLOCK, mode: rule.createMode, resolve: resolve) {
+        case .success(let raw):
+            fd = OwnedFileDescriptor(adoptingRawValue: raw)
+        case .failure(.tooManySymbolicLinkLevels), .failure(.improperLink):
+            // ELOOP: a symlink where the rule allows none; EXDEV: resolution tried to leave the subtree.
+            return .denied(.permissionDenied, "resolution left the rule's directory or met a symlink")
+        case .failure(let errno):
+            return .denied(errno, "open failed")
+        }
+        let status: FileStatus
+        do { status = try fd.status() } catch { return .denied(error, "fstat failed") }
+        guard rule.allowedFileTypes.contains(status.type) else {
+            return .denied(.permissionDenied, "\(status.type) is not a type this rule hands out")
+        }
+        let accessMode = request.flags & O_ACCMODE
+        if status.type == .directory {
+            guard rule.permissions.contains(.listDirectory), accessMode == O_RDONLY else {
+                return .denied(.permissionDenied, "opening a directory needs the list permission and read-only access")
+            }
+        } else if accessMode != O_WRONLY && !rule.permissions.contains(.read) {
+            return .denied(.permissionDenied, "reading needs the read permission")
+        }
+        if request.flags & O_NONBLOCK == 0 {
+            switch system_fcntl(fd.unsafeRawValue, F_SETFL, flags & ~O_NONBLOCK & STATUS_FLAGS) {
+            case .success: break
+            case .failure(let errno): return .denied(errno, "fcntl failed")
+            }
+        }
+        return .granted(fd, "rule \(rule.path)")
+    }
+
+    private func mostSpecificRule(for path: String) -> Int? {
+        var best: Int? = nil
+        for (index, rule) in policy.paths.enumerated() where rule.matches(path) {
+            if let current = best, policy.paths[current].path.utf8.count >= rule.path.utf8.count { continue }
+            best = index
+        }
+        return best
+    }
+
+    // MARK: SOCKET, CONNECT, BIND
+
+    /// Serves a SOCKET: only (domain, type) pairs the policy lists. The socket is close-on-exec.
+    public func socket(_ request: SocketRequest) -> BrokerResult {
+        let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
+        guard baseType & ~0xf == 0 else { return .denied(.invalidArgument, "unknown socket type bits") }
+        guard policy.sockets.contains(SocketRule(domain: request.domain, type: baseType)) else {
+            return .denied(.permissionDenied, "no rule allows socket(\(request.domain), \(baseType))")
+        }
+        switch system_socket(request.domain, request.type | privsep_SOCK_CLOEXEC, request.protocol) {
+        case .success(let fd): return .granted(OwnedFileDescriptor(adoptingRawValue: fd), "socket rule")
+        case .failure(let errno): return .denied(errno, "socket failed")
+        }
+    }
+
+    /// Starts a CONNECT. The socket is created non-blocking so a slow peer never
+    /// stalls the supervisor: the result is either final or in progress, in which
+    /// case the caller waits for the fd to become writable and calls ``finishConnect(_:)``.
+    public func startConnect(_ request: AddressRequest) -> ConnectStart {
+        let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
+        guard policy.connect.contains(where: { $0.allows(request.address, type: baseType) }) else {
+            return .finished(.denied(.permissionDenied, "no rule allows connecting to \(request.address)"))
+        }
+        let socket: OwnedFileDescriptor
+        switch makeSocket(for: request, nonBlocking: true) {
+        case .success(let fd): socket = OwnedFileDescriptor(adoptingRawValue: fd)
+        case .failure(let errno): return .finished(.denied(errno, "socket failed"))
+        }
+        let raw = socket.unsafeRawValue
+        let result = withSocketAddress(request.address) { system_connect(raw, $0, $1) }
+        switch result {
+        case .success:
+            return .finished(restoreBlocking(socket, requested: request.type, reason: "connected to \(request.address)"))
+        case .failure(.nowInProgress):
+            return .inProgress(socket)
+        case .failure(let errno):
+            return .finished(.denied(errno, "connect failed"))
+        }
+    }
+
+    /// Completes a CONNECT that was in progress, once its socket is writable.
+    public func finishConnect(_ pending: consuming PendingConnect) -> BrokerResult {
+        let socket = pending.socket
+        switch system_getsockopt_int(socket.unsafeRawValue, SOL_SOCKET, SO_ERROR) {
+        case .success(0):
+            return restoreBlocking(socket, requested: pending.requestedType, reason: "connected to \(pending.address)")
+        case .success(let error):
+            return .denied(Errno(rawValue: error), "connect failed")
+        case .failure(let errno):
+            return .denied(errno, "getsockopt failed")
+        }
+    }
+
+    /// Serves a BIND: the classic use is a privileged port for an unprivileged worker.
+    public func bind(_ request: AddressRequest) -> BrokerResult {
+        let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
+        guard policy.bind.contains(where: { $0.allows(request.address, type: baseType) }) else {
+            return .denied(.permissionDenied, "no rule allows binding \(request.address)")
+        }
+        let socket: OwnedFileDescriptor
+        switch makeSocket(for: request, nonBlocking: false) {
+        case .success(let fd): socket = OwnedFileDescriptor(adoptingRawValue: fd)
+        case .failure(let errno): return .denied(errno, "socket failed")
+        }
+        if baseType == privsep_SOCK_STREAM, case .unix = request.address {} else if baseType == privsep_SOCK_STREAM {
+            _ = system_setsockopt(socket.unsafeRawValue, SOL_SOCKET, SO_REUSEADDR, 1)
+        }
+        let raw = socket.unsafeRawValue
+        switch withSocketAddress(request.address, { system_bind(raw, $0, $1) }) {
+        case .success: return .granted(socket, "bound \(request.address)")
+        case .failure(let errno): return .denied(errno, "bind failed")
+        }
+    }
+
+    private func makeSocket(for request: AddressRequest, nonBlocking: Bool) -> Result<Int32, Errno> {
+        let domain: Int32 = switch request.address {
+        case .ipv4: AF_INET
+        case .ipv6: AF_INET6
+        case .unix: AF_UNIX
+        }
+        let type = request.type | privsep_SOCK_CLOEXEC | (nonBlocking ? privsep_SOCK_NONBLOCK : 0)
+        return system_socket(domain, type, request.protocol)
+    }
+
+    private func restoreBlocking(_ socket: consuming OwnedFileDescriptor, requested type: Int32, reason: String) -> BrokerResult {
+        if type & privsep_SOCK_NONBLOCK == 0 {
+            if case .failure(let errno) = system_fcntl(socket.unsafeRawValue, F_SETFL, O_RDWR) {
+                return .denied(errno, "fcntl failed")
+            }
+        }
+        return .granted(socket, reason)
+    }
+
+    /// Calls `body` with the sockaddr for `address`. A unix path is reached through
+    /// the rule's directory fd (/proc/self/fd/N/name), pinning the directory the
+    /// supervisor opened when the policy was activated.
+    private func withSocketAddress(_ address: SocketAddress, _ body: (UnsafeRawPointer, socklen_t) -> Result<Void, Errno>) -> Result<Void, Errno> {
+        var storage = [UInt8](repeating: 0, count: 128)
+        let length: Int
+        switch address {
+        case .ipv4(let ip, let port):
+            storage.storeBytes(UInt16(AF_INET), at: 0)
+            storage.storeBytes(port.bigEndian, at: 2)
+            storage.storeBytes(ip.value.bigEndian, at: 4)
+            length = 16
+        case .ipv6(let ip, let port, let scope):
+            storage.storeBytes(UInt16(AF_INET6), at: 0)
+            storage.storeBytes(port.bigEndian, at: 2)
+            storage.storeBytes(UInt64(truncatingIfNeeded: ip.value >> 64).bigEndian, at: 8)
+            storage.storeBytes(UInt64(truncatingIfNeeded: ip.value).bigEndian, at: 16)
+            storage.storeBytes(scope, at: 24)
+            length = 28
+        case .unix(let path):
+            guard let anchor = unixAnchors[path], let name = anchor.name else { return .failure(.permissionDenied) }
+            let pinned = Array("/proc/self/fd/\(anchor.directory)/\(name)".utf8)
+            guard pinned.count < 108 else { return .failure(.fileNameTooLong) }
+            storage.storeBytes(UInt16(AF_UNIX), at: 0)
+            storage.replaceSubrange(2..<(2 + pinned.count), with: pinned)
+            length = 2 + pinned.count + 1
+        }
+        return storage.withUnsafeBytes { body($0.baseAddress!, socklen_t(length)) }
+    }
+}
+
+/// The outcome of one brokered request.
+public enum BrokerResult: ~Copyable, Sendable {
+    /// The fd to hand to the worker, and why it was granted (for the audit log).
+    case granted(OwnedFileDescriptor, String)
+    /// The errno to answer with, and why (for the audit log).
+    case denied(Errno, String)
+}
+
+/// The first step of a CONNECT.
+public enum ConnectStart: ~Copyable, Sendable {
+    case finished(BrokerResult)
+    /// The socket is connecting; wait until it is writable, then ``ActivePolicy/finishConnect(_:)``.
+    case inProgress(OwnedFileDescriptor)
+}
+
+/// A CONNECT waiting for its socket to become writable.
+public struct PendingConnect: ~Copyable, Sendable {
+    public var socket: OwnedFileDescriptor
+    public var requestedType: Int32
+    public var address: SocketAddress
+    public init(socket: consuming OwnedFileDescriptor, requestedType: Int32, address: SocketAddress) {
+        self.socket = socket
+        self.requestedType = requestedType
+        self.address = address
+    }
+}
+
+struct FlagDenial: Error {
+    var errno: Errno
+    var reason: String
+}
+
+/// O_PATH | O_DIRECTORY | O_CLOEXEC: how rule directories are held.
+let O_PATH_FLAGS: Int32 = privsep_O_PATH | O_DIRECTORY | O_CLOEXEC
+/// File status flags F_SETFL can change.
+let STATUS_FLAGS: Int32 = O_APPEND | O_NONBLOCK | privsep_O_DIRECT | privsep_O_NOATIME | 0o20000 /* FASYNC */
+
+/// Every open flag the broker knows. A bit outside this set is refused with EINVAL;
+/// adding a flag here without a decision in `vetOpenFlags` is caught by the
+/// `everyKnownFlagHasADecision` test.
+let knownOpenFlags: Int32 = O_ACCMODE | O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | O_APPEND | O_NONBLOCK | O_DSYNC
+    | O_SYNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | privsep_O_LARGEFILE_KERNEL | privsep_O_PATH | privsep_O_TMPFILE
+    | privsep_O_NOATIME | privsep_O_DIRECT | 0o20000 /* FASYNC */
+
+/// Flags a worker may never have honoured, whatever the rule: they bypass the
+/// broker's checks (O_PATH, O_TMPFILE) or are not the worker's business.
+let refusedOpenFlags: [(Int32, String)] = [
+    (privsep_O_PATH, "O_PATH"), (privsep_O_TMPFILE, "O_TMPFILE"), (privsep_O_NOATIME, "O_NOATIME"),
+    (privsep_O_DIRECT, "O_DIRECT"), (0o20000, "O_ASYNC"),
+]
+
+/// Checks every bit of a worker's open flags against `rule` and returns the flags
+/// to open with: the worker's, minus what it may not have, plus O_CLOEXEC and O_NOCTTY.
+func vetOpenFlags(_ requested: Int32, rule: PathRule) -> Result<Int32, FlagDenial> {
+    guard requested & ~knownOpenFlags == 0 else {
+        return .failure(FlagDenial(errno: .invalidArgument, reason: "unknown open flag bits 0x\(String(UInt32(bitPattern: requested & ~knownOpenFlags), radix: 16))"))
+    }
+    for (flag, name) in refusedOpenFlags where requested & flag == flag {
+        return .failure(FlagDenial(errno: .permissionDenied, reason: "\(name) is never granted"))
+    }
+    let permissions = rule.permissions
+    let accessMode = requested & O_ACCMODE
+    switch accessMode {
+    case O_RDONLY:
+        guard permissions.contains(.read) || permissions.contains(.listDirectory) else {
+            return .failure(FlagDenial(errno: .permissionDenied, reason: "reading is not granted"))
+        }
+    case O_WRONLY, O_RDWR:
+        if accessMode == O_RDWR && !permissions.contains(.read) {
+            return .failure(FlagDenial(errno: .permissionDenied, reason: "reading is not granted"))
+        }
+        let appendOnly = requested & O_APPEND != 0 && permissions.contains(.append)
+        guard permissions.contains(.write) || appendOnly else {
+            return .failure(FlagDenial(errno: .permissionDenied, reason: permissions.contains(.append)
+                ? "only appending (O_APPEND) is granted" : "writing is not granted"))
+        }
+    default:
+        return .failure(FlagDenial(errno: .invalidArgument, reason: "invalid access mode 3"))
+    }
+    if requested & O_CREAT != 0 && !permissions.contains(.create) {
+        return .failure(FlagDenial(errno: .permissionDenied, reason: "creating is not granted"))
+    }
+    if requested & O_TRUNC != 0 && (!permissions.contains(.truncate) || accessMode == O_RDONLY) {
+        return .failure(FlagDenial(errno: .permissionDenied, reason: "truncating is not granted"))
+    }
+    let passed = requested & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_DSYNC | O_SYNC | O_DIRECTORY | O_NOFOLLOW)
+    return .success(passed | O_CLOEXEC | O_NOCTTY)
+}
+
+func splitParent(_ path: String) -> (parent: String, name: String) {
+    let bytes = Array(path.utf8)
+    let slash = bytes.lastIndex(of: UInt8(ascii: "/"))!
+    let parent = slash == 0 ? "/" : String(decoding: bytes[..<slash], as: UTF8.self)
+    return (parent, String(decoding: bytes[(slash + 1)...], as: UTF8.self))
+}
+
+private extension Array where Element == UInt8 {
+    mutating func storeBytes<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        Swift.withUnsafeBytes(of: value) { for (i, byte) in $0.enumerated() { self[offset + i] = byte } }
+    }
+}

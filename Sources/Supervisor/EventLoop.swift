@@ -1,0 +1,701 @@
+import CPrivsepShims
+import Dispatch
+import Glibc
+import Logging
+public import PrivsepIPC
+import Synchronization
+import SystemPackage
+
+/// The supervisor's one serving thread: an epoll loop over every worker's channel
+/// and pidfd, and the sockets of CONNECTs in progress.
+///
+/// Everything below `// MARK: Loop thread` runs on that thread only, so worker
+/// state needs no locks; other threads reach it through ``submit(_:)`` and
+/// ``call(_:)``. Nothing here blocks: sends are non-blocking (a worker that does
+/// not read its replies gets back-pressure, then is killed), connects are
+/// non-blocking, and opens are bounded by the filesystem.
+final class EventLoop: @unchecked Sendable {
+    enum Command: Sendable {
+        case spawn(WorkerConfiguration, ActivePolicy, @Sendable (Result<WorkerHandle, SupervisorError>) -> Void)
+        case stop(id: UInt64, grace: Double)
+        case run(@Sendable (EventLoop) -> Void)
+        case shutdown(grace: Double, @Sendable () -> Void)
+    }
+
+    private let epoll: OwnedFileDescriptor
+    private let wakeup: OwnedFileDescriptor
+    private let commands = Mutex<[Command]>([])
+    private let auditor: Auditor
+    private let supervisorPID = getpid()
+    private var threadID = pthread_t()
+
+    // Loop-thread state.
+    private var workers: [UInt64: WorkerRecord] = [:]
+    private var registrations: [UInt64: Registration] = [:]
+    private var nextToken: UInt64 = 1
+    private var nextWorkerID: UInt64 = 1
+    private var shuttingDown: (@Sendable () -> Void)? = nil
+    private var running = true
+
+    private enum Registration {
+        case wakeup
+        case channel(UInt64)
+        case pidfd(UInt64)
+        case connect(UInt64, PendingConnectState)
+    }
+
+    init(auditor: Auditor) throws(Errno) {
+        epoll = OwnedFileDescriptor(adoptingRawValue: try system_epoll_create().get())
+        wakeup = OwnedFileDescriptor(adoptingRawValue: try system_eventfd().get())
+        self.auditor = auditor
+        registrations[0] = .wakeup
+        try system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_ADD, wakeup.unsafeRawValue, events: EPOLLIN.rawValue, data: 0).get()
+    }
+
+    /// Starts the loop thread. The loop keeps itself alive until shutdown completes.
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        let rc = pthread_create(&threadID, &attributes, { context in
+            let loop = Unmanaged<EventLoop>.fromOpaque(context!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, box.toOpaque())
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+    }
+
+    /// Queues a command for the loop thread.
+    func submit(_ command: Command) {
+        commands.withLock { $0.append(command) }
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { system_write(wakeup.unsafeRawValue, $0) }
+    }
+
+    /// Runs `body` on the loop thread and returns its result. Must not be called from the loop thread.
+    func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T {
+        precondition(pthread_equal(pthread_self(), threadID) == 0, "EventLoop.call from the loop thread would deadlock")
+        let result = Mutex<T?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        submit(.run { loop in
+            let value = body(loop)
+            result.withLock { $0 = value }
+            done.signal()
+        })
+        done.wait()
+        return result.withLock { $0! }
+    }
+
+    // MARK: Loop thread
+
+    private func run() {
+        let capacity = 128
+        let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        var nextDeadlineCheck: UInt64 = 0
+        while running {
+            let now = system_clock_monotonic()
+            var timeout: Int32 = -1
+            if nextDeadlineCheck != .max {
+                timeout = nextDeadlineCheck <= now ? 0 : Int32(min((nextDeadlineCheck - now + 999_999) / 1_000_000, 60_000))
+            }
+            let count: Int
+            switch system_epoll_wait(epoll.unsafeRawValue, events, timeoutMilliseconds: timeout) {
+            case .success(let n): count = n
+            case .failure(let errno): fatalError("epoll_wait: \(errno)") // EBADF/EINVAL: a bug, not an environment error
+            }
+            for index in 0..<count {
+                let token = events[index].data.u64
+                let flags = events[index].events
+                guard let registration = registrations[token] else { continue }
+                switch registration {
+                case .wakeup: drainCommands()
+                case .channel(let id): if let record = workers[id] { channelReady(record, flags: flags) }
+                case .pidfd(let id): if let record = workers[id] { reap(record) }
+                case .connect(let id, let pending): if let record = workers[id] { connectReady(record, pending, token: token) }
+                }
+            }
+            let after = system_clock_monotonic()
+            if after >= nextDeadlineCheck || count == 0 {
+                nextDeadlineCheck = checkDeadlines(now: after)
+            }
+            if let done = shuttingDown, workers.isEmpty {
+                running = false
+                done()
+            }
+        }
+    }
+
+    private func drainCommands() {
+        var counter: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &counter) { system_read(wakeup.unsafeRawValue, $0) }
+        let pending = commands.withLock { queue in
+            defer { queue = [] }
+            return queue
+        }
+        for command in pending {
+            switch command {
+            case .spawn(let configuration, let policy, let completion):
+                completion(spawn(configuration, policy))
+            case .stop(let id, let grace):
+                if let record = workers[id] { stop(record, grace: grace) }
+            case .run(let body):
+                body(self)
+            case .shutdown(let grace, let done):
+                shuttingDown = done
+                for record in workers.values { stop(record, grace: grace) }
+            }
+        }
+    }
+
+    private func register(_ fd: Int32, _ registration: Registration, events: UInt32) -> UInt64? {
+        let token = nextToken
+        nextToken += 1
+        guard case .success = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_ADD, fd, events: events, data: token) else {
+            return nil
+        }
+        registrations[token] = registration
+        return token
+    }
+
+    private func unregister(_ fd: Int32, token: UInt64) {
+        _ = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_DEL, fd, events: 0, data: 0)
+        registrations[token] = nil
+    }
+
+    // MARK: Spawning
+
+    /// Spawns from the loop thread itself (for ``call(_:)`` bodies).
+    func submitLocal(_ configuration: WorkerConfiguration, _ policy: ActivePolicy,
+                     _ completion: (Result<WorkerHandle, SupervisorError>) -> Void) {
+        completion(spawn(configuration, policy))
+    }
+
+    private func spawn(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
+        if shuttingDown != nil { return .failure(.shuttingDown) }
+        let process: SpawnedProcess
+        do { process = try spawnWorker(configuration) } catch { return .failure(.spawnFailed(error.description)) }
+        let id = nextWorkerID
+        nextWorkerID += 1
+        let handle = WorkerHandle(id: id, pid: process.pid, name: configuration.name, loop: self)
+        let now = system_clock_monotonic()
+        let record = WorkerRecord(id: id, configuration: configuration, policy: policy, handle: handle,
+                                  pid: process.pid, pidfd: process.pidfd, channel: process.channel, now: now)
+        workers[id] = record
+        guard let channelToken = register(record.channel!.socket.unsafeRawValue, .channel(id), events: EPOLLIN.rawValue),
+              let pidfdToken = register(record.pidfd.unsafeRawValue, .pidfd(id), events: EPOLLIN.rawValue) else {
+            kill(record, .spawnFailed("epoll registration failed"))
+            return .success(handle)
+        }
+        record.channelToken = channelToken
+        record.pidfdToken = pidfdToken
+        audit(record, event: "SPAWN", detail: ([configuration.executable] + configuration.arguments).joined(separator: " "))
+        return .success(handle)
+    }
+
+    // MARK: Serving
+
+    private func channelReady(_ record: WorkerRecord, flags: UInt32) {
+        if flags & EPOLLOUT.rawValue != 0 { flushParked(record) }
+        guard flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 else { return }
+        // At most a few messages per wake-up, so one busy worker cannot starve the others;
+        // the level-triggered registration brings the loop back for the rest.
+        for _ in 0..<32 {
+            guard let channel = record.channel, record.reading else { return }
+            let received: ReceivedMessage
+            do {
+                received = try channel.socket.receiveMessage(maximumFileDescriptors: 0, nonBlocking: true)
+            } catch .system(.resourceTemporarilyUnavailable) {
+                return
+            } catch .peerClosed {
+                closeChannel(record)
+                return
+            } catch .malformed(let error) {
+                kill(record, .protocolViolation("\(error)"))
+                return
+            } catch {
+                kill(record, .protocolViolation("\(error)"))
+                return
+            }
+            if !consumeToken(record) { return }
+            handle(record, received.envelope, sender: received.senderCredentials)
+        }
+    }
+
+    private func handle(_ record: WorkerRecord, _ envelope: Envelope, sender: PeerCredentials?) {
+        if record.phase == .handshake {
+            guard case .hello(let hello) = envelope.message else {
+                kill(record, .protocolViolation("\(envelope.message.type) before HELLO"))
+                return
+            }
+            guard let sender, sender.processID == record.pid else {
+                kill(record, .handshakeFailed("HELLO sent by pid \(sender.map { "\($0.processID)" } ?? "unknown"), not the spawned pid \(record.pid)"))
+                return
+            }
+            guard hello.processID == record.pid else {
+                kill(record, .handshakeFailed("HELLO claims pid \(hello.processID), the worker is pid \(record.pid)"))
+                return
+            }
+            record.phase = .running
+            send(record, Envelope(requestID: envelope.requestID, .welcome(Welcome(supervisorProcessID: supervisorPID, workerID: record.id))),
+                 fds: OwnedFileDescriptors())
+            return
+        }
+        let requestID = envelope.requestID
+        switch envelope.message {
+        case .open(let request):
+            guard admitRequest(record, requestID) else { return }
+            let detail = "\(request.path) \(describeOpenFlags(request.flags))"
+            reply(record, requestID, event: "OPEN", detail: detail, record.policy.open(request))
+        case .socket(let request):
+            guard admitRequest(record, requestID) else { return }
+            reply(record, requestID, event: "SOCKET", detail: "domain \(request.domain) type \(request.type) protocol \(request.protocol)",
+                  record.policy.socket(request))
+        case .bind(let request):
+            guard admitRequest(record, requestID) else { return }
+            reply(record, requestID, event: "BIND", detail: "\(request.address) type \(request.type)", record.policy.bind(request))
+        case .connect(let request):
+            guard admitRequest(record, requestID) else { return }
+            startConnect(record, requestID, request)
+        case .log(let line):
+            let level: Logger.Level = switch line.level {
+            case .debug: .debug
+            case .info: .info
+            case .warning: .warning
+            case .error: .error
+            }
+            auditor.logger.log(level: level, "\(record.configuration.name)[\(record.pid)]: \(line.message)",
+                               metadata: ["worker": "\(record.id)"])
+        case .violation(let report):
+            record.violation = report
+            kill(record, .seccompViolation(SyscallViolation(report)))
+        case .sandboxStatus(let status):
+            record.sandbox = status
+            record.handle.recordSandbox(status)
+            let missing = SandboxLayers(rawValue: (status.requested.rawValue | record.configuration.requiredLayers.rawValue) & ~status.active.rawValue)
+            if !missing.isEmpty {
+                kill(record, .sandboxIncomplete("layers \(layerNames(missing)) requested but not active"))
+            } else {
+                audit(record, event: "SANDBOX", detail: layerNames(status.active) + (status.landlockABI > 0 ? " (Landlock ABI \(status.landlockABI))" : ""))
+            }
+        case .hello:
+            kill(record, .protocolViolation("second HELLO"))
+        case .welcome, .reply:
+            kill(record, .protocolViolation("\(envelope.message.type) is sent by the supervisor, never by a worker"))
+        }
+    }
+
+    /// Checks a request may be served now: the required sandbox layers are
+    /// reported, its id is not already in flight.
+    private func admitRequest(_ record: WorkerRecord, _ requestID: UInt64) -> Bool {
+        if !record.configuration.requiredLayers.isEmpty && record.sandbox == nil {
+            kill(record, .sandboxIncomplete("request before SANDBOX_STATUS; required layers: \(layerNames(record.configuration.requiredLayers))"))
+            return false
+        }
+        if record.pendingRequestIDs.contains(requestID) {
+            kill(record, .protocolViolation("request id \(requestID) is already in flight"))
+            return false
+        }
+        return true
+    }
+
+    private func reply(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: String, _ result: consuming BrokerResult) {
+        switch consume result {
+        case .granted(let fd, let reason):
+            guard record.fileDescriptorsHandedOut < record.configuration.caps.fileDescriptorsHandedOut else {
+                audit(record, event: event, detail: detail, decision: "denied", errno: .tooManyOpenFiles,
+                      reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached")
+                send(record, Envelope(requestID: requestID, .reply(.failure(.tooManyOpenFiles))), fds: OwnedFileDescriptors())
+                return
+            }
+            record.fileDescriptorsHandedOut += 1
+            audit(record, event: event, detail: detail, decision: "granted", reason: reason)
+            send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 1))), fds: OwnedFileDescriptors(fd))
+        case .denied(let errno, let reason):
+            audit(record, event: event, detail: detail, decision: "denied", errno: errno, reason: reason)
+            send(record, Envelope(requestID: requestID, .reply(.failure(errno))), fds: OwnedFileDescriptors())
+        }
+    }
+
+    private func startConnect(_ record: WorkerRecord, _ requestID: UInt64, _ request: AddressRequest) {
+        let detail = "\(request.address) type \(request.type)"
+        switch record.policy.startConnect(request) {
+        case .finished(let result):
+            reply(record, requestID, event: "CONNECT", detail: detail, result)
+        case .inProgress(let socket):
+            let raw = socket.unsafeRawValue
+            let deadline = system_clock_monotonic() + UInt64(record.configuration.caps.connectTimeoutSeconds * 1e9)
+            let pending = PendingConnectState(requestID: requestID, detail: detail, deadline: deadline,
+                                              connect: PendingConnect(socket: socket, requestedType: request.type, address: request.address))
+            guard let token = register(raw, .connect(record.id, pending), events: EPOLLOUT.rawValue) else {
+                reply(record, requestID, event: "CONNECT", detail: detail, .denied(.noMemory, "epoll registration failed"))
+                return
+            }
+            pending.token = token
+            record.pending[token] = pending
+            record.pendingRequestIDs.insert(requestID)
+            updateInterest(record)
+        }
+    }
+
+    private func connectReady(_ record: WorkerRecord, _ pending: PendingConnectState, token: UInt64) {
+        guard let connect = pending.connect.take() else { return }
+        unregister(connect.socket.unsafeRawValue, token: token)
+        record.pending[token] = nil
+        record.pendingRequestIDs.remove(pending.requestID)
+        reply(record, pending.requestID, event: "CONNECT", detail: pending.detail, record.policy.finishConnect(connect))
+        updateInterest(record)
+    }
+
+    /// Sends without blocking. A full queue (the worker is not reading its
+    /// replies) parks the reply and stops reading the worker's requests.
+    private func send(_ record: WorkerRecord, _ envelope: Envelope, fds: consuming OwnedFileDescriptors) {
+        guard let channel = record.channel else { return }
+        let bytes: [UInt8]
+        do { bytes = try WireCodec.encode(envelope) } catch { fatalError("supervisor built an invalid message: \(error)") }
+        if record.parked.isEmpty {
+            let rawFDs = fds.unsafeRawValues
+            let result = bytes.withUnsafeBytes { buffer in
+                Result { () throws(ChannelError) in
+                    try channel.socket.unsafeSend(buffer, passingRawValues: rawFDs, flags: privsep_MSG_DONTWAIT)
+                }
+            }
+            switch result {
+            case .success: return
+            case .failure(.system(.resourceTemporarilyUnavailable)): break
+            case .failure(.peerClosed): closeChannel(record); return
+            case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
+            }
+        }
+        if record.parked.count > record.configuration.caps.requestsInFlight {
+            kill(record, .resourceCapExceeded("not reading its replies"))
+            return
+        }
+        if record.parked.isEmpty { record.parkedSince = system_clock_monotonic() }
+        record.parked.append(ParkedReply(bytes: bytes, fds: fds))
+        updateInterest(record)
+    }
+
+    private func flushParked(_ record: WorkerRecord) {
+        guard let channel = record.channel else { return }
+        while let first = record.parked.first {
+            let rawFDs = first.fds.unsafeRawValues
+            let result = first.bytes.withUnsafeBytes { buffer in
+                Result { () throws(ChannelError) in
+                    try channel.socket.unsafeSend(buffer, passingRawValues: rawFDs, flags: privsep_MSG_DONTWAIT)
+                }
+            }
+            switch result {
+            case .success: record.parked.removeFirst()
+            case .failure(.system(.resourceTemporarilyUnavailable)): return
+            case .failure(.peerClosed): closeChannel(record); return
+            case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
+            }
+        }
+        record.parkedSince = nil
+        updateInterest(record)
+    }
+
+    /// Token bucket: false (and reading paused) when the worker is over its rate.
+    private func consumeToken(_ record: WorkerRecord) -> Bool {
+        let caps = record.configuration.caps
+        let now = system_clock_monotonic()
+        let elapsed = Double(now - record.lastRefill) / 1e9
+        record.lastRefill = now
+        record.tokens = min(Double(caps.messageBurst), record.tokens + elapsed * Double(caps.messagesPerSecond))
+        if record.tokens >= 1 {
+            record.tokens -= 1
+            if record.tokens > Double(caps.messageBurst) / 2 { record.throttledSince = nil }
+            return true
+        }
+        // This message is served (it was already read); then reading pauses.
+        record.tokens -= 1
+        if record.throttledSince == nil { record.throttledSince = now }
+        record.throttledUntil = now + UInt64((1 - record.tokens) / Double(caps.messagesPerSecond) * 1e9)
+        updateInterest(record)
+        return true
+    }
+
+    /// Reading is on unless throttled, replies are parked, or too many requests are in flight;
+    /// writability is watched only while replies are parked.
+    private func updateInterest(_ record: WorkerRecord) {
+        guard let channel = record.channel else { return }
+        let reading = record.throttledUntil == nil && record.parked.isEmpty
+            && record.pending.count < record.configuration.caps.requestsInFlight
+        let writing = !record.parked.isEmpty
+        guard reading != record.reading || writing != record.writing else { return }
+        record.reading = reading
+        record.writing = writing
+        let events = (reading ? EPOLLIN.rawValue : 0) | (writing ? EPOLLOUT.rawValue : 0)
+        _ = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_MOD, channel.socket.unsafeRawValue, events: events, data: record.channelToken)
+    }
+
+    // MARK: Deadlines
+
+    /// Acts on every deadline that has passed; returns when to look again.
+    private func checkDeadlines(now: UInt64) -> UInt64 {
+        var next: UInt64 = .max
+        func consider(_ deadline: UInt64) { next = min(next, deadline) }
+        for record in workers.values {
+            if record.phase == .handshake, record.channel != nil {
+                if now >= record.handshakeDeadline {
+                    kill(record, .handshakeFailed("no HELLO within \(record.configuration.handshakeTimeout) s"))
+                    continue
+                }
+                consider(record.handshakeDeadline)
+            }
+            if let deadline = record.wallClockDeadline, record.killReason == nil {
+                if now >= deadline {
+                    kill(record, .timedOut(seconds: record.configuration.wallClockTimeout ?? 0))
+                    continue
+                }
+                consider(deadline)
+            }
+            if let deadline = record.stopDeadline {
+                if now >= deadline {
+                    record.stopDeadline = nil
+                    _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+                } else {
+                    consider(deadline)
+                }
+            }
+            if let until = record.throttledUntil {
+                if let since = record.throttledSince, Double(now - since) / 1e9 > record.configuration.caps.floodKillSeconds {
+                    kill(record, .resourceCapExceeded("flooding: over \(record.configuration.caps.messagesPerSecond) messages/s for \(record.configuration.caps.floodKillSeconds) s"))
+                    continue
+                }
+                if now >= until {
+                    record.throttledUntil = nil
+                    updateInterest(record)
+                } else {
+                    consider(until)
+                }
+            }
+            if let since = record.parkedSince {
+                let deadline = since + UInt64(record.configuration.caps.replyStallSeconds * 1e9)
+                if now >= deadline {
+                    kill(record, .resourceCapExceeded("not reading its replies for \(record.configuration.caps.replyStallSeconds) s"))
+                    continue
+                }
+                consider(deadline)
+            }
+            for (token, pending) in record.pending {
+                if now >= pending.deadline {
+                    if let connect = pending.connect.take() {
+                        unregister(connect.socket.unsafeRawValue, token: token)
+                    }
+                    record.pending[token] = nil
+                    record.pendingRequestIDs.remove(pending.requestID)
+                    reply(record, pending.requestID, event: "CONNECT", detail: pending.detail, .denied(.timedOut, "connect timed out"))
+                    updateInterest(record)
+                } else {
+                    consider(pending.deadline)
+                }
+            }
+        }
+        return next
+    }
+
+    // MARK: Ending
+
+    /// Kills the worker now, remembering why. Its channel closes at once, so
+    /// nothing more it sent is served.
+    private func kill(_ record: WorkerRecord, _ reason: ExitReason) {
+        if record.killReason == nil || record.killReason == .stoppedBySupervisor {
+            record.killReason = reason
+            audit(record, event: "KILL", reason: reason.description)
+        }
+        _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+        closeChannel(record)
+    }
+
+    private func stop(_ record: WorkerRecord, grace: Double) {
+        if record.killReason == nil { record.killReason = .stoppedBySupervisor }
+        _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGTERM)
+        record.stopDeadline = system_clock_monotonic() + UInt64(max(grace, 0) * 1e9)
+    }
+
+    /// Closes the channel and drops everything waiting on it (pending connects, parked replies).
+    private func closeChannel(_ record: WorkerRecord) {
+        guard let channel = record.channel else { return }
+        unregister(channel.socket.unsafeRawValue, token: record.channelToken)
+        record.channel = nil
+        for (token, pending) in record.pending {
+            if let connect = pending.connect.take() { unregister(connect.socket.unsafeRawValue, token: token) }
+        }
+        record.pending = [:]
+        record.pendingRequestIDs = []
+        record.parked = []
+        record.parkedSince = nil
+        record.throttledUntil = nil
+    }
+
+    private func reap(_ record: WorkerRecord) {
+        let status: (code: Int32, status: Int32)
+        switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
+        case .success(let result?): status = result
+        case .success(nil): return
+        case .failure(let errno):
+            auditor.logger.error("waitid on worker \(record.id)'s pidfd failed: \(errno)")
+            status = (0, 0)
+        }
+        closeChannel(record)
+        unregister(record.pidfd.unsafeRawValue, token: record.pidfdToken)
+        workers[record.id] = nil
+        let reason: ExitReason
+        if let killed = record.killReason {
+            reason = killed
+        } else if let report = record.violation {
+            reason = .seccompViolation(SyscallViolation(report))
+        } else if status.code == privsep_CLD_EXITED {
+            reason = .exited(code: status.status)
+        } else if status.status == SIGSYS {
+            // Killed by its filter without a report (SECCOMP_RET_KILL_PROCESS).
+            reason = .seccompViolation(SyscallViolation(number: -1, architecture: 0, instructionPointer: nil))
+        } else {
+            reason = .signaled(signal: status.status, coreDumped: status.code == privsep_CLD_DUMPED)
+        }
+        audit(record, event: "EXIT", reason: reason.description)
+        record.handle.finish(reason)
+    }
+
+    // MARK: Policy
+
+    func narrow(workerID: UInt64, to narrower: ActivePolicy) -> PolicyError? {
+        guard let record = workers[workerID] else { return nil }
+        guard record.policy.policy.contains(narrower.policy) else { return .wouldWiden }
+        record.policy = narrower
+        audit(record, event: "POLICY", reason: "narrowed")
+        return nil
+    }
+
+    func workerSnapshots() -> [WorkerInfo] {
+        workers.values.sorted { $0.id < $1.id }.map {
+            WorkerInfo(id: $0.id, pid: $0.pid, name: $0.configuration.name, isHandshakeDone: $0.phase == .running,
+                       fileDescriptorsHandedOut: $0.fileDescriptorsHandedOut, sandbox: $0.sandbox)
+        }
+    }
+
+    private func audit(_ record: WorkerRecord, event: String, detail: String = "", decision: String = "",
+                       errno: Errno? = nil, reason: String = "") {
+        auditor.record(AuditRecord(time: wallClockSeconds(), workerID: record.id, workerName: record.configuration.name,
+                                   pid: record.pid, event: event, detail: detail, decision: decision,
+                                   errno: errno?.rawValue ?? 0, reason: reason))
+    }
+}
+
+/// What the loop knows of one worker. Loop-thread only.
+final class WorkerRecord {
+    enum Phase { case handshake, running }
+
+    let id: UInt64
+    let configuration: WorkerConfiguration
+    var policy: ActivePolicy
+    let handle: WorkerHandle
+    let pid: pid_t
+    let pidfd: OwnedFileDescriptor
+    var channel: ChannelBox?
+    var channelToken: UInt64 = 0
+    var pidfdToken: UInt64 = 0
+    var phase = Phase.handshake
+    let handshakeDeadline: UInt64
+    let wallClockDeadline: UInt64?
+    var stopDeadline: UInt64?
+    var killReason: ExitReason?
+    var violation: Violation?
+    var sandbox: SandboxStatus?
+    var fileDescriptorsHandedOut = 0
+    var tokens: Double
+    var lastRefill: UInt64
+    var throttledSince: UInt64?
+    var throttledUntil: UInt64?
+    var parked: [ParkedReply] = []
+    var parkedSince: UInt64?
+    var pending: [UInt64: PendingConnectState] = [:]
+    var pendingRequestIDs: Set<UInt64> = []
+    var reading = true
+    var writing = false
+
+    init(id: UInt64, configuration: WorkerConfiguration, policy: ActivePolicy, handle: WorkerHandle,
+         pid: pid_t, pidfd: consuming OwnedFileDescriptor, channel: consuming SeqpacketSocket, now: UInt64) {
+        self.id = id
+        self.configuration = configuration
+        self.policy = policy
+        self.handle = handle
+        self.pid = pid
+        self.pidfd = pidfd
+        self.channel = ChannelBox(channel)
+        self.handshakeDeadline = now + UInt64(configuration.handshakeTimeout * 1e9)
+        self.wallClockDeadline = configuration.wallClockTimeout.map { now + UInt64($0 * 1e9) }
+        self.tokens = Double(configuration.caps.messageBurst)
+        self.lastRefill = now
+    }
+}
+
+/// The supervisor's end of a worker's channel; closed when the box goes.
+final class ChannelBox {
+    let socket: SeqpacketSocket
+    init(_ socket: consuming SeqpacketSocket) { self.socket = socket }
+}
+
+/// A reply that found the worker's queue full.
+final class ParkedReply {
+    let bytes: [UInt8]
+    var fds: OwnedFileDescriptors
+    init(bytes: [UInt8], fds: consuming OwnedFileDescriptors) {
+        self.bytes = bytes
+        self.fds = fds
+    }
+}
+
+/// A CONNECT in progress.
+final class PendingConnectState {
+    let requestID: UInt64
+    let detail: String
+    let deadline: UInt64
+    var connect: PendingConnect?
+    var token: UInt64 = 0
+    init(requestID: UInt64, detail: String, deadline: UInt64, connect: consuming PendingConnect) {
+        self.requestID = requestID
+        self.detail = detail
+        self.deadline = deadline
+        self.connect = .some(connect)
+    }
+}
+
+/// A snapshot of one live worker.
+public struct WorkerInfo: Sendable, Equatable {
+    public var id: UInt64
+    public var pid: Int32
+    public var name: String
+    public var isHandshakeDone: Bool
+    public var fileDescriptorsHandedOut: Int
+    public var sandbox: SandboxStatus?
+}
+
+func layerNames(_ layers: SandboxLayers) -> String {
+    let names: [(SandboxLayers, String)] = [
+        (.noNewPrivileges, "no_new_privs"), (.seccomp, "seccomp"), (.landlock, "landlock"),
+        (.userNamespace, "user-namespace"), (.networkNamespace, "network-namespace"), (.resourceLimits, "rlimits"),
+    ]
+    let present = names.filter { layers.contains($0.0) }.map(\.1)
+    return present.isEmpty ? "none" : present.joined(separator: ", ")
+}
+
+/// "O_RDONLY|O_CLOEXEC" and so on, for the audit log.
+func describeOpenFlags(_ flags: Int32) -> String {
+    var parts: [String] = [["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"][Int(flags & O_ACCMODE)]]
+    let named: [(Int32, String)] = [
+        (O_CREAT, "O_CREAT"), (O_EXCL, "O_EXCL"), (O_NOCTTY, "O_NOCTTY"), (O_TRUNC, "O_TRUNC"), (O_APPEND, "O_APPEND"),
+        (O_NONBLOCK, "O_NONBLOCK"), (O_DIRECTORY, "O_DIRECTORY"), (O_NOFOLLOW, "O_NOFOLLOW"), (O_CLOEXEC, "O_CLOEXEC"),
+        (privsep_O_PATH, "O_PATH"), (privsep_O_TMPFILE, "O_TMPFILE"),
+    ]
+    var rest = flags & ~O_ACCMODE
+    for (flag, name) in named where rest & flag == flag && flag != 0 {
+        parts.append(name)
+        rest &= ~flag
+    }
+    if rest != 0 { parts.append("0x" + String(UInt32(bitPattern: rest), radix: 16)) }
+    return parts.joined(separator: "|")
+}

@@ -1,0 +1,288 @@
+public import PrivsepIPC
+
+/// What a worker may ask the supervisor for: paths it may open, sockets it may
+/// create, addresses it may connect to or bind.
+///
+/// A policy is plain data, built in Swift or read from a file
+/// (``PolicyFile``). Everything not granted is refused: an empty policy
+/// grants nothing. A running worker's policy can be narrowed
+/// (``WorkerHandle/narrowPolicy(to:)``), never widened.
+///
+/// ```swift
+/// var policy = Policy()
+/// policy.allow(path: "/srv/data", .directory, [.read, .listDirectory])
+/// policy.allow(path: "/var/log/app.log", .file, [.append, .create])
+/// policy.allowConnect(to: AddressRule(network: .ipv4(.loopback, prefixLength: 8), ports: 80...443))
+/// policy.allowBind(to: AddressRule(network: .ipv4(.any, prefixLength: 32), ports: 443...443))
+/// ```
+public struct Policy: Sendable, Equatable {
+    public var paths: [PathRule] = []
+    /// (domain, type) pairs SOCKET may create.
+    public var sockets: [SocketRule] = []
+    /// Destinations CONNECT may reach.
+    public var connect: [AddressRule] = []
+    /// Local addresses BIND may take.
+    public var bind: [AddressRule] = []
+
+    public init(paths: [PathRule] = [], sockets: [SocketRule] = [], connect: [AddressRule] = [], bind: [AddressRule] = []) {
+        self.paths = paths
+        self.sockets = sockets
+        self.connect = connect
+        self.bind = bind
+    }
+
+    /// Grants `permissions` on `path` (an exact file, or a directory and everything beneath it).
+    public mutating func allow(path: String, _ kind: PathRule.Kind, _ permissions: PathPermissions,
+                               symlinks: PathRule.SymlinkPolicy = .refuse, createMode: UInt32 = 0o600) {
+        paths.append(PathRule(path: path, kind: kind, permissions: permissions, symlinks: symlinks, createMode: createMode))
+    }
+
+    /// Allows SOCKET(domain, type).
+    public mutating func allowSocket(domain: Int32, type: Int32) {
+        sockets.append(SocketRule(domain: domain, type: type))
+    }
+
+    /// Allows CONNECT to destinations matching `rule`.
+    public mutating func allowConnect(to rule: AddressRule) { connect.append(rule) }
+
+    /// Allows BIND at local addresses matching `rule`.
+    public mutating func allowBind(to rule: AddressRule) { bind.append(rule) }
+
+    /// Checks the policy is well formed: absolute canonical paths, no duplicate
+    /// rules for one path, sane port ranges and prefixes.
+    public func validate() throws(PolicyError) {
+        var seen: Set<String> = []
+        for rule in paths {
+            guard isCanonicalAbsolutePath(rule.path) else { throw .invalidPath(rule.path, "must be absolute and canonical (no '.', '..', '//' or trailing '/')") }
+            guard seen.insert(rule.path).inserted else { throw .duplicatePath(rule.path) }
+            guard !rule.permissions.isEmpty else { throw .invalidPath(rule.path, "grants no permission") }
+            if rule.kind == .file && rule.permissions.contains(.listDirectory) {
+                throw .invalidPath(rule.path, "listDirectory applies to directory rules only")
+            }
+            guard rule.createMode & ~0o777 == 0 else { throw .invalidPath(rule.path, "create mode must be within 0777 (no setuid, setgid or sticky bits)") }
+        }
+        for rule in connect + bind { try rule.validate() }
+    }
+
+    /// Whether every grant of `narrower` is also granted by this policy.
+    public func contains(_ narrower: Policy) -> Bool {
+        let pathsCovered = narrower.paths.allSatisfy { candidate in
+            paths.contains { rule in
+                rule.covers(candidate.path, kind: candidate.kind) && candidate.permissions.isSubset(of: rule.permissions)
+                    && (candidate.symlinks == .refuse || rule.symlinks == candidate.symlinks)
+                    && candidate.allowedFileTypes.isSubset(of: rule.allowedFileTypes)
+                    && (!candidate.permissions.contains(.create) || candidate.createMode & ~rule.createMode == 0)
+            }
+        }
+        return pathsCovered
+            && narrower.sockets.allSatisfy { sockets.contains($0) }
+            && narrower.connect.allSatisfy { candidate in connect.contains { $0.contains(candidate) } }
+            && narrower.bind.allSatisfy { candidate in bind.contains { $0.contains(candidate) } }
+    }
+}
+
+/// Permissions on a path, in the spirit of pledge's rpath/wpath/cpath.
+public struct PathPermissions: OptionSet, Sendable, Hashable {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// Open for reading.
+    public static let read = PathPermissions(rawValue: 1 << 0)
+    /// Open for writing (O_WRONLY, O_RDWR).
+    public static let write = PathPermissions(rawValue: 1 << 1)
+    /// Create files that do not exist (O_CREAT); the mode comes from the rule.
+    public static let create = PathPermissions(rawValue: 1 << 2)
+    /// Truncate (O_TRUNC).
+    public static let truncate = PathPermissions(rawValue: 1 << 3)
+    /// Open for writing with O_APPEND only.
+    public static let append = PathPermissions(rawValue: 1 << 4)
+    /// Open a directory to list it (O_RDONLY on a directory).
+    public static let listDirectory = PathPermissions(rawValue: 1 << 5)
+
+    /// Names as the policy file spells them.
+    public static let names: [(String, PathPermissions)] = [
+        ("read", .read), ("write", .write), ("create", .create),
+        ("truncate", .truncate), ("append", .append), ("list", .listDirectory),
+    ]
+
+    public var names: [String] { Self.names.filter { contains($0.1) }.map(\.0) }
+}
+
+/// One path grant.
+public struct PathRule: Sendable, Equatable {
+    public enum Kind: String, Sendable, Equatable {
+        /// Exactly this file.
+        case file
+        /// This directory and everything beneath it.
+        case directory
+    }
+
+    /// How symbolic links met while resolving a request are treated.
+    public enum SymlinkPolicy: String, Sendable, Equatable {
+        /// Any symlink fails the request (RESOLVE_NO_SYMLINKS): the safe default.
+        case refuse
+        /// Symlinks are followed while they stay beneath the rule's directory (RESOLVE_BENEATH still applies).
+        case followBeneath = "follow-beneath"
+    }
+
+    /// Absolute, canonical path.
+    public var path: String
+    public var kind: Kind
+    public var permissions: PathPermissions
+    public var symlinks: SymlinkPolicy
+    /// Mode of files this rule lets the worker create (the request's mode is ignored).
+    public var createMode: UInt32
+    /// File types that may be handed out: regular files and directories unless the rule says more.
+    public var allowedFileTypes: Set<FileType>
+
+    public init(path: String, kind: Kind, permissions: PathPermissions, symlinks: SymlinkPolicy = .refuse,
+                createMode: UInt32 = 0o600, allowedFileTypes: Set<FileType> = [.regular, .directory]) {
+        self.path = path
+        self.kind = kind
+        self.permissions = permissions
+        self.symlinks = symlinks
+        self.createMode = createMode
+        self.allowedFileTypes = allowedFileTypes
+    }
+
+    /// Whether a request for `requested` (a canonical path) falls under this rule.
+    func matches(_ requested: String) -> Bool {
+        switch kind {
+        case .file: requested == path
+        case .directory: requested == path || (path == "/" ? requested.hasPrefix("/") : requested.hasPrefix(path + "/"))
+        }
+    }
+
+    /// Whether this rule's reach includes that of a rule for `other` of kind `otherKind`.
+    func covers(_ other: String, kind otherKind: Kind) -> Bool {
+        kind == .directory ? matches(other) : (otherKind == .file && other == path)
+    }
+}
+
+/// A (domain, type) pair SOCKET may create. `type` excludes SOCK_NONBLOCK and SOCK_CLOEXEC.
+public struct SocketRule: Sendable, Hashable {
+    public var domain: Int32
+    public var type: Int32
+    public init(domain: Int32, type: Int32) {
+        self.domain = domain
+        self.type = type
+    }
+}
+
+/// Addresses a CONNECT or BIND may name.
+public struct AddressRule: Sendable, Equatable {
+    public enum Network: Sendable, Equatable {
+        case ipv4(IPv4Address, prefixLength: Int)
+        case ipv6(IPv6Address, prefixLength: Int)
+        /// Exactly this unix socket path.
+        case unix(path: String)
+    }
+
+    public var network: Network
+    /// Allowed ports (ignored for unix sockets).
+    public var ports: ClosedRange<UInt16>
+    /// Socket types (SOCK_STREAM, SOCK_DGRAM...) the rule allows; empty means stream only.
+    public var types: Set<Int32>
+
+    public init(network: Network, ports: ClosedRange<UInt16> = 0...0, types: Set<Int32> = []) {
+        self.network = network
+        self.ports = ports
+        self.types = types
+    }
+
+    func validate() throws(PolicyError) {
+        switch network {
+        case .ipv4(_, let prefix):
+            guard (0...32).contains(prefix) else { throw .invalidAddress("IPv4 prefix length \(prefix) is not 0...32") }
+        case .ipv6(_, let prefix):
+            guard (0...128).contains(prefix) else { throw .invalidAddress("IPv6 prefix length \(prefix) is not 0...128") }
+        case .unix(let path):
+            guard isCanonicalAbsolutePath(path), path.utf8.count < WireFormat.maximumUnixPathLength else {
+                throw .invalidAddress("unix socket path \(path) must be absolute, canonical and under 108 bytes")
+            }
+        }
+    }
+
+    /// Whether `address` with socket `type` is allowed by this rule. IPv4-mapped
+    /// IPv6 addresses are matched as the IPv4 address they carry.
+    func allows(_ address: SocketAddress, type: Int32) -> Bool {
+        let allowedTypes = types.isEmpty ? [streamType] : types
+        guard allowedTypes.contains(type) else { return false }
+        switch (network, address) {
+        case (.unix(let path), .unix(let requested)):
+            return path == requested
+        case (.ipv4(let network, let prefix), .ipv4(let ip, let port)):
+            return ports.contains(port) && Self.prefixMatches(UInt128(network.value), UInt128(ip.value), prefix, width: 32)
+        case (.ipv4(let network, let prefix), .ipv6(let ip, let port, _)):
+            guard let mapped = ip.mappedIPv4 else { return false }
+            return ports.contains(port) && Self.prefixMatches(UInt128(network.value), UInt128(mapped.value), prefix, width: 32)
+        case (.ipv6(let network, let prefix), .ipv6(let ip, let port, _)):
+            // A mapped address is IPv4 traffic: only IPv4 rules decide it.
+            guard ip.mappedIPv4 == nil else { return false }
+            return ports.contains(port) && Self.prefixMatches(network.value, ip.value, prefix, width: 128)
+        default:
+            return false
+        }
+    }
+
+    /// Whether every address `other` allows, this rule allows too.
+    func contains(_ other: AddressRule) -> Bool {
+        let otherTypes = other.types.isEmpty ? [streamType] : other.types
+        let ownTypes = types.isEmpty ? [streamType] : types
+        guard otherTypes.isSubset(of: ownTypes) else { return false }
+        switch (network, other.network) {
+        case (.unix(let a), .unix(let b)): return a == b
+        case (.ipv4(let a, let p), .ipv4(let b, let q)):
+            return p <= q && Self.prefixMatches(UInt128(a.value), UInt128(b.value), p, width: 32) && ports.contains(other.ports)
+        case (.ipv6(let a, let p), .ipv6(let b, let q)):
+            return p <= q && Self.prefixMatches(a.value, b.value, p, width: 128) && ports.contains(other.ports)
+        default: return false
+        }
+    }
+
+    static func prefixMatches(_ network: UInt128, _ address: UInt128, _ prefix: Int, width: Int) -> Bool {
+        if prefix == 0 { return true }
+        let shift = UInt128(width - prefix)
+        return network >> shift == address >> shift
+    }
+}
+
+private extension ClosedRange {
+    func contains(_ other: ClosedRange) -> Bool { lowerBound <= other.lowerBound && other.upperBound <= upperBound }
+}
+
+/// SOCK_STREAM, the default type of an address rule.
+let streamType: Int32 = 1
+
+/// Why a policy is not well formed.
+public enum PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
+    case invalidPath(String, String)
+    case duplicatePath(String)
+    case invalidAddress(String)
+    /// A rule's directory (or a file rule's parent) could not be opened when the policy was activated.
+    case cannotOpen(String, String)
+    /// A narrowed policy would grant something the current one does not.
+    case wouldWiden
+
+    public var description: String {
+        switch self {
+        case .invalidPath(let path, let why): "path rule \(path): \(why)"
+        case .duplicatePath(let path): "two rules for \(path): merge their permissions into one"
+        case .invalidAddress(let why): "address rule: \(why)"
+        case .cannotOpen(let path, let why): "cannot open \(path): \(why)"
+        case .wouldWiden: "a policy can only be narrowed: the new policy grants something the current one does not"
+        }
+    }
+}
+
+/// Whether `path` is absolute and canonical: starts with "/", has no empty,
+/// "." or ".." component, no trailing "/" (except "/" itself) and no NUL.
+public func isCanonicalAbsolutePath(_ path: String) -> Bool {
+    guard path.hasPrefix("/"), !path.utf8.contains(0) else { return false }
+    if path == "/" { return true }
+    guard !path.hasSuffix("/") else { return false }
+    for component in path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst() {
+        if component.isEmpty { return false }
+        if component.elementsEqual(".".utf8) || component.elementsEqual("..".utf8) { return false }
+    }
+    return true
+}

@@ -1,0 +1,102 @@
+public import Logging
+import PrivsepIPC
+
+/// The privileged half: spawns sandboxed workers and serves their requests
+/// under each worker's policy.
+///
+/// One supervisor serves many workers from one thread of its own (an epoll
+/// loop), so it never occupies the cooperative thread pool and one slow request
+/// never stalls the others.
+///
+/// ```swift
+/// let supervisor = try Supervisor()
+/// var policy = Policy()
+/// policy.allow(path: "/srv/input", .directory, [.read])
+/// let worker = try await supervisor.spawn(WorkerConfiguration(executable: "/usr/local/bin/parser", policy: policy))
+/// let reason = await worker.exit()
+/// ```
+public final class Supervisor: Sendable {
+    private let loop: EventLoop
+
+    /// Starts the supervisor's loop thread.
+    /// - Parameters:
+    ///   - logger: receives every decision (grants at debug, denials at notice) and lifecycle events.
+    ///   - auditLog: also receives every decision, as JSON lines or in memory.
+    public init(logger: Logger = Logger(label: "privsep.supervisor"), auditLog: AuditLog? = nil) throws(SupervisorError) {
+        do {
+            loop = try EventLoop(auditor: Auditor(logger: logger, log: auditLog))
+        } catch {
+            throw .systemError("cannot create the event loop: \(error)")
+        }
+        loop.start()
+    }
+
+    deinit {
+        loop.submit(.shutdown(grace: 0, {}))
+    }
+
+    /// Spawns a worker and returns once it runs (its handshake still to come).
+    /// Fails if the policy cannot be activated or the program cannot be started.
+    public func spawn(_ configuration: WorkerConfiguration) async throws(SupervisorError) -> WorkerHandle {
+        let policy = try activate(configuration.policy)
+        let result: Result<WorkerHandle, SupervisorError> = await withCheckedContinuation { continuation in
+            loop.submit(.spawn(configuration, policy, { continuation.resume(returning: $0) }))
+        }
+        return try result.get()
+    }
+
+    /// The blocking form of ``spawn(_:)-swift.method``, for code that is not async.
+    public func spawnBlocking(_ configuration: WorkerConfiguration) throws(SupervisorError) -> WorkerHandle {
+        let policy = try activate(configuration.policy)
+        let result: Result<WorkerHandle, SupervisorError> = loop.call { loop in
+            let box = ResultBox()
+            loop.spawnNow(configuration, policy, box)
+            return box.value!
+        }
+        return try result.get()
+    }
+
+    /// The live workers.
+    public func workers() -> [WorkerInfo] {
+        loop.call { $0.workerSnapshots() }
+    }
+
+    /// Stops every worker (SIGTERM, then SIGKILL after `grace` seconds), waits for
+    /// them all to exit, and ends the loop thread. Spawning afterwards fails.
+    public func shutdown(grace: Double = 2) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            loop.submit(.shutdown(grace: grace, { continuation.resume() }))
+        }
+    }
+
+    private func activate(_ policy: Policy) throws(SupervisorError) -> ActivePolicy {
+        do { return try ActivePolicy(policy) } catch { throw .invalidPolicy(error) }
+    }
+}
+
+final class ResultBox: @unchecked Sendable {
+    var value: Result<WorkerHandle, SupervisorError>?
+}
+
+extension EventLoop {
+    func spawnNow(_ configuration: WorkerConfiguration, _ policy: ActivePolicy, _ box: ResultBox) {
+        submitLocal(configuration, policy) { box.value = $0 }
+    }
+}
+
+/// Why the supervisor could not do what was asked.
+public enum SupervisorError: Error, Sendable, Equatable, CustomStringConvertible {
+    case invalidPolicy(PolicyError)
+    case spawnFailed(String)
+    case shuttingDown
+    case systemError(String)
+
+    public var description: String {
+        switch self {
+        case .invalidPolicy(let error): "invalid policy: \(error)"
+        case .spawnFailed(let why): "spawn failed: \(why)"
+        case .shuttingDown: "the supervisor is shutting down"
+        case .systemError(let why): why
+        }
+    }
+}

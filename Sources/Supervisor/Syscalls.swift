@@ -1,0 +1,128 @@
+// Every raw system call the Supervisor makes goes through this file: one
+// `system_<name>` wrapper per call, returning `Result<_, Errno>`, with the
+// EINTR policy of PrivsepIPC's `retryingOnInterrupt`.
+
+import CPrivsepShims
+import Glibc
+import PrivsepIPC
+import SystemPackage
+
+func system_pidfd_open(_ pid: pid_t) -> Result<Int32, Errno> {
+    let fd = privsep_pidfd_open(pid, 0)
+    return fd >= 0 ? .success(fd) : .failure(currentErrno())
+}
+
+func system_pidfd_send_signal(_ pidfd: Int32, _ signal: Int32) -> Result<Void, Errno> {
+    privsep_pidfd_send_signal(pidfd, signal, 0) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+/// Reaps the exited process behind `pidfd` (non-blocking with WNOHANG).
+/// Returns nil if it has not exited yet.
+func system_waitid_pidfd(_ pidfd: Int32, nonBlocking: Bool) -> Result<(code: Int32, status: Int32)?, Errno> {
+    var code: Int32 = 0, status: Int32 = 0
+    let options = WEXITED | (nonBlocking ? WNOHANG : 0)
+    switch retryingOnInterrupt({ privsep_waitid_pidfd(pidfd, options, &code, &status) }) {
+    case .success: return .success(code == 0 ? nil : (code, status))
+    case .failure(let errno): return .failure(errno)
+    }
+}
+
+func system_prlimit(_ pid: pid_t, _ resource: Int32, _ soft: UInt64, _ hard: UInt64) -> Result<Void, Errno> {
+    var limit = rlimit(rlim_cur: rlim_t(soft), rlim_max: rlim_t(hard))
+    return privsep_prlimit(pid, resource, &limit, nil) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+func system_openat2(_ directory: Int32, _ path: String, flags: Int32, mode: UInt32, resolve: UInt64) -> Result<Int32, Errno> {
+    var how = open_how(flags: UInt64(UInt32(bitPattern: flags)), mode: UInt64(mode), resolve: resolve)
+    return retryingOnInterrupt {
+        path.withCString { privsep_openat2(directory, $0, &how, MemoryLayout<open_how>.size) }
+    }
+}
+
+func system_open(_ path: String, _ flags: Int32) -> Result<Int32, Errno> {
+    retryingOnInterrupt { Glibc.open(path, flags) }
+}
+
+func system_fcntl(_ fd: Int32, _ command: Int32, _ argument: Int32) -> Result<Int32, Errno> {
+    retryingOnInterrupt { Glibc.fcntl(fd, command, argument) }
+}
+
+func system_fstat(_ fd: Int32) -> Result<stat, Errno> {
+    var info = stat()
+    return Glibc.fstat(fd, &info) == 0 ? .success(info) : .failure(currentErrno())
+}
+
+func system_socket(_ domain: Int32, _ type: Int32, _ proto: Int32) -> Result<Int32, Errno> {
+    let fd = Glibc.socket(domain, type, proto)
+    return fd >= 0 ? .success(fd) : .failure(currentErrno())
+}
+
+func system_connect(_ fd: Int32, _ address: UnsafeRawPointer, _ length: socklen_t) -> Result<Void, Errno> {
+    // Not retried: a connect interrupted by a signal continues asynchronously.
+    Glibc.connect(fd, address.assumingMemoryBound(to: sockaddr.self), length) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+func system_bind(_ fd: Int32, _ address: UnsafeRawPointer, _ length: socklen_t) -> Result<Void, Errno> {
+    Glibc.bind(fd, address.assumingMemoryBound(to: sockaddr.self), length) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+func system_setsockopt(_ fd: Int32, _ level: Int32, _ option: Int32, _ value: Int32) -> Result<Void, Errno> {
+    var value = value
+    return Glibc.setsockopt(fd, level, option, &value, socklen_t(4)) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+func system_getsockopt_int(_ fd: Int32, _ level: Int32, _ option: Int32) -> Result<Int32, Errno> {
+    var value: Int32 = 0
+    var length = socklen_t(4)
+    return Glibc.getsockopt(fd, level, option, &value, &length) == 0 ? .success(value) : .failure(currentErrno())
+}
+
+func system_epoll_create() -> Result<Int32, Errno> {
+    let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
+    return fd >= 0 ? .success(fd) : .failure(currentErrno())
+}
+
+func system_epoll_ctl(_ epoll: Int32, _ operation: Int32, _ fd: Int32, events: UInt32, data: UInt64) -> Result<Void, Errno> {
+    var event = epoll_event()
+    event.events = events
+    event.data.u64 = data
+    return epoll_ctl(epoll, operation, fd, &event) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+func system_epoll_wait(_ epoll: Int32, _ events: UnsafeMutableBufferPointer<epoll_event>, timeoutMilliseconds: Int32) -> Result<Int, Errno> {
+    let count = epoll_wait(epoll, events.baseAddress, Int32(events.count), timeoutMilliseconds)
+    if count >= 0 { return .success(Int(count)) }
+    let error = currentErrno()
+    return error == .interrupted ? .success(0) : .failure(error)
+}
+
+func system_eventfd() -> Result<Int32, Errno> {
+    let fd = privsep_eventfd(0, privsep_EFD_CLOEXEC | privsep_EFD_NONBLOCK)
+    return fd >= 0 ? .success(fd) : .failure(currentErrno())
+}
+
+func system_write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Result<Int, Errno> {
+    retryingOnInterrupt { Glibc.write(fd, bytes.baseAddress, bytes.count) }
+}
+
+func system_read(_ fd: Int32, _ bytes: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
+    retryingOnInterrupt { Glibc.read(fd, bytes.baseAddress, bytes.count) }
+}
+
+func system_posix_spawn(
+    _ path: String, _ actions: UnsafePointer<posix_spawn_file_actions_t>, _ attributes: UnsafePointer<posix_spawnattr_t>,
+    _ argv: [String], _ environment: [String]
+) -> Result<pid_t, Errno> {
+    func cStrings(_ strings: [String]) -> [UnsafeMutablePointer<CChar>?] { strings.map { strdup($0) } + [nil] }
+    let cArgv = cStrings(argv), cEnvironment = cStrings(environment)
+    defer { for pointer in cArgv + cEnvironment { free(pointer) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, path, actions, attributes, cArgv, cEnvironment)
+    return rc == 0 ? .success(pid) : .failure(Errno(rawValue: rc))
+}
+
+func system_clock_monotonic() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+}

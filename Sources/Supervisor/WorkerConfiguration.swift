@@ -1,0 +1,120 @@
+public import PrivsepIPC
+
+/// Everything the supervisor needs to start and serve one worker.
+public struct WorkerConfiguration: Sendable {
+    /// Absolute path of the program to run.
+    public var executable: String
+    /// argv[1...]; argv[0] is ``argv0`` or the executable path.
+    public var arguments: [String]
+    public var argv0: String?
+    /// The worker's whole environment: nothing is inherited unless listed in
+    /// ``inheritedEnvironment``. `PRIVSEP_FD=3` is always set, and
+    /// `SWIFT_BACKTRACE=enable=no` unless given here.
+    public var environment: [String: String]
+    /// Names of the supervisor's environment variables to pass through.
+    public var inheritedEnvironment: [String]
+    /// Working directory of the worker; "/" by default.
+    public var workingDirectory: String
+    public var standardInput: StandardStream
+    public var standardOutput: StandardStream
+    public var standardError: StandardStream
+    public var resourceLimits: ResourceLimits
+    /// What the worker may ask for.
+    public var policy: Policy
+    /// HELLO must arrive within this many seconds of the spawn.
+    public var handshakeTimeout: Double
+    /// The worker is killed after this many seconds; nil for no limit.
+    public var wallClockTimeout: Double?
+    /// Sandbox layers the worker must report active (SANDBOX_STATUS) before its
+    /// first request; empty to require none.
+    public var requiredLayers: SandboxLayers
+    public var caps: WorkerCaps
+    /// A name for logs.
+    public var name: String
+
+    public init(executable: String, arguments: [String] = [], policy: Policy = Policy(), name: String? = nil) {
+        self.executable = executable
+        self.arguments = arguments
+        self.argv0 = nil
+        self.environment = [:]
+        self.inheritedEnvironment = []
+        self.workingDirectory = "/"
+        self.standardInput = .null
+        self.standardOutput = .inherit
+        self.standardError = .inherit
+        self.resourceLimits = ResourceLimits()
+        self.policy = policy
+        self.handshakeTimeout = 5
+        self.wallClockTimeout = nil
+        self.requiredLayers = []
+        self.caps = WorkerCaps()
+        self.name = name ?? String(executable.split(separator: "/").last ?? "worker")
+    }
+}
+
+/// Where a worker's standard stream goes.
+public enum StandardStream: Sendable {
+    /// The supervisor's own stream.
+    case inherit
+    /// /dev/null.
+    case null
+    /// A descriptor the caller provides (duplicated into the child).
+    case descriptor(SharedFileDescriptor)
+}
+
+/// A descriptor shared by reference, for configuration values that are copied
+/// around; closed once, when the last reference goes.
+public final class SharedFileDescriptor: Sendable {
+    private let descriptor: OwnedFileDescriptor
+    public init(_ descriptor: consuming OwnedFileDescriptor) { self.descriptor = descriptor }
+    /// The raw number, owned by this object.
+    public var unsafeRawValue: Int32 { descriptor.unsafeRawValue }
+}
+
+/// Resource limits applied to the worker (with prlimit) before it is let go.
+/// nil leaves a limit as inherited. The core size is 0 unless set.
+public struct ResourceLimits: Sendable, Equatable {
+    /// RLIMIT_AS, bytes.
+    public var addressSpace: UInt64?
+    /// RLIMIT_NOFILE.
+    public var openFiles: UInt64?
+    /// RLIMIT_CPU, seconds.
+    public var cpuSeconds: UInt64?
+    /// RLIMIT_FSIZE, bytes.
+    public var fileSize: UInt64?
+    /// RLIMIT_NPROC. Counted per user: it limits every process of the worker's uid.
+    public var processes: UInt64?
+    /// RLIMIT_CORE, bytes: 0 by default, so a crashing worker leaves no core with its secrets.
+    public var coreSize: UInt64? = 0
+
+    public init(addressSpace: UInt64? = nil, openFiles: UInt64? = nil, cpuSeconds: UInt64? = nil,
+                fileSize: UInt64? = nil, processes: UInt64? = nil, coreSize: UInt64? = 0) {
+        self.addressSpace = addressSpace
+        self.openFiles = openFiles
+        self.cpuSeconds = cpuSeconds
+        self.fileSize = fileSize
+        self.processes = processes
+        self.coreSize = coreSize
+    }
+}
+
+/// Per-worker caps that keep a hostile worker from exhausting the supervisor.
+public struct WorkerCaps: Sendable, Equatable {
+    /// Requests being served at once (a CONNECT in progress counts until it completes).
+    /// At the cap the supervisor stops reading the worker's requests until one finishes.
+    public var requestsInFlight = 64
+    /// fds handed out over the worker's lifetime; past it requests fail with EMFILE.
+    public var fileDescriptorsHandedOut = 1_000_000
+    /// Sustained messages per second, and the burst allowed above it. Above the
+    /// rate the supervisor stops reading (back-pressure); a worker held back for
+    /// ``floodKillSeconds`` in a row is killed.
+    public var messagesPerSecond = 50_000
+    public var messageBurst = 5_000
+    public var floodKillSeconds = 5.0
+    /// A worker that leaves a reply unread this long (its queue full) is killed.
+    public var replyStallSeconds = 10.0
+    /// A CONNECT still in progress after this long fails with ETIMEDOUT.
+    public var connectTimeoutSeconds = 30.0
+
+    public init() {}
+}

@@ -1,0 +1,96 @@
+import Dispatch
+import Glibc
+public import PrivsepIPC
+import Synchronization
+
+/// A running (or finished) worker, as the embedder sees it.
+///
+/// The supervisor's loop thread owns the worker; this handle asks it to act and
+/// learns how the worker ended.
+public final class WorkerHandle: Sendable, CustomStringConvertible {
+    /// The supervisor's name for this worker (also sent in WELCOME).
+    public let id: UInt64
+    /// The pid at spawn. The supervisor itself tracks the worker by pidfd, so a
+    /// reused pid never makes it signal the wrong process.
+    public let pid: Int32
+    public let name: String
+    private let state = Mutex(State())
+    private weak let loop: EventLoop?
+
+    private struct State: ~Copyable {
+        var reason: ExitReason?
+        var waiters: [CheckedContinuation<ExitReason, Never>] = []
+        var semaphores: [DispatchSemaphore] = []
+        var sandbox: SandboxStatus?
+    }
+
+    init(id: UInt64, pid: Int32, name: String, loop: EventLoop) {
+        self.id = id
+        self.pid = pid
+        self.name = name
+        self.loop = loop
+    }
+
+    public var description: String { "\(name)[\(pid)]" }
+
+    /// How the worker ended, or nil while it runs.
+    public var exitReason: ExitReason? { state.withLock { $0.reason } }
+
+    /// The sandbox layers the worker last reported, if it has.
+    public var sandboxStatus: SandboxStatus? { state.withLock { $0.sandbox } }
+
+    /// Waits for the worker to end, without blocking a thread.
+    public func exit() async -> ExitReason {
+        await withCheckedContinuation { continuation in
+            let reason: ExitReason? = state.withLock { state in
+                if let reason = state.reason { return reason }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let reason { continuation.resume(returning: reason) }
+        }
+    }
+
+    /// Blocks the calling thread until the worker ends. Never call this from a
+    /// task on the cooperative pool (it has two threads here): use ``exit()``.
+    public func waitForExit() -> ExitReason {
+        let semaphore = DispatchSemaphore(value: 0)
+        if let reason = (state.withLock { state -> ExitReason? in
+            if let reason = state.reason { return reason }
+            state.semaphores.append(semaphore)
+            return nil
+        }) {
+            return reason
+        }
+        semaphore.wait()
+        return state.withLock { $0.reason! }
+    }
+
+    /// Stops the worker: SIGTERM, then SIGKILL after `grace` seconds.
+    public func stop(grace: Double = 2) {
+        loop?.submit(.stop(id: id, grace: grace))
+    }
+
+    /// Replaces the worker's policy with `narrower`, which must grant nothing the
+    /// current policy does not (a policy can be narrowed, never widened).
+    public func narrowPolicy(to narrower: Policy) throws(PolicyError) {
+        guard let loop else { return }
+        let active = try ActivePolicy(narrower)
+        let result: PolicyError? = loop.call { loop in loop.narrow(workerID: self.id, to: active) }
+        if let result { throw result }
+    }
+
+    func finish(_ reason: ExitReason) {
+        let (waiters, semaphores) = state.withLock { state in
+            state.reason = reason
+            defer { state.waiters = []; state.semaphores = [] }
+            return (state.waiters, state.semaphores)
+        }
+        for waiter in waiters { waiter.resume(returning: reason) }
+        for semaphore in semaphores { semaphore.signal() }
+    }
+
+    func recordSandbox(_ status: SandboxStatus) {
+        state.withLock { $0.sandbox = status }
+    }
+}

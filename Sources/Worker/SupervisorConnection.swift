@@ -1,0 +1,294 @@
+import CPrivsepShims
+import Glibc
+public import PrivsepIPC
+public import SystemPackage
+
+/// The worker's line to its supervisor: find the inherited channel, say HELLO,
+/// then ask for what the sandbox forbids taking directly.
+///
+/// ```swift
+/// let supervisor = try SupervisorConnection.connect()
+/// let input = try supervisor.open("/srv/input/data.csv", .readOnly)
+/// ```
+///
+/// Calls may come from several threads at once: each request carries its own
+/// id and each caller gets the reply with its id. If the supervisor dies, the
+/// worker is killed (PR_SET_PDEATHSIG), and any call waiting for a reply fails
+/// with ``WorkerError/supervisorGone``.
+public final class SupervisorConnection: @unchecked Sendable {
+    private let channel: SeqpacketSocket
+    /// Supervisor's pid and its name for this worker, from WELCOME.
+    public let supervisorProcessID: Int32
+    public let workerID: UInt64
+    // Guarded by `lock`: the reply mailbox and who is reading the socket.
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let replied = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var nextRequestID: UInt64 = 1
+    private var mailbox: [UInt64: ReplyBox] = [:]
+    private var waiting: Set<UInt64> = []
+    private var readerActive = false
+    private var failure: WorkerError?
+
+    /// Connects over the channel named by `PRIVSEP_FD` (normally fd 3).
+    ///
+    /// Checks that the fd is a connected AF_UNIX SOCK_SEQPACKET socket, sets
+    /// PR_SET_PDEATHSIG so the worker dies with its supervisor, sends HELLO and
+    /// waits for WELCOME: a worker does nothing else before the supervisor has
+    /// applied its resource limits and let it go.
+    public static func connect() throws(WorkerError) -> SupervisorConnection {
+        guard let text = getenv(WireFormat.channelEnvironmentVariable) else {
+            throw .noChannel("\(WireFormat.channelEnvironmentVariable) is not set: this program must be started by a privsep supervisor")
+        }
+        guard let fd = Int32(String(cString: text)), fd >= 0 else {
+            throw .noChannel("\(WireFormat.channelEnvironmentVariable)=\(String(cString: text)) is not a file descriptor number")
+        }
+        let socket: SeqpacketSocket
+        do {
+            socket = try SeqpacketSocket.validated(OwnedFileDescriptor(adoptingRawValue: fd))
+        } catch {
+            throw .noChannel("fd \(fd) is not a connected AF_UNIX SOCK_SEQPACKET socket (\(error))")
+        }
+        return try SupervisorConnection(handshakeOver: socket)
+    }
+
+    /// Connects over a channel the caller already holds (for tests and embedders).
+    public init(handshakeOver socket: consuming SeqpacketSocket) throws(WorkerError) {
+        channel = socket
+        // Die with the supervisor. Set before the handshake, checked after it: if the
+        // supervisor died in between, getppid() no longer names it.
+        if case .failure(let errno) = system_prctl(privsep_PR_SET_PDEATHSIG, UInt(SIGKILL)) {
+            throw .system("prctl(PR_SET_PDEATHSIG)", errno)
+        }
+        do {
+            try channel.send(Envelope(requestID: 0, .hello(Hello(processID: system_getpid()))))
+            let welcome = try channel.receiveMessage()
+            guard case .welcome(let message) = welcome.envelope.message else {
+                throw WorkerError.protocolError("expected WELCOME, got \(welcome.envelope.message.type)")
+            }
+            supervisorProcessID = message.supervisorProcessID
+            workerID = message.workerID
+        } catch let error as ChannelError {
+            throw error == .peerClosed ? .supervisorGone : .protocolError("handshake: \(error)")
+        } catch let error as WorkerError {
+            throw error
+        } catch {
+            throw .protocolError("handshake: \(error)")
+        }
+        if system_getppid() != supervisorProcessID {
+            throw .supervisorGone
+        }
+        pthread_mutex_init(lock, nil)
+        pthread_cond_init(replied, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(lock)
+        pthread_cond_destroy(replied)
+        lock.deallocate()
+        replied.deallocate()
+    }
+
+    /// The raw channel fd, for the few things that need it (a seccomp trap handler).
+    public var unsafeChannelFileDescriptor: Int32 { channel.unsafeRawValue }
+
+    // MARK: Requests
+
+    /// Opens `path` (absolute) through the supervisor. Fails with the errno the
+    /// supervisor answered: EACCES for anything its policy does not grant.
+    public func open(_ path: String, _ flags: OpenFlags, mode: UInt32 = 0o600) throws(WorkerError) -> OwnedFileDescriptor {
+        try singleFileDescriptor(.open(OpenRequest(path: path, flags: flags.rawValue, mode: mode)))
+    }
+
+    /// A new socket; SOCK_CLOEXEC is always set.
+    public func socket(domain: Int32, type: Int32, protocol: Int32 = 0) throws(WorkerError) -> OwnedFileDescriptor {
+        try singleFileDescriptor(.socket(SocketRequest(domain: domain, type: type, protocol: `protocol`)))
+    }
+
+    /// A socket connected to `address` (SOCK_STREAM unless `type` says otherwise).
+    public func connect(to address: SocketAddress, type: Int32 = 1, protocol: Int32 = 0) throws(WorkerError) -> OwnedFileDescriptor {
+        try singleFileDescriptor(.connect(AddressRequest(type: type, protocol: `protocol`, address: address)))
+    }
+
+    /// A socket bound at `address` (SOCK_STREAM unless `type` says otherwise): the
+    /// worker calls `listen` on it itself, or uses ``listen(at:backlog:)``.
+    public func bind(to address: SocketAddress, type: Int32 = 1, protocol: Int32 = 0) throws(WorkerError) -> OwnedFileDescriptor {
+        try singleFileDescriptor(.bind(AddressRequest(type: type, protocol: `protocol`, address: address)))
+    }
+
+    /// A listening stream socket bound at `address`.
+    public func listen(at address: SocketAddress, backlog: Int32 = 128) throws(WorkerError) -> OwnedFileDescriptor {
+        let socket = try bind(to: address)
+        if case .failure(let errno) = system_listen(socket.unsafeRawValue, backlog) {
+            throw .system("listen", errno)
+        }
+        return socket
+    }
+
+    /// Sends a line to the supervisor's log.
+    public func log(_ message: String, level: LogLine.Level = .info) throws(WorkerError) {
+        try sendOnly(.log(LogLine(level: level, message: truncatedForLog(message))))
+    }
+
+    /// Reports which sandbox layers are in force (``Lockdown`` does this itself).
+    public func reportSandbox(_ status: SandboxStatus) throws(WorkerError) {
+        try sendOnly(.sandboxStatus(status))
+    }
+
+    private func sendOnly(_ message: Message) throws(WorkerError) {
+        do { try channel.send(Envelope(requestID: 0, message)) } catch .peerClosed { throw .supervisorGone } catch {
+            throw .protocolError("\(error)")
+        }
+    }
+
+    private func singleFileDescriptor(_ message: Message) throws(WorkerError) -> OwnedFileDescriptor {
+        var fds = try request(message)
+        guard fds.count == 1, let fd = fds.take(at: 0) else {
+            throw .protocolError("reply carried \(fds.count) fds, expected 1")
+        }
+        return fd
+    }
+
+    /// Sends `message` and waits for the reply with its id.
+    private func request(_ message: Message) throws(WorkerError) -> OwnedFileDescriptors {
+        pthread_mutex_lock(lock)
+        let id = nextRequestID
+        nextRequestID += 1
+        waiting.insert(id)
+        pthread_mutex_unlock(lock)
+        do {
+            try channel.send(Envelope(requestID: id, message))
+        } catch {
+            pthread_mutex_lock(lock)
+            waiting.remove(id)
+            pthread_mutex_unlock(lock)
+            throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
+        }
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        while true {
+            if let box = mailbox.removeValue(forKey: id) {
+                waiting.remove(id)
+                if let errno = box.reply.error { throw .denied(errno) }
+                return box.takeDescriptors()
+            }
+            if let failure {
+                waiting.remove(id)
+                throw failure
+            }
+            if readerActive {
+                pthread_cond_wait(replied, lock)
+                continue
+            }
+            // This thread reads for everyone until its own reply comes.
+            readerActive = true
+            pthread_mutex_unlock(lock)
+            let outcome = receiveReply()
+            pthread_mutex_lock(lock)
+            readerActive = false
+            switch outcome {
+            case .success(let box):
+                if waiting.contains(box.requestID) {
+                    mailbox[box.requestID] = box
+                } else {
+                    failure = .protocolError("reply to request \(box.requestID), which nobody is waiting for")
+                }
+            case .failure(let error):
+                failure = error
+            }
+            pthread_cond_broadcast(replied)
+        }
+    }
+
+    private func receiveReply() -> Result<ReplyBox, WorkerError> {
+        do {
+            let received = try channel.receiveMessage(maximumFileDescriptors: WireFormat.maximumFileDescriptors)
+            guard case .reply(let reply) = received.envelope.message else {
+                return .failure(.protocolError("expected REPLY, got \(received.envelope.message.type)"))
+            }
+            return .success(ReplyBox(requestID: received.envelope.requestID, reply: reply, fds: received.fileDescriptors))
+        } catch .peerClosed {
+            return .failure(.supervisorGone)
+        } catch {
+            return .failure(.protocolError("\(error)"))
+        }
+    }
+}
+
+private func truncatedForLog(_ message: String) -> String {
+    var bytes = Array(message.utf8.filter { $0 != 0 })
+    if bytes.count > WireFormat.maximumLogLength - 1 {
+        bytes = Array(bytes[..<(WireFormat.maximumLogLength - 1)])
+        // Do not cut a UTF-8 sequence in half.
+        while let last = bytes.last, last & 0xC0 == 0x80 { bytes.removeLast() }
+        if let last = bytes.last, last & 0xC0 == 0xC0 { bytes.removeLast() }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// A reply waiting for the thread that asked.
+private final class ReplyBox: @unchecked Sendable {
+    let requestID: UInt64
+    let reply: Reply
+    private var fds: OwnedFileDescriptors
+    init(requestID: UInt64, reply: Reply, fds: consuming OwnedFileDescriptors) {
+        self.requestID = requestID
+        self.reply = reply
+        self.fds = fds
+    }
+    func takeDescriptors() -> OwnedFileDescriptors {
+        var taken = OwnedFileDescriptors()
+        swap(&taken, &fds)
+        return taken
+    }
+}
+
+/// open(2) flags for ``SupervisorConnection/open(_:_:mode:)``.
+public struct OpenFlags: OptionSet, Sendable {
+    public var rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let readOnly = OpenFlags([])
+    public static let writeOnly = OpenFlags(rawValue: O_WRONLY)
+    public static let readWrite = OpenFlags(rawValue: O_RDWR)
+    public static let create = OpenFlags(rawValue: O_CREAT)
+    public static let exclusive = OpenFlags(rawValue: O_EXCL)
+    public static let truncate = OpenFlags(rawValue: O_TRUNC)
+    public static let append = OpenFlags(rawValue: O_APPEND)
+    public static let nonBlocking = OpenFlags(rawValue: O_NONBLOCK)
+    public static let directory = OpenFlags(rawValue: O_DIRECTORY)
+    public static let noFollow = OpenFlags(rawValue: O_NOFOLLOW)
+}
+
+/// Why a worker-side call failed.
+public enum WorkerError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The supervisor refused, with the errno the syscall would have given.
+    case denied(Errno)
+    /// There is no usable channel (not started by a supervisor, or fd 3 is not the channel).
+    case noChannel(String)
+    /// The supervisor is gone (its end of the channel closed).
+    case supervisorGone
+    /// The supervisor sent something this protocol does not allow.
+    case protocolError(String)
+    /// A local system call failed.
+    case system(String, Errno)
+    /// A sandbox layer that was asked for cannot be applied.
+    case lockdownFailed(String)
+
+    public var description: String {
+        switch self {
+        case .denied(let errno): "\(errno)"
+        case .noChannel(let why): "no supervisor channel: \(why)"
+        case .supervisorGone: "the supervisor is gone"
+        case .protocolError(let why): "protocol error: \(why)"
+        case .system(let call, let errno): "\(call): \(errno)"
+        case .lockdownFailed(let why): "lockdown failed: \(why)"
+        }
+    }
+
+    /// The errno of a refusal or a failed call, if this is one.
+    public var errno: Errno? {
+        switch self {
+        case .denied(let errno), .system(_, let errno): errno
+        default: nil
+        }
+    }
+}

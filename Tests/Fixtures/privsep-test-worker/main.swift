@@ -1,0 +1,199 @@
+// A worker for the integration tests. Each argument is one step; each step
+// prints one line to stdout, which the tests read:
+//
+//   handshake            connect to the supervisor (HELLO/WELCOME)      -> "welcome <worker id>"
+//   fds                  list this process's open fds                   -> "fds 0,1,2,3"
+//   env                  print PRIVSEP_FD                               -> "env PRIVSEP_FD=3"
+//   open:PATH:FLAGS      open through the supervisor; FLAGS letters:
+//                        r w (rw) c(reat) t(runc) a(ppend) x(excl) d(irectory) n(onblock)
+//                                                                       -> "open PATH ok" / "open PATH errno N"
+//   read:PATH            open read-only through the supervisor, print the contents' first line
+//   write:PATH:TEXT      open O_WRONLY|O_CREAT|O_TRUNC through the supervisor and write TEXT
+//   socket:DOMAIN:TYPE   -> "socket ok" / "socket errno N"
+//   connect:HOST:PORT    connect (IPv4 or IPv6 literal) and read one line from the peer
+//   bind:HOST:PORT       bind, listen, accept one connection, send "hello\n"
+//   log:TEXT             send a LOG line
+//   raw:HEX              send raw bytes on the channel (no fds)
+//   rawfds:N:HEX         send raw bytes with N fds (dups of stdin)
+//   nohello              sleep without ever saying HELLO
+//   sleep:SECONDS        sleep
+//   exit:CODE            exit with CODE
+//   flood:N              send N OPEN requests without reading replies
+//   pdeathsig            print the parent-death signal
+import CPrivsepShims
+import Glibc
+import PrivsepIPC
+import SystemPackage
+import Worker
+
+var connection: SupervisorConnection?
+
+/// One write(2) per line: unbuffered, so a line is out before the process can be killed.
+func say(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    _ = write(1, bytes, bytes.count)
+}
+
+func errnoText(_ error: WorkerError) -> String {
+    if let errno = error.errno { return "errno \(errno.rawValue)" }
+    return "error \(error)"
+}
+
+func flags(_ letters: Substring) -> OpenFlags {
+    var result: OpenFlags = []
+    if letters.contains("r") && letters.contains("w") { result.insert(.readWrite) } else if letters.contains("w") { result.insert(.writeOnly) }
+    if letters.contains("c") { result.insert(.create) }
+    if letters.contains("t") { result.insert(.truncate) }
+    if letters.contains("a") { result.insert(.append) }
+    if letters.contains("x") { result.insert(.exclusive) }
+    if letters.contains("d") { result.insert(.directory) }
+    if letters.contains("n") { result.insert(.nonBlocking) }
+    return result
+}
+
+func hexBytes(_ text: Substring) -> [UInt8] {
+    var bytes: [UInt8] = []
+    var index = text.startIndex
+    while index < text.endIndex, let next = text.index(index, offsetBy: 2, limitedBy: text.endIndex) {
+        bytes.append(UInt8(text[index..<next], radix: 16)!)
+        index = next
+    }
+    return bytes
+}
+
+func address(_ host: Substring, _ port: Substring) -> SocketAddress {
+    if let v4 = IPv4Address(String(host)) { return .ipv4(v4, port: UInt16(port)!) }
+    if let v6 = IPv6Address(String(host)) { return .ipv6(v6, port: UInt16(port)!) }
+    if host.hasPrefix("/") { return .unix(path: String(host)) }
+    fatalError("bad address \(host)")
+}
+
+func requireConnection() -> SupervisorConnection {
+    guard let connection else { fatalError("step needs a handshake first") }
+    return connection
+}
+
+func readLine(_ fd: Int32) -> String {
+    var bytes: [UInt8] = []
+    var byte: UInt8 = 0
+    while read(fd, &byte, 1) == 1 {
+        if byte == UInt8(ascii: "\n") { break }
+        bytes.append(byte)
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+for step in CommandLine.arguments.dropFirst() {
+    let parts = step.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+    switch parts[0] {
+    case "handshake":
+        do {
+            connection = try SupervisorConnection.connect()
+            say("welcome \(connection!.workerID)")
+        } catch {
+            say("handshake failed: \(error)")
+            exit(3)
+        }
+    case "fds":
+        var fds: [Int32] = []
+        let directory = opendir("/proc/self/fd")!
+        let own = dirfd(directory)
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let fd = Int32(name), fd != own { fds.append(fd) }
+        }
+        closedir(directory)
+        say("fds " + fds.sorted().map(String.init).joined(separator: ","))
+    case "env":
+        say("env PRIVSEP_FD=\(getenv("PRIVSEP_FD").map { String(cString: $0) } ?? "")")
+    case "open":
+        let path = String(parts[1])
+        do {
+            let fd = try requireConnection().open(path, flags(parts.count > 2 ? parts[2] : "r"))
+            let cloexec = (fcntl(fd.unsafeRawValue, F_GETFD) & FD_CLOEXEC) != 0
+            say("open \(path) ok\(cloexec ? "" : " not-cloexec")")
+        } catch {
+            say("open \(path) \(errnoText(error))")
+        }
+    case "read":
+        let path = String(parts[1])
+        do {
+            let fd = try requireConnection().open(path, .readOnly)
+            say("read \(path) \(readLine(fd.unsafeRawValue))")
+        } catch {
+            say("read \(path) \(errnoText(error))")
+        }
+    case "write":
+        let path = String(parts[1])
+        do {
+            let fd = try requireConnection().open(path, [.writeOnly, .create, .truncate])
+            let text = Array(parts[2].utf8)
+            _ = write(fd.unsafeRawValue, text, text.count)
+            say("write \(path) ok")
+        } catch {
+            say("write \(path) \(errnoText(error))")
+        }
+    case "socket":
+        do {
+            _ = try requireConnection().socket(domain: Int32(parts[1])!, type: Int32(parts[2])!)
+            say("socket ok")
+        } catch {
+            say("socket \(errnoText(error))")
+        }
+    case "connect":
+        do {
+            let socket = try requireConnection().connect(to: address(parts[1], parts[2]))
+            say("connect ok \(readLine(socket.unsafeRawValue))")
+        } catch {
+            say("connect \(errnoText(error))")
+        }
+    case "bind":
+        do {
+            let listener = try requireConnection().listen(at: address(parts[1], parts[2]))
+            say("bind ok")
+            let client = accept(listener.unsafeRawValue, nil, nil)
+            _ = write(client, "hello\n", 6)
+            close(client)
+        } catch {
+            say("bind \(errnoText(error))")
+        }
+    case "log":
+        try! requireConnection().log(String(parts[1]))
+        say("log ok")
+    case "raw", "rawfds":
+        let bytes = hexBytes(parts.last!)
+        let count = parts[0] == "rawfds" ? Int(parts[1])! : 0
+        let fds = [Int32](repeating: 0, count: count)
+        let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(3)))
+        do {
+            try bytes.withUnsafeBytes { try socket.unsafeSend($0, passingRawValues: fds) }
+            say("raw sent")
+        } catch {
+            say("raw failed \(error)")
+        }
+    case "nohello":
+        sleep(60)
+    case "sleep":
+        usleep(UInt32(Double(parts[1])! * 1_000_000))
+    case "exit":
+        exit(Int32(parts[1])!)
+    case "flood":
+        let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(3)))
+        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/nonexistent", flags: 0))))
+        var sent = 0
+        for index in 0..<Int(parts[1])! {
+            var message = request
+            withUnsafeBytes(of: UInt64(index + 1)) { for (i, byte) in $0.enumerated() { message[16 + i] = byte } }
+            do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
+        }
+        say("flood sent \(sent)")
+    case "pdeathsig":
+        var signal: Int32 = 0
+        _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
+        say("pdeathsig \(signal)")
+    default:
+        say("unknown step \(step)")
+        exit(2)
+    }
+}
+exit(0)

@@ -1,0 +1,100 @@
+import Glibc
+import PrivsepIPC
+import Supervisor
+import Testing
+
+@Suite struct SpawnTests {
+    @Test func childSeesOnlyStdioAndTheChannelAtFd3() async throws {
+        let run = try await runWorker(["fds", "env", "handshake", "pdeathsig"])
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.count == 4)
+        #expect(run.lines.first == "fds 0,1,2,3")
+        #expect(run.lines.dropFirst().first == "env PRIVSEP_FD=3")
+        #expect(run.lines.dropFirst(2).first?.hasPrefix("welcome ") == true)
+        #expect(run.lines.last == "pdeathsig 9", "the worker dies with its supervisor")
+    }
+
+    @Test func exitStatusAndSignalsAreReported() async throws {
+        #expect(try await runWorker(["handshake", "exit:7"]).reason == .exited(code: 7))
+        let killed = try await runWorker(["handshake", "sleep:30"], configure: { $0.wallClockTimeout = 0.3 })
+        #expect(killed.reason == .timedOut(seconds: 0.3))
+    }
+
+    @Test func missingHelloIsAHandshakeFailure() async throws {
+        let run = try await runWorker(["nohello"], configure: { $0.handshakeTimeout = 0.3 })
+        #expect(run.reason == .handshakeFailed("no HELLO within 0.3 s"))
+    }
+
+    @Test func requestBeforeHelloKillsTheWorker() async throws {
+        let open = try WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hosts", flags: 0))))
+        let run = try await runWorker(["raw:" + open.map { String(format2: $0) }.joined(), "sleep:5"])
+        #expect(run.reason == .protocolViolation("OPEN before HELLO"))
+    }
+
+    @Test func malformedMessageKillsWithAPreciseReason() async throws {
+        var open = try WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hosts", flags: 0))))
+        open[8] = 0xff // length field lies
+        let run = try await runWorker(["handshake", "raw:" + open.map { String(format2: $0) }.joined(), "sleep:5"])
+        #expect(run.reason == .protocolViolation("header.length says 255 payload bytes, datagram has 19"))
+    }
+
+    @Test func fdsAttachedToARequestKillTheWorker() async throws {
+        let open = try WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hosts", flags: 0))))
+        let run = try await runWorker(["handshake", "rawfds:3:" + open.map { String(format2: $0) }.joined(), "sleep:5"])
+        #expect(run.reason == .protocolViolation("control data truncated: more than 0 fds sent, or fd table full"))
+    }
+
+    @Test func secondHelloAndSupervisorMessagesAreViolations() async throws {
+        let hello = try WireCodec.encode(Envelope(requestID: 0, .hello(Hello(processID: 1))))
+        let run = try await runWorker(["handshake", "raw:" + hello.map { String(format2: $0) }.joined(), "sleep:5"])
+        #expect(run.reason == .protocolViolation("second HELLO"))
+        let reply = try WireCodec.encode(Envelope(requestID: 0, .reply(.failure(.permissionDenied))))
+        let other = try await runWorker(["handshake", "raw:" + reply.map { String(format2: $0) }.joined(), "sleep:5"])
+        #expect(other.reason == .protocolViolation("REPLY is sent by the supervisor, never by a worker"))
+    }
+
+    @Test func spawnOfAMissingProgramFails() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        await #expect(throws: SupervisorError.spawnFailed("posix_spawn /nonexistent/program: No such file or directory")) {
+            _ = try await supervisor.spawn(WorkerConfiguration(executable: "/nonexistent/program"))
+        }
+        await supervisor.shutdown()
+    }
+
+    @Test func resourceLimitsAreApplied() async throws {
+        // 64 open files: the worker can still start, but its fd table is capped.
+        let run = try await runWorker(["handshake", "exit:0"], configure: {
+            $0.resourceLimits = ResourceLimits(openFiles: 64, cpuSeconds: 10, fileSize: 1 << 20)
+        })
+        #expect(run.reason == .exited(code: 0))
+    }
+
+    @Test func stopSendsTermThenKill() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let handle = try await supervisor.spawn(WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "sleep:30"]))
+        try await Task.sleep(for: .milliseconds(200))
+        handle.stop(grace: 0.5)
+        #expect(await handle.exit() == .stoppedBySupervisor)
+        await supervisor.shutdown()
+    }
+
+    @Test func shutdownLeavesNoWorkerBehind() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        var handles: [WorkerHandle] = []
+        for _ in 0..<5 {
+            handles.append(try await supervisor.spawn(WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "sleep:30"])))
+        }
+        await supervisor.shutdown(grace: 0.5)
+        for handle in handles {
+            #expect(handle.exitReason == .stoppedBySupervisor)
+            #expect(kill(handle.pid, 0) == -1 && errno == ESRCH, "worker \(handle.pid) is gone and reaped")
+        }
+    }
+}
+
+extension String {
+    init(format2 byte: UInt8) {
+        let hex = String(byte, radix: 16)
+        self = hex.count == 1 ? "0" + hex : hex
+    }
+}

@@ -1,0 +1,105 @@
+import CPrivsepShims
+import Glibc
+import Logging
+import PrivsepIPC
+import Supervisor
+import SystemPackage
+
+/// The fixture worker built beside this test bundle.
+let testWorkerPath: String = {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let length = readlink("/proc/self/exe", &buffer, 4095)
+    precondition(length > 0)
+    let exe = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return String(exe[..<exe.lastIndex(of: "/")!]) + "/privsep-test-worker"
+}()
+
+/// What one fixture worker did.
+struct WorkerRun {
+    var reason: ExitReason
+    var lines: [String]
+    var audit: [AuditRecord]
+}
+
+/// A pipe whose write end becomes a worker's stdout.
+struct Pipe: ~Copyable {
+    var read: OwnedFileDescriptor
+    var write: OwnedFileDescriptor
+    init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0)
+        read = OwnedFileDescriptor(adoptingRawValue: fds[0])
+        write = OwnedFileDescriptor(adoptingRawValue: fds[1])
+        try! read.setCloseOnExec(true)
+        try! write.setCloseOnExec(true)
+    }
+}
+
+func readAvailable(_ fd: borrowing OwnedFileDescriptor) -> String {
+    _ = fcntl(fd.unsafeRawValue, F_SETFL, O_NONBLOCK)
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(fd.unsafeRawValue, &chunk, chunk.count)
+        if count <= 0 { break }
+        bytes += chunk[..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+func quietLogger() -> Logger {
+    var logger = Logger(label: "privsep.test", factory: { _ in SwiftLogNoOpLogHandler() })
+    logger.logLevel = .critical
+    return logger
+}
+
+/// Runs the fixture worker with `steps` under `policy` and waits for it to end.
+func runWorker(_ steps: [String], policy: Policy = Policy(), supervisor: Supervisor? = nil,
+               configure: (inout WorkerConfiguration) -> Void = { _ in }) async throws -> WorkerRun {
+    let audit = AuditLog(collectingUpTo: 100_000)
+    let own = supervisor == nil ? try Supervisor(logger: quietLogger(), auditLog: audit) : nil
+    let pipe = Pipe()
+    let readEnd = pipe.read, writeEnd = pipe.write
+    var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: steps, policy: policy, name: "test-worker")
+    configuration.standardOutput = .descriptor(SharedFileDescriptor(writeEnd))
+    configure(&configuration)
+    let handle = try await (supervisor ?? own!).spawn(configuration)
+    let reason = await handle.exit()
+    configuration = WorkerConfiguration(executable: "/")
+    let output = readAvailable(readEnd)
+    if let own { await own.shutdown() }
+    return WorkerRun(reason: reason, lines: output.split(separator: "\n").map(String.init), audit: audit.records)
+}
+
+/// A scratch directory, removed with its contents when the value goes.
+final class ScratchDirectory {
+    let path: String
+    init() {
+        var template = Array("/tmp/privsep-test-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+    deinit { _ = system("rm -rf '\(path)'") }
+
+    func write(_ name: String, _ text: String) {
+        let fd = open(path + "/" + name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        precondition(fd >= 0, "create \(name)")
+        _ = Glibc.write(fd, text, text.utf8.count)
+        close(fd)
+    }
+    func mkdir(_ name: String) { precondition(Glibc.mkdir(path + "/" + name, 0o755) == 0) }
+    func symlink(_ name: String, to target: String) { precondition(Glibc.symlink(target, path + "/" + name) == 0) }
+    func mkfifo(_ name: String) { precondition(Glibc.mkfifo(path + "/" + name, 0o644) == 0) }
+    func contents(_ name: String) -> String? {
+        let fd = open(path + "/" + name, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = read(fd, &buffer, buffer.count)
+        return String(decoding: buffer[..<max(count, 0)], as: UTF8.self)
+    }
+    func mode(_ name: String) -> UInt32 {
+        var info = stat()
+        precondition(stat(path + "/" + name, &info) == 0)
+        return info.st_mode & 0o7777
+    }
+}
