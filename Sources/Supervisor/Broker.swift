@@ -100,7 +100,9 @@ public final class ActivePolicy: Sendable {
         // O_NONBLOCK while opening: a FIFO must not hang the supervisor. Cleared below
         // unless the worker asked for it.
         let fd: OwnedFileDescriptor
-        switch system_openat2(anchor.directory, relative, flags: flags | O_NONBLOCK, mode: rule.createMode, resolve: resolve) {
+        // openat2 refuses a mode without O_CREAT.
+        let mode = flags & O_CREAT != 0 ? rule.createMode : 0
+        switch system_openat2(anchor.directory, relative, flags: flags | O_NONBLOCK, mode: mode, resolve: resolve) {
         case .success(let raw):
             fd = OwnedFileDescriptor(adoptingRawValue: raw)
         case .failure(.tooManySymbolicLinkLevels), .failure(.improperLink):

@@ -36,6 +36,8 @@ final class EventLoop: @unchecked Sendable {
     private var nextWorkerID: UInt64 = 1
     private var shuttingDown: (@Sendable () -> Void)? = nil
     private var running = true
+    /// When ``checkDeadlines(now:)`` must next run; lowered by whatever sets a new deadline.
+    private var nextDeadlineCheck: UInt64 = .max
 
     private enum Registration {
         case wakeup
@@ -93,7 +95,6 @@ final class EventLoop: @unchecked Sendable {
         let capacity = 128
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
-        var nextDeadlineCheck: UInt64 = 0
         while running {
             let now = system_clock_monotonic()
             var timeout: Int32 = -1
@@ -117,7 +118,7 @@ final class EventLoop: @unchecked Sendable {
                 }
             }
             let after = system_clock_monotonic()
-            if after >= nextDeadlineCheck || count == 0 {
+            if after >= nextDeadlineCheck {
                 nextDeadlineCheck = checkDeadlines(now: after)
             }
             if let done = shuttingDown, workers.isEmpty {
@@ -147,6 +148,10 @@ final class EventLoop: @unchecked Sendable {
                 for record in workers.values { stop(record, grace: grace) }
             }
         }
+    }
+
+    private func noteDeadline(_ deadline: UInt64) {
+        nextDeadlineCheck = min(nextDeadlineCheck, deadline)
     }
 
     private func register(_ fd: Int32, _ registration: Registration, events: UInt32) -> UInt64? {
@@ -190,6 +195,8 @@ final class EventLoop: @unchecked Sendable {
         }
         record.channelToken = channelToken
         record.pidfdToken = pidfdToken
+        noteDeadline(record.handshakeDeadline)
+        if let deadline = record.wallClockDeadline { noteDeadline(deadline) }
         audit(record, event: "SPAWN", detail: ([configuration.executable] + configuration.arguments).joined(separator: " "))
         return .success(handle)
     }
@@ -326,21 +333,22 @@ final class EventLoop: @unchecked Sendable {
         case .inProgress(let socket):
             let raw = socket.unsafeRawValue
             let deadline = system_clock_monotonic() + UInt64(record.configuration.caps.connectTimeoutSeconds * 1e9)
-            let pending = PendingConnectState(requestID: requestID, detail: detail, deadline: deadline,
-                                              connect: PendingConnect(socket: socket, requestedType: request.type, address: request.address))
+            let pending = PendingConnectState(requestID: requestID, detail: detail, deadline: deadline, socket: socket,
+                                              requestedType: request.type, address: request.address)
             guard let token = register(raw, .connect(record.id, pending), events: EPOLLOUT.rawValue) else {
                 reply(record, requestID, event: "CONNECT", detail: detail, .denied(.noMemory, "epoll registration failed"))
                 return
             }
             pending.token = token
             record.pending[token] = pending
+            noteDeadline(deadline)
             record.pendingRequestIDs.insert(requestID)
             updateInterest(record)
         }
     }
 
     private func connectReady(_ record: WorkerRecord, _ pending: PendingConnectState, token: UInt64) {
-        guard let connect = pending.connect.take() else { return }
+        guard let connect = pending.take() else { return }
         unregister(connect.socket.unsafeRawValue, token: token)
         record.pending[token] = nil
         record.pendingRequestIDs.remove(pending.requestID)
@@ -372,7 +380,11 @@ final class EventLoop: @unchecked Sendable {
             kill(record, .resourceCapExceeded("not reading its replies"))
             return
         }
-        if record.parked.isEmpty { record.parkedSince = system_clock_monotonic() }
+        if record.parked.isEmpty {
+            let now = system_clock_monotonic()
+            record.parkedSince = now
+            noteDeadline(now + UInt64(record.configuration.caps.replyStallSeconds * 1e9))
+        }
         record.parked.append(ParkedReply(bytes: bytes, fds: fds))
         updateInterest(record)
     }
@@ -412,7 +424,9 @@ final class EventLoop: @unchecked Sendable {
         // This message is served (it was already read); then reading pauses.
         record.tokens -= 1
         if record.throttledSince == nil { record.throttledSince = now }
-        record.throttledUntil = now + UInt64((1 - record.tokens) / Double(caps.messagesPerSecond) * 1e9)
+        let until = now + UInt64((1 - record.tokens) / Double(caps.messagesPerSecond) * 1e9)
+        record.throttledUntil = until
+        noteDeadline(until)
         updateInterest(record)
         return true
     }
@@ -482,7 +496,7 @@ final class EventLoop: @unchecked Sendable {
             }
             for (token, pending) in record.pending {
                 if now >= pending.deadline {
-                    if let connect = pending.connect.take() {
+                    if let connect = pending.take() {
                         unregister(connect.socket.unsafeRawValue, token: token)
                     }
                     record.pending[token] = nil
@@ -513,7 +527,9 @@ final class EventLoop: @unchecked Sendable {
     private func stop(_ record: WorkerRecord, grace: Double) {
         if record.killReason == nil { record.killReason = .stoppedBySupervisor }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGTERM)
-        record.stopDeadline = system_clock_monotonic() + UInt64(max(grace, 0) * 1e9)
+        let deadline = system_clock_monotonic() + UInt64(max(grace, 0) * 1e9)
+        record.stopDeadline = deadline
+        noteDeadline(deadline)
     }
 
     /// Closes the channel and drops everything waiting on it (pending connects, parked replies).
@@ -522,7 +538,7 @@ final class EventLoop: @unchecked Sendable {
         unregister(channel.socket.unsafeRawValue, token: record.channelToken)
         record.channel = nil
         for (token, pending) in record.pending {
-            if let connect = pending.connect.take() { unregister(connect.socket.unsafeRawValue, token: token) }
+            if let connect = pending.take() { unregister(connect.socket.unsafeRawValue, token: token) }
         }
         record.pending = [:]
         record.pendingRequestIDs = []
@@ -649,18 +665,37 @@ final class ParkedReply {
     }
 }
 
-/// A CONNECT in progress.
+/// A CONNECT in progress. Owns the connecting socket until ``take()``.
 final class PendingConnectState {
     let requestID: UInt64
     let detail: String
     let deadline: UInt64
-    var connect: PendingConnect?
+    let requestedType: Int32
+    let address: SocketAddress
+    /// The socket's raw fd, -1 once taken. (A raw field rather than an optional
+    /// owned value: Swift 6.3 miscompiles Optional<~Copyable> stored in a class.)
+    private var socket: Int32
     var token: UInt64 = 0
-    init(requestID: UInt64, detail: String, deadline: UInt64, connect: consuming PendingConnect) {
+
+    init(requestID: UInt64, detail: String, deadline: UInt64, socket: consuming OwnedFileDescriptor,
+         requestedType: Int32, address: SocketAddress) {
         self.requestID = requestID
         self.detail = detail
         self.deadline = deadline
-        self.connect = .some(connect)
+        self.requestedType = requestedType
+        self.address = address
+        self.socket = socket.releaseUnsafeRawValue()
+    }
+
+    deinit {
+        if socket >= 0 { _ = system_close(socket) }
+    }
+
+    /// The pending connect, once; nil if already taken.
+    func take() -> PendingConnect? {
+        guard socket >= 0 else { return nil }
+        defer { socket = -1 }
+        return PendingConnect(socket: OwnedFileDescriptor(adoptingRawValue: socket), requestedType: requestedType, address: address)
     }
 }
 

@@ -84,7 +84,13 @@ func readLine(_ fd: Int32) -> String {
 }
 
 for step in CommandLine.arguments.dropFirst() {
-    let parts = step.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+    var parts = step.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+    if parts[0] == "connect" || parts[0] == "bind" {
+        // HOST may be an IPv6 literal: the port is after the last colon.
+        let rest = step[step.index(after: step.firstIndex(of: ":")!)...]
+        let colon = rest.lastIndex(of: ":")!
+        parts = [parts[0], rest[..<colon], rest[rest.index(after: colon)...]]
+    }
     switch parts[0] {
     case "handshake":
         do {

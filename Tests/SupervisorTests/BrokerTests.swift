@@ -1,0 +1,257 @@
+import CPrivsepShims
+import Glibc
+import PrivsepIPC
+import Supervisor
+import Testing
+
+@Suite struct PathBrokerTests {
+    /// /tmp/X/granted/{a.txt, sub/b.txt, link-out -> ../secret.txt, link-in -> a.txt, fifo}, /tmp/X/secret.txt
+    static func tree() -> ScratchDirectory {
+        let scratch = ScratchDirectory()
+        scratch.mkdir("granted")
+        scratch.mkdir("granted/sub")
+        scratch.write("granted/a.txt", "alpha\n")
+        scratch.write("granted/sub/b.txt", "bravo\n")
+        scratch.write("secret.txt", "secret\n")
+        scratch.symlink("granted/link-out", to: "../secret.txt")
+        scratch.symlink("granted/link-abs", to: scratch.path + "/secret.txt")
+        scratch.symlink("granted/link-in", to: "a.txt")
+        scratch.symlink("granted/link-proc", to: "/proc/self/root/etc/hostname")
+        scratch.mkfifo("granted/fifo")
+        return scratch
+    }
+
+    @Test func readsInsideTheGrantAndNothingOutside() async throws {
+        let scratch = Self.tree()
+        let root = scratch.path
+        var policy = Policy()
+        policy.allow(path: root + "/granted", .directory, [.read])
+        let run = try await runWorker([
+            "handshake",
+            "read:\(root)/granted/a.txt",
+            "read:\(root)/granted/sub/b.txt",
+            "read:\(root)/secret.txt",
+            "read:\(root)/granted/../secret.txt",
+            "read:\(root)/granted/./a.txt",
+            "read:\(root)//granted/a.txt",
+            "read:granted/a.txt",
+            "read:\(root)/granted/link-out",
+            "read:\(root)/granted/link-abs",
+            "read:\(root)/granted/link-in",
+            "read:\(root)/granted/link-proc",
+            "read:\(root)/granted/missing.txt",
+            "read:\(root)/missing-outside.txt",
+            "open:\(root)/granted/fifo:r",
+            "open:\(root)/granted:rd",
+        ], policy: policy)
+        #expect(run.reason == .exited(code: 0))
+        let eacces = "errno \(EACCES)"
+        #expect(run.lines == [
+            run.lines[0],
+            "read \(root)/granted/a.txt alpha",
+            "read \(root)/granted/sub/b.txt bravo",
+            "read \(root)/secret.txt \(eacces)",
+            "read \(root)/granted/../secret.txt \(eacces)",
+            "read \(root)/granted/./a.txt \(eacces)",
+            "read \(root)//granted/a.txt \(eacces)",
+            "read granted/a.txt \(eacces)",
+            "read \(root)/granted/link-out \(eacces)",
+            "read \(root)/granted/link-abs \(eacces)",
+            "read \(root)/granted/link-in \(eacces)", // symlinks refused unless the rule allows them
+            "read \(root)/granted/link-proc \(eacces)",
+            "read \(root)/granted/missing.txt errno \(ENOENT)", // inside the grant the worker may learn what is missing
+            "read \(root)/missing-outside.txt \(eacces)", // outside, missing and denied look the same
+            "open \(root)/granted/fifo \(eacces)", // and the supervisor did not hang on it
+            "open \(root)/granted \(eacces)", // listing needs the list permission
+        ])
+        let decisions = run.audit.filter { $0.event == "OPEN" }
+        #expect(decisions.count == 15)
+        #expect(decisions.filter { $0.decision == "granted" }.count == 2)
+        #expect(decisions.first?.jsonLine.contains("\"decision\":\"granted\"") == true)
+    }
+
+    @Test func symlinksThatStayBeneathMayBeFollowedWhenTheRuleSaysSo() async throws {
+        let scratch = Self.tree()
+        let root = scratch.path
+        var policy = Policy()
+        policy.allow(path: root + "/granted", .directory, [.read], symlinks: .followBeneath)
+        let run = try await runWorker([
+            "handshake", "read:\(root)/granted/link-in", "read:\(root)/granted/link-out",
+            "read:\(root)/granted/link-abs", "read:\(root)/granted/link-proc",
+        ], policy: policy)
+        #expect(run.lines.dropFirst() == [
+            "read \(root)/granted/link-in alpha",
+            "read \(root)/granted/link-out errno \(EACCES)",
+            "read \(root)/granted/link-abs errno \(EACCES)",
+            "read \(root)/granted/link-proc errno \(EACCES)",
+        ])
+    }
+
+    @Test func flagsAreVettedBitByBit() async throws {
+        let scratch = Self.tree()
+        let root = scratch.path
+        var policy = Policy()
+        policy.allow(path: root + "/granted", .directory, [.read, .listDirectory])
+        policy.allow(path: root + "/granted/out", .directory, [.read, .write, .create], createMode: 0o640)
+        policy.allow(path: root + "/granted/log.txt", .file, [.append, .create])
+        scratch.mkdir("granted/out")
+        let run = try await runWorker([
+            "handshake",
+            "open:\(root)/granted/a.txt:w",       // no write permission
+            "open:\(root)/granted/a.txt:rw",
+            "open:\(root)/granted/new.txt:wc",    // no create permission
+            "open:\(root)/granted/a.txt:rt",      // no truncate permission
+            "open:\(root)/granted:rd",            // listing granted
+            "write:\(root)/granted/out/new.txt:x", // create+truncate: truncate not granted
+            "open:\(root)/granted/out/new.txt:wc",
+            "open:\(root)/granted/log.txt:w",     // append-only rule
+            "open:\(root)/granted/log.txt:wca",
+            "open:\(root)/granted/a.txt:rn",
+        ], policy: policy)
+        #expect(run.lines.dropFirst() == [
+            "open \(root)/granted/a.txt errno \(EACCES)",
+            "open \(root)/granted/a.txt errno \(EACCES)",
+            "open \(root)/granted/new.txt errno \(EACCES)",
+            "open \(root)/granted/a.txt errno \(EACCES)",
+            "open \(root)/granted ok",
+            "write \(root)/granted/out/new.txt errno \(EACCES)",
+            "open \(root)/granted/out/new.txt ok",
+            "open \(root)/granted/log.txt errno \(EACCES)",
+            "open \(root)/granted/log.txt ok",
+            "open \(root)/granted/a.txt ok",
+        ])
+        #expect(scratch.mode("granted/out/new.txt") & 0o777 == 0o640 & ~0o022, "mode from the rule, not the request")
+        let denial = run.audit.first { $0.event == "OPEN" && $0.decision == "denied" }
+        #expect(denial?.reason == "writing is not granted")
+    }
+
+    @Test func vetoesExoticFlagsAndUnknownBits() {
+        let rule = PathRule(path: "/srv", kind: .directory, permissions: [.read, .write, .create, .truncate, .append, .listDirectory])
+        let policy = try! ActivePolicy(Policy(paths: [rule]))
+        func errno(_ flags: Int32) -> Int32? {
+            switch policy.open(OpenRequest(path: "/srv/x", flags: flags)) {
+            case .granted: return nil
+            case .denied(let errno, _): return errno.rawValue
+            }
+        }
+        #expect(errno(privsep_O_PATH) == EACCES)
+        #expect(errno(privsep_O_TMPFILE | O_RDWR) == EACCES)
+        #expect(errno(0x4000_0000) == EINVAL, "unknown bit")
+        #expect(errno(O_ACCMODE) == EINVAL, "access mode 3")
+    }
+}
+
+@Suite struct SocketBrokerTests {
+    /// A loopback TCP listener on an ephemeral port that answers one line to each connection.
+    final class Listener: @unchecked Sendable {
+        let fd: Int32
+        let port: UInt16
+        init(answer: String, count: Int) {
+            let fd = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
+            self.fd = fd
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    precondition(bind(fd, $0, length) == 0)
+                    precondition(getsockname(fd, $0, &length) == 0)
+                }
+            }
+            port = UInt16(bigEndian: address.sin_port)
+            precondition(listen(fd, 16) == 0)
+            let listening = self.fd
+            Thread.detach {
+                for _ in 0..<count {
+                    let client = accept(listening, nil, nil)
+                    if client < 0 { return }
+                    _ = write(client, answer + "\n", answer.utf8.count + 1)
+                    close(client)
+                }
+            }
+        }
+        deinit { close(fd) }
+    }
+
+    @Test func connectsOnlyWhereThePolicyAllows() async throws {
+        let listener = Listener(answer: "hi from the listener", count: 2)
+        var policy = Policy()
+        policy.allowConnect(to: AddressRule(network: .ipv4(IPv4Address(127, 0, 0, 0), prefixLength: 8), ports: listener.port...listener.port))
+        let run = try await runWorker([
+            "handshake",
+            "connect:127.0.0.1:\(listener.port)",
+            "connect:127.0.0.1:\(listener.port &+ 1)",
+            "connect:::ffff:127.0.0.1:\(listener.port)", // IPv4-mapped: matched as IPv4
+            "connect:::1:\(listener.port)",
+            "connect:10.0.0.1:\(listener.port)",
+        ], policy: policy)
+        #expect(run.lines.dropFirst() == [
+            "connect ok hi from the listener",
+            "connect errno \(EACCES)",
+            "connect ok hi from the listener",
+            "connect errno \(EACCES)",
+            "connect errno \(EACCES)",
+        ])
+    }
+
+    @Test func bindsAPrivilegedPortForTheWorker() async throws {
+        var policy = Policy()
+        policy.allowBind(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: 80...80))
+        let port = UInt16(80)
+        let supervisor = try Supervisor(logger: quietLogger())
+        async let run = runWorker(["handshake", "bind:127.0.0.1:\(port)", "bind:127.0.0.1:81"], policy: policy, supervisor: supervisor)
+        // Connect to the worker's listener once it is up.
+        var answer = ""
+        for _ in 0..<100 {
+            let client = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if connected == 0 {
+                var buffer = [UInt8](repeating: 0, count: 64)
+                let count = read(client, &buffer, 64)
+                answer = String(decoding: buffer[..<max(count, 0)], as: UTF8.self)
+                close(client)
+                break
+            }
+            close(client)
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(answer == "hello\n")
+        let lines = try await run.lines
+        #expect(lines.dropFirst() == ["bind ok", "bind errno \(EACCES)"])
+        await supervisor.shutdown()
+    }
+
+    @Test func socketsOnlyOfListedKinds() async throws {
+        var policy = Policy()
+        policy.allowSocket(domain: AF_INET, type: privsep_SOCK_DGRAM)
+        let run = try await runWorker([
+            "handshake",
+            "socket:\(AF_INET):\(privsep_SOCK_DGRAM)",
+            "socket:\(AF_INET):\(privsep_SOCK_STREAM)",
+            "socket:\(AF_PACKET):3",
+            "socket:\(AF_INET):3", // SOCK_RAW
+        ], policy: policy)
+        #expect(run.lines.dropFirst() == ["socket ok", "socket errno \(EACCES)", "socket errno \(EACCES)", "socket errno \(EACCES)"])
+    }
+}
+
+/// A detached pthread, for test helpers that block.
+enum Thread {
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(Box(body))
+        pthread_create(&thread, nil, { context in
+            Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+            return nil
+        }, box.toOpaque())
+        pthread_detach(thread)
+    }
+}
