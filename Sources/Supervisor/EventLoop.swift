@@ -119,7 +119,9 @@ final class EventLoop: @unchecked Sendable {
             }
             let after = system_clock_monotonic()
             if after >= nextDeadlineCheck {
-                nextDeadlineCheck = checkDeadlines(now: after)
+                // Deadlines set while checking (a reply parked, say) lower it again through noteDeadline.
+                nextDeadlineCheck = .max
+                noteDeadline(checkDeadlines(now: after))
             }
             if let done = shuttingDown, workers.isEmpty {
                 running = false

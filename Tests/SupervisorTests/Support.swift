@@ -1,4 +1,5 @@
 import CPrivsepShims
+import Dispatch
 import Glibc
 import Logging
 import PrivsepIPC
@@ -35,6 +36,35 @@ struct Pipe: ~Copyable {
     }
 }
 
+/// Drains a pipe on a thread of its own until end-of-file, so a chatty worker
+/// never blocks on a full pipe while the test waits for it to exit.
+final class PipeDrain: @unchecked Sendable {
+    private let fd: Int32
+    private var bytes: [UInt8] = []
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ descriptor: consuming OwnedFileDescriptor) {
+        fd = descriptor.releaseUnsafeRawValue()
+        Thread.detach { [self] in
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = read(fd, &chunk, chunk.count)
+                if count > 0 { bytes += chunk[..<count]; continue }
+                if count < 0 && errno == EINTR { continue }
+                break
+            }
+            done.signal()
+        }
+    }
+
+    /// Everything read, once every write end has closed.
+    func text() -> String {
+        done.wait()
+        close(fd)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
 func readAvailable(_ fd: borrowing OwnedFileDescriptor) -> String {
     _ = fcntl(fd.unsafeRawValue, F_SETFL, O_NONBLOCK)
     var bytes: [UInt8] = []
@@ -59,20 +89,24 @@ func runWorker(_ steps: [String], policy: Policy = Policy(), supervisor: Supervi
     let audit = AuditLog(collectingUpTo: 100_000)
     let own = supervisor == nil ? try Supervisor(logger: quietLogger(), auditLog: audit) : nil
     let pipe = Pipe()
-    let readEnd = pipe.read, writeEnd = pipe.write
+    let writeEnd = pipe.write
+    let drain = PipeDrain(pipe.read)
     var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: steps, policy: policy, name: "test-worker")
     configuration.standardOutput = .descriptor(SharedFileDescriptor(writeEnd))
     configure(&configuration)
     let handle = try await (supervisor ?? own!).spawn(configuration)
     let reason = await handle.exit()
+    // Our copy of the write end goes with the configuration; the supervisor's went with the worker.
     configuration = WorkerConfiguration(executable: "/")
-    let output = readAvailable(readEnd)
+    let output = await withCheckedContinuation { continuation in
+        Thread.detach { continuation.resume(returning: drain.text()) }
+    }
     if let own { await own.shutdown() }
     return WorkerRun(reason: reason, lines: output.split(separator: "\n").map(String.init), audit: audit.records)
 }
 
 /// A scratch directory, removed with its contents when the value goes.
-final class ScratchDirectory {
+final class ScratchDirectory: Sendable {
     let path: String
     init() {
         var template = Array("/tmp/privsep-test-XXXXXX".utf8CString)

@@ -1,0 +1,135 @@
+import Glibc
+import PrivsepIPC
+import Supervisor
+import Testing
+
+/// Counts the test process's open pipes, sockets and files (anon_inode fds left
+/// out: libdispatch creates its own lazily).
+func openFileDescriptorCount() -> Int {
+    guard let directory = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(directory) }
+    let own = dirfd(directory)
+    var count = 0
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard let fd = Int32(name), fd != own else { continue }
+        var target = [CChar](repeating: 0, count: 256)
+        _ = readlink("/proc/self/fd/" + name, &target, 255)
+        let text = String(decoding: target.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if !text.hasPrefix("anon_inode:") { count += 1 }
+    }
+    return count
+}
+
+@Suite struct LoadTests {
+    @Test func twoHundredConcurrentWorkersAreServed() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("data.txt", "payload\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path + "/data.txt", .file, [.read])
+        let supervisor = try Supervisor(logger: quietLogger())
+        let grants = policy
+        let runs = try await withThrowingTaskGroup(of: WorkerRun.self) { group in
+            for _ in 0..<200 {
+                group.addTask {
+                    try await runWorker(["handshake", "sleep:0.5", "read:\(scratch.path)/data.txt", "read:/etc/passwd"],
+                                        policy: grants, supervisor: supervisor)
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(runs.count == 200)
+        for run in runs {
+            #expect(run.reason == .exited(code: 0))
+            #expect(run.lines.dropFirst() == ["read \(scratch.path)/data.txt payload", "read /etc/passwd errno \(EACCES)"])
+        }
+        await supervisor.shutdown()
+    }
+
+    /// 10,000 requests, half granted and half denied, then the supervisor holds
+    /// exactly the fds it held before. Run in a child process of its own so the count is exact.
+    @Test func tenThousandRequestsLeakNoDescriptor() async {
+        await #expect(processExitsWith: .success) {
+            let scratch = ScratchDirectory()
+            scratch.write("data.txt", "payload\n")
+            var policy = Policy()
+            policy.allow(path: scratch.path, .directory, [.read])
+            let supervisor = try! Supervisor(logger: quietLogger())
+            // Warm up (the loop's own fds, the fixture's first run).
+            _ = try! await runWorker(["handshake", "read:\(scratch.path)/data.txt"], policy: policy, supervisor: supervisor)
+            let before = openFileDescriptorCount()
+            var steps = ["handshake"]
+            for index in 0..<10_000 {
+                steps.append(index % 2 == 0 ? "open:\(scratch.path)/data.txt:r" : "open:/etc/shadow:r")
+            }
+            let run = try! await runWorker(steps, policy: policy, supervisor: supervisor)
+            precondition(run.reason == .exited(code: 0), "\(run.reason)")
+            precondition(run.lines.count == 10_001, "\(run.lines.count) lines")
+            precondition(run.lines.filter { $0.hasSuffix(" ok") }.count == 5_000)
+            let after = openFileDescriptorCount()
+            precondition(after == before, "supervisor fds: \(before) before, \(after) after")
+            await supervisor.shutdown()
+        }
+    }
+
+    @Test func aFloodingWorkerIsKilledAndOthersAreStillServed() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("data.txt", "payload\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path + "/data.txt", .file, [.read])
+        let supervisor = try Supervisor(logger: quietLogger())
+        async let flood = runWorker(["handshake", "flood:100000", "sleep:30"], policy: policy, supervisor: supervisor, configure: {
+            $0.caps.replyStallSeconds = 1
+        })
+        // Meanwhile another worker is served normally.
+        let honest = try await runWorker(["handshake", "read:\(scratch.path)/data.txt"], policy: policy, supervisor: supervisor)
+        #expect(honest.lines.last == "read \(scratch.path)/data.txt payload")
+        let flooded = try await flood
+        switch flooded.reason {
+        case .resourceCapExceeded(let why): #expect(why.contains("not reading its replies"))
+        default: Issue.record("flooding worker ended with \(flooded.reason)")
+        }
+        await supervisor.shutdown()
+    }
+
+    @Test func aWorkerOverItsMessageRateIsHeldBackThenKilled() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let run = try await runWorker(["handshake", "flood:100000", "sleep:30"], supervisor: supervisor, configure: {
+            // Slow enough that the worker's reply queue (512 datagrams) does not fill
+            // first: that would be the other cap, "not reading its replies".
+            $0.caps.messagesPerSecond = 100
+            $0.caps.messageBurst = 10
+            $0.caps.floodKillSeconds = 0.5
+            $0.caps.replyStallSeconds = 60
+        })
+        #expect(run.reason == .resourceCapExceeded("flooding: over 100 messages/s for 0.5 s"))
+        await supervisor.shutdown()
+    }
+
+    @Test func aPolicyCanBeNarrowedButNotWidened() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("a.txt", "alpha\n")
+        scratch.write("b.txt", "bravo\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path, .directory, [.read])
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pipe = Pipe()
+        var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: [
+            "handshake", "read:\(scratch.path)/a.txt", "sleep:0.5", "read:\(scratch.path)/a.txt", "read:\(scratch.path)/b.txt",
+        ], policy: policy)
+        configuration.standardOutput = .descriptor(SharedFileDescriptor(pipe.write))
+        let handle = try await supervisor.spawn(configuration)
+        try await Task.sleep(for: .milliseconds(200))
+        var narrower = Policy()
+        narrower.allow(path: scratch.path + "/b.txt", .file, [.read])
+        try handle.narrowPolicy(to: narrower)
+        var wider = narrower
+        wider.allow(path: "/etc", .directory, [.read])
+        #expect(throws: PolicyError.wouldWiden) { try handle.narrowPolicy(to: wider) }
+        #expect(await handle.exit() == .exited(code: 0))
+        configuration = WorkerConfiguration(executable: "/")
+        let lines = readAvailable(pipe.read).split(separator: "\n").dropFirst()
+        #expect(Array(lines) == ["read \(scratch.path)/a.txt alpha", "read \(scratch.path)/a.txt errno \(EACCES)", "read \(scratch.path)/b.txt bravo"])
+        await supervisor.shutdown()
+    }
+}
