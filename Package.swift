@@ -38,6 +38,8 @@ let package = Package(
     targets: [
         .target(name: "CPrivsepProtocol"),
         .target(name: "CPrivsepShims"),
+        // The SIGSYS violation reporter: C because it runs in a signal handler.
+        .target(name: "CPrivsepTrap", dependencies: ["CPrivsepProtocol"]),
         .systemLibrary(
             name: "CSeccomp",
             pkgConfig: "libseccomp",
@@ -63,7 +65,7 @@ let package = Package(
         .target(
             name: "Worker",
             dependencies: [
-                "PrivsepIPC", "CPrivsepShims", "CSeccomp",
+                "PrivsepIPC", "CPrivsepShims", "CSeccomp", "CPrivsepTrap",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strictSwift
@@ -97,9 +99,10 @@ let package = Package(
             path: "examples/hello-worker",
             swiftSettings: strictSwift
         ),
+        .target(name: "CTestAttacks", path: "Tests/Fixtures/CTestAttacks"),
         .executableTarget(
             name: "privsep-test-worker",
-            dependencies: ["Worker", "PrivsepIPC", "CPrivsepShims", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["Worker", "PrivsepIPC", "CPrivsepShims", "CTestAttacks", .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/Fixtures/privsep-test-worker",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),

@@ -102,6 +102,35 @@ static const int privsep_PR_SET_PDEATHSIG = PR_SET_PDEATHSIG;
 static const int privsep_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS;
 static const int privsep_PR_GET_NO_NEW_PRIVS = PR_GET_NO_NEW_PRIVS;
 static const int privsep_PR_GET_SECCOMP = PR_GET_SECCOMP;
+/* Landlock (Linux 5.13+). The uapi structs are repeated here because older
+   headers lack the fields of newer ABIs (net ABI 4, scoped ABI 6). */
+struct privsep_landlock_ruleset_attr {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+    uint64_t scoped;
+};
+struct __attribute__((packed)) privsep_landlock_path_beneath_attr {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+};
+static inline int privsep_landlock_create_ruleset(const struct privsep_landlock_ruleset_attr *_Nullable attr,
+                                                  size_t size, uint32_t flags) {
+    return (int)syscall(SYS_landlock_create_ruleset, attr, size, flags);
+}
+static inline int privsep_landlock_add_path_rule(int ruleset, const struct privsep_landlock_path_beneath_attr *attr) {
+    return (int)syscall(SYS_landlock_add_rule, ruleset, 1 /* LANDLOCK_RULE_PATH_BENEATH */, attr, 0);
+}
+static inline int privsep_landlock_restrict_self(int ruleset) {
+    return (int)syscall(SYS_landlock_restrict_self, ruleset, 0);
+}
+static inline int privsep_unshare(int flags) { return (int)syscall(SYS_unshare, flags); }
+static inline int privsep_setrlimit(int resource, uint64_t soft, uint64_t hard) {
+    struct rlimit limit = { (rlim_t)soft, (rlim_t)hard };
+    return (int)syscall(SYS_prlimit64, 0, resource, &limit, NULL);
+}
+static inline long privsep_raw_syscall6(long number, long a, long b, long c, long d, long e, long f) {
+    return syscall(number, a, b, c, d, e, f);
+}
 static inline pid_t privsep_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 static inline int privsep_prlimit(pid_t pid, int resource, const struct rlimit *_Nullable new_limit,
                                   struct rlimit *_Nullable old_limit) {

@@ -20,7 +20,11 @@
 //   exit:CODE            exit with CODE
 //   flood:N              send N OPEN requests without reading replies
 //   pdeathsig            print the parent-death signal
+//   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), ro=PATH
+//                        (Landlock read-only PATH), ns (new namespaces)   -> "lockdown <active layer bits>"
+//   attack:NAME[:ARG]    a raw syscall a hostile worker would try      -> "attack NAME <result>"
 import CPrivsepShims
+import CTestAttacks
 import Glibc
 import PrivsepIPC
 import SystemPackage
@@ -197,6 +201,48 @@ for step in CommandLine.arguments.dropFirst() {
         var signal: Int32 = 0
         _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
         say("pdeathsig \(signal)")
+    case "lockdown":
+        var lockdown = Lockdown.brokered()
+        let mode = parts.count > 1 ? parts[1] : ""
+        if mode == "kill" { lockdown.onViolation = .killProcess }
+        if mode == "errno" { lockdown.onViolation = .fail(.permissionDenied) }
+        if mode == "threads" { lockdown.groups.insert(.thread) }
+        if mode == "ns" { lockdown.newNamespaces = true }
+        if mode.hasPrefix("ro=") {
+            // Landlock alone decides: the filter lets openat through.
+            lockdown.groups.insert(.rpath)
+            lockdown.landlock = .readOnly([String(mode.dropFirst(3))])
+        }
+        if mode == "nolandlock" { lockdown.landlock = nil }
+        do {
+            let status = try lockdown.apply(reportingTo: connection)
+            say("lockdown \(status.active.rawValue) abi \(status.landlockABI)")
+        } catch {
+            say("lockdown failed: \(error)")
+            exit(4)
+        }
+    case "attack":
+        let name = String(parts[1])
+        let argument = parts.count > 2 ? String(parts[2]) : "/etc/hostname"
+        let result: Int = switch name {
+        case "openat": attack_openat(argument)
+        case "openat2": attack_openat2(argument)
+        case "execve": attack_execve(argument)
+        case "socket": attack_socket_inet()
+        case "ptrace": attack_ptrace_attach(getppid())
+        case "i386": attack_i386_getpid()
+        case "x32": attack_x32_getpid()
+        case "clone3": attack_clone3()
+        case "thread": Int(attack_start_thread())
+        case "unshare": attack_unshare_user()
+        case "seccomp": attack_seccomp_new_filter()
+        case "io_uring": attack_io_uring_setup()
+        case "memfd_exec": attack_memfd_execveat()
+        case "prctl": attack_prctl_set_dumpable()
+        case "fork": attack_fork()
+        default: fatalError("unknown attack \(name)")
+        }
+        say("attack \(name) \(result)")
     default:
         say("unknown step \(step)")
         exit(2)

@@ -1,0 +1,222 @@
+import CPrivsepShims
+import CPrivsepTrap
+import CSeccomp
+import Glibc
+public import PrivsepIPC
+public import SystemPackage
+
+/// Locks the calling process down, in one call that fails closed.
+///
+/// ```swift
+/// let supervisor = try SupervisorConnection.connect()
+/// try Lockdown.brokered().apply(reportingTo: supervisor)
+/// // From here on: no open, no socket, no exec. Files come from the supervisor.
+/// let input = try supervisor.open("/srv/input.csv", .readOnly)
+/// ```
+///
+/// The order is fixed: namespaces (if asked), resource limits, no_new_privs,
+/// Landlock, then the seccomp filter, loaded with TSYNC so it binds every
+/// thread. Each layer that was asked for and cannot be applied throws; nothing
+/// is skipped with a warning. Finally the worker reports to the supervisor
+/// which layers are in force (SANDBOX_STATUS).
+public struct Lockdown: Sendable {
+    /// What happens to a system call no group allows.
+    public enum Violation: Sendable, Equatable {
+        /// SIGSYS: the worker reports the call to the supervisor (VIOLATION) and exits.
+        /// The supervisor names the call in the exit reason. The default.
+        case reportAndExit
+        /// The kernel kills the process at once (SECCOMP_RET_KILL_PROCESS); the
+        /// supervisor learns only that seccomp killed it.
+        case killProcess
+        /// The call fails with this errno and the worker carries on.
+        case fail(Errno)
+        /// The call is allowed and logged by the kernel (SECCOMP_RET_LOG): for learning, never for production.
+        case allowAndLog
+    }
+
+    /// Filesystem access under Landlock.
+    public enum FilesystemAccess: Sendable, Equatable {
+        /// No path can be opened at all (fds already held, and those the broker sends, still work).
+        case none
+        /// Only these paths (and what lies beneath them) can be read.
+        case readOnly([String])
+    }
+
+    /// Syscall groups allowed on top of ``SyscallGroup/baseline``.
+    public var groups: Set<SyscallGroup>
+    public var onViolation: Violation
+    /// Landlock, if wanted; nil to not apply it.
+    public var landlock: FilesystemAccess?
+    /// Also scope signals and abstract unix sockets to the sandbox (Landlock ABI 6+).
+    public var landlockScopes: Bool
+    /// Enter a new user and network namespace first (no network interface but a down loopback).
+    public var newNamespaces: Bool
+    /// Resource limits to set (soft = hard) before the filter, e.g. RLIMIT_NPROC = 0.
+    public var resourceLimits: [(resource: Int32, limit: UInt64)]
+
+    public init(groups: Set<SyscallGroup> = [], onViolation: Violation = .reportAndExit, landlock: FilesystemAccess? = nil,
+                landlockScopes: Bool = true, newNamespaces: Bool = false, resourceLimits: [(resource: Int32, limit: UInt64)] = []) {
+        self.groups = groups
+        self.onViolation = onViolation
+        self.landlock = landlock
+        self.landlockScopes = landlockScopes
+        self.newNamespaces = newNamespaces
+        self.resourceLimits = resourceLimits
+    }
+
+    /// The profile for a brokered worker: the baseline and nothing else. No
+    /// open, openat, socket, connect or execve: everything comes through the supervisor.
+    /// Landlock denies every path as a second wall.
+    public static func brokered(onViolation: Violation = .reportAndExit) -> Lockdown {
+        Lockdown(groups: [], onViolation: onViolation, landlock: Lockdown.FilesystemAccess.none)
+    }
+
+    /// Applies every layer, then reports them to `supervisor` (if given).
+    /// Returns what is in force. Call it before starting threads: Landlock binds
+    /// only the calling thread, so a multi-threaded caller is refused.
+    @discardableResult
+    public func apply(reportingTo supervisor: SupervisorConnection? = nil) throws(WorkerError) -> SandboxStatus {
+        var requested: SandboxLayers = [.noNewPrivileges, .seccomp]
+        var active: SandboxLayers = []
+        if newNamespaces { requested.formUnion([.userNamespace, .networkNamespace]) }
+        if !resourceLimits.isEmpty { requested.insert(.resourceLimits) }
+        if landlock != nil { requested.insert(.landlock) }
+
+        if newNamespaces {
+            // CLONE_NEWUSER | CLONE_NEWNET
+            guard privsep_unshare(0x1000_0000 | 0x4000_0000) == 0 else {
+                throw .lockdownFailed("unshare(CLONE_NEWUSER | CLONE_NEWNET): \(currentErrno())")
+            }
+            active.formUnion([.userNamespace, .networkNamespace])
+        }
+        for (resource, limit) in resourceLimits {
+            guard privsep_setrlimit(resource, limit, limit) == 0 else {
+                throw .lockdownFailed("setrlimit(\(resource), \(limit)): \(currentErrno())")
+            }
+        }
+        if !resourceLimits.isEmpty { active.insert(.resourceLimits) }
+
+        guard case .success = system_prctl(privsep_PR_SET_NO_NEW_PRIVS, 1),
+              case .success(1) = system_prctl(privsep_PR_GET_NO_NEW_PRIVS, 0) else {
+            throw .lockdownFailed("no_new_privs could not be set")
+        }
+        active.insert(.noNewPrivileges)
+
+        var landlockABI: UInt32 = 0
+        if let landlock {
+            guard threadCount() == 1 else {
+                throw .lockdownFailed("Landlock binds only the calling thread; apply the lockdown before starting threads")
+            }
+            landlockABI = try applyLandlock(landlock, scopes: landlockScopes)
+            active.insert(.landlock)
+        }
+
+        if onViolation == .reportAndExit, let supervisor {
+            guard privsep_install_violation_reporter(supervisor.unsafeChannelFileDescriptor) == 0 else {
+                throw .lockdownFailed("SIGSYS handler: \(currentErrno())")
+            }
+        }
+        try loadSeccompFilter()
+        active.insert(.seccomp)
+
+        let status = SandboxStatus(requested: requested, active: active, landlockABI: landlockABI)
+        try supervisor?.reportSandbox(status)
+        return status
+    }
+
+    // MARK: seccomp
+
+    private func loadSeccompFilter() throws(WorkerError) {
+        let defaultAction: UInt32 = switch onViolation {
+        case .reportAndExit: privsep_SCMP_ACT_TRAP
+        case .killProcess: privsep_SCMP_ACT_KILL_PROCESS
+        case .fail(let errno): privsep_scmp_act_errno(UInt16(truncatingIfNeeded: errno.rawValue))
+        case .allowAndLog: privsep_SCMP_ACT_LOG
+        }
+        guard let filter = seccomp_init(defaultAction) else { throw .lockdownFailed("seccomp_init failed") }
+        defer { seccomp_release(filter) }
+        func check(_ rc: Int32, _ what: String) throws(WorkerError) {
+            if rc != 0 { throw .lockdownFailed("\(what): \(Errno(rawValue: -rc))") }
+        }
+        // Other architectures (i386 via int 0x80, x32 via the syscall bit) are killed outright.
+        try check(seccomp_attr_set(filter, SCMP_FLTATR_ACT_BADARCH, privsep_SCMP_ACT_KILL_PROCESS), "bad-arch action")
+        try check(seccomp_attr_set(filter, SCMP_FLTATR_CTL_TSYNC, 1), "TSYNC")
+        try check(seccomp_attr_set(filter, SCMP_FLTATR_CTL_NNP, 1), "no_new_privs")
+
+        let allGroups = [SyscallGroup.baseline] + groups.sorted { $0.name < $1.name }
+        var unconditional: Set<String> = []
+        for group in allGroups { unconditional.formUnion(group.syscalls) }
+        for name in unconditional.sorted() {
+            let number = seccomp_syscall_resolve_name(name)
+            guard number != __NR_SCMP_ERROR else { continue } // not a syscall on this architecture
+            try check(privsep_seccomp_rule_add_always(filter, privsep_SCMP_ACT_ALLOW, number), "allow \(name)")
+        }
+        var conditional: Set<ConditionalRule> = []
+        for group in allGroups { conditional.formUnion(group.conditional.filter { !unconditional.contains($0.syscall) }) }
+        for rule in conditional.sorted(by: { ($0.syscall, $0.value) < ($1.syscall, $1.value) }) {
+            let number = seccomp_syscall_resolve_name(rule.syscall)
+            guard number != __NR_SCMP_ERROR else { continue }
+            let rc = if let mask = rule.mask {
+                privsep_seccomp_rule_add_masked_eq(filter, privsep_SCMP_ACT_ALLOW, number, rule.argument, mask, rule.value)
+            } else {
+                privsep_seccomp_rule_add_eq(filter, privsep_SCMP_ACT_ALLOW, number, rule.argument, rule.value)
+            }
+            try check(rc, "allow \(rule.syscall) when arg\(rule.argument) matches")
+        }
+        // clone3 passes its flags in memory, where a filter cannot look: ENOSYS makes
+        // glibc fall back to clone, whose flags the rules above do check.
+        let clone3 = seccomp_syscall_resolve_name("clone3")
+        if clone3 != __NR_SCMP_ERROR {
+            try check(privsep_seccomp_rule_add_always(filter, privsep_scmp_act_errno(UInt16(ENOSYS)), clone3), "clone3 ENOSYS")
+        }
+        try check(seccomp_load(filter), "seccomp_load")
+    }
+
+    // MARK: Landlock
+
+    private func applyLandlock(_ access: FilesystemAccess, scopes: Bool) throws(WorkerError) -> UInt32 {
+        let abi = privsep_landlock_create_ruleset(nil, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
+        guard abi >= 1 else { throw .lockdownFailed("Landlock is not available: \(currentErrno())") }
+        // Every filesystem right the running kernel's ABI knows is handled, so none is left open by omission.
+        var handledFS: UInt64 = (1 << 13) - 1                    // ABI 1: execute ... make_sym
+        if abi >= 2 { handledFS |= 1 << 13 }                      // REFER
+        if abi >= 3 { handledFS |= 1 << 14 }                      // TRUNCATE
+        if abi >= 5 { handledFS |= 1 << 15 }                      // IOCTL_DEV
+        var attributes = privsep_landlock_ruleset_attr(handled_access_fs: handledFS, handled_access_net: 0, scoped: 0)
+        if abi >= 4 { attributes.handled_access_net = 0b11 }      // BIND_TCP | CONNECT_TCP: direct TCP needs the broker
+        if abi >= 6 && scopes { attributes.scoped = 0b11 }       // ABSTRACT_UNIX_SOCKET | SIGNAL
+        let size = abi >= 6 ? 24 : (abi >= 4 ? 16 : 8)
+        let ruleset = privsep_landlock_create_ruleset(&attributes, size, 0)
+        guard ruleset >= 0 else { throw .lockdownFailed("landlock_create_ruleset: \(currentErrno())") }
+        let owned = OwnedFileDescriptor(adoptingRawValue: ruleset)
+        if case .readOnly(let paths) = access {
+            let readRights: UInt64 = (1 << 2) | (1 << 3) // READ_FILE | READ_DIR
+            for path in paths {
+                let fd = open(path, privsep_O_PATH | O_CLOEXEC)
+                guard fd >= 0 else { throw .lockdownFailed("Landlock rule for \(path): \(currentErrno())") }
+                defer { close(fd) }
+                var isDirectory = stat()
+                fstat(fd, &isDirectory)
+                let rights = (isDirectory.st_mode & S_IFMT) == S_IFDIR ? readRights : (1 << 2)
+                var beneath = privsep_landlock_path_beneath_attr(allowed_access: rights, parent_fd: fd)
+                guard privsep_landlock_add_path_rule(owned.unsafeRawValue, &beneath) == 0 else {
+                    throw .lockdownFailed("landlock_add_rule \(path): \(currentErrno())")
+                }
+            }
+        }
+        guard privsep_landlock_restrict_self(owned.unsafeRawValue) == 0 else {
+            throw .lockdownFailed("landlock_restrict_self: \(currentErrno())")
+        }
+        return UInt32(abi)
+    }
+
+    private func threadCount() -> Int {
+        guard let directory = opendir("/proc/self/task") else { return -1 }
+        defer { closedir(directory) }
+        var count = 0
+        while let entry = readdir(directory) {
+            if entry.pointee.d_name.0 != UInt8(ascii: ".") { count += 1 }
+        }
+        return count
+    }
+}

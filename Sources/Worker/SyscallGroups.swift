@@ -1,0 +1,151 @@
+/// A named set of system calls, in the spirit of OpenBSD's pledge promises.
+///
+/// A lockdown allows the ``baseline`` plus the groups it names; every other
+/// system call gets the lockdown's default action. Calls that open a way out of
+/// any sandbox (openat2, execveat, io_uring, ptrace, process_vm_*, bpf,
+/// userfaultfd, keyctl, mount, unshare, setns, seccomp, perf_event_open...) are
+/// in no group at all: no profile built from groups can allow them.
+public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    /// The syscalls it allows unconditionally, by their x86_64 names.
+    let syscalls: [String]
+    /// Syscalls it allows only with certain arguments.
+    let conditional: [ConditionalRule]
+
+    public var description: String { name }
+
+    public static func == (a: SyscallGroup, b: SyscallGroup) -> Bool { a.name == b.name }
+    public func hash(into hasher: inout Hasher) { hasher.combine(name) }
+
+    /// What every Swift program on this toolchain needs after start-up: memory,
+    /// signals, time, futexes, reading and writing fds it already holds, and
+    /// the channel (sendmsg/recvmsg). No call here names a path.
+    ///
+    /// `newfstatat` is allowed because glibc implements `fstat` with it; with a
+    /// non-empty path it would also stat a path, so a worker can learn whether a
+    /// path exists (never its contents). See SECURITY.md.
+    public static let baseline = SyscallGroup(name: "baseline", syscalls: [
+        "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
+        "close", "close_range", "fstat", "newfstatat", "statx", "lseek", "fcntl", "dup", "dup2", "dup3",
+        "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync", "mlock", "munlock",
+        "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait", "rt_sigsuspend", "sigaltstack",
+        "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "getgroups",
+        "futex", "set_robust_list", "get_robust_list", "rseq", "set_tid_address", "sched_yield", "sched_getaffinity",
+        "exit", "exit_group", "restart_syscall",
+        "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time",
+        "getrandom", "uname", "arch_prctl", "getrlimit", "getrusage", "sysinfo", "membarrier",
+        "poll", "ppoll", "select", "pselect6", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+        "eventfd2", "pipe2", "ftruncate", "fsync", "fdatasync",
+        "sendmsg", "recvmsg", "sendto", "recvfrom", "sendmmsg", "recvmmsg", "shutdown",
+        "getsockopt", "getsockname", "getpeername",
+    ], conditional: [
+        // prlimit64 may read limits (new_limit == NULL), never change them.
+        ConditionalRule(syscall: "prlimit64", argument: 2, mask: nil, value: 0),
+        // The ioctls isatty() and non-blocking mode need, nothing else.
+        ConditionalRule(syscall: "ioctl", argument: 1, mask: nil, value: 0x5401), // TCGETS
+        ConditionalRule(syscall: "ioctl", argument: 1, mask: nil, value: 0x5421), // FIONBIO
+        ConditionalRule(syscall: "ioctl", argument: 1, mask: nil, value: 0x5451), // FIOCLEX
+        // prctl: naming threads, nothing that changes privileges or the filter.
+        ConditionalRule(syscall: "prctl", argument: 0, mask: nil, value: 15), // PR_SET_NAME
+        ConditionalRule(syscall: "prctl", argument: 0, mask: nil, value: 16), // PR_GET_NAME
+        ConditionalRule(syscall: "prctl", argument: 0, mask: nil, value: 3),  // PR_GET_DUMPABLE
+    ])
+
+    /// Opening, reading and inspecting paths directly (not through the broker).
+    public static let rpath = SyscallGroup(name: "rpath", syscalls: [
+        "open", "openat", "stat", "lstat", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
+        "getdents64", "getcwd", "chdir", "fchdir", "statfs", "fstatfs",
+    ], conditional: [])
+    /// Writing files directly.
+    public static let wpath = SyscallGroup(name: "wpath", syscalls: [
+        "open", "openat", "truncate", "fallocate", "utimensat",
+    ], conditional: [])
+    /// Creating and removing paths directly.
+    public static let cpath = SyscallGroup(name: "cpath", syscalls: [
+        "open", "openat", "creat", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
+        "link", "linkat", "symlink", "symlinkat",
+    ], conditional: [])
+    /// Changing file attributes.
+    public static let fattr = SyscallGroup(name: "fattr", syscalls: [
+        "chmod", "fchmod", "fchmodat", "chown", "fchown", "fchownat", "lchown", "utimensat",
+    ], conditional: [])
+    /// Creating and using Internet sockets directly.
+    public static let inet = SyscallGroup(name: "inet", syscalls: [
+        "connect", "bind", "listen", "accept", "accept4", "setsockopt",
+    ], conditional: [
+        ConditionalRule(syscall: "socket", argument: 0, mask: nil, value: 2),  // AF_INET
+        ConditionalRule(syscall: "socket", argument: 0, mask: nil, value: 10), // AF_INET6
+    ])
+    /// Creating and using unix sockets directly.
+    public static let unix = SyscallGroup(name: "unix", syscalls: [
+        "connect", "bind", "listen", "accept", "accept4", "setsockopt", "socketpair",
+    ], conditional: [
+        ConditionalRule(syscall: "socket", argument: 0, mask: nil, value: 1), // AF_UNIX
+    ])
+    /// Using sockets the broker handed over: listen on a bound one, accept on a listening one.
+    public static let serve = SyscallGroup(name: "serve", syscalls: ["listen", "accept", "accept4", "setsockopt"], conditional: [])
+    /// Starting threads: clone with CLONE_THREAD and no namespace flags
+    /// (clone3 is always answered ENOSYS, so glibc falls back to clone).
+    public static let thread = SyscallGroup(name: "thread", syscalls: [], conditional: [
+        ConditionalRule(syscall: "clone", argument: 0, mask: cloneThreadMask, value: cloneThreadFlags),
+    ])
+    /// Timers and alarms.
+    public static let time = SyscallGroup(name: "time", syscalls: [
+        "timer_create", "timer_settime", "timer_gettime", "timer_delete", "timer_getoverrun",
+        "timerfd_create", "timerfd_settime", "timerfd_gettime", "alarm", "setitimer", "getitimer",
+    ], conditional: [])
+    /// Creating and managing child processes (no new namespaces).
+    public static let proc = SyscallGroup(name: "proc", syscalls: [
+        "fork", "vfork", "wait4", "waitid", "kill", "tgkill", "tkill", "setpgid", "getpgid", "getpgrp", "setsid", "getsid",
+        "sched_setaffinity", "setpriority", "getpriority",
+    ], conditional: [
+        ConditionalRule(syscall: "clone", argument: 0, mask: namespaceFlags, value: 0),
+    ])
+    /// Running programs (execve only; execveat, which runs fileless memfds, never).
+    public static let exec = SyscallGroup(name: "exec", syscalls: ["execve"], conditional: [])
+    /// Terminal ioctls.
+    public static let tty = SyscallGroup(name: "tty", syscalls: ["ioctl"], conditional: [])
+    /// What libdispatch and Swift concurrency need after lockdown: reading /proc
+    /// (openat) and thread creation. Grants direct opens: pair it with Landlock.
+    public static let dispatch = SyscallGroup(name: "dispatch", syscalls: ["openat", "sched_getaffinity", "getcpu"], conditional: [
+        ConditionalRule(syscall: "clone", argument: 0, mask: cloneThreadMask, value: cloneThreadFlags),
+    ])
+
+    /// Every group, by name (for policy files and the learning mode).
+    public static let all: [SyscallGroup] = [rpath, wpath, cpath, fattr, inet, unix, serve, thread, time, proc, exec, tty, dispatch]
+
+    /// The group named `name`, if there is one.
+    public static func named(_ name: String) -> SyscallGroup? { all.first { $0.name == name } }
+
+    /// The groups that allow `syscall` (by name), for telling a user what to grant.
+    public static func groups(allowing syscall: String) -> [SyscallGroup] {
+        all.filter { $0.syscalls.contains(syscall) || $0.conditional.contains { $0.syscall == syscall } }
+    }
+}
+
+/// A syscall allowed only when one argument, masked, equals a value.
+struct ConditionalRule: Hashable, Sendable {
+    var syscall: String
+    var argument: UInt32
+    /// nil compares the whole argument.
+    var mask: UInt64?
+    var value: UInt64
+}
+
+let cloneNewNamespaceFlags: [UInt64] = [
+    0x0002_0000, // CLONE_NEWNS
+    0x0200_0000, // CLONE_NEWCGROUP
+    0x0400_0000, // CLONE_NEWUTS
+    0x0800_0000, // CLONE_NEWIPC
+    0x1000_0000, // CLONE_NEWUSER
+    0x2000_0000, // CLONE_NEWPID
+    0x4000_0000, // CLONE_NEWNET
+    0x0000_0080, // CLONE_NEWTIME
+]
+let namespaceFlags: UInt64 = cloneNewNamespaceFlags.reduce(0, |)
+let cloneThread: UInt64 = 0x0001_0000
+let cloneVM: UInt64 = 0x0000_0100
+let cloneSighand: UInt64 = 0x0000_0800
+/// A thread: CLONE_THREAD, CLONE_VM and CLONE_SIGHAND set, no namespace flag.
+let cloneThreadMask: UInt64 = cloneThread | cloneVM | cloneSighand | namespaceFlags
+let cloneThreadFlags: UInt64 = cloneThread | cloneVM | cloneSighand

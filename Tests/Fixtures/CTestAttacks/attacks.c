@@ -1,0 +1,71 @@
+#define _GNU_SOURCE
+#include "test_attacks.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static long raw(long nr, long a, long b, long c, long d, long e, long f) {
+    long r = syscall(nr, a, b, c, d, e, f);
+    return r < 0 ? -errno : r;
+}
+
+long attack_openat(const char *path) { return raw(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC, 0, 0, 0); }
+long attack_openat2(const char *path) {
+    struct open_how how = { .flags = O_RDONLY | O_CLOEXEC };
+    return raw(SYS_openat2, AT_FDCWD, (long)path, (long)&how, sizeof how, 0, 0);
+}
+long attack_execve(const char *path) {
+    char *argv[] = { (char *)path, NULL };
+    char *envp[] = { NULL };
+    return raw(SYS_execve, (long)path, (long)argv, (long)envp, 0, 0, 0);
+}
+long attack_socket_inet(void) { return raw(SYS_socket, 2, 1, 0, 0, 0, 0); }
+long attack_ptrace_attach(int pid) { return raw(SYS_ptrace, 16 /* PTRACE_ATTACH */, pid, 0, 0, 0, 0); }
+
+long attack_i386_getpid(void) {
+#if defined(__x86_64__)
+    long result = 20; /* __NR_getpid on i386 */
+    __asm__ volatile ("int $0x80" : "+a"(result) : : "memory");
+    return result;
+#else
+    return -ENOSYS;
+#endif
+}
+
+long attack_x32_getpid(void) { return raw(0x40000000L | 39L, 0, 0, 0, 0, 0, 0); }
+
+long attack_clone3(void) {
+    /* A harmless probe: an invalid size. With the filter it never reaches the kernel. */
+    return raw(SYS_clone3, 0, 0, 0, 0, 0, 0);
+}
+
+static void *thread_body(void *arg) { return arg; }
+int attack_start_thread(void) {
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, thread_body, NULL);
+    if (rc != 0) return rc;
+    return pthread_join(thread, NULL);
+}
+
+long attack_unshare_user(void) { return raw(SYS_unshare, 0x10000000 /* CLONE_NEWUSER */, 0, 0, 0, 0, 0); }
+long attack_seccomp_new_filter(void) { return raw(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, 0, 0, 0, 0); }
+long attack_io_uring_setup(void) { return raw(SYS_io_uring_setup, 1, 0, 0, 0, 0, 0); }
+long attack_memfd_execveat(void) {
+    long fd = raw(SYS_memfd_create, (long)"x", 0, 0, 0, 0, 0);
+    if (fd < 0) return fd;
+    char *argv[] = { "x", NULL };
+    char *envp[] = { NULL };
+    return raw(SYS_execveat, fd, (long)"", (long)argv, (long)envp, AT_EMPTY_PATH, 0);
+}
+long attack_prctl_set_dumpable(void) { return raw(SYS_prctl, 4 /* PR_SET_DUMPABLE */, 1, 0, 0, 0, 0); }
+long attack_fork(void) {
+    long r = raw(SYS_clone, 17 /* SIGCHLD */, 0, 0, 0, 0, 0);
+    if (r == 0) syscall(SYS_exit_group, 0);
+    return r > 0 ? 0 : r;
+}

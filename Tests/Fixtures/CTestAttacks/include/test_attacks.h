@@ -1,0 +1,23 @@
+/* System calls a hostile worker would try after lockdown, for the tests. Each
+   returns the raw result (-errno on failure) if the process survives. */
+#ifndef TEST_ATTACKS_H
+#define TEST_ATTACKS_H
+
+long attack_openat(const char *path);
+long attack_openat2(const char *path);
+long attack_execve(const char *path);
+long attack_socket_inet(void);
+long attack_ptrace_attach(int pid);
+long attack_i386_getpid(void);
+long attack_x32_getpid(void);
+long attack_clone3(void);
+/* Starts a thread through pthread_create and joins it: 0 when it ran. */
+int attack_start_thread(void);
+long attack_unshare_user(void);
+long attack_seccomp_new_filter(void);
+long attack_io_uring_setup(void);
+long attack_memfd_execveat(void);
+long attack_prctl_set_dumpable(void);
+long attack_fork(void);
+
+#endif

@@ -1,0 +1,130 @@
+import Glibc
+import PrivsepIPC
+import Supervisor
+import Testing
+
+/// Lockdown is exercised in spawned workers only, never in the test runner.
+@Suite struct LockdownTests {
+    static let allLayers = 1 | 2 | 4 // no_new_privs, seccomp, Landlock
+
+    func violation(_ run: WorkerRun) -> SyscallViolation? {
+        if case .seccompViolation(let violation) = run.reason { return violation }
+        return nil
+    }
+
+    @Test func brokeredWorkerCanStillGetFilesFromTheSupervisor() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("in.txt", "through the broker\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path + "/in.txt", .file, [.read])
+        let run = try await runWorker(["handshake", "lockdown", "read:\(scratch.path)/in.txt"], policy: policy,
+                                      configure: { $0.requiredLayers = [.seccomp, .landlock] })
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.dropFirst() == ["lockdown \(Self.allLayers) abi 7", "read \(scratch.path)/in.txt through the broker"])
+        let sandbox = run.audit.first { $0.event == "SANDBOX" }
+        #expect(sandbox?.detail == "no_new_privs, seccomp, landlock (Landlock ABI 7)")
+    }
+
+    @Test(arguments: [
+        ("openat", "openat"), ("openat2", "openat2"), ("execve", "execve"), ("socket", "socket"),
+        ("ptrace", "ptrace"), ("unshare", "unshare"), ("seccomp", "seccomp"), ("io_uring", "io_uring_setup"),
+        ("memfd_exec", "memfd_create"), ("prctl", "prctl"), ("fork", "clone"),
+    ])
+    func deniedSyscallIsReportedByName(attack: String, syscall: String) async throws {
+        let run = try await runWorker(["handshake", "lockdown", "attack:\(attack)", "exit:0"])
+        let reported = try #require(violation(run), "\(attack): \(run.reason)")
+        #expect(reported.name == syscall)
+        #expect(reported.architectureName == "x86_64")
+        #expect(reported.instructionPointer != 0)
+        #expect(run.lines.count == 2, "nothing after the attack ran: \(run.lines)")
+    }
+
+    @Test(arguments: ["i386", "x32"])
+    func otherArchitecturesAreKilled(attack: String) async throws {
+        let run = try await runWorker(["handshake", "lockdown", "attack:\(attack)", "exit:0"])
+        let reported = try #require(violation(run), "\(attack): \(run.reason)")
+        #expect(run.lines.count == 2)
+        _ = reported
+    }
+
+    @Test func clone3GetsENOSYSAndThreadsStillStart() async throws {
+        let run = try await runWorker(["handshake", "lockdown:threads", "attack:clone3", "attack:thread", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.dropFirst(2) == ["attack clone3 -\(ENOSYS)", "attack thread 0"])
+    }
+
+    @Test func killModeKillsWithoutAReport() async throws {
+        let run = try await runWorker(["handshake", "lockdown:kill", "attack:openat", "exit:0"])
+        #expect(violation(run)?.name == nil, "the kernel killed it before it could report: \(run.reason)")
+        #expect(violation(run) != nil)
+    }
+
+    @Test func errnoModeFailsTheCallAndCarriesOn() async throws {
+        let run = try await runWorker(["handshake", "lockdown:errno", "attack:openat", "attack:execve:/bin/sh", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.dropFirst(2) == ["attack openat -\(EACCES)", "attack execve -\(EACCES)"])
+    }
+
+    @Test func landlockLimitsDirectOpensToTheListedPaths() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("visible.txt", "v\n")
+        let run = try await runWorker([
+            "handshake", "lockdown:ro=\(scratch.path)", "attack:openat:\(scratch.path)/visible.txt", "attack:openat:/etc/hostname", "exit:0",
+        ])
+        #expect(run.reason == .exited(code: 0))
+        let results = run.lines.dropFirst(2).map { $0.split(separator: " ").last.map(String.init) ?? "" }
+        #expect(results.count == 2)
+        #expect((Int(results.first ?? "") ?? -1) >= 0, "the listed path opens")
+        #expect(results.last == "-\(EACCES)", "everything else is refused by Landlock")
+    }
+
+    @Test func namespacesAreEnteredAndReported() async throws {
+        let run = try await runWorker(["handshake", "lockdown:ns", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "lockdown \(Self.allLayers | 8 | 16) abi 7")
+    }
+
+    @Test func aRequiredLayerMustBeReportedBeforeTheFirstRequest() async throws {
+        let run = try await runWorker(["handshake", "read:/etc/hostname"], configure: { $0.requiredLayers = [.seccomp] })
+        #expect(run.reason == .sandboxIncomplete("request before SANDBOX_STATUS; required layers: seccomp"))
+        let missing = try await runWorker(["handshake", "lockdown:nolandlock", "read:/etc/hostname"],
+                                          configure: { $0.requiredLayers = [.seccomp, .landlock] })
+        #expect(missing.reason == .sandboxIncomplete("layers landlock requested but not active"))
+    }
+
+    @Test func theWorkerDiesWithItsSupervisor() async throws {
+        let pidFile = "/tmp/privsep-orphan-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { unlink(pidFile) }
+        // The supervisor runs in a child process of its own, which then dies abruptly.
+        await #expect(processExitsWith: .exitCode(42)) { [pidFile = pidFile as String] in
+            let supervisor = try! Supervisor(logger: quietLogger())
+            let handle = try! await supervisor.spawn(WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "lockdown", "sleep:30"]))
+            try! await Task.sleep(for: .milliseconds(300))
+            let text = "\(handle.pid)"
+            let fd = open(pidFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            _ = write(fd, text, text.utf8.count)
+            close(fd)
+            _exit(42)
+        }
+        let fd = open(pidFile, O_RDONLY | O_CLOEXEC)
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let count = read(fd, &buffer, 32)
+        close(fd)
+        let pid = try #require(Int32(String(decoding: buffer[..<max(count, 0)], as: UTF8.self)))
+        var gone = false
+        for _ in 0..<100 {
+            // Gone, or a zombie waiting for its new parent to reap it.
+            var state = ""
+            if let file = fopen("/proc/\(pid)/stat", "r") {
+                var line = [CChar](repeating: 0, count: 512)
+                fgets(&line, 512, file)
+                fclose(file)
+                let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                state = text.split(separator: ")").last?.split(separator: " ").first.map(String.init) ?? ""
+            }
+            if state.isEmpty || state == "Z" { gone = true; break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(gone, "worker \(pid) outlived its supervisor")
+    }
+}
