@@ -1,0 +1,104 @@
+import PrivsepIPC
+import Supervisor
+import Testing
+
+@Suite struct PolicyFileTests {
+    static let example = """
+    {
+      "paths": [
+        { "path": "/srv/input", "kind": "directory", "allow": ["read", "list"] },
+        { "path": "/var/log/parser.log", "kind": "file", "allow": ["append", "create"], "create_mode": "0640" }
+      ],
+      "sockets": [ { "domain": "inet", "type": "dgram" } ],
+      "connect": [ { "address": "127.0.0.0/8", "ports": "8000-8080" }, { "unix": "/run/app.sock", "types": ["seqpacket"] } ],
+      "bind": [ { "address": "::1", "ports": 443 } ],
+      "require": ["seccomp", "landlock"],
+      "limits": { "memory": "512M", "open_files": 64, "cpu_seconds": 10, "file_size": "10M" },
+      "timeout": 30,
+      "environment": { "LANG": "C.UTF-8" },
+      "inherit_environment": ["TZ"]
+    }
+    """
+
+    @Test func parsesEveryKey() throws {
+        let file = try PolicyFile.parse(Self.example)
+        #expect(file.policy.paths == [
+            PathRule(path: "/srv/input", kind: .directory, permissions: [.read, .listDirectory]),
+            PathRule(path: "/var/log/parser.log", kind: .file, permissions: [.append, .create], createMode: 0o640),
+        ])
+        #expect(file.policy.sockets == [SocketRule(domain: 2, type: 2)])
+        #expect(file.policy.connect == [
+            AddressRule(network: .ipv4(IPv4Address(127, 0, 0, 0), prefixLength: 8), ports: 8000...8080),
+            AddressRule(network: .unix(path: "/run/app.sock"), types: [5]),
+        ])
+        #expect(file.policy.bind == [AddressRule(network: .ipv6(.loopback, prefixLength: 128), ports: 443...443)])
+        #expect(file.requiredLayers == [.seccomp, .landlock])
+        #expect(file.resourceLimits == ResourceLimits(addressSpace: 512 << 20, openFiles: 64, cpuSeconds: 10, fileSize: 10 << 20))
+        #expect(file.timeout == 30)
+        #expect(file.environment == ["LANG": "C.UTF-8"])
+        #expect(file.inheritedEnvironment == ["TZ"])
+        #expect(file.summary.first == "everything beneath /srv/input: read, list")
+        #expect(file.summary.contains("connect to 127.0.0.0/8 ports 8000-8080 (stream)"))
+    }
+
+    @Test(arguments: [
+        ("{\"pathz\": []}", "policy:1:2: unknown key \"pathz\" in the policy (did you mean \"paths\"?); expected one of: paths, sockets, connect, bind, require, limits, timeout, environment, inherit_environment"),
+        ("{\"paths\": [{\"path\": \"/srv\", \"kind\": \"directory\", \"allow\": [\"raed\"]}]}", "policy:1:60: unknown permission \"raed\"; expected one of: read, write, create, truncate, append, list"),
+        ("{\"paths\": [{\"path\": \"srv\", \"kind\": \"file\", \"allow\": [\"read\"]}]}", "policy:1:21: \"path\" must be absolute and canonical (no '.', '..', '//' or trailing '/'): srv"),
+        ("{\"paths\": [{\"path\": \"/a/../b\", \"kind\": \"file\", \"allow\": [\"read\"]}]}", "policy:1:21: \"path\" must be absolute and canonical (no '.', '..', '//' or trailing '/'): /a/../b"),
+        ("{\"paths\": [{\"path\": \"/srv\", \"allow\": [\"read\"]}]}", "policy:1:12: a path rule needs \"kind\": \"file\" (exactly this file) or \"directory\" (it and everything beneath)"),
+        ("{\n  \"timeout\": -1\n}", "policy:2:14: \"timeout\" must be a number of seconds greater than 0"),
+        ("{\"connect\": [{\"address\": \"10.0.0.0/33\", \"ports\": \"1\"}]}", "policy:1:26: \"10.0.0.0/33\" is not an IPv4 or IPv6 address with an optional /prefix"),
+        ("{\"connect\": [{\"address\": \"10.0.0.1\", \"ports\": \"90-80\"}]}", "policy:1:47: \"ports\" must be a port such as \"443\" or a range such as \"8000-8080\""),
+        ("{\"require\": [\"selinux\"]}", "policy:1:14: unknown sandbox layer \"selinux\"; expected one of: no_new_privs, seccomp, landlock, user-namespace, network-namespace, rlimits"),
+        ("{\"paths\": [], \"paths\": []}", "policy:1:15: duplicate key \"paths\""),
+        ("{\"paths\": [],}", "policy:1:14: expected a key in double quotes"),
+        ("[1, 2]", "policy:1:1: the policy must be an object, not an array"),
+        ("{\"paths\": [{\"path\": \"/x\", \"kind\": \"file\", \"allow\": [\"read\"], \"create_mode\": \"4755\"}]}", "policy:1:77: \"create_mode\" must be octal permission bits within \"0777\", such as \"0640\""),
+        ("{\"paths\": [{\"path\": \"/x\", \"kind\": \"file\", \"allow\": [\"read\"]}, {\"path\": \"/x\", \"kind\": \"file\", \"allow\": [\"write\"]}]}", "policy:1:1: two rules for /x: merge their permissions into one"),
+    ])
+    func errorsPointAtTheLineAndSayWhatToWrite(text: String, message: String) {
+        #expect(throws: PolicyFileError.self) { try PolicyFile.parse(text) }
+        do {
+            _ = try PolicyFile.parse(text)
+        } catch {
+            #expect(error.description == message)
+        }
+    }
+
+    @Test func emptyPolicyGrantsNothing() throws {
+        #expect(try PolicyFile.parse("{}").summary == ["nothing: every request is refused"])
+    }
+}
+
+@Suite struct PolicyTests {
+    @Test func rulesMatchOnComponentBoundaries() {
+        let rule = PathRule(path: "/srv/data", kind: .directory, permissions: [.read])
+        #expect(rule.permissions.contains(.read))
+        var policy = Policy(paths: [rule])
+        #expect(policy.contains(Policy(paths: [PathRule(path: "/srv/data/x", kind: .file, permissions: [.read])])))
+        #expect(!policy.contains(Policy(paths: [PathRule(path: "/srv/database", kind: .file, permissions: [.read])])))
+        #expect(!policy.contains(Policy(paths: [PathRule(path: "/srv/data/x", kind: .file, permissions: [.write])])))
+        policy.allow(path: "/", .directory, [.listDirectory])
+        #expect(policy.contains(Policy(paths: [PathRule(path: "/etc", kind: .directory, permissions: [.listDirectory])])))
+    }
+
+    @Test func canonicalPaths() {
+        for good in ["/", "/a", "/a/b", "/a.b/..c", "/.x"] { #expect(isCanonicalAbsolutePath(good), "\(good)") }
+        for bad in ["", "a", "/a/", "//a", "/a//b", "/./a", "/a/.", "/a/..", "/../a", "/a\0b"] { #expect(!isCanonicalAbsolutePath(bad), "\(bad)") }
+    }
+
+    @Test func narrowingAddressRules() {
+        let wide = Policy(connect: [AddressRule(network: .ipv4(IPv4Address(10, 0, 0, 0), prefixLength: 8), ports: 1...1024)])
+        #expect(wide.contains(Policy(connect: [AddressRule(network: .ipv4(IPv4Address(10, 1, 0, 0), prefixLength: 16), ports: 80...80)])))
+        #expect(!wide.contains(Policy(connect: [AddressRule(network: .ipv4(IPv4Address(10, 1, 0, 0), prefixLength: 16), ports: 80...2000)])))
+        #expect(!wide.contains(Policy(connect: [AddressRule(network: .ipv4(IPv4Address(11, 0, 0, 0), prefixLength: 8), ports: 80...80)])))
+        #expect(!wide.contains(Policy(connect: [AddressRule(network: .ipv4(IPv4Address(10, 0, 0, 0), prefixLength: 8), ports: 80...80, types: [2])])))
+    }
+
+    @Test func activationFailsForAMissingDirectory() {
+        #expect(throws: PolicyError.cannotOpen("/nonexistent-privsep-dir", "No such file or directory")) {
+            _ = try ActivePolicy(Policy(paths: [PathRule(path: "/nonexistent-privsep-dir", kind: .directory, permissions: [.read])]))
+        }
+    }
+}
