@@ -72,7 +72,12 @@ let package = Package(
         ),
         .executableTarget(
             name: "privsep",
-            dependencies: ["Supervisor", "PrivsepIPC"],
+            dependencies: [
+                "Supervisor", "Worker", "PrivsepIPC",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSwift
         ),
         // Benchmarks: Swift channel vs. a plain C sendmsg/recvmsg reference in the same run.
@@ -84,19 +89,11 @@ let package = Package(
             path: "Benchmarks/privsep-bench",
             swiftSettings: strictSwift
         ),
-        // Examples (each runnable with `swift run NAME`).
+        // Examples (see examples/README.md).
         .executableTarget(
-            name: "hello-broker",
-            dependencies: ["Supervisor", "PrivsepIPC",
-                           .product(name: "SystemPackage", package: "swift-system")],
-            path: "examples/hello-broker",
-            swiftSettings: strictSwift
-        ),
-        .executableTarget(
-            name: "hello-worker",
-            dependencies: ["Worker", "PrivsepIPC",
-                           .product(name: "SystemPackage", package: "swift-system")],
-            path: "examples/hello-worker",
+            name: "csv-parser",
+            dependencies: ["Worker", "PrivsepIPC"],
+            path: "examples/untrusted-parser/csv-parser",
             swiftSettings: strictSwift
         ),
         .target(name: "CTestAttacks", path: "Tests/Fixtures/CTestAttacks"),

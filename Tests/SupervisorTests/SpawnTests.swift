@@ -1,6 +1,7 @@
 import Glibc
 import PrivsepIPC
 import Supervisor
+import Synchronization
 import Testing
 
 @Suite struct SpawnTests {
@@ -97,4 +98,46 @@ extension String {
         let hex = String(byte, radix: 16)
         self = hex.count == 1 ? "0" + hex : hex
     }
+}
+
+@Suite struct RestartTests {
+    @Test func onFailureRestartsUntilTheBudgetIsSpent() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let starts = Counter()
+        let reason = try await supervisor.run(
+            WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "exit:3"]),
+            restart: RestartPolicy(mode: .onFailure, maximumRestarts: 3, initialBackoff: 0.01),
+            onStart: { _ in starts.increment() })
+        #expect(reason == .exited(code: 3))
+        #expect(starts.value == 4)
+        await supervisor.shutdown()
+    }
+
+    @Test func aCleanExitIsNotRestartedOnFailure() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let starts = Counter()
+        let reason = try await supervisor.run(
+            WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "exit:0"]),
+            restart: RestartPolicy(mode: .onFailure, maximumRestarts: 3, initialBackoff: 0.01),
+            onStart: { _ in starts.increment() })
+        #expect(reason == .exited(code: 0))
+        #expect(starts.value == 1)
+        await supervisor.shutdown()
+    }
+
+    @Test func decisions() {
+        let always = RestartPolicy(mode: .always)
+        #expect(always.restarts(after: .exited(code: 0)))
+        #expect(!always.restarts(after: .stoppedBySupervisor))
+        let onFailure = RestartPolicy(mode: .onFailure)
+        #expect(onFailure.restarts(after: .signaled(signal: 9, coreDumped: false)))
+        #expect(!onFailure.restarts(after: .exited(code: 0)))
+        #expect(!RestartPolicy.never.restarts(after: .exited(code: 1)))
+    }
+}
+
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
 }

@@ -1,0 +1,279 @@
+public import ArgumentParser
+import Dispatch
+import Glibc
+import Logging
+import PrivsepIPC
+public import Supervisor
+import Synchronization
+import SystemPackage
+import Worker
+
+@main
+struct Privsep: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "privsep",
+        abstract: "Run programs as sandboxed workers that must ask a supervisor for every file and socket.",
+        discussion: """
+        A worker is spawned with one inherited channel (fd 3) and nothing else. It locks \
+        itself down (seccomp, Landlock) and asks this supervisor for what it may not take \
+        itself; each request is checked against the policy file and answered with a file \
+        descriptor or an errno. Every decision can be audited.
+
+        Examples:
+          privsep check policy.json
+          privsep run --policy policy.json -- ./parser input.csv
+          privsep run --policy policy.json --timeout 10 --audit-log audit.jsonl -- ./parser input.csv
+        """,
+        subcommands: [Run.self, Check.self]
+    )
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run PROGRAM as a worker under a policy and exit with its exit status.",
+        discussion: """
+        The worker's stdin, stdout and stderr are this command's. Its environment is only \
+        what the policy file and --env/--pass-env give it, plus PRIVSEP_FD=3.
+
+        Exit status: the worker's own, or 128+N if signal N ended it, 159 after a seccomp \
+        violation, 124 after a timeout, 125 when the supervisor killed it for another reason \
+        (protocol violation, handshake, caps), 127 if it could not be started, 2 for a bad policy.
+        """
+    )
+
+    @Option(name: .shortAndLong, help: ArgumentHelp("The policy file (JSON); see 'privsep check'.", valueName: "file"))
+    var policy: String
+
+    @Option(help: ArgumentHelp("Kill the worker after this many seconds (overrides the policy's \"timeout\").", valueName: "seconds"))
+    var timeout: Double?
+
+    @Option(name: .customLong("env"), help: ArgumentHelp("Set NAME=VALUE in the worker's environment. Repeatable.", valueName: "name=value"))
+    var environment: [String] = []
+
+    @Option(name: .customLong("pass-env"), help: ArgumentHelp("Pass this variable of ours to the worker. Repeatable.", valueName: "name"))
+    var passEnvironment: [String] = []
+
+    @Option(help: ArgumentHelp("Address-space limit, such as 512M.", valueName: "size"))
+    var memory: String?
+
+    @Option(help: ArgumentHelp("Open-file limit.", valueName: "count"))
+    var openFiles: UInt64?
+
+    @Option(help: ArgumentHelp("CPU-time limit.", valueName: "seconds"))
+    var cpuSeconds: UInt64?
+
+    @Option(help: ArgumentHelp("Start the worker again after it ends: never, on-failure or always.", valueName: "when"))
+    var restart: RestartPolicy.Mode = .never
+
+    @Option(help: ArgumentHelp("How many restarts at most.", valueName: "count"))
+    var maxRestarts: Int = 5
+
+    @Option(help: ArgumentHelp("Append every decision to this file as JSON lines.", valueName: "file"))
+    var auditLog: String?
+
+    @Flag(name: .shortAndLong, help: "Log every decision (grants and denials) to stderr.")
+    var verbose = false
+
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "program"))
+    var command: [String] = []
+
+    mutating func run() async throws {
+        var command = self.command
+        if command.first == "--" { command.removeFirst() }
+        guard let program = command.first else { throw ValidationError("Name the program to run after --, for example: privsep run --policy p.json -- ./parser input") }
+        guard let executable = resolveProgram(program) else {
+            printError("privsep: \(program): not found (give a path, or a name on PATH)")
+            throw ExitCode(127)
+        }
+        let file = try loadPolicy(policy)
+
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .trace
+            return handler
+        }
+        var logger = Logger(label: "privsep")
+        logger.logLevel = verbose ? .debug : .warning
+        let audit: AuditLog?
+        if let auditLog {
+            do { audit = try AuditLog(path: auditLog) } catch {
+                printError("privsep: cannot open the audit log \(auditLog): \(error)")
+                throw ExitCode(2)
+            }
+        } else {
+            audit = nil
+        }
+
+        var configuration = WorkerConfiguration(executable: executable, arguments: Array(command.dropFirst()), policy: file.policy)
+        configuration.argv0 = program
+        configuration.standardInput = .inherit
+        configuration.environment = file.environment
+        configuration.inheritedEnvironment = file.inheritedEnvironment + passEnvironment
+        for pair in environment {
+            guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {
+                throw ValidationError("--env takes NAME=VALUE, not \(pair)")
+            }
+            configuration.environment[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
+        }
+        configuration.resourceLimits = file.resourceLimits
+        if let memory { configuration.resourceLimits.addressSpace = try parseSize(memory) }
+        if let openFiles { configuration.resourceLimits.openFiles = openFiles }
+        if let cpuSeconds { configuration.resourceLimits.cpuSeconds = cpuSeconds }
+        configuration.wallClockTimeout = timeout ?? file.timeout
+        configuration.requiredLayers = file.requiredLayers
+
+        let supervisor: Supervisor
+        do { supervisor = try Supervisor(logger: logger, auditLog: audit) } catch {
+            printError("privsep: \(error)")
+            throw ExitCode(1)
+        }
+        let current = Mutex<WorkerHandle?>(nil)
+        let stopping = Mutex(false)
+        // Ctrl-C and friends stop the worker (it runs in a session of its own, so the
+        // terminal's signals reach only us).
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM, SIGHUP] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number)
+            source.setEventHandler {
+                stopping.withLock { $0 = true }
+                current.withLock { $0 }?.stop(grace: 2)
+            }
+            source.resume()
+            sources.append(source)
+        }
+        let reason: ExitReason
+        do {
+            reason = try await supervisor.run(configuration,
+                                              restart: RestartPolicy(mode: restart, maximumRestarts: maxRestarts),
+                                              onStart: { handle in
+                                                  current.withLock { $0 = handle }
+                                                  if stopping.withLock({ $0 }) { handle.stop(grace: 2) }
+                                              })
+        } catch {
+            printError("privsep: \(error)")
+            throw ExitCode(127)
+        }
+        _ = sources
+        await supervisor.shutdown()
+        let pid = current.withLock { $0?.pid } ?? 0
+        throw ExitCode(report(reason, pid: pid))
+    }
+
+    /// Says why the worker ended (unless it simply exited) and picks our exit status.
+    func report(_ reason: ExitReason, pid: Int32) -> Int32 {
+        switch reason {
+        case .exited(let code):
+            return code
+        case .signaled(let signal, _):
+            printError("privsep: worker \(pid) \(reason)")
+            return 128 + signal
+        case .seccompViolation(let violation):
+            var message = "privsep: worker \(pid) killed: seccomp violation: \(violation)"
+            if let name = violation.name {
+                let groups = SyscallGroup.groups(allowing: name).map { "\"\($0.name)\"" }
+                if !groups.isEmpty {
+                    message += groups.count == 1 ? "; the \(groups[0]) group would allow it" : "; the groups \(groups.joined(separator: ", ")) would allow it"
+                } else {
+                    message += "; no syscall group allows it"
+                }
+            }
+            printError(message)
+            return 128 + SIGSYS
+        case .timedOut:
+            printError("privsep: worker \(pid) \(reason)")
+            return 124
+        case .stoppedBySupervisor:
+            printError("privsep: worker \(pid) stopped")
+            return 128 + SIGTERM
+        case .spawnFailed:
+            printError("privsep: \(reason)")
+            return 127
+        case .protocolViolation, .handshakeFailed, .resourceCapExceeded, .sandboxIncomplete:
+            printError("privsep: worker \(pid) \(reason)")
+            return 125
+        }
+    }
+}
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a policy file and say what it grants in plain words.",
+        discussion: "Errors name the line and column and say what to write instead. Exit status 0 if valid, 2 if not."
+    )
+
+    @Argument(help: ArgumentHelp("The policy file (JSON).", valueName: "policy"))
+    var policy: String
+
+    func run() throws {
+        let file = try loadPolicy(policy)
+        do { _ = try ActivePolicy(file.policy) } catch {
+            printError("\(policy): \(error)")
+            throw ExitCode(2)
+        }
+        print("\(policy): valid. A worker under it may:")
+        for line in file.summary { print("  - \(line)") }
+    }
+}
+
+extension RestartPolicy.Mode: ExpressibleByArgument {}
+
+func loadPolicy(_ path: String) throws -> PolicyFile {
+    guard let text = readTextFile(path) else {
+        printError("privsep: cannot read the policy file \(path): \(Errno(rawValue: errno))")
+        throw ExitCode(2)
+    }
+    do {
+        return try PolicyFile.parse(text, name: path)
+    } catch {
+        printError("\(error)")
+        throw ExitCode(2)
+    }
+}
+
+func readTextFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(fd, &chunk, chunk.count)
+        if count < 0 && errno == EINTR { continue }
+        if count <= 0 { break }
+        bytes += chunk[..<count]
+        if bytes.count > 16 << 20 { return nil }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+func parseSize(_ text: String) throws -> UInt64 {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+    if let last = text.last, let unit = units[last], let number = UInt64(text.dropLast()) { return number * unit }
+    if let number = UInt64(text) { return number }
+    throw ValidationError("\(text) is not a size such as 64K, 512M or 2G")
+}
+
+/// An absolute path for `program`: as given if it has a slash, else found on PATH.
+func resolveProgram(_ program: String) -> String? {
+    func executable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+    if program.contains("/") {
+        guard executable(program) else { return nil }
+        if program.hasPrefix("/") { return program }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buffer, 4096) != nil else { return nil }
+        let cwd = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return cwd + "/" + program
+    }
+    let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin"
+    for directory in path.split(separator: ":") where directory.hasPrefix("/") {
+        let candidate = "\(directory)/\(program)"
+        if executable(candidate) { return candidate }
+    }
+    return nil
+}
+
+func printError(_ message: String) {
+    let line = message + "\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}
