@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+
+/// The privsep command and example 1, end to end, as a user runs them.
+@Suite struct CLITests {
+    static let binDirectory = URL(fileURLWithPath: testWorkerPath).deletingLastPathComponent().path
+    static let exampleDirectory: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path + "/examples/untrusted-parser"
+    }()
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    func privsep(_ arguments: [String]) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binDirectory + "/privsep")
+        process.arguments = arguments
+        let out = Foundation.Pipe(), err = Foundation.Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                      stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    func examplePolicy() throws -> String {
+        let template = try String(contentsOfFile: Self.exampleDirectory + "/policy.json", encoding: .utf8)
+        let path = NSTemporaryDirectory() + "privsep-example-\(UUID().uuidString).json"
+        try template.replacingOccurrences(of: "@DATA@", with: Self.exampleDirectory + "/data").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func parsesAValidFileInsideTheSandbox() throws {
+        let policy = try examplePolicy()
+        defer { try? FileManager.default.removeItem(atPath: policy) }
+        let result = try privsep(["run", "--policy", policy, "--", Self.binDirectory + "/csv-parser", Self.exampleDirectory + "/data/sales.csv"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("4 rows, 3 columns"))
+        #expect(result.stdout.contains("sum of revenue: 8770.75"))
+    }
+
+    @Test(arguments: [("malicious-include.csv", "openat"), ("malicious-exec.csv", "execve")])
+    func aMaliciousInputIsStoppedAndReported(file: String, syscall: String) throws {
+        let policy = try examplePolicy()
+        defer { try? FileManager.default.removeItem(atPath: policy) }
+        let audit = NSTemporaryDirectory() + "privsep-audit-\(UUID().uuidString).jsonl"
+        defer { try? FileManager.default.removeItem(atPath: audit) }
+        let result = try privsep(["run", "--policy", policy, "--audit-log", audit, "--", Self.binDirectory + "/csv-parser", Self.exampleDirectory + "/data/" + file])
+        #expect(result.status == 159)
+        #expect(result.stderr.contains("killed: seccomp violation: \(syscall) (x86_64)"), "\(result.stderr)")
+        let lines = try String(contentsOfFile: audit, encoding: .utf8).split(separator: "\n")
+        #expect(lines.contains { $0.contains("\"event\":\"KILL\"") && $0.contains(syscall) })
+    }
+
+    @Test func aFileOutsideThePolicyIsRefused() throws {
+        let policy = try examplePolicy()
+        defer { try? FileManager.default.removeItem(atPath: policy) }
+        let result = try privsep(["run", "--policy", policy, "--", Self.binDirectory + "/csv-parser", "/etc/passwd"])
+        #expect(result.status == 1)
+        #expect(result.stdout == "/etc/passwd: the supervisor refused: Permission denied\n")
+    }
+
+    @Test func checkExplainsAPolicyAndPointsAtErrors() throws {
+        let policy = try examplePolicy()
+        defer { try? FileManager.default.removeItem(atPath: policy) }
+        let valid = try privsep(["check", policy])
+        #expect(valid.status == 0)
+        #expect(valid.stdout.contains("everything beneath \(Self.exampleDirectory)/data: read"))
+        let bad = NSTemporaryDirectory() + "privsep-bad-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: bad) }
+        try "{\n  \"paths\": [ { \"path\": \"/srv\", \"kind\": \"directory\", \"alow\": [\"read\"] } ]\n}\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        let invalid = try privsep(["check", bad])
+        #expect(invalid.status == 2)
+        #expect(invalid.stderr == "\(bad):2:53: unknown key \"alow\" in a path rule (did you mean \"allow\"?); expected one of: path, kind, allow, symlinks, create_mode, file_types\n")
+    }
+
+    @Test func timeoutAndExitStatusesFollowTheWorker() throws {
+        let policy = try examplePolicy()
+        defer { try? FileManager.default.removeItem(atPath: policy) }
+        let exited = try privsep(["run", "--policy", policy, "--", testWorkerPath, "handshake", "exit:7"])
+        #expect(exited.status == 7)
+        let slow = try privsep(["run", "--policy", policy, "--timeout", "0.3", "--", testWorkerPath, "handshake", "sleep:30"])
+        #expect(slow.status == 124)
+        #expect(slow.stderr.contains("exceeded its wall-clock limit of 0.3 s"))
+        let missing = try privsep(["run", "--policy", policy, "--", "/nonexistent/program"])
+        #expect(missing.status == 127)
+    }
+}
