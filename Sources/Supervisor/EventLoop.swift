@@ -185,7 +185,7 @@ final class EventLoop: @unchecked Sendable {
         do { process = try spawnWorker(configuration) } catch { return .failure(.spawnFailed(error.description)) }
         let id = nextWorkerID
         nextWorkerID += 1
-        let handle = WorkerHandle(id: id, pid: process.pid, name: configuration.name, loop: self)
+        let handle = WorkerHandle(id: id, pid: process.pid, name: configuration.name, policy: configuration.policy, loop: self)
         let now = system_clock_monotonic()
         let record = WorkerRecord(id: id, configuration: configuration, policy: policy, handle: handle,
                                   pid: process.pid, pidfd: process.pidfd, channel: process.channel, now: now)

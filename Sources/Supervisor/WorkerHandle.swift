@@ -15,6 +15,8 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
     public let pid: Int32
     public let name: String
     private let state = Mutex(State())
+    /// The policy in force, kept here too so narrowing is checked even after the worker is gone.
+    private let policy: Mutex<Policy>
     private weak let loop: EventLoop?
 
     private struct State: ~Copyable {
@@ -24,7 +26,8 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         var sandbox: SandboxStatus?
     }
 
-    init(id: UInt64, pid: Int32, name: String, loop: EventLoop) {
+    init(id: UInt64, pid: Int32, name: String, policy: Policy, loop: EventLoop) {
+        self.policy = Mutex(policy)
         self.id = id
         self.pid = pid
         self.name = name
@@ -74,6 +77,12 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
     /// Replaces the worker's policy with `narrower`, which must grant nothing the
     /// current policy does not (a policy can be narrowed, never widened).
     public func narrowPolicy(to narrower: Policy) throws(PolicyError) {
+        let widens = policy.withLock { current in
+            guard current.contains(narrower) else { return true }
+            current = narrower
+            return false
+        }
+        if widens { throw .wouldWiden }
         guard let loop else { return }
         let active = try ActivePolicy(narrower)
         let result: PolicyError? = loop.call { loop in loop.narrow(workerID: self.id, to: active) }

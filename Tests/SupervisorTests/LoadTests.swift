@@ -115,7 +115,7 @@ func openFileDescriptorCount() -> Int {
         let supervisor = try Supervisor(logger: quietLogger())
         let pipe = Pipe()
         var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: [
-            "handshake", "read:\(scratch.path)/a.txt", "sleep:0.5", "read:\(scratch.path)/a.txt", "read:\(scratch.path)/b.txt",
+            "handshake", "read:\(scratch.path)/a.txt", "sleep:2", "read:\(scratch.path)/a.txt", "read:\(scratch.path)/b.txt",
         ], policy: policy)
         configuration.standardOutput = .descriptor(SharedFileDescriptor(pipe.write))
         let handle = try await supervisor.spawn(configuration)
