@@ -62,12 +62,38 @@ import Testing
         await supervisor.shutdown()
     }
 
-    @Test func resourceLimitsAreApplied() async throws {
-        // 64 open files: the worker can still start, but its fd table is capped.
-        let run = try await runWorker(["handshake", "exit:0"], configure: {
+    @Test func resourceLimitsAreAppliedBeforeTheWorkerIsLetGo() async throws {
+        let run = try await runWorker(["handshake", "limits"], configure: {
             $0.resourceLimits = ResourceLimits(openFiles: 64, cpuSeconds: 10, fileSize: 1 << 20)
         })
         #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "limits 64 10 1048576 0", "core size 0 by default")
+    }
+
+    @Test func helloMustNameTheSpawnedProcess() async throws {
+        let hello = try WireCodec.encode(Envelope(requestID: 0, .hello(Hello(processID: 1))))
+        let run = try await runWorker(["raw:" + hello.map { String(format2: $0) }.joined(), "sleep:5"])
+        switch run.reason {
+        case .handshakeFailed(let why): #expect(why.hasPrefix("HELLO claims pid 1, the worker is pid"))
+        default: Issue.record("\(run.reason)")
+        }
+    }
+
+    @Test func repliesAreMatchedToTheirThreads() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("shared.txt", "same for everyone\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path + "/shared.txt", .file, [.read])
+        let run = try await runWorker(["handshake", "threads:8:\(scratch.path)/shared.txt"], policy: policy)
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "threads ok 400")
+    }
+
+    @Test func theBlockingAPIWorksWithoutAsync() throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let handle = try supervisor.spawnBlocking(WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "exit:5"]))
+        #expect(handle.waitForExit() == .exited(code: 5))
+        #expect(supervisor.workers().isEmpty)
     }
 
     @Test func stopSendsTermThenKill() async throws {

@@ -20,6 +20,9 @@
 //   exit:CODE            exit with CODE
 //   flood:N              send N OPEN requests without reading replies
 //   pdeathsig            print the parent-death signal
+//   threads:N:PATH       N threads each open and read PATH 50 times through one connection
+//                                                                       -> "threads ok N*50" / "threads failed ..."
+//   limits               print RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE soft limits
 //   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), ro=PATH
 //                        (Landlock read-only PATH), ns (new namespaces)   -> "lockdown <active layer bits>"
 //   attack:NAME[:ARG]    a raw syscall a hostile worker would try      -> "attack NAME <result>"
@@ -201,6 +204,51 @@ for step in CommandLine.arguments.dropFirst() {
         var signal: Int32 = 0
         _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
         say("pdeathsig \(signal)")
+    case "threads":
+        let count = Int(parts[1])!
+        let path = String(parts[2])
+        let shared = requireConnection()
+        final class Tally: @unchecked Sendable {
+            var lock = pthread_mutex_t()
+            var good = 0
+            var bad: [String] = []
+        }
+        let tally = Tally()
+        pthread_mutex_init(&tally.lock, nil)
+        var threads: [pthread_t] = []
+        final class Job { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
+        for _ in 0..<count {
+            let job = Job {
+                for _ in 0..<50 {
+                    var outcome = ""
+                    do {
+                        let fd = try shared.open(path, .readOnly)
+                        outcome = readLine(fd.unsafeRawValue)
+                    } catch {
+                        outcome = "error \(error)"
+                    }
+                    pthread_mutex_lock(&tally.lock)
+                    if outcome.hasPrefix("error") { tally.bad.append(outcome) } else { tally.good += 1 }
+                    pthread_mutex_unlock(&tally.lock)
+                }
+            }
+            var thread = pthread_t()
+            pthread_create(&thread, nil, { context in
+                Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
+                return nil
+            }, Unmanaged.passRetained(job).toOpaque())
+            threads.append(thread)
+        }
+        for thread in threads { pthread_join(thread, nil) }
+        say(tally.bad.isEmpty ? "threads ok \(tally.good)" : "threads failed \(tally.bad.prefix(3))")
+    case "limits":
+        var values: [String] = []
+        for resource in [RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE] {
+            var limit = rlimit()
+            getrlimit(__rlimit_resource_t(resource.rawValue), &limit)
+            values.append(limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur)")
+        }
+        say("limits " + values.joined(separator: " "))
     case "lockdown":
         var lockdown = Lockdown.brokered()
         let mode = parts.count > 1 ? parts[1] : ""
