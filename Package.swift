@@ -84,8 +84,9 @@ let package = Package(
         .target(name: "CBenchReference", path: "Benchmarks/CBenchReference"),
         .executableTarget(
             name: "privsep-bench",
-            dependencies: ["PrivsepIPC", "CBenchReference", "CPrivsepShims",
-                           .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["PrivsepIPC", "Supervisor", "Worker", "CBenchReference", "CPrivsepShims",
+                           .product(name: "SystemPackage", package: "swift-system"),
+                           .product(name: "Logging", package: "swift-log")],
             path: "Benchmarks/privsep-bench",
             swiftSettings: strictSwift
         ),

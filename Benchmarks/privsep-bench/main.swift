@@ -10,7 +10,10 @@
 
 import CBenchReference
 import Glibc
+import Logging
 import PrivsepIPC
+import Supervisor
+import Worker
 
 // MARK: Children (entered when argv[1] == "--child")
 
@@ -55,6 +58,17 @@ func childMain(_ mode: String) -> Never {
                 fatalError("swift-broker: \(error)")
             }
         }
+    case "idle-worker":
+        // A real worker: handshake, brokered lockdown, then idle until the supervisor goes.
+        do {
+            let connection = try SupervisorConnection.connect()
+            try Lockdown.brokered().apply(reportingTo: connection)
+            var byte: UInt8 = 0
+            _ = read(connection.unsafeChannelFileDescriptor, &byte, 1)
+        } catch {
+            fatalError("idle-worker: \(error)")
+        }
+        exit(0)
     default:
         fatalError("unknown child mode \(mode)")
     }
@@ -76,6 +90,11 @@ if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--child" {
 // MARK: Parent
 
 var iterations = 20_000
+var idleWorkers = 1_000
+if let index = CommandLine.arguments.firstIndex(of: "--workers"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
+    idleWorkers = value
+}
 if let index = CommandLine.arguments.firstIndex(of: "--iterations"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value > 0 {
     iterations = value
@@ -215,4 +234,52 @@ for pinned in [true, false] {
     for (name, c, swift) in rows {
         print("| \(name) | \(placement) | \(pad(format(c.median), 7)) | \(pad(format(c.p99), 7)) | \(pad(format(swift.median), 7)) | \(pad(format(swift.p99), 7)) | \(format(swift.median / c.median))x |")
     }
+}
+
+// MARK: Supervisor memory per idle worker
+
+func residentKiB() -> Int {
+    guard let text = try? readProcFile("/proc/self/status") else { return 0 }
+    for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0
+    }
+    return 0
+}
+
+func readProcFile(_ path: String) throws -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return "" }
+    defer { close(fd) }
+    var bytes = [UInt8](repeating: 0, count: 8192)
+    let count = read(fd, &bytes, bytes.count)
+    return String(decoding: bytes[..<max(count, 0)], as: UTF8.self)
+}
+
+@MainActor func measureIdleWorkers(_ count: Int) async -> (perWorkerKiB: Double, totalMiB: Double, seconds: Double) {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let supervisor = try! Supervisor(logger: logger)
+    // Warm the supervisor up with one worker so its own start-up is not counted.
+    let warm = try! await supervisor.spawn(WorkerConfiguration(executable: selfPath(), arguments: ["--child", "idle-worker"]))
+    while supervisor.workers().first?.sandbox == nil { usleep(1000) }
+    let before = residentKiB()
+    let start = cbench_now_ns()
+    var configuration = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "idle-worker"])
+    configuration.resourceLimits = ResourceLimits(openFiles: 64)
+    for _ in 0..<count { _ = try! await supervisor.spawn(configuration) }
+    while supervisor.workers().filter({ $0.sandbox != nil }).count < count + 1 { usleep(10_000) }
+    let seconds = Double(cbench_now_ns() - start) / 1e9
+    let after = residentKiB()
+    warm.stop(grace: 0)
+    await supervisor.shutdown(grace: 1)
+    return (Double(after - before) / Double(count), Double(after - before) / 1024, seconds)
+}
+
+if idleWorkers > 0 {
+    check(cbench_pin(-1) == 0, "sched_setaffinity")
+    let result = await measureIdleWorkers(idleWorkers)
+    print("")
+    print("| supervisor memory | workers | RSS growth | per idle worker | spawn to locked down, all |")
+    print("|---|---:|---:|---:|---:|")
+    print("| one supervisor thread serving locked-down Swift workers | \(idleWorkers) | \(format(result.totalMiB)) MiB | \(format(result.perWorkerKiB)) KiB | \(format(result.seconds)) s |")
 }
