@@ -6,6 +6,7 @@ static const uint32_t privsep_SCMP_ACT_KILL_PROCESS = SCMP_ACT_KILL_PROCESS;
 static const uint32_t privsep_SCMP_ACT_TRAP = SCMP_ACT_TRAP;
 static const uint32_t privsep_SCMP_ACT_ALLOW = SCMP_ACT_ALLOW;
 static const uint32_t privsep_SCMP_ACT_LOG = SCMP_ACT_LOG;
+static const uint32_t privsep_SCMP_ACT_NOTIFY = SCMP_ACT_NOTIFY;
 static inline uint32_t privsep_scmp_act_errno(uint16_t error) { return SCMP_ACT_ERRNO(error); }
 static const uint32_t privsep_SCMP_ARCH_NATIVE = SCMP_ARCH_NATIVE;
 

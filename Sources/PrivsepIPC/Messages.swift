@@ -24,6 +24,7 @@ public enum Message: Sendable, Equatable {
     case violation(Violation)
     case log(LogLine)
     case sandboxStatus(SandboxStatus)
+    case listener(ListenerAnnouncement)
 
     public var type: MessageType {
         switch self {
@@ -37,13 +38,17 @@ public enum Message: Sendable, Equatable {
         case .violation: .violation
         case .log: .log
         case .sandboxStatus: .sandboxStatus
+        case .listener: .listener
         }
     }
 
     /// The exact number of fds that must travel with this message.
     public var fileDescriptorCount: Int {
-        if case .reply(let reply) = self { return reply.fileDescriptorCount }
-        return 0
+        switch self {
+        case .reply(let reply): reply.fileDescriptorCount
+        case .listener: 1
+        default: 0
+        }
     }
 }
 
@@ -283,4 +288,14 @@ public struct SandboxStatus: Sendable, Equatable {
         self.active = active
         self.landlockABI = landlockABI
     }
+}
+
+/// LISTENER: a seccomp user-notification fd travels with it (learning mode only).
+public struct ListenerAnnouncement: Sendable, Equatable {
+    public enum Purpose: UInt32, Sendable {
+        /// Record each system call the filter did not allow, and let it run.
+        case learning = 1
+    }
+    public var purpose: Purpose
+    public init(purpose: Purpose) { self.purpose = purpose }
 }

@@ -112,6 +112,13 @@ public enum WireCodec {
             }
             return .sandboxStatus(SandboxStatus(requested: SandboxLayers(rawValue: requested),
                                                 active: SandboxLayers(rawValue: active), landlockABI: r.u32(at: 8)))
+        case .listener:
+            guard r.u32(at: 4) == 0 else { throw .nonZeroReserved(field: "listener.reserved") }
+            let raw = r.u32(at: 0)
+            guard let purpose = ListenerAnnouncement.Purpose(rawValue: raw) else {
+                throw .invalidValue(field: "listener.purpose", value: Int64(raw))
+            }
+            return .listener(ListenerAnnouncement(purpose: purpose))
         }
     }
 
@@ -234,6 +241,9 @@ public enum WireCodec {
             w.u32(status.requested.rawValue)
             w.u32(status.active.rawValue)
             w.u32(status.landlockABI)
+            w.u32(0)
+        case .listener(let announcement):
+            w.u32(announcement.purpose.rawValue)
             w.u32(0)
         }
         guard w.bytes.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.bytes.count) }

@@ -7,6 +7,8 @@ public enum WireFormat {
     public static let channelFileDescriptor: Int32 = 3
     /// The environment variable naming the channel fd.
     public static let channelEnvironmentVariable = "PRIVSEP_FD"
+    /// Set to "1" in a worker's environment when the supervisor wants learning mode.
+    public static let learningEnvironmentVariable = "PRIVSEP_LEARN"
     public static let magic: UInt16 = 0x5350
     public static let version: UInt16 = 1
     /// The largest datagram, header included.
@@ -45,6 +47,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     case violation = 8
     case log = 9
     case sandboxStatus = 10
+    case listener = 11
 
     /// Size of the fixed payload struct.
     public var fixedPayloadSize: Int {
@@ -58,6 +61,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         case .violation: 64
         case .log: 8
         case .sandboxStatus: 16
+        case .listener: 8
         }
     }
 
@@ -81,6 +85,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         case .violation: "VIOLATION"
         case .log: "LOG"
         case .sandboxStatus: "SANDBOX_STATUS"
+        case .listener: "LISTENER"
         }
     }
 }

@@ -1,8 +1,8 @@
 import Glibc
 import Logging
-import PrivsepIPC
 import Synchronization
 public import SystemPackage
+public import PrivsepIPC
 
 /// One decision of the broker, or one lifecycle event of a worker.
 public struct AuditRecord: Sendable, Equatable {
@@ -21,6 +21,8 @@ public struct AuditRecord: Sendable, Equatable {
     public var errno: Int32
     /// Why, in plain words.
     public var reason: String
+    /// The request decided on, for OPEN, SOCKET, CONNECT and BIND (not written to the JSON line: `detail` says it).
+    public var request: Message? = nil
 
     /// The record as one line of JSON (no trailing newline).
     public var jsonLine: String {

@@ -44,6 +44,7 @@ final class EventLoop: @unchecked Sendable {
         case channel(UInt64)
         case pidfd(UInt64)
         case connect(UInt64, PendingConnectState)
+        case listener(UInt64)
     }
 
     init(auditor: Auditor) throws(Errno) {
@@ -115,6 +116,7 @@ final class EventLoop: @unchecked Sendable {
                 case .channel(let id): if let record = workers[id] { channelReady(record, flags: flags) }
                 case .pidfd(let id): if let record = workers[id] { reap(record) }
                 case .connect(let id, let pending): if let record = workers[id] { connectReady(record, pending, token: token) }
+                case .listener(let id): if let record = workers[id] { listenerReady(record, flags: flags) }
                 }
             }
             let after = system_clock_monotonic()
@@ -214,7 +216,8 @@ final class EventLoop: @unchecked Sendable {
             guard let channel = record.channel, record.reading else { return }
             let received: ReceivedMessage
             do {
-                received = try channel.socket.receiveMessage(maximumFileDescriptors: 0, nonBlocking: true)
+                // One fd at most (a LISTENER's); the decoder refuses fds on every other type.
+                received = try channel.socket.receiveMessage(maximumFileDescriptors: 1, nonBlocking: true)
             } catch .system(.resourceTemporarilyUnavailable) {
                 return
             } catch .peerClosed {
@@ -228,6 +231,11 @@ final class EventLoop: @unchecked Sendable {
                 return
             }
             if !consumeToken(record) { return }
+            var fds = received.fileDescriptors
+            if case .listener = received.envelope.message, let listener = fds.take(at: 0) {
+                adoptListener(record, listener)
+                continue
+            }
             handle(record, received.envelope, sender: received.senderCredentials)
         }
     }
@@ -256,14 +264,15 @@ final class EventLoop: @unchecked Sendable {
         case .open(let request):
             guard admitRequest(record, requestID) else { return }
             let detail = "\(request.path) \(describeOpenFlags(request.flags))"
-            reply(record, requestID, event: "OPEN", detail: detail, record.policy.open(request))
+            reply(record, requestID, event: "OPEN", detail: detail, request: envelope.message, record.policy.open(request))
         case .socket(let request):
             guard admitRequest(record, requestID) else { return }
             reply(record, requestID, event: "SOCKET", detail: "domain \(request.domain) type \(request.type) protocol \(request.protocol)",
-                  record.policy.socket(request))
+                  request: envelope.message, record.policy.socket(request))
         case .bind(let request):
             guard admitRequest(record, requestID) else { return }
-            reply(record, requestID, event: "BIND", detail: "\(request.address) type \(request.type)", record.policy.bind(request))
+            reply(record, requestID, event: "BIND", detail: "\(request.address) type \(request.type)", request: envelope.message,
+                  record.policy.bind(request))
         case .connect(let request):
             guard admitRequest(record, requestID) else { return }
             startConnect(record, requestID, request)
@@ -288,6 +297,8 @@ final class EventLoop: @unchecked Sendable {
             } else {
                 audit(record, event: "SANDBOX", detail: layerNames(status.active) + (status.landlockABI > 0 ? " (Landlock ABI \(status.landlockABI))" : ""))
             }
+        case .listener:
+            break // handled with its fd in channelReady
         case .hello:
             kill(record, .protocolViolation("second HELLO"))
         case .welcome, .reply:
@@ -309,20 +320,21 @@ final class EventLoop: @unchecked Sendable {
         return true
     }
 
-    private func reply(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: String, _ result: consuming BrokerResult) {
+    private func reply(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: String, request: Message? = nil,
+                       _ result: consuming BrokerResult) {
         switch consume result {
         case .granted(let fd, let reason):
             guard record.fileDescriptorsHandedOut < record.configuration.caps.fileDescriptorsHandedOut else {
                 audit(record, event: event, detail: detail, decision: "denied", errno: .tooManyOpenFiles,
-                      reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached")
+                      reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached", request: request)
                 send(record, Envelope(requestID: requestID, .reply(.failure(.tooManyOpenFiles))), fds: OwnedFileDescriptors())
                 return
             }
             record.fileDescriptorsHandedOut += 1
-            audit(record, event: event, detail: detail, decision: "granted", reason: reason)
+            audit(record, event: event, detail: detail, decision: "granted", reason: reason, request: request)
             send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 1))), fds: OwnedFileDescriptors(fd))
         case .denied(let errno, let reason):
-            audit(record, event: event, detail: detail, decision: "denied", errno: errno, reason: reason)
+            audit(record, event: event, detail: detail, decision: "denied", errno: errno, reason: reason, request: request)
             send(record, Envelope(requestID: requestID, .reply(.failure(errno))), fds: OwnedFileDescriptors())
         }
     }
@@ -331,7 +343,7 @@ final class EventLoop: @unchecked Sendable {
         let detail = "\(request.address) type \(request.type)"
         switch record.policy.startConnect(request) {
         case .finished(let result):
-            reply(record, requestID, event: "CONNECT", detail: detail, result)
+            reply(record, requestID, event: "CONNECT", detail: detail, request: .connect(request), result)
         case .inProgress(let socket):
             let raw = socket.unsafeRawValue
             let deadline = system_clock_monotonic() + UInt64(record.configuration.caps.connectTimeoutSeconds * 1e9)
@@ -354,7 +366,8 @@ final class EventLoop: @unchecked Sendable {
         unregister(connect.socket.unsafeRawValue, token: token)
         record.pending[token] = nil
         record.pendingRequestIDs.remove(pending.requestID)
-        reply(record, pending.requestID, event: "CONNECT", detail: pending.detail, record.policy.finishConnect(connect))
+        reply(record, pending.requestID, event: "CONNECT", detail: pending.detail,
+              request: .connect(AddressRequest(type: pending.requestedType, address: pending.address)), record.policy.finishConnect(connect))
         updateInterest(record)
     }
 
@@ -445,6 +458,59 @@ final class EventLoop: @unchecked Sendable {
         record.writing = writing
         let events = (reading ? EPOLLIN.rawValue : 0) | (writing ? EPOLLOUT.rawValue : 0)
         _ = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_MOD, channel.socket.unsafeRawValue, events: events, data: record.channelToken)
+    }
+
+    // MARK: Learning mode
+
+    private func adoptListener(_ record: WorkerRecord, _ listener: consuming OwnedFileDescriptor) {
+        guard record.phase == .running else {
+            kill(record, .protocolViolation("LISTENER before HELLO"))
+            return
+        }
+        guard record.configuration.learning else {
+            kill(record, .protocolViolation("LISTENER sent, but this worker is not in learning mode"))
+            return
+        }
+        guard record.listener == nil else {
+            kill(record, .protocolViolation("second LISTENER"))
+            return
+        }
+        guard system_readlink("/proc/self/fd/\(listener.unsafeRawValue)") == "anon_inode:seccomp notify" else {
+            kill(record, .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
+            return
+        }
+        let box = ListenerBox(listener)
+        guard let token = register(box.fd.unsafeRawValue, .listener(record.id), events: EPOLLIN.rawValue) else {
+            kill(record, .protocolViolation("cannot watch the seccomp listener"))
+            return
+        }
+        box.token = token
+        record.listener = box
+        audit(record, event: "LEARN", reason: "learning mode: calls outside the filter are recorded and allowed")
+    }
+
+    private func listenerReady(_ record: WorkerRecord, flags: UInt32) {
+        guard let box = record.listener else { return }
+        if flags & EPOLLIN.rawValue != 0 {
+            switch system_notif_receive(box.fd.unsafeRawValue) {
+            case .success(let notification):
+                let call = SyscallViolation(number: notification.number, architecture: notification.architecture, instructionPointer: nil)
+                if !record.handle.learnedSyscalls.contains(where: { $0.number == call.number && $0.architecture == call.architecture }) {
+                    audit(record, event: "LEARN", detail: call.description)
+                }
+                record.handle.recordLearned(call)
+                _ = system_notif_continue(box.fd.unsafeRawValue, notification.id) // ENOENT: the caller is gone
+            case .failure:
+                break // the notifying thread died meanwhile
+            }
+        }
+        if flags & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { dropListener(record) }
+    }
+
+    private func dropListener(_ record: WorkerRecord) {
+        guard let box = record.listener else { return }
+        unregister(box.fd.unsafeRawValue, token: box.token)
+        record.listener = nil
     }
 
     // MARK: Deadlines
@@ -550,6 +616,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func reap(_ record: WorkerRecord) {
+        defer { dropListener(record) }
         let status: (code: Int32, status: Int32)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
         case .success(let result?): status = result
@@ -596,10 +663,10 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func audit(_ record: WorkerRecord, event: String, detail: String = "", decision: String = "",
-                       errno: Errno? = nil, reason: String = "") {
+                       errno: Errno? = nil, reason: String = "", request: Message? = nil) {
         auditor.record(AuditRecord(time: wallClockSeconds(), workerID: record.id, workerName: record.configuration.name,
                                    pid: record.pid, event: event, detail: detail, decision: decision,
-                                   errno: errno?.rawValue ?? 0, reason: reason))
+                                   errno: errno?.rawValue ?? 0, reason: reason, request: request))
     }
 }
 
@@ -634,6 +701,7 @@ final class WorkerRecord {
     var pendingRequestIDs: Set<UInt64> = []
     var reading = true
     var writing = false
+    var listener: ListenerBox?
 
     init(id: UInt64, configuration: WorkerConfiguration, policy: ActivePolicy, handle: WorkerHandle,
          pid: pid_t, pidfd: consuming OwnedFileDescriptor, channel: consuming SeqpacketSocket, now: UInt64) {
@@ -655,6 +723,13 @@ final class WorkerRecord {
 final class ChannelBox {
     let socket: SeqpacketSocket
     init(_ socket: consuming SeqpacketSocket) { self.socket = socket }
+}
+
+/// A learning-mode worker's seccomp listener.
+final class ListenerBox {
+    let fd: OwnedFileDescriptor
+    var token: UInt64 = 0
+    init(_ fd: consuming OwnedFileDescriptor) { self.fd = fd }
 }
 
 /// A reply that found the worker's queue full.

@@ -55,7 +55,7 @@ public struct PolicyFile: Sendable, Equatable {
             lines.append(line)
         }
         for rule in policy.sockets {
-            lines.append("create sockets of domain \(domainName(rule.domain)), type \(typeName(rule.type))")
+            lines.append("create sockets of domain \(socketDomainName(rule.domain)), type \(socketTypeName(rule.type))")
         }
         for (verb, rules) in [("connect to", policy.connect), ("bind", policy.bind)] {
             for rule in rules { lines.append("\(verb) \(describe(rule))") }
@@ -73,7 +73,7 @@ public struct PolicyFile: Sendable, Equatable {
     }
 
     private func describe(_ rule: AddressRule) -> String {
-        let types = (rule.types.isEmpty ? [streamType] : Array(rule.types)).map(typeName).sorted().joined(separator: "/")
+        let types = (rule.types.isEmpty ? [streamType] : Array(rule.types)).map(socketTypeName).sorted().joined(separator: "/")
         switch rule.network {
         case .unix(let path): return "the unix socket \(path) (\(types))"
         case .ipv4(let address, let prefix):
@@ -99,8 +99,10 @@ private let layerTable: [(String, SandboxLayers)] = [
     ("user-namespace", .userNamespace), ("network-namespace", .networkNamespace), ("rlimits", .resourceLimits),
 ]
 
-func domainName(_ domain: Int32) -> String { domains.first { $0.1 == domain }?.0 ?? "\(domain)" }
-func typeName(_ type: Int32) -> String { socketTypes.first { $0.1 == type }?.0 ?? "\(type)" }
+/// The policy-file name of a socket domain ("inet", "unix"...), or its number.
+public func socketDomainName(_ domain: Int32) -> String { domains.first { $0.1 == domain }?.0 ?? "\(domain)" }
+/// The policy-file name of a socket type ("stream", "dgram"...), or its number.
+public func socketTypeName(_ type: Int32) -> String { socketTypes.first { $0.1 == type }?.0 ?? "\(type)" }
 
 private struct Parser {
     let file: String

@@ -123,6 +123,7 @@ func environment(for configuration: WorkerConfiguration) -> [String] {
     }
     for (name, value) in configuration.environment { variables[name] = value }
     variables[WireFormat.channelEnvironmentVariable] = "\(WireFormat.channelFileDescriptor)"
+    if configuration.learning { variables[WireFormat.learningEnvironmentVariable] = "1" } else { variables[WireFormat.learningEnvironmentVariable] = nil }
     return variables.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
 }
 

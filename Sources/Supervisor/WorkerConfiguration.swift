@@ -29,6 +29,10 @@ public struct WorkerConfiguration: Sendable {
     /// first request; empty to require none.
     public var requiredLayers: SandboxLayers
     public var caps: WorkerCaps
+    /// Learning mode: the worker's filter sends every call it does not allow to the
+    /// supervisor, which records it (``WorkerHandle/learnedSyscalls``) and lets it run.
+    /// For writing a policy on trusted input; never for production.
+    public var learning: Bool
     /// A name for logs.
     public var name: String
 
@@ -48,6 +52,7 @@ public struct WorkerConfiguration: Sendable {
         self.wallClockTimeout = nil
         self.requiredLayers = []
         self.caps = WorkerCaps()
+        self.learning = false
         self.name = name ?? String(executable.split(separator: "/").last ?? "worker")
     }
 }

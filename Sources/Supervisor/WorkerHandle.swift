@@ -24,6 +24,7 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         var waiters: [CheckedContinuation<ExitReason, Never>] = []
         var semaphores: [DispatchSemaphore] = []
         var sandbox: SandboxStatus?
+        var learned: [SyscallViolation] = []
     }
 
     init(id: UInt64, pid: Int32, name: String, policy: Policy, loop: EventLoop) {
@@ -97,6 +98,17 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         }
         for waiter in waiters { waiter.resume(returning: reason) }
         for semaphore in semaphores { semaphore.signal() }
+    }
+
+    /// In learning mode: each system call the worker's filter did not allow, once, in order.
+    public var learnedSyscalls: [SyscallViolation] { state.withLock { $0.learned } }
+
+    func recordLearned(_ call: SyscallViolation) {
+        state.withLock { state in
+            if !state.learned.contains(where: { $0.number == call.number && $0.architecture == call.architecture }) {
+                state.learned.append(call)
+            }
+        }
     }
 
     func recordSandbox(_ status: SandboxStatus) {

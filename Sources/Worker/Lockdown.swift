@@ -32,6 +32,10 @@ public struct Lockdown: Sendable {
         case fail(Errno)
         /// The call is allowed and logged by the kernel (SECCOMP_RET_LOG): for learning, never for production.
         case allowAndLog
+        /// The call is sent to the supervisor (seccomp user notification), which
+        /// records it and lets it run: learning mode, never for production. Chosen
+        /// automatically when the supervisor set `PRIVSEP_LEARN=1` (`privsep learn`).
+        case learn
     }
 
     /// Filesystem access under Landlock.
@@ -111,13 +115,20 @@ public struct Lockdown: Sendable {
             active.insert(.landlock)
         }
 
+        let onViolation = WorkerEnvironment.learningRequested ? Violation.learn : self.onViolation
+        if onViolation == .learn && supervisor == nil {
+            throw .lockdownFailed("learning mode needs the supervisor connection to send it the seccomp listener")
+        }
         if onViolation == .reportAndExit, let supervisor {
             guard privsep_install_violation_reporter(supervisor.unsafeChannelFileDescriptor) == 0 else {
                 throw .lockdownFailed("SIGSYS handler: \(currentErrno())")
             }
         }
-        try loadSeccompFilter()
+        let listener = try loadSeccompFilter(onViolation)
         active.insert(.seccomp)
+        if let listener, let supervisor {
+            try supervisor.sendListener(listener)
+        }
 
         let status = SandboxStatus(requested: requested, active: active, landlockABI: landlockABI)
         try supervisor?.reportSandbox(status)
@@ -126,12 +137,14 @@ public struct Lockdown: Sendable {
 
     // MARK: seccomp
 
-    private func loadSeccompFilter() throws(WorkerError) {
+    /// Loads the filter; in learning mode returns its user-notification listener.
+    private func loadSeccompFilter(_ onViolation: Violation) throws(WorkerError) -> OwnedFileDescriptor? {
         let defaultAction: UInt32 = switch onViolation {
         case .reportAndExit: privsep_SCMP_ACT_TRAP
         case .killProcess: privsep_SCMP_ACT_KILL_PROCESS
         case .fail(let errno): privsep_scmp_act_errno(UInt16(truncatingIfNeeded: errno.rawValue))
         case .allowAndLog: privsep_SCMP_ACT_LOG
+        case .learn: privsep_SCMP_ACT_NOTIFY
         }
         guard let filter = seccomp_init(defaultAction) else { throw .lockdownFailed("seccomp_init failed") }
         defer { seccomp_release(filter) }
@@ -170,6 +183,10 @@ public struct Lockdown: Sendable {
             try check(privsep_seccomp_rule_add_always(filter, privsep_scmp_act_errno(UInt16(ENOSYS)), clone3), "clone3 ENOSYS")
         }
         try check(seccomp_load(filter), "seccomp_load")
+        guard onViolation == .learn else { return nil }
+        let listener = seccomp_notify_fd(filter)
+        guard listener >= 0 else { throw .lockdownFailed("seccomp_notify_fd: \(Errno(rawValue: -listener))") }
+        return OwnedFileDescriptor(adoptingRawValue: listener)
     }
 
     // MARK: Landlock
@@ -218,5 +235,13 @@ public struct Lockdown: Sendable {
             if entry.pointee.d_name.0 != UInt8(ascii: ".") { count += 1 }
         }
         return count
+    }
+}
+
+enum WorkerEnvironment {
+    /// Whether the supervisor asked for learning mode (PRIVSEP_LEARN=1).
+    static var learningRequested: Bool {
+        guard let value = getenv(WireFormat.learningEnvironmentVariable) else { return false }
+        return String(cString: value) == "1"
     }
 }

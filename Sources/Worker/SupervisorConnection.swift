@@ -134,6 +134,18 @@ public final class SupervisorConnection: @unchecked Sendable {
         try sendOnly(.sandboxStatus(status))
     }
 
+    /// Sends the seccomp listener of learning mode (LISTENER, with the fd).
+    func sendListener(_ listener: consuming OwnedFileDescriptor) throws(WorkerError) {
+        do {
+            try channel.send(Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))),
+                             passing: OwnedFileDescriptors(listener))
+        } catch .peerClosed {
+            throw .supervisorGone
+        } catch {
+            throw .protocolError("\(error)")
+        }
+    }
+
     private func sendOnly(_ message: Message) throws(WorkerError) {
         do { try channel.send(Envelope(requestID: 0, message)) } catch .peerClosed { throw .supervisorGone } catch {
             throw .protocolError("\(error)")

@@ -23,8 +23,9 @@ struct Privsep: AsyncParsableCommand {
           privsep check policy.json
           privsep run --policy policy.json -- ./parser input.csv
           privsep run --policy policy.json --timeout 10 --audit-log audit.jsonl -- ./parser input.csv
+          privsep learn -- ./parser sample.csv
         """,
-        subcommands: [Run.self, Check.self]
+        subcommands: [Run.self, Check.self, Learn.self]
     )
 }
 
@@ -214,6 +215,150 @@ struct Check: ParsableCommand {
         print("\(policy): valid. A worker under it may:")
         for line in file.summary { print("  - \(line)") }
     }
+}
+
+struct Learn: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run PROGRAM in learning mode and print what it used, as a starting policy.",
+        discussion: """
+        The worker's seccomp filter sends every system call it does not allow to the \
+        supervisor, which records it and lets it run; every request to the supervisor is \
+        recorded too (and decided by --policy, or refused if there is none). At the end \
+        come the syscall groups to grant in the worker's Lockdown and a policy file that \
+        grants the paths and addresses it asked for. Run it on trusted input only: in \
+        learning mode the filter stops nothing.
+        """
+    )
+
+    @Option(name: .shortAndLong, help: ArgumentHelp("A policy to serve requests with (default: refuse them all, but record them).", valueName: "file"))
+    var policy: String?
+
+    @Option(help: ArgumentHelp("Kill the worker after this many seconds.", valueName: "seconds"))
+    var timeout: Double = 60
+
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "program"))
+    var command: [String] = []
+
+    mutating func run() async throws {
+        var command = self.command
+        if command.first == "--" { command.removeFirst() }
+        guard let program = command.first else { throw ValidationError("Name the program after --, for example: privsep learn -- ./parser sample.csv") }
+        guard let executable = resolveProgram(program) else {
+            printError("privsep: \(program): not found")
+            throw ExitCode(127)
+        }
+        let file = try policy.map(loadPolicy) ?? PolicyFile()
+        var logger = Logger(label: "privsep")
+        logger.logLevel = .critical
+        let audit = AuditLog(collectingUpTo: 1_000_000)
+        let supervisor = try Supervisor(logger: logger, auditLog: audit)
+        var configuration = WorkerConfiguration(executable: executable, arguments: Array(command.dropFirst()), policy: file.policy)
+        configuration.argv0 = program
+        configuration.standardInput = .inherit
+        configuration.environment = file.environment
+        configuration.inheritedEnvironment = file.inheritedEnvironment
+        configuration.wallClockTimeout = timeout
+        configuration.learning = true
+        let handle = try await supervisor.spawn(configuration)
+        let reason = await handle.exit()
+        await supervisor.shutdown()
+
+        print("")
+        print("privsep learn: \(program) \(reason)")
+        let calls = handle.learnedSyscalls
+        if calls.isEmpty {
+            print("No system call beyond the baseline was made (or the program never locked down: it must call Lockdown.apply).")
+        } else {
+            print("System calls beyond the baseline:")
+            var groups: [String] = []
+            for call in calls {
+                let allowing = call.name.map { SyscallGroup.groups(allowing: $0).map(\.name) } ?? []
+                print("  \(call)\(allowing.isEmpty ? ": no group allows it; it cannot be granted" : ": groups \(allowing.joined(separator: ", "))")")
+                if let first = allowing.first, !groups.contains(first) { groups.append(first) }
+            }
+            print("Lockdown groups to grant: \(groups.isEmpty ? "none" : groups.joined(separator: ", "))")
+        }
+        let requests = audit.records.filter { $0.request != nil }
+        if !requests.isEmpty {
+            print("Requests to the supervisor:")
+            for record in requests {
+                print("  \(record.event) \(record.detail): \(record.decision)\(record.reason.isEmpty ? "" : " (\(record.reason))")")
+            }
+        }
+        print("A starting policy:")
+        print(startingPolicy(from: requests.compactMap(\.request)))
+    }
+
+    /// A policy file granting exactly what the worker asked for.
+    func startingPolicy(from requests: [Message]) -> String {
+        var paths: [(String, Set<String>)] = []
+        var sockets: [String] = []
+        var connects: [String] = []
+        var binds: [String] = []
+        func add(_ path: String, _ permissions: Set<String>) {
+            if let index = paths.firstIndex(where: { $0.0 == path }) { paths[index].1.formUnion(permissions) } else { paths.append((path, permissions)) }
+        }
+        func addressRule(_ request: AddressRequest) -> String {
+            let type = socketTypeName(request.type & 0xf)
+            switch request.address {
+            case .unix(let path): return "{ \"unix\": \(quoted(path)), \"types\": [\"\(type)\"] }"
+            case .ipv4(let ip, let port): return "{ \"address\": \"\(ip)\", \"ports\": \"\(port)\", \"types\": [\"\(type)\"] }"
+            case .ipv6(let ip, let port, _): return "{ \"address\": \"\(ip)\", \"ports\": \"\(port)\", \"types\": [\"\(type)\"] }"
+            }
+        }
+        for request in requests {
+            switch request {
+            case .open(let open):
+                var permissions: Set<String> = []
+                switch open.flags & O_ACCMODE {
+                case O_WRONLY: permissions.insert(open.flags & O_APPEND != 0 ? "append" : "write")
+                case O_RDWR: permissions.formUnion(["read", open.flags & O_APPEND != 0 ? "append" : "write"])
+                default: permissions.insert(open.flags & O_DIRECTORY != 0 ? "list" : "read")
+                }
+                if open.flags & O_CREAT != 0 { permissions.insert("create") }
+                if open.flags & O_TRUNC != 0 { permissions.insert("truncate") }
+                add(open.path, permissions)
+            case .socket(let socket):
+                let rule = "{ \"domain\": \"\(socketDomainName(socket.domain))\", \"type\": \"\(socketTypeName(socket.type & 0xf))\" }"
+                if !sockets.contains(rule) { sockets.append(rule) }
+            case .connect(let request):
+                let rule = addressRule(request)
+                if !connects.contains(rule) { connects.append(rule) }
+            case .bind(let request):
+                let rule = addressRule(request)
+                if !binds.contains(rule) { binds.append(rule) }
+            default:
+                break
+            }
+        }
+        let order = ["read", "write", "create", "truncate", "append", "list"]
+        var sections: [String] = []
+        if !paths.isEmpty {
+            let rules = paths.map { path, permissions in
+                let kind = permissions == ["list"] ? "directory" : "file"
+                let allow = order.filter(permissions.contains).map { "\"\($0)\"" }.joined(separator: ", ")
+                return "    { \"path\": \(quoted(path)), \"kind\": \"\(kind)\", \"allow\": [\(allow)] }"
+            }
+            sections.append("  \"paths\": [\n" + rules.joined(separator: ",\n") + "\n  ]")
+        }
+        for (key, rules) in [("sockets", sockets), ("connect", connects), ("bind", binds)] where !rules.isEmpty {
+            sections.append("  \"\(key)\": [\n" + rules.map { "    " + $0 }.joined(separator: ",\n") + "\n  ]")
+        }
+        return "{\n" + sections.joined(separator: ",\n") + (sections.isEmpty ? "}" : "\n}")
+    }
+}
+
+func quoted(_ text: String) -> String {
+    var out = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
 }
 
 extension RestartPolicy.Mode: ExpressibleByArgument {}

@@ -24,6 +24,7 @@ let everyMessage: [Envelope] = [
     Envelope(requestID: 0, .log(LogLine(level: .warning, message: "parsed 3 records"))),
     Envelope(requestID: 0, .log(LogLine(level: .debug, message: ""))),
     Envelope(requestID: 0, .sandboxStatus(SandboxStatus(requested: [.seccomp, .landlock], active: [.seccomp, .landlock, .noNewPrivileges], landlockABI: 7))),
+    Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))),
 ]
 
 @Suite struct CodecTests {

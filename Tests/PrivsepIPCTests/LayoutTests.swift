@@ -26,7 +26,7 @@ import Testing
             (.hello, PRIVSEP_HELLO), (.welcome, PRIVSEP_WELCOME), (.open, PRIVSEP_OPEN),
             (.socket, PRIVSEP_SOCKET), (.connect, PRIVSEP_CONNECT), (.bind, PRIVSEP_BIND),
             (.reply, PRIVSEP_REPLY), (.violation, PRIVSEP_VIOLATION), (.log, PRIVSEP_LOG),
-            (.sandboxStatus, PRIVSEP_SANDBOX_STATUS),
+            (.sandboxStatus, PRIVSEP_SANDBOX_STATUS), (.listener, PRIVSEP_LISTENER),
         ]
         #expect(pairs.count == MessageType.allCases.count)
         for (swift, c) in pairs { #expect(UInt32(swift.rawValue) == c.rawValue, "\(swift)") }
@@ -43,6 +43,7 @@ import Testing
         #expect(MessageType.violation.fixedPayloadSize == MemoryLayout<privsep_violation>.size)
         #expect(MessageType.log.fixedPayloadSize == MemoryLayout<privsep_log>.size)
         #expect(MessageType.sandboxStatus.fixedPayloadSize == MemoryLayout<privsep_sandbox_status>.size)
+        #expect(MessageType.listener.fixedPayloadSize == MemoryLayout<privsep_listener>.size)
     }
 
     /// Builds messages with the C structs and checks the Swift decoder reads them field by field.

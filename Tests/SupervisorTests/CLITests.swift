@@ -93,4 +93,13 @@ import Testing
         let missing = try privsep(["run", "--policy", policy, "--", "/nonexistent/program"])
         #expect(missing.status == 127)
     }
+
+    @Test func learnPrintsGroupsAndAStartingPolicy() throws {
+        let result = try privsep(["learn", "--", testWorkerPath, "handshake", "lockdown", "attack:socket", "read:/etc/hosts", "exit:0"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("  socket (x86_64): groups inet, unix\n"))
+        #expect(result.stdout.contains("Lockdown groups to grant: inet\n"))
+        #expect(result.stdout.contains("  OPEN /etc/hosts O_RDONLY: denied (no rule grants this path)\n"))
+        #expect(result.stdout.contains("{ \"path\": \"/etc/hosts\", \"kind\": \"file\", \"allow\": [\"read\"] }"))
+    }
 }

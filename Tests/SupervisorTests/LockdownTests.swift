@@ -128,3 +128,35 @@ import Testing
         #expect(gone, "worker \(pid) outlived its supervisor")
     }
 }
+
+@Suite struct LearningModeTests {
+    @Test func callsOutsideTheFilterAreRecordedAndAllowed() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pipe = Pipe()
+        var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: [
+            "handshake", "lockdown", "attack:socket", "attack:openat:/etc/hostname", "attack:socket", "exit:0",
+        ])
+        configuration.learning = true
+        configuration.standardOutput = .descriptor(SharedFileDescriptor(pipe.write))
+        let handle = try await supervisor.spawn(configuration)
+        #expect(await handle.exit() == .exited(code: 0))
+        #expect(handle.learnedSyscalls.compactMap(\.name) == ["socket", "openat"])
+        configuration = WorkerConfiguration(executable: "/")
+        let lines = readAvailable(pipe.read).split(separator: "\n")
+        // socket ran (it returned an fd); openat ran into Landlock, which still denies every path.
+        #expect(lines.dropFirst(2).first.map { Int($0.split(separator: " ").last!)! >= 0 } == true)
+        #expect(lines.dropFirst(3).first == "attack openat -\(EACCES)")
+        await supervisor.shutdown()
+    }
+
+    @Test func aListenerIsRefusedOutsideLearningMode() async throws {
+        // The fixture cannot send a real listener without learning mode; any fd with
+        // a LISTENER message is a protocol violation for a supervisor not learning.
+        let listener = try WireCodec.encode(Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))))
+        let run = try await runWorker(["handshake", "rawfds:1:" + listener.map { String(format2: $0) }.joined(), "sleep:5"])
+        #expect(run.reason == .protocolViolation("LISTENER sent, but this worker is not in learning mode"))
+        let fake = try await runWorker(["handshake", "rawfds:1:" + listener.map { String(format2: $0) }.joined(), "sleep:5"],
+                                       configure: { $0.learning = true })
+        #expect(fake.reason == .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
+    }
+}

@@ -19,7 +19,8 @@
  *     the datagram, end with exactly one NUL, contain no other NUL, and are
  *     valid UTF-8.
  *   - Each type carries an exact number of fds (SCM_RIGHTS): zero for every
- *     type except REPLY, which carries exactly reply.fd_count.
+ *     type except REPLY, which carries exactly reply.fd_count, and LISTENER,
+ *     which carries exactly one.
  *   - The receiver rejects anything else. The supervisor kills a worker that
  *     sends a malformed message; it never guesses what was meant.
  *
@@ -28,6 +29,7 @@
  *   supervisor -> worker   WELCOME          (the worker waits for it before anything else)
  *   worker -> supervisor   OPEN | SOCKET | CONNECT | BIND      -> REPLY with the same request_id
  *   worker -> supervisor   LOG | VIOLATION | SANDBOX_STATUS     (no reply)
+ *   worker -> supervisor   LISTENER         (learning mode only; no reply)
  */
 #ifndef PRIVSEP_PROTOCOL_H
 #define PRIVSEP_PROTOCOL_H
@@ -60,8 +62,9 @@ enum privsep_type {
     PRIVSEP_REPLY = 7,          /* s->w  struct privsep_reply               reply.fd_count fds */
     PRIVSEP_VIOLATION = 8,      /* w->s  struct privsep_violation                      0 fds */
     PRIVSEP_LOG = 9,            /* w->s  struct privsep_log + message                  0 fds */
-    PRIVSEP_SANDBOX_STATUS = 10 /* w->s  struct privsep_sandbox_status                 0 fds */
-    /* 11...0x7fff: reserved for this protocol's later versions.
+    PRIVSEP_SANDBOX_STATUS = 10, /* w->s  struct privsep_sandbox_status                0 fds */
+    PRIVSEP_LISTENER = 11       /* w->s  struct privsep_listener                       1 fd  */
+    /* 12...0x7fff: reserved for this protocol's later versions.
        0x8000...0xffff: reserved for embedders' own message types. */
 };
 
@@ -161,6 +164,17 @@ struct privsep_sandbox_status {
     uint32_t landlock_abi; /* 0 if Landlock is not active */
     uint32_t reserved;    /* 0 */
 };
+
+/* LISTENER: a seccomp user-notification listener fd, for the supervisor to
+   serve. Sent only when the supervisor asked for learning mode (PRIVSEP_LEARN=1
+   in the worker's environment): the supervisor records each system call the
+   filter did not allow and lets it run. Never used in production. */
+struct privsep_listener {
+    uint32_t purpose;  /* PRIVSEP_LISTENER_LEARNING */
+    uint32_t reserved; /* 0 */
+};
+
+#define PRIVSEP_LISTENER_LEARNING 1u
 
 #define PRIVSEP_LAYER_NO_NEW_PRIVS 0x01u
 #define PRIVSEP_LAYER_SECCOMP 0x02u
