@@ -41,8 +41,12 @@ import Testing
 
     @Test func fdsAttachedToARequestKillTheWorker() async throws {
         let open = try WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hosts", flags: 0))))
+        // More fds than any message may carry: the kernel installs at most one, then truncates.
         let run = try await runWorker(["handshake", "rawfds:3:" + open.map { String(format2: $0) }.joined(), "sleep:5"])
-        #expect(run.reason == .protocolViolation("control data truncated: more than 0 fds sent, or fd table full"))
+        #expect(run.reason == .protocolViolation("control data truncated: more than 1 fds sent, or fd table full"))
+        // One fd on a request that takes none: the decoder refuses it (and it is closed).
+        let one = try await runWorker(["handshake", "rawfds:1:" + open.map { String(format2: $0) }.joined(), "sleep:5"])
+        #expect(one.reason == .protocolViolation("OPEN carries 1 fds, expected 0"))
     }
 
     @Test func secondHelloAndSupervisorMessagesAreViolations() async throws {
