@@ -58,6 +58,15 @@ func childMain(_ mode: String) -> Never {
                 fatalError("swift-broker: \(error)")
             }
         }
+    case "ready-worker":
+        // Start-up: handshake, brokered lockdown (seccomp + Landlock), report, exit.
+        do {
+            let connection = try SupervisorConnection.connect()
+            try Lockdown.brokered().apply(reportingTo: connection)
+        } catch {
+            fatalError("ready-worker: \(error)")
+        }
+        exit(0)
     case "idle-worker":
         // A real worker: handshake, brokered lockdown, then idle until the supervisor goes.
         do {
@@ -91,6 +100,17 @@ if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--child" {
 
 var iterations = 20_000
 var idleWorkers = 1_000
+var startupRuns = 200
+if let index = CommandLine.arguments.firstIndex(of: "--startup-runs"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
+    startupRuns = value
+}
+
+/// Whether the Swift runtime is linked in (no libswiftCore.so mapped).
+func isStaticallyLinked() -> Bool {
+    guard let maps = try? readProcFile("/proc/self/maps") else { return false }
+    return !maps.contains("libswiftCore.so")
+}
 if let index = CommandLine.arguments.firstIndex(of: "--workers"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     idleWorkers = value
@@ -250,9 +270,14 @@ func readProcFile(_ path: String) throws -> String {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return "" }
     defer { close(fd) }
-    var bytes = [UInt8](repeating: 0, count: 8192)
-    let count = read(fd, &bytes, bytes.count)
-    return String(decoding: bytes[..<max(count, 0)], as: UTF8.self)
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(fd, &chunk, chunk.count)
+        if count <= 0 { break }
+        bytes += chunk[..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 @MainActor func measureIdleWorkers(_ count: Int) async -> (perWorkerKiB: Double, totalMiB: Double, seconds: Double) {
@@ -273,6 +298,71 @@ func readProcFile(_ path: String) throws -> String {
     warm.stop(grace: 0)
     await supervisor.shutdown(grace: 1)
     return (Double(after - before) / Double(count), Double(after - before) / 1024, seconds)
+}
+
+// MARK: Spawn to locked down
+
+/// Compiles the C reference worker statically with cc (it is not a SwiftPM target,
+/// which would link the Swift runtime into it). nil if cc or static libseccomp is missing.
+func buildStaticCWorker() -> String? {
+    let repository = String(#filePath.dropLast("Benchmarks/privsep-bench/main.swift".count))
+    let output = "/tmp/privsep-bench-c-worker-\(getpid())"
+    let command = "cc -O2 -static -I '\(repository)Sources/CPrivsepProtocol/include' '\(repository)Benchmarks/c-worker/c_worker.c' -lseccomp -o '\(output)' 2>/dev/null"
+    return system(command) == 0 ? output : nil
+}
+
+@MainActor func measureStartup(executable: String, arguments: [String], runs: Int) async -> Summary {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let supervisor = try! Supervisor(logger: logger)
+    var samples: [UInt64] = []
+    var configuration = WorkerConfiguration(executable: executable, arguments: arguments)
+    configuration.requiredLayers = [.seccomp]
+    for _ in 0..<(runs + runs / 10) {
+        let start = cbench_now_ns()
+        let handle = try! await supervisor.spawn(configuration)
+        let reason = await handle.exit()
+        check(reason == .exited(code: 0), "start-up worker: \(reason)")
+        samples.append(cbench_now_ns() - start)
+    }
+    await supervisor.shutdown()
+    return Summary(Array(samples.dropFirst(runs / 10)))
+}
+
+@MainActor func measureCommand(_ path: String, _ arguments: [String], runs: Int) -> Summary? {
+    guard access(path, X_OK) == 0 else { return nil }
+    var samples: [UInt64] = []
+    for _ in 0..<runs {
+        let start = cbench_now_ns()
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        guard posix_spawn(&pid, path, nil, nil, argv, nil) == 0 else { return nil }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        guard status == 0 else { return nil }
+        samples.append(cbench_now_ns() - start)
+    }
+    return Summary(samples)
+}
+
+if startupRuns > 0 {
+    check(cbench_pin(-1) == 0, "sched_setaffinity")
+    print("")
+    print("| spawn → HELLO → lockdown → SANDBOX_STATUS → exit reaped | median ms | p99 ms |")
+    print("|---|---:|---:|")
+    let swift = await measureStartup(executable: selfPath(), arguments: ["--child", "ready-worker"], runs: startupRuns)
+    print("| Swift worker (this binary: \(isStaticallyLinked() ? "static" : "dynamic") Swift runtime), seccomp + Landlock | \(format(swift.median / 1000)) | \(format(swift.p99 / 1000)) |")
+    if let cWorker = buildStaticCWorker() {
+        let c = await measureStartup(executable: cWorker, arguments: [], runs: startupRuns)
+        print("| static C worker, same protocol, seccomp only (reference) | \(format(c.median / 1000)) | \(format(c.p99 / 1000)) |")
+        unlink(cWorker)
+    } else {
+        print("| static C worker: not measured (needs cc and libseccomp.a) | | |")
+    }
+    if let bwrap = measureCommand("/usr/bin/bwrap", ["--unshare-all", "--ro-bind", "/", "/", "/bin/true"], runs: 50) {
+        print("| bwrap --unshare-all /bin/true (reference) | \(format(bwrap.median / 1000)) | \(format(bwrap.p99 / 1000)) |")
+    }
 }
 
 if idleWorkers > 0 {
