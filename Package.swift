@@ -98,6 +98,7 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .target(name: "CTestAttacks", path: "Tests/Fixtures/CTestAttacks"),
+        .target(name: "PrivsepTestSupport", path: "Tests/TestSupport", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "privsep-test-worker",
             dependencies: ["Worker", "PrivsepIPC", "CPrivsepShims", "CTestAttacks", .product(name: "SystemPackage", package: "swift-system")],
@@ -106,14 +107,14 @@ let package = Package(
         ),
         .testTarget(
             name: "SupervisorTests",
-            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser",
+            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "PrivsepTestSupport",
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(
             name: "PrivsepIPCTests",
-            dependencies: ["PrivsepIPC", "CPrivsepProtocol", "CPrivsepShims",
+            dependencies: ["PrivsepIPC", "CPrivsepProtocol", "CPrivsepShims", "PrivsepTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),

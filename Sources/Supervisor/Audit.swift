@@ -107,7 +107,8 @@ func wallClockSeconds() -> Double {
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
 }
 
-func jsonString(_ text: String) -> String {
+/// `text` as a JSON string literal, quotes included.
+public func jsonString(_ text: String) -> String {
     var out = "\""
     for scalar in text.unicodeScalars {
         switch scalar {

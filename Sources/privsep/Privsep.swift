@@ -79,13 +79,6 @@ struct Run: AsyncParsableCommand {
     var command: [String] = []
 
     mutating func run() async throws {
-        var command = self.command
-        if command.first == "--" { command.removeFirst() }
-        guard let program = command.first else { throw ValidationError("Name the program to run after --, for example: privsep run --policy p.json -- ./parser input") }
-        guard let executable = resolveProgram(program) else {
-            printError("privsep: \(program): not found (give a path, or a name on PATH)")
-            throw ExitCode(127)
-        }
         let file = try loadPolicy(policy)
 
         LoggingSystem.bootstrap { label in
@@ -105,11 +98,8 @@ struct Run: AsyncParsableCommand {
             audit = nil
         }
 
-        var configuration = WorkerConfiguration(executable: executable, arguments: Array(command.dropFirst()), policy: file.policy)
-        configuration.argv0 = program
-        configuration.standardInput = .inherit
-        configuration.environment = file.environment
-        configuration.inheritedEnvironment = file.inheritedEnvironment + passEnvironment
+        var configuration = try workerConfiguration(command: command, file: file)
+        configuration.inheritedEnvironment += passEnvironment
         for pair in environment {
             guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {
                 throw ValidationError("--env takes NAME=VALUE, not \(pair)")
@@ -240,23 +230,13 @@ struct Learn: AsyncParsableCommand {
     var command: [String] = []
 
     mutating func run() async throws {
-        var command = self.command
-        if command.first == "--" { command.removeFirst() }
-        guard let program = command.first else { throw ValidationError("Name the program after --, for example: privsep learn -- ./parser sample.csv") }
-        guard let executable = resolveProgram(program) else {
-            printError("privsep: \(program): not found")
-            throw ExitCode(127)
-        }
         let file = try policy.map(loadPolicy) ?? PolicyFile()
+        var configuration = try workerConfiguration(command: command, file: file)
+        let program = configuration.argv0 ?? configuration.executable
         var logger = Logger(label: "privsep")
         logger.logLevel = .critical
         let audit = AuditLog(collectingUpTo: 1_000_000)
         let supervisor = try Supervisor(logger: logger, auditLog: audit)
-        var configuration = WorkerConfiguration(executable: executable, arguments: Array(command.dropFirst()), policy: file.policy)
-        configuration.argv0 = program
-        configuration.standardInput = .inherit
-        configuration.environment = file.environment
-        configuration.inheritedEnvironment = file.inheritedEnvironment
         configuration.wallClockTimeout = timeout
         configuration.learning = true
         let handle = try await supervisor.spawn(configuration)
@@ -301,7 +281,7 @@ struct Learn: AsyncParsableCommand {
         func addressRule(_ request: AddressRequest) -> String {
             let type = socketTypeName(request.type & 0xf)
             switch request.address {
-            case .unix(let path): return "{ \"unix\": \(quoted(path)), \"types\": [\"\(type)\"] }"
+            case .unix(let path): return "{ \"unix\": \(jsonString(path)), \"types\": [\"\(type)\"] }"
             case .ipv4(let ip, let port): return "{ \"address\": \"\(ip)\", \"ports\": \"\(port)\", \"types\": [\"\(type)\"] }"
             case .ipv6(let ip, let port, _): return "{ \"address\": \"\(ip)\", \"ports\": \"\(port)\", \"types\": [\"\(type)\"] }"
             }
@@ -337,7 +317,7 @@ struct Learn: AsyncParsableCommand {
             let rules = paths.map { path, permissions in
                 let kind = permissions == ["list"] ? "directory" : "file"
                 let allow = order.filter(permissions.contains).map { "\"\($0)\"" }.joined(separator: ", ")
-                return "    { \"path\": \(quoted(path)), \"kind\": \"\(kind)\", \"allow\": [\(allow)] }"
+                return "    { \"path\": \(jsonString(path)), \"kind\": \"\(kind)\", \"allow\": [\(allow)] }"
             }
             sections.append("  \"paths\": [\n" + rules.joined(separator: ",\n") + "\n  ]")
         }
@@ -348,17 +328,23 @@ struct Learn: AsyncParsableCommand {
     }
 }
 
-func quoted(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
-        default: out.unicodeScalars.append(scalar)
-        }
+/// The worker for the command line after `--`, with the policy file's environment and stdin inherited.
+func workerConfiguration(command: [String], file: PolicyFile) throws -> WorkerConfiguration {
+    var command = command
+    if command.first == "--" { command.removeFirst() }
+    guard let program = command.first else {
+        throw ValidationError("Name the program after --, for example: privsep run --policy policy.json -- ./parser input.csv")
     }
-    return out + "\""
+    guard let executable = resolveProgram(program) else {
+        printError("privsep: \(program): not found (give a path, or a name on PATH)")
+        throw ExitCode(127)
+    }
+    var configuration = WorkerConfiguration(executable: executable, arguments: Array(command.dropFirst()), policy: file.policy)
+    configuration.argv0 = program
+    configuration.standardInput = .inherit
+    configuration.environment = file.environment
+    configuration.inheritedEnvironment = file.inheritedEnvironment
+    return configuration
 }
 
 extension RestartPolicy.Mode: ExpressibleByArgument {}

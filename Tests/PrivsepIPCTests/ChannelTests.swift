@@ -1,39 +1,13 @@
 import CPrivsepShims
 import Glibc
 import PrivsepIPC
+import PrivsepTestSupport
 import SystemPackage
 import Testing
 
 /// The open descriptors and what they refer to, for a leak report.
 func openFileDescriptorTargets() -> String {
-    guard let directory = opendir("/proc/self/fd") else { return "" }
-    defer { closedir(directory) }
-    var result = ""
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        var target = [CChar](repeating: 0, count: 256)
-        _ = readlink("/proc/self/fd/" + name, &target, 255)
-        result += name + "->" + String(cString: target) + " "
-    }
-    return result
-}
-
-/// Counts this process's open pipes, sockets and files: every kind of fd these
-/// tests pass around. anon_inode fds are left out because libdispatch creates
-/// its timerfd and eventfd lazily, at moments no test controls.
-func openFileDescriptorCount() -> Int {
-    guard let directory = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(directory) }
-    let own = dirfd(directory)
-    var count = 0
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard let fd = Int32(name), fd != own else { continue }
-        var target = [CChar](repeating: 0, count: 256)
-        _ = readlink("/proc/self/fd/" + name, &target, 255)
-        if !String(cString: target).hasPrefix("anon_inode:") { count += 1 }
-    }
-    return count
+    (0..<1024).compactMap { fd in descriptorTarget(Int32(fd)).map { "\(fd)->\($0)" } }.joined(separator: " ")
 }
 
 /// Ends an exit test's child with a reason its parent can print (precondition's

@@ -1,25 +1,8 @@
 import Glibc
 import PrivsepIPC
+import PrivsepTestSupport
 import Supervisor
 import Testing
-
-/// Counts the test process's open pipes, sockets and files (anon_inode fds left
-/// out: libdispatch creates its own lazily).
-func openFileDescriptorCount() -> Int {
-    guard let directory = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(directory) }
-    let own = dirfd(directory)
-    var count = 0
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard let fd = Int32(name), fd != own else { continue }
-        var target = [CChar](repeating: 0, count: 256)
-        _ = readlink("/proc/self/fd/" + name, &target, 255)
-        let text = String(decoding: target.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if !text.hasPrefix("anon_inode:") { count += 1 }
-    }
-    return count
-}
 
 @Suite struct LoadTests {
     @Test func twoHundredConcurrentWorkersAreServed() async throws {
