@@ -17,6 +17,12 @@ static inline int privsep_seccomp_rule_add_eq(scmp_filter_ctx ctx, uint32_t acti
                                               unsigned int arg, uint64_t value) {
     return seccomp_rule_add(ctx, action, syscall, 1, SCMP_CMP(arg, SCMP_CMP_EQ, value));
 }
+static inline int privsep_seccomp_rule_add_masked_eq2(scmp_filter_ctx ctx, uint32_t action, int syscall,
+                                                      unsigned int arg1, uint64_t mask1, uint64_t value1,
+                                                      unsigned int arg2, uint64_t mask2, uint64_t value2) {
+    return seccomp_rule_add(ctx, action, syscall, 2, SCMP_CMP(arg1, SCMP_CMP_MASKED_EQ, mask1, value1),
+                            SCMP_CMP(arg2, SCMP_CMP_MASKED_EQ, mask2, value2));
+}
 static inline int privsep_seccomp_rule_add_masked_eq(scmp_filter_ctx ctx, uint32_t action, int syscall,
                                                      unsigned int arg, uint64_t mask, uint64_t value) {
     return seccomp_rule_add(ctx, action, syscall, 1, SCMP_CMP(arg, SCMP_CMP_MASKED_EQ, mask, value));

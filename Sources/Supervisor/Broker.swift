@@ -93,7 +93,8 @@ public final class ActivePolicy: Sendable {
         } else if path == rule.path {
             relative = "."
         } else {
-            relative = String(path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1))!
+            // `matches` compared bytes, so this cut falls right after the rule's own bytes and a "/".
+            relative = String(decoding: path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1), as: UTF8.self)
         }
         var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
         if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
@@ -255,7 +256,8 @@ public final class ActivePolicy: Sendable {
             storage.storeBytes(scope, at: 24)
             length = 28
         case .unix(let path):
-            guard let anchor = unixAnchors[path], let name = anchor.name else { return .failure(.permissionDenied) }
+            guard let anchor = unixAnchors.first(where: { $0.key.utf8.elementsEqual(path.utf8) })?.value,
+                  let name = anchor.name else { return .failure(.permissionDenied) }
             let pinned = Array("/proc/self/fd/\(anchor.directory)/\(name)".utf8)
             guard pinned.count < 108 else { return .failure(.fileNameTooLong) }
             storage.storeBytes(UInt16(AF_UNIX), at: 0)

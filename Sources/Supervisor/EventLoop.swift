@@ -346,7 +346,7 @@ final class EventLoop: @unchecked Sendable {
             reply(record, requestID, event: "CONNECT", detail: detail, request: .connect(request), result)
         case .inProgress(let socket):
             let raw = socket.unsafeRawValue
-            let deadline = system_clock_monotonic() + UInt64(record.configuration.caps.connectTimeoutSeconds * 1e9)
+            let deadline = system_clock_monotonic() + nanoseconds(record.configuration.caps.connectTimeoutSeconds)
             let pending = PendingConnectState(requestID: requestID, detail: detail, deadline: deadline, socket: socket,
                                               requestedType: request.type, address: request.address)
             guard let token = register(raw, .connect(record.id, pending), events: EPOLLOUT.rawValue) else {
@@ -398,7 +398,7 @@ final class EventLoop: @unchecked Sendable {
         if record.parked.isEmpty {
             let now = system_clock_monotonic()
             record.parkedSince = now
-            noteDeadline(now + UInt64(record.configuration.caps.replyStallSeconds * 1e9))
+            noteDeadline(now + nanoseconds(record.configuration.caps.replyStallSeconds))
         }
         record.parked.append(ParkedReply(bytes: bytes, fds: fds))
         updateInterest(record)
@@ -439,7 +439,7 @@ final class EventLoop: @unchecked Sendable {
         // This message is served (it was already read); then reading pauses.
         record.tokens -= 1
         if record.throttledSince == nil { record.throttledSince = now }
-        let until = now + UInt64((1 - record.tokens) / Double(caps.messagesPerSecond) * 1e9)
+        let until = now + nanoseconds((1 - record.tokens) / Double(max(caps.messagesPerSecond, 1)))
         record.throttledUntil = until
         noteDeadline(until)
         updateInterest(record)
@@ -555,7 +555,7 @@ final class EventLoop: @unchecked Sendable {
                 }
             }
             if let since = record.parkedSince {
-                let deadline = since + UInt64(record.configuration.caps.replyStallSeconds * 1e9)
+                let deadline = since + nanoseconds(record.configuration.caps.replyStallSeconds)
                 if now >= deadline {
                     kill(record, .resourceCapExceeded("not reading its replies for \(record.configuration.caps.replyStallSeconds) s"))
                     continue
@@ -595,7 +595,7 @@ final class EventLoop: @unchecked Sendable {
     private func stop(_ record: WorkerRecord, grace: Double) {
         if record.killReason == nil { record.killReason = .stoppedBySupervisor }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGTERM)
-        let deadline = system_clock_monotonic() + UInt64(max(grace, 0) * 1e9)
+        let deadline = system_clock_monotonic() + nanoseconds(grace)
         record.stopDeadline = deadline
         noteDeadline(deadline)
     }
@@ -712,8 +712,8 @@ final class WorkerRecord {
         self.pid = pid
         self.pidfd = pidfd
         self.channel = ChannelBox(channel)
-        self.handshakeDeadline = now + UInt64(configuration.handshakeTimeout * 1e9)
-        self.wallClockDeadline = configuration.wallClockTimeout.map { now + UInt64($0 * 1e9) }
+        self.handshakeDeadline = now + nanoseconds(configuration.handshakeTimeout)
+        self.wallClockDeadline = configuration.wallClockTimeout.map { now + nanoseconds($0) }
         self.tokens = Double(configuration.caps.messageBurst)
         self.lastRefill = now
     }
@@ -784,6 +784,13 @@ public struct WorkerInfo: Sendable, Equatable {
     public var isHandshakeDone: Bool
     public var fileDescriptorsHandedOut: Int
     public var sandbox: SandboxStatus?
+}
+
+/// Seconds as nanoseconds, clamped to 0...~31 years: a negative, NaN or huge
+/// setting never traps the supervisor.
+func nanoseconds(_ seconds: Double) -> UInt64 {
+    guard seconds.isFinite, seconds > 0 else { return 0 }
+    return UInt64(min(seconds, 1e9) * 1e9)
 }
 
 func layerNames(_ layers: SandboxLayers) -> String {

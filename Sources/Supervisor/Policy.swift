@@ -145,10 +145,19 @@ public struct PathRule: Sendable, Equatable {
     }
 
     /// Whether a request for `requested` (a canonical path) falls under this rule.
+    /// Compared byte by byte: String's `==` and `hasPrefix` follow Unicode canonical
+    /// equivalence (the Kelvin sign equals "K"), which would let a worker match a rule
+    /// with a different spelling of a different file.
     func matches(_ requested: String) -> Bool {
+        let rule = path.utf8, asked = requested.utf8
         switch kind {
-        case .file: requested == path
-        case .directory: requested == path || (path == "/" ? requested.hasPrefix("/") : requested.hasPrefix(path + "/"))
+        case .file:
+            return asked.elementsEqual(rule)
+        case .directory:
+            if asked.elementsEqual(rule) { return true }
+            if path == "/" { return asked.first == UInt8(ascii: "/") }
+            return asked.count > rule.count && asked.starts(with: rule)
+                && asked[asked.index(asked.startIndex, offsetBy: rule.count)] == UInt8(ascii: "/")
         }
     }
 
@@ -209,7 +218,7 @@ public struct AddressRule: Sendable, Equatable {
         guard allowedTypes.contains(type) else { return false }
         switch (network, address) {
         case (.unix(let path), .unix(let requested)):
-            return path == requested
+            return path.utf8.elementsEqual(requested.utf8)
         case (.ipv4(let network, let prefix), .ipv4(let ip, let port)):
             return ports.contains(port) && Self.prefixMatches(UInt128(network.value), UInt128(ip.value), prefix, width: 32)
         case (.ipv4(let network, let prefix), .ipv6(let ip, let port, _)):
@@ -230,7 +239,7 @@ public struct AddressRule: Sendable, Equatable {
         let ownTypes = types.isEmpty ? [streamType] : types
         guard otherTypes.isSubset(of: ownTypes) else { return false }
         switch (network, other.network) {
-        case (.unix(let a), .unix(let b)): return a == b
+        case (.unix(let a), .unix(let b)): return a.utf8.elementsEqual(b.utf8)
         case (.ipv4(let a, let p), .ipv4(let b, let q)):
             return p <= q && Self.prefixMatches(UInt128(a.value), UInt128(b.value), p, width: 32) && ports.contains(other.ports)
         case (.ipv6(let a, let p), .ipv6(let b, let q)):
@@ -277,10 +286,11 @@ public enum PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 /// Whether `path` is absolute and canonical: starts with "/", has no empty,
 /// "." or ".." component, no trailing "/" (except "/" itself) and no NUL.
 public func isCanonicalAbsolutePath(_ path: String) -> Bool {
-    guard path.hasPrefix("/"), !path.utf8.contains(0) else { return false }
-    if path == "/" { return true }
-    guard !path.hasSuffix("/") else { return false }
-    for component in path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst() {
+    let bytes = path.utf8
+    guard bytes.first == UInt8(ascii: "/"), !bytes.contains(0) else { return false }
+    if bytes.count == 1 { return true }
+    guard bytes.last != UInt8(ascii: "/") else { return false }
+    for component in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst() {
         if component.isEmpty { return false }
         if component.elementsEqual(".".utf8) || component.elementsEqual("..".utf8) { return false }
     }

@@ -166,15 +166,17 @@ public struct Lockdown: Sendable {
         }
         var conditional: Set<ConditionalRule> = []
         for group in allGroups { conditional.formUnion(group.conditional.filter { !unconditional.contains($0.syscall) }) }
-        for rule in conditional.sorted(by: { ($0.syscall, $0.value) < ($1.syscall, $1.value) }) {
+        for rule in conditional.sorted(by: { "\($0.syscall)\($0.comparisons)" < "\($1.syscall)\($1.comparisons)" }) {
             let number = seccomp_syscall_resolve_name(rule.syscall)
             guard number != __NR_SCMP_ERROR else { continue }
-            let rc = if let mask = rule.mask {
-                privsep_seccomp_rule_add_masked_eq(filter, privsep_SCMP_ACT_ALLOW, number, rule.argument, mask, rule.value)
+            let first = rule.comparisons[0]
+            let rc = if rule.comparisons.count == 2 {
+                privsep_seccomp_rule_add_masked_eq2(filter, privsep_SCMP_ACT_ALLOW, number, first.argument, first.mask, first.value,
+                                                    rule.comparisons[1].argument, rule.comparisons[1].mask, rule.comparisons[1].value)
             } else {
-                privsep_seccomp_rule_add_eq(filter, privsep_SCMP_ACT_ALLOW, number, rule.argument, rule.value)
+                privsep_seccomp_rule_add_masked_eq(filter, privsep_SCMP_ACT_ALLOW, number, first.argument, first.mask, first.value)
             }
-            try check(rc, "allow \(rule.syscall) when arg\(rule.argument) matches")
+            try check(rc, "allow \(rule.syscall) when \(rule.comparisons)")
         }
         // clone3 passes its flags in memory, where a filter cannot look: ENOSYS makes
         // glibc fall back to clone, whose flags the rules above do check.

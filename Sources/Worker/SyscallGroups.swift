@@ -26,8 +26,8 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     /// path exists (never its contents). See SECURITY.md.
     public static let baseline = SyscallGroup(name: "baseline", syscalls: [
         "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
-        "close", "close_range", "fstat", "newfstatat", "statx", "lseek", "fcntl", "dup", "dup2", "dup3",
-        "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync", "mlock", "munlock",
+        "close", "close_range", "fstat", "newfstatat", "statx", "lseek", "dup", "dup2", "dup3",
+        "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait", "rt_sigsuspend", "sigaltstack",
         "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "getgroups",
         "futex", "set_robust_list", "get_robust_list", "rseq", "set_tid_address", "sched_yield", "sched_getaffinity",
@@ -35,20 +35,42 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time",
         "getrandom", "uname", "arch_prctl", "getrlimit", "getrusage", "sysinfo", "membarrier",
         "poll", "ppoll", "select", "pselect6", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
-        "eventfd2", "pipe2", "ftruncate", "fsync", "fdatasync",
-        "sendmsg", "recvmsg", "sendto", "recvfrom", "sendmmsg", "recvmmsg", "shutdown",
-        "getsockopt", "getsockname", "getpeername",
+        "eventfd2", "pipe2", "fsync", "fdatasync",
+        "recvmsg", "recvfrom", "recvmmsg", "shutdown", "getsockopt", "getsockname", "getpeername",
     ], conditional: [
-        // prlimit64 may read limits (new_limit == NULL), never change them.
-        ConditionalRule(syscall: "prlimit64", argument: 2, mask: nil, value: 0),
+        // prlimit64 may read this process's limits (pid 0, new_limit NULL), never change them or read another's.
+        ConditionalRule(syscall: "prlimit64", [Comparison(argument: 0, value: 0), Comparison(argument: 2, value: 0)]),
         // The ioctls isatty() and non-blocking mode need, nothing else.
-        ConditionalRule(syscall: "ioctl", argument: 1, mask: nil, value: 0x5401), // TCGETS
-        ConditionalRule(syscall: "ioctl", argument: 1, mask: nil, value: 0x5421), // FIONBIO
-        ConditionalRule(syscall: "ioctl", argument: 1, mask: nil, value: 0x5451), // FIOCLEX
+        ConditionalRule(syscall: "ioctl", argument: 1, value: 0x5401), // TCGETS
+        ConditionalRule(syscall: "ioctl", argument: 1, value: 0x5421), // FIONBIO
+        ConditionalRule(syscall: "ioctl", argument: 1, value: 0x5451), // FIOCLEX
         // prctl: naming threads, nothing that changes privileges or the filter.
-        ConditionalRule(syscall: "prctl", argument: 0, mask: nil, value: 15), // PR_SET_NAME
-        ConditionalRule(syscall: "prctl", argument: 0, mask: nil, value: 16), // PR_GET_NAME
-        ConditionalRule(syscall: "prctl", argument: 0, mask: nil, value: 3),  // PR_GET_DUMPABLE
+        ConditionalRule(syscall: "prctl", argument: 0, value: 15), // PR_SET_NAME
+        ConditionalRule(syscall: "prctl", argument: 0, value: 16), // PR_GET_NAME
+        ConditionalRule(syscall: "prctl", argument: 0, value: 3),  // PR_GET_DUMPABLE
+        // fcntl: descriptor flags, status reads, locks, duplication. Not F_SETOWN/F_SETSIG
+        // (they make the kernel signal other processes), not F_SETLEASE/F_NOTIFY, and
+        // F_SETFL only with O_APPEND kept set, so an append-only grant stays append-only.
+        // Non-blocking mode is ioctl(FIONBIO).
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 0),    // F_DUPFD
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 1),    // F_GETFD
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 2),    // F_SETFD
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 3),    // F_GETFL
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 5),    // F_GETLK
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 6),    // F_SETLK
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 7),    // F_SETLKW
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 36),   // F_OFD_GETLK
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 37),   // F_OFD_SETLK
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 38),   // F_OFD_SETLKW
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 1030), // F_DUPFD_CLOEXEC
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 1032), // F_GETPIPE_SZ
+        ConditionalRule(syscall: "fcntl", argument: 1, value: 1034), // F_GET_SEALS
+        ConditionalRule(syscall: "fcntl", [Comparison(argument: 1, value: 4), Comparison(argument: 2, mask: 0o2000, value: 0o2000)]),
+        // Sending never carries MSG_FASTOPEN (it would connect an unconnected TCP socket
+        // anywhere); sendto only on connected sockets (no destination address).
+        ConditionalRule(syscall: "sendmsg", argument: 2, mask: msgFastOpen, value: 0),
+        ConditionalRule(syscall: "sendmmsg", argument: 3, mask: msgFastOpen, value: 0),
+        ConditionalRule(syscall: "sendto", [Comparison(argument: 3, mask: msgFastOpen, value: 0), Comparison(argument: 4, value: 0)]),
     ])
 
     /// Opening, reading and inspecting paths directly (not through the broker).
@@ -58,7 +80,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     ], conditional: [])
     /// Writing files directly.
     public static let wpath = SyscallGroup(name: "wpath", syscalls: [
-        "open", "openat", "truncate", "fallocate", "utimensat",
+        "open", "openat", "truncate", "ftruncate", "fallocate", "utimensat",
     ], conditional: [])
     /// Creating and removing paths directly.
     public static let cpath = SyscallGroup(name: "cpath", syscalls: [
@@ -71,16 +93,16 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     ], conditional: [])
     /// Creating and using Internet sockets directly.
     public static let inet = SyscallGroup(name: "inet", syscalls: [
-        "connect", "bind", "listen", "accept", "accept4", "setsockopt",
+        "connect", "bind", "listen", "accept", "accept4", "setsockopt", "sendto", "sendmsg", "sendmmsg",
     ], conditional: [
-        ConditionalRule(syscall: "socket", argument: 0, mask: nil, value: 2),  // AF_INET
-        ConditionalRule(syscall: "socket", argument: 0, mask: nil, value: 10), // AF_INET6
+        ConditionalRule(syscall: "socket", argument: 0, value: 2),  // AF_INET
+        ConditionalRule(syscall: "socket", argument: 0, value: 10), // AF_INET6
     ])
     /// Creating and using unix sockets directly.
     public static let unix = SyscallGroup(name: "unix", syscalls: [
-        "connect", "bind", "listen", "accept", "accept4", "setsockopt", "socketpair",
+        "connect", "bind", "listen", "accept", "accept4", "setsockopt", "socketpair", "sendto", "sendmsg", "sendmmsg",
     ], conditional: [
-        ConditionalRule(syscall: "socket", argument: 0, mask: nil, value: 1), // AF_UNIX
+        ConditionalRule(syscall: "socket", argument: 0, value: 1), // AF_UNIX
     ])
     /// Using sockets the broker handed over: listen on a bound one, accept on a listening one.
     public static let serve = SyscallGroup(name: "serve", syscalls: ["listen", "accept", "accept4", "setsockopt"], conditional: [])
@@ -105,6 +127,12 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     public static let exec = SyscallGroup(name: "exec", syscalls: ["execve"], conditional: [])
     /// Terminal ioctls.
     public static let tty = SyscallGroup(name: "tty", syscalls: ["ioctl"], conditional: [])
+    /// Every fcntl command, F_SETFL without O_APPEND and F_SETOWN/F_SETSIG included:
+    /// an append-only grant can then be rewritten, and the kernel can be made to
+    /// signal processes of the worker's user.
+    public static let fcntl = SyscallGroup(name: "fcntl", syscalls: ["fcntl"], conditional: [])
+    /// Locking memory (mlock): unbounded for a worker with CAP_IPC_LOCK, so never in the baseline.
+    public static let memlock = SyscallGroup(name: "memlock", syscalls: ["mlock", "mlock2", "munlock", "mlockall", "munlockall"], conditional: [])
     /// What libdispatch and Swift concurrency need after lockdown: reading /proc
     /// (openat) and thread creation. Grants direct opens: pair it with Landlock.
     public static let dispatch = SyscallGroup(name: "dispatch", syscalls: ["openat", "sched_getaffinity", "getcpu"], conditional: [
@@ -112,7 +140,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     ])
 
     /// Every group, by name (for policy files and the learning mode).
-    public static let all: [SyscallGroup] = [rpath, wpath, cpath, fattr, inet, unix, serve, thread, time, proc, exec, tty, dispatch]
+    public static let all: [SyscallGroup] = [rpath, wpath, cpath, fattr, inet, unix, serve, thread, time, proc, exec, tty, fcntl, memlock, dispatch]
 
     /// The group named `name`, if there is one.
     public static func named(_ name: String) -> SyscallGroup? { all.first { $0.name == name } }
@@ -123,14 +151,30 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A syscall allowed only when one argument, masked, equals a value.
-struct ConditionalRule: Hashable, Sendable {
-    var syscall: String
+/// One comparison of a syscall argument: `(argument & mask) == value`.
+struct Comparison: Hashable, Sendable {
     var argument: UInt32
-    /// nil compares the whole argument.
-    var mask: UInt64?
+    var mask: UInt64 = .max
     var value: UInt64
 }
+
+/// A syscall allowed only when its arguments pass every comparison (at most two).
+struct ConditionalRule: Hashable, Sendable {
+    var syscall: String
+    var comparisons: [Comparison]
+
+    init(syscall: String, _ comparisons: [Comparison]) {
+        precondition((1...2).contains(comparisons.count), "a rule compares one or two arguments")
+        self.syscall = syscall
+        self.comparisons = comparisons
+    }
+
+    init(syscall: String, argument: UInt32, mask: UInt64 = .max, value: UInt64) {
+        self.init(syscall: syscall, [Comparison(argument: argument, mask: mask, value: value)])
+    }
+}
+
+let msgFastOpen: UInt64 = 0x2000_0000
 
 let cloneNewNamespaceFlags: [UInt64] = [
     0x0002_0000, // CLONE_NEWNS

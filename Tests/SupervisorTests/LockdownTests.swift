@@ -29,6 +29,8 @@ import Testing
         ("openat", "openat"), ("openat2", "openat2"), ("execve", "execve"), ("socket", "socket"),
         ("ptrace", "ptrace"), ("unshare", "unshare"), ("seccomp", "seccomp"), ("io_uring", "io_uring_setup"),
         ("memfd_exec", "memfd_create"), ("prctl", "prctl"), ("fork", "clone"),
+        ("fcntl_clear_append", "fcntl"), ("fcntl_setown", "fcntl"), ("sendto_address", "sendto"),
+        ("sendto_fastopen", "sendto"), ("prlimit_other", "prlimit64"),
     ])
     func deniedSyscallIsReportedByName(attack: String, syscall: String) async throws {
         let run = try await runWorker(["handshake", "lockdown", "attack:\(attack)", "exit:0"])
@@ -45,6 +47,13 @@ import Testing
         let reported = try #require(violation(run), "\(attack): \(run.reason)")
         #expect(run.lines.count == 2)
         _ = reported
+    }
+
+    @Test func theBaselineKeepsWhatItAllowsUsable() async throws {
+        // F_SETFL that keeps O_APPEND set is allowed (stdout is a pipe: the kernel accepts it).
+        let run = try await runWorker(["handshake", "lockdown", "attack:fcntl_keep_append", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "attack fcntl_keep_append 0")
     }
 
     @Test func clone3GetsENOSYSAndThreadsStillStart() async throws {

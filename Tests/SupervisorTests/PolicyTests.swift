@@ -96,6 +96,24 @@ import Testing
         #expect(!wide.contains(Policy(connect: [AddressRule(network: .ipv4(IPv4Address(10, 0, 0, 0), prefixLength: 8), ports: 80...80, types: [2])])))
     }
 
+    @Test func rulesCompareBytesNotCanonicallyEquivalentStrings() throws {
+        let scratch = ScratchDirectory()
+        scratch.mkdir("K")
+        scratch.write("K/x", "x")
+        let policy = try ActivePolicy(Policy(paths: [PathRule(path: scratch.path + "/K", kind: .directory, permissions: [.read])]))
+        // U+212A KELVIN SIGN is canonically equivalent to "K" but is three different bytes.
+        switch policy.open(OpenRequest(path: scratch.path + "/\u{212A}/x", flags: 0)) {
+        case .granted: Issue.record("a different spelling matched the rule")
+        case .denied(let errno, let reason):
+            #expect(errno == .permissionDenied)
+            #expect(reason == "no rule grants this path")
+        }
+        switch policy.open(OpenRequest(path: scratch.path + "/K/x", flags: 0)) {
+        case .granted: break
+        case .denied(let errno, let reason): Issue.record("\(errno): \(reason)")
+        }
+    }
+
     @Test func activationFailsForAMissingDirectory() {
         #expect(throws: PolicyError.cannotOpen("/nonexistent-privsep-dir", "No such file or directory")) {
             _ = try ActivePolicy(Policy(paths: [PathRule(path: "/nonexistent-privsep-dir", kind: .directory, permissions: [.read])]))

@@ -69,3 +69,16 @@ long attack_fork(void) {
     if (r == 0) syscall(SYS_exit_group, 0);
     return r > 0 ? 0 : r;
 }
+
+long attack_fcntl_clear_append(void) { return raw(SYS_fcntl, 1, F_SETFL, 0, 0, 0, 0); }
+long attack_fcntl_keep_append(void) { return raw(SYS_fcntl, 1, F_SETFL, O_APPEND, 0, 0, 0); }
+long attack_fcntl_setown(void) { return raw(SYS_fcntl, 1, F_SETOWN, 1, 0, 0, 0); }
+long attack_sendto_address(void) {
+    static const char address[16] = { 2, 0, 0, 80, 127, 0, 0, 1 };
+    return raw(SYS_sendto, 3, (long)"x", 1, 0, (long)address, 16);
+}
+long attack_sendto_fastopen(void) { return raw(SYS_sendto, 3, (long)"x", 1, 0x20000000, 0, 0); }
+long attack_prlimit_other(void) {
+    long limits[2];
+    return raw(SYS_prlimit64, 1, 7 /* RLIMIT_NOFILE */, 0, (long)limits, 0, 0);
+}

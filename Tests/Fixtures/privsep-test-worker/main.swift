@@ -288,6 +288,12 @@ for step in CommandLine.arguments.dropFirst() {
         case "memfd_exec": attack_memfd_execveat()
         case "prctl": attack_prctl_set_dumpable()
         case "fork": attack_fork()
+        case "fcntl_clear_append": attack_fcntl_clear_append()
+        case "fcntl_keep_append": attack_fcntl_keep_append()
+        case "fcntl_setown": attack_fcntl_setown()
+        case "sendto_address": attack_sendto_address()
+        case "sendto_fastopen": attack_sendto_fastopen()
+        case "prlimit_other": attack_prlimit_other()
         default: fatalError("unknown attack \(name)")
         }
         say("attack \(name) \(result)")

@@ -19,5 +19,11 @@ long attack_io_uring_setup(void);
 long attack_memfd_execveat(void);
 long attack_prctl_set_dumpable(void);
 long attack_fork(void);
+long attack_fcntl_clear_append(void);
+long attack_fcntl_setown(void);
+long attack_sendto_address(void);
+long attack_sendto_fastopen(void);
+long attack_prlimit_other(void);
+long attack_fcntl_keep_append(void);
 
 #endif
