@@ -114,6 +114,13 @@ public final class ActivePolicy: Sendable {
         }
         let status: FileStatus
         do { status = try fd.status() } catch { return .denied(error, "fstat failed") }
+        // procfs files speak for the process that opens them (here the supervisor:
+        // /proc/self/mem, environ...). Only a rule inside /proc may hand them out.
+        let rawFD = fd.unsafeRawValue
+        let ruleInsideProc = PathRule(path: "/proc", kind: .directory, permissions: [.read]).matches(rule.path)
+        if !ruleInsideProc && isProcFilesystem(rawFD) {
+            return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
+        }
         guard rule.allowedFileTypes.contains(status.type) else {
             return .denied(.permissionDenied, "\(status.type) is not a type this rule hands out")
         }
@@ -149,8 +156,8 @@ public final class ActivePolicy: Sendable {
     public func socket(_ request: SocketRequest) -> BrokerResult {
         let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
         guard baseType & ~0xf == 0 else { return .denied(.invalidArgument, "unknown socket type bits") }
-        guard policy.sockets.contains(SocketRule(domain: request.domain, type: baseType)) else {
-            return .denied(.permissionDenied, "no rule allows socket(\(request.domain), \(baseType))")
+        guard policy.sockets.contains(where: { $0.allows(domain: request.domain, type: baseType, protocol: request.protocol) }) else {
+            return .denied(.permissionDenied, "no rule allows socket(\(request.domain), \(baseType), \(request.protocol))")
         }
         switch system_socket(request.domain, request.type | privsep_SOCK_CLOEXEC, request.protocol) {
         case .success(let fd): return .granted(OwnedFileDescriptor(adoptingRawValue: fd), "socket rule")
@@ -165,6 +172,9 @@ public final class ActivePolicy: Sendable {
         let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
         guard policy.connect.contains(where: { $0.allows(request.address, type: baseType) }) else {
             return .finished(.denied(.permissionDenied, "no rule allows connecting to \(request.address)"))
+        }
+        guard isDefaultProtocol(request.protocol, domain: family(of: request.address), type: baseType) else {
+            return .finished(.denied(.permissionDenied, "protocol \(request.protocol) is not the default for this socket type"))
         }
         let socket: OwnedFileDescriptor
         switch makeSocket(for: request, nonBlocking: true) {
@@ -202,6 +212,9 @@ public final class ActivePolicy: Sendable {
         guard policy.bind.contains(where: { $0.allows(request.address, type: baseType) }) else {
             return .denied(.permissionDenied, "no rule allows binding \(request.address)")
         }
+        guard isDefaultProtocol(request.protocol, domain: family(of: request.address), type: baseType) else {
+            return .denied(.permissionDenied, "protocol \(request.protocol) is not the default for this socket type")
+        }
         let socket: OwnedFileDescriptor
         switch makeSocket(for: request, nonBlocking: false) {
         case .success(let fd): socket = OwnedFileDescriptor(adoptingRawValue: fd)
@@ -211,18 +224,22 @@ public final class ActivePolicy: Sendable {
             _ = system_setsockopt(socket.unsafeRawValue, SOL_SOCKET, SO_REUSEADDR, 1)
         }
         let raw = socket.unsafeRawValue
-        switch withSocketAddress(request.address, { system_bind(raw, $0, $1) }) {
+        switch withSocketAddress(request.address, binding: true, { system_bind(raw, $0, $1) }) {
         case .success: return .granted(socket, "bound \(request.address)")
         case .failure(let errno): return .denied(errno, "bind failed")
         }
     }
 
-    private func makeSocket(for request: AddressRequest, nonBlocking: Bool) -> Result<Int32, Errno> {
-        let domain: Int32 = switch request.address {
+    private func family(of address: SocketAddress) -> Int32 {
+        switch address {
         case .ipv4: AF_INET
         case .ipv6: AF_INET6
         case .unix: AF_UNIX
         }
+    }
+
+    private func makeSocket(for request: AddressRequest, nonBlocking: Bool) -> Result<Int32, Errno> {
+        let domain = family(of: request.address)
         let type = request.type | privsep_SOCK_CLOEXEC | (nonBlocking ? privsep_SOCK_NONBLOCK : 0)
         return system_socket(domain, type, request.protocol)
     }
@@ -239,7 +256,8 @@ public final class ActivePolicy: Sendable {
     /// Calls `body` with the sockaddr for `address`. A unix path is reached through
     /// the rule's directory fd (/proc/self/fd/N/name), pinning the directory the
     /// supervisor opened when the policy was activated.
-    private func withSocketAddress(_ address: SocketAddress, _ body: (UnsafeRawPointer, socklen_t) -> Result<Void, Errno>) -> Result<Void, Errno> {
+    private func withSocketAddress(_ address: SocketAddress, binding: Bool = false,
+                                   _ body: (UnsafeRawPointer, socklen_t) -> Result<Void, Errno>) -> Result<Void, Errno> {
         var storage = [UInt8](repeating: 0, count: 128)
         let length: Int
         switch address {
@@ -258,11 +276,27 @@ public final class ActivePolicy: Sendable {
         case .unix(let path):
             guard let anchor = unixAnchors.first(where: { $0.key.utf8.elementsEqual(path.utf8) })?.value,
                   let name = anchor.name else { return .failure(.permissionDenied) }
-            let pinned = Array("/proc/self/fd/\(anchor.directory)/\(name)".utf8)
+            // To connect, pin the socket itself: an O_PATH fd resolved beneath the rule's
+            // directory without following any symlink, reached through /proc/self/fd.
+            // (connect() on a path would follow a symlink planted in its place.) To bind,
+            // the name does not exist yet; bind() never follows a symlink there.
+            var socketFD: Int32 = -1
+            defer { if socketFD >= 0 { _ = system_close(socketFD) } }
+            if !binding {
+                switch system_openat2(anchor.directory, name, flags: privsep_O_PATH | O_CLOEXEC, mode: 0,
+                                      resolve: privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_SYMLINKS | privsep_RESOLVE_NO_MAGICLINKS) {
+                case .success(let fd): socketFD = fd
+                case .failure(.tooManySymbolicLinkLevels): return .failure(.permissionDenied)
+                case .failure(let errno): return .failure(errno)
+                }
+            }
+            let pinnedPath = socketFD >= 0 ? "/proc/self/fd/\(socketFD)" : "/proc/self/fd/\(anchor.directory)/\(name)"
+            let pinned = Array(pinnedPath.utf8)
             guard pinned.count < 108 else { return .failure(.fileNameTooLong) }
             storage.storeBytes(UInt16(AF_UNIX), at: 0)
             storage.replaceSubrange(2..<(2 + pinned.count), with: pinned)
             length = 2 + pinned.count + 1
+            return storage.withUnsafeBytes { body($0.baseAddress!, socklen_t(length)) }
         }
         return storage.withUnsafeBytes { body($0.baseAddress!, socklen_t(length)) }
     }
@@ -339,7 +373,9 @@ func vetOpenFlags(_ requested: Int32, rule: PathRule) -> Result<Int32, FlagDenia
         if accessMode == O_RDWR && !permissions.contains(.read) {
             return .failure(FlagDenial(errno: .permissionDenied, reason: "reading is not granted"))
         }
-        let appendOnly = requested & O_APPEND != 0 && permissions.contains(.append)
+        // Append-only is O_WRONLY: a readable fd could be mapped shared and writable,
+        // and a mapping ignores O_APPEND.
+        let appendOnly = requested & O_APPEND != 0 && permissions.contains(.append) && accessMode == O_WRONLY
         guard permissions.contains(.write) || appendOnly else {
             return .failure(FlagDenial(errno: .permissionDenied, reason: permissions.contains(.append)
                 ? "only appending (O_APPEND) is granted" : "writing is not granted"))

@@ -169,6 +169,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func unregister(_ fd: Int32, token: UInt64) {
+        precondition(token != 0, "token 0 is the wake-up fd's")
         _ = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_DEL, fd, events: 0, data: 0)
         registrations[token] = nil
     }
@@ -192,13 +193,19 @@ final class EventLoop: @unchecked Sendable {
         let record = WorkerRecord(id: id, configuration: configuration, policy: policy, handle: handle,
                                   pid: process.pid, pidfd: process.pidfd, channel: process.channel, now: now)
         workers[id] = record
-        guard let channelToken = register(record.channel!.socket.unsafeRawValue, .channel(id), events: EPOLLIN.rawValue),
-              let pidfdToken = register(record.pidfd.unsafeRawValue, .pidfd(id), events: EPOLLIN.rawValue) else {
-            kill(record, .spawnFailed("epoll registration failed"))
-            return .success(handle)
+        record.channelToken = register(record.channel!.socket.unsafeRawValue, .channel(id), events: EPOLLIN.rawValue)
+        record.pidfdToken = register(record.pidfd.unsafeRawValue, .pidfd(id), events: EPOLLIN.rawValue)
+        guard record.channelToken != nil, record.pidfdToken != nil else {
+            // Without both registrations the worker could be neither served nor reaped: end it here.
+            record.killReason = .spawnFailed("cannot watch the worker (epoll_ctl failed)")
+            _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+            _ = system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: false)
+            closeChannel(record)
+            if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
+            workers[id] = nil
+            handle.finish(record.killReason!)
+            return .failure(.spawnFailed("cannot watch the worker (epoll_ctl failed)"))
         }
-        record.channelToken = channelToken
-        record.pidfdToken = pidfdToken
         noteDeadline(record.handshakeDeadline)
         if let deadline = record.wallClockDeadline { noteDeadline(deadline) }
         audit(record, event: "SPAWN", detail: ([configuration.executable] + configuration.arguments).joined(separator: " "))
@@ -210,6 +217,11 @@ final class EventLoop: @unchecked Sendable {
     private func channelReady(_ record: WorkerRecord, flags: UInt32) {
         if flags & EPOLLOUT.rawValue != 0 { flushParked(record) }
         guard flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 else { return }
+        if !record.reading && flags & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+            // Hang-up is level-triggered even with reading paused: the peer is gone, stop watching.
+            closeChannel(record)
+            return
+        }
         // At most a few messages per wake-up, so one busy worker cannot starve the others;
         // the level-triggered registration brings the loop back for the rest.
         for _ in 0..<32 {
@@ -221,7 +233,11 @@ final class EventLoop: @unchecked Sendable {
             } catch .system(.resourceTemporarilyUnavailable) {
                 return
             } catch .peerClosed {
-                closeChannel(record)
+                if record.phase == .handshake && record.killReason == nil {
+                    kill(record, .handshakeFailed("closed its channel before HELLO"))
+                } else {
+                    closeChannel(record)
+                }
                 return
             } catch .malformed(let error) {
                 kill(record, .protocolViolation("\(error)"))
@@ -457,7 +473,8 @@ final class EventLoop: @unchecked Sendable {
         record.reading = reading
         record.writing = writing
         let events = (reading ? EPOLLIN.rawValue : 0) | (writing ? EPOLLOUT.rawValue : 0)
-        _ = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_MOD, channel.socket.unsafeRawValue, events: events, data: record.channelToken)
+        guard let token = record.channelToken else { return }
+        _ = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_MOD, channel.socket.unsafeRawValue, events: events, data: token)
     }
 
     // MARK: Learning mode
@@ -520,7 +537,7 @@ final class EventLoop: @unchecked Sendable {
         var next: UInt64 = .max
         func consider(_ deadline: UInt64) { next = min(next, deadline) }
         for record in workers.values {
-            if record.phase == .handshake, record.channel != nil {
+            if record.phase == .handshake, record.killReason == nil {
                 if now >= record.handshakeDeadline {
                     kill(record, .handshakeFailed("no HELLO within \(record.configuration.handshakeTimeout) s"))
                     continue
@@ -603,7 +620,8 @@ final class EventLoop: @unchecked Sendable {
     /// Closes the channel and drops everything waiting on it (pending connects, parked replies).
     private func closeChannel(_ record: WorkerRecord) {
         guard let channel = record.channel else { return }
-        unregister(channel.socket.unsafeRawValue, token: record.channelToken)
+        if let token = record.channelToken { unregister(channel.socket.unsafeRawValue, token: token) }
+        record.channelToken = nil
         record.channel = nil
         for (token, pending) in record.pending {
             if let connect = pending.take() { unregister(connect.socket.unsafeRawValue, token: token) }
@@ -626,7 +644,8 @@ final class EventLoop: @unchecked Sendable {
             status = (0, 0)
         }
         closeChannel(record)
-        unregister(record.pidfd.unsafeRawValue, token: record.pidfdToken)
+        if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
+        record.pidfdToken = nil
         workers[record.id] = nil
         let reason: ExitReason
         if let killed = record.killReason {
@@ -681,8 +700,9 @@ final class WorkerRecord {
     let pid: pid_t
     let pidfd: OwnedFileDescriptor
     var channel: ChannelBox?
-    var channelToken: UInt64 = 0
-    var pidfdToken: UInt64 = 0
+    /// epoll tokens; nil until registered (token 0 is the loop's own wake-up fd).
+    var channelToken: UInt64?
+    var pidfdToken: UInt64?
     var phase = Phase.handshake
     let handshakeDeadline: UInt64
     let wallClockDeadline: UInt64?

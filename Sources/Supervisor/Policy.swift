@@ -38,8 +38,8 @@ public struct Policy: Sendable, Equatable {
     }
 
     /// Allows SOCKET(domain, type).
-    public mutating func allowSocket(domain: Int32, type: Int32) {
-        sockets.append(SocketRule(domain: domain, type: type))
+    public mutating func allowSocket(domain: Int32, type: Int32, protocols: Set<Int32> = []) {
+        sockets.append(SocketRule(domain: domain, type: type, protocols: protocols))
     }
 
     /// Allows CONNECT to destinations matching `rule`.
@@ -60,22 +60,41 @@ public struct Policy: Sendable, Equatable {
                 throw .invalidPath(rule.path, "listDirectory applies to directory rules only")
             }
             guard rule.createMode & ~0o777 == 0 else { throw .invalidPath(rule.path, "create mode must be within 0777 (no setuid, setgid or sticky bits)") }
+            if rule.kind == .file && rule.symlinks == .followBeneath {
+                throw .invalidPath(rule.path, "a file rule cannot follow symlinks: the link could name any file of its directory")
+            }
         }
         for rule in connect + bind { try rule.validate() }
     }
 
     /// Whether every grant of `narrower` is also granted by this policy.
+    ///
+    /// Access to a path is decided by the most specific rule that matches it, so a
+    /// candidate rule must be covered by this policy's most specific rule for its
+    /// path and, for a directory, by every rule of this policy beneath it: a
+    /// narrower rule beneath (say read-only) must not be overridden by the candidate.
     public func contains(_ narrower: Policy) -> Bool {
+        func covers(_ rule: PathRule, _ candidate: PathRule) -> Bool {
+            candidate.permissions.isSubset(of: rule.permissions)
+                && (candidate.symlinks == .refuse || rule.symlinks == candidate.symlinks)
+                && candidate.allowedFileTypes.isSubset(of: rule.allowedFileTypes)
+                && (!candidate.permissions.contains(.create) || candidate.createMode & ~rule.createMode == 0)
+        }
         let pathsCovered = narrower.paths.allSatisfy { candidate in
-            paths.contains { rule in
-                rule.covers(candidate.path, kind: candidate.kind) && candidate.permissions.isSubset(of: rule.permissions)
-                    && (candidate.symlinks == .refuse || rule.symlinks == candidate.symlinks)
-                    && candidate.allowedFileTypes.isSubset(of: rule.allowedFileTypes)
-                    && (!candidate.permissions.contains(.create) || candidate.createMode & ~rule.createMode == 0)
+            let matching = paths.filter { $0.covers(candidate.path, kind: candidate.kind) }
+            guard let governing = matching.max(by: { $0.path.utf8.count < $1.path.utf8.count }), covers(governing, candidate) else {
+                return false
+            }
+            guard candidate.kind == .directory else { return true }
+            let probe = PathRule(path: candidate.path, kind: .directory, permissions: candidate.permissions)
+            return paths.allSatisfy { rule in
+                rule.path.utf8.elementsEqual(candidate.path.utf8) || !probe.matches(rule.path) || covers(rule, candidate)
             }
         }
         return pathsCovered
-            && narrower.sockets.allSatisfy { sockets.contains($0) }
+            && narrower.sockets.allSatisfy { candidate in
+                sockets.contains { $0.domain == candidate.domain && $0.type == candidate.type && candidate.protocols.isSubset(of: $0.protocols) }
+            }
             && narrower.connect.allSatisfy { candidate in connect.contains { $0.contains(candidate) } }
             && narrower.bind.allSatisfy { candidate in bind.contains { $0.contains(candidate) } }
     }
@@ -171,10 +190,27 @@ public struct PathRule: Sendable, Equatable {
 public struct SocketRule: Sendable, Hashable {
     public var domain: Int32
     public var type: Int32
-    public init(domain: Int32, type: Int32) {
+    /// Protocols allowed besides 0 and the (domain, type)'s usual one (TCP for inet
+    /// streams, UDP for inet datagrams). Anything else (SCTP, which loads a kernel
+    /// module; an arbitrary netlink family) must be listed.
+    public var protocols: Set<Int32>
+    public init(domain: Int32, type: Int32, protocols: Set<Int32> = []) {
         self.domain = domain
         self.type = type
+        self.protocols = protocols
     }
+
+    func allows(domain: Int32, type: Int32, protocol: Int32) -> Bool {
+        domain == self.domain && type == self.type
+            && (protocols.contains(`protocol`) || isDefaultProtocol(`protocol`, domain: domain, type: type))
+    }
+}
+
+/// 0, or the protocol a (domain, type) gets by default: TCP for inet streams, UDP for inet datagrams.
+func isDefaultProtocol(_ protocol: Int32, domain: Int32, type: Int32) -> Bool {
+    if `protocol` == 0 { return true }
+    guard domain == 2 || domain == 10 else { return false } // AF_INET, AF_INET6
+    return (type == 1 && `protocol` == 6) || (type == 2 && `protocol` == 17)
 }
 
 /// Addresses a CONNECT or BIND may name.

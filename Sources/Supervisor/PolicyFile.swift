@@ -168,9 +168,18 @@ private struct Parser {
             result.policy.paths.append(try pathRule(element))
         }
         for element in try top["sockets"].map({ v throws(PolicyFileError) in try array(v, "\"sockets\"") }) ?? [] {
-            let fields = try members(element, "a socket rule", allowed: ["domain", "type"])
+            let fields = try members(element, "a socket rule", allowed: ["domain", "type", "protocols"])
+            var protocols: Set<Int32> = []
+            if let list = fields["protocols"] {
+                for value in try array(list, "\"protocols\"") {
+                    let number = try wholeNumber(value, "each protocol number")
+                    guard number <= 255 else { throw fail(value.location, "a protocol number is 0...255") }
+                    protocols.insert(Int32(number))
+                }
+            }
             result.policy.sockets.append(SocketRule(domain: try named(fields["domain"], in: domains, "domain", element),
-                                                    type: try named(fields["type"], in: socketTypes, "type", element)))
+                                                    type: try named(fields["type"], in: socketTypes, "type", element),
+                                                    protocols: protocols))
         }
         for (key, isConnect) in [("connect", true), ("bind", false)] {
             for element in try top[key].map({ v throws(PolicyFileError) in try array(v, "\"\(key)\"") }) ?? [] {

@@ -50,9 +50,8 @@ func spawnWorker(_ configuration: WorkerConfiguration) throws(SpawnError) -> Spa
         case .inherit:
             stdio.append(nil)
         case .null:
-            let fd = try step("open /dev/null", system_open("/dev/null", O_RDWR | O_CLOEXEC))
-            let high = try step("dup /dev/null", system_fcntl(fd, F_DUPFD_CLOEXEC, 10))
-            _ = system_close(fd)
+            let null = OwnedFileDescriptor(adoptingRawValue: try step("open /dev/null", system_open("/dev/null", O_RDWR | O_CLOEXEC)))
+            let high = try step("dup /dev/null", system_fcntl(null.unsafeRawValue, F_DUPFD_CLOEXEC, 10))
             stdioOwned.append(OwnedFileDescriptor(adoptingRawValue: high))
             stdio.append(high)
         case .descriptor(let shared):

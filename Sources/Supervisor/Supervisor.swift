@@ -23,6 +23,7 @@ public final class Supervisor: Sendable {
     ///   - logger: receives every decision (grants at debug, denials at notice) and lifecycle events.
     ///   - auditLog: also receives every decision, as JSON lines or in memory.
     public init(logger: Logger = Logger(label: "privsep.supervisor"), auditLog: AuditLog? = nil) throws(SupervisorError) {
+        reserveStandardStreams()
         do {
             loop = try EventLoop(auditor: Auditor(logger: logger, log: auditLog))
         } catch {
@@ -98,5 +99,15 @@ public enum SupervisorError: Error, Sendable, Equatable, CustomStringConvertible
         case .shuttingDown: "the supervisor is shutting down"
         case .systemError(let why): why
         }
+    }
+}
+
+/// Makes sure fds 0, 1 and 2 are open (on /dev/null if they were closed), so none
+/// of the supervisor's own descriptors (an epoll fd, a worker's channel) can take
+/// one of those numbers and be handed to a worker as its stdin, stdout or stderr.
+private func reserveStandardStreams() {
+    for fd: Int32 in 0...2 where !isOpen(fd) {
+        // open() returns the lowest free number, which is `fd` itself here.
+        _ = openDevNull()
     }
 }

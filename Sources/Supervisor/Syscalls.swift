@@ -147,3 +147,14 @@ func system_readlink(_ path: String) -> String? {
     guard count >= 0 else { return nil }
     return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
+
+func isOpen(_ fd: Int32) -> Bool { Glibc.fcntl(fd, F_GETFD) >= 0 }
+
+/// Opens /dev/null read-write without close-on-exec (for filling a standard stream's slot).
+func openDevNull() -> Int32 { Glibc.open("/dev/null", O_RDWR) }
+
+/// Whether `fd` is on procfs (fstatfs f_type PROC_SUPER_MAGIC).
+func isProcFilesystem(_ fd: Int32) -> Bool {
+    let type = privsep_fstatfs_type(fd)
+    return type < 0 || type == 0x9fa0 // unknown: treat as the riskier case
+}

@@ -203,7 +203,11 @@ public struct Lockdown: Sendable {
         if abi >= 5 { handledFS |= 1 << 15 }                      // IOCTL_DEV
         var attributes = privsep_landlock_ruleset_attr(handled_access_fs: handledFS, handled_access_net: 0, scoped: 0)
         if abi >= 4 { attributes.handled_access_net = 0b11 }      // BIND_TCP | CONNECT_TCP: direct TCP needs the broker
-        if abi >= 6 && scopes { attributes.scoped = 0b11 }       // ABSTRACT_UNIX_SOCKET | SIGNAL
+        if scopes {
+            // Scoping was asked for: without ABI 6 it cannot be applied, and that is an error.
+            guard abi >= 6 else { throw .lockdownFailed("Landlock ABI \(abi) cannot scope signals and abstract unix sockets (needs ABI 6)") }
+            attributes.scoped = 0b11                              // ABSTRACT_UNIX_SOCKET | SIGNAL
+        }
         let size = abi >= 6 ? 24 : (abi >= 4 ? 16 : 8)
         let ruleset = privsep_landlock_create_ruleset(&attributes, size, 0)
         guard ruleset >= 0 else { throw .lockdownFailed("landlock_create_ruleset: \(currentErrno())") }

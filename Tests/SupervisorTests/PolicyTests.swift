@@ -83,6 +83,18 @@ import Testing
         #expect(policy.contains(Policy(paths: [PathRule(path: "/etc", kind: .directory, permissions: [.listDirectory])])))
     }
 
+    @Test func narrowingCannotWidenThroughAMoreSpecificRule() {
+        let current = Policy(paths: [
+            PathRule(path: "/srv", kind: .directory, permissions: [.read, .write]),
+            PathRule(path: "/srv/ro", kind: .directory, permissions: [.read]),
+        ])
+        #expect(!current.contains(Policy(paths: [PathRule(path: "/srv/ro", kind: .directory, permissions: [.read, .write])])))
+        #expect(!current.contains(Policy(paths: [PathRule(path: "/srv/ro/x", kind: .file, permissions: [.write])])))
+        #expect(!current.contains(Policy(paths: [PathRule(path: "/srv", kind: .directory, permissions: [.write])])), "would widen /srv/ro")
+        #expect(current.contains(Policy(paths: [PathRule(path: "/srv", kind: .directory, permissions: [.read])])))
+        #expect(current.contains(Policy(paths: [PathRule(path: "/srv/rw", kind: .directory, permissions: [.write])])))
+    }
+
     @Test func canonicalPaths() {
         for good in ["/", "/a", "/a/b", "/a.b/..c", "/.x"] { #expect(isCanonicalAbsolutePath(good), "\(good)") }
         for bad in ["", "a", "/a/", "//a", "/a//b", "/./a", "/a/.", "/a/..", "/../a", "/a\0b"] { #expect(!isCanonicalAbsolutePath(bad), "\(bad)") }

@@ -22,6 +22,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -149,6 +150,11 @@ static inline int privsep_notif_continue(int listener, uint64_t id) {
     response.id = id;
     response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
     return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response);
+}
+/* The f_type of the filesystem `fd` is on, or -1. */
+static inline long privsep_fstatfs_type(int fd) {
+    struct statfs info;
+    return fstatfs(fd, &info) == 0 ? (long)info.f_type : -1;
 }
 static inline pid_t privsep_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 static inline int privsep_prlimit(pid_t pid, int resource, const struct rlimit *_Nullable new_limit,
