@@ -57,6 +57,10 @@ public struct Lockdown: Sendable {
     public var newNamespaces: Bool
     /// Resource limits to set (soft = hard) before the filter, e.g. RLIMIT_NPROC = 0.
     public var resourceLimits: [(resource: Int32, limit: UInt64)]
+    /// Become this user and group (supplementary groups dropped) before the filter.
+    /// A worker spawned by a root supervisor is root until it does: set this so a
+    /// compromised worker holds no capability and cannot act on other users' processes.
+    public var identity: (uid: UInt32, gid: UInt32)?
 
     public init(groups: Set<SyscallGroup> = [], onViolation: Violation = .reportAndExit, landlock: FilesystemAccess? = nil,
                 landlockScopes: Bool = true, newNamespaces: Bool = false, resourceLimits: [(resource: Int32, limit: UInt64)] = []) {
@@ -66,6 +70,7 @@ public struct Lockdown: Sendable {
         self.landlockScopes = landlockScopes
         self.newNamespaces = newNamespaces
         self.resourceLimits = resourceLimits
+        self.identity = nil
     }
 
     /// The profile for a brokered worker: the baseline and nothing else. No
@@ -92,6 +97,19 @@ public struct Lockdown: Sendable {
                 throw .lockdownFailed("unshare(CLONE_NEWUSER | CLONE_NEWNET): \(currentErrno())")
             }
             active.formUnion([.userNamespace, .networkNamespace])
+        }
+        if let identity {
+            guard threadCount() == 1 else { throw .lockdownFailed("changing identity needs a single-threaded process") }
+            // Groups first, while the process may still change them; then the uid, which drops every capability.
+            guard privsep_setgroups_empty() == 0 else { throw .lockdownFailed("setgroups: \(currentErrno())") }
+            guard privsep_setresgid(identity.gid) == 0 else { throw .lockdownFailed("setresgid(\(identity.gid)): \(currentErrno())") }
+            guard privsep_setresuid(identity.uid) == 0 else { throw .lockdownFailed("setresuid(\(identity.uid)): \(currentErrno())") }
+            guard getuid() == identity.uid, geteuid() == identity.uid, getgid() == identity.gid, getegid() == identity.gid else {
+                throw .lockdownFailed("identity did not change to \(identity.uid):\(identity.gid)")
+            }
+            if identity.uid != 0 && privsep_setresuid(0) == 0 {
+                throw .lockdownFailed("uid 0 could be regained after dropping to \(identity.uid)")
+            }
         }
         for (resource, limit) in resourceLimits {
             guard privsep_setrlimit(resource, limit, limit) == 0 else {

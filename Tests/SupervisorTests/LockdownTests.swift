@@ -87,6 +87,17 @@ import Testing
         #expect(results.last == "-\(EACCES)", "everything else is refused by Landlock")
     }
 
+    @Test func theWorkerCanDropToAnotherUser() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("in.txt", "brokered\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path + "/in.txt", .file, [.read])
+        let run = try await runWorker(["handshake", "lockdown:nobody", "ids", "read:\(scratch.path)/in.txt", "attack:ptrace"], policy: policy)
+        #expect(run.lines.dropFirst(2).first == "ids uid 65534 euid 65534 gid 65534 groups 0")
+        #expect(run.lines.dropFirst(3).first == "read \(scratch.path)/in.txt brokered", "the broker still serves it")
+        #expect(violation(run)?.name == "ptrace")
+    }
+
     @Test func namespacesAreEnteredAndReported() async throws {
         let run = try await runWorker(["handshake", "lockdown:ns", "exit:0"])
         #expect(run.reason == .exited(code: 0))

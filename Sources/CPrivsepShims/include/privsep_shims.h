@@ -127,6 +127,12 @@ static inline int privsep_landlock_add_path_rule(int ruleset, const struct privs
 static inline int privsep_landlock_restrict_self(int ruleset) {
     return (int)syscall(SYS_landlock_restrict_self, ruleset, 0);
 }
+/* Raw credential changes: the kernel's, which apply to the calling thread only
+   (glibc's wrappers broadcast to every thread with signals). Called before any
+   thread exists. */
+static inline int privsep_setgroups_empty(void) { return (int)syscall(SYS_setgroups, 0, NULL); }
+static inline int privsep_setresgid(uint32_t gid) { return (int)syscall(SYS_setresgid, gid, gid, gid); }
+static inline int privsep_setresuid(uint32_t uid) { return (int)syscall(SYS_setresuid, uid, uid, uid); }
 static inline int privsep_unshare(int flags) { return (int)syscall(SYS_unshare, flags); }
 static inline int privsep_setrlimit(int resource, uint64_t soft, uint64_t hard) {
     struct rlimit limit = { (rlim_t)soft, (rlim_t)hard };

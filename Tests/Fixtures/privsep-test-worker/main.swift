@@ -241,6 +241,8 @@ for step in CommandLine.arguments.dropFirst() {
         }
         for thread in threads { pthread_join(thread, nil) }
         say(tally.bad.isEmpty ? "threads ok \(tally.good)" : "threads failed \(tally.bad.prefix(3))")
+    case "ids":
+        say("ids uid \(getuid()) euid \(geteuid()) gid \(getgid()) groups \(getgroups(0, nil))")
     case "limits":
         var values: [String] = []
         for resource in [RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE] {
@@ -262,6 +264,7 @@ for step in CommandLine.arguments.dropFirst() {
             lockdown.landlock = .readOnly([String(mode.dropFirst(3))])
         }
         if mode == "nolandlock" { lockdown.landlock = nil }
+        if mode == "nobody" { lockdown.identity = (65534, 65534) }
         do {
             let status = try lockdown.apply(reportingTo: connection)
             say("lockdown \(status.active.rawValue) abi \(status.landlockABI)")
