@@ -195,7 +195,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
             }
             // Take ownership of every fd the kernel installed before judging the datagram,
             // so each failure below closes them.
-            var fds = OwnedFileDescriptors()
+            var rawFDs: [Int32] = []
+            rawFDs.reserveCapacity(maximumFileDescriptors)
             var unexpected: (level: Int32, type: Int32)? = nil
             var sender: PeerCredentials? = nil
             if message.msg_controllen > 0, var header = privsep_cmsg_firsthdr(&message) {
@@ -208,7 +209,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
                     if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
                         for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
                             let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
-                            if fd >= 0 { fds.append(OwnedFileDescriptor(adoptingRawValue: fd)) }
+                            if fd >= 0 { rawFDs.append(fd) }
                         }
                     } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
                                 && dataLength >= MemoryLayout<privsep_peer_credentials>.size {
@@ -221,6 +222,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
                     header = next
                 }
             }
+            // Owned from here on: every failure below closes them.
+            let fds = OwnedFileDescriptors(adoptingRawValues: rawFDs)
             if message.msg_flags & privsep_MSG_CTRUNC != 0 {
                 throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)
             }
