@@ -97,6 +97,24 @@ let package = Package(
             path: "examples/untrusted-parser/csv-parser",
             swiftSettings: strictSwift
         ),
+        .executableTarget(
+            name: "reader",
+            dependencies: ["Worker", "PrivsepIPC"],
+            path: "examples/file-broker/reader",
+            swiftSettings: strictSwift
+        ),
+        .executableTarget(
+            name: "hello-server",
+            dependencies: ["Worker", "PrivsepIPC"],
+            path: "examples/privileged-port/hello-server",
+            swiftSettings: strictSwift
+        ),
+        .executableTarget(
+            name: "embedding-example",
+            dependencies: ["Supervisor", "PrivsepIPC", .product(name: "Logging", package: "swift-log")],
+            path: "examples/embedding",
+            swiftSettings: strictSwift
+        ),
         .target(name: "CTestAttacks", path: "Tests/Fixtures/CTestAttacks"),
         .target(name: "PrivsepTestSupport", path: "Tests/TestSupport", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
@@ -107,7 +125,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SupervisorTests",
-            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "PrivsepTestSupport",
+            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "reader", "hello-server", "embedding-example", "PrivsepTestSupport",
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.swiftLanguageMode(.v6)]

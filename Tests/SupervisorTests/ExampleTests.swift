@@ -1,0 +1,130 @@
+import Foundation
+import Testing
+
+/// Examples 2 to 5 run as their run.sh scripts run them (example 1 is in CLITests).
+@Suite struct ExampleTests {
+    static let bin = CLITests.binDirectory
+    static let examples = String(CLITests.exampleDirectory.dropLast("/untrusted-parser".count))
+
+    struct Output {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static func run(_ executable: String, _ arguments: [String], input: String? = nil) throws -> Output {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Foundation.Pipe(), err = Foundation.Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Output(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    static func temporaryDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "privsep-example-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    @Test func fileBrokerRefusesTricksAndAuditsEachDecision() throws {
+        let tree = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        let files = FileManager.default
+        try files.createDirectory(atPath: tree + "/public", withIntermediateDirectories: true)
+        try files.createDirectory(atPath: tree + "/private", withIntermediateDirectories: true)
+        try "hello from public\n".write(toFile: tree + "/public/hello.txt", atomically: true, encoding: .utf8)
+        try "notes\n".write(toFile: tree + "/notes.txt", atomically: true, encoding: .utf8)
+        try "the secret\n".write(toFile: tree + "/private/secret.txt", atomically: true, encoding: .utf8)
+        try files.createSymbolicLink(atPath: tree + "/public/shortcut", withDestinationPath: "../private/secret.txt")
+        let policy = try String(contentsOfFile: Self.examples + "/file-broker/policy.json", encoding: .utf8)
+            .replacingOccurrences(of: "@ROOT@", with: tree)
+        try policy.write(toFile: tree + "/policy.json", atomically: true, encoding: .utf8)
+        let result = try Self.run(Self.bin + "/privsep", ["run", "--policy", tree + "/policy.json", "--audit-log", tree + "/audit.jsonl", "--",
+                                                          Self.bin + "/reader", tree + "/public/hello.txt", tree + "/notes.txt",
+                                                          tree + "/public/../private/secret.txt", tree + "/public/shortcut", tree + "/private/secret.txt"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.split(separator: "\n").map(String.init) == [
+            "read    \(tree)/public/hello.txt: hello from public",
+            "read    \(tree)/notes.txt: notes",
+            "refused \(tree)/public/../private/secret.txt: Permission denied",
+            "refused \(tree)/public/shortcut: Permission denied",
+            "refused \(tree)/private/secret.txt: Permission denied",
+        ])
+        let audit = try String(contentsOfFile: tree + "/audit.jsonl", encoding: .utf8).split(separator: "\n").filter { $0.contains("\"event\":\"OPEN\"") }
+        #expect(audit.count == 5)
+        #expect(audit.filter { $0.contains("\"decision\":\"granted\"") }.count == 2)
+    }
+
+    @Test func privilegedPortIsBoundByTheSupervisorAndServed() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Port 81, so this test never races the broker test that binds 80.
+        try "{ \"bind\": [ { \"address\": \"127.0.0.1\", \"ports\": \"81\" } ], \"require\": [\"seccomp\", \"landlock\"], \"timeout\": 20 }"
+            .write(toFile: directory + "/policy.json", atomically: true, encoding: .utf8)
+        let server = Task { try Self.run(Self.bin + "/privsep", ["run", "--policy", directory + "/policy.json", "--", Self.bin + "/hello-server", "81"]) }
+        var answer = ""
+        for _ in 0..<100 {
+            if let response = try? httpGet(port: 81) { answer = response; break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(answer.hasPrefix("HTTP/1.0 200 OK"))
+        #expect(answer.hasSuffix("hello from a sandboxed worker on port 81\n"))
+        let output = try await server.value
+        #expect(output.status == 0, "\(output.stderr)")
+    }
+
+    @Test func aWorkerInCUsesOnlyTheProtocolHeader() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let repository = String(Self.examples.dropLast("/examples".count))
+        let compile = try Self.run("/usr/bin/cc", ["-O2", "-Wall", "-Werror", "-I", repository + "/Sources/CPrivsepProtocol/include",
+                                                   Self.examples + "/c-worker/worker.c", "-o", directory + "/c-worker"])
+        #expect(compile.status == 0, "\(compile.stderr)")
+        let result = try Self.run(Self.bin + "/privsep", ["run", "--policy", Self.examples + "/c-worker/policy.json", "--",
+                                                          directory + "/c-worker", "/etc/hostname", "/etc/passwd"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let hostname = try String(contentsOfFile: "/etc/hostname", encoding: .utf8).split(separator: "\n").first.map(String.init) ?? ""
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first?.hasPrefix("c-worker: welcomed as worker 1 by supervisor") == true)
+        #expect(Array(lines.dropFirst()) == ["c-worker: /etc/hostname: \(hostname)", "c-worker: /etc/passwd: refused: Permission denied"])
+    }
+
+    @Test func embeddingTheSupervisorLibrary() throws {
+        let result = try Self.run(Self.bin + "/embedding-example", [Self.bin + "/csv-parser", CLITests.exampleDirectory + "/data/sales.csv"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("4 rows, 3 columns"))
+        #expect(result.stdout.contains("embedding-example: worker "))
+        #expect(result.stdout.contains(" exited with status 0\n"))
+        #expect(result.stdout.contains("embedding-example: granted \(CLITests.exampleDirectory)/data/sales.csv O_RDONLY"))
+    }
+}
+
+/// One HTTP/1.0 GET to 127.0.0.1:port, the whole response.
+func httpGet(port: UInt16) throws -> String {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
+    let request = "GET / HTTP/1.0\r\n\r\n"
+    _ = write(fd, request, request.utf8.count)
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = read(fd, &chunk, chunk.count)
+        if count <= 0 { break }
+        bytes += chunk[..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
