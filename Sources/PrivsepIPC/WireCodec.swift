@@ -3,7 +3,7 @@ import SystemPackage
 
 /// Encodes and decodes protocol messages.
 ///
-/// ``decode(_:fileDescriptorCount:)`` is a pure function from the bytes and the
+/// ``decode(_:fileDescriptorCount:)-(UnsafeRawBufferPointer,_)`` is a pure function from the bytes and the
 /// number of fds that arrived to a message or a precise ``ProtocolError``. It
 /// never trusts a length field (each is checked against the datagram's real
 /// size first) and never allocates more than the datagram already holds.
