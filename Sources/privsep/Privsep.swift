@@ -19,10 +19,13 @@ struct Privsep: AsyncParsableCommand {
         itself; each request is checked against the policy file and answered with a file \
         descriptor or an errno. Every decision can be audited.
 
+        PROGRAM is a privsep worker: it uses the Swift Worker library, or speaks the \
+        protocol of privsep_protocol.h (a C worker needs nothing else).
+
         Examples:
           privsep check policy.json
           privsep run --policy policy.json -- ./parser input.csv
-          privsep run --policy policy.json --timeout 10 --audit-log audit.jsonl -- ./parser input.csv
+          privsep run -p policy.json --timeout 10 --audit-log a.jsonl -- ./parser in.csv
           privsep learn -- ./parser sample.csv
         """,
         subcommands: [Run.self, Check.self, Learn.self]
