@@ -91,6 +91,12 @@ let package = Package(
             path: "Benchmarks/privsep-bench",
             swiftSettings: strictSwift
         ),
+        // Fuzz targets (Fuzz/run.sh builds them for libFuzzer; built normally they replay a corpus).
+        .target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"),
+        .executableTarget(name: "fuzz-decoder", dependencies: ["PrivsepIPC", "CFuzzDriver"], path: "Fuzz/fuzz-decoder",
+                          swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(name: "fuzz-policy", dependencies: ["Supervisor", "CFuzzDriver"], path: "Fuzz/fuzz-policy",
+                          swiftSettings: [.swiftLanguageMode(.v6)]),
         // Examples (see examples/README.md).
         .executableTarget(
             name: "csv-parser",
