@@ -64,16 +64,10 @@ import Testing
             require(after == before, "supervisor fds: \(before) before, \(after) after")
             await supervisor.shutdown()
         }
+        recordExitTestFailures()
     }
 }
 
-func require(_ condition: Bool, _ message: @autoclosure () -> String) {
-    if !condition {
-        let text = "hostile suite: \(message())\n"
-        _ = text.withCString { write(2, $0, strlen($0)) }
-        exit(1)
-    }
-}
 
 @Suite struct PathRaceTests {
     /// A directory component swapped for a symlink (and back) in a tight loop while

@@ -2,6 +2,7 @@ import CPrivsepShims
 import Dispatch
 import Glibc
 import Logging
+import Testing
 import PrivsepIPC
 import Supervisor
 import SystemPackage
@@ -136,4 +137,28 @@ final class ScratchDirectory: Sendable {
         precondition(stat(path + "/" + name, &info) == 0)
         return info.st_mode & 0o7777
     }
+}
+
+/// In an exit test's child: fail with a reason the parent can report (an exit test's
+/// parent sees only the exit status, so the reason goes to a file named after it).
+func require(_ condition: Bool, _ message: @autoclosure () -> String) {
+    if !condition {
+        let text = message() + "\n"
+        _ = text.withCString { write(2, $0, strlen($0)) }
+        if let file = fopen("/tmp/privsep-exit-test-\(getppid()).log", "a") { fputs(text, file); fclose(file) }
+        exit(1)
+    }
+}
+
+/// In the parent, after exit tests: records what failing children said.
+func recordExitTestFailures(sourceLocation: Testing.SourceLocation = #_sourceLocation) {
+    let path = "/tmp/privsep-exit-test-\(getpid()).log"
+    guard let file = fopen(path, "r") else { return }
+    var line = [CChar](repeating: 0, count: 4096)
+    while fgets(&line, 4096, file) != nil {
+        Issue.record(Comment(rawValue: String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)),
+                     sourceLocation: sourceLocation)
+    }
+    fclose(file)
+    unlink(path)
 }

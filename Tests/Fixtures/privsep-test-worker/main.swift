@@ -17,6 +17,7 @@
 //   rawfds:N:HEX         send raw bytes with N fds (dups of stdin)
 //   nohello              sleep without ever saying HELLO
 //   sleep:SECONDS        sleep
+//   waitfile:PATH        wait (up to 60 s) until PATH exists
 //   exit:CODE            exit with CODE
 //   flood:N              send N OPEN requests without reading replies
 //   pdeathsig            print the parent-death signal
@@ -186,6 +187,9 @@ for step in CommandLine.arguments.dropFirst() {
         }
     case "nohello":
         sleep(60)
+    case "waitfile":
+        var info = stat()
+        for _ in 0..<6000 where stat(String(parts[1]), &info) != 0 { usleep(10_000) }
     case "sleep":
         usleep(UInt32(Double(parts[1])! * 1_000_000))
     case "exit":
