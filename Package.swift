@@ -74,7 +74,7 @@ let package = Package(
         .executableTarget(
             name: "privsep",
             dependencies: [
-                "Supervisor", "Worker", "PrivsepIPC",
+                "Supervisor", "Worker", "PrivsepIPC", "CPrivsepAttacks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -122,11 +122,12 @@ let package = Package(
             path: "examples/embedding",
             swiftSettings: strictSwift
         ),
-        .target(name: "CTestAttacks", path: "Tests/Fixtures/CTestAttacks"),
+        // System calls a hostile worker tries (for the tests and `privsep selftest`).
+        .target(name: "CPrivsepAttacks"),
         .target(name: "PrivsepTestSupport", path: "Tests/TestSupport", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "privsep-test-worker",
-            dependencies: ["Worker", "PrivsepIPC", "CPrivsepShims", "CTestAttacks", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["Worker", "PrivsepIPC", "CPrivsepShims", "CPrivsepAttacks", .product(name: "SystemPackage", package: "swift-system")],
             path: "Tests/Fixtures/privsep-test-worker",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),

@@ -77,7 +77,10 @@ public struct SyscallViolation: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(name ?? "syscall \(number)") (\(architectureName))"
+        if architecture == 0 {
+            return "a system call the kernel stopped before it could be reported (SIGSYS: another architecture's entry, or a kill-process filter)"
+        }
+        return "\(name ?? "syscall \(number)") (\(architectureName))"
     }
 }
 

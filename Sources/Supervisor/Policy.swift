@@ -167,7 +167,7 @@ public struct PathRule: Sendable, Equatable {
     /// Compared byte by byte: String's `==` and `hasPrefix` follow Unicode canonical
     /// equivalence (the Kelvin sign equals "K"), which would let a worker match a rule
     /// with a different spelling of a different file.
-    func matches(_ requested: String) -> Bool {
+    public func matches(_ requested: String) -> Bool {
         let rule = path.utf8, asked = requested.utf8
         switch kind {
         case .file:
@@ -249,7 +249,7 @@ public struct AddressRule: Sendable, Equatable {
 
     /// Whether `address` with socket `type` is allowed by this rule. IPv4-mapped
     /// IPv6 addresses are matched as the IPv4 address they carry.
-    func allows(_ address: SocketAddress, type: Int32) -> Bool {
+    public func allows(_ address: SocketAddress, type: Int32) -> Bool {
         let allowedTypes = types.isEmpty ? [streamType] : types
         guard allowedTypes.contains(type) else { return false }
         switch (network, address) {

@@ -27,8 +27,9 @@ struct Privsep: AsyncParsableCommand {
           privsep run --policy policy.json -- ./parser input.csv
           privsep run -p policy.json --timeout 10 --audit-log a.jsonl -- ./parser in.csv
           privsep learn -- ./parser sample.csv
+          privsep selftest --policy policy.json
         """,
-        subcommands: [Run.self, Check.self, Learn.self]
+        subcommands: [Run.self, Check.self, Learn.self, Selftest.self, AttackWorker.self]
     )
 }
 

@@ -102,4 +102,15 @@ import Testing
         #expect(result.stdout.contains("  OPEN /etc/hosts O_RDONLY: denied (no rule grants this path)\n"))
         #expect(result.stdout.contains("{ \"path\": \"/etc/hosts\", \"kind\": \"file\", \"allow\": [\"read\"] }"))
     }
+
+    @Test func selftestAttacksAPolicyAndEverythingHolds() throws {
+        let policy = try examplePolicy()
+        defer { try? FileManager.default.removeItem(atPath: policy) }
+        let result = try privsep(["selftest", "--policy", policy])
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("PASS  protocol-length"))
+        #expect(result.stdout.contains("PASS  seccomp-execve"))
+        #expect(result.stdout.hasSuffix(" passed, 0 failed\n"))
+        #expect(!result.stdout.contains("FAIL"))
+    }
 }

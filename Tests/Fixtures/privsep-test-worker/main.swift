@@ -28,7 +28,7 @@
 //                        (Landlock read-only PATH), ns (new namespaces)   -> "lockdown <active layer bits>"
 //   attack:NAME[:ARG]    a raw syscall a hostile worker would try      -> "attack NAME <result>"
 import CPrivsepShims
-import CTestAttacks
+import CPrivsepAttacks
 import Glibc
 import PrivsepIPC
 import SystemPackage

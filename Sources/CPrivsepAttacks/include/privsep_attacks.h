@@ -1,7 +1,8 @@
-/* System calls a hostile worker would try after lockdown, for the tests. Each
+/* System calls a hostile worker would try after lockdown, for the tests and
+   `privsep selftest`. Each
    returns the raw result (-errno on failure) if the process survives. */
-#ifndef TEST_ATTACKS_H
-#define TEST_ATTACKS_H
+#ifndef PRIVSEP_ATTACKS_H
+#define PRIVSEP_ATTACKS_H
 
 long attack_openat(const char *path);
 long attack_openat2(const char *path);

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "test_attacks.h"
+#include "privsep_attacks.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>

@@ -1,0 +1,322 @@
+import ArgumentParser
+import CPrivsepAttacks
+import Glibc
+import Logging
+import PrivsepIPC
+import Supervisor
+import SystemPackage
+import Worker
+
+/// `privsep selftest`: runs a hostile worker against a policy, one attack per
+/// worker, and checks the supervisor answers each as it must.
+struct Selftest: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attack a policy with a hostile worker and print what held.",
+        discussion: """
+        Each attack runs in a worker of its own under the policy: malformed protocol \\
+        messages (the worker must be killed with the rule it broke), paths that try to \\
+        leave the policy's rules (refused with EACCES), sockets and addresses no rule \\
+        grants (refused), and, after a brokered lockdown, system calls the filter must \\
+        stop (killed, the call named). Exit status 0 if every attack was stopped.
+        """
+    )
+
+    @Option(name: .shortAndLong, help: ArgumentHelp("The policy to attack (JSON).", valueName: "file"))
+    var policy: String
+
+    mutating func run() async throws {
+        let file = try loadPolicy(policy)
+        do { _ = try ActivePolicy(file.policy) } catch {
+            printError("\(policy): \(error)")
+            throw ExitCode(2)
+        }
+        var logger = Logger(label: "privsep")
+        logger.logLevel = .critical
+        let supervisor = try Supervisor(logger: logger)
+        let me = try selfExecutable()
+        var failures = 0
+        let attacks = Attack.catalogue(for: file.policy)
+        print("privsep selftest: \(attacks.count) attacks against \(policy)")
+        print("")
+        for attack in attacks {
+            var configuration = WorkerConfiguration(executable: me, arguments: ["_attack", attack.name] + attack.arguments,
+                                                    policy: file.policy, name: "attack-\(attack.name)")
+            configuration.handshakeTimeout = 10
+            configuration.wallClockTimeout = 20
+            let output = OutputPipe()
+            configuration.standardOutput = .descriptor(output.writeEnd)
+            let handle = try await supervisor.spawn(configuration)
+            let reason = await handle.exit()
+            configuration.standardOutput = .null
+            let answer = output.read(closingWriteEnd: true)
+            let passed = attack.expectation.isMet(by: reason, output: answer)
+            if !passed { failures += 1 }
+            let shown = answer.isEmpty || answer.hasPrefix("survived") ? "\(reason)" : answer
+            print("\(passed ? "PASS" : "FAIL")  \(attack.name.padding(22))  \(attack.summary.padding(44))  \(passed ? shown : "\(shown) (expected \(attack.expectation))")")
+        }
+        await supervisor.shutdown()
+        print("")
+        print("\(attacks.count - failures) passed, \(failures) failed")
+        if failures > 0 { throw ExitCode(1) }
+    }
+}
+
+/// The hostile worker: `privsep _attack NAME [ARGUMENT]`. Prints one line, `errno N`
+/// or `ok`, for attacks the supervisor answers; dies for the ones it must kill.
+struct AttackWorker: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_attack", shouldDisplay: false)
+
+    @Argument var name: String
+    @Argument var argument: String = ""
+
+    func run() throws {
+        if name.hasPrefix("protocol-before-hello") {
+            try sendRaw(WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hostname", flags: 0)))))
+            sleep(20)
+            return
+        }
+        let supervisor = try SupervisorConnection.connect()
+        func answer(_ body: () throws(WorkerError) -> OwnedFileDescriptor) {
+            do throws(WorkerError) {
+                let granted = try body()
+                _ = consume granted
+                say("ok")
+            } catch {
+                say(error.errno.map { "errno \($0.rawValue)" } ?? "error \(error)")
+            }
+        }
+        switch name {
+        case let protocolAttack where protocolAttack.hasPrefix("protocol-"):
+            let open = try WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hostname", flags: 0))))
+            var bytes = open
+            var fdCount = 0
+            switch protocolAttack {
+            case "protocol-truncated": bytes = Array(open[..<10])
+            case "protocol-length": bytes[8] = 0xff
+            case "protocol-type": bytes[4] = 0x63
+            case "protocol-version": bytes[2] = 2
+            case "protocol-reserved": bytes[12] = 1
+            case "protocol-unterminated": bytes[bytes.count - 1] = 0x41
+            case "protocol-nul": bytes[26 + 8] = 0
+            case "protocol-fds": fdCount = 3
+            case "protocol-hello": bytes = try WireCodec.encode(Envelope(requestID: 0, .hello(Hello(processID: getpid()))))
+            default: fatalError("unknown attack \(protocolAttack)")
+            }
+            try sendRaw(bytes, fileDescriptors: fdCount)
+            sleep(20)
+        case "path":
+            answer { () throws(WorkerError) in try supervisor.open(argument, .readOnly) }
+        case "path-write":
+            answer { () throws(WorkerError) in try supervisor.open(argument, [.writeOnly, .create, .truncate]) }
+        case "flag-path":
+            answer { () throws(WorkerError) in try supervisor.open(argument, OpenFlags(rawValue: 0o10000000)) } // O_PATH
+        case "flag-tmpfile":
+            answer { () throws(WorkerError) in try supervisor.open(argument, OpenFlags(rawValue: 0o20200000 | O_RDWR)) } // O_TMPFILE
+        case "flag-unknown":
+            answer { () throws(WorkerError) in try supervisor.open(argument, OpenFlags(rawValue: 0x4000_0000)) }
+        case "socket-raw":
+            answer { () throws(WorkerError) in try supervisor.socket(domain: AF_INET, type: 3, protocol: 1) }
+        case "socket-packet":
+            answer { () throws(WorkerError) in try supervisor.socket(domain: AF_PACKET, type: 3) }
+        case "connect":
+            let address = parseAddress(argument)
+            answer { () throws(WorkerError) in try supervisor.connect(to: address) }
+        case "bind":
+            let address = parseAddress(argument)
+            answer { () throws(WorkerError) in try supervisor.bind(to: address) }
+        case let syscall where syscall.hasPrefix("seccomp-"):
+            // The filter alone is under test: this binary's async runtime has threads,
+            // which TSYNC covers and Landlock (per thread) would refuse.
+            try Lockdown(groups: [], landlock: nil).apply(reportingTo: supervisor)
+            let result: Int = switch syscall {
+            case "seccomp-openat": attack_openat("/etc/hostname")
+            case "seccomp-openat2": attack_openat2("/etc/hostname")
+            case "seccomp-execve": attack_execve("/bin/sh")
+            case "seccomp-socket": attack_socket_inet()
+            case "seccomp-ptrace": attack_ptrace_attach(getppid())
+            case "seccomp-i386": attack_i386_getpid()
+            case "seccomp-x32": attack_x32_getpid()
+            case "seccomp-io_uring": attack_io_uring_setup()
+            case "seccomp-memfd_exec": attack_memfd_execveat()
+            case "seccomp-seccomp": attack_seccomp_new_filter()
+            case "seccomp-unshare": attack_unshare_user()
+            case "seccomp-fork": attack_fork()
+            case "seccomp-fcntl_setown": attack_fcntl_setown()
+            default: fatalError("unknown attack \(syscall)")
+            }
+            say("survived \(result)")
+        default:
+            fatalError("unknown attack \(name)")
+        }
+    }
+
+    func sendRaw(_ bytes: [UInt8], fileDescriptors count: Int = 0) throws {
+        let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(WireFormat.channelFileDescriptor)))
+        let fds = [Int32](repeating: 0, count: count)
+        try bytes.withUnsafeBytes { try socket.unsafeSend($0, passingRawValues: fds) }
+    }
+
+    func parseAddress(_ text: String) -> SocketAddress {
+        let colon = text.lastIndex(of: ":")!
+        let host = String(text[..<colon]), port = UInt16(text[text.index(after: colon)...])!
+        if let v4 = IPv4Address(host) { return .ipv4(v4, port: port) }
+        return .ipv6(IPv6Address(host)!, port: port)
+    }
+
+    func say(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        _ = write(1, bytes, bytes.count)
+    }
+}
+
+/// One attack of the catalogue and what the supervisor must do about it.
+struct Attack {
+    enum Expectation: CustomStringConvertible {
+        /// Killed for a protocol violation or a failed handshake.
+        case killedForProtocol
+        /// Killed by the filter.
+        case killedBySeccomp
+        /// Refused with this errno.
+        case refused(Int32)
+
+        var description: String {
+            switch self {
+            case .killedForProtocol: "killed for a protocol violation"
+            case .killedBySeccomp: "killed by seccomp"
+            case .refused(let errno): "refused with \(Errno(rawValue: errno))"
+            }
+        }
+
+        /// Whether the worker's end (and its one line of output) is what this expects.
+        func isMet(by reason: ExitReason, output: String) -> Bool {
+            switch (self, reason) {
+            case (.killedForProtocol, .protocolViolation), (.killedForProtocol, .handshakeFailed): true
+            case (.killedBySeccomp, .seccompViolation): true
+            case (.refused(let errno), _): output == "errno \(errno)"
+            default: false
+            }
+        }
+    }
+
+    var name: String
+    var arguments: [String]
+    var summary: String
+    var expectation: Expectation
+
+    /// The attacks that apply to `policy`: path and address attacks aim at what it
+    /// does not grant.
+    static func catalogue(for policy: Policy) -> [Attack] {
+        var attacks: [Attack] = [
+            Attack(name: "protocol-before-hello", arguments: [], summary: "OPEN before HELLO", expectation: .killedForProtocol),
+            Attack(name: "protocol-truncated", arguments: [], summary: "10-byte datagram", expectation: .killedForProtocol),
+            Attack(name: "protocol-length", arguments: [], summary: "length field larger than the datagram", expectation: .killedForProtocol),
+            Attack(name: "protocol-type", arguments: [], summary: "unknown message type", expectation: .killedForProtocol),
+            Attack(name: "protocol-version", arguments: [], summary: "wrong protocol version", expectation: .killedForProtocol),
+            Attack(name: "protocol-reserved", arguments: [], summary: "non-zero reserved field", expectation: .killedForProtocol),
+            Attack(name: "protocol-unterminated", arguments: [], summary: "path without its NUL", expectation: .killedForProtocol),
+            Attack(name: "protocol-nul", arguments: [], summary: "NUL inside a path", expectation: .killedForProtocol),
+            Attack(name: "protocol-fds", arguments: [], summary: "3 fds attached to an OPEN", expectation: .killedForProtocol),
+            Attack(name: "protocol-hello", arguments: [], summary: "a second HELLO", expectation: .killedForProtocol),
+        ]
+        let eacces = EACCES
+        func granted(_ path: String) -> Bool { policy.paths.contains { $0.matches(path) } }
+        var paths: [(String, String)] = [("relative/path", "a relative path"), ("/proc/self/root/etc/shadow", "a magic link to /")]
+        for rule in policy.paths {
+            let (parent, _) = splitLast(rule.path)
+            if rule.kind == .directory {
+                paths.append(("\(rule.path)/../\(uniqueName)", "'..' out of \(rule.path)"))
+                paths.append(("\(rule.path)/./x", "a non-canonical path in \(rule.path)"))
+            }
+            if !granted(parent + "/" + uniqueName) { paths.append((parent + "/" + uniqueName, "a sibling of \(rule.path)")) }
+            if !rule.permissions.contains(.write) && !rule.permissions.contains(.create) {
+                attacks.append(Attack(name: "path-write", arguments: [rule.kind == .directory ? rule.path + "/\(uniqueName)" : rule.path],
+                                      summary: "writing under a read-only rule", expectation: .refused(eacces)))
+            }
+        }
+        for outside in ["/etc/shadow", "/root/.ssh/id_ed25519", "/proc/1/environ"] where !granted(outside) {
+            paths.append((outside, "outside every rule"))
+        }
+        for (path, summary) in paths {
+            attacks.append(Attack(name: "path", arguments: [path], summary: summary, expectation: .refused(eacces)))
+        }
+        if let somewhere = policy.paths.first?.path {
+            attacks.append(Attack(name: "flag-path", arguments: [somewhere], summary: "O_PATH", expectation: .refused(eacces)))
+            attacks.append(Attack(name: "flag-tmpfile", arguments: [somewhere], summary: "O_TMPFILE", expectation: .refused(eacces)))
+            attacks.append(Attack(name: "flag-unknown", arguments: [somewhere], summary: "an unknown open flag bit", expectation: .refused(EINVAL)))
+        }
+        if !policy.sockets.contains(where: { $0.type == 3 }) {
+            attacks.append(Attack(name: "socket-raw", arguments: [], summary: "a raw socket", expectation: .refused(eacces)))
+        }
+        if !policy.sockets.contains(where: { $0.domain == AF_PACKET }) {
+            attacks.append(Attack(name: "socket-packet", arguments: [], summary: "a packet socket", expectation: .refused(eacces)))
+        }
+        let testNet = IPv4Address(192, 0, 2, 1)
+        if !policy.connect.contains(where: { $0.allows(.ipv4(testNet, port: 9), type: 1) }) {
+            attacks.append(Attack(name: "connect", arguments: ["192.0.2.1:9"], summary: "connect to a denied address", expectation: .refused(eacces)))
+            attacks.append(Attack(name: "connect", arguments: ["::ffff:192.0.2.1:9"], summary: "the same, IPv4-mapped IPv6", expectation: .refused(eacces)))
+        }
+        if !policy.bind.contains(where: { $0.allows(.ipv4(.loopback, port: 1), type: 1) }) {
+            attacks.append(Attack(name: "bind", arguments: ["127.0.0.1:1"], summary: "bind a denied port", expectation: .refused(eacces)))
+        }
+        for call in ["openat", "openat2", "execve", "socket", "ptrace", "i386", "x32", "io_uring", "memfd_exec", "seccomp",
+                     "unshare", "fork", "fcntl_setown"] {
+            attacks.append(Attack(name: "seccomp-\(call)", arguments: [], summary: "\(call) after a brokered lockdown", expectation: .killedBySeccomp))
+        }
+        return attacks
+    }
+
+    static let uniqueName = "privsep-selftest-\(getpid())"
+
+    static func splitLast(_ path: String) -> (String, String) {
+        guard let slash = path.lastIndex(of: "/"), path != "/" else { return ("/", "") }
+        let parent = String(path[..<slash])
+        return (parent.isEmpty ? "/" : parent, String(path[path.index(after: slash)...]))
+    }
+}
+
+/// A pipe for a worker's stdout, read once the worker is gone.
+final class OutputPipe: @unchecked Sendable {
+    let writeEnd: SharedFileDescriptor
+    private let readEnd: Int32
+
+    init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe2Cloexec(&fds) == 0, "pipe")
+        readEnd = fds[0]
+        writeEnd = SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: fds[1]))
+    }
+
+    deinit { close(readEnd) }
+
+    /// What the worker wrote (it printed at most a line, well under a pipe's capacity).
+    func read(closingWriteEnd: Bool) -> String {
+        _ = fcntl(readEnd, F_SETFL, O_NONBLOCK)
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let count = Glibc.read(readEnd, &bytes, bytes.count)
+        return String(decoding: bytes[..<max(count, 0)], as: UTF8.self).trimmingNewlines()
+    }
+}
+
+private func pipe2Cloexec(_ fds: inout [Int32]) -> Int32 {
+    guard pipe(&fds) == 0 else { return -1 }
+    _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+    _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+    return 0
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+    func trimmingNewlines() -> String {
+        var text = self
+        while text.hasSuffix("\n") { text.removeLast() }
+        return text
+    }
+}
+
+/// This executable's path (the attack worker is this binary again).
+func selfExecutable() throws -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = readlink("/proc/self/exe", &buffer, 4095)
+    guard count > 0 else { throw ValidationError("cannot find this executable: \(Errno(rawValue: errno))") }
+    return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
