@@ -125,6 +125,20 @@ import Testing
         #expect(denial?.reason == "writing is not granted")
     }
 
+    @Test func devicesAndSocketsInsideAGrantAreNotHandedOut() async throws {
+        let scratch = ScratchDirectory()
+        // A character device (the same numbers as /dev/null) planted in a granted directory.
+        #expect(mknod(scratch.path + "/null", S_IFCHR | 0o666, dev_t(1 << 8 | 3)) == 0) // makedev(1, 3)
+        var policy = Policy()
+        policy.allow(path: scratch.path, .directory, [.read, .write])
+        let run = try await runWorker(["handshake", "open:\(scratch.path)/null:rw"], policy: policy)
+        #expect(run.lines.last == "open \(scratch.path)/null errno \(EACCES)")
+        var devices = policy
+        devices.paths[0].allowedFileTypes.insert(.characterDevice)
+        let allowed = try await runWorker(["handshake", "open:\(scratch.path)/null:rw"], policy: devices)
+        #expect(allowed.lines.last == "open \(scratch.path)/null ok", "a rule may hand devices out when it says so")
+    }
+
     @Test func vetoesExoticFlagsAndUnknownBits() {
         let rule = PathRule(path: "/srv", kind: .directory, permissions: [.read, .write, .create, .truncate, .append, .listDirectory])
         let policy = try! ActivePolicy(Policy(paths: [rule]))
@@ -226,6 +240,14 @@ import Testing
         let lines = try await run.lines
         #expect(lines.dropFirst() == ["bind ok", "bind errno \(EACCES)"])
         await supervisor.shutdown()
+    }
+
+    @Test func unixSocketsOnlyAtListedPaths() async throws {
+        let scratch = ScratchDirectory()
+        var policy = Policy()
+        policy.allowConnect(to: AddressRule(network: .unix(path: scratch.path + "/allowed.sock"), types: [1]))
+        let run = try await runWorker(["handshake", "connect:\(scratch.path)/other.sock:0", "connect:/run/systemd/private:0"], policy: policy)
+        #expect(run.lines.dropFirst() == ["connect errno \(EACCES)", "connect errno \(EACCES)"])
     }
 
     @Test func socketsOnlyOfListedKinds() async throws {

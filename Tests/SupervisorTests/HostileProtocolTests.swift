@@ -35,6 +35,9 @@ import Testing
             (["raw:" + hex(patched(open, at: 36, [0]))], .protocolViolation("open.path contains a NUL byte")),
             (["raw:" + hex(tooLongPath)], .protocolViolation("open.path is 4097 bytes, at most 4096 allowed")),
             (["rawfds:253:" + hex(open)], .protocolViolation("control data truncated: more than 1 fds sent, or fd table full")),
+            // Lifecycle: gone before the reply (the reply meets a closed socket), and flooding.
+            (["diemidrequest"], .exited(code: 0)),
+            (["flood:100000"], .resourceCapExceeded("not reading its replies for 1.0 s")),
         ]
     }
 
@@ -54,7 +57,8 @@ import Testing
             let steps = honestSteps
             async let honest = runWorker(steps, policy: grants, supervisor: supervisor)
             for (attack, expected) in Self.attacks() {
-                let run = try! await runWorker(["handshake"] + attack + ["sleep:5"], policy: policy, supervisor: supervisor)
+                let run = try! await runWorker(["handshake"] + attack + ["sleep:5"], policy: policy, supervisor: supervisor,
+                                               configure: { $0.caps.replyStallSeconds = 1 })
                 require(run.reason == expected, "\(attack.first!.prefix(40)): \(run.reason), expected \(expected)")
             }
             let honestRun = try! await honest

@@ -16,6 +16,7 @@
 //   raw:HEX              send raw bytes on the channel (no fds)
 //   rawfds:N:HEX         send raw bytes with N fds (dups of stdin)
 //   nohello              sleep without ever saying HELLO
+//   diemidrequest        send an OPEN and exit at once, before the reply
 //   sleep:SECONDS        sleep
 //   waitfile:PATH        wait (up to 60 s) until PATH exists
 //   exit:CODE            exit with CODE
@@ -185,6 +186,11 @@ for step in CommandLine.arguments.dropFirst() {
         } catch {
             say("raw failed \(error)")
         }
+    case "diemidrequest":
+        let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(3)))
+        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hostname", flags: 0))))
+        try! request.withUnsafeBytes { try socket.send($0) }
+        _exit(0)
     case "nohello":
         sleep(60)
     case "waitfile":
