@@ -7,13 +7,17 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 extern char **environ;
 
-pid_t cbench_spawn(const char *path, char *const *argv, int channel_fd) {
+pid_t cbench_spawn(const char *path, char *const *argv, int channel_fd, int stdin_fd) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+    if (stdin_fd >= 0) posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0);
     if (channel_fd == 3) {
         /* dup2(3, 3) would be a no-op that leaves close-on-exec set: go via a spare slot. */
         posix_spawn_file_actions_adddup2(&actions, 3, 4);
@@ -153,6 +157,77 @@ int cbench_request_fd_round_trips(int fd, int iterations, uint64_t *out_ns) {
             memcpy(&received, CMSG_DATA(c), sizeof(int));
             close(received);
         }
+        out_ns[i] = cbench_now_ns() - start;
+    }
+    return 0;
+}
+
+int cbench_open_broker(const int *fds, int count, int directory) {
+    struct pollfd *polls = calloc((size_t)count, sizeof *polls);
+    if (!polls) return -1;
+    for (int i = 0; i < count; i++) { polls[i].fd = fds[i]; polls[i].events = POLLIN; }
+    int open_clients = count;
+    char name[4096];
+    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
+    while (open_clients > 0) {
+        if (poll(polls, (nfds_t)count, -1) < 0) { if (errno == EINTR) continue; free(polls); return -1; }
+        for (int i = 0; i < count; i++) {
+            if (polls[i].fd < 0 || !(polls[i].revents & (POLLIN | POLLHUP))) continue;
+            ssize_t n = recv(polls[i].fd, name, sizeof name - 1, 0);
+            if (n <= 0) { polls[i].fd = -1; open_clients--; continue; }
+            name[n] = 0;
+            int file = openat(directory, name, O_RDONLY | O_CLOEXEC);
+            int error = file < 0 ? errno : 0;
+            struct iovec iov = { &error, sizeof error };
+            struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1 };
+            if (file >= 0) {
+                memset(&control, 0, sizeof control);
+                reply.msg_control = control.buf;
+                reply.msg_controllen = sizeof control.buf;
+                struct cmsghdr *c = CMSG_FIRSTHDR(&reply);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(c), &file, sizeof(int));
+            }
+            while (sendmsg(polls[i].fd, &reply, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
+            if (file >= 0) close(file);
+        }
+    }
+    free(polls);
+    return 0;
+}
+
+int cbench_open_client(int fd, const char *name, int iterations, uint64_t *out_ns) {
+    size_t length = strlen(name);
+    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
+    for (int i = 0; i < iterations; i++) {
+        uint64_t start = cbench_now_ns();
+        while (send(fd, name, length, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
+        int error = 0;
+        struct iovec iov = { &error, sizeof error };
+        struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+        while (recvmsg(fd, &reply, MSG_CMSG_CLOEXEC) < 0) { if (errno != EINTR) return -1; }
+        struct cmsghdr *c = CMSG_FIRSTHDR(&reply);
+        if (c && c->cmsg_type == SCM_RIGHTS) {
+            int file;
+            memcpy(&file, CMSG_DATA(c), sizeof(int));
+            close(file);
+        } else if (error) {
+            errno = error;
+            return -1;
+        }
+        if (out_ns) out_ns[i] = cbench_now_ns() - start;
+    }
+    return 0;
+}
+
+int cbench_direct_opens(int directory, const char *name, int iterations, uint64_t *out_ns) {
+    for (int i = 0; i < iterations; i++) {
+        uint64_t start = cbench_now_ns();
+        int file = openat(directory, name, O_RDONLY | O_CLOEXEC);
+        if (file < 0) return -1;
+        close(file);
         out_ns[i] = cbench_now_ns() - start;
     }
     return 0;

@@ -58,6 +58,41 @@ func childMain(_ mode: String) -> Never {
                 fatalError("swift-broker: \(error)")
             }
         }
+    case "swift-open-worker":
+        // Brokered opens: arguments N PATH; waits for one byte on stdin before starting.
+        let count = Int(CommandLine.arguments[3])!, path = CommandLine.arguments[4]
+        do {
+            let connection = try SupervisorConnection.connect()
+            try Lockdown.brokered().apply(reportingTo: connection)
+            var go: UInt8 = 0
+            _ = read(0, &go, 1)
+            var samples = [UInt64](repeating: 0, count: count)
+            for index in 0..<count {
+                let start = cbench_now_ns()
+                let fd = try connection.open(path, .readOnly)
+                _ = consume fd
+                samples[index] = cbench_now_ns() - start
+            }
+            let summary = Summary(samples)
+            let line = "\(summary.median) \(summary.p99)\n"
+            _ = line.withCString { write(1, $0, strlen($0)) }
+        } catch {
+            fatalError("swift-open-worker: \(error)")
+        }
+        exit(0)
+    case "c-open-client":
+        // The C client of the C broker: arguments N NAME OUTFILE; waits for stdin like the Swift one.
+        let count = Int(CommandLine.arguments[3])!, name = CommandLine.arguments[4], output = CommandLine.arguments[5]
+        var go: UInt8 = 0
+        _ = read(0, &go, 1)
+        var samples = [UInt64](repeating: 0, count: count)
+        guard cbench_open_client(WireFormat.channelFileDescriptor, name, Int32(count), &samples) == 0 else { fatalError("c-open-client: \(errno)") }
+        let summary = Summary(samples)
+        let line = "\(summary.median) \(summary.p99)\n"
+        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        exit(0)
     case "ready-worker":
         // Start-up: handshake, brokered lockdown (seccomp + Landlock), report, exit.
         do {
@@ -92,7 +127,7 @@ func check(_ condition: Bool, _ message: @autoclosure () -> String) {
     }
 }
 
-if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--child" {
+if CommandLine.arguments.count >= 3 && CommandLine.arguments[1] == "--child" {
     childMain(CommandLine.arguments[2])
 }
 
@@ -101,6 +136,11 @@ if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--child" {
 var iterations = 20_000
 var idleWorkers = 1_000
 var startupRuns = 200
+var openRuns = 20_000
+if let index = CommandLine.arguments.firstIndex(of: "--open-runs"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
+    openRuns = value
+}
 if let index = CommandLine.arguments.firstIndex(of: "--startup-runs"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     startupRuns = value
@@ -150,7 +190,7 @@ func spawnChild(_ mode: String) -> Child {
     let path = selfPath()
     var argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), strdup("--child"), strdup(mode), nil]
     defer { for pointer in argv { free(pointer) } }
-    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue) }
+    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, -1) }
     check(pid > 0, "spawn failed: \(errno)")
     _ = consume child
     return Child(channel: parent, pid: pid)
@@ -159,6 +199,10 @@ func spawnChild(_ mode: String) -> Child {
 struct Summary {
     var median: Double
     var p99: Double
+    init(medianMicroseconds: Double, p99Microseconds: Double) {
+        median = medianMicroseconds
+        p99 = p99Microseconds
+    }
     init(_ samples: [UInt64]) {
         let sorted = samples.sorted()
         median = Double(sorted[sorted.count / 2]) / 1000
@@ -372,4 +416,159 @@ if idleWorkers > 0 {
     print("| supervisor memory | workers | RSS growth | per idle worker | spawn to locked down, all |")
     print("|---|---:|---:|---:|---:|")
     print("| one supervisor thread serving locked-down Swift workers | \(idleWorkers) | \(format(result.totalMiB)) MiB | \(format(result.perWorkerKiB)) KiB | \(format(result.seconds)) s |")
+}
+
+// MARK: Brokered opens
+
+/// The file every open row opens (beneath a directory the policies grant).
+let openDirectory = "/tmp/privsep-bench-\(getpid())"
+let openName = "file.txt"
+
+func prepareOpenTarget() {
+    mkdir(openDirectory, 0o755)
+    let fd = open(openDirectory + "/" + openName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    _ = write(fd, "x", 1)
+    close(fd)
+}
+
+/// A child's "MEDIAN P99" line (microseconds, as Summary prints them).
+func parseSummary(_ text: String) -> Summary {
+    let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
+    check(fields.count == 2, "bad summary line: \(text)")
+    return Summary(medianMicroseconds: fields[0], p99Microseconds: fields[1])
+}
+
+/// A pipe: workers wait on its read end (their stdin) until the parent writes.
+struct StartGate {
+    let read: Int32
+    let write: Int32
+    init() {
+        var fds: [Int32] = [-1, -1]
+        check(pipe(&fds) == 0, "pipe")
+        read = fds[0]
+        write = fds[1]
+        _ = fcntl(read, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(write, F_SETFD, FD_CLOEXEC)
+    }
+    func open(_ count: Int) {
+        let bytes = [UInt8](repeating: 1, count: count)
+        _ = Glibc.write(write, bytes, count)
+    }
+    func close() {
+        Glibc.close(read)
+        Glibc.close(write)
+    }
+}
+
+/// Swift: `workers` brokered workers on one supervisor, each doing `opens` opens once
+/// all are locked down. Returns (per-open latency of worker 0, opens per second overall).
+@MainActor func measureSwiftOpens(workers: Int, opens: Int) async -> (Summary, Double) {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let supervisor = try! Supervisor(logger: logger)
+    var policy = Policy()
+    policy.allow(path: openDirectory, .directory, [.read])
+    let gate = StartGate()
+    let output = "/tmp/privsep-bench-out-\(getpid())"
+    let outputFD = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    var handles: [WorkerHandle] = []
+    for index in 0..<workers {
+        var configuration = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "swift-open-worker", "\(opens)", openDirectory + "/" + openName], policy: policy)
+        configuration.standardInput = .descriptor(SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: dup(gate.read))))
+        configuration.standardOutput = index == 0 ? .descriptor(SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: dup(outputFD)))) : .null
+        configuration.caps.messagesPerSecond = 10_000_000
+        configuration.caps.messageBurst = 1_000_000
+        handles.append(try! await supervisor.spawn(configuration))
+    }
+    close(outputFD)
+    while supervisor.workers().filter({ $0.sandbox != nil }).count < workers { usleep(1000) }
+    let start = cbench_now_ns()
+    gate.open(workers)
+    for handle in handles {
+        let reason = await handle.exit()
+        check(reason == .exited(code: 0), "open worker: \(reason)")
+    }
+    let seconds = Double(cbench_now_ns() - start) / 1e9
+    gate.close()
+    await supervisor.shutdown()
+    let summary = parseSummary((try? readProcFile(output)) ?? "")
+    unlink(output)
+    return (summary, Double(workers * opens) / seconds)
+}
+
+/// C: the same with a minimal C broker (poll over every client) in this process.
+@MainActor func measureCOpens(workers: Int, opens: Int) -> (Summary, Double) {
+    let directory = open(openDirectory, O_PATH_DIRECTORY)
+    let gate = StartGate()
+    let output = "/tmp/privsep-bench-cout-\(getpid())"
+    var parentEnds: [Int32] = []
+    var pids: [pid_t] = []
+    for index in 0..<workers {
+        let pair = try! SeqpacketSocket.pair()
+        let parent = pair.first, child = pair.second
+        let arguments = ["--child", "c-open-client", "\(opens)", openName, index == 0 ? output : "/dev/null"]
+        let path = selfPath()
+        var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read) }
+        for pointer in argv { free(pointer) }
+        check(pid > 0, "spawn")
+        pids.append(pid)
+        _ = consume child
+        parentEnds.append(parent.intoFileDescriptor().releaseUnsafeRawValue())
+    }
+    usleep(200_000) // the C clients start in well under this
+    let start = cbench_now_ns()
+    gate.open(workers)
+    check(cbench_open_broker(parentEnds, Int32(workers), directory) == 0, "C broker")
+    let seconds = Double(cbench_now_ns() - start) / 1e9
+    for fd in parentEnds { close(fd) }
+    for pid in pids {
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        check(status == 0, "C client exited with \(status)")
+    }
+    gate.close()
+    close(directory)
+    let summary = parseSummary((try? readProcFile(output)) ?? "")
+    unlink(output)
+    return (summary, Double(workers * opens) / seconds)
+}
+
+let O_PATH_DIRECTORY: Int32 = 0o10000000 | O_DIRECTORY | O_CLOEXEC
+
+@MainActor func measureDirectOpens(_ count: Int) -> Summary {
+    let directory = open(openDirectory, O_PATH_DIRECTORY)
+    defer { close(directory) }
+    var samples = [UInt64](repeating: 0, count: count)
+    check(cbench_direct_opens(directory, openName, Int32(count), &samples) == 0, "direct opens")
+    return Summary(samples)
+}
+
+if openRuns > 0 {
+    prepareOpenTarget()
+    print("")
+    print("| open | placement | median µs | p99 µs | opens/s |")
+    print("|---|---|---:|---:|---:|")
+    for pinned in [true, false] {
+        check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
+        let placement = pinned ? "pinned (CPU 0)" : "unpinned"
+        let direct = measureDirectOpens(openRuns)
+        print("| direct openat + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | |")
+        let (c, cRate) = measureCOpens(workers: 1, opens: openRuns)
+        print("| minimal C broker, 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | \(Int(cRate)) |")
+        let (swift, swiftRate) = await measureSwiftOpens(workers: 1, opens: openRuns)
+        print("| privsep brokered open (policy, openat2, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(Int(swiftRate)) |")
+    }
+    check(cbench_pin(-1) == 0, "sched_setaffinity")
+    print("")
+    print("| opens/s, unpinned | workers | minimal C broker | privsep | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for workers in [1, 4, 16, 64] {
+        let opens = max(openRuns * 2 / workers, 200)
+        let (_, cRate) = measureCOpens(workers: workers, opens: opens)
+        let (_, swiftRate) = await measureSwiftOpens(workers: workers, opens: opens)
+        print("| one broker, \(workers) clients | \(workers) | \(Int(cRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x |")
+    }
+    unlink(openDirectory + "/" + openName)
+    rmdir(openDirectory)
 }

@@ -39,6 +39,14 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         receivesSenderCredentials = true
     }
 
+    /// Turns SO_PASSCRED off again (the kernel's work to attach credentials is
+    /// wasted once the peer is identified).
+    public mutating func disableSenderCredentials() throws(Errno) {
+        var off: Int32 = 0
+        try system_setsockopt(descriptor.unsafeRawValue, SOL_SOCKET, SO_PASSCRED, &off).get()
+        receivesSenderCredentials = false
+    }
+
     /// Wraps `descriptor` after checking that it is a connected AF_UNIX
     /// SOCK_SEQPACKET socket; fails with ENOTSOCK, EPROTOTYPE, EAFNOSUPPORT or ENOTCONN.
     public static func validated(_ descriptor: consuming OwnedFileDescriptor) throws(Errno) -> SeqpacketSocket {

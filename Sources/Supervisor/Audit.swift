@@ -88,15 +88,26 @@ struct Auditor: Sendable {
     var logger: Logger
     var log: AuditLog?
 
+    /// Whether a record at `level` goes anywhere: when neither the audit log nor the
+    /// logger wants it, the hot path skips building it (strings cost more than the open).
+    func wants(_ level: Logger.Level) -> Bool {
+        log != nil || logger.logLevel <= level
+    }
+
+    static func level(ofDecision decision: String) -> Logger.Level {
+        decision == "denied" ? .notice : (decision == "granted" ? .debug : .info)
+    }
+
     func record(_ record: AuditRecord) {
         log?.write(record)
+        let level = Self.level(ofDecision: record.decision)
+        guard logger.logLevel <= level else { return }
         var metadata: Logger.Metadata = [
             "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",
         ]
         if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
         if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
         let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(record.detail)\(record.reason.isEmpty ? "" : ": \(record.reason)")"
-        let level: Logger.Level = record.decision == "denied" ? .notice : (record.decision == "granted" ? .debug : .info)
         logger.log(level: level, message, metadata: metadata)
     }
 }

@@ -19,6 +19,10 @@ public final class ActivePolicy: Sendable {
     struct Anchor: Sendable {
         let directory: Int32
         let name: String?
+        /// The device the directory is on, and whether that is procfs: a file opened
+        /// beneath it on the same device needs no fstatfs to know it is not procfs.
+        var device: UInt64 = 0
+        var onProcfs = true
     }
 
     /// Opens every rule's directory. Fails, naming the rule, if the policy is not
@@ -34,14 +38,22 @@ public final class ActivePolicy: Sendable {
             case .failure(let errno): throw .cannotOpen(path, "\(errno)")
             }
         }
+        func anchor(_ directory: Int32, name: String?) -> Anchor {
+            var anchor = Anchor(directory: directory, name: name)
+            if case .success(let info) = system_fstat(directory) {
+                anchor.device = UInt64(info.st_dev)
+                anchor.onProcfs = isProcFilesystem(directory)
+            }
+            return anchor
+        }
         do {
             for rule in policy.paths {
                 switch rule.kind {
                 case .directory:
-                    anchors.append(Anchor(directory: try openDirectory(rule.path), name: nil))
+                    anchors.append(anchor(try openDirectory(rule.path), name: nil))
                 case .file:
                     let (parent, name) = splitParent(rule.path)
-                    anchors.append(Anchor(directory: try openDirectory(parent), name: name))
+                    anchors.append(anchor(try openDirectory(parent), name: name))
                 }
             }
             for rule in policy.connect + policy.bind {
@@ -118,7 +130,8 @@ public final class ActivePolicy: Sendable {
         // /proc/self/mem, environ...). Only a rule inside /proc may hand them out.
         let rawFD = fd.unsafeRawValue
         let ruleInsideProc = PathRule(path: "/proc", kind: .directory, permissions: [.read]).matches(rule.path)
-        if !ruleInsideProc && isProcFilesystem(rawFD) {
+        let sameFilesystem = status.device == anchor.device && !anchor.onProcfs
+        if !ruleInsideProc && !sameFilesystem && isProcFilesystem(rawFD) {
             return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
         }
         guard rule.allowedFileTypes.contains(status.type) else {
@@ -132,7 +145,9 @@ public final class ActivePolicy: Sendable {
         } else if accessMode != O_WRONLY && !rule.permissions.contains(.read) {
             return .denied(.permissionDenied, "reading needs the read permission")
         }
-        if request.flags & O_NONBLOCK == 0 {
+        // O_NONBLOCK does nothing on regular files and directories; on anything else
+        // (a FIFO a rule allows, say) the worker gets the blocking mode it asked for.
+        if request.flags & O_NONBLOCK == 0 && status.type != .regular && status.type != .directory {
             switch system_fcntl(fd.unsafeRawValue, F_SETFL, flags & ~O_NONBLOCK & STATUS_FLAGS) {
             case .success: break
             case .failure(let errno): return .denied(errno, "fcntl failed")

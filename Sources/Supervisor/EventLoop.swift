@@ -271,6 +271,8 @@ final class EventLoop: @unchecked Sendable {
                 return
             }
             record.phase = .running
+            // Identified: later messages need no credentials attached.
+            record.channel?.disableSenderCredentials()
             send(record, Envelope(requestID: envelope.requestID, .welcome(Welcome(supervisorProcessID: supervisorPID, workerID: record.id))),
                  fds: OwnedFileDescriptors())
             return
@@ -279,8 +281,8 @@ final class EventLoop: @unchecked Sendable {
         switch envelope.message {
         case .open(let request):
             guard admitRequest(record, requestID) else { return }
-            let detail = "\(request.path) \(describeOpenFlags(request.flags))"
-            reply(record, requestID, event: "OPEN", detail: detail, request: envelope.message, record.policy.open(request))
+            reply(record, requestID, event: "OPEN", detail: "\(request.path) \(describeOpenFlags(request.flags))",
+                  request: envelope.message, record.policy.open(request))
         case .socket(let request):
             guard admitRequest(record, requestID) else { return }
             reply(record, requestID, event: "SOCKET", detail: "domain \(request.domain) type \(request.type) protocol \(request.protocol)",
@@ -336,21 +338,23 @@ final class EventLoop: @unchecked Sendable {
         return true
     }
 
-    private func reply(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: String, request: Message? = nil,
-                       _ result: consuming BrokerResult) {
+    private func reply(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: @autoclosure () -> String,
+                       request: Message? = nil, _ result: consuming BrokerResult) {
         switch consume result {
         case .granted(let fd, let reason):
             guard record.fileDescriptorsHandedOut < record.configuration.caps.fileDescriptorsHandedOut else {
-                audit(record, event: event, detail: detail, decision: "denied", errno: .tooManyOpenFiles,
+                audit(record, event: event, detail: detail(), decision: "denied", errno: .tooManyOpenFiles,
                       reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached", request: request)
                 send(record, Envelope(requestID: requestID, .reply(.failure(.tooManyOpenFiles))), fds: OwnedFileDescriptors())
                 return
             }
             record.fileDescriptorsHandedOut += 1
-            audit(record, event: event, detail: detail, decision: "granted", reason: reason, request: request)
+            if auditor.wants(.debug) {
+                audit(record, event: event, detail: detail(), decision: "granted", reason: reason, request: request)
+            }
             send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 1))), fds: OwnedFileDescriptors(fd))
         case .denied(let errno, let reason):
-            audit(record, event: event, detail: detail, decision: "denied", errno: errno, reason: reason, request: request)
+            audit(record, event: event, detail: detail(), decision: "denied", errno: errno, reason: reason, request: request)
             send(record, Envelope(requestID: requestID, .reply(.failure(errno))), fds: OwnedFileDescriptors())
         }
     }
@@ -741,8 +745,12 @@ final class WorkerRecord {
 
 /// The supervisor's end of a worker's channel; closed when the box goes.
 final class ChannelBox {
-    let socket: SeqpacketSocket
+    private(set) var socket: SeqpacketSocket
     init(_ socket: consuming SeqpacketSocket) { self.socket = socket }
+
+    func disableSenderCredentials() {
+        _ = try? socket.disableSenderCredentials()
+    }
 }
 
 /// A learning-mode worker's seccomp listener.

@@ -322,13 +322,25 @@ public enum PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 /// Whether `path` is absolute and canonical: starts with "/", has no empty,
 /// "." or ".." component, no trailing "/" (except "/" itself) and no NUL.
 public func isCanonicalAbsolutePath(_ path: String) -> Bool {
+    // One pass over the bytes, no allocation: it runs on every OPEN.
     let bytes = path.utf8
-    guard bytes.first == UInt8(ascii: "/"), !bytes.contains(0) else { return false }
+    guard bytes.first == UInt8(ascii: "/") else { return false }
     if bytes.count == 1 { return true }
     guard bytes.last != UInt8(ascii: "/") else { return false }
-    for component in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst() {
-        if component.isEmpty { return false }
-        if component.elementsEqual(".".utf8) || component.elementsEqual("..".utf8) { return false }
+    let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
+    var componentLength = 0
+    var dots = 0
+    for byte in bytes.dropFirst() {
+        if byte == 0 { return false }
+        if byte == slash {
+            // An empty, "." or ".." component.
+            if componentLength == 0 || componentLength == dots && dots <= 2 { return false }
+            componentLength = 0
+            dots = 0
+        } else {
+            componentLength += 1
+            if byte == dot { dots += 1 }
+        }
     }
-    return true
+    return !(componentLength == dots && dots <= 2)
 }

@@ -8,9 +8,10 @@
 
 #pragma clang assume_nonnull begin
 
-/* Spawns `path` with `argv` (NULL-terminated), with `channel_fd` at fd 3 and
-   every other fd above 2 closed. Returns the pid, or -1 with errno set. */
-pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int channel_fd);
+/* Spawns `path` with `argv` (NULL-terminated), with `channel_fd` at fd 3,
+   `stdin_fd` as its stdin (unless -1) and every other fd above 2 closed.
+   Returns the pid, or -1 with errno set. */
+pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int channel_fd, int stdin_fd);
 
 /* Pins the calling thread (and children spawned after) to `cpu`, or to every
    CPU when cpu < 0. Returns 0 or -1 with errno set. */
@@ -32,6 +33,19 @@ int cbench_reply_fd_loop(int fd, int held_fd);
 /* Parent side of the minimal C broker: send a 40-byte request, receive the
    32-byte reply and its fd, close the fd. */
 int cbench_request_fd_round_trips(int fd, int iterations, uint64_t *out_ns);
+
+/* A minimal C open broker: serves requests from every fd in `fds` (each request
+   is a file name, answered with openat(directory, name, O_RDONLY|O_CLOEXEC) as an
+   fd, or 4 bytes of errno), with poll(), until every client has closed.
+   Returns 0, or -1 with errno set. */
+int cbench_open_broker(const int *fds, int count, int directory);
+
+/* A C client of that broker: `iterations` requests for `name`, closing each fd it
+   gets; each round trip's duration goes to out_ns when it is not NULL. */
+int cbench_open_client(int fd, const char *name, int iterations, uint64_t *_Nullable out_ns);
+
+/* The same opens without a broker: openat(directory, name) and close, timed. */
+int cbench_direct_opens(int directory, const char *name, int iterations, uint64_t *out_ns);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t cbench_now_ns(void);
