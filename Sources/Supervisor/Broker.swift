@@ -23,6 +23,8 @@ public final class ActivePolicy: Sendable {
         /// beneath it on the same device needs no fstatfs to know it is not procfs.
         var device: UInt64 = 0
         var onProcfs = true
+        /// Whether the rule lies inside /proc (only such rules hand out procfs files).
+        var ruleInsideProc = false
     }
 
     /// Opens every rule's directory. Fails, naming the rule, if the policy is not
@@ -55,6 +57,7 @@ public final class ActivePolicy: Sendable {
                     let (parent, name) = splitParent(rule.path)
                     anchors.append(anchor(try openDirectory(parent), name: name))
                 }
+                anchors[anchors.count - 1].ruleInsideProc = PathRule(path: "/proc", kind: .directory, permissions: [.read]).matches(rule.path)
             }
             for rule in policy.connect + policy.bind {
                 guard case .unix(let path) = rule.network, unixAnchors[path] == nil else { continue }
@@ -69,6 +72,41 @@ public final class ActivePolicy: Sendable {
         self.policy = policy
         self.anchors = anchors
         self.unixAnchors = unixAnchors
+    }
+
+    /// Whether every directory this policy opened is the one the same path reaches
+    /// beneath `current`'s rules without following symlinks. A narrowed policy's
+    /// rules are checked as text by ``Policy/contains(_:)``; this checks the
+    /// filesystem agrees, so a symlink on a narrowed rule's path cannot lead out.
+    func isAnchored(beneath current: ActivePolicy) -> Bool {
+        for (index, rule) in policy.paths.enumerated() {
+            let directoryPath = rule.kind == .directory ? rule.path : splitParent(rule.path).parent
+            guard case .success(let mine) = system_fstat(anchors[index].directory) else { return false }
+            // The current rule whose anchor this directory lies beneath (a file rule's anchor is its parent).
+            var best: (index: Int, length: Int)? = nil
+            for (candidate, currentRule) in current.policy.paths.enumerated() {
+                let anchorPath = currentRule.kind == .directory ? currentRule.path : splitParent(currentRule.path).parent
+                let probe = PathRule(path: anchorPath, kind: .directory, permissions: [.read])
+                guard probe.matches(directoryPath), anchorPath.utf8.count > (best?.length ?? -1) else { continue }
+                best = (candidate, anchorPath.utf8.count)
+            }
+            guard let best else { return false }
+            let currentRule = current.policy.paths[best.index]
+            let anchorPath = currentRule.kind == .directory ? currentRule.path : splitParent(currentRule.path).parent
+            let relative = directoryPath.utf8.count == anchorPath.utf8.count ? "."
+                : String(decoding: directoryPath.utf8.dropFirst(anchorPath == "/" ? 1 : anchorPath.utf8.count + 1), as: UTF8.self)
+            switch system_openat2(current.anchors[best.index].directory, relative, flags: O_PATH_FLAGS, mode: 0,
+                                  resolve: privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS | privsep_RESOLVE_NO_SYMLINKS) {
+            case .success(let fd):
+                defer { _ = system_close(fd) }
+                guard case .success(let reached) = system_fstat(fd), reached.st_dev == mine.st_dev, reached.st_ino == mine.st_ino else {
+                    return false
+                }
+            case .failure:
+                return false
+            }
+        }
+        return true
     }
 
     deinit {
@@ -129,9 +167,8 @@ public final class ActivePolicy: Sendable {
         // procfs files speak for the process that opens them (here the supervisor:
         // /proc/self/mem, environ...). Only a rule inside /proc may hand them out.
         let rawFD = fd.unsafeRawValue
-        let ruleInsideProc = PathRule(path: "/proc", kind: .directory, permissions: [.read]).matches(rule.path)
         let sameFilesystem = status.device == anchor.device && !anchor.onProcfs
-        if !ruleInsideProc && !sameFilesystem && isProcFilesystem(rawFD) {
+        if !anchor.ruleInsideProc && !sameFilesystem && isProcFilesystem(rawFD) {
             return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
         }
         guard rule.allowedFileTypes.contains(status.type) else {
@@ -145,9 +182,9 @@ public final class ActivePolicy: Sendable {
         } else if accessMode != O_WRONLY && !rule.permissions.contains(.read) {
             return .denied(.permissionDenied, "reading needs the read permission")
         }
-        // O_NONBLOCK does nothing on regular files and directories; on anything else
-        // (a FIFO a rule allows, say) the worker gets the blocking mode it asked for.
-        if request.flags & O_NONBLOCK == 0 && status.type != .regular && status.type != .directory {
+        // The worker gets the blocking mode it asked for (regular files on procfs, sysfs
+        // or FUSE can block); only a directory, which never does, is left as opened.
+        if request.flags & O_NONBLOCK == 0 && status.type != .directory {
             switch system_fcntl(fd.unsafeRawValue, F_SETFL, flags & ~O_NONBLOCK & STATUS_FLAGS) {
             case .success: break
             case .failure(let errno): return .denied(errno, "fcntl failed")

@@ -218,7 +218,18 @@ final class EventLoop: @unchecked Sendable {
         if flags & EPOLLOUT.rawValue != 0 { flushParked(record) }
         guard flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 else { return }
         if !record.reading && flags & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
-            // Hang-up is level-triggered even with reading paused: the peer is gone, stop watching.
+            // Hang-up is level-triggered even with reading paused: the peer is gone. Read what
+            // it left (bounded) for a VIOLATION report, which names the call in its exit reason,
+            // then stop watching.
+            for _ in 0..<64 {
+                guard let channel = record.channel else { break }
+                do {
+                    let received = try channel.socket.receiveMessage(maximumFileDescriptors: 1, nonBlocking: true)
+                    if case .violation(let report) = received.envelope.message { record.violation = report }
+                } catch {
+                    break
+                }
+            }
             closeChannel(record)
             return
         }
@@ -672,7 +683,7 @@ final class EventLoop: @unchecked Sendable {
 
     func narrow(workerID: UInt64, to narrower: ActivePolicy) -> PolicyError? {
         guard let record = workers[workerID] else { return nil }
-        guard record.policy.policy.contains(narrower.policy) else { return .wouldWiden }
+        guard record.policy.policy.contains(narrower.policy), narrower.isAnchored(beneath: record.policy) else { return .wouldWiden }
         record.policy = narrower
         audit(record, event: "POLICY", reason: "narrowed")
         return nil

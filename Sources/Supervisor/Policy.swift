@@ -182,7 +182,7 @@ public struct PathRule: Sendable, Equatable {
 
     /// Whether this rule's reach includes that of a rule for `other` of kind `otherKind`.
     func covers(_ other: String, kind otherKind: Kind) -> Bool {
-        kind == .directory ? matches(other) : (otherKind == .file && other == path)
+        kind == .directory ? matches(other) : (otherKind == .file && other.utf8.elementsEqual(path.utf8))
     }
 }
 
@@ -206,11 +206,16 @@ public struct SocketRule: Sendable, Hashable {
     }
 }
 
-/// 0, or the protocol a (domain, type) gets by default: TCP for inet streams, UDP for inet datagrams.
+/// Whether `protocol` is what a (domain, type) gets by default: 0 or TCP for inet
+/// streams, 0 or UDP for inet datagrams, 0 for unix sockets. Nothing else is a
+/// default: for netlink, 0 is NETLINK_ROUTE, which must be listed like any family.
 func isDefaultProtocol(_ protocol: Int32, domain: Int32, type: Int32) -> Bool {
-    if `protocol` == 0 { return true }
-    guard domain == 2 || domain == 10 else { return false } // AF_INET, AF_INET6
-    return (type == 1 && `protocol` == 6) || (type == 2 && `protocol` == 17)
+    switch domain {
+    case 1: return `protocol` == 0 // AF_UNIX
+    case 2, 10: // AF_INET, AF_INET6
+        return `protocol` == 0 || (type == 1 && `protocol` == 6) || (type == 2 && `protocol` == 17)
+    default: return false
+    }
 }
 
 /// Addresses a CONNECT or BIND may name.

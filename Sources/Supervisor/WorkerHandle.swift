@@ -78,16 +78,14 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
     /// Replaces the worker's policy with `narrower`, which must grant nothing the
     /// current policy does not (a policy can be narrowed, never widened).
     public func narrowPolicy(to narrower: Policy) throws(PolicyError) {
-        let widens = policy.withLock { current in
-            guard current.contains(narrower) else { return true }
-            current = narrower
-            return false
+        try narrower.validate()
+        guard policy.withLock({ $0.contains(narrower) }) else { throw .wouldWiden }
+        if let loop {
+            let active = try ActivePolicy(narrower)
+            let result: PolicyError? = loop.call { loop in loop.narrow(workerID: self.id, to: active) }
+            if let result { throw result }
         }
-        if widens { throw .wouldWiden }
-        guard let loop else { return }
-        let active = try ActivePolicy(narrower)
-        let result: PolicyError? = loop.call { loop in loop.narrow(workerID: self.id, to: active) }
-        if let result { throw result }
+        policy.withLock { $0 = narrower }
     }
 
     func finish(_ reason: ExitReason) {

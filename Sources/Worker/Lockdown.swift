@@ -51,8 +51,17 @@ public struct Lockdown: Sendable {
     public var onViolation: Violation
     /// Landlock, if wanted; nil to not apply it.
     public var landlock: FilesystemAccess?
-    /// Also scope signals and abstract unix sockets to the sandbox (Landlock ABI 6+).
-    public var landlockScopes: Bool
+    /// Whether Landlock also scopes signals and abstract unix sockets to the sandbox (ABI 6+).
+    public enum Scoping: Sendable, Equatable {
+        case off
+        /// When the kernel's ABI has it (SANDBOX_STATUS reports the ABI in force).
+        case ifAvailable
+        /// An error on a kernel without it.
+        case required
+    }
+
+    /// Landlock scoping of signals and abstract unix sockets.
+    public var landlockScopes: Scoping
     /// Enter a new user and network namespace first (no network interface but a down loopback).
     public var newNamespaces: Bool
     /// Resource limits to set (soft = hard) before the filter, e.g. RLIMIT_NPROC = 0.
@@ -63,7 +72,7 @@ public struct Lockdown: Sendable {
     public var identity: (uid: UInt32, gid: UInt32)?
 
     public init(groups: Set<SyscallGroup> = [], onViolation: Violation = .reportAndExit, landlock: FilesystemAccess? = nil,
-                landlockScopes: Bool = true, newNamespaces: Bool = false, resourceLimits: [(resource: Int32, limit: UInt64)] = []) {
+                landlockScopes: Scoping = .ifAvailable, newNamespaces: Bool = false, resourceLimits: [(resource: Int32, limit: UInt64)] = []) {
         self.groups = groups
         self.onViolation = onViolation
         self.landlock = landlock
@@ -91,13 +100,6 @@ public struct Lockdown: Sendable {
         if !resourceLimits.isEmpty { requested.insert(.resourceLimits) }
         if landlock != nil { requested.insert(.landlock) }
 
-        if newNamespaces {
-            // CLONE_NEWUSER | CLONE_NEWNET
-            guard privsep_unshare(0x1000_0000 | 0x4000_0000) == 0 else {
-                throw .lockdownFailed("unshare(CLONE_NEWUSER | CLONE_NEWNET): \(currentErrno())")
-            }
-            active.formUnion([.userNamespace, .networkNamespace])
-        }
         if let identity {
             guard threadCount() == 1 else { throw .lockdownFailed("changing identity needs a single-threaded process") }
             // Groups first, while the process may still change them; then the uid, which drops every capability.
@@ -110,6 +112,22 @@ public struct Lockdown: Sendable {
             if identity.uid != 0 && privsep_setresuid(0) == 0 {
                 throw .lockdownFailed("uid 0 could be regained after dropping to \(identity.uid)")
             }
+            // Changing credentials clears PR_SET_PDEATHSIG: set it again, then check the
+            // supervisor did not die in between (we would have been reparented).
+            guard case .success = system_prctl(privsep_PR_SET_PDEATHSIG, UInt(SIGKILL)) else {
+                throw .lockdownFailed("prctl(PR_SET_PDEATHSIG) after the identity change")
+            }
+            if let supervisor, system_getppid() != supervisor.supervisorProcessID {
+                throw .supervisorGone
+            }
+        }
+
+        if newNamespaces {
+            // CLONE_NEWUSER | CLONE_NEWNET
+            guard privsep_unshare(0x1000_0000 | 0x4000_0000) == 0 else {
+                throw .lockdownFailed("unshare(CLONE_NEWUSER | CLONE_NEWNET): \(currentErrno())")
+            }
+            active.formUnion([.userNamespace, .networkNamespace])
         }
         for (resource, limit) in resourceLimits {
             guard privsep_setrlimit(resource, limit, limit) == 0 else {
@@ -211,7 +229,7 @@ public struct Lockdown: Sendable {
 
     // MARK: Landlock
 
-    private func applyLandlock(_ access: FilesystemAccess, scopes: Bool) throws(WorkerError) -> UInt32 {
+    private func applyLandlock(_ access: FilesystemAccess, scopes: Scoping) throws(WorkerError) -> UInt32 {
         let abi = privsep_landlock_create_ruleset(nil, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
         guard abi >= 1 else { throw .lockdownFailed("Landlock is not available: \(currentErrno())") }
         // Every filesystem right the running kernel's ABI knows is handled, so none is left open by omission.
@@ -221,11 +239,10 @@ public struct Lockdown: Sendable {
         if abi >= 5 { handledFS |= 1 << 15 }                      // IOCTL_DEV
         var attributes = privsep_landlock_ruleset_attr(handled_access_fs: handledFS, handled_access_net: 0, scoped: 0)
         if abi >= 4 { attributes.handled_access_net = 0b11 }      // BIND_TCP | CONNECT_TCP: direct TCP needs the broker
-        if scopes {
-            // Scoping was asked for: without ABI 6 it cannot be applied, and that is an error.
-            guard abi >= 6 else { throw .lockdownFailed("Landlock ABI \(abi) cannot scope signals and abstract unix sockets (needs ABI 6)") }
-            attributes.scoped = 0b11                              // ABSTRACT_UNIX_SOCKET | SIGNAL
+        if scopes == .required && abi < 6 {
+            throw .lockdownFailed("Landlock ABI \(abi) cannot scope signals and abstract unix sockets (needs ABI 6)")
         }
+        if scopes != .off && abi >= 6 { attributes.scoped = 0b11 } // ABSTRACT_UNIX_SOCKET | SIGNAL
         let size = abi >= 6 ? 24 : (abi >= 4 ? 16 : 8)
         let ruleset = privsep_landlock_create_ruleset(&attributes, size, 0)
         guard ruleset >= 0 else { throw .lockdownFailed("landlock_create_ruleset: \(currentErrno())") }

@@ -25,7 +25,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     /// non-empty path it would also stat a path, so a worker can learn whether a
     /// path exists (never its contents). See SECURITY.md.
     public static let baseline = SyscallGroup(name: "baseline", syscalls: [
-        "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
+        "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2",
         "close", "close_range", "fstat", "newfstatat", "statx", "lseek", "dup", "dup2", "dup3",
         "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait", "rt_sigsuspend", "sigaltstack",
@@ -38,6 +38,8 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         "eventfd2", "pipe2", "fsync", "fdatasync",
         "recvmsg", "recvfrom", "recvmmsg", "shutdown", "getsockopt", "getsockname", "getpeername",
     ], conditional: [
+        // pwritev2 never with RWF_NOAPPEND (Linux 6.9+), which would write anywhere in an O_APPEND file.
+        ConditionalRule(syscall: "pwritev2", argument: 5, mask: 0x20, value: 0),
         // prlimit64 may read this process's limits (pid 0, new_limit NULL), never change them or read another's.
         ConditionalRule(syscall: "prlimit64", [Comparison(argument: 0, value: 0), Comparison(argument: 2, value: 0)]),
         // The ioctls isatty() and non-blocking mode need, nothing else.
@@ -48,6 +50,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         ConditionalRule(syscall: "prctl", argument: 0, value: 15), // PR_SET_NAME
         ConditionalRule(syscall: "prctl", argument: 0, value: 16), // PR_GET_NAME
         ConditionalRule(syscall: "prctl", argument: 0, value: 3),  // PR_GET_DUMPABLE
+        ConditionalRule(syscall: "prctl", argument: 0, value: 2),  // PR_GET_PDEATHSIG
         // fcntl: descriptor flags, status reads, locks, duplication. Not F_SETOWN/F_SETSIG
         // (they make the kernel signal other processes), not F_SETLEASE/F_NOTIFY, and
         // F_SETFL only with O_APPEND kept set, so an append-only grant stays append-only.

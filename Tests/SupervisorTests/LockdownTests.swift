@@ -92,9 +92,10 @@ import Testing
         scratch.write("in.txt", "brokered\n")
         var policy = Policy()
         policy.allow(path: scratch.path + "/in.txt", .file, [.read])
-        let run = try await runWorker(["handshake", "lockdown:nobody", "ids", "read:\(scratch.path)/in.txt", "attack:ptrace"], policy: policy)
+        let run = try await runWorker(["handshake", "lockdown:nobody", "ids", "pdeathsig", "read:\(scratch.path)/in.txt", "attack:ptrace"], policy: policy)
         #expect(run.lines.dropFirst(2).first == "ids uid 65534 euid 65534 gid 65534 groups 0")
-        #expect(run.lines.dropFirst(3).first == "read \(scratch.path)/in.txt brokered", "the broker still serves it")
+        #expect(run.lines.dropFirst(3).first == "pdeathsig 9", "changing identity clears the parent-death signal; lockdown sets it again")
+        #expect(run.lines.dropFirst(4).first == "read \(scratch.path)/in.txt brokered", "the broker still serves it")
         #expect(violation(run)?.name == "ptrace")
     }
 

@@ -126,6 +126,24 @@ import Testing
         }
     }
 
+    @Test func protocolZeroIsADefaultOnlyForInetAndUnix() throws {
+        // For netlink, protocol 0 is NETLINK_ROUTE: a rule for uevents (15) must not grant it.
+        let policy = try ActivePolicy(Policy(sockets: [SocketRule(domain: 16, type: 3, protocols: [15])]))
+        switch policy.socket(SocketRequest(domain: 16, type: 3, protocol: 0)) {
+        case .granted: Issue.record("NETLINK_ROUTE granted by a uevent rule")
+        case .denied(let errno, _): #expect(errno == .permissionDenied)
+        }
+        let inet = try ActivePolicy(Policy(sockets: [SocketRule(domain: 2, type: 2)]))
+        switch inet.socket(SocketRequest(domain: 2, type: 2, protocol: 17)) {
+        case .granted: break
+        case .denied(let errno, let why): Issue.record("UDP refused: \(errno) \(why)")
+        }
+        switch inet.socket(SocketRequest(domain: 2, type: 2, protocol: 136)) { // UDP-Lite
+        case .granted: Issue.record("a non-default protocol was granted")
+        case .denied: break
+        }
+    }
+
     @Test func activationFailsForAMissingDirectory() {
         #expect(throws: PolicyError.cannotOpen("/nonexistent-privsep-dir", "No such file or directory")) {
             _ = try ActivePolicy(Policy(paths: [PathRule(path: "/nonexistent-privsep-dir", kind: .directory, permissions: [.read])]))
