@@ -93,9 +93,11 @@ let package = Package(
         ),
         // Fuzz targets (Fuzz/run.sh builds them for libFuzzer; built normally they replay a corpus).
         .target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"),
-        .executableTarget(name: "fuzz-decoder", dependencies: ["PrivsepIPC", "CFuzzDriver"], path: "Fuzz/fuzz-decoder",
+        .target(name: "FuzzSupport", dependencies: ["CFuzzDriver"], path: "Fuzz/FuzzSupport",
+                swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(name: "fuzz-decoder", dependencies: ["PrivsepIPC", "FuzzSupport"], path: "Fuzz/fuzz-decoder",
                           swiftSettings: [.swiftLanguageMode(.v6)]),
-        .executableTarget(name: "fuzz-policy", dependencies: ["Supervisor", "CFuzzDriver"], path: "Fuzz/fuzz-policy",
+        .executableTarget(name: "fuzz-policy", dependencies: ["Supervisor", "FuzzSupport"], path: "Fuzz/fuzz-policy",
                           swiftSettings: [.swiftLanguageMode(.v6)]),
         // Examples (see examples/README.md).
         .executableTarget(

@@ -4,7 +4,7 @@
 // Built with -D FUZZING -sanitize=fuzzer (Fuzz/run.sh) it runs libFuzzer.
 // Built normally, it replays the files given on its command line (the seed
 // corpus), so `swift run fuzz-decoder Fuzz/corpus/decoder/*` is a regression test.
-import CFuzzDriver
+import FuzzSupport
 import Glibc
 import PrivsepIPC
 
@@ -22,36 +22,19 @@ func check(_ bytes: UnsafeRawBufferPointer) {
     }
 }
 
-#if FUZZING
 @main
-struct Fuzz {
-    static func main() {
-        var argc = CommandLine.argc
-        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-            check(UnsafeRawBufferPointer(start: data, count: size))
-            return 0
-        })
-    }
-}
-#else
-@main
-struct ReplayCorpus {
+struct FuzzDecoder {
     static func main() {
         if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--write-seeds" {
             writeSeeds(to: CommandLine.arguments[2])
             return
         }
-        var replayed = 0
-        for path in CommandLine.arguments.dropFirst() {
-            guard let bytes = readFile(path) else { fatalError("cannot read \(path)") }
-            bytes.withUnsafeBytes(check)
-            replayed += 1
+        runFuzzTarget(name: "fuzz-decoder") { data, size in
+            check(UnsafeRawBufferPointer(start: data, count: size))
+            return 0
         }
-        print("fuzz-decoder: \(replayed) inputs replayed, no failure")
     }
 }
-#endif
 
 /// One valid message of every type, as seed files.
 func writeSeeds(to directory: String) {

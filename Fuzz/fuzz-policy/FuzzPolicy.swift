@@ -3,7 +3,7 @@
 //
 // Built with -D FUZZING -sanitize=fuzzer (Fuzz/run.sh) it runs libFuzzer;
 // built normally it replays the files on its command line.
-import CFuzzDriver
+import FuzzSupport
 import Glibc
 import Supervisor
 
@@ -16,29 +16,12 @@ func check(_ bytes: UnsafeRawBufferPointer) {
     }
 }
 
-#if FUZZING
 @main
-struct Fuzz {
+struct FuzzPolicy {
     static func main() {
-        var argc = CommandLine.argc
-        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+        runFuzzTarget(name: "fuzz-policy") { data, size in
             check(UnsafeRawBufferPointer(start: data, count: size))
             return 0
-        })
-    }
-}
-#else
-@main
-struct ReplayCorpus {
-    static func main() {
-        var replayed = 0
-        for path in CommandLine.arguments.dropFirst() {
-            guard let bytes = readFile(path) else { fatalError("cannot read \(path)") }
-            bytes.withUnsafeBytes(check)
-            replayed += 1
         }
-        print("fuzz-policy: \(replayed) inputs replayed, no failure")
     }
 }
-#endif
