@@ -24,7 +24,7 @@ for pair in fuzz-decoder:decoder fuzz-policy:policy; do
     corpus=${pair##*:}
     mkdir -p "$scratch/corpus/$corpus" "$scratch/artifacts/$target"
     echo "== $target: ${seconds}s"
-    if ! "$bin/$target" -max_total_time="$seconds" -max_len=9000 -timeout=10 -rss_limit_mb=4096 \
+    if ! SWIFT_BACKTRACE=enable=no "$bin/$target" -max_total_time="$seconds" -max_len=9000 -timeout=10 -rss_limit_mb=4096 \
             -artifact_prefix="$scratch/artifacts/$target/" -print_final_stats=1 \
             "$scratch/corpus/$corpus" "Fuzz/corpus/$corpus" 2>"$scratch/$target.log"; then
         status=1

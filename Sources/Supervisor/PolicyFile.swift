@@ -154,10 +154,8 @@ private struct Parser {
     func size(_ value: JSONValue, _ what: String) throws(PolicyFileError) -> UInt64 {
         if case .number = value.kind { return try wholeNumber(value, what) }
         let text = try string(value, what)
-        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        if let last = text.last, let unit = units[last], let number = UInt64(text.dropLast()) { return number * unit }
-        if let number = UInt64(text) { return number }
-        throw fail(value.location, "\(what) must be a number of bytes or a size such as \"64K\", \"512M\" or \"2G\"")
+        if let bytes = parseByteSize(text) { return bytes }
+        throw fail(value.location, "\(what) must be a number of bytes or a size such as \"64K\", \"512M\" or \"2G\" (below 16 EiB)")
     }
 
     mutating func file(_ root: JSONValue) throws(PolicyFileError) -> PolicyFile {
@@ -353,4 +351,16 @@ private func editDistance(_ a: String, _ b: String) -> Int {
         previous = current
     }
     return previous[b.count]
+}
+
+/// "4096", "64K", "512M", "2G" as bytes; nil if malformed or past UInt64 (found by
+/// fuzzing: a huge count times its unit used to overflow and trap).
+public func parseByteSize(_ text: String) -> UInt64? {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+    if let last = text.last, let unit = units[last] {
+        guard let number = UInt64(text.dropLast()) else { return nil }
+        let (bytes, overflow) = number.multipliedReportingOverflow(by: unit)
+        return overflow ? nil : bytes
+    }
+    return UInt64(text)
 }

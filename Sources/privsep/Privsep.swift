@@ -383,10 +383,8 @@ func readTextFile(_ path: String) -> String? {
 }
 
 func parseSize(_ text: String) throws -> UInt64 {
-    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-    if let last = text.last, let unit = units[last], let number = UInt64(text.dropLast()) { return number * unit }
-    if let number = UInt64(text) { return number }
-    throw ValidationError("\(text) is not a size such as 64K, 512M or 2G")
+    guard let bytes = parseByteSize(text) else { throw ValidationError("\(text) is not a size such as 64K, 512M or 2G") }
+    return bytes
 }
 
 /// An absolute path for `program`: as given if it has a slash, else found on PATH.

@@ -66,6 +66,16 @@ import Testing
         }
     }
 
+    /// Found by the policy fuzzer: a size whose count times its unit passes 2^64 trapped.
+    @Test func hugeSizesAreErrorsNotOverflows() {
+        #expect(throws: PolicyFileError.self) { try PolicyFile.parse("{ \"limits\": { \"memory\": \"7172141347101707757M\" } }") }
+        #expect(parseByteSize("16383G") == 16383 << 30)
+        #expect(parseByteSize("17179869184G") == nil)
+        #expect(parseByteSize("18446744073709551615") == .max)
+        #expect(parseByteSize("18446744073709551616") == nil)
+        #expect(parseByteSize("12X") == nil)
+    }
+
     @Test func emptyPolicyGrantsNothing() throws {
         #expect(try PolicyFile.parse("{}").summary == ["nothing: every request is refused"])
     }
