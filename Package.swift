@@ -7,6 +7,8 @@
 //   CPrivsepProtocol  the wire protocol as one C header (the spec)
 //   CPrivsepShims     C macros and raw syscalls Swift cannot import; no logic
 //   CSeccomp          libseccomp, found with pkg-config
+//   CPrivsepTrap      the SIGSYS violation reporter (C: it runs in a signal handler)
+//   CPrivsepAttacks   raw syscalls a hostile worker tries (tests, `privsep selftest`)
 //   PrivsepIPC        seqpacket channel, fd passing, protocol codec
 //   Supervisor        spawn, policy, broker, lifecycle       (imports PrivsepIPC)
 //   Worker            client API and lockdown                (imports PrivsepIPC)
