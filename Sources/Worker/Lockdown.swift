@@ -184,8 +184,10 @@ public struct Lockdown: Sendable {
         }
         guard let filter = seccomp_init(defaultAction) else { throw .lockdownFailed("seccomp_init failed") }
         defer { seccomp_release(filter) }
-        func check(_ rc: Int32, _ what: String) throws(WorkerError) {
-            if rc != 0 { throw .lockdownFailed("\(what): \(Errno(rawValue: -rc))") }
+        // The description is built only on failure: describing every rule eagerly (reflection
+        // over the comparisons) used to cost milliseconds of every worker's start-up.
+        func check(_ rc: Int32, _ what: @autoclosure () -> String) throws(WorkerError) {
+            if rc != 0 { throw .lockdownFailed("\(what()): \(Errno(rawValue: -rc))") }
         }
         // Other architectures (i386 via int 0x80, x32 via the syscall bit) are killed outright.
         try check(seccomp_attr_set(filter, SCMP_FLTATR_ACT_BADARCH, privsep_SCMP_ACT_KILL_PROCESS), "bad-arch action")
@@ -202,7 +204,14 @@ public struct Lockdown: Sendable {
         }
         var conditional: Set<ConditionalRule> = []
         for group in allGroups { conditional.formUnion(group.conditional.filter { !unconditional.contains($0.syscall) }) }
-        for rule in conditional.sorted(by: { "\($0.syscall)\($0.comparisons)" < "\($1.syscall)\($1.comparisons)" }) {
+        // A stable order (libseccomp builds the same filter every time), by a cheap key.
+        let ordered = conditional.sorted { a, b in
+            if a.syscall != b.syscall { return a.syscall < b.syscall }
+            let x = a.comparisons.map { [UInt64($0.argument), $0.mask, $0.value] }.joined()
+            let y = b.comparisons.map { [UInt64($0.argument), $0.mask, $0.value] }.joined()
+            return x.lexicographicallyPrecedes(y)
+        }
+        for rule in ordered {
             let number = seccomp_syscall_resolve_name(rule.syscall)
             guard number != __NR_SCMP_ERROR else { continue }
             let first = rule.comparisons[0]
