@@ -25,6 +25,9 @@ public final class ActivePolicy: Sendable {
         var onProcfs = true
         /// Whether the rule lies inside /proc (only such rules hand out procfs files).
         var ruleInsideProc = false
+        /// Whether the directory is on a disk or memory filesystem whose regular files never
+        /// block, so O_NONBLOCK (set while opening) can stay on them.
+        var regularFilesNeverBlock = false
     }
 
     /// Opens every rule's directory. Fails, naming the rule, if the policy is not
@@ -45,6 +48,7 @@ public final class ActivePolicy: Sendable {
             if case .success(let info) = system_fstat(directory) {
                 anchor.device = UInt64(info.st_dev)
                 anchor.onProcfs = isProcFilesystem(directory)
+                anchor.regularFilesNeverBlock = isPlainFilesystem(directory)
             }
             return anchor
         }
@@ -183,8 +187,11 @@ public final class ActivePolicy: Sendable {
             return .denied(.permissionDenied, "reading needs the read permission")
         }
         // The worker gets the blocking mode it asked for (regular files on procfs, sysfs
-        // or FUSE can block); only a directory, which never does, is left as opened.
-        if request.flags & O_NONBLOCK == 0 && status.type != .directory {
+        // or FUSE can block). Where the flag changes nothing (directories; regular files
+        // on ext4, xfs, btrfs, tmpfs, overlayfs) the fcntl is skipped.
+        let neverBlocks = status.type == .directory
+            || (status.type == .regular && status.device == anchor.device && anchor.regularFilesNeverBlock)
+        if request.flags & O_NONBLOCK == 0 && !neverBlocks {
             switch system_fcntl(fd.unsafeRawValue, F_SETFL, flags & ~O_NONBLOCK & STATUS_FLAGS) {
             case .success: break
             case .failure(let errno): return .denied(errno, "fcntl failed")

@@ -158,3 +158,10 @@ func isProcFilesystem(_ fd: Int32) -> Bool {
     let type = privsep_fstatfs_type(fd)
     return type < 0 || type == 0x9fa0 // unknown: treat as the riskier case
 }
+
+/// Whether `fd` is on ext4, xfs, btrfs, tmpfs or overlayfs: filesystems whose regular
+/// files never block a read or write.
+func isPlainFilesystem(_ fd: Int32) -> Bool {
+    let plain: Set<Int> = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x794C_7630]
+    return plain.contains(privsep_fstatfs_type(fd))
+}
