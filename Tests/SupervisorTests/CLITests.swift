@@ -10,25 +10,8 @@ import Testing
         return url.path + "/examples/untrusted-parser"
     }()
 
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    func privsep(_ arguments: [String]) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binDirectory + "/privsep")
-        process.arguments = arguments
-        let out = Foundation.Pipe(), err = Foundation.Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-                      stderr: String(decoding: stderr, as: UTF8.self))
+    func privsep(_ arguments: [String]) throws -> ExampleTests.Output {
+        try ExampleTests.run(Self.binDirectory + "/privsep", arguments)
     }
 
     func examplePolicy() throws -> String {
