@@ -62,9 +62,4 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
 
     /// How many descriptors the list still owns.
     public var ownedCount: Int { slots.count - takenCount }
-
-    /// Calls `body` with the raw number at `index` (-1 if taken) without giving up ownership.
-    public func withUnsafeRawValue<R: ~Copyable, E: Error>(at index: Int, _ body: (Int32) throws(E) -> R) throws(E) -> R {
-        try body(slots[index])
-    }
 }

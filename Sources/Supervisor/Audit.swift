@@ -107,7 +107,8 @@ struct Auditor: Sendable {
         ]
         if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
         if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
-        let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(record.detail)\(record.reason.isEmpty ? "" : ": \(record.reason)")"
+        // Paths and reasons come from the worker: escaped, so a newline cannot forge a log line.
+        let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(printable(record.detail))\(record.reason.isEmpty ? "" : ": \(printable(record.reason))")"
         logger.log(level: level, message, metadata: metadata)
     }
 }
@@ -116,6 +117,14 @@ func wallClockSeconds() -> Double {
     var time = timespec()
     clock_gettime(CLOCK_REALTIME, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}
+
+/// `text` with control characters escaped (\n, \u001b...), for log lines that
+/// carry what a worker wrote.
+func printable(_ text: String) -> String {
+    guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else { return text }
+    let quoted = jsonString(text)
+    return String(quoted.dropFirst().dropLast())
 }
 
 /// `text` as a JSON string literal, quotes included.

@@ -176,13 +176,9 @@ final class EventLoop: @unchecked Sendable {
 
     // MARK: Spawning
 
-    /// Spawns from the loop thread itself (for ``call(_:)`` bodies).
-    func submitLocal(_ configuration: WorkerConfiguration, _ policy: ActivePolicy,
-                     _ completion: (Result<WorkerHandle, SupervisorError>) -> Void) {
-        completion(spawn(configuration, policy))
-    }
 
-    private func spawn(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
+    /// Spawns a worker. Loop thread only (``submit(_:)`` or ``call(_:)`` bodies).
+    func spawn(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
         if shuttingDown != nil { return .failure(.shuttingDown) }
         let process: SpawnedProcess
         do { process = try spawnWorker(configuration) } catch { return .failure(.spawnFailed(error.description)) }
@@ -312,7 +308,7 @@ final class EventLoop: @unchecked Sendable {
             case .warning: .warning
             case .error: .error
             }
-            auditor.logger.log(level: level, "\(record.configuration.name)[\(record.pid)]: \(line.message)",
+            auditor.logger.log(level: level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))",
                                metadata: ["worker": "\(record.id)"])
         case .violation(let report):
             record.violation = report

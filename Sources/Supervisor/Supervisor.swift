@@ -49,11 +49,7 @@ public final class Supervisor: Sendable {
     /// The blocking form of ``spawn(_:)-swift.method``, for code that is not async.
     public func spawnBlocking(_ configuration: WorkerConfiguration) throws(SupervisorError) -> WorkerHandle {
         let policy = try activate(configuration.policy)
-        let result: Result<WorkerHandle, SupervisorError> = loop.call { loop in
-            let box = ResultBox()
-            loop.spawnNow(configuration, policy, box)
-            return box.value!
-        }
+        let result: Result<WorkerHandle, SupervisorError> = loop.call { $0.spawn(configuration, policy) }
         return try result.get()
     }
 
@@ -72,16 +68,6 @@ public final class Supervisor: Sendable {
 
     private func activate(_ policy: Policy) throws(SupervisorError) -> ActivePolicy {
         do { return try ActivePolicy(policy) } catch { throw .invalidPolicy(error) }
-    }
-}
-
-final class ResultBox: @unchecked Sendable {
-    var value: Result<WorkerHandle, SupervisorError>?
-}
-
-extension EventLoop {
-    func spawnNow(_ configuration: WorkerConfiguration, _ policy: ActivePolicy, _ box: ResultBox) {
-        submitLocal(configuration, policy) { box.value = $0 }
     }
 }
 
