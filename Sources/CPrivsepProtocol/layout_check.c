@@ -17,6 +17,10 @@ _Static_assert(sizeof(struct privsep_violation) == 64, "violation is 64 bytes");
 _Static_assert(sizeof(struct privsep_log) == 8, "log is 8 bytes");
 _Static_assert(sizeof(struct privsep_sandbox_status) == 16, "sandbox status is 16 bytes");
 _Static_assert(sizeof(struct privsep_listener) == 8, "listener is 8 bytes");
+_Static_assert(sizeof(struct privsep_job) == 8, "job is 8 bytes");
+_Static_assert(sizeof(struct privsep_result) == 8, "result is 8 bytes");
+_Static_assert(PRIVSEP_MAX_JOB_BYTES == PRIVSEP_MAX_MESSAGE - sizeof(struct privsep_header) - sizeof(struct privsep_job),
+               "a JOB's bytes fill one message exactly");
 _Static_assert(PRIVSEP_MAX_MESSAGE >= sizeof(struct privsep_header) + sizeof(struct privsep_open) + PRIVSEP_MAX_PATH,
                "the longest OPEN fits in a message");
 

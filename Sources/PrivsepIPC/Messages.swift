@@ -25,6 +25,8 @@ public enum Message: Sendable, Equatable {
     case log(LogLine)
     case sandboxStatus(SandboxStatus)
     case listener(ListenerAnnouncement)
+    case job(JobMessage)
+    case result(ResultChunk)
 
     public var type: MessageType {
         switch self {
@@ -39,6 +41,8 @@ public enum Message: Sendable, Equatable {
         case .log: .log
         case .sandboxStatus: .sandboxStatus
         case .listener: .listener
+        case .job: .job
+        case .result: .result
         }
     }
 
@@ -47,6 +51,7 @@ public enum Message: Sendable, Equatable {
         switch self {
         case .reply(let reply): reply.fileDescriptorCount
         case .listener: 1
+        case .job(let job): job.fileDescriptorCount
         default: 0
         }
     }
@@ -298,4 +303,30 @@ public struct ListenerAnnouncement: Sendable, Equatable {
     }
     public var purpose: Purpose
     public init(purpose: Purpose) { self.purpose = purpose }
+}
+
+/// JOB: work for a pool worker: opaque input bytes and `fileDescriptorCount` fds.
+public struct JobMessage: Sendable, Equatable {
+    /// At most ``WireFormat/maximumJobBytes``; larger inputs travel as fds.
+    public var input: [UInt8]
+    public var fileDescriptorCount: Int
+    public init(input: [UInt8], fileDescriptorCount: Int = 0) {
+        self.input = input
+        self.fileDescriptorCount = fileDescriptorCount
+    }
+}
+
+/// RESULT: one chunk of a pool worker's answer to a JOB.
+public struct ResultChunk: Sendable, Equatable {
+    /// 0: the job succeeded; 1...Int32.max: the worker's own failure code. Always 0 when ``isLast`` is false.
+    public var status: Int32
+    /// False when more RESULT chunks follow for the same job.
+    public var isLast: Bool
+    /// At most ``WireFormat/maximumJobBytes``.
+    public var output: [UInt8]
+    public init(status: Int32 = 0, isLast: Bool = true, output: [UInt8]) {
+        self.status = status
+        self.isLast = isLast
+        self.output = output
+    }
 }

@@ -34,7 +34,7 @@ public enum WireCodec {
 
         reader.base = WireFormat.headerSize
         let fixed = type.fixedPayloadSize
-        if type.hasTrailingString {
+        if type.hasTrailingString || type.hasTrailingBytes {
             guard payloadSize >= fixed else { throw .wrongPayloadSize(type, expected: fixed, actual: payloadSize) }
         } else {
             guard payloadSize == fixed else { throw .wrongPayloadSize(type, expected: fixed, actual: payloadSize) }
@@ -119,6 +119,20 @@ public enum WireCodec {
                 throw .invalidValue(field: "listener.purpose", value: Int64(raw))
             }
             return .listener(ListenerAnnouncement(purpose: purpose))
+        case .job:
+            guard r.u32(at: 4) == 0 else { throw .nonZeroReserved(field: "job.reserved") }
+            let count = r.u32(at: 0)
+            guard count <= UInt32(WireFormat.maximumFileDescriptors) else {
+                throw .invalidValue(field: "job.fd_count", value: Int64(count))
+            }
+            // The tail fits by construction: the datagram is at most one message.
+            return .job(JobMessage(input: Array(tail), fileDescriptorCount: Int(count)))
+        case .result:
+            let status = r.i32(at: 0), flags = r.u32(at: 4)
+            guard flags & ~WireFormat.resultMoreFlag == 0 else { throw .invalidValue(field: "result.flags", value: Int64(flags)) }
+            let isLast = flags & WireFormat.resultMoreFlag == 0
+            guard status >= 0, isLast || status == 0 else { throw .invalidValue(field: "result.status", value: Int64(status)) }
+            return .result(ResultChunk(status: status, isLast: isLast, output: Array(tail)))
         }
     }
 
@@ -245,6 +259,20 @@ public enum WireCodec {
         case .listener(let announcement):
             w.u32(announcement.purpose.rawValue)
             w.u32(0)
+        case .job(let job):
+            guard (0...WireFormat.maximumFileDescriptors).contains(job.fileDescriptorCount) else {
+                throw .invalidValue(field: "job.fd_count", value: Int64(job.fileDescriptorCount))
+            }
+            w.u32(UInt32(job.fileDescriptorCount))
+            w.u32(0)
+            w.bytes.append(contentsOf: job.input)
+        case .result(let chunk):
+            guard chunk.status >= 0, chunk.isLast || chunk.status == 0 else {
+                throw .invalidValue(field: "result.status", value: Int64(chunk.status))
+            }
+            w.i32(chunk.status)
+            w.u32(chunk.isLast ? 0 : WireFormat.resultMoreFlag)
+            w.bytes.append(contentsOf: chunk.output)
         }
         guard w.bytes.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.bytes.count) }
         w.patchU32(UInt32(w.bytes.count - WireFormat.headerSize), at: WireFormat.lengthOffset)

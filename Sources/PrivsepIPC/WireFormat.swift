@@ -23,7 +23,11 @@ public enum WireFormat {
     public static let maximumLogLength = 2048
     /// The largest errno a REPLY may carry.
     public static let maximumErrno: Int32 = 4095
+    /// Opaque bytes after a JOB or RESULT struct: what is left of one message.
+    public static let maximumJobBytes = 8160
     public static let headerSize = 24
+    /// RESULT flag: more chunks follow for the same job.
+    public static let resultMoreFlag: UInt32 = 1
 
     // Byte offsets inside the header.
     static let magicOffset = 0
@@ -48,6 +52,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     case log = 9
     case sandboxStatus = 10
     case listener = 11
+    case job = 12
+    case result = 13
 
     /// Size of the fixed payload struct.
     public var fixedPayloadSize: Int {
@@ -62,6 +68,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         case .log: 8
         case .sandboxStatus: 16
         case .listener: 8
+        case .job, .result: 8
         }
     }
 
@@ -72,6 +79,9 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         default: false
         }
     }
+
+    /// Whether opaque bytes may follow the fixed payload.
+    public var hasTrailingBytes: Bool { self == .job || self == .result }
 
     public var description: String {
         switch self {
@@ -86,6 +96,8 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         case .log: "LOG"
         case .sandboxStatus: "SANDBOX_STATUS"
         case .listener: "LISTENER"
+        case .job: "JOB"
+        case .result: "RESULT"
         }
     }
 }

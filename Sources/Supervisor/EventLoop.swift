@@ -38,6 +38,8 @@ final class EventLoop: @unchecked Sendable {
     private var running = true
     /// When ``checkDeadlines(now:)`` must next run; lowered by whatever sets a new deadline.
     private var nextDeadlineCheck: UInt64 = .max
+    /// Worker pools served by this loop.
+    private var pools: [ObjectIdentifier: PoolCore] = [:]
 
     private enum Registration {
         case wakeup
@@ -282,6 +284,7 @@ final class EventLoop: @unchecked Sendable {
             record.channel?.disableSenderCredentials()
             send(record, Envelope(requestID: envelope.requestID, .welcome(Welcome(supervisorProcessID: supervisorPID, workerID: record.id))),
                  fds: OwnedFileDescriptors())
+            if record.configuration.requiredLayers.isEmpty { record.pool?.workerReady(record.id) }
             return
         }
         let requestID = envelope.requestID
@@ -321,12 +324,19 @@ final class EventLoop: @unchecked Sendable {
                 kill(record, .sandboxIncomplete("layers \(layerNames(missing)) requested but not active"))
             } else {
                 audit(record, event: "SANDBOX", detail: layerNames(status.active) + (status.landlockABI > 0 ? " (Landlock ABI \(status.landlockABI))" : ""))
+                if !record.configuration.requiredLayers.isEmpty { record.pool?.workerReady(record.id) }
             }
         case .listener:
             break // handled with its fd in channelReady
+        case .result(let chunk):
+            guard let pool = record.pool else {
+                kill(record, .protocolViolation("RESULT from a worker that is not in a pool"))
+                return
+            }
+            if let reason = pool.received(chunk, requestID: envelope.requestID, from: record.id) { kill(record, reason) }
         case .hello:
             kill(record, .protocolViolation("second HELLO"))
-        case .welcome, .reply:
+        case .welcome, .reply, .job:
             kill(record, .protocolViolation("\(envelope.message.type) is sent by the supervisor, never by a worker"))
         }
     }
@@ -547,6 +557,7 @@ final class EventLoop: @unchecked Sendable {
     private func checkDeadlines(now: UInt64) -> UInt64 {
         var next: UInt64 = .max
         func consider(_ deadline: UInt64) { next = min(next, deadline) }
+        for pool in pools.values { consider(pool.checkDeadlines(now: now)) }
         for record in workers.values {
             if record.phase == .handshake, record.killReason == nil {
                 if now >= record.handshakeDeadline {
@@ -646,13 +657,13 @@ final class EventLoop: @unchecked Sendable {
 
     private func reap(_ record: WorkerRecord) {
         defer { dropListener(record) }
-        let status: (code: Int32, status: Int32)
+        let status: (code: Int32, status: Int32, peakResidentBytes: Int)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
         case .success(let result?): status = result
         case .success(nil): return
         case .failure(let errno):
             auditor.logger.error("waitid on worker \(record.id)'s pidfd failed: \(errno)")
-            status = (0, 0)
+            status = (0, 0, 0)
         }
         closeChannel(record)
         if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
@@ -673,6 +684,42 @@ final class EventLoop: @unchecked Sendable {
         }
         audit(record, event: "EXIT", reason: reason.description)
         record.handle.finish(reason)
+        record.pool?.workerExited(record.id, reason: reason, peakResidentBytes: status.peakResidentBytes)
+    }
+
+    // MARK: Pools (called by PoolCore, on this thread)
+
+    func adoptPool(_ pool: PoolCore) { pools[ObjectIdentifier(pool)] = pool }
+    func abandonPool(_ pool: PoolCore) { pools[ObjectIdentifier(pool)] = nil }
+    func notePoolDeadline(_ deadline: UInt64) { noteDeadline(deadline) }
+
+    func spawnForPool(_ configuration: WorkerConfiguration, _ policy: ActivePolicy, pool: PoolCore) -> Result<(UInt64, pid_t), SupervisorError> {
+        switch spawn(configuration, policy) {
+        case .success(let handle):
+            workers[handle.id]?.pool = pool
+            return .success((handle.id, handle.pid))
+        case .failure(let error):
+            return .failure(error)
+        }
+    }
+
+    func sendForPool(_ workerID: UInt64, _ envelope: Envelope, fds: consuming OwnedFileDescriptors) {
+        guard let record = workers[workerID] else { return }
+        send(record, envelope, fds: fds)
+    }
+
+    func killForPool(_ workerID: UInt64, _ reason: ExitReason) {
+        guard let record = workers[workerID] else { return }
+        kill(record, reason)
+    }
+
+    /// Closes the worker's channel, which tells a pool worker to exit; SIGKILL if it has not within 2 s.
+    func retireForPool(_ workerID: UInt64) {
+        guard let record = workers[workerID], record.killReason == nil else { return }
+        closeChannel(record)
+        let deadline = system_clock_monotonic() + nanoseconds(2)
+        record.stopDeadline = deadline
+        noteDeadline(deadline)
     }
 
     // MARK: Policy
@@ -733,6 +780,8 @@ final class WorkerRecord {
     var reading = true
     var writing = false
     var listener: ListenerBox?
+    /// The pool this worker serves, if any.
+    var pool: PoolCore?
 
     init(id: UInt64, configuration: WorkerConfiguration, policy: ActivePolicy, handle: WorkerHandle,
          pid: pid_t, pidfd: consuming OwnedFileDescriptor, channel: consuming SeqpacketSocket, now: UInt64) {

@@ -16,7 +16,7 @@ import PrivsepIPC
 /// let reason = await worker.exit()
 /// ```
 public final class Supervisor: Sendable {
-    private let loop: EventLoop
+    let loop: EventLoop
 
     /// Starts the supervisor's loop thread.
     /// - Parameters:

@@ -18,11 +18,11 @@ func system_pidfd_send_signal(_ pidfd: Int32, _ signal: Int32) -> Result<Void, E
 
 /// Reaps the exited process behind `pidfd` (non-blocking with WNOHANG).
 /// Returns nil if it has not exited yet.
-func system_waitid_pidfd(_ pidfd: Int32, nonBlocking: Bool) -> Result<(code: Int32, status: Int32)?, Errno> {
-    var code: Int32 = 0, status: Int32 = 0
+func system_waitid_pidfd(_ pidfd: Int32, nonBlocking: Bool) -> Result<(code: Int32, status: Int32, peakResidentBytes: Int)?, Errno> {
+    var code: Int32 = 0, status: Int32 = 0, maxRSS = 0
     let options = WEXITED | (nonBlocking ? WNOHANG : 0)
-    switch retryingOnInterrupt({ privsep_waitid_pidfd(pidfd, options, &code, &status) }) {
-    case .success: return .success(code == 0 ? nil : (code, status))
+    switch retryingOnInterrupt({ privsep_waitid_pidfd(pidfd, options, &code, &status, &maxRSS) }) {
+    case .success: return .success(code == 0 ? nil : (code, status, maxRSS * 1024))
     case .failure(let errno): return .failure(errno)
     }
 }
@@ -164,4 +164,19 @@ func isProcFilesystem(_ fd: Int32) -> Bool {
 func isPlainFilesystem(_ fd: Int32) -> Bool {
     let plain: Set<Int> = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x794C_7630]
     return plain.contains(privsep_fstatfs_type(fd))
+}
+
+func system_pread(_ fd: Int32, _ bytes: UnsafeMutableRawBufferPointer, offset: Int) -> Result<Int, Errno> {
+    retryingOnInterrupt { Glibc.pread(fd, bytes.baseAddress, bytes.count, off_t(offset)) }
+}
+
+/// CPU time (user + system) consumed so far by process `pid`, in nanoseconds.
+/// `pid` must be an unreaped child, so the number cannot name another process.
+func system_process_cpu_nanoseconds(_ pid: pid_t) -> Result<UInt64, Errno> {
+    var clock = clockid_t()
+    let rc = clock_getcpuclockid(pid, &clock)
+    guard rc == 0 else { return .failure(Errno(rawValue: rc)) }
+    var now = timespec()
+    guard clock_gettime(clock, &now) == 0 else { return .failure(currentErrno()) }
+    return .success(UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec))
 }

@@ -28,6 +28,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     private var waiting: Set<UInt64> = []
     private var readerActive = false
     private var failure: WorkerError?
+    private var jobInbox: [JobBox] = []
 
     /// Connects over the channel named by `PRIVSEP_FD` (normally fd 3).
     ///
@@ -146,8 +147,8 @@ public final class SupervisorConnection: @unchecked Sendable {
         }
     }
 
-    private func sendOnly(_ message: Message) throws(WorkerError) {
-        do { try channel.send(Envelope(requestID: 0, message)) } catch .peerClosed { throw .supervisorGone } catch {
+    private func sendOnly(_ message: Message, requestID: UInt64 = 0) throws(WorkerError) {
+        do { try channel.send(Envelope(requestID: requestID, message)) } catch .peerClosed { throw .supervisorGone } catch {
             throw .protocolError("\(error)")
         }
     }
@@ -177,33 +178,50 @@ public final class SupervisorConnection: @unchecked Sendable {
         }
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
+        let box: ReplyBox
+        do throws(WorkerError) {
+            box = try waitLocked { mailbox.removeValue(forKey: id) }
+        } catch {
+            waiting.remove(id)
+            throw error
+        }
+        waiting.remove(id)
+        if let errno = box.reply.error { throw .denied(errno) }
+        return box.takeDescriptors()
+    }
+
+    /// With `lock` held: returns what `take` finds, reading the channel for
+    /// every waiting thread while nobody else does. The lock is released while
+    /// this thread reads and while it waits for the reader.
+    private func waitLocked<T>(_ take: () -> T?) throws(WorkerError) -> T {
         while true {
-            if let box = mailbox.removeValue(forKey: id) {
-                waiting.remove(id)
-                if let errno = box.reply.error { throw .denied(errno) }
-                return box.takeDescriptors()
-            }
-            if let failure {
-                waiting.remove(id)
-                throw failure
-            }
+            if let found = take() { return found }
+            if let failure { throw failure }
             if readerActive {
                 pthread_cond_wait(replied, lock)
                 continue
             }
-            // This thread reads for everyone until its own reply comes.
             readerActive = true
             pthread_mutex_unlock(lock)
-            let outcome = receiveReply()
+            let outcome = receiveIncoming()
             pthread_mutex_lock(lock)
             readerActive = false
             switch outcome {
-            case .success(let box):
+            case .success(.reply(let box)):
                 if waiting.contains(box.requestID) {
                     mailbox[box.requestID] = box
                 } else {
                     failure = .protocolError("reply to request \(box.requestID), which nobody is waiting for")
                 }
+            case .success(.job(let job)):
+                // The supervisor sends one job at a time, so the inbox holds at most one.
+                if jobInbox.isEmpty {
+                    jobInbox.append(job)
+                } else {
+                    failure = .protocolError("JOB \(job.id) arrived before the RESULT of JOB \(jobInbox[0].id)")
+                }
+            case .success(.closed):
+                failure = .supervisorGone
             case .failure(let error):
                 failure = error
             }
@@ -211,17 +229,84 @@ public final class SupervisorConnection: @unchecked Sendable {
         }
     }
 
-    private func receiveReply() -> Result<ReplyBox, WorkerError> {
+    private enum Incoming {
+        case reply(ReplyBox)
+        case job(JobBox)
+        /// The supervisor closed the channel (it retires a pool worker this way).
+        case closed
+    }
+
+    private func receiveIncoming() -> Result<Incoming, WorkerError> {
         do {
             let received = try channel.receiveMessage(maximumFileDescriptors: WireFormat.maximumFileDescriptors)
-            guard case .reply(let reply) = received.envelope.message else {
-                return .failure(.protocolError("expected REPLY, got \(received.envelope.message.type)"))
+            switch received.envelope.message {
+            case .reply(let reply):
+                return .success(.reply(ReplyBox(requestID: received.envelope.requestID, reply: reply, fds: received.fileDescriptors)))
+            case .job(let job):
+                return .success(.job(JobBox(id: received.envelope.requestID, input: job.input, fds: received.fileDescriptors)))
+            default:
+                return .failure(.protocolError("expected REPLY or JOB, got \(received.envelope.message.type)"))
             }
-            return .success(ReplyBox(requestID: received.envelope.requestID, reply: reply, fds: received.fileDescriptors))
         } catch .peerClosed {
-            return .failure(.supervisorGone)
+            return .success(.closed)
         } catch {
             return .failure(.protocolError("\(error)"))
+        }
+    }
+
+    // MARK: Pool jobs
+
+    /// Waits for the next job from a ``WorkerPool``; nil once the supervisor has
+    /// retired this worker (closed the channel), when the worker should exit.
+    ///
+    /// Answer each job with ``finish(_:status:output:)`` before asking for the next.
+    public func nextJob() throws(WorkerError) -> Job? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        let box: JobBox
+        do throws(WorkerError) {
+            box = try waitLocked { jobInbox.isEmpty ? nil : jobInbox.removeFirst() }
+        } catch .supervisorGone {
+            return nil
+        }
+        return Job(id: box.id, input: box.input, fileDescriptors: box.takeDescriptors())
+    }
+
+    /// Sends the result of job `id`: status 0 for success, or the worker's own
+    /// failure code (1...Int32.max). Output longer than one message goes in chunks.
+    public func finish(_ id: UInt64, status: Int32 = 0, output: [UInt8]) throws(WorkerError) {
+        guard status >= 0 else { throw .protocolError("a job's status is 0 or a positive failure code, not \(status)") }
+        var start = 0
+        repeat {
+            let end = min(start + WireFormat.maximumJobBytes, output.count)
+            let isLast = end == output.count
+            let chunk = ResultChunk(status: isLast ? status : 0, isLast: isLast, output: Array(output[start..<end]))
+            try sendOnly(.result(chunk), requestID: id)
+            start = end
+        } while start < output.count
+    }
+
+    /// Serves pool jobs until the supervisor retires this worker: calls `handler`
+    /// for each and sends what it returns, or the ``JobRejection`` it throws, as
+    /// the job's result. Returns normally when the worker should exit.
+    ///
+    /// ```swift
+    /// try supervisor.serveJobs { job throws(JobRejection) in
+    ///     guard let records = parse(job.fileDescriptors) else { throw JobRejection(code: 1, "not CSV") }
+    ///     return Array("\(records.count) records".utf8)
+    /// }
+    /// ```
+    public func serveJobs(_ handler: (consuming Job) throws(JobRejection) -> [UInt8]) throws(WorkerError) {
+        while let job = try nextJob() {
+            let id = job.id
+            let status: Int32, output: [UInt8]
+            do throws(JobRejection) {
+                output = try handler(job)
+                status = 0
+            } catch {
+                (status, output) = (error.code, error.message)
+            }
+            try finish(id, status: status, output: output)
         }
     }
 }
@@ -251,6 +336,46 @@ private final class ReplyBox: @unchecked Sendable {
         var taken = OwnedFileDescriptors()
         swap(&taken, &fds)
         return taken
+    }
+}
+
+/// A job that arrived while another thread was reading the channel.
+private final class JobBox: @unchecked Sendable {
+    let id: UInt64
+    let input: [UInt8]
+    private var fds: OwnedFileDescriptors
+    init(id: UInt64, input: [UInt8], fds: consuming OwnedFileDescriptors) {
+        self.id = id
+        self.input = input
+        self.fds = fds
+    }
+    func takeDescriptors() -> OwnedFileDescriptors {
+        var taken = OwnedFileDescriptors()
+        swap(&taken, &fds)
+        return taken
+    }
+}
+
+/// One job from a ``WorkerPool``, as a pool worker receives it.
+public struct Job: ~Copyable {
+    /// The supervisor's id for the job (the JOB's request id).
+    public let id: UInt64
+    /// The input bytes the embedder passed (at most ``WireFormat/maximumJobBytes``).
+    public let input: [UInt8]
+    /// The fds the embedder passed, in order; owned by the job.
+    public var fileDescriptors: OwnedFileDescriptors
+}
+
+/// Thrown by a job handler to fail the job with the worker's own reason
+/// (bad input, say) rather than a crash: the pool reports it as
+/// `JobFailure.rejected(code:message:)` and the worker stays in service.
+public struct JobRejection: Error, Sendable {
+    /// 1...Int32.max; the embedder's to define.
+    public var code: Int32
+    public var message: [UInt8]
+    public init(code: Int32 = 1, _ message: String) {
+        self.code = max(code, 1)
+        self.message = Array(message.utf8)
     }
 }
 

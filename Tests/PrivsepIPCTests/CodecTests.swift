@@ -25,6 +25,12 @@ let everyMessage: [Envelope] = [
     Envelope(requestID: 0, .log(LogLine(level: .debug, message: ""))),
     Envelope(requestID: 0, .sandboxStatus(SandboxStatus(requested: [.seccomp, .landlock], active: [.seccomp, .landlock, .noNewPrivileges], landlockABI: 7))),
     Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))),
+    Envelope(requestID: 12, .job(JobMessage(input: Array("/in/a.csv".utf8) + [0, 255, 10], fileDescriptorCount: 2))),
+    Envelope(requestID: 13, .job(JobMessage(input: [], fileDescriptorCount: 0))),
+    Envelope(requestID: 14, .job(JobMessage(input: [UInt8](repeating: 0xAB, count: WireFormat.maximumJobBytes), fileDescriptorCount: 253))),
+    Envelope(requestID: 12, .result(ResultChunk(status: 0, isLast: false, output: [UInt8](repeating: 7, count: WireFormat.maximumJobBytes)))),
+    Envelope(requestID: 12, .result(ResultChunk(status: 3, output: Array("line 4: bad quote".utf8)))),
+    Envelope(requestID: 15, .result(ResultChunk(status: 0, output: []))),
 ]
 
 @Suite struct CodecTests {
@@ -218,6 +224,39 @@ let everyMessage: [Envelope] = [
         let status = Self.valid(.sandboxStatus(SandboxStatus(requested: [.seccomp], active: [.seccomp])))
         #expect(throws: ProtocolError.invalidValue(field: "sandbox_status.active", value: 0x42)) {
             try WireCodec.decode(Self.patch(status, at: 28, UInt32(0x42)), fileDescriptorCount: 0)
+        }
+    }
+
+    @Test func rejectsBadJobsAndResults() {
+        let job = Self.valid(.job(JobMessage(input: [1, 2, 3], fileDescriptorCount: 1)))
+        #expect(throws: ProtocolError.invalidValue(field: "job.fd_count", value: 254)) {
+            try WireCodec.decode(Self.patch(job, at: 24, UInt32(254)), fileDescriptorCount: 254)
+        }
+        #expect(throws: ProtocolError.nonZeroReserved(field: "job.reserved")) {
+            try WireCodec.decode(Self.patch(job, at: 28, UInt32(1)), fileDescriptorCount: 1)
+        }
+        #expect(throws: ProtocolError.wrongFileDescriptorCount(.job, expected: 1, actual: 0)) {
+            try WireCodec.decode(job, fileDescriptorCount: 0)
+        }
+        let last = Self.valid(.result(ResultChunk(status: 2, output: [9])))
+        #expect(throws: ProtocolError.invalidValue(field: "result.status", value: -1)) {
+            try WireCodec.decode(Self.patch(last, at: 24, Int32(-1)), fileDescriptorCount: 0)
+        }
+        #expect(throws: ProtocolError.invalidValue(field: "result.flags", value: 2)) {
+            try WireCodec.decode(Self.patch(last, at: 28, UInt32(2)), fileDescriptorCount: 0)
+        }
+        // A chunk that says more follows carries no status: the last one does.
+        #expect(throws: ProtocolError.invalidValue(field: "result.status", value: 2)) {
+            try WireCodec.decode(Self.patch(last, at: 28, UInt32(1)), fileDescriptorCount: 0)
+        }
+        #expect(throws: ProtocolError.wrongFileDescriptorCount(.result, expected: 0, actual: 1)) {
+            try WireCodec.decode(last, fileDescriptorCount: 1)
+        }
+        #expect(throws: ProtocolError.messageTooLarge(byteCount: 8193)) {
+            try WireCodec.encode(Envelope(.result(ResultChunk(output: [UInt8](repeating: 0, count: WireFormat.maximumJobBytes + 1)))))
+        }
+        #expect(throws: ProtocolError.invalidValue(field: "result.status", value: 1)) {
+            try WireCodec.encode(Envelope(.result(ResultChunk(status: 1, isLast: false, output: []))))
         }
     }
 

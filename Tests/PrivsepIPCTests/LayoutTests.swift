@@ -27,6 +27,7 @@ import Testing
             (.socket, PRIVSEP_SOCKET), (.connect, PRIVSEP_CONNECT), (.bind, PRIVSEP_BIND),
             (.reply, PRIVSEP_REPLY), (.violation, PRIVSEP_VIOLATION), (.log, PRIVSEP_LOG),
             (.sandboxStatus, PRIVSEP_SANDBOX_STATUS), (.listener, PRIVSEP_LISTENER),
+            (.job, PRIVSEP_JOB), (.result, PRIVSEP_RESULT),
         ]
         #expect(pairs.count == MessageType.allCases.count)
         for (swift, c) in pairs { #expect(UInt32(swift.rawValue) == c.rawValue, "\(swift)") }
@@ -44,6 +45,10 @@ import Testing
         #expect(MessageType.log.fixedPayloadSize == MemoryLayout<privsep_log>.size)
         #expect(MessageType.sandboxStatus.fixedPayloadSize == MemoryLayout<privsep_sandbox_status>.size)
         #expect(MessageType.listener.fixedPayloadSize == MemoryLayout<privsep_listener>.size)
+        #expect(MessageType.job.fixedPayloadSize == MemoryLayout<privsep_job>.size)
+        #expect(MessageType.result.fixedPayloadSize == MemoryLayout<privsep_result>.size)
+        #expect(WireFormat.maximumJobBytes == Int(PRIVSEP_MAX_JOB_BYTES))
+        #expect(WireFormat.resultMoreFlag == PRIVSEP_RESULT_MORE)
     }
 
     /// Builds messages with the C structs and checks the Swift decoder reads them field by field.

@@ -18,9 +18,11 @@
  *     AF_UNIX) and LOG are followed by one string: its bytes run to the end of
  *     the datagram, end with exactly one NUL, contain no other NUL, and are
  *     valid UTF-8.
+ *   - JOB and RESULT are followed by opaque bytes (0...PRIVSEP_MAX_JOB_BYTES),
+ *     running to the end of the datagram: no terminator, any byte values.
  *   - Each type carries an exact number of fds (SCM_RIGHTS): zero for every
- *     type except REPLY, which carries exactly reply.fd_count, and LISTENER,
- *     which carries exactly one.
+ *     type except REPLY, which carries exactly reply.fd_count, JOB, which
+ *     carries exactly job.fd_count, and LISTENER, which carries exactly one.
  *   - The receiver rejects anything else. The supervisor kills a worker that
  *     sends a malformed message; it never guesses what was meant.
  *
@@ -30,6 +32,13 @@
  *   worker -> supervisor   OPEN | SOCKET | CONNECT | BIND      -> REPLY with the same request_id
  *   worker -> supervisor   LOG | VIOLATION | SANDBOX_STATUS     (no reply)
  *   worker -> supervisor   LISTENER         (learning mode only; no reply)
+ *
+ * Pool workers (started by a WorkerPool) also serve jobs, one at a time:
+ *   supervisor -> worker   JOB              (request_id names the job)
+ *   worker -> supervisor   RESULT ... RESULT (same request_id; every chunk but
+ *                                            the last has PRIVSEP_RESULT_MORE)
+ *   While a job runs the worker may send requests of its own as usual. The
+ *   supervisor never sends a second JOB before the last RESULT of the first.
  */
 #ifndef PRIVSEP_PROTOCOL_H
 #define PRIVSEP_PROTOCOL_H
@@ -51,6 +60,7 @@
 #define PRIVSEP_MAX_UNIX_PATH 108u /* unix socket path bytes including the NUL (sun_path) */
 #define PRIVSEP_MAX_LOG 2048u      /* log line bytes including the NUL */
 #define PRIVSEP_MAX_ERRNO 4095u    /* a REPLY error is 0 or 1...4095, as the kernel's */
+#define PRIVSEP_MAX_JOB_BYTES 8160u /* opaque bytes after a JOB or RESULT struct (8192 - 24 - 8) */
 
 enum privsep_type {
     PRIVSEP_HELLO = 1,          /* w->s  struct privsep_hello                          0 fds */
@@ -63,8 +73,10 @@ enum privsep_type {
     PRIVSEP_VIOLATION = 8,      /* w->s  struct privsep_violation                      0 fds */
     PRIVSEP_LOG = 9,            /* w->s  struct privsep_log + message                  0 fds */
     PRIVSEP_SANDBOX_STATUS = 10, /* w->s  struct privsep_sandbox_status                0 fds */
-    PRIVSEP_LISTENER = 11       /* w->s  struct privsep_listener                       1 fd  */
-    /* 12...0x7fff: reserved for this protocol's later versions.
+    PRIVSEP_LISTENER = 11,      /* w->s  struct privsep_listener                       1 fd  */
+    PRIVSEP_JOB = 12,           /* s->w  struct privsep_job + input bytes        job.fd_count fds */
+    PRIVSEP_RESULT = 13         /* w->s  struct privsep_result + output bytes          0 fds */
+    /* 14...0x7fff: reserved for this protocol's later versions.
        0x8000...0xffff: reserved for embedders' own message types. */
 };
 
@@ -175,6 +187,26 @@ struct privsep_listener {
 };
 
 #define PRIVSEP_LISTENER_LEARNING 1u
+
+/* JOB: work for a pool worker. Followed by the job's input bytes; carries
+   exactly fd_count fds (0...PRIVSEP_MAX_FDS), typically files the supervisor
+   opened for the job. Larger inputs travel as fds, never as more JOBs. */
+struct privsep_job {
+    uint32_t fd_count;
+    uint32_t reserved; /* 0 */
+};
+
+/* RESULT: a pool worker's answer to the JOB with the same request_id.
+   Followed by output bytes. Output longer than one datagram is sent as
+   several RESULTs: each but the last has PRIVSEP_RESULT_MORE in flags and
+   status 0; the last carries the status. status 0: the job succeeded;
+   1...0x7fffffff: the worker's own failure code (input rejected, say), with
+   the output bytes as its explanation. The supervisor caps the total output. */
+struct privsep_result {
+    int32_t status;
+    uint32_t flags;    /* PRIVSEP_RESULT_MORE or 0 */
+};
+#define PRIVSEP_RESULT_MORE 1u
 
 #define PRIVSEP_LAYER_NO_NEW_PRIVS 0x01u
 #define PRIVSEP_LAYER_SECCOMP 0x02u

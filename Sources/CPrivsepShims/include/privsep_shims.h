@@ -168,12 +168,15 @@ static inline int privsep_prlimit(pid_t pid, int resource, const struct rlimit *
     return (int)syscall(SYS_prlimit64, pid, resource, new_limit, old_limit);
 }
 /* waitid(P_PIDFD, pidfd, ...): reaps the process behind a pidfd. *code is the
-   siginfo si_code (CLD_EXITED, CLD_KILLED, CLD_DUMPED...), *status its si_status. */
-static inline int privsep_waitid_pidfd(int pidfd, int options, int *code, int *status) {
+   siginfo si_code (CLD_EXITED, CLD_KILLED, CLD_DUMPED...), *status its si_status,
+   *max_rss_kib the peak resident set the kernel recorded for it (rusage). */
+static inline int privsep_waitid_pidfd(int pidfd, int options, int *code, int *status, long *max_rss_kib) {
     siginfo_t info;
+    struct rusage usage;
     info.si_pid = 0;
-    int rc = (int)syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options, NULL);
-    if (rc == 0) { *code = info.si_pid == 0 ? 0 : info.si_code; *status = info.si_status; }
+    usage.ru_maxrss = 0;
+    int rc = (int)syscall(SYS_waitid, 3 /* P_PIDFD */, pidfd, &info, options, &usage);
+    if (rc == 0) { *code = info.si_pid == 0 ? 0 : info.si_code; *status = info.si_status; *max_rss_kib = usage.ru_maxrss; }
     return rc;
 }
 static inline int privsep_eventfd(unsigned int initial, int flags) {

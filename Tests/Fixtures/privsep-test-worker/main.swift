@@ -28,6 +28,11 @@
 //   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), ro=PATH
 //                        (Landlock read-only PATH), ns (new namespaces)   -> "lockdown <active layer bits>"
 //   attack:NAME[:ARG]    a raw syscall a hostile worker would try      -> "attack NAME <result>"
+//   serve                serve pool jobs until retired                  -> "serve done N" (jobs served)
+//                        Each job's input is a command: echo:TEXT, readfd (contents of its fd), fdcount,
+//                        reject:CODE:TEXT, crash (SIGSEGV), spin (busy loop), sleep:S, alloc:MIB (touch
+//                        and hold), syscall (openat: a seccomp violation), exit:CODE, big:BYTES (output of
+//                        that size), wrongid (a RESULT for another job), pid, open:PATH (mid-job request)
 import CPrivsepShims
 import CPrivsepAttacks
 import Glibc
@@ -90,6 +95,70 @@ func readLine(_ fd: Int32) -> String {
         bytes.append(byte)
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+@inline(never)
+func crash(_ address: Int) {
+    UnsafeMutablePointer<Int>(bitPattern: address)!.pointee = 1
+}
+
+var held: [UnsafeMutableRawPointer] = []
+
+func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
+    let command = String(decoding: job.input, as: UTF8.self)
+    let parts = command.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+    switch parts[0] {
+    case "echo":
+        return Array(command.utf8.dropFirst(5))
+    case "readfd":
+        guard let fd = job.fileDescriptors.take(at: 0) else { throw JobRejection(code: 2, "no fd") }
+        var contents: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd.unsafeRawValue, &buffer, buffer.count)
+            if n <= 0 { break }
+            contents += buffer[..<n]
+        }
+        return contents
+    case "fdcount":
+        return Array("\(job.fileDescriptors.count)".utf8)
+    case "reject":
+        throw JobRejection(code: Int32(parts[1])!, String(parts[2]))
+    case "crash":
+        crash(job.input.count & 0)
+    case "spin":
+        var x: UInt64 = 1
+        while x != 0 { x = x &* 6364136223846793005 &+ 1442695040888963407 | 1 }
+    case "sleep":
+        usleep(UInt32(Double(parts[1])! * 1e6))
+    case "alloc":
+        let bytes = Int(parts[1])! << 20
+        let memory = malloc(bytes)!
+        memset(memory, 1, bytes)
+        held.append(memory)
+        while true { usleep(100_000) }
+    case "syscall":
+        _ = attack_openat("/etc/passwd")
+    case "exit":
+        exit(Int32(parts[1])!)
+    case "big":
+        return [UInt8](repeating: UInt8(ascii: "x"), count: Int(parts[1])!)
+    case "wrongid":
+        try? requireConnection().finish(job.id + 1000, output: [])
+        while true { usleep(100_000) }
+    case "pid":
+        return Array("\(getpid())".utf8)
+    case "open":
+        do {
+            let fd = try requireConnection().open(String(parts[1]), .readOnly)
+            return Array(readLine(fd.unsafeRawValue).utf8)
+        } catch {
+            throw JobRejection(code: 3, "open: \(error)")
+        }
+    default:
+        break
+    }
+    throw JobRejection(code: 99, "unknown command \(command)")
 }
 
 for step in CommandLine.arguments.dropFirst() {
@@ -281,6 +350,18 @@ for step in CommandLine.arguments.dropFirst() {
         } catch {
             say("lockdown failed: \(error)")
             exit(4)
+        }
+    case "serve":
+        var served = 0
+        do {
+            try requireConnection().serveJobs { (job: consuming Job) throws(JobRejection) -> [UInt8] in
+                served += 1
+                return try serveJob(job)
+            }
+            say("serve done \(served)")
+        } catch {
+            say("serve failed: \(error)")
+            exit(5)
         }
     case "attack":
         let name = String(parts[1])

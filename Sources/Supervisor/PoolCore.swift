@@ -1,0 +1,472 @@
+import Glibc
+import PrivsepIPC
+import Synchronization
+
+/// A ``WorkerPool``'s state. Everything but ``metrics`` belongs to the
+/// supervisor's loop thread: the pool is driven by the loop's events (a worker
+/// ready, a RESULT, a worker gone, a deadline) and by commands it runs there.
+final class PoolCore: @unchecked Sendable {
+    let configuration: WorkerPoolConfiguration
+    let policy: ActivePolicy
+    let metrics = Mutex(PoolMetrics())
+    let latencies = Mutex(LatencyWindow())
+
+    // Loop-thread state.
+    private weak var loop: EventLoop?
+    private var slots: [UInt64: PoolSlot] = [:]
+    private var queue = FIFO<PendingJob>()
+    /// Jobs waiting for room in the queue (back-pressure on `run`).
+    private var overflow = FIFO<PendingJob>()
+    private var nextJobID: UInt64 = 1
+    private var closing: (() -> Void)?
+    private var closed = false
+    private var starting: ((Result<Void, JobFailure>) -> Void)?
+    private var consecutiveStartupFailures = 0
+    private var lastStartupFailure = ""
+    private var respawnAt: UInt64?
+    private var nextLimitCheck: UInt64?
+
+    init(configuration: WorkerPoolConfiguration, policy: ActivePolicy) {
+        self.configuration = configuration
+        self.policy = policy
+    }
+
+    // MARK: Commands (loop thread)
+
+    func start(on loop: EventLoop, completion: @escaping (Result<Void, JobFailure>) -> Void) {
+        self.loop = loop
+        loop.adoptPool(self)
+        starting = completion
+        replenish()
+        finishStartingIfReady()
+    }
+
+    func submit(_ job: PendingJob) {
+        guard job.continuation != nil else { return }
+        if job.isCancelled { return finish(job, .failure(.cancelled)) }
+        if closed || closing != nil { return finish(job, .failure(.poolClosed)) }
+        if queue.count >= configuration.queueCapacity {
+            if configuration.rejectWhenFull { return finish(job, .failure(.queueFull)) }
+            overflow.append(job)
+        } else {
+            queue.append(job)
+        }
+        publishQueueDepth()
+        dispatch()
+    }
+
+    func cancel(_ job: PendingJob) {
+        job.isCancelled = true
+        if let slot = job.slot {
+            slot.failure = .cancelled
+            loop?.killForPool(slot.workerID, .stoppedBySupervisor)
+        } else if queue.remove(job) || overflow.remove(job) {
+            publishQueueDepth()
+            finish(job, .failure(.cancelled))
+        }
+        // Otherwise it is not submitted yet; submit sees the flag.
+    }
+
+    func shutdown(completion: @escaping () -> Void) {
+        closing = completion
+        for job in queue.drain() + overflow.drain() { finish(job, .failure(.poolClosed)) }
+        publishQueueDepth()
+        for slot in slots.values where slot.job == nil { retire(slot) }
+        finishClosingIfDone()
+    }
+
+    // MARK: Events from the loop
+
+    /// The worker said HELLO (and reported its sandbox, when layers are required).
+    func workerReady(_ workerID: UInt64) {
+        guard let slot = slots[workerID], slot.state == .starting else { return }
+        slot.state = .idle
+        consecutiveStartupFailures = 0
+        finishStartingIfReady()
+        if closing != nil { retire(slot) } else { dispatch() }
+    }
+
+    /// One RESULT chunk from a worker. Returns the reason to kill it, if any.
+    func received(_ chunk: ResultChunk, requestID: UInt64, from workerID: UInt64) -> ExitReason? {
+        guard let slot = slots[workerID] else { return .protocolViolation("RESULT from a worker this pool does not know") }
+        guard let job = slot.job, job.id == requestID else {
+            slot.failure = .protocolViolation("RESULT for job \(requestID), which it is not running")
+            return .protocolViolation("RESULT for job \(requestID), which it is not running")
+        }
+        guard slot.output.count + chunk.output.count <= configuration.maximumOutputBytes else {
+            slot.failure = .outputTooLarge(limit: configuration.maximumOutputBytes)
+            return .resourceCapExceeded("job output over \(configuration.maximumOutputBytes) bytes")
+        }
+        slot.output += chunk.output
+        guard chunk.isLast else { return nil }
+        let output = slot.output
+        slot.output = []
+        slot.job = nil
+        job.slot = nil
+        slot.jobsRun += 1
+        publishRunning(-1)
+        if chunk.status == 0 {
+            finish(job, .success(JobOutput(bytes: output, workerID: workerID, latency: seconds(since: job.submitted))))
+        } else {
+            finish(job, .failure(.rejected(code: chunk.status, message: output)))
+        }
+        let rejected = chunk.status != 0 && configuration.recycleAfterRejection
+        if rejected || slot.jobsRun >= configuration.jobsPerWorker || closing != nil {
+            if rejected { metrics.withLock { $0.workerRestarts += 1 } }
+            retire(slot)
+        } else {
+            slot.state = .idle
+        }
+        dispatch()
+        finishClosingIfDone()
+        return nil
+    }
+
+    /// The worker is gone (reaped). Its job, if it had one, fails.
+    func workerExited(_ workerID: UInt64, reason: ExitReason, peakResidentBytes: Int) {
+        guard let slot = slots.removeValue(forKey: workerID) else { return }
+        if let job = slot.job {
+            slot.job = nil
+            job.slot = nil
+            publishRunning(-1)
+            finish(job, .failure(slot.failure ?? failure(from: reason, peakResidentBytes: peakResidentBytes)))
+            metrics.withLock { $0.workerRestarts += 1 }
+        } else if slot.state == .starting {
+            consecutiveStartupFailures += 1
+            lastStartupFailure = "worker \(workerID) \(reason)"
+            if let starting {
+                self.starting = nil
+                closed = true
+                for other in slots.values { loop?.killForPool(other.workerID, .stoppedBySupervisor) }
+                starting(.failure(.workerUnavailable(lastStartupFailure)))
+            } else if consecutiveStartupFailures >= configuration.startupFailureLimit {
+                for job in queue.drain() + overflow.drain() {
+                    finish(job, .failure(.workerUnavailable("\(consecutiveStartupFailures) workers in a row died before they were ready; the last: \(lastStartupFailure)")))
+                }
+                publishQueueDepth()
+            }
+        } else if slot.state != .retiring {
+            metrics.withLock { $0.workerRestarts += 1 }
+        }
+        if consecutiveStartupFailures > 0 {
+            // Back off before starting more, so a worker that cannot start does not spin.
+            let delay = min(0.01 * Double(1 << min(consecutiveStartupFailures, 7)), 1.0)
+            respawnAt = system_clock_monotonic() + nanoseconds(delay)
+            loop?.notePoolDeadline(respawnAt!)
+        } else {
+            replenish()
+        }
+        dispatch()
+        finishClosingIfDone()
+    }
+
+    /// Acts on job deadlines, limit checks and a pending respawn; returns when to look again.
+    func checkDeadlines(now: UInt64) -> UInt64 {
+        var next = UInt64.max
+        if let at = respawnAt {
+            if now >= at {
+                respawnAt = nil
+                replenish()
+                dispatch()
+            } else {
+                next = min(next, at)
+            }
+        }
+        let limits = configuration.memoryLimit != nil || configuration.cpuTimeLimit != nil
+        let limitCheckDue = limits && now >= (nextLimitCheck ?? 0)
+        if limitCheckDue { nextLimitCheck = nil }
+        for slot in slots.values {
+            guard let job = slot.job, slot.failure == nil else { continue }
+            if let deadline = job.deadline {
+                if now >= deadline {
+                    slot.failure = .timedOut(seconds: configuration.jobTimeout ?? 0)
+                    loop?.killForPool(slot.workerID, .timedOut(seconds: configuration.jobTimeout ?? 0))
+                    continue
+                }
+                next = min(next, deadline)
+            }
+            if limitCheckDue { checkLimits(slot) }
+        }
+        if limits && slots.values.contains(where: { $0.job != nil }) {
+            if nextLimitCheck == nil { nextLimitCheck = now + nanoseconds(configuration.limitCheckInterval) }
+            next = min(next, nextLimitCheck!)
+        }
+        return next
+    }
+
+    // MARK: Internals
+
+    private func checkLimits(_ slot: PoolSlot) {
+        if let limit = configuration.memoryLimit, let resident = slot.residentBytes(), resident > limit {
+            slot.failure = .outOfMemory(residentBytes: resident, limit: limit)
+            loop?.killForPool(slot.workerID, .resourceCapExceeded("job over its memory limit: \(resident) bytes resident, limit \(limit)"))
+            return
+        }
+        if let limit = configuration.cpuTimeLimit, case .success(let now) = system_process_cpu_nanoseconds(slot.pid),
+           now >= slot.cpuAtJobStart, Double(now - slot.cpuAtJobStart) / 1e9 > limit {
+            slot.failure = .cpuTimeExceeded(seconds: limit)
+            loop?.killForPool(slot.workerID, .resourceCapExceeded("job over its CPU limit of \(limit) s"))
+        }
+    }
+
+    /// Hands queued jobs to idle workers.
+    private func dispatch() {
+        guard let loop else { return }
+        while !queue.isEmpty, let slot = slots.values.first(where: { $0.state == .idle }) {
+            let job = queue.removeFirst()
+            if !overflow.isEmpty { queue.append(overflow.removeFirst()) }
+            publishQueueDepth()
+            if job.isCancelled {
+                finish(job, .failure(.cancelled))
+                continue
+            }
+            let id = nextJobID
+            nextJobID += 1
+            job.id = id
+            job.slot = slot
+            slot.job = job
+            slot.state = .busy
+            slot.output = []
+            let now = system_clock_monotonic()
+            if let timeout = configuration.jobTimeout {
+                job.deadline = now + nanoseconds(timeout)
+                loop.notePoolDeadline(job.deadline!)
+            }
+            if configuration.cpuTimeLimit != nil {
+                slot.cpuAtJobStart = (try? system_process_cpu_nanoseconds(slot.pid).get()) ?? 0
+            }
+            if configuration.memoryLimit != nil || configuration.cpuTimeLimit != nil {
+                let check = now + nanoseconds(configuration.limitCheckInterval)
+                if nextLimitCheck == nil || check < nextLimitCheck! { nextLimitCheck = check }
+                loop.notePoolDeadline(nextLimitCheck!)
+            }
+            publishRunning(+1)
+            let message = Envelope(requestID: id, .job(JobMessage(input: job.input, fileDescriptorCount: job.fileDescriptorCount)))
+            loop.sendForPool(slot.workerID, message, fds: job.takeDescriptors())
+            if slot.jobsRun + 1 >= configuration.jobsPerWorker {
+                // Its last job: start the replacement now, while this job runs.
+                slot.state = .lastJob
+                replenish()
+            }
+        }
+    }
+
+    /// Spawns workers until `size` are serving or starting (retiring ones do not count).
+    private func replenish() {
+        guard let loop, !closed, closing == nil, respawnAt == nil else { return }
+        var serving = slots.values.filter { $0.state == .starting || $0.state == .idle || $0.state == .busy }.count
+        while serving < configuration.size {
+            switch loop.spawnForPool(configuration.worker, policy, pool: self) {
+            case .success(let (workerID, pid)):
+                let slot = PoolSlot(workerID: workerID, pid: pid, watchMemory: configuration.memoryLimit != nil)
+                slots[workerID] = slot
+                metrics.withLock { $0.workersSpawned += 1 }
+                serving += 1
+            case .failure(let error):
+                consecutiveStartupFailures += 1
+                lastStartupFailure = "\(error)"
+                if let starting {
+                    self.starting = nil
+                    closed = true
+                    for other in slots.values { loop.killForPool(other.workerID, .stoppedBySupervisor) }
+                    starting(.failure(.workerUnavailable(lastStartupFailure)))
+                    return
+                }
+                for job in queue.drain() + overflow.drain() { finish(job, .failure(.workerUnavailable(lastStartupFailure))) }
+                publishQueueDepth()
+                let delay = min(0.01 * Double(1 << min(consecutiveStartupFailures, 7)), 1.0)
+                respawnAt = system_clock_monotonic() + nanoseconds(delay)
+                loop.notePoolDeadline(respawnAt!)
+                return
+            }
+        }
+    }
+
+    private func retire(_ slot: PoolSlot) {
+        guard slot.state != .retiring else { return }
+        slot.state = .retiring
+        if closing == nil { metrics.withLock { $0.workersRecycled += 1 } }
+        loop?.retireForPool(slot.workerID)
+    }
+
+    private func finishStartingIfReady() {
+        guard let starting, slots.values.filter({ $0.state == .idle }).count >= configuration.size else { return }
+        self.starting = nil
+        starting(.success(()))
+    }
+
+    private func finishClosingIfDone() {
+        guard let closing, slots.isEmpty else { return }
+        self.closing = nil
+        closed = true
+        loop?.abandonPool(self)
+        closing()
+    }
+
+    private func finish(_ job: PendingJob, _ result: Result<JobOutput, JobFailure>) {
+        guard let continuation = job.continuation else { return }
+        job.continuation = nil
+        job.dropDescriptors()
+        let latency = seconds(since: job.submitted)
+        metrics.withLock { metrics in
+            switch result {
+            case .success: metrics.jobsSucceeded += 1
+            case .failure(let failure): metrics.jobsFailed[failure.kind, default: 0] += 1
+            }
+        }
+        latencies.withLock { $0.add(latency) }
+        continuation.resume(returning: result)
+    }
+
+    private func failure(from reason: ExitReason, peakResidentBytes: Int) -> JobFailure {
+        if let limit = configuration.memoryLimit, peakResidentBytes > limit {
+            // Died between two checks with more resident than allowed: that is what killed the job.
+            return .outOfMemory(residentBytes: peakResidentBytes, limit: limit)
+        }
+        switch reason {
+        case .exited(let code): return .exited(code: code)
+        case .signaled(SIGXCPU, _): return .cpuTimeExceeded(seconds: configuration.cpuTimeLimit ?? 0)
+        case .signaled(let signal, _): return .crashed(signal: signal)
+        case .seccompViolation(let call): return .seccompViolation(call)
+        case .protocolViolation(let why): return .protocolViolation(why)
+        case .timedOut(let seconds): return .timedOut(seconds: seconds)
+        case .stoppedBySupervisor: return .poolClosed
+        case .handshakeFailed(let why), .resourceCapExceeded(let why), .sandboxIncomplete(let why), .spawnFailed(let why):
+            return .killed(why)
+        }
+    }
+
+    private func publishQueueDepth() {
+        let depth = queue.count + overflow.count
+        metrics.withLock { $0.queueDepth = depth }
+    }
+
+    private func publishRunning(_ change: Int) {
+        metrics.withLock { $0.jobsRunning += change }
+    }
+
+    private func seconds(since start: UInt64) -> Double {
+        Double(system_clock_monotonic() &- start) / 1e9
+    }
+}
+
+/// One pool worker, as the pool sees it. Loop-thread only.
+final class PoolSlot {
+    enum State { case starting, idle, busy, lastJob, retiring }
+    let workerID: UInt64
+    let pid: pid_t
+    var state = State.starting
+    var job: PendingJob?
+    var jobsRun = 0
+    var output: [UInt8] = []
+    /// Why the pool killed it, which is what its job fails with.
+    var failure: JobFailure?
+    var cpuAtJobStart: UInt64 = 0
+    /// /proc/PID/statm, kept open to be re-read (-1 when not watching memory).
+    /// The pid is an unreaped child of ours, so it cannot name another process.
+    private let statm: Int32
+
+    init(workerID: UInt64, pid: pid_t, watchMemory: Bool) {
+        self.workerID = workerID
+        self.pid = pid
+        statm = watchMemory ? ((try? system_open("/proc/\(pid)/statm", O_RDONLY | O_CLOEXEC).get()) ?? -1) : -1
+    }
+
+    deinit {
+        if statm >= 0 { _ = system_close(statm) }
+    }
+
+    /// Resident bytes now, from /proc/PID/statm; nil if unreadable.
+    func residentBytes() -> Int? {
+        guard statm >= 0 else { return nil }
+        var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let text: String? = withUnsafeMutableBytes(of: &buffer) { bytes in
+            guard case .success(let count) = system_pread(statm, bytes, offset: 0), count > 0 else { return nil }
+            return String(decoding: bytes[..<count], as: UTF8.self)
+        }
+        // "size resident shared text lib data dt", in pages.
+        guard let fields = text?.split(separator: " "), fields.count >= 2, let pages = Int(fields[1]) else { return nil }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}
+
+/// A job from `run` until its continuation is resumed. Loop-thread only after submission.
+final class PendingJob: @unchecked Sendable {
+    var id: UInt64 = 0
+    let input: [UInt8]
+    let submitted: UInt64
+    var continuation: CheckedContinuation<Result<JobOutput, JobFailure>, Never>?
+    var isCancelled = false
+    var deadline: UInt64?
+    weak var slot: PoolSlot?
+    private var fds: OwnedFileDescriptors
+
+    init(input: [UInt8], fds: consuming OwnedFileDescriptors, submitted: UInt64) {
+        self.input = input
+        self.fds = fds
+        self.submitted = submitted
+    }
+
+    var fileDescriptorCount: Int { fds.count }
+
+    func takeDescriptors() -> OwnedFileDescriptors {
+        var taken = OwnedFileDescriptors()
+        swap(&taken, &fds)
+        return taken
+    }
+
+    /// Closes the job's fds now rather than when the caller lets go of the job.
+    func dropDescriptors() { _ = takeDescriptors() }
+}
+
+/// A queue that removes from the front in O(1) (amortised).
+struct FIFO<Element: AnyObject> {
+    private var items: [Element] = []
+    private var head = 0
+
+    var count: Int { items.count - head }
+    var isEmpty: Bool { count == 0 }
+
+    mutating func append(_ item: Element) { items.append(item) }
+
+    mutating func removeFirst() -> Element {
+        let item = items[head]
+        head += 1
+        if head >= 64 && head * 2 >= items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return item
+    }
+
+    /// Removes `item` wherever it is; false if absent.
+    mutating func remove(_ item: Element) -> Bool {
+        guard let index = items[head...].firstIndex(where: { $0 === item }) else { return false }
+        items.remove(at: index)
+        return true
+    }
+
+    mutating func drain() -> [Element] {
+        defer { items = []; head = 0 }
+        return Array(items[head...])
+    }
+}
+
+/// The latencies of the most recent jobs.
+struct LatencyWindow {
+    private var samples: [Double] = []
+    private var next = 0
+    private let capacity = 4096
+
+    mutating func add(_ latency: Double) {
+        if samples.count < capacity { samples.append(latency) } else { samples[next] = latency }
+        next = (next + 1) % capacity
+    }
+
+    func summary() -> LatencySummary {
+        guard !samples.isEmpty else { return LatencySummary() }
+        let sorted = samples.sorted()
+        return LatencySummary(count: sorted.count, median: sorted[sorted.count / 2],
+                              p99: sorted[min(sorted.count - 1, sorted.count * 99 / 100)], maximum: sorted.last!)
+    }
+}

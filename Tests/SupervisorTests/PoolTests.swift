@@ -1,0 +1,243 @@
+import Glibc
+import PrivsepIPC
+import PrivsepTestSupport
+import Supervisor
+import Testing
+
+/// A pool of fixture workers that shake hands, lock down, then serve jobs
+/// (each job's input is a command of the fixture's `serve` step).
+private func makePool(_ supervisor: Supervisor, size: Int = 2, lockdown: Bool = true, policy: Policy = Policy(),
+                      configure: (inout WorkerPoolConfiguration) -> Void = { _ in }) async throws(JobFailure) -> WorkerPool {
+    var worker = WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake"] + (lockdown ? ["lockdown"] : []) + ["serve"],
+                                     policy: policy, name: "pool-worker")
+    worker.standardOutput = .null
+    if lockdown { worker.requiredLayers = [.seccomp, .noNewPrivileges] }
+    var configuration = WorkerPoolConfiguration(worker: worker, size: size)
+    configure(&configuration)
+    return try await WorkerPool(supervisor: supervisor, configuration: configuration)
+}
+
+private func openFile(_ path: String) -> OwnedFileDescriptor {
+    let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+    precondition(fd >= 0, "open \(path)")
+    return OwnedFileDescriptor(adoptingRawValue: fd)
+}
+
+private func text(_ output: JobOutput) -> String { String(decoding: output.bytes, as: UTF8.self) }
+
+private func failure(of command: String, in pool: WorkerPool) async -> JobFailure? {
+    do {
+        _ = try await pool.run(input: Array(command.utf8))
+        return nil
+    } catch {
+        return error
+    }
+}
+
+@Suite struct PoolTests {
+    @Test func jobsRunAndWorkersAreRecycledAfterKJobs() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 2) { $0.jobsPerWorker = 3 }
+        var pids: [String: Int] = [:]
+        for _ in 0..<12 {
+            let output = try await pool.run(input: Array("pid".utf8))
+            pids[text(output), default: 0] += 1
+        }
+        #expect(pids.values.allSatisfy { $0 <= 3 }, "\(pids)")
+        #expect(pids.count >= 4)
+        #expect(try await text(pool.run(input: Array("echo:hello".utf8))) == "hello")
+        let metrics = pool.metrics
+        #expect(metrics.jobsSucceeded == 13)
+        #expect(metrics.jobsFailedTotal == 0)
+        #expect(metrics.workersRecycled >= 4)
+        #expect(metrics.workerRestarts == 0)
+        #expect(metrics.latency.count == 13)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func oneJobPerWorkerNeverReusesAProcess() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 2) { $0.jobsPerWorker = 1 }
+        let pids = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<20 { group.addTask { text(try await pool.run(input: Array("pid".utf8))) } }
+            return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(Set(pids).count == 20)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func eachFailureHasItsTypedReasonAndOnlyItsJobFails() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 2) {
+            $0.jobsPerWorker = 100
+            $0.jobTimeout = 0.5
+            $0.memoryLimit = 96 << 20
+            $0.cpuTimeLimit = 10
+            $0.maximumOutputBytes = 64 << 10
+        }
+        #expect(await failure(of: "crash", in: pool) == .crashed(signal: SIGSEGV))
+        let violation = await failure(of: "syscall", in: pool)
+        guard case .seccompViolation(let call)? = violation else {
+            Issue.record("expected a seccomp violation, got \(String(describing: violation))")
+            return
+        }
+        #expect(call.name == "openat")
+        #expect(await failure(of: "spin", in: pool) == .timedOut(seconds: 0.5))
+        let memory = await failure(of: "alloc:400", in: pool)
+        guard case .outOfMemory(let resident, let limit)? = memory else {
+            Issue.record("expected out of memory, got \(String(describing: memory))")
+            return
+        }
+        #expect(limit == 96 << 20 && resident > limit)
+        #expect(await failure(of: "exit:7", in: pool) == .exited(code: 7))
+        let wrong = await failure(of: "wrongid", in: pool)
+        guard case .protocolViolation? = wrong else {
+            Issue.record("expected a protocol violation, got \(String(describing: wrong))")
+            return
+        }
+        #expect(await failure(of: "big:100000", in: pool) == .outputTooLarge(limit: 64 << 10))
+        #expect(await failure(of: "reject:4:bad header", in: pool) == .rejected(code: 4, message: Array("bad header".utf8)))
+        // Output over one message arrives whole, in chunks.
+        #expect(try await pool.run(input: Array("big:20000".utf8)).bytes.count == 20000)
+        #expect(try await text(pool.run(input: Array("echo:still serving".utf8))) == "still serving")
+        let metrics = pool.metrics
+        #expect(metrics.jobsSucceeded == 2)
+        #expect(metrics.jobsFailed == [.crashed: 1, .seccompViolation: 1, .timedOut: 1, .outOfMemory: 1, .exited: 1,
+                                       .protocolViolation: 1, .outputTooLarge: 1, .rejected: 1])
+        #expect(metrics.workerRestarts == 8)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func aJobOverItsCPULimitFails() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.cpuTimeLimit = 0.2 }
+        #expect(await failure(of: "spin", in: pool) == .cpuTimeExceeded(seconds: 0.2))
+        // Sleeping costs no CPU: the same limit lets a 0.3 s sleep through.
+        #expect(try await text(pool.run(input: Array("sleep:0.3".utf8))).isEmpty)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func jobsCarryFileDescriptorsAndRequestsMidJob() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("input.csv", "a,b\n1,2\n")
+        scratch.write("allowed.txt", "granted line\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path + "/allowed.txt", .file, [.read])
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1, policy: policy) { $0.jobsPerWorker = 10 }
+        let fd = openFile(scratch.path + "/input.csv")
+        let contents = try await pool.run(PoolJob(input: Array("readfd".utf8), fileDescriptors: OwnedFileDescriptors(fd)))
+        #expect(text(contents) == "a,b\n1,2\n")
+        var three = OwnedFileDescriptors()
+        for _ in 0..<3 { three.append(openFile("/dev/null")) }
+        #expect(try await text(pool.run(PoolJob(input: Array("fdcount".utf8), fileDescriptors: three))) == "3")
+        #expect(try await text(pool.run(input: Array("open:\(scratch.path)/allowed.txt".utf8))) == "granted line")
+        let denied = await failure(of: "open:/etc/passwd", in: pool)
+        #expect(denied == .rejected(code: 3, message: Array("open: \(Errno.permissionDenied)".utf8)))
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func cancellingAJobKillsItsWorkerAndTheQueueMovesOn() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 10 }
+        let running = Task { await failure(of: "spin", in: pool) }
+        let queued = Task { await failure(of: "echo:never", in: pool) }
+        try await Task.sleep(for: .milliseconds(200))
+        queued.cancel()
+        running.cancel()
+        #expect(await running.value == .cancelled)
+        #expect(await queued.value == .cancelled)
+        #expect(try await text(pool.run(input: Array("echo:after".utf8))) == "after")
+        #expect(pool.metrics.jobsFailed[.cancelled] == 2)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func aFullQueueRejectsOrWaits() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let rejecting = try await makePool(supervisor, size: 1) {
+            $0.queueCapacity = 1
+            $0.rejectWhenFull = true
+        }
+        async let first = failure(of: "sleep:0.5", in: rejecting)
+        try await Task.sleep(for: .milliseconds(100))
+        async let second = failure(of: "sleep:0.1", in: rejecting)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(rejecting.metrics.queueDepth == 1)
+        #expect(await failure(of: "echo:x", in: rejecting) == .queueFull)
+        #expect(await first == nil)
+        #expect(await second == nil)
+        await rejecting.shutdown()
+
+        let waiting = try await makePool(supervisor, size: 1) {
+            $0.queueCapacity = 1
+            $0.jobsPerWorker = 100
+        }
+        let outputs = try await withThrowingTaskGroup(of: String.self) { group in
+            for index in 0..<16 { group.addTask { text(try await waiting.run(input: Array("echo:\(index)".utf8))) } }
+            return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+        }
+        #expect(outputs == Set((0..<16).map(String.init)))
+        await waiting.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func aWorkerThatNeverBecomesReadyFailsThePool() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let worker = WorkerConfiguration(executable: "/bin/true", policy: Policy(), name: "not-a-worker")
+        do {
+            _ = try await WorkerPool(supervisor: supervisor, configuration: WorkerPoolConfiguration(worker: worker, size: 2))
+            Issue.record("a pool of /bin/true started")
+        } catch {
+            guard case .workerUnavailable = error else {
+                Issue.record("\(error)")
+                return
+            }
+        }
+        await supervisor.shutdown()
+    }
+
+    @Test func shutdownFailsQueuedJobsAndLetsRunningOnesFinish() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1)
+        async let running = failure(of: "sleep:0.3", in: pool)
+        try await Task.sleep(for: .milliseconds(100))
+        async let queued = failure(of: "echo:late", in: pool)
+        try await Task.sleep(for: .milliseconds(50))
+        await pool.shutdown()
+        #expect(await running == nil)
+        #expect(await queued == .poolClosed)
+        #expect(await failure(of: "echo:after", in: pool) == .poolClosed)
+        #expect(supervisor.workers().isEmpty)
+        await supervisor.shutdown()
+    }
+
+    /// Thousands of jobs with fds, some failing: the supervisor ends with the fds it began with.
+    @Test func jobsLeakNoDescriptor() async {
+        await #expect(processExitsWith: .success) {
+            let supervisor = try! Supervisor(logger: quietLogger())
+            // Warm up: the loop's own fds, the first spawn.
+            let warmUp = try! await makePool(supervisor, size: 2)
+            _ = try! await warmUp.run(input: Array("pid".utf8))
+            await warmUp.shutdown()
+            let before = openFileDescriptorCount()
+            let pool = try! await makePool(supervisor, size: 2) { $0.jobsPerWorker = 50 }
+            for index in 0..<2000 {
+                let fd = openFile("/dev/null")
+                let command = index % 100 == 99 ? "crash" : index % 2 == 0 ? "readfd" : "reject:1:no"
+                _ = try? await pool.run(PoolJob(input: Array(command.utf8), fileDescriptors: OwnedFileDescriptors(fd)))
+            }
+            await pool.shutdown()
+            let after = openFileDescriptorCount()
+            require(after == before, "supervisor fds: \(before) before, \(after) after")
+            require(pool.metrics.jobsFailed[.crashed] == 20, "\(pool.metrics.jobsFailed)")
+            await supervisor.shutdown()
+        }
+        recordExitTestFailures()
+    }
+}
