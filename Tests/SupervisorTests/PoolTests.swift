@@ -2,6 +2,7 @@ import Glibc
 import PrivsepIPC
 import PrivsepTestSupport
 import Supervisor
+import SystemPackage
 import Testing
 
 /// A pool of fixture workers that shake hands, lock down, then serve jobs
@@ -163,6 +164,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         let rejecting = try await makePool(supervisor, size: 1) {
             $0.queueCapacity = 1
             $0.rejectWhenFull = true
+            $0.jobsPerWorker = 100 // no replacement worker to take the queued job
         }
         async let first = failure(of: "sleep:0.5", in: rejecting)
         try await Task.sleep(for: .milliseconds(100))
@@ -204,7 +206,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
 
     @Test func shutdownFailsQueuedJobsAndLetsRunningOnesFinish() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
-        let pool = try await makePool(supervisor, size: 1)
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
         async let running = failure(of: "sleep:0.3", in: pool)
         try await Task.sleep(for: .milliseconds(100))
         async let queued = failure(of: "echo:late", in: pool)

@@ -125,12 +125,13 @@ func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
     case "reject":
         throw JobRejection(code: Int32(parts[1])!, String(parts[2]))
     case "crash":
-        crash(job.input.count & 0)
+        crash(16 + (job.input.count & 0))
     case "spin":
         var x: UInt64 = 1
         while x != 0 { x = x &* 6364136223846793005 &+ 1442695040888963407 | 1 }
     case "sleep":
         usleep(UInt32(Double(parts[1])! * 1e6))
+        return []
     case "alloc":
         let bytes = Int(parts[1])! << 20
         let memory = malloc(bytes)!
