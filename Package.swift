@@ -121,6 +121,12 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .executableTarget(
+            name: "record-parser",
+            dependencies: ["Worker", "PrivsepIPC", .product(name: "SystemPackage", package: "swift-system")],
+            path: "examples/parser-pool/record-parser",
+            swiftSettings: strictSwift
+        ),
+        .executableTarget(
             name: "embedding-example",
             dependencies: ["Supervisor", "PrivsepIPC", .product(name: "Logging", package: "swift-log")],
             path: "examples/embedding",
@@ -137,7 +143,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SupervisorTests",
-            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "reader", "hello-server", "embedding-example", "PrivsepTestSupport",
+            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "reader", "hello-server", "embedding-example", "record-parser", "PrivsepTestSupport",
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: [.swiftLanguageMode(.v6)]

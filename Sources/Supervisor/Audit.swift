@@ -121,7 +121,7 @@ func wallClockSeconds() -> Double {
 
 /// `text` with control characters escaped (\n, \u001b...), for log lines that
 /// carry what a worker wrote.
-func printable(_ text: String) -> String {
+public func printable(_ text: String) -> String {
     guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else { return text }
     let quoted = jsonString(text)
     return String(quoted.dropFirst().dropLast())

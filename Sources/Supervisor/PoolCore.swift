@@ -71,7 +71,7 @@ final class PoolCore: @unchecked Sendable {
         closing = completion
         for job in queue.drain() + overflow.drain() { finish(job, .failure(.poolClosed)) }
         publishQueueDepth()
-        for slot in slots.values where slot.job == nil { retire(slot) }
+        for slot in slots.values where slot.job == nil { retire(slot, counted: false) }
         finishClosingIfDone()
     }
 
@@ -83,7 +83,7 @@ final class PoolCore: @unchecked Sendable {
         slot.state = .idle
         consecutiveStartupFailures = 0
         finishStartingIfReady()
-        if closing != nil { retire(slot) } else { dispatch() }
+        if closing != nil { retire(slot, counted: false) } else { dispatch() }
     }
 
     /// One RESULT chunk from a worker. Returns the reason to kill it, if any.
@@ -111,9 +111,11 @@ final class PoolCore: @unchecked Sendable {
             finish(job, .failure(.rejected(code: chunk.status, message: output)))
         }
         let rejected = chunk.status != 0 && configuration.recycleAfterRejection
-        if rejected || slot.jobsRun >= configuration.jobsPerWorker || closing != nil {
-            if rejected { metrics.withLock { $0.workerRestarts += 1 } }
-            retire(slot)
+        if rejected {
+            metrics.withLock { $0.workerRestarts += 1 }
+            retire(slot, counted: false)
+        } else if slot.jobsRun >= configuration.jobsPerWorker || closing != nil {
+            retire(slot, counted: closing == nil)
         } else {
             slot.state = .idle
         }
@@ -282,10 +284,11 @@ final class PoolCore: @unchecked Sendable {
         }
     }
 
-    private func retire(_ slot: PoolSlot) {
+    /// Lets the worker go; `counted`: it ran its ``WorkerPoolConfiguration/jobsPerWorker`` jobs.
+    private func retire(_ slot: PoolSlot, counted: Bool) {
         guard slot.state != .retiring else { return }
         slot.state = .retiring
-        if closing == nil { metrics.withLock { $0.workersRecycled += 1 } }
+        if counted { metrics.withLock { $0.workersRecycled += 1 } }
         loop?.retireForPool(slot.workerID)
     }
 

@@ -27,9 +27,10 @@ struct Privsep: AsyncParsableCommand {
           privsep run --policy policy.json -- ./parser input.csv
           privsep run -p policy.json --timeout 10 --audit-log a.jsonl -- ./parser in.csv
           privsep learn -- ./parser sample.csv
+          find in/ -type f | privsep pool --policy policy.json --workers 4 -- ./parser
           privsep selftest --policy policy.json
         """,
-        subcommands: [Run.self, Check.self, Learn.self, Selftest.self, AttackWorker.self]
+        subcommands: [Run.self, Pool.self, Check.self, Learn.self, Selftest.self, AttackWorker.self]
     )
 }
 

@@ -103,6 +103,41 @@ import Testing
         #expect(result.stdout.contains(" exited with status 0\n"))
         #expect(result.stdout.contains("embedding-example: granted \(CLITests.exampleDirectory)/data/sales.csv O_RDONLY"))
     }
+
+    /// Example 6: `privsep pool` over valid, malformed and malicious inputs; each
+    /// malicious kind fails with its own reason and the rest are parsed.
+    @Test func parserPoolContainsEachBugAndParsesTheRest() throws {
+        let tree = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        var inputs: [String: String] = [
+            "include.rec": "!include /etc/shadow\n",
+            "deep.rec": "x = " + String(repeating: "{a=", count: 300_000) + "\n",
+            "bomb.rec": "!reserve 1000000000\n",
+            "loop.rec": "[s]\nkey = value \\",
+            "malformed.rec": "[ok]\nkey value\n",
+        ]
+        for index in 0..<40 { inputs["valid-\(index).rec"] = "[server]\nname = host\(index)\nlimits = {cpu = 2, memory = {hard = 1}}\n" }
+        for (name, text) in inputs { try text.write(toFile: tree + "/" + name, atomically: true, encoding: .utf8) }
+        let arguments = ["pool", "--policy", Self.examples + "/parser-pool/policy.json", "--workers", "2", "--jobs-per-worker", "10",
+                         "--timeout", "0.5", "--memory", "64M", "--json"]
+            + inputs.keys.sorted().flatMap { ["--input", tree + "/" + $0] } + ["--", Self.bin + "/record-parser"]
+        let result = try Self.run(Self.bin + "/privsep", arguments)
+        #expect(result.status == 1, "\(result.stderr)")
+        var statuses: [String: String] = [:]
+        for line in result.stdout.split(separator: "\n") {
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+            statuses[(object["input"]! as NSString).lastPathComponent] = object["status"]
+            if object["input"]!.hasSuffix("valid-0.rec") { #expect(object["output"] == "1 sections, 2 keys, nesting 2") }
+        }
+        #expect(statuses["include.rec"] == "seccompViolation")
+        #expect(statuses["deep.rec"] == "crashed")
+        #expect(statuses["bomb.rec"] == "outOfMemory")
+        #expect(statuses["loop.rec"] == "timedOut")
+        #expect(statuses["malformed.rec"] == "rejected")
+        #expect(statuses.filter { $0.key.hasPrefix("valid-") && $0.value == "ok" }.count == 40)
+        #expect(result.stderr.contains("45 jobs"), "\(result.stderr)")
+        #expect(result.stderr.contains("succeeded: 40"), "\(result.stderr)")
+    }
 }
 
 /// One HTTP/1.0 GET to 127.0.0.1:port, the whole response.

@@ -1,0 +1,239 @@
+import ArgumentParser
+import Glibc
+import Logging
+import PrivsepIPC
+import Supervisor
+import SystemPackage
+
+struct Pool: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run PROGRAM as a pool of sandboxed workers, one job per input file.",
+        discussion: """
+        Each input file is opened here, with this command's authority, read-only, and \
+        handed to a free worker as the job's fd; the job's input bytes are the file's \
+        path. PROGRAM is a pool worker: it serves jobs with SupervisorConnection.serveJobs \
+        (Swift) or answers JOB messages with RESULT (privsep_protocol.h).
+
+        Inputs come from --input, else from standard input, one path per line:
+          find samples -type f | privsep pool --policy p.json --workers 4 -- ./parser
+
+        One line per input goes to stdout (with --json, one JSON object): the path, ok or \
+        the failure's kind, and the job's output or the failure's detail. A summary \
+        (throughput, failures by kind) goes to stderr.
+
+        Exit status: 0 if every job succeeded, 1 if any failed, 2 for bad usage or policy, \
+        3 if the workers could not be started.
+        """
+    )
+
+    @Option(name: .shortAndLong, help: ArgumentHelp("The policy file (JSON); see 'privsep check'.", valueName: "file"))
+    var policy: String
+
+    @Option(help: ArgumentHelp("Workers kept serving.", valueName: "count"))
+    var workers = 2
+
+    @Option(help: ArgumentHelp("Jobs a worker runs before it is replaced (1: a fresh process per input).", valueName: "count"))
+    var jobsPerWorker = 1
+
+    @Option(help: ArgumentHelp("Wall-clock limit per job.", valueName: "seconds"))
+    var timeout: Double?
+
+    @Option(help: ArgumentHelp("Resident-memory limit per job, such as 64M.", valueName: "size"))
+    var memory: String?
+
+    @Option(name: .customLong("cpu"), help: ArgumentHelp("CPU-time limit per job.", valueName: "seconds"))
+    var cpuSeconds: Double?
+
+    @Option(help: ArgumentHelp("Output bytes a job may return, such as 1M.", valueName: "size"))
+    var maxOutput: String = "1M"
+
+    @Option(name: .customLong("input"), help: ArgumentHelp("An input file. Repeatable; without it, paths are read from stdin.", valueName: "path"))
+    var inputs: [String] = []
+
+    @Flag(help: "Print one JSON object per input instead of a text line.")
+    var json = false
+
+    @Flag(name: .shortAndLong, help: "Print only the summary.")
+    var quiet = false
+
+    @Option(help: ArgumentHelp("Append every decision to this file as JSON lines.", valueName: "file"))
+    var auditLog: String?
+
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The worker program and its arguments, after --.", valueName: "program"))
+    var command: [String] = []
+
+    mutating func run() async throws {
+        let file = try loadPolicy(policy)
+        var logger = Logger(label: "privsep")
+        logger.logLevel = .error
+        let audit: AuditLog?
+        if let auditLog {
+            do { audit = try AuditLog(path: auditLog) } catch {
+                printError("privsep: cannot open the audit log \(auditLog): \(error)")
+                throw ExitCode(2)
+            }
+        } else {
+            audit = nil
+        }
+        var worker = try workerConfiguration(command: command, file: file)
+        // Jobs arrive on the channel; the workers' stdin is not the list of inputs.
+        worker.standardInput = .null
+        worker.resourceLimits = file.resourceLimits
+        worker.requiredLayers = file.requiredLayers
+        var configuration = WorkerPoolConfiguration(worker: worker, size: workers, jobsPerWorker: jobsPerWorker,
+                                                    jobTimeout: timeout ?? file.timeout)
+        if let memory { configuration.memoryLimit = Int(try parseSize(memory)) }
+        configuration.cpuTimeLimit = cpuSeconds
+        configuration.maximumOutputBytes = Int(try parseSize(maxOutput))
+
+        let supervisor: Supervisor
+        do { supervisor = try Supervisor(logger: logger, auditLog: audit) } catch {
+            printError("privsep: \(error)")
+            throw ExitCode(1)
+        }
+        let pool: WorkerPool
+        do { pool = try await WorkerPool(supervisor: supervisor, configuration: configuration) } catch {
+            printError("privsep: \(error)")
+            throw ExitCode(3)
+        }
+
+        var source = InputSource(paths: inputs)
+        let started = Clock.now
+        // A bounded window of jobs in flight: each holds an open fd until its worker has it.
+        let window = workers + configuration.queueCapacity
+        var failures = 0, unreadable = 0, total = 0
+        let printer = OutcomePrinter(json: json, quiet: quiet)
+        await withTaskGroup(of: Outcome.self) { group in
+            var inFlight = 0
+            while true {
+                while inFlight < window, let path = source.next() {
+                    inFlight += 1
+                    group.addTask { await runOne(path, pool: pool) }
+                }
+                guard inFlight > 0, let outcome = await group.next() else { break }
+                inFlight -= 1
+                total += 1
+                if let failure = outcome.failure {
+                    failures += 1
+                    if failure.kind == "unreadable" { unreadable += 1 }
+                }
+                printer.print(outcome)
+            }
+        }
+        let elapsed = Clock.now - started
+        let metrics = pool.metrics
+        await pool.shutdown()
+        await supervisor.shutdown()
+        printSummary(total: total, failures: failures, unreadable: unreadable, seconds: elapsed, metrics: metrics)
+        if failures > 0 { throw ExitCode(1) }
+    }
+
+    private func printSummary(total: Int, failures: Int, unreadable: Int, seconds: Double, metrics: PoolMetrics) {
+        let rate = seconds > 0 ? Double(total) / seconds : 0
+        var lines = ["privsep pool: \(total) jobs in \(format(seconds, 2)) s (\(format(rate, 0)) jobs/s, \(workers) workers, \(jobsPerWorker) job(s) per worker)",
+                     "  succeeded: \(metrics.jobsSucceeded)", "  failed: \(failures)"]
+        for (kind, count) in metrics.jobsFailed.sorted(by: { $0.key < $1.key }) {
+            lines.append("    \(kind.rawValue): \(count)")
+        }
+        if unreadable > 0 { lines.append("    unreadable (not opened, never sent): \(unreadable)") }
+        lines.append("  workers started: \(metrics.workersSpawned), recycled: \(metrics.workersRecycled), replaced after a failure: \(metrics.workerRestarts)")
+        lines.append("  latency: median \(format(metrics.latency.median * 1000, 2)) ms, p99 \(format(metrics.latency.p99 * 1000, 2)) ms (last \(metrics.latency.count) jobs)")
+        printError(lines.joined(separator: "\n"))
+    }
+}
+
+/// Seconds on the monotonic clock.
+private enum Clock {
+    static var now: Double {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+}
+
+private func format(_ value: Double, _ decimals: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    return decimals == 0 ? "\(Int(rounded))" : "\(rounded)"
+}
+
+/// Input paths from the command line, else from stdin one per line.
+private struct InputSource {
+    private var paths: [String]
+    private var index = 0
+    private let fromStandardInput: Bool
+
+    init(paths: [String]) {
+        self.paths = paths
+        fromStandardInput = paths.isEmpty
+    }
+
+    mutating func next() -> String? {
+        if fromStandardInput {
+            while let line = readLine(strippingNewline: true) {
+                if !line.isEmpty { return line }
+            }
+            return nil
+        }
+        guard index < paths.count else { return nil }
+        defer { index += 1 }
+        return paths[index]
+    }
+}
+
+private struct Outcome: Sendable {
+    var path: String
+    var output: [UInt8] = []
+    /// The failure's kind ("crashed", ...; "unreadable" when this command could not open the input) and detail.
+    var failure: (kind: String, detail: String)?
+}
+
+private func runOne(_ path: String, pool: WorkerPool) async -> Outcome {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+    guard fd >= 0 else {
+        // Not a job failure: the input could not be opened here, with this command's authority.
+        return Outcome(path: path, failure: ("unreadable", "cannot open: \(Errno(rawValue: errno))"))
+    }
+    do {
+        let output = try await pool.run(PoolJob(input: Array(path.utf8.prefix(WireFormat.maximumJobBytes)),
+                                                fileDescriptors: OwnedFileDescriptors(OwnedFileDescriptor(adoptingRawValue: fd))))
+        return Outcome(path: path, output: output.bytes, failure: nil)
+    } catch {
+        return Outcome(path: path, failure: (error.kind.rawValue, error.description))
+    }
+}
+
+private struct OutcomePrinter {
+    let json: Bool
+    let quiet: Bool
+
+    func print(_ outcome: Outcome) {
+        guard !quiet else { return }
+        let output = String(decoding: outcome.output, as: UTF8.self)
+        let line: String
+        if json {
+            var fields = ["\"input\":" + jsonString(outcome.path)]
+            if let failure = outcome.failure {
+                fields.append("\"status\":" + jsonString(failure.kind))
+                fields.append("\"detail\":" + jsonString(failure.detail))
+            } else {
+                fields.append("\"status\":\"ok\"")
+                fields.append("\"output\":" + jsonString(output))
+            }
+            line = "{" + fields.joined(separator: ",") + "}"
+        } else if let failure = outcome.failure {
+            line = "\(printable(outcome.path))\t\(failure.kind)\t\(printable(failure.detail))"
+        } else {
+            line = "\(printable(outcome.path))\tok\t\(printable(output))"
+        }
+        let bytes = Array((line + "\n").utf8)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            written += n
+        }
+    }
+}
