@@ -242,4 +242,25 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         }
         recordExitTestFailures()
     }
+
+    @Test func aSecondResultKillsTheWorkerButNotTheAnsweredJob() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
+        #expect(try await text(pool.run(input: Array("twice".utf8))) == "first")
+        // Had a job been sent meanwhile, that job would fail: a worker that breaks the
+        // protocol mid-job costs the job it is running. Idle, it costs nothing.
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try await text(pool.run(input: Array("echo:next".utf8))) == "next")
+        #expect(pool.metrics.workerRestarts == 1)
+        #expect(pool.metrics.workersSpawned == 2)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    @Test func aWorkerOutsideAPoolThatSendsAResultIsKilled() async throws {
+        let result = try WireCodec.encode(Envelope(requestID: 1, .result(ResultChunk(output: Array("forged".utf8)))))
+        let hex = result.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        let run = try await runWorker(["handshake", "raw:\(hex)", "sleep:5"])
+        #expect(run.reason == .protocolViolation("RESULT from a worker that is not in a pool"))
+    }
 }

@@ -32,7 +32,8 @@
 //                        Each job's input is a command: echo:TEXT, readfd (contents of its fd), fdcount,
 //                        reject:CODE:TEXT, crash (SIGSEGV), spin (busy loop), sleep:S, alloc:MIB (touch
 //                        and hold), syscall (openat: a seccomp violation), exit:CODE, big:BYTES (output of
-//                        that size), wrongid (a RESULT for another job), pid, open:PATH (mid-job request)
+//                        that size), wrongid (a RESULT for another job), twice (two RESULTs), pid,
+//                        open:PATH (mid-job request)
 import CPrivsepShims
 import CPrivsepAttacks
 import Glibc
@@ -149,6 +150,10 @@ func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
         while true { usleep(100_000) }
     case "pid":
         return Array("\(getpid())".utf8)
+    case "twice":
+        // Answers, then serveJobs answers again: a RESULT for a job it no longer runs.
+        try? requireConnection().finish(job.id, output: Array("first".utf8))
+        return Array("second".utf8)
     case "open":
         do {
             let fd = try requireConnection().open(String(parts[1]), .readOnly)
