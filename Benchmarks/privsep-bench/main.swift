@@ -106,6 +106,16 @@ func childMain(_ mode: String) -> Never {
             fatalError("ready-worker: \(error)")
         }
         exit(0)
+    case "pool-worker":
+        // A pool worker whose job is trivial: the input comes back as the output.
+        do {
+            let connection = try SupervisorConnection.connect()
+            try Lockdown.brokered().apply(reportingTo: connection)
+            try connection.serveJobs { (job: consuming Job) -> [UInt8] in job.input }
+        } catch {
+            fatalError("pool-worker: \(error)")
+        }
+        exit(0)
     case "idle-worker":
         // A real worker: handshake, brokered lockdown, then idle until the supervisor goes.
         do {
@@ -141,6 +151,11 @@ var iterations = 20_000
 var idleWorkers = 1_000
 var startupRuns = 200
 var openRuns = 20_000
+var poolJobs = 5_000
+if let index = CommandLine.arguments.firstIndex(of: "--pool-jobs"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
+    poolJobs = value
+}
 if let index = CommandLine.arguments.firstIndex(of: "--open-runs"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     openRuns = value
@@ -562,6 +577,9 @@ let O_PATH_DIRECTORY: Int32 = 0o10000000 | O_DIRECTORY | O_CLOEXEC
     return Summary(samples)
 }
 
+/// The brokered-open median (µs) by placement, for the pool's overhead ratio.
+var brokeredOpenMedian: [Bool: Double] = [:]
+
 if openRuns > 0 {
     prepareOpenTarget()
     print("")
@@ -575,6 +593,7 @@ if openRuns > 0 {
         let (c, cRate) = measureCOpens(workers: 1, opens: openRuns)
         print("| minimal C broker, 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | \(Int(cRate)) |")
         let (swift, swiftRate) = await measureSwiftOpens(workers: 1, opens: openRuns)
+        brokeredOpenMedian[pinned] = swift.median
         print("| privsep brokered open (policy, openat2, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(Int(swiftRate)) |")
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
@@ -589,4 +608,104 @@ if openRuns > 0 {
     }
     unlink(openDirectory + "/" + openName)
     rmdir(openDirectory)
+}
+
+// MARK: Worker pool
+
+/// A pool of `size` bench pool workers, ready.
+@MainActor func makeBenchPool(size: Int, jobsPerWorker: Int) async -> (Supervisor, WorkerPool) {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let supervisor = try! Supervisor(logger: logger)
+    var worker = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "pool-worker"])
+    worker.requiredLayers = [.seccomp]
+    worker.caps.messagesPerSecond = 10_000_000
+    worker.caps.messageBurst = 1_000_000
+    let configuration = WorkerPoolConfiguration(worker: worker, size: size, jobsPerWorker: jobsPerWorker, queueCapacity: 4 * size)
+    let pool: WorkerPool
+    do { pool = try await WorkerPool(supervisor: supervisor, configuration: configuration) } catch {
+        check(false, "pool: \(error)")
+        fatalError()
+    }
+    return (supervisor, pool)
+}
+
+let poolInput = [UInt8](repeating: 7, count: 16)
+
+/// One warm worker, jobs one after another: the time of each `run`.
+@MainActor func measurePoolRoundTrips(_ count: Int) async -> Summary {
+    let (supervisor, pool) = await makeBenchPool(size: 1, jobsPerWorker: Int.max)
+    var samples: [UInt64] = []
+    samples.reserveCapacity(count)
+    for index in 0..<(count + count / 10) {
+        let start = cbench_now_ns()
+        let output = try! await pool.run(input: poolInput)
+        if index >= count / 10 { samples.append(cbench_now_ns() - start) }
+        check(output.bytes == poolInput, "pool output")
+    }
+    await pool.shutdown()
+    await supervisor.shutdown()
+    return Summary(samples)
+}
+
+/// The same job as a function call in this process.
+@MainActor func measureInProcessJobs(_ count: Int) -> Summary {
+    let handler: @Sendable ([UInt8]) -> [UInt8] = { $0 }
+    var samples = [UInt64](repeating: 0, count: count)
+    var total = 0
+    for index in 0..<count {
+        let start = cbench_now_ns()
+        total &+= handler(poolInput).count
+        samples[index] = cbench_now_ns() - start
+    }
+    check(total == 16 * count, "in-process jobs")
+    return Summary(samples)
+}
+
+/// Jobs per second through a pool of `size`, with 2 × size jobs in flight.
+@MainActor func measurePoolThroughput(size: Int, jobsPerWorker: Int, jobs: Int) async -> Double {
+    let (supervisor, pool) = await makeBenchPool(size: size, jobsPerWorker: jobsPerWorker)
+    let start = cbench_now_ns()
+    await withTaskGroup(of: Void.self) { group in
+        var submitted = 0, inFlight = 0
+        while submitted < jobs || inFlight > 0 {
+            while inFlight < 2 * size && submitted < jobs {
+                group.addTask { _ = try! await pool.run(input: poolInput) }
+                submitted += 1
+                inFlight += 1
+            }
+            await group.next()
+            inFlight -= 1
+        }
+    }
+    let seconds = Double(cbench_now_ns() - start) / 1e9
+    await pool.shutdown()
+    await supervisor.shutdown()
+    return Double(jobs) / seconds
+}
+
+if poolJobs > 0 {
+    print("")
+    print("| pool job (16 bytes in, echoed back) | placement | median µs | p99 µs | vs brokered open |")
+    print("|---|---|---:|---:|---:|")
+    for pinned in [true, false] {
+        check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
+        let placement = pinned ? "pinned (CPU 0)" : "unpinned"
+        let local = measureInProcessJobs(poolJobs)
+        print("| the handler called in process (reference) | \(placement) | \(format(local.median)) | \(format(local.p99)) | |")
+        let pooled = await measurePoolRoundTrips(poolJobs)
+        let ratio = brokeredOpenMedian[pinned].map { format(pooled.median / $0) + "x" } ?? "(open rows not run)"
+        print("| pool.run on 1 warm worker, one job at a time | \(placement) | \(format(pooled.median)) | \(format(pooled.p99)) | \(ratio) |")
+    }
+    check(cbench_pin(-1) == 0, "sched_setaffinity")
+    let fresh = await measureStartup(executable: selfPath(), arguments: ["--child", "ready-worker"], runs: 100)
+    print("")
+    print("| jobs/s, unpinned | pool size | warm workers (never recycled) | a fresh process per job (jobsPerWorker 1) |")
+    print("|---|---:|---:|---:|")
+    for size in [1, 2, 4] {
+        let warm = await measurePoolThroughput(size: size, jobsPerWorker: Int.max, jobs: poolJobs)
+        let recycled = await measurePoolThroughput(size: size, jobsPerWorker: 1, jobs: max(poolJobs / 10, 100))
+        print("| WorkerPool | \(size) | \(Int(warm)) | \(Int(recycled)) |")
+    }
+    print("| no pool: spawn → lockdown → exit per job, one at a time | 1 | | \(Int(1e6 / fresh.median)) |")
 }
