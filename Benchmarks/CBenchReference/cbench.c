@@ -11,6 +11,10 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 
 extern char **environ;
 
@@ -229,6 +233,112 @@ int cbench_direct_opens(int directory, const char *name, int iterations, uint64_
         if (file < 0) return -1;
         close(file);
         out_ns[i] = cbench_now_ns() - start;
+    }
+    return 0;
+}
+
+static void *accept_forever(void *argument) {
+    int listener = (int)(intptr_t)argument;
+    for (;;) {
+        int connection = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        if (connection >= 0) close(connection);
+    }
+    return NULL;
+}
+
+int cbench_loopback_listener(void) {
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listener < 0) return -1;
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t length = sizeof address;
+    if (bind(listener, (struct sockaddr *)&address, sizeof address) < 0 || listen(listener, 4096) < 0 ||
+        getsockname(listener, (struct sockaddr *)&address, &length) < 0) {
+        close(listener);
+        return -1;
+    }
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, accept_forever, (void *)(intptr_t)listener) != 0) return -1;
+    pthread_detach(thread);
+    return ntohs(address.sin_port);
+}
+
+static int connect_loopback(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    while (connect(fd, (struct sockaddr *)&address, sizeof address) < 0) {
+        if (errno != EINTR) { int saved = errno; close(fd); errno = saved; return -1; }
+    }
+    return fd;
+}
+
+int cbench_direct_connects(int port, int iterations, uint64_t *out_ns) {
+    for (int i = 0; i < iterations; i++) {
+        uint64_t start = cbench_now_ns();
+        int fd = connect_loopback(port);
+        if (fd < 0) return -1;
+        close(fd);
+        out_ns[i] = cbench_now_ns() - start;
+    }
+    return 0;
+}
+
+int cbench_connect_broker(const int *fds, int count) {
+    struct pollfd *polls = calloc((size_t)count, sizeof *polls);
+    if (!polls) return -1;
+    for (int i = 0; i < count; i++) { polls[i].fd = fds[i]; polls[i].events = POLLIN; }
+    int open_clients = count;
+    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
+    while (open_clients > 0) {
+        if (poll(polls, (nfds_t)count, -1) < 0) { if (errno == EINTR) continue; free(polls); return -1; }
+        for (int i = 0; i < count; i++) {
+            if (polls[i].fd < 0 || !(polls[i].revents & (POLLIN | POLLHUP))) continue;
+            uint16_t port = 0;
+            ssize_t n = recv(polls[i].fd, &port, sizeof port, 0);
+            if (n <= 0) { polls[i].fd = -1; open_clients--; continue; }
+            int socket_fd = connect_loopback(port);
+            int error = socket_fd < 0 ? errno : 0;
+            struct iovec iov = { &error, sizeof error };
+            struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1 };
+            if (socket_fd >= 0) {
+                memset(&control, 0, sizeof control);
+                reply.msg_control = control.buf;
+                reply.msg_controllen = sizeof control.buf;
+                struct cmsghdr *c = CMSG_FIRSTHDR(&reply);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(c), &socket_fd, sizeof(int));
+            }
+            while (sendmsg(polls[i].fd, &reply, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
+            if (socket_fd >= 0) close(socket_fd);
+        }
+    }
+    free(polls);
+    return 0;
+}
+
+int cbench_connect_client(int fd, int port, int iterations, uint64_t *out_ns) {
+    uint16_t request = (uint16_t)port;
+    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
+    for (int i = 0; i < iterations; i++) {
+        uint64_t start = cbench_now_ns();
+        while (send(fd, &request, sizeof request, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
+        int error = 0;
+        struct iovec iov = { &error, sizeof error };
+        struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+        while (recvmsg(fd, &reply, MSG_CMSG_CLOEXEC) < 0) { if (errno != EINTR) return -1; }
+        struct cmsghdr *c = CMSG_FIRSTHDR(&reply);
+        if (c && c->cmsg_type == SCM_RIGHTS) {
+            int socket_fd;
+            memcpy(&socket_fd, CMSG_DATA(c), sizeof(int));
+            close(socket_fd);
+        } else if (error) {
+            errno = error;
+            return -1;
+        }
+        if (out_ns) out_ns[i] = cbench_now_ns() - start;
     }
     return 0;
 }

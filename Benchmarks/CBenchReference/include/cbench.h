@@ -47,6 +47,22 @@ int cbench_open_client(int fd, const char *name, int iterations, uint64_t *_Null
 /* The same opens without a broker: openat(directory, name) and close, timed. */
 int cbench_direct_opens(int directory, const char *name, int iterations, uint64_t *out_ns);
 
+/* A TCP listener on 127.0.0.1 (port chosen by the kernel) with a thread that
+   accepts and closes connections forever. Returns the port, or -1. */
+int cbench_loopback_listener(void);
+
+/* connect(2) to 127.0.0.1:port on a new socket and close it, timed. */
+int cbench_direct_connects(int port, int iterations, uint64_t *out_ns);
+
+/* A minimal C connect broker: each request is a 2-byte port; the answer is a
+   TCP socket connected (blocking) to 127.0.0.1:port, or 4 bytes of errno.
+   Serves every fd in `fds` with poll() until every client has closed. */
+int cbench_connect_broker(const int *fds, int count);
+
+/* A C client of that broker: `iterations` connects to `port`, closing each
+   socket it gets; durations to out_ns when it is not NULL. */
+int cbench_connect_client(int fd, int port, int iterations, uint64_t *_Nullable out_ns);
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t cbench_now_ns(void);
 
