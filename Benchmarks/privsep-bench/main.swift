@@ -80,6 +80,41 @@ func childMain(_ mode: String) -> Never {
             fatalError("swift-open-worker: \(error)")
         }
         exit(0)
+    case "swift-connect-worker":
+        // Brokered connects: arguments N PORT; waits for one byte on stdin before starting.
+        let count = Int(CommandLine.arguments[3])!, port = UInt16(CommandLine.arguments[4])!
+        do {
+            let connection = try SupervisorConnection.connect()
+            try Lockdown.brokered().apply(reportingTo: connection)
+            var go: UInt8 = 0
+            _ = read(0, &go, 1)
+            var samples = [UInt64](repeating: 0, count: count)
+            for index in 0..<count {
+                let start = cbench_now_ns()
+                let socket = try connection.connect(to: .ipv4(.loopback, port: port))
+                _ = consume socket
+                samples[index] = cbench_now_ns() - start
+            }
+            let summary = Summary(samples)
+            let line = "\(summary.median) \(summary.p99)\n"
+            _ = line.withCString { write(1, $0, strlen($0)) }
+        } catch {
+            fatalError("swift-connect-worker: \(error)")
+        }
+        exit(0)
+    case "c-connect-client":
+        // The C client of the C connect broker: arguments N PORT OUTFILE.
+        let count = Int(CommandLine.arguments[3])!, port = Int32(CommandLine.arguments[4])!, output = CommandLine.arguments[5]
+        var go: UInt8 = 0
+        _ = read(0, &go, 1)
+        var samples = [UInt64](repeating: 0, count: count)
+        guard cbench_connect_client(WireFormat.channelFileDescriptor, port, Int32(count), &samples) == 0 else { fatalError("c-connect-client: \(errno)") }
+        let summary = Summary(samples)
+        let line = "\(summary.median) \(summary.p99)\n"
+        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        exit(0)
     case "c-open-client":
         // The C client of the C broker: arguments N NAME OUTFILE; waits for stdin like the Swift one.
         let count = Int(CommandLine.arguments[3])!, name = CommandLine.arguments[4], output = CommandLine.arguments[5]
@@ -152,6 +187,11 @@ var idleWorkers = 1_000
 var startupRuns = 200
 var openRuns = 20_000
 var poolJobs = 5_000
+var connectRuns = 5_000
+if let index = CommandLine.arguments.firstIndex(of: "--connect-runs"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
+    connectRuns = value
+}
 if let index = CommandLine.arguments.firstIndex(of: "--pool-jobs"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     poolJobs = value
@@ -608,6 +648,85 @@ if openRuns > 0 {
     }
     unlink(openDirectory + "/" + openName)
     rmdir(openDirectory)
+}
+
+// MARK: Brokered connects
+
+/// One brokered worker doing `count` CONNECTs to 127.0.0.1:port; per-connect latency.
+@MainActor func measureSwiftConnects(port: Int32, count: Int) async -> Summary {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    let supervisor = try! Supervisor(logger: logger)
+    var policy = Policy()
+    policy.allowConnect(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: UInt16(port)...UInt16(port)))
+    let gate = StartGate()
+    let output = "/tmp/privsep-bench-cc-\(getpid())"
+    let outputFD = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    var configuration = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "swift-connect-worker", "\(count)", "\(port)"], policy: policy)
+    configuration.standardInput = .descriptor(SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: dup(gate.read))))
+    configuration.standardOutput = .descriptor(SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: outputFD)))
+    configuration.caps.messagesPerSecond = 10_000_000
+    configuration.caps.messageBurst = 1_000_000
+    let handle = try! await supervisor.spawn(configuration)
+    configuration = WorkerConfiguration(executable: "/")
+    while supervisor.workers().filter({ $0.sandbox != nil }).count < 1 { usleep(1000) }
+    gate.open(1)
+    let reason = await handle.exit()
+    check(reason == .exited(code: 0), "connect worker: \(reason)")
+    gate.close()
+    await supervisor.shutdown()
+    let summary = parseSummary((try? readProcFile(output)) ?? "")
+    unlink(output)
+    return summary
+}
+
+/// The same with the minimal C connect broker in this process and a C client.
+@MainActor func measureCConnects(port: Int32, count: Int) -> Summary {
+    let gate = StartGate()
+    let output = "/tmp/privsep-bench-ccout-\(getpid())"
+    let pair = try! SeqpacketSocket.pair()
+    let parent = pair.first, child = pair.second
+    let path = selfPath()
+    let arguments = [path, "--child", "c-connect-client", "\(count)", "\(port)", output]
+    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read) }
+    for pointer in argv { free(pointer) }
+    check(pid > 0, "spawn")
+    _ = consume child
+    let parentEnd = parent.intoFileDescriptor().releaseUnsafeRawValue()
+    usleep(100_000)
+    gate.open(1)
+    var ends = [parentEnd]
+    check(cbench_connect_broker(&ends, 1) == 0, "C connect broker")
+    close(parentEnd)
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    check(status == 0, "C connect client exited with \(status)")
+    gate.close()
+    let summary = parseSummary((try? readProcFile(output)) ?? "")
+    unlink(output)
+    return summary
+}
+
+if connectRuns > 0 {
+    let port = cbench_loopback_listener()
+    check(port > 0, "loopback listener")
+    print("")
+    print("| connect to a loopback listener | placement | median µs | p99 µs | vs C broker |")
+    print("|---|---|---:|---:|---:|")
+    for pinned in [true, false] {
+        check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
+        let placement = pinned ? "pinned (CPU 0)" : "unpinned"
+        var samples = [UInt64](repeating: 0, count: connectRuns)
+        check(cbench_direct_connects(port, Int32(connectRuns), &samples) == 0, "direct connects")
+        let direct = Summary(samples)
+        print("| direct socket + connect + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | |")
+        let c = measureCConnects(port: port, count: connectRuns)
+        print("| minimal C broker (blocking connect), 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | |")
+        let swift = await measureSwiftConnects(port: port, count: connectRuns)
+        print("| privsep brokered CONNECT (policy, non-blocking connect, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(format(swift.median / c.median))x |")
+    }
+    check(cbench_pin(-1) == 0, "sched_setaffinity")
 }
 
 // MARK: Worker pool

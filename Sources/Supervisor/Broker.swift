@@ -246,6 +246,11 @@ public final class ActivePolicy: Sendable {
         case .success:
             return .finished(restoreBlocking(socket, requested: request.type, reason: "connected to \(request.address)"))
         case .failure(.nowInProgress):
+            // A loopback handshake has usually completed by the time connect returns: a
+            // zero-timeout poll saves those the round trip through the event loop.
+            if system_poll_writable_now(raw) {
+                return .finished(finishConnect(PendingConnect(socket: socket, requestedType: request.type, address: request.address)))
+            }
             return .inProgress(socket)
         case .failure(let errno):
             return .finished(.denied(errno, "connect failed"))

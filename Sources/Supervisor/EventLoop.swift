@@ -377,11 +377,11 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func startConnect(_ record: WorkerRecord, _ requestID: UInt64, _ request: AddressRequest) {
-        let detail = "\(request.address) type \(request.type)"
         switch record.policy.startConnect(request) {
         case .finished(let result):
-            reply(record, requestID, event: "CONNECT", detail: detail, request: .connect(request), result)
+            reply(record, requestID, event: "CONNECT", detail: "\(request.address) type \(request.type)", request: .connect(request), result)
         case .inProgress(let socket):
+            let detail = "\(request.address) type \(request.type)"
             let raw = socket.unsafeRawValue
             let deadline = system_clock_monotonic() + nanoseconds(record.configuration.caps.connectTimeoutSeconds)
             let pending = PendingConnectState(requestID: requestID, detail: detail, deadline: deadline, socket: socket,

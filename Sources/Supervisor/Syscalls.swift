@@ -180,3 +180,10 @@ func system_process_cpu_nanoseconds(_ pid: pid_t) -> Result<UInt64, Errno> {
     guard clock_gettime(clock, &now) == 0 else { return .failure(currentErrno()) }
     return .success(UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec))
 }
+
+/// Whether `fd` is writable (or has an error) right now, without waiting.
+func system_poll_writable_now(_ fd: Int32) -> Bool {
+    var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+    guard case .success(let ready) = retryingOnInterrupt({ poll(&entry, 1, 0) }), ready == 1 else { return false }
+    return entry.revents & Int16(POLLOUT | POLLERR | POLLHUP) != 0
+}
