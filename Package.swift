@@ -93,6 +93,13 @@ let package = Package(
             path: "Benchmarks/privsep-bench",
             swiftSettings: strictSwift
         ),
+        // The smallest real worker (Worker + PrivsepIPC only), for privsep-bench's start-up row.
+        .executableTarget(
+            name: "bench-ready-worker",
+            dependencies: ["Worker"],
+            path: "Benchmarks/bench-ready-worker",
+            swiftSettings: strictSwift
+        ),
         // Fuzz targets (Fuzz/run.sh builds them for libFuzzer; built normally they replay a corpus).
         .target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"),
         .target(name: "FuzzSupport", dependencies: ["CFuzzDriver"], path: "Fuzz/FuzzSupport",

@@ -205,6 +205,19 @@ if let index = CommandLine.arguments.firstIndex(of: "--startup-runs"), index + 1
     startupRuns = value
 }
 
+/// Whether the executable at `path` names a program interpreter (ld.so): the
+/// .interp string sits in the first page of any dynamically linked ELF file.
+func hasProgramInterpreter(_ path: String) -> Bool {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return true }
+    defer { close(fd) }
+    var page = [UInt8](repeating: 0, count: 4096)
+    let count = read(fd, &page, page.count)
+    guard count > 0 else { return true }
+    let needle = Array("/ld-linux".utf8)
+    return (0...(count - needle.count)).contains { start in page[start..<(start + needle.count)].elementsEqual(needle) }
+}
+
 /// Whether the Swift runtime is linked in (no libswiftCore.so mapped).
 func isStaticallyLinked() -> Bool {
     guard let maps = try? readProcFile("/proc/self/maps") else { return false }
@@ -469,6 +482,21 @@ if startupRuns > 0 {
     print("| Swift worker (this binary: \(isStaticallyLinked() ? "static" : "dynamic") Swift runtime), seccomp + Landlock | \(format(swift.median / 1000)) | \(format(swift.p99 / 1000)) |")
     if let lockdown = lastLockdownMicroseconds {
         print("| … of which Lockdown.apply (libseccomp build + load, Landlock, report) | \(format(lockdown / 1000)) | |")
+    }
+    // The smallest real worker (Worker + PrivsepIPC only): --ready-worker PATH, else beside this binary.
+    var small = String(selfPath().dropLast("privsep-bench".count)) + "bench-ready-worker"
+    if let index = CommandLine.arguments.firstIndex(of: "--ready-worker"), index + 1 < CommandLine.arguments.count {
+        small = CommandLine.arguments[index + 1]
+    }
+    if access(small, X_OK) == 0 {
+        let worker = await measureStartup(executable: small, arguments: [], runs: startupRuns)
+        let linkage = hasProgramInterpreter(small) ? "dynamically linked (ld.so, libc, libstdc++)" : "one static executable"
+        print("| Swift worker (bench-ready-worker: Worker library only, \(linkage)), seccomp + Landlock | \(format(worker.median / 1000)) | \(format(worker.p99 / 1000)) |")
+        if let lockdown = lastLockdownMicroseconds {
+            print("| … of which Lockdown.apply | \(format(lockdown / 1000)) | |")
+        }
+    } else {
+        print("| bench-ready-worker: not built (swift build --product bench-ready-worker) | | |")
     }
     if let cWorker = buildStaticCWorker() {
         let c = await measureStartup(executable: cWorker, arguments: [], runs: startupRuns)
