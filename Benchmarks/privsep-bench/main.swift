@@ -1,12 +1,21 @@
-// privsep-bench: channel round trips between two processes, the Swift channel
-// beside a plain C sendmsg/recvmsg reference in the same run, pinned to one
-// core and unpinned. Run with: swift run -c release privsep-bench [--iterations N]
+// privsep-bench: every hot path of privsep beside its reference, measured in the
+// same run, pinned to one core and unpinned, median and p99. See BENCHMARKS.md.
+//   swift build -c release --static-swift-stdlib --product privsep-bench
+//   .build/release/privsep-bench [--iterations N] [--startup-runs N] [--workers N]
+//       [--open-runs N] [--connect-runs N] [--pool-jobs N] [--ready-worker PATH]
+// (0 skips a section.)
 //
-// Rows:
-//   raw N fds    16-byte request carrying N fds; the child closes them and replies 16 bytes.
-//   OPEN->REPLY  the protocol: an encoded OPEN, decoded by the child, answered with a
-//                REPLY carrying one fd, decoded by the parent, fd closed. The C reference
-//                is a minimal C broker doing the same transfer with raw bytes.
+// Sections:
+//   channel      raw N fds: a 16-byte request carrying N fds, 16 bytes back; OPEN->REPLY:
+//                the protocol's codec on both sides, one fd back. C sendmsg/recvmsg reference.
+//   start-up     spawn -> HELLO -> Lockdown -> SANDBOX_STATUS -> reaped, for this binary and
+//                for bench-ready-worker (the Worker library only), beside a static C worker.
+//   memory       supervisor RSS per idle locked-down worker.
+//   open         brokered opens beside a direct openat and a minimal C broker; opens/s.
+//   connect      brokered CONNECTs to a loopback listener beside a direct connect and a
+//                minimal C broker.
+//   pool         WorkerPool per-job round trip beside an in-process call; jobs/s by pool
+//                size, warm and with a fresh process per job.
 
 import CBenchReference
 import Glibc
@@ -143,10 +152,12 @@ func childMain(_ mode: String) -> Never {
         exit(0)
     case "pool-worker":
         // A pool worker whose job is trivial: the input comes back as the output.
-        do {
+        do throws(WorkerError) {
             let connection = try SupervisorConnection.connect()
             try Lockdown.brokered().apply(reportingTo: connection)
             try connection.serveJobs { (job: consuming Job) -> [UInt8] in job.input }
+        } catch .supervisorGone {
+            exit(0) // retired while starting: the pool is shutting down
         } catch {
             fatalError("pool-worker: \(error)")
         }
