@@ -95,6 +95,8 @@ final class EventLoop: @unchecked Sendable {
     // MARK: Loop thread
 
     private func run() {
+        // Named so operators (top -H, perf) can tell the supervisor's serving thread apart.
+        system_set_thread_name("privsep-loop")
         let capacity = 128
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }

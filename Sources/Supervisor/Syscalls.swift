@@ -187,3 +187,8 @@ func system_poll_writable_now(_ fd: Int32) -> Bool {
     guard case .success(let ready) = retryingOnInterrupt({ poll(&entry, 1, 0) }), ready == 1 else { return false }
     return entry.revents & Int16(POLLOUT | POLLERR | POLLHUP) != 0
 }
+
+/// Names the calling thread (PR_SET_NAME; at most 15 bytes are kept).
+func system_set_thread_name(_ name: String) {
+    name.withCString { _ = privsep_prctl(PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
+}
