@@ -166,25 +166,30 @@ int cbench_request_fd_round_trips(int fd, int iterations, uint64_t *out_ns) {
     return 0;
 }
 
-int cbench_open_broker(const int *fds, int count, int directory) {
+/* Serves requests from every fd in `fds` with poll() until every client has closed:
+   each request (NUL-terminated in the buffer) goes to `handle`, whose fd is sent back
+   with SCM_RIGHTS and closed, or whose errno goes back as 4 bytes. */
+typedef int (*request_handler)(const char *request, ssize_t length, void *context);
+
+static int serve_fd_requests(const int *fds, int count, request_handler handle, void *context) {
     struct pollfd *polls = calloc((size_t)count, sizeof *polls);
     if (!polls) return -1;
     for (int i = 0; i < count; i++) { polls[i].fd = fds[i]; polls[i].events = POLLIN; }
     int open_clients = count;
-    char name[4096];
+    char request[4096];
     union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
     while (open_clients > 0) {
         if (poll(polls, (nfds_t)count, -1) < 0) { if (errno == EINTR) continue; free(polls); return -1; }
         for (int i = 0; i < count; i++) {
             if (polls[i].fd < 0 || !(polls[i].revents & (POLLIN | POLLHUP))) continue;
-            ssize_t n = recv(polls[i].fd, name, sizeof name - 1, 0);
+            ssize_t n = recv(polls[i].fd, request, sizeof request - 1, 0);
             if (n <= 0) { polls[i].fd = -1; open_clients--; continue; }
-            name[n] = 0;
-            int file = openat(directory, name, O_RDONLY | O_CLOEXEC);
-            int error = file < 0 ? errno : 0;
+            request[n] = 0;
+            int answer = handle(request, n, context);
+            int error = answer < 0 ? errno : 0;
             struct iovec iov = { &error, sizeof error };
             struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1 };
-            if (file >= 0) {
+            if (answer >= 0) {
                 memset(&control, 0, sizeof control);
                 reply.msg_control = control.buf;
                 reply.msg_controllen = sizeof control.buf;
@@ -192,14 +197,23 @@ int cbench_open_broker(const int *fds, int count, int directory) {
                 c->cmsg_level = SOL_SOCKET;
                 c->cmsg_type = SCM_RIGHTS;
                 c->cmsg_len = CMSG_LEN(sizeof(int));
-                memcpy(CMSG_DATA(c), &file, sizeof(int));
+                memcpy(CMSG_DATA(c), &answer, sizeof(int));
             }
             while (sendmsg(polls[i].fd, &reply, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
-            if (file >= 0) close(file);
+            if (answer >= 0) close(answer);
         }
     }
     free(polls);
     return 0;
+}
+
+static int open_request(const char *name, ssize_t length, void *context) {
+    (void)length;
+    return openat(*(const int *)context, name, O_RDONLY | O_CLOEXEC);
+}
+
+int cbench_open_broker(const int *fds, int count, int directory) {
+    return serve_fd_requests(fds, count, open_request, &directory);
 }
 
 int cbench_open_client(int fd, const char *name, int iterations, uint64_t *out_ns) {
@@ -284,39 +298,16 @@ int cbench_direct_connects(int port, int iterations, uint64_t *out_ns) {
     return 0;
 }
 
+static int connect_request(const char *request, ssize_t length, void *context) {
+    (void)context;
+    uint16_t port = 0;
+    if (length != sizeof port) { errno = EINVAL; return -1; }
+    memcpy(&port, request, sizeof port);
+    return connect_loopback(port);
+}
+
 int cbench_connect_broker(const int *fds, int count) {
-    struct pollfd *polls = calloc((size_t)count, sizeof *polls);
-    if (!polls) return -1;
-    for (int i = 0; i < count; i++) { polls[i].fd = fds[i]; polls[i].events = POLLIN; }
-    int open_clients = count;
-    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
-    while (open_clients > 0) {
-        if (poll(polls, (nfds_t)count, -1) < 0) { if (errno == EINTR) continue; free(polls); return -1; }
-        for (int i = 0; i < count; i++) {
-            if (polls[i].fd < 0 || !(polls[i].revents & (POLLIN | POLLHUP))) continue;
-            uint16_t port = 0;
-            ssize_t n = recv(polls[i].fd, &port, sizeof port, 0);
-            if (n <= 0) { polls[i].fd = -1; open_clients--; continue; }
-            int socket_fd = connect_loopback(port);
-            int error = socket_fd < 0 ? errno : 0;
-            struct iovec iov = { &error, sizeof error };
-            struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1 };
-            if (socket_fd >= 0) {
-                memset(&control, 0, sizeof control);
-                reply.msg_control = control.buf;
-                reply.msg_controllen = sizeof control.buf;
-                struct cmsghdr *c = CMSG_FIRSTHDR(&reply);
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(sizeof(int));
-                memcpy(CMSG_DATA(c), &socket_fd, sizeof(int));
-            }
-            while (sendmsg(polls[i].fd, &reply, MSG_NOSIGNAL) < 0 && errno == EINTR) {}
-            if (socket_fd >= 0) close(socket_fd);
-        }
-    }
-    free(polls);
-    return 0;
+    return serve_fd_requests(fds, count, connect_request, NULL);
 }
 
 int cbench_connect_client(int fd, int port, int iterations, uint64_t *out_ns) {

@@ -69,74 +69,20 @@ func childMain(_ mode: String) -> Never {
         }
     case "swift-open-worker":
         // Brokered opens: arguments N PATH; waits for one byte on stdin before starting.
-        let count = Int(CommandLine.arguments[3])!, path = CommandLine.arguments[4]
-        do {
-            let connection = try SupervisorConnection.connect()
-            try Lockdown.brokered().apply(reportingTo: connection)
-            var go: UInt8 = 0
-            _ = read(0, &go, 1)
-            var samples = [UInt64](repeating: 0, count: count)
-            for index in 0..<count {
-                let start = cbench_now_ns()
-                let fd = try connection.open(path, .readOnly)
-                _ = consume fd
-                samples[index] = cbench_now_ns() - start
-            }
-            let summary = Summary(samples)
-            let line = "\(summary.median) \(summary.p99)\n"
-            _ = line.withCString { write(1, $0, strlen($0)) }
-        } catch {
-            fatalError("swift-open-worker: \(error)")
-        }
-        exit(0)
+        let path = CommandLine.arguments[4]
+        timedBrokeredRequests(mode) { connection in _ = try connection.open(path, .readOnly) }
     case "swift-connect-worker":
         // Brokered connects: arguments N PORT; waits for one byte on stdin before starting.
-        let count = Int(CommandLine.arguments[3])!, port = UInt16(CommandLine.arguments[4])!
-        do {
-            let connection = try SupervisorConnection.connect()
-            try Lockdown.brokered().apply(reportingTo: connection)
-            var go: UInt8 = 0
-            _ = read(0, &go, 1)
-            var samples = [UInt64](repeating: 0, count: count)
-            for index in 0..<count {
-                let start = cbench_now_ns()
-                let socket = try connection.connect(to: .ipv4(.loopback, port: port))
-                _ = consume socket
-                samples[index] = cbench_now_ns() - start
-            }
-            let summary = Summary(samples)
-            let line = "\(summary.median) \(summary.p99)\n"
-            _ = line.withCString { write(1, $0, strlen($0)) }
-        } catch {
-            fatalError("swift-connect-worker: \(error)")
-        }
-        exit(0)
+        let port = UInt16(CommandLine.arguments[4])!
+        timedBrokeredRequests(mode) { connection in _ = try connection.connect(to: .ipv4(.loopback, port: port)) }
     case "c-connect-client":
         // The C client of the C connect broker: arguments N PORT OUTFILE.
-        let count = Int(CommandLine.arguments[3])!, port = Int32(CommandLine.arguments[4])!, output = CommandLine.arguments[5]
-        var go: UInt8 = 0
-        _ = read(0, &go, 1)
-        var samples = [UInt64](repeating: 0, count: count)
-        guard cbench_connect_client(WireFormat.channelFileDescriptor, port, Int32(count), &samples) == 0 else { fatalError("c-connect-client: \(errno)") }
-        let summary = Summary(samples)
-        let line = "\(summary.median) \(summary.p99)\n"
-        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        _ = line.withCString { write(fd, $0, strlen($0)) }
-        close(fd)
-        exit(0)
+        let port = Int32(CommandLine.arguments[4])!
+        timedCClient(mode) { count, samples in cbench_connect_client(WireFormat.channelFileDescriptor, port, count, samples) }
     case "c-open-client":
         // The C client of the C broker: arguments N NAME OUTFILE; waits for stdin like the Swift one.
-        let count = Int(CommandLine.arguments[3])!, name = CommandLine.arguments[4], output = CommandLine.arguments[5]
-        var go: UInt8 = 0
-        _ = read(0, &go, 1)
-        var samples = [UInt64](repeating: 0, count: count)
-        guard cbench_open_client(WireFormat.channelFileDescriptor, name, Int32(count), &samples) == 0 else { fatalError("c-open-client: \(errno)") }
-        let summary = Summary(samples)
-        let line = "\(summary.median) \(summary.p99)\n"
-        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        _ = line.withCString { write(fd, $0, strlen($0)) }
-        close(fd)
-        exit(0)
+        let name = CommandLine.arguments[4]
+        timedCClient(mode) { count, samples in cbench_open_client(WireFormat.channelFileDescriptor, name, count, samples) }
     case "ready-worker":
         // Start-up: handshake, brokered lockdown (seccomp + Landlock), report, exit.
         // Prints how long the lockdown itself took (µs), for the share of start-up it is.
@@ -176,6 +122,46 @@ func childMain(_ mode: String) -> Never {
     default:
         fatalError("unknown child mode \(mode)")
     }
+}
+
+/// A brokered worker's timed loop: argument 3 is the count. Locks down, waits for one
+/// byte on stdin (the start gate), times `count` calls of `request` (each closes
+/// what it got), prints "MEDIAN P99" in µs and exits.
+func timedBrokeredRequests(_ mode: String, _ request: (SupervisorConnection) throws -> Void) -> Never {
+    let count = Int(CommandLine.arguments[3])!
+    do {
+        let connection = try SupervisorConnection.connect()
+        try Lockdown.brokered().apply(reportingTo: connection)
+        var go: UInt8 = 0
+        _ = read(0, &go, 1)
+        var samples = [UInt64](repeating: 0, count: count)
+        for index in 0..<count {
+            let start = cbench_now_ns()
+            try request(connection)
+            samples[index] = cbench_now_ns() - start
+        }
+        let summary = Summary(samples)
+        let line = "\(summary.median) \(summary.p99)\n"
+        _ = line.withCString { write(1, $0, strlen($0)) }
+    } catch {
+        fatalError("\(mode): \(error)")
+    }
+    exit(0)
+}
+
+/// A C client's timed loop: argument 3 is the count, argument 5 the file for "MEDIAN P99".
+func timedCClient(_ mode: String, _ run: (Int32, UnsafeMutablePointer<UInt64>) -> Int32) -> Never {
+    let count = Int(CommandLine.arguments[3])!, output = CommandLine.arguments[5]
+    var go: UInt8 = 0
+    _ = read(0, &go, 1)
+    var samples = [UInt64](repeating: 0, count: count)
+    guard run(Int32(count), &samples) == 0 else { fatalError("\(mode): \(errno)") }
+    let summary = Summary(samples)
+    let line = "\(summary.median) \(summary.p99)\n"
+    let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    _ = line.withCString { write(fd, $0, strlen($0)) }
+    close(fd)
+    exit(0)
 }
 
 /// precondition's message is dropped in release builds; this one is printed.

@@ -66,15 +66,7 @@ struct Pool: AsyncParsableCommand {
         let file = try loadPolicy(policy)
         var logger = Logger(label: "privsep")
         logger.logLevel = .error
-        let audit: AuditLog?
-        if let auditLog {
-            do { audit = try AuditLog(path: auditLog) } catch {
-                printError("privsep: cannot open the audit log \(auditLog): \(error)")
-                throw ExitCode(2)
-            }
-        } else {
-            audit = nil
-        }
+        let audit = try openAuditLog(auditLog)
         var worker = try workerConfiguration(command: command, file: file)
         // Jobs arrive on the channel; the workers' stdin is not the list of inputs.
         worker.standardInput = .null
@@ -139,6 +131,15 @@ struct Pool: AsyncParsableCommand {
         lines.append("  workers started: \(metrics.workersSpawned), recycled: \(metrics.workersRecycled), replaced after a failure: \(metrics.workerRestarts)")
         lines.append("  latency: median \(format(metrics.latency.median * 1000, 2)) ms, p99 \(format(metrics.latency.p99 * 1000, 2)) ms (last \(metrics.latency.count) jobs)")
         printError(lines.joined(separator: "\n"))
+    }
+}
+
+/// The audit log at `path` (appended to), nil without a path; exit status 2 if it cannot be opened.
+func openAuditLog(_ path: String?) throws -> AuditLog? {
+    guard let path else { return nil }
+    do { return try AuditLog(path: path) } catch {
+        printError("privsep: cannot open the audit log \(path): \(error)")
+        throw ExitCode(2)
     }
 }
 
