@@ -216,21 +216,22 @@ int cbench_open_broker(const int *fds, int count, int directory) {
     return serve_fd_requests(fds, count, open_request, &directory);
 }
 
-int cbench_open_client(int fd, const char *name, int iterations, uint64_t *out_ns) {
-    size_t length = strlen(name);
+/* `iterations` round trips of `request` to a serve_fd_requests broker, closing
+   each fd that comes back; a refusal ends the loop with its errno. */
+static int request_fd_round_trips(int fd, const void *request, size_t length, int iterations, uint64_t *out_ns) {
     union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
     for (int i = 0; i < iterations; i++) {
         uint64_t start = cbench_now_ns();
-        while (send(fd, name, length, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
+        while (send(fd, request, length, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
         int error = 0;
         struct iovec iov = { &error, sizeof error };
         struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
         while (recvmsg(fd, &reply, MSG_CMSG_CLOEXEC) < 0) { if (errno != EINTR) return -1; }
         struct cmsghdr *c = CMSG_FIRSTHDR(&reply);
         if (c && c->cmsg_type == SCM_RIGHTS) {
-            int file;
-            memcpy(&file, CMSG_DATA(c), sizeof(int));
-            close(file);
+            int received;
+            memcpy(&received, CMSG_DATA(c), sizeof(int));
+            close(received);
         } else if (error) {
             errno = error;
             return -1;
@@ -238,6 +239,10 @@ int cbench_open_client(int fd, const char *name, int iterations, uint64_t *out_n
         if (out_ns) out_ns[i] = cbench_now_ns() - start;
     }
     return 0;
+}
+
+int cbench_open_client(int fd, const char *name, int iterations, uint64_t *out_ns) {
+    return request_fd_round_trips(fd, name, strlen(name), iterations, out_ns);
 }
 
 int cbench_direct_opens(int directory, const char *name, int iterations, uint64_t *out_ns) {
@@ -312,24 +317,5 @@ int cbench_connect_broker(const int *fds, int count) {
 
 int cbench_connect_client(int fd, int port, int iterations, uint64_t *out_ns) {
     uint16_t request = (uint16_t)port;
-    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
-    for (int i = 0; i < iterations; i++) {
-        uint64_t start = cbench_now_ns();
-        while (send(fd, &request, sizeof request, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
-        int error = 0;
-        struct iovec iov = { &error, sizeof error };
-        struct msghdr reply = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
-        while (recvmsg(fd, &reply, MSG_CMSG_CLOEXEC) < 0) { if (errno != EINTR) return -1; }
-        struct cmsghdr *c = CMSG_FIRSTHDR(&reply);
-        if (c && c->cmsg_type == SCM_RIGHTS) {
-            int socket_fd;
-            memcpy(&socket_fd, CMSG_DATA(c), sizeof(int));
-            close(socket_fd);
-        } else if (error) {
-            errno = error;
-            return -1;
-        }
-        if (out_ns) out_ns[i] = cbench_now_ns() - start;
-    }
-    return 0;
+    return request_fd_round_trips(fd, &request, sizeof request, iterations, out_ns);
 }
