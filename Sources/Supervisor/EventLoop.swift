@@ -24,7 +24,8 @@ final class EventLoop: @unchecked Sendable {
 
     private let epoll: OwnedFileDescriptor
     private let wakeup: OwnedFileDescriptor
-    private let commands = Mutex<[Command]>([])
+    /// Commands for the loop thread, and whether it has ended (then nothing more is accepted).
+    private let commands = Mutex(CommandQueue())
     private let auditor: Auditor
     private let supervisorPID = getpid()
     private var threadID = pthread_t()
@@ -40,6 +41,9 @@ final class EventLoop: @unchecked Sendable {
     private var nextDeadlineCheck: UInt64 = .max
     /// Worker pools served by this loop.
     private var pools: [ObjectIdentifier: PoolCore] = [:]
+    /// Run after the current batch of events, when the records they name are gone
+    /// (so a worker's pidfd is closed before anyone learns it has exited).
+    private var afterEvents: [() -> Void] = []
 
     private enum Registration {
         case wakeup
@@ -71,25 +75,39 @@ final class EventLoop: @unchecked Sendable {
         precondition(rc == 0, "pthread_create failed: \(rc)")
     }
 
-    /// Queues a command for the loop thread.
-    func submit(_ command: Command) {
-        commands.withLock { $0.append(command) }
-        var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { system_write(wakeup.unsafeRawValue, $0) }
+    private struct CommandQueue {
+        var pending: [Command] = []
+        var finished = false
     }
 
-    /// Runs `body` on the loop thread and returns its result. Must not be called from the loop thread.
-    func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T {
+    /// Queues a command for the loop thread. False if the loop has ended: the
+    /// command will never run (every command accepted before the end does run).
+    @discardableResult
+    func submit(_ command: Command) -> Bool {
+        let accepted = commands.withLock { queue in
+            if queue.finished { return false }
+            queue.pending.append(command)
+            return true
+        }
+        guard accepted else { return false }
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { system_write(wakeup.unsafeRawValue, $0) }
+        return true
+    }
+
+    /// Runs `body` on the loop thread and returns its result, or nil if the loop
+    /// has ended. Must not be called from the loop thread.
+    func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T? {
         precondition(pthread_equal(pthread_self(), threadID) == 0, "EventLoop.call from the loop thread would deadlock")
         let result = Mutex<T?>(nil)
         let done = DispatchSemaphore(value: 0)
-        submit(.run { loop in
+        guard submit(.run { loop in
             let value = body(loop)
             result.withLock { $0 = value }
             done.signal()
-        })
+        }) else { return nil }
         done.wait()
-        return result.withLock { $0! }
+        return result.withLock { $0 }
     }
 
     // MARK: Loop thread
@@ -123,6 +141,11 @@ final class EventLoop: @unchecked Sendable {
                 case .listener(let id): if let record = workers[id] { listenerReady(record, flags: flags) }
                 }
             }
+            while !afterEvents.isEmpty {
+                let actions = afterEvents
+                afterEvents = []
+                for action in actions { action() }
+            }
             let after = system_clock_monotonic()
             if after >= nextDeadlineCheck {
                 // Deadlines set while checking (a reply parked, say) lower it again through noteDeadline.
@@ -134,14 +157,28 @@ final class EventLoop: @unchecked Sendable {
                 done()
             }
         }
+        // Commands that came in before the end still run, here, so no caller waits forever.
+        let late = commands.withLock { queue in
+            queue.finished = true
+            defer { queue.pending = [] }
+            return queue.pending
+        }
+        for command in late {
+            switch command {
+            case .spawn(_, _, let completion): completion(.failure(.shuttingDown))
+            case .stop: break
+            case .run(let body): body(self)
+            case .shutdown(_, let done): done()
+            }
+        }
     }
 
     private func drainCommands() {
         var counter: UInt64 = 0
         _ = withUnsafeMutableBytes(of: &counter) { system_read(wakeup.unsafeRawValue, $0) }
         let pending = commands.withLock { queue in
-            defer { queue = [] }
-            return queue
+            defer { queue.pending = [] }
+            return queue.pending
         }
         for command in pending {
             switch command {
@@ -153,6 +190,7 @@ final class EventLoop: @unchecked Sendable {
                 body(self)
             case .shutdown(let grace, let done):
                 shuttingDown = done
+                for pool in pools.values { pool.supervisorShuttingDown() }
                 for record in workers.values { stop(record, grace: grace) }
             }
         }
@@ -242,6 +280,7 @@ final class EventLoop: @unchecked Sendable {
                 // One fd at most (a LISTENER's); the decoder refuses fds on every other type.
                 received = try channel.socket.receiveMessage(maximumFileDescriptors: 1, nonBlocking: true)
             } catch .system(.resourceTemporarilyUnavailable) {
+                record.pool?.channelDrained(record.id)
                 return
             } catch .peerClosed {
                 if record.phase == .handshake && record.killReason == nil {
@@ -685,8 +724,11 @@ final class EventLoop: @unchecked Sendable {
             reason = .signaled(signal: status.status, coreDumped: status.code == privsep_CLD_DUMPED)
         }
         audit(record, event: "EXIT", reason: reason.description)
-        record.handle.finish(reason)
-        record.pool?.workerExited(record.id, reason: reason, peakResidentBytes: status.peakResidentBytes)
+        let handle = record.handle, pool = record.pool, id = record.id, peak = status.peakResidentBytes
+        afterEvents.append {
+            handle.finish(reason)
+            pool?.workerExited(id, reason: reason, peakResidentBytes: peak)
+        }
     }
 
     // MARK: Pools (called by PoolCore, on this thread)
@@ -703,6 +745,12 @@ final class EventLoop: @unchecked Sendable {
         case .failure(let error):
             return .failure(error)
         }
+    }
+
+    /// Whether a JOB sent to the worker now would reach it (not killed, channel open).
+    func canSendForPool(_ workerID: UInt64) -> Bool {
+        guard let record = workers[workerID] else { return false }
+        return record.channel != nil && record.killReason == nil
     }
 
     func sendForPool(_ workerID: UInt64, _ envelope: Envelope, fds: consuming OwnedFileDescriptors) {

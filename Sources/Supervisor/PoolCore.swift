@@ -18,18 +18,23 @@ final class PoolCore: @unchecked Sendable {
     /// Jobs waiting for room in the queue (back-pressure on `run`).
     private var overflow = FIFO<PendingJob>()
     private var nextJobID: UInt64 = 1
-    private var closing: (() -> Void)?
+    /// Callers of `shutdown` waiting for the last worker to exit.
+    private var closing: [() -> Void] = []
+    private var isClosing = false
     private var closed = false
     private var starting: ((Result<Void, JobFailure>) -> Void)?
     private var consecutiveStartupFailures = 0
     private var lastStartupFailure = ""
     private var respawnAt: UInt64?
     private var nextLimitCheck: UInt64?
+    private var jobsRunning = 0
 
     init(configuration: WorkerPoolConfiguration, policy: ActivePolicy) {
         self.configuration = configuration
         self.policy = policy
     }
+
+    private var limitCheckInterval: Double { max(configuration.limitCheckInterval, 0.001) }
 
     // MARK: Commands (loop thread)
 
@@ -44,7 +49,10 @@ final class PoolCore: @unchecked Sendable {
     func submit(_ job: PendingJob) {
         guard job.continuation != nil else { return }
         if job.isCancelled { return finish(job, .failure(.cancelled)) }
-        if closed || closing != nil { return finish(job, .failure(.poolClosed)) }
+        if closed || isClosing { return finish(job, .failure(.poolClosed)) }
+        if consecutiveStartupFailures >= configuration.startupFailureLimit && !slots.values.contains(where: { $0.state == .idle }) {
+            return finish(job, .failure(.workerUnavailable("\(consecutiveStartupFailures) workers in a row could not start; the last: \(lastStartupFailure)")))
+        }
         if queue.count >= configuration.queueCapacity {
             if configuration.rejectWhenFull { return finish(job, .failure(.queueFull)) }
             overflow.append(job)
@@ -58,17 +66,33 @@ final class PoolCore: @unchecked Sendable {
     func cancel(_ job: PendingJob) {
         job.isCancelled = true
         if let slot = job.slot {
-            slot.failure = .cancelled
+            if slot.failure == nil { slot.failure = .cancelled }
             loop?.killForPool(slot.workerID, .stoppedBySupervisor)
         } else if queue.remove(job) || overflow.remove(job) {
+            refillQueue()
             publishQueueDepth()
             finish(job, .failure(.cancelled))
+            dispatch()
         }
-        // Otherwise it is not submitted yet; submit sees the flag.
+        // Otherwise it is not submitted yet (submit sees the flag) or already finished.
     }
 
     func shutdown(completion: @escaping () -> Void) {
-        closing = completion
+        closing.append(completion)
+        close()
+    }
+
+    /// The supervisor is shutting down (it stops every worker): fail what waits and end.
+    func supervisorShuttingDown() {
+        close()
+    }
+
+    private func close() {
+        isClosing = true
+        if let starting {
+            self.starting = nil
+            starting(.failure(.poolClosed))
+        }
         for job in queue.drain() + overflow.drain() { finish(job, .failure(.poolClosed)) }
         publishQueueDepth()
         for slot in slots.values where slot.job == nil { retire(slot, counted: false) }
@@ -81,20 +105,20 @@ final class PoolCore: @unchecked Sendable {
     func workerReady(_ workerID: UInt64) {
         guard let slot = slots[workerID], slot.state == .starting else { return }
         slot.state = .idle
-        consecutiveStartupFailures = 0
+        slot.readyDeadline = nil
         finishStartingIfReady()
-        if closing != nil { retire(slot, counted: false) } else { dispatch() }
+        if isClosing { retire(slot, counted: false) } else { dispatch() }
     }
 
     /// One RESULT chunk from a worker. Returns the reason to kill it, if any.
     func received(_ chunk: ResultChunk, requestID: UInt64, from workerID: UInt64) -> ExitReason? {
         guard let slot = slots[workerID] else { return .protocolViolation("RESULT from a worker this pool does not know") }
         guard let job = slot.job, job.id == requestID else {
-            slot.failure = .protocolViolation("RESULT for job \(requestID), which it is not running")
+            if slot.failure == nil { slot.failure = .protocolViolation("RESULT for job \(requestID), which it is not running") }
             return .protocolViolation("RESULT for job \(requestID), which it is not running")
         }
         guard slot.output.count + chunk.output.count <= configuration.maximumOutputBytes else {
-            slot.failure = .outputTooLarge(limit: configuration.maximumOutputBytes)
+            if slot.failure == nil { slot.failure = .outputTooLarge(limit: configuration.maximumOutputBytes) }
             return .resourceCapExceeded("job output over \(configuration.maximumOutputBytes) bytes")
         }
         slot.output += chunk.output
@@ -104,24 +128,32 @@ final class PoolCore: @unchecked Sendable {
         slot.job = nil
         job.slot = nil
         slot.jobsRun += 1
-        publishRunning(-1)
+        jobStopped()
         if chunk.status == 0 {
             finish(job, .success(JobOutput(bytes: output, workerID: workerID, latency: seconds(since: job.submitted))))
         } else {
             finish(job, .failure(.rejected(code: chunk.status, message: output)))
         }
-        let rejected = chunk.status != 0 && configuration.recycleAfterRejection
-        if rejected {
+        if chunk.status != 0 && configuration.recycleAfterRejection {
             metrics.withLock { $0.workerRestarts += 1 }
             retire(slot, counted: false)
-        } else if slot.jobsRun >= configuration.jobsPerWorker || closing != nil {
-            retire(slot, counted: closing == nil)
+        } else if slot.jobsRun >= configuration.jobsPerWorker || isClosing {
+            retire(slot, counted: !isClosing)
         } else {
             slot.state = .idle
+            slot.drained = false
         }
+        replenish()
         dispatch()
         finishClosingIfDone()
         return nil
+    }
+
+    /// The loop has read all the worker sent so far.
+    func channelDrained(_ workerID: UInt64) {
+        guard let slot = slots[workerID], !slot.drained else { return }
+        slot.drained = true
+        dispatch()
     }
 
     /// The worker is gone (reaped). Its job, if it had one, fails.
@@ -130,39 +162,30 @@ final class PoolCore: @unchecked Sendable {
         if let job = slot.job {
             slot.job = nil
             job.slot = nil
-            publishRunning(-1)
-            finish(job, .failure(slot.failure ?? failure(from: reason, peakResidentBytes: peakResidentBytes)))
-            metrics.withLock { $0.workerRestarts += 1 }
-        } else if slot.state == .starting {
-            consecutiveStartupFailures += 1
-            lastStartupFailure = "worker \(workerID) \(reason)"
-            if let starting {
-                self.starting = nil
-                closed = true
-                for other in slots.values { loop?.killForPool(other.workerID, .stoppedBySupervisor) }
-                starting(.failure(.workerUnavailable(lastStartupFailure)))
-            } else if consecutiveStartupFailures >= configuration.startupFailureLimit {
-                for job in queue.drain() + overflow.drain() {
-                    finish(job, .failure(.workerUnavailable("\(consecutiveStartupFailures) workers in a row died before they were ready; the last: \(lastStartupFailure)")))
-                }
-                publishQueueDepth()
-            }
-        } else if slot.state != .retiring {
+            jobStopped()
+            finish(job, .failure(slot.failure ?? failure(from: reason, slot: slot, peakResidentBytes: peakResidentBytes)))
+            if slot.failure != .cancelled && !isClosing { metrics.withLock { $0.workerRestarts += 1 } }
+        } else if slot.state != .retiring && slot.jobsRun == 0 {
+            // Died before it was ready, or ready but before its first job: a worker that
+            // cannot start. Counted, and the next start is delayed, so it does not spin.
+            startupFailed("worker \(workerID) \(reason)")
+        } else if slot.state != .retiring && !isClosing {
             metrics.withLock { $0.workerRestarts += 1 }
         }
-        if consecutiveStartupFailures > 0 {
-            // Back off before starting more, so a worker that cannot start does not spin.
+        if consecutiveStartupFailures > 0 && slot.jobsRun == 0 && slot.state != .retiring {
             let delay = min(0.01 * Double(1 << min(consecutiveStartupFailures, 7)), 1.0)
             respawnAt = system_clock_monotonic() + nanoseconds(delay)
             loop?.notePoolDeadline(respawnAt!)
         } else {
+            if slot.jobsRun > 0 { consecutiveStartupFailures = 0 }
             replenish()
         }
         dispatch()
         finishClosingIfDone()
     }
 
-    /// Acts on job deadlines, limit checks and a pending respawn; returns when to look again.
+    /// Acts on job deadlines, readiness deadlines, limit checks and a pending respawn;
+    /// returns when to look again.
     func checkDeadlines(now: UInt64) -> UInt64 {
         var next = UInt64.max
         if let at = respawnAt {
@@ -177,8 +200,18 @@ final class PoolCore: @unchecked Sendable {
         let limits = configuration.memoryLimit != nil || configuration.cpuTimeLimit != nil
         let limitCheckDue = limits && now >= (nextLimitCheck ?? 0)
         if limitCheckDue { nextLimitCheck = nil }
-        for slot in slots.values {
-            guard let job = slot.job, slot.failure == nil else { continue }
+        for slot in slots.values where slot.failure == nil {
+            if let deadline = slot.readyDeadline {
+                if now >= deadline {
+                    slot.readyDeadline = nil
+                    let why = "not ready (HELLO and SANDBOX_STATUS) within \(configuration.worker.handshakeTimeout) s"
+                    slot.failure = .killed(why)
+                    loop?.killForPool(slot.workerID, .handshakeFailed(why))
+                    continue
+                }
+                next = min(next, deadline)
+            }
+            guard let job = slot.job else { continue }
             if let deadline = job.deadline {
                 if now >= deadline {
                     slot.failure = .timedOut(seconds: configuration.jobTimeout ?? 0)
@@ -189,8 +222,8 @@ final class PoolCore: @unchecked Sendable {
             }
             if limitCheckDue { checkLimits(slot) }
         }
-        if limits && slots.values.contains(where: { $0.job != nil }) {
-            if nextLimitCheck == nil { nextLimitCheck = now + nanoseconds(configuration.limitCheckInterval) }
+        if limits && jobsRunning > 0 {
+            if nextLimitCheck == nil { nextLimitCheck = now + nanoseconds(limitCheckInterval) }
             next = min(next, nextLimitCheck!)
         }
         return next
@@ -199,24 +232,49 @@ final class PoolCore: @unchecked Sendable {
     // MARK: Internals
 
     private func checkLimits(_ slot: PoolSlot) {
-        if let limit = configuration.memoryLimit, let resident = slot.residentBytes(), resident > limit {
-            slot.failure = .outOfMemory(residentBytes: resident, limit: limit)
-            loop?.killForPool(slot.workerID, .resourceCapExceeded("job over its memory limit: \(resident) bytes resident, limit \(limit)"))
-            return
+        if let limit = configuration.memoryLimit {
+            guard let resident = slot.residentBytes() else {
+                // Fail closed: a limit that cannot be checked ends the job.
+                return killForLimit(slot, .killed("cannot read the worker's memory use"), "memory use unreadable")
+            }
+            if resident > limit {
+                return killForLimit(slot, .outOfMemory(residentBytes: resident, limit: limit),
+                                    "job over its memory limit: \(resident) bytes resident, limit \(limit)")
+            }
         }
-        if let limit = configuration.cpuTimeLimit, case .success(let now) = system_process_cpu_nanoseconds(slot.pid),
-           now >= slot.cpuAtJobStart, Double(now - slot.cpuAtJobStart) / 1e9 > limit {
-            slot.failure = .cpuTimeExceeded(seconds: limit)
-            loop?.killForPool(slot.workerID, .resourceCapExceeded("job over its CPU limit of \(limit) s"))
+        if let limit = configuration.cpuTimeLimit {
+            guard case .success(let now) = system_process_cpu_nanoseconds(slot.pid) else {
+                return killForLimit(slot, .killed("cannot read the worker's CPU time"), "CPU time unreadable")
+            }
+            if now >= slot.cpuAtJobStart, Double(now - slot.cpuAtJobStart) / 1e9 > limit {
+                killForLimit(slot, .cpuTimeExceeded(seconds: limit), "job over its CPU limit of \(limit) s")
+            }
         }
     }
 
-    /// Hands queued jobs to idle workers.
+    private func killForLimit(_ slot: PoolSlot, _ failure: JobFailure, _ why: String) {
+        slot.failure = failure
+        loop?.killForPool(slot.workerID, .resourceCapExceeded(why))
+    }
+
+    /// Moves jobs waiting for room into the queue.
+    private func refillQueue() {
+        while queue.count < configuration.queueCapacity && !overflow.isEmpty { queue.append(overflow.removeFirst()) }
+    }
+
+    /// Hands queued jobs to idle workers, never more than `size` at once.
     private func dispatch() {
         guard let loop else { return }
-        while !queue.isEmpty, let slot = slots.values.first(where: { $0.state == .idle }) {
+        refillQueue()
+        while !queue.isEmpty && jobsRunning < configuration.size {
+            guard let slot = slots.values.first(where: { $0.state == .idle && $0.drained }) else { break }
+            guard loop.canSendForPool(slot.workerID) else {
+                // Killed or closed, not reaped yet: it takes no job.
+                slot.state = .retiring
+                continue
+            }
             let job = queue.removeFirst()
-            if !overflow.isEmpty { queue.append(overflow.removeFirst()) }
+            refillQueue()
             publishQueueDepth()
             if job.isCancelled {
                 finish(job, .failure(.cancelled))
@@ -229,20 +287,27 @@ final class PoolCore: @unchecked Sendable {
             slot.job = job
             slot.state = .busy
             slot.output = []
+            jobsRunning += 1
+            metrics.withLock { $0.jobsRunning = jobsRunning }
             let now = system_clock_monotonic()
             if let timeout = configuration.jobTimeout {
                 job.deadline = now + nanoseconds(timeout)
                 loop.notePoolDeadline(job.deadline!)
             }
+            if configuration.memoryLimit != nil {
+                slot.peakAtJobStart = slot.peakResidentBytes() ?? 0
+            }
             if configuration.cpuTimeLimit != nil {
-                slot.cpuAtJobStart = (try? system_process_cpu_nanoseconds(slot.pid).get()) ?? 0
+                switch system_process_cpu_nanoseconds(slot.pid) {
+                case .success(let cpu): slot.cpuAtJobStart = cpu
+                case .failure: killForLimit(slot, .killed("cannot read the worker's CPU time"), "CPU time unreadable")
+                }
             }
             if configuration.memoryLimit != nil || configuration.cpuTimeLimit != nil {
-                let check = now + nanoseconds(configuration.limitCheckInterval)
+                let check = now + nanoseconds(limitCheckInterval)
                 if nextLimitCheck == nil || check < nextLimitCheck! { nextLimitCheck = check }
                 loop.notePoolDeadline(nextLimitCheck!)
             }
-            publishRunning(+1)
             let message = Envelope(requestID: id, .job(JobMessage(input: job.input, fileDescriptorCount: job.fileDescriptorCount)))
             loop.sendForPool(slot.workerID, message, fds: job.takeDescriptors())
             if slot.jobsRun + 1 >= configuration.jobsPerWorker {
@@ -253,34 +318,55 @@ final class PoolCore: @unchecked Sendable {
         }
     }
 
-    /// Spawns workers until `size` are serving or starting (retiring ones do not count).
+    /// Spawns workers until `size` are serving or starting. A worker on its last job,
+    /// or retiring, does not count: its replacement starts now. At most `2 × size`
+    /// processes live, as at most `size` jobs run at once.
     private func replenish() {
-        guard let loop, !closed, closing == nil, respawnAt == nil else { return }
+        guard let loop, !closed, !isClosing, respawnAt == nil else { return }
         var serving = slots.values.filter { $0.state == .starting || $0.state == .idle || $0.state == .busy }.count
         while serving < configuration.size {
             switch loop.spawnForPool(configuration.worker, policy, pool: self) {
             case .success(let (workerID, pid)):
                 let slot = PoolSlot(workerID: workerID, pid: pid, watchMemory: configuration.memoryLimit != nil)
+                slot.readyDeadline = system_clock_monotonic() + nanoseconds(configuration.worker.handshakeTimeout)
+                loop.notePoolDeadline(slot.readyDeadline!)
                 slots[workerID] = slot
                 metrics.withLock { $0.workersSpawned += 1 }
                 serving += 1
-            case .failure(let error):
-                consecutiveStartupFailures += 1
-                lastStartupFailure = "\(error)"
-                if let starting {
-                    self.starting = nil
-                    closed = true
-                    for other in slots.values { loop.killForPool(other.workerID, .stoppedBySupervisor) }
-                    starting(.failure(.workerUnavailable(lastStartupFailure)))
-                    return
+                if configuration.memoryLimit != nil && !slot.isWatchingMemory {
+                    // Fail closed: without /proc/PID/statm the memory limit could not be enforced.
+                    slot.failure = .killed("cannot watch the worker's memory use")
+                    loop.killForPool(workerID, .spawnFailed("cannot open /proc/\(pid)/statm to enforce the memory limit"))
                 }
-                for job in queue.drain() + overflow.drain() { finish(job, .failure(.workerUnavailable(lastStartupFailure))) }
-                publishQueueDepth()
+            case .failure(.shuttingDown):
+                close()
+                return
+            case .failure(let error):
+                startupFailed("\(error)")
                 let delay = min(0.01 * Double(1 << min(consecutiveStartupFailures, 7)), 1.0)
                 respawnAt = system_clock_monotonic() + nanoseconds(delay)
                 loop.notePoolDeadline(respawnAt!)
                 return
             }
+        }
+    }
+
+    /// A worker could not be started, or died before its first job.
+    private func startupFailed(_ why: String) {
+        consecutiveStartupFailures += 1
+        lastStartupFailure = why
+        if let starting {
+            self.starting = nil
+            closed = true
+            for other in slots.values { loop?.killForPool(other.workerID, .stoppedBySupervisor) }
+            loop?.abandonPool(self)
+            starting(.failure(.workerUnavailable(why)))
+            return
+        }
+        if consecutiveStartupFailures >= configuration.startupFailureLimit {
+            let message = "\(consecutiveStartupFailures) workers in a row could not start; the last: \(why)"
+            for job in queue.drain() + overflow.drain() { finish(job, .failure(.workerUnavailable(message))) }
+            publishQueueDepth()
         }
     }
 
@@ -299,11 +385,12 @@ final class PoolCore: @unchecked Sendable {
     }
 
     private func finishClosingIfDone() {
-        guard let closing, slots.isEmpty else { return }
-        self.closing = nil
+        guard isClosing, slots.isEmpty else { return }
         closed = true
         loop?.abandonPool(self)
-        closing()
+        let waiting = closing
+        closing = []
+        for completion in waiting { completion() }
     }
 
     private func finish(_ job: PendingJob, _ result: Result<JobOutput, JobFailure>) {
@@ -321,14 +408,15 @@ final class PoolCore: @unchecked Sendable {
         continuation.resume(returning: result)
     }
 
-    private func failure(from reason: ExitReason, peakResidentBytes: Int) -> JobFailure {
-        if let limit = configuration.memoryLimit, peakResidentBytes > limit {
-            // Died between two checks with more resident than allowed: that is what killed the job.
+    private func failure(from reason: ExitReason, slot: PoolSlot, peakResidentBytes: Int) -> JobFailure {
+        if let limit = configuration.memoryLimit, peakResidentBytes > limit, peakResidentBytes > slot.peakAtJobStart {
+            // The peak rose during this job, past the limit, between two checks: that is what ended it.
             return .outOfMemory(residentBytes: peakResidentBytes, limit: limit)
         }
         switch reason {
         case .exited(let code): return .exited(code: code)
-        case .signaled(SIGXCPU, _): return .cpuTimeExceeded(seconds: configuration.cpuTimeLimit ?? 0)
+        case .signaled(SIGXCPU, _) where configuration.cpuTimeLimit != nil:
+            return .cpuTimeExceeded(seconds: configuration.cpuTimeLimit!)
         case .signaled(let signal, _): return .crashed(signal: signal)
         case .seccompViolation(let call): return .seccompViolation(call)
         case .protocolViolation(let why): return .protocolViolation(why)
@@ -339,13 +427,14 @@ final class PoolCore: @unchecked Sendable {
         }
     }
 
+    private func jobStopped() {
+        jobsRunning -= 1
+        metrics.withLock { $0.jobsRunning = jobsRunning }
+    }
+
     private func publishQueueDepth() {
         let depth = queue.count + overflow.count
         metrics.withLock { $0.queueDepth = depth }
-    }
-
-    private func publishRunning(_ change: Int) {
-        metrics.withLock { $0.jobsRunning += change }
     }
 
     private func seconds(since start: UInt64) -> Double {
@@ -364,32 +453,56 @@ final class PoolSlot {
     var output: [UInt8] = []
     /// Why the pool killed it, which is what its job fails with.
     var failure: JobFailure?
+    var readyDeadline: UInt64?
+    /// False from a job's last RESULT until the loop has read everything the worker
+    /// sent with it: a worker that misbehaves right after answering is caught before
+    /// it is given another job.
+    var drained = true
     var cpuAtJobStart: UInt64 = 0
-    /// /proc/PID/statm, kept open to be re-read (-1 when not watching memory).
-    /// The pid is an unreaped child of ours, so it cannot name another process.
+    /// The peak resident bytes when its current job began.
+    var peakAtJobStart = 0
+    /// /proc/PID/statm and /proc/PID/status, kept open to be re-read (-1 when not
+    /// watching memory). The pid is an unreaped child of ours, so it cannot name
+    /// another process.
     private let statm: Int32
+    private let status: Int32
 
     init(workerID: UInt64, pid: pid_t, watchMemory: Bool) {
         self.workerID = workerID
         self.pid = pid
         statm = watchMemory ? ((try? system_open("/proc/\(pid)/statm", O_RDONLY | O_CLOEXEC).get()) ?? -1) : -1
+        status = watchMemory ? ((try? system_open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC).get()) ?? -1) : -1
     }
 
     deinit {
         if statm >= 0 { _ = system_close(statm) }
+        if status >= 0 { _ = system_close(status) }
     }
 
-    /// Resident bytes now, from /proc/PID/statm; nil if unreadable.
+    var isWatchingMemory: Bool { statm >= 0 && status >= 0 }
+
+    /// Resident bytes now, from /proc/PID/statm ("size resident shared ...", in pages).
     func residentBytes() -> Int? {
-        guard statm >= 0 else { return nil }
-        var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        let text: String? = withUnsafeMutableBytes(of: &buffer) { bytes in
-            guard case .success(let count) = system_pread(statm, bytes, offset: 0), count > 0 else { return nil }
+        guard let text = Self.read(statm, capacity: 128) else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count >= 2, let pages = Int(fields[1]) else { return nil }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// The peak resident bytes so far, from the VmHWM line of /proc/PID/status.
+    func peakResidentBytes() -> Int? {
+        guard let text = Self.read(status, capacity: 4096),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kib = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.flatMap({ Int($0) }) else { return nil }
+        return kib * 1024
+    }
+
+    private static func read(_ fd: Int32, capacity: Int) -> String? {
+        guard fd >= 0 else { return nil }
+        return withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 1) { bytes in
+            guard case .success(let count) = system_pread(fd, bytes, offset: 0), count > 0 else { return nil }
             return String(decoding: bytes[..<count], as: UTF8.self)
         }
-        // "size resident shared text lib data dt", in pages.
-        guard let fields = text?.split(separator: " "), fields.count >= 2, let pages = Int(fields[1]) else { return nil }
-        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 }
 

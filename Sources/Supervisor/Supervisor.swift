@@ -41,7 +41,9 @@ public final class Supervisor: Sendable {
     public func spawn(_ configuration: WorkerConfiguration) async throws(SupervisorError) -> WorkerHandle {
         let policy = try activate(configuration.policy)
         let result: Result<WorkerHandle, SupervisorError> = await withCheckedContinuation { continuation in
-            loop.submit(.spawn(configuration, policy, { continuation.resume(returning: $0) }))
+            if !loop.submit(.spawn(configuration, policy, { continuation.resume(returning: $0) })) {
+                continuation.resume(returning: .failure(.shuttingDown))
+            }
         }
         return try result.get()
     }
@@ -49,20 +51,20 @@ public final class Supervisor: Sendable {
     /// The blocking form of ``spawn(_:)-swift.method``, for code that is not async.
     public func spawnBlocking(_ configuration: WorkerConfiguration) throws(SupervisorError) -> WorkerHandle {
         let policy = try activate(configuration.policy)
-        let result: Result<WorkerHandle, SupervisorError> = loop.call { $0.spawn(configuration, policy) }
-        return try result.get()
+        let result: Result<WorkerHandle, SupervisorError>? = loop.call { $0.spawn(configuration, policy) }
+        return try (result ?? .failure(.shuttingDown)).get()
     }
 
     /// The live workers.
     public func workers() -> [WorkerInfo] {
-        loop.call { $0.workerSnapshots() }
+        loop.call { $0.workerSnapshots() } ?? []
     }
 
     /// Stops every worker (SIGTERM, then SIGKILL after `grace` seconds), waits for
     /// them all to exit, and ends the loop thread. Spawning afterwards fails.
     public func shutdown(grace: Double = 2) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            loop.submit(.shutdown(grace: grace, { continuation.resume() }))
+            if !loop.submit(.shutdown(grace: grace, { continuation.resume() })) { continuation.resume() }
         }
     }
 

@@ -82,8 +82,9 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         guard policy.withLock({ $0.contains(narrower) }) else { throw .wouldWiden }
         if let loop {
             let active = try ActivePolicy(narrower)
-            let result: PolicyError? = loop.call { loop in loop.narrow(workerID: self.id, to: active) }
-            if let result { throw result }
+            // nil twice over when the loop has ended: the worker is gone, nothing to narrow there.
+            let result: PolicyError?? = loop.call { loop in loop.narrow(workerID: self.id, to: active) }
+            if case .some(.some(let error)) = result { throw error }
         }
         policy.withLock { $0 = narrower }
     }

@@ -30,6 +30,8 @@ import Synchronization
 public final class WorkerPool: Sendable {
     private let core: PoolCore
     private let loop: EventLoop
+    /// Kept alive as long as the pool: its loop serves the pool.
+    private let supervisor: Supervisor
 
     /// Starts `configuration.size` workers and returns once every one has said
     /// HELLO (and reported its sandbox, when the worker configuration requires
@@ -42,13 +44,22 @@ public final class WorkerPool: Sendable {
         do { policy = try ActivePolicy(configuration.worker.policy) } catch {
             throw .workerUnavailable("invalid policy: \(error)")
         }
+        self.supervisor = supervisor
         loop = supervisor.loop
         core = PoolCore(configuration: configuration, policy: policy)
         let core = self.core
         let started: Result<Void, JobFailure> = await withCheckedContinuation { continuation in
-            supervisor.loop.submit(.run { loop in core.start(on: loop) { continuation.resume(returning: $0) } })
+            if !supervisor.loop.submit(.run { loop in core.start(on: loop) { continuation.resume(returning: $0) } }) {
+                continuation.resume(returning: .failure(.poolClosed))
+            }
         }
         try started.get()
+    }
+
+    /// A pool dropped without ``shutdown()`` still retires its workers.
+    deinit {
+        let core = self.core
+        loop.submit(.run { _ in core.shutdown {} })
     }
 
     /// Runs `job` on a free worker and returns its output.
@@ -72,7 +83,12 @@ public final class WorkerPool: Sendable {
         let result: Result<JobOutput, JobFailure> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 pending.continuation = continuation
-                loop.submit(.run { _ in core.submit(pending) })
+                if !loop.submit(.run { _ in core.submit(pending) }) {
+                    // The supervisor's loop has ended: nothing will ever serve this job.
+                    pending.continuation = nil
+                    pending.dropDescriptors()
+                    continuation.resume(returning: .failure(.poolClosed))
+                }
             }
         } onCancel: {
             loop.submit(.run { _ in core.cancel(pending) })
@@ -98,7 +114,7 @@ public final class WorkerPool: Sendable {
     public func shutdown() async {
         let core = self.core
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            loop.submit(.run { _ in core.shutdown { continuation.resume() } })
+            if !loop.submit(.run { _ in core.shutdown { continuation.resume() } }) { continuation.resume() }
         }
     }
 }
@@ -109,7 +125,8 @@ public struct WorkerPoolConfiguration: Sendable {
     /// Its `wallClockTimeout` should be nil: a pool worker lives for many jobs;
     /// ``jobTimeout`` limits each job instead.
     public var worker: WorkerConfiguration
-    /// Workers kept serving (not counting replacements warming up).
+    /// Workers kept serving, and the most jobs that run at once. Replacements for
+    /// workers on their last job start early, so up to `2 × size` processes live.
     public var size: Int
     /// Jobs a worker runs before it is replaced. 1: no state carries from one
     /// untrusted input to the next.
@@ -123,7 +140,7 @@ public struct WorkerPoolConfiguration: Sendable {
     public var memoryLimit: Int?
     /// CPU seconds a job may use (user + system, all threads).
     public var cpuTimeLimit: Double?
-    /// How often busy workers are checked against the memory and CPU limits.
+    /// How often busy workers are checked against the memory and CPU limits (at least 1 ms).
     public var limitCheckInterval: Double = 0.01
     /// Jobs waiting for a worker; past it `run` waits, or fails (``rejectWhenFull``).
     public var queueCapacity: Int
@@ -134,8 +151,10 @@ public struct WorkerPoolConfiguration: Sendable {
     /// Replace the worker after a job it rejected (a ``JobRejection``) too, not
     /// only after crashes: bad input may have left it in a bad state.
     public var recycleAfterRejection = true
-    /// Workers that die before they are ready, in a row, before the queued jobs
-    /// fail with ``JobFailure/workerUnavailable(_:)`` instead of waiting.
+    /// Workers that die before their first job (or are not ready, HELLO and
+    /// SANDBOX_STATUS, within the worker's `handshakeTimeout`), in a row, before
+    /// the queued jobs fail with ``JobFailure/workerUnavailable(_:)`` instead of
+    /// waiting. Each such death delays the next start (10 ms, doubling, at most 1 s).
     public var startupFailureLimit = 5
 
     public init(worker: WorkerConfiguration, size: Int, jobsPerWorker: Int = 1, jobTimeout: Double? = nil,

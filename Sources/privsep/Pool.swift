@@ -35,7 +35,7 @@ struct Pool: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Jobs a worker runs before it is replaced (1: a fresh process per input).", valueName: "count"))
     var jobsPerWorker = 1
 
-    @Option(help: ArgumentHelp("Wall-clock limit per job.", valueName: "seconds"))
+    @Option(help: ArgumentHelp("Wall-clock limit per job (default: the policy's \"timeout\", else 30).", valueName: "seconds"))
     var timeout: Double?
 
     @Option(help: ArgumentHelp("Resident-memory limit per job, such as 64M.", valueName: "size"))
@@ -56,11 +56,20 @@ struct Pool: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "Print only the summary.")
     var quiet = false
 
+    @Flag(help: "Let the workers write to this command's stderr (their stdout always goes to /dev/null, so they cannot forge result lines).")
+    var workerStderr = false
+
     @Option(help: ArgumentHelp("Append every decision to this file as JSON lines.", valueName: "file"))
     var auditLog: String?
 
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The worker program and its arguments, after --.", valueName: "program"))
     var command: [String] = []
+
+    mutating func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        guard jobsPerWorker >= 1 else { throw ValidationError("--jobs-per-worker must be at least 1") }
+        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
+    }
 
     mutating func run() async throws {
         let file = try loadPolicy(policy)
@@ -68,12 +77,15 @@ struct Pool: AsyncParsableCommand {
         logger.logLevel = .error
         let audit = try openAuditLog(auditLog)
         var worker = try workerConfiguration(command: command, file: file)
-        // Jobs arrive on the channel; the workers' stdin is not the list of inputs.
+        // Jobs arrive on the channel; the workers' stdin is not the list of inputs, and
+        // what they print must not mix with the results.
         worker.standardInput = .null
+        worker.standardOutput = .null
+        worker.standardError = workerStderr ? .inherit : .null
         worker.resourceLimits = file.resourceLimits
         worker.requiredLayers = file.requiredLayers
         var configuration = WorkerPoolConfiguration(worker: worker, size: workers, jobsPerWorker: jobsPerWorker,
-                                                    jobTimeout: timeout ?? file.timeout)
+                                                    jobTimeout: timeout ?? file.timeout ?? 30)
         if let memory { configuration.memoryLimit = Int(try parseSize(memory)) }
         configuration.cpuTimeLimit = cpuSeconds
         configuration.maximumOutputBytes = Int(try parseSize(maxOutput))
@@ -191,10 +203,18 @@ private struct Outcome: Sendable {
 }
 
 private func runOne(_ path: String, pool: WorkerPool) async -> Outcome {
-    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+    // This command's authority opens the input, so: no symlink at the end of the path
+    // (a file swapped for a link after it was listed), nothing that blocks (a FIFO), and
+    // nothing but a regular file (a directory would give the worker a base for openat).
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
     guard fd >= 0 else {
-        // Not a job failure: the input could not be opened here, with this command's authority.
+        // Not a job failure: the input could not be opened here.
         return Outcome(path: path, failure: ("unreadable", "cannot open: \(Errno(rawValue: errno))"))
+    }
+    var status = stat()
+    guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+        close(fd)
+        return Outcome(path: path, failure: ("unreadable", "not a regular file"))
     }
     do {
         let output = try await pool.run(PoolJob(input: Array(path.utf8.prefix(WireFormat.maximumJobBytes)),
