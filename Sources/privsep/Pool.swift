@@ -11,7 +11,9 @@ struct Pool: AsyncParsableCommand {
         discussion: """
         Each input file is opened here, with this command's authority, read-only, and \
         handed to a free worker as the job's fd; the job's input bytes are the file's \
-        path. PROGRAM is a pool worker: it serves jobs with SupervisorConnection.serveJobs \
+        path. Only regular files are sent, and a symlink as the last component of a path \
+        is not followed (name its target). The workers' stdout goes to /dev/null (their \
+        stderr too, unless --worker-stderr), so they cannot forge result lines. PROGRAM is a pool worker: it serves jobs with SupervisorConnection.serveJobs \
         (Swift) or answers JOB messages with RESULT (privsep_protocol.h).
 
         Inputs come from --input, else from standard input, one path per line:
