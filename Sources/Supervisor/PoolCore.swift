@@ -129,11 +129,7 @@ final class PoolCore: @unchecked Sendable {
         job.slot = nil
         slot.jobsRun += 1
         jobStopped()
-        if chunk.status == 0 {
-            finish(job, .success(JobOutput(bytes: output, workerID: workerID, latency: seconds(since: job.submitted))))
-        } else {
-            finish(job, .failure(.rejected(code: chunk.status, message: output)))
-        }
+        // The worker's fate first, so metrics read by the caller on hearing of the job include it.
         if chunk.status != 0 && configuration.recycleAfterRejection {
             metrics.withLock { $0.workerRestarts += 1 }
             retire(slot, counted: false)
@@ -142,6 +138,11 @@ final class PoolCore: @unchecked Sendable {
         } else {
             slot.state = .idle
             slot.drained = false
+        }
+        if chunk.status == 0 {
+            finish(job, .success(JobOutput(bytes: output, workerID: workerID, latency: seconds(since: job.submitted))))
+        } else {
+            finish(job, .failure(.rejected(code: chunk.status, message: output)))
         }
         replenish()
         dispatch()
@@ -163,8 +164,9 @@ final class PoolCore: @unchecked Sendable {
             slot.job = nil
             job.slot = nil
             jobStopped()
-            finish(job, .failure(slot.failure ?? failure(from: reason, slot: slot, peakResidentBytes: peakResidentBytes)))
+            // Counted before the caller hears of the failure, so its metrics include it.
             if slot.failure != .cancelled && !isClosing { metrics.withLock { $0.workerRestarts += 1 } }
+            finish(job, .failure(slot.failure ?? failure(from: reason, slot: slot, peakResidentBytes: peakResidentBytes)))
         } else if slot.state != .retiring && slot.jobsRun == 0 {
             // Died before it was ready, or ready but before its first job: a worker that
             // cannot start. Counted, and the next start is delayed, so it does not spin.
