@@ -255,8 +255,12 @@ final class EventLoop: @unchecked Sendable {
             }
             if !consumeToken(record) { return }
             var fds = received.fileDescriptors
-            if case .listener = received.envelope.message, let listener = fds.take(at: 0) {
-                adoptListener(record, listener)
+            if case .listener(let announcement) = received.envelope.message, let listener = fds.take(at: 0) {
+                if announcement.purpose == .intercept || record.configuration.intercept {
+                    adoptInterceptListener(record, listener, announcement.purpose, requestID: received.envelope.requestID)
+                } else {
+                    adoptListener(record, listener)
+                }
                 continue
             }
             handle(record, received.envelope, sender: received.senderCredentials)
@@ -541,6 +545,42 @@ final class EventLoop: @unchecked Sendable {
         record.listener = nil
     }
 
+    // MARK: Intercept mode
+
+    /// Takes the seccomp listener of an intercepted worker (LISTENER, purpose intercept),
+    /// starts the thread that serves it under the worker's policy, and sends the go-ahead
+    /// (an empty REPLY to the LISTENER) after which the helper execs the program.
+    private func adoptInterceptListener(_ record: WorkerRecord, _ listener: consuming OwnedFileDescriptor,
+                                        _ purpose: ListenerAnnouncement.Purpose, requestID: UInt64) {
+        guard record.phase == .running else {
+            kill(record, .protocolViolation("LISTENER before HELLO"))
+            return
+        }
+        guard record.configuration.intercept, purpose == .intercept else {
+            kill(record, .protocolViolation(record.configuration.intercept
+                ? "a learning-mode LISTENER from a worker in intercept mode"
+                : "an intercept LISTENER from a worker not spawned in intercept mode"))
+            return
+        }
+        guard record.intercept == nil else {
+            kill(record, .protocolViolation("second LISTENER"))
+            return
+        }
+        guard system_readlink("/proc/self/fd/\(listener.unsafeRawValue)") == "anon_inode:seccomp notify" else {
+            kill(record, .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
+            return
+        }
+        let server = InterceptServer(listener: listener, policy: record.policy, auditor: auditor,
+                                     workerID: record.id, workerName: record.configuration.name)
+        guard server.start() else {
+            kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
+            return
+        }
+        record.intercept = server
+        audit(record, event: "INTERCEPT", reason: "serving the program's file, socket and exec calls under the policy")
+        send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 0))), fds: OwnedFileDescriptors())
+    }
+
     // MARK: Deadlines
 
     /// Acts on every deadline that has passed; returns when to look again.
@@ -681,6 +721,7 @@ final class EventLoop: @unchecked Sendable {
         guard let record = workers[workerID] else { return nil }
         guard record.policy.policy.contains(narrower.policy), narrower.isAnchored(beneath: record.policy) else { return .wouldWiden }
         record.policy = narrower
+        record.intercept?.replacePolicy(narrower)
         audit(record, event: "POLICY", reason: "narrowed")
         return nil
     }
@@ -733,6 +774,8 @@ final class WorkerRecord {
     var reading = true
     var writing = false
     var listener: ListenerBox?
+    /// Intercept mode: the thread serving the program's seccomp listener.
+    var intercept: InterceptServer?
 
     init(id: UInt64, configuration: WorkerConfiguration, policy: ActivePolicy, handle: WorkerHandle,
          pid: pid_t, pidfd: consuming OwnedFileDescriptor, channel: consuming SeqpacketSocket, now: UInt64) {

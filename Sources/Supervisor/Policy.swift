@@ -116,11 +116,15 @@ public struct PathPermissions: OptionSet, Sendable, Hashable {
     public static let append = PathPermissions(rawValue: 1 << 4)
     /// Open a directory to list it (O_RDONLY on a directory).
     public static let listDirectory = PathPermissions(rawValue: 1 << 5)
+    /// Execute (intercept mode only: `execve` of the file, checked by the supervisor and,
+    /// as a second wall, by the program's Landlock ruleset). Grants no open.
+    public static let execute = PathPermissions(rawValue: 1 << 6)
 
     /// Names as the policy file spells them.
     public static let names: [(String, PathPermissions)] = [
         ("read", .read), ("write", .write), ("create", .create),
         ("truncate", .truncate), ("append", .append), ("list", .listDirectory),
+        ("execute", .execute),
     ]
 
     public var names: [String] { Self.names.filter { contains($0.1) }.map(\.0) }

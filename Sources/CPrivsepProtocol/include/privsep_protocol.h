@@ -29,7 +29,8 @@
  *   supervisor -> worker   WELCOME          (the worker waits for it before anything else)
  *   worker -> supervisor   OPEN | SOCKET | CONNECT | BIND      -> REPLY with the same request_id
  *   worker -> supervisor   LOG | VIOLATION | SANDBOX_STATUS     (no reply)
- *   worker -> supervisor   LISTENER         (learning mode only; no reply)
+ *   worker -> supervisor   LISTENER         (learning mode: no reply;
+ *                                             intercept mode: an empty REPLY, same request_id, is the go-ahead)
  */
 #ifndef PRIVSEP_PROTOCOL_H
 #define PRIVSEP_PROTOCOL_H
@@ -168,13 +169,19 @@ struct privsep_sandbox_status {
 /* LISTENER: a seccomp user-notification listener fd, for the supervisor to
    serve. Sent only when the supervisor asked for learning mode (PRIVSEP_LEARN=1
    in the worker's environment): the supervisor records each system call the
-   filter did not allow and lets it run. Never used in production. */
+   filter did not allow and lets it run. Never used in production.
+   PRIVSEP_LISTENER_INTERCEPT: sent by the privsep-intercept helper of a worker
+   the supervisor spawned in intercept mode; the supervisor serves every notified
+   call under the worker's policy and answers the LISTENER with a REPLY carrying
+   no fd (error 0): the go-ahead to exec the program. A LISTENER whose purpose
+   does not match the mode the supervisor spawned the worker in kills the worker. */
 struct privsep_listener {
-    uint32_t purpose;  /* PRIVSEP_LISTENER_LEARNING */
+    uint32_t purpose;  /* PRIVSEP_LISTENER_LEARNING or PRIVSEP_LISTENER_INTERCEPT */
     uint32_t reserved; /* 0 */
 };
 
 #define PRIVSEP_LISTENER_LEARNING 1u
+#define PRIVSEP_LISTENER_INTERCEPT 2u
 
 #define PRIVSEP_LAYER_NO_NEW_PRIVS 0x01u
 #define PRIVSEP_LAYER_SECCOMP 0x02u

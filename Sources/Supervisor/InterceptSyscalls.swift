@@ -1,0 +1,133 @@
+// The raw system calls of intercept mode (seccomp user notification, the target's
+// memory and descriptors), each a `system_<name>` wrapper returning `Result<_, Errno>`
+// like the rest of Sources/Supervisor/Syscalls.swift. Kept in a file of their own.
+
+import CPrivsepShims
+import Glibc
+import PrivsepIPC
+import SystemPackage
+
+/// One notification, as the kernel gave it.
+typealias Notification = privsep_notification
+
+/// Receives one notification. Blocks if none is pending: call it from the listener's own thread.
+func system_notif_receive_full(_ listener: Int32) -> Result<Notification, Errno> {
+    var notification = privsep_notification()
+    switch retryingOnInterrupt({ privsep_notif_receive_full(listener, &notification) }) {
+    case .success: return .success(notification)
+    case .failure(let errno): return .failure(errno)
+    }
+}
+
+/// Whether the task that made notification `id` is still blocked in that call (and so its pid
+/// still names it). Every read of the target's memory is trusted only after this says yes.
+func system_notif_id_valid(_ listener: Int32, _ id: UInt64) -> Bool {
+    privsep_notif_id_valid(listener, id) == 0
+}
+
+/// Answers a notification: the call returns `value`, or fails with `error`.
+/// ENOENT: the task is gone or was interrupted (a fatal signal) meanwhile.
+func system_notif_respond(_ listener: Int32, _ id: UInt64, value: Int64, error: Errno?) -> Result<Void, Errno> {
+    privsep_notif_respond(listener, id, value, error?.rawValue ?? 0) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+/// Installs `fd` in the target and answers the notification with its number, atomically.
+func system_notif_addfd_send(_ listener: Int32, _ id: UInt64, _ fd: Int32, closeOnExec: Bool) -> Result<Int32, Errno> {
+    let rc = privsep_notif_addfd_send(listener, id, fd, closeOnExec ? UInt32(O_CLOEXEC) : 0)
+    return rc >= 0 ? .success(rc) : .failure(currentErrno())
+}
+
+/// Reads up to `buffer.count` bytes at `address` in process `pid`, in one iovec per page so a
+/// fault in a later page still returns what the earlier ones held.
+func system_process_vm_readv(_ pid: pid_t, into buffer: UnsafeMutableRawBufferPointer, from address: UInt64) -> Result<Int, Errno> {
+    let page = UInt64(4096)
+    var local: [iovec] = []
+    var remote: [iovec] = []
+    var offset = 0
+    while offset < buffer.count {
+        let start = address &+ UInt64(offset)
+        guard start >= address else { break } // wrapped around the address space
+        let chunk = min(buffer.count - offset, Int(page - start % page))
+        local.append(iovec(iov_base: buffer.baseAddress! + offset, iov_len: chunk))
+        remote.append(iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(start)), iov_len: chunk))
+        offset += chunk
+    }
+    guard !local.isEmpty else { return .failure(.badAddress) }
+    let count = privsep_process_vm_readv(pid, local, UInt(local.count), remote, UInt(remote.count))
+    return count >= 0 ? .success(Int(count)) : .failure(currentErrno())
+}
+
+/// Opens a thread's own pidfd (PIDFD_THREAD, Linux 6.9+), so a pid that is a thread id works.
+func system_pidfd_open_thread(_ tid: pid_t) -> Result<OwnedFileDescriptor, Errno> {
+    let fd = privsep_pidfd_open(tid, UInt32(O_EXCL) /* PIDFD_THREAD */)
+    return fd >= 0 ? .success(OwnedFileDescriptor(adoptingRawValue: fd)) : .failure(currentErrno())
+}
+
+/// A duplicate of the target's fd `targetFD` (close-on-exec), via its pidfd.
+func system_pidfd_getfd(_ pidfd: Int32, _ targetFD: Int32) -> Result<OwnedFileDescriptor, Errno> {
+    let fd = privsep_pidfd_getfd(pidfd, targetFD)
+    return fd >= 0 ? .success(OwnedFileDescriptor(adoptingRawValue: fd)) : .failure(currentErrno())
+}
+
+/// readlink(2) of `path` (a /proc link), as bytes.
+func system_readlink_bytes(_ path: String) -> Result<[UInt8], Errno> {
+    var buffer = [UInt8](repeating: 0, count: 4097)
+    let count = buffer.withUnsafeMutableBytes { bytes in
+        path.withCString { readlink($0, bytes.baseAddress!.assumingMemoryBound(to: CChar.self), 4097) }
+    }
+    guard count >= 0 else { return .failure(currentErrno()) }
+    guard count <= 4096 else { return .failure(.fileNameTooLong) }
+    return .success(Array(buffer[..<count]))
+}
+
+/// readlinkat(fd, "") of an O_PATH|O_NOFOLLOW descriptor of a symlink.
+func system_readlink_fd(_ fd: Int32) -> Result<[UInt8], Errno> {
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let count = buffer.withUnsafeMutableBytes { bytes in
+        readlinkat(fd, "", bytes.baseAddress!.assumingMemoryBound(to: CChar.self), 4096)
+    }
+    return count >= 0 ? .success(Array(buffer[..<count])) : .failure(currentErrno())
+}
+
+/// statx(fd, "", AT_EMPTY_PATH | flags, mask): the 256-byte struct statx.
+func system_statx_fd(_ fd: Int32, flags: Int32, mask: UInt32) -> Result<[UInt8], Errno> {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    let rc = buffer.withUnsafeMutableBytes { privsep_statx(fd, "", privsep_AT_EMPTY_PATH | flags, mask, $0.baseAddress!) }
+    return rc == 0 ? .success(buffer) : .failure(currentErrno())
+}
+
+/// fstat(fd): the 144-byte x86_64 struct stat.
+func system_fstat_bytes(_ fd: Int32) -> Result<[UInt8], Errno> {
+    switch system_fstat(fd) {
+    case .success(var info): return .success(withUnsafeBytes(of: &info) { Array($0) })
+    case .failure(let errno): return .failure(errno)
+    }
+}
+
+func system_faccessat2_fd(_ fd: Int32, mode: Int32) -> Result<Void, Errno> {
+    privsep_faccessat2(fd, "", mode, privsep_AT_EMPTY_PATH) == 0 ? .success(()) : .failure(currentErrno())
+}
+
+/// Writes `bytes` at `address` in the memory of the task that made notification `id`.
+/// The task's /proc/TID/mem is opened first and the notification checked valid after: the
+/// open file is bound to that task's address space, so even if the task dies and its id is
+/// reused right after the check, the write cannot land in another process.
+func system_write_target_memory(listener: Int32, id: UInt64, tid: pid_t, address: UInt64, _ bytes: [UInt8]) -> Result<Void, Errno> {
+    guard address != 0 else { return .failure(.badAddress) }
+    let fd = Glibc.open("/proc/\(tid)/mem", O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return .failure(.noSuchProcess) }
+    defer { _ = system_close(fd) }
+    guard system_notif_id_valid(listener, id) else { return .failure(.noSuchProcess) }
+    let written = bytes.withUnsafeBytes { buffer in
+        retryingOnInterrupt { pwrite(fd, buffer.baseAddress, buffer.count, off_t(Int64(bitPattern: address))) }
+    }
+    switch written {
+    case .success(let count) where count == bytes.count: return .success(())
+    case .success: return .failure(.badAddress)
+    case .failure: return .failure(.badAddress)
+    }
+}
+
+func system_getsockopt_value(_ fd: Int32, _ option: Int32) -> Result<Int32, Errno> {
+    system_getsockopt_int(fd, SOL_SOCKET, option)
+}
