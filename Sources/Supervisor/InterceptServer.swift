@@ -269,6 +269,9 @@ final class InterceptServer: @unchecked Sendable {
         let active = policy.withLock { $0 }
         switch active.lookUp(path, followTrailingSymlink: false) {
         case .found(let fd, let rule):
+            guard let status = try? fd.status(), status.type == .symbolicLink else {
+                return deny(n, "READLINK", "\(call) \(path)", .invalidArgument, "not a symbolic link")
+            }
             switch system_readlink_fd(fd.unsafeRawValue) {
             case .success(let text):
                 let bytes = Array(text.prefix(Int(size)))
@@ -512,8 +515,8 @@ func readTargetString(_ tid: pid_t, address: UInt64) -> Result<[UInt8], Errno> {
             return .failure(.badAddress)
         case .failure(.noSuchProcess):
             return .failure(.noSuchProcess)
-        case .failure:
-            return .failure(.badAddress)
+        case .failure(let e):
+            return .failure(e)
         }
     }
     return .failure(.fileNameTooLong)

@@ -266,10 +266,10 @@ static inline int privsep_notif_addfd_send(int listener, uint64_t id, int source
 }
 static inline long privsep_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
                                             const struct iovec *remote, unsigned long remote_count) {
-    return syscall(SYS_process_vm_readv, pid, local, local_count, remote, remote_count, 0);
+    return syscall(SYS_process_vm_readv, pid, local, local_count, remote, remote_count, 0UL);
 }
 static inline int privsep_pidfd_getfd(int pidfd, int target_fd) {
-    return (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+    return (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0U);
 }
 static inline int privsep_statx(int dirfd, const char *path, int flags, unsigned int mask, void *buffer) {
     return (int)syscall(SYS_statx, dirfd, path, flags, mask, buffer);
