@@ -164,6 +164,15 @@ if let index = CommandLine.arguments.firstIndex(of: "--iterations"), index + 1 <
     iterations = value
 }
 let warmup = max(iterations / 10, 100)
+var interceptRuns = 20_000
+if let index = CommandLine.arguments.firstIndex(of: "--intercept-runs"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
+    interceptRuns = value
+}
+if CommandLine.arguments.contains("--intercept-only") {
+    await interceptSection(runs: max(interceptRuns, 100))
+    exit(0)
+}
 
 func selfPath() -> String {
     var buffer = [CChar](repeating: 0, count: 4096)
@@ -589,4 +598,8 @@ if openRuns > 0 {
     }
     unlink(openDirectory + "/" + openName)
     rmdir(openDirectory)
+}
+
+if interceptRuns > 0 {
+    await interceptSection(runs: interceptRuns)
 }

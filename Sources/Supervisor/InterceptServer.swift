@@ -41,6 +41,8 @@ final class InterceptServer: @unchecked Sendable {
     private let auditor: Auditor
     private let workerID: UInt64
     private let workerName: String
+    /// PATH_MAX bytes for reading paths, reused by every notification (this thread only).
+    private let pathBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
 
     init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String) {
         self.listener = listener
@@ -48,6 +50,10 @@ final class InterceptServer: @unchecked Sendable {
         self.auditor = auditor
         self.workerID = workerID
         self.workerName = workerName
+    }
+
+    deinit {
+        pathBuffer.deallocate()
     }
 
     /// The raw listener, to check what the worker sent.
@@ -138,13 +144,14 @@ final class InterceptServer: @unchecked Sendable {
         case .failed(let errno, let why): return deny(n, "OPEN", "\(call) (unreadable path)", errno, why)
         }
         guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(path)") }
-        let detail = "\(call) \(path) \(describeOpenFlags(flags))"
+        // Built only when a record is written: the string costs more than the rest of the answer.
+        let detail = { "\(call) \(path) \(describeOpenFlags(flags))" }
         let active = policy.withLock { $0 }
         switch active.open(OpenRequest(path: path, flags: flags, mode: mode)) {
         case .granted(let fd, let reason):
-            install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN", detail: detail, reason: reason)
+            install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN", detail: detail(), reason: reason)
         case .denied(let errno, let reason):
-            deny(n, "OPEN", detail, errno, reason)
+            deny(n, "OPEN", detail(), errno, reason)
         }
     }
 
@@ -384,7 +391,7 @@ final class InterceptServer: @unchecked Sendable {
         if let given {
             raw = given
         } else {
-            switch readTargetString(tid, address: address) {
+            switch readTargetString(tid, address: address, buffer: pathBuffer) {
             case .success(let bytes): raw = bytes
             case .failure(let errno): return .failed(errno, "cannot read the path in the program's memory (\(errno))")
             }
@@ -409,7 +416,8 @@ final class InterceptServer: @unchecked Sendable {
         guard let text = String(validating: full, as: UTF8.self) else {
             return .failed(.permissionDenied, "the path is not UTF-8")
         }
-        let normalized = normalizePath(text)
+        // Most paths are already canonical: normalizing them would only allocate.
+        let normalized = isCanonicalAbsolutePath(text) ? text : normalizePath(text)
         for magic in ["/proc/self", "/proc/thread-self"] where normalized == magic || normalized.hasPrefix(magic + "/") {
             return .failed(.permissionDenied, "\(magic) would name the supervisor: not served in intercept mode")
         }
@@ -456,35 +464,37 @@ final class InterceptServer: @unchecked Sendable {
         }
     }
 
-    private func install(_ n: Notification, _ fd: consuming OwnedFileDescriptor, closeOnExec: Bool, event: String, detail: String, reason: String) {
+    private func install(_ n: Notification, _ fd: consuming OwnedFileDescriptor, closeOnExec: Bool, event: String,
+                         detail: @autoclosure () -> String, reason: @autoclosure () -> String) {
         switch system_notif_addfd_send(listener.unsafeRawValue, n.id, fd.unsafeRawValue, closeOnExec: closeOnExec) {
         case .success(let number):
-            grant(n, event, detail, reason: "\(reason); fd \(number)")
+            grant(n, event, detail(), reason: "\(reason()); fd \(number)")
         case .failure(.noSuchFileOrDirectory):
-            abandoned(n, event, detail)
+            abandoned(n, event, detail())
         case .failure(let errno):
             // EMFILE and the like: nothing was installed and the call is still waiting.
-            deny(n, event, detail, errno, "the descriptor could not be installed")
+            deny(n, event, detail(), errno, "the descriptor could not be installed")
         }
     }
 
-    private func deny(_ n: Notification, _ event: String, _ detail: String, _ errno: Errno, _ reason: String) {
+    private func deny(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, _ errno: Errno, _ reason: @autoclosure () -> String) {
         answer(n, error: errno)
-        audit(n, event, detail, decision: "denied", errno: errno, reason: reason)
+        audit(n, event, detail(), decision: "denied", errno: errno, reason: reason())
     }
 
-    private func grant(_ n: Notification, _ event: String, _ detail: String, reason: String) {
-        audit(n, event, detail, decision: "granted", errno: nil, reason: reason)
+    private func grant(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, reason: @autoclosure () -> String) {
+        audit(n, event, detail(), decision: "granted", errno: nil, reason: reason())
     }
 
-    private func abandoned(_ n: Notification, _ event: String, _ detail: String) {
-        audit(n, event, detail, decision: "", errno: nil, reason: "abandoned: the caller exited or was killed during the call")
+    private func abandoned(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String) {
+        audit(n, event, detail(), decision: "", errno: nil, reason: "abandoned: the caller exited or was killed during the call")
     }
 
-    private func audit(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, decision: String, errno: Errno?, reason: String) {
+    private func audit(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, decision: String, errno: Errno?,
+                       reason: @autoclosure () -> String) {
         guard auditor.wants(Auditor.level(ofDecision: decision)) else { return }
         auditor.record(AuditRecord(time: wallClockSeconds(), workerID: workerID, workerName: workerName, pid: Int32(bitPattern: n.pid),
-                                   event: event, detail: detail(), decision: decision, errno: errno?.rawValue ?? 0, reason: reason))
+                                   event: event, detail: detail(), decision: decision, errno: errno?.rawValue ?? 0, reason: reason()))
     }
 }
 
@@ -492,31 +502,28 @@ final class InterceptServer: @unchecked Sendable {
 
 /// The NUL-terminated string at `address` in `tid`'s memory, without the NUL: at most
 /// PATH_MAX (4096) bytes with the NUL, else ENAMETOOLONG; EFAULT where memory ends first.
-func readTargetString(_ tid: pid_t, address: UInt64) -> Result<[UInt8], Errno> {
+func readTargetString(_ tid: pid_t, address: UInt64, buffer: UnsafeMutableRawBufferPointer) -> Result<[UInt8], Errno> {
+    precondition(buffer.count >= 4096)
     guard address != 0 else { return .failure(.badAddress) }
-    var collected: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while collected.count < 4096 {
-        let position = address &+ UInt64(collected.count)
+    var length = 0
+    while length < 4096 {
+        let position = address &+ UInt64(length)
         guard position >= address else { return .failure(.badAddress) }
         // Up to the end of this page first: most paths need one read.
-        let want = min(4096 - collected.count, Int(4096 - position % 4096))
-        let result = buffer.withUnsafeMutableBytes { bytes in
-            system_process_vm_readv(tid, into: UnsafeMutableRawBufferPointer(rebasing: bytes[..<want]), from: position)
-        }
-        switch result {
+        let want = min(4096 - length, Int(4096 - position % 4096))
+        let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[length..<(length + want)])
+        switch system_process_vm_readv(tid, into: chunk, from: position) {
         case .success(let count) where count > 0:
-            if let nul = buffer[..<count].firstIndex(of: 0) {
-                collected += buffer[..<nul]
-                return .success(collected)
+            if let nul = chunk[..<count].firstIndex(of: 0) {
+                return .success(Array(buffer[..<nul]))
             }
-            collected += buffer[..<count]
+            length += count
         case .success:
             return .failure(.badAddress)
         case .failure(.noSuchProcess):
             return .failure(.noSuchProcess)
-        case .failure(let e):
-            return .failure(e)
+        case .failure:
+            return .failure(.badAddress)
         }
     }
     return .failure(.fileNameTooLong)

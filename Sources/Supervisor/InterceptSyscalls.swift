@@ -37,24 +37,25 @@ func system_notif_addfd_send(_ listener: Int32, _ id: UInt64, _ fd: Int32, close
     return rc >= 0 ? .success(rc) : .failure(currentErrno())
 }
 
-/// Reads up to `buffer.count` bytes at `address` in process `pid`, in one iovec per page so a
-/// fault in a later page still returns what the earlier ones held.
+/// Reads up to `buffer.count` (at most 4096) bytes at `address` in process `pid`, one iovec
+/// per page, so a fault in the second page still returns what the first one held.
 func system_process_vm_readv(_ pid: pid_t, into buffer: UnsafeMutableRawBufferPointer, from address: UInt64) -> Result<Int, Errno> {
+    guard buffer.count > 0 else { return .success(0) }
     let page = UInt64(4096)
-    var local: [iovec] = []
-    var remote: [iovec] = []
-    var offset = 0
-    while offset < buffer.count {
-        let start = address &+ UInt64(offset)
-        guard start >= address else { break } // wrapped around the address space
-        let chunk = min(buffer.count - offset, Int(page - start % page))
-        local.append(iovec(iov_base: buffer.baseAddress! + offset, iov_len: chunk))
-        remote.append(iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(start)), iov_len: chunk))
-        offset += chunk
+    let firstChunk = min(buffer.count, Int(page - address % page))
+    var local = (iovec(iov_base: buffer.baseAddress!, iov_len: firstChunk),
+                 iovec(iov_base: buffer.baseAddress! + firstChunk, iov_len: buffer.count - firstChunk))
+    var remote = (iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(address)), iov_len: firstChunk),
+                  iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(address &+ UInt64(firstChunk))), iov_len: buffer.count - firstChunk))
+    guard buffer.count <= Int(page) else { return .failure(.invalidArgument) } // two iovecs cover at most two pages
+    let count = UInt(firstChunk == buffer.count ? 1 : 2)
+    let read = withUnsafePointer(to: &local) { localPointer in
+        withUnsafePointer(to: &remote) { remotePointer in
+            privsep_process_vm_readv(pid, UnsafeRawPointer(localPointer).assumingMemoryBound(to: iovec.self), count,
+                                     UnsafeRawPointer(remotePointer).assumingMemoryBound(to: iovec.self), count)
+        }
     }
-    guard !local.isEmpty else { return .failure(.badAddress) }
-    let count = privsep_process_vm_readv(pid, local, UInt(local.count), remote, UInt(remote.count))
-    return count >= 0 ? .success(Int(count)) : .failure(currentErrno())
+    return read >= 0 ? .success(Int(read)) : .failure(currentErrno())
 }
 
 /// Opens a thread's own pidfd (PIDFD_THREAD, Linux 6.9+), so a pid that is a thread id works.
