@@ -11,12 +11,16 @@
  *                                notification: RECV, path read with process_vm_readv (to the end
  *                                of its page), ID_VALID, openat beneath the directory's O_PATH fd,
  *                                ADDFD with SECCOMP_ADDFD_FLAG_SEND. No policy, no audit.
+ *   c_unotify resolved N PATH    the same broker doing the kernel work privsep's policy asks for:
+ *                                openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+ *                                RESOLVE_NO_SYMLINKS and an fstat of what was opened (its type).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stddef.h>
@@ -27,6 +31,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -61,7 +66,7 @@ static int open_loop(const char *path, int count) {
     return 0;
 }
 
-static int reference(const char *path, int count) {
+static int reference(const char *path, int count, int resolved) {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return 1;
     const char *slash = strrchr(path, '/');
@@ -134,7 +139,16 @@ static int reference(const char *path, int count) {
         }
         if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &request.id) != 0) continue;
         const char *name = strrchr(buffer, '/');
-        int fd = openat(directory, name ? name + 1 : buffer, O_RDONLY | O_CLOEXEC);
+        int fd;
+        if (resolved) {
+            struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+                                    .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS };
+            fd = (int)syscall(SYS_openat2, directory, name ? name + 1 : buffer, &how, sizeof how);
+            struct stat info;
+            if (fd >= 0 && (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode))) { close(fd); fd = -1; errno = EACCES; }
+        } else {
+            fd = openat(directory, name ? name + 1 : buffer, O_RDONLY | O_CLOEXEC);
+        }
         if (fd < 0) {
             response.error = -errno;
             ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response);
@@ -155,10 +169,11 @@ static int reference(const char *path, int count) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) { dprintf(2, "usage: c_unotify loop|reference N PATH\n"); return 2; }
+    if (argc != 4) { dprintf(2, "usage: c_unotify loop|reference|resolved N PATH\n"); return 2; }
     int count = atoi(argv[2]);
     if (count <= 0) return 2;
     if (strcmp(argv[1], "loop") == 0) return open_loop(argv[3], count);
-    if (strcmp(argv[1], "reference") == 0) return reference(argv[3], count);
+    if (strcmp(argv[1], "reference") == 0) return reference(argv[3], count, 0);
+    if (strcmp(argv[1], "resolved") == 0) return reference(argv[3], count, 1);
     return 2;
 }

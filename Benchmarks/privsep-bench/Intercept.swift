@@ -87,6 +87,9 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
             continue
         }
         print("| minimal C user-notification broker (reference) | \(placement) | \(format(reference.median)) | \(format(reference.p99)) | 1.00x |")
+        if let resolved = runForSummary(program, ["resolved", "\(runs)", directory + "/file.txt"]) {
+            print("| the same C broker with openat2 RESOLVE_BENEATH + fstat (privsep's kernel work) | \(placement) | \(format(resolved.median)) | \(format(resolved.p99)) | \(format(resolved.median / reference.median))x |")
+        }
         if access(helper, X_OK) != 0 {
             print("| privsep intercepted: not measured (build privsep-intercept: swift build -c release) | \(placement) | | | |")
         } else if let intercepted = await measureInterceptedOpens(program: program, helper: helper, directory: directory, runs: runs) {
@@ -95,3 +98,4 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
 }
+

@@ -387,39 +387,56 @@ final class InterceptServer: @unchecked Sendable {
     /// ``stillWaiting(_:)`` has said the caller is still in the call.
     private func targetPath(_ n: Notification, address: UInt64, dirfd: Int32, raw given: [UInt8]? = nil) -> TargetPath {
         let tid = pid_t(bitPattern: n.pid)
-        let raw: [UInt8]
+        let length: Int
         if let given {
-            raw = given
+            precondition(given.count < pathBuffer.count)
+            pathBuffer.copyBytes(from: given)
+            length = given.count
         } else {
             switch readTargetString(tid, address: address, buffer: pathBuffer) {
-            case .success(let bytes): raw = bytes
+            case .success(let count): length = count
             case .failure(let errno): return .failed(errno, "cannot read the path in the program's memory (\(errno))")
             }
         }
-        if raw.isEmpty { return .empty }
-        var full = raw
-        if raw[0] != UInt8(ascii: "/") {
+        if length == 0 { return .empty }
+        let raw = UnsafeRawBufferPointer(rebasing: pathBuffer[..<length])
+        let text: String
+        if raw[0] == UInt8(ascii: "/") {
+            // The common case: one copy, straight from the buffer into the string.
+            guard let absolute = String(validating: raw, as: UTF8.self) else {
+                return .failed(.permissionDenied, "the path is not UTF-8")
+            }
+            text = absolute
+        } else {
             guard dirfd == AT_FDCWD || dirfd >= 0 else { return .failed(.badFileDescriptor, "bad directory descriptor") }
             let link = dirfd == AT_FDCWD ? "/proc/\(tid)/cwd" : "/proc/\(tid)/fd/\(dirfd)"
+            let full: [UInt8]
             switch system_readlink_bytes(link) {
             case .success(let base):
                 guard base.first == UInt8(ascii: "/") else {
                     return .failed(dirfd == AT_FDCWD ? .permissionDenied : .notDirectory, "the directory is not a path")
                 }
-                full = base + [UInt8(ascii: "/")] + raw
+                full = base + [UInt8(ascii: "/")] + Array(raw)
             case .failure(.noSuchFileOrDirectory):
                 return .failed(dirfd == AT_FDCWD ? .noSuchFileOrDirectory : .badFileDescriptor, "no such directory descriptor")
             case .failure(let errno):
                 return .failed(.permissionDenied, "cannot read \(link): \(errno)")
             }
-        }
-        guard let text = String(validating: full, as: UTF8.self) else {
-            return .failed(.permissionDenied, "the path is not UTF-8")
+            guard let joined = String(validating: full, as: UTF8.self) else {
+                return .failed(.permissionDenied, "the path is not UTF-8")
+            }
+            text = joined
         }
         // Most paths are already canonical: normalizing them would only allocate.
         let normalized = isCanonicalAbsolutePath(text) ? text : normalizePath(text)
-        for magic in ["/proc/self", "/proc/thread-self"] where normalized == magic || normalized.hasPrefix(magic + "/") {
-            return .failed(.permissionDenied, "\(magic) would name the supervisor: not served in intercept mode")
+        if normalized.utf8.starts(with: "/proc/".utf8) {
+            for magic in ["/proc/self", "/proc/thread-self"] {
+                let bytes = normalized.utf8
+                guard bytes.starts(with: magic.utf8) else { continue }
+                if bytes.count == magic.utf8.count || bytes.dropFirst(magic.utf8.count).first == UInt8(ascii: "/") {
+                    return .failed(.permissionDenied, "\(magic) would name the supervisor: not served in intercept mode")
+                }
+            }
         }
         return .absolute(normalized)
     }
@@ -502,7 +519,10 @@ final class InterceptServer: @unchecked Sendable {
 
 /// The NUL-terminated string at `address` in `tid`'s memory, without the NUL: at most
 /// PATH_MAX (4096) bytes with the NUL, else ENAMETOOLONG; EFAULT where memory ends first.
-func readTargetString(_ tid: pid_t, address: UInt64, buffer: UnsafeMutableRawBufferPointer) -> Result<[UInt8], Errno> {
+/// Reads the NUL-terminated string at `address` in `tid`'s memory into `buffer` and returns its
+/// length (without the NUL): at most PATH_MAX (4096) bytes with the NUL, else ENAMETOOLONG;
+/// EFAULT where readable memory ends first.
+func readTargetString(_ tid: pid_t, address: UInt64, buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
     precondition(buffer.count >= 4096)
     guard address != 0 else { return .failure(.badAddress) }
     var length = 0
@@ -515,7 +535,7 @@ func readTargetString(_ tid: pid_t, address: UInt64, buffer: UnsafeMutableRawBuf
         switch system_process_vm_readv(tid, into: chunk, from: position) {
         case .success(let count) where count > 0:
             if let nul = chunk[..<count].firstIndex(of: 0) {
-                return .success(Array(buffer[..<nul]))
+                return .success(length + nul)
             }
             length += count
         case .success:
