@@ -581,6 +581,13 @@ final class EventLoop: @unchecked Sendable {
         send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 0))), fds: OwnedFileDescriptors())
     }
 
+    /// An intercepted program runs in its own session and process group (its pid): the
+    /// processes it forked are signalled with it. Called only while the worker is unreaped.
+    private func signalInterceptedGroup(_ record: WorkerRecord, _ signal: Int32) {
+        guard record.configuration.intercept else { return }
+        _ = system_kill_process_group(record.pid, signal)
+    }
+
     // MARK: Deadlines
 
     /// Acts on every deadline that has passed; returns when to look again.
@@ -606,6 +613,7 @@ final class EventLoop: @unchecked Sendable {
                 if now >= deadline {
                     record.stopDeadline = nil
                     _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+                    signalInterceptedGroup(record, SIGKILL)
                 } else {
                     consider(deadline)
                 }
@@ -657,12 +665,14 @@ final class EventLoop: @unchecked Sendable {
             audit(record, event: "KILL", reason: reason.description)
         }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+        signalInterceptedGroup(record, SIGKILL)
         closeChannel(record)
     }
 
     private func stop(_ record: WorkerRecord, grace: Double) {
         if record.killReason == nil { record.killReason = .stoppedBySupervisor }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGTERM)
+        signalInterceptedGroup(record, SIGTERM)
         let deadline = system_clock_monotonic() + nanoseconds(grace)
         record.stopDeadline = deadline
         noteDeadline(deadline)
@@ -686,6 +696,9 @@ final class EventLoop: @unchecked Sendable {
 
     private func reap(_ record: WorkerRecord) {
         defer { dropListener(record) }
+        // What an intercepted program left running ends with it (while it is unreaped, its
+        // pid, which is its process group's id, cannot be reused).
+        signalInterceptedGroup(record, SIGKILL)
         let status: (code: Int32, status: Int32)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
         case .success(let result?): status = result

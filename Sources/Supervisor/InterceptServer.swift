@@ -217,7 +217,7 @@ final class InterceptServer: @unchecked Sendable {
         case .found(let fd, let rule):
             switch statBytes(fd.unsafeRawValue) {
             case .success(let bytes):
-                if answerWritten(n, bytes, to: buffer, value: 0) {
+                answerWritten(n, bytes, to: buffer, value: 0) {
                     grant(n, "STAT", "\(call) \(path)", reason: "rule \(rule.path)")
                 }
             case .failure(let errno):
@@ -257,8 +257,8 @@ final class InterceptServer: @unchecked Sendable {
             if mode & X_OK != 0 && !(isDirectory || (granted.contains(.execute) && status.permissions & 0o111 != 0)) {
                 return deny(n, "ACCESS", detail, .permissionDenied, "executing is not granted")
             }
-            answer(n, value: 0)
             grant(n, "ACCESS", detail, reason: "rule \(rule.path)")
+            answer(n, value: 0)
         case .denied(let errno, let reason):
             deny(n, "ACCESS", detail, errno, reason)
         }
@@ -282,7 +282,7 @@ final class InterceptServer: @unchecked Sendable {
             switch system_readlink_fd(fd.unsafeRawValue) {
             case .success(let text):
                 let bytes = Array(text.prefix(Int(size)))
-                if answerWritten(n, bytes, to: buffer, value: Int64(bytes.count)) {
+                answerWritten(n, bytes, to: buffer, value: Int64(bytes.count)) {
                     grant(n, "READLINK", "\(call) \(path)", reason: "rule \(rule.path)")
                 }
             case .failure(let errno):
@@ -313,9 +313,9 @@ final class InterceptServer: @unchecked Sendable {
                 return deny(n, "EXEC", "execve \(path)", .permissionDenied, "not a regular file")
             }
             // The one call let run: see the type's comment (Landlock backs this check).
-            switch system_notif_continue(listener.unsafeRawValue, n.id) {
-            case .success: grant(n, "EXEC", "execve \(path)", reason: "rule \(rule.path)")
-            case .failure: abandoned(n, "EXEC", "execve \(path)")
+            grant(n, "EXEC", "execve \(path)", reason: "rule \(rule.path)")
+            if case .failure = system_notif_continue(listener.unsafeRawValue, n.id) {
+                abandoned(n, "EXEC", "execve \(path)")
             }
         case .denied(let errno, let reason):
             deny(n, "EXEC", "execve \(path)", errno, reason)
@@ -366,12 +366,12 @@ final class InterceptServer: @unchecked Sendable {
         }
         switch active.connectOrBind(socket, to: parsed, binding: binding) {
         case .success:
-            answer(n, value: 0)
             grant(n, event, detail, reason: binding ? "bound" : "connected")
+            answer(n, value: 0)
         case .failure(let errno):
             // EINPROGRESS on a non-blocking socket is the answer the program expects.
-            answer(n, error: errno)
             audit(n, event, detail, decision: errno == .nowInProgress ? "granted" : "denied", errno: errno, reason: "\(event.lowercased()) returned \(errno)")
+            answer(n, error: errno)
         }
     }
 
@@ -468,9 +468,11 @@ final class InterceptServer: @unchecked Sendable {
 
     /// Writes `bytes` into the caller's buffer, then answers `value` (or EFAULT). False if it failed.
     @discardableResult
-    private func answerWritten(_ n: Notification, _ bytes: [UInt8], to address: UInt64, value: Int64) -> Bool {
+    private func answerWritten(_ n: Notification, _ bytes: [UInt8], to address: UInt64, value: Int64,
+                               beforeAnswering record: () -> Void = {}) -> Bool {
         switch system_write_target_memory(listener: listener.unsafeRawValue, id: n.id, tid: pid_t(bitPattern: n.pid), address: address, bytes) {
         case .success:
+            record()
             answer(n, value: value)
             return true
         case .failure(.noSuchProcess):
@@ -483,9 +485,11 @@ final class InterceptServer: @unchecked Sendable {
 
     private func install(_ n: Notification, _ fd: consuming OwnedFileDescriptor, closeOnExec: Bool, event: String,
                          detail: @autoclosure () -> String, reason: @autoclosure () -> String) {
+        // Recorded before the program can see the answer, so the log is never behind it.
+        grant(n, event, detail(), reason: reason())
         switch system_notif_addfd_send(listener.unsafeRawValue, n.id, fd.unsafeRawValue, closeOnExec: closeOnExec) {
-        case .success(let number):
-            grant(n, event, detail(), reason: "\(reason()); fd \(number)")
+        case .success:
+            break
         case .failure(.noSuchFileOrDirectory):
             abandoned(n, event, detail())
         case .failure(let errno):
@@ -495,8 +499,8 @@ final class InterceptServer: @unchecked Sendable {
     }
 
     private func deny(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, _ errno: Errno, _ reason: @autoclosure () -> String) {
-        answer(n, error: errno)
         audit(n, event, detail(), decision: "denied", errno: errno, reason: reason())
+        answer(n, error: errno)
     }
 
     private func grant(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, reason: @autoclosure () -> String) {

@@ -132,3 +132,9 @@ func system_write_target_memory(listener: Int32, id: UInt64, tid: pid_t, address
 func system_getsockopt_value(_ fd: Int32, _ option: Int32) -> Result<Int32, Errno> {
     system_getsockopt_int(fd, SOL_SOCKET, option)
 }
+
+/// kill(-group, signal): every process of a process group.
+func system_kill_process_group(_ group: pid_t, _ signal: Int32) -> Result<Void, Errno> {
+    guard group > 1 else { return .failure(.invalidArgument) }
+    return Glibc.kill(-group, signal) == 0 ? .success(()) : .failure(currentErrno())
+}

@@ -162,6 +162,20 @@ import Testing
         #expect(deniedByChildren.count == 2, "head's and python's opens, each from its own pid")
     }
 
+    @Test func whatTheProgramLeavesRunningEndsWithIt() throws {
+        let tree = Tree()
+        let result = try intercepted(tree, ["/bin/sh", "-c", "/usr/bin/sleep 30 & echo $!"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let orphan = pid_t(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        #expect(orphan > 0)
+        var gone = false
+        for _ in 0..<100 where !gone {
+            gone = kill(orphan, 0) != 0 || (try? String(contentsOfFile: "/proc/\(orphan)/stat", encoding: .utf8))?.contains(") Z ") == true
+            if !gone { usleep(20_000) }
+        }
+        #expect(gone, "the background sleep \(orphan) outlived the intercepted shell")
+    }
+
     @Test func anExecOutsideTheExecuteRulesIsRefused() throws {
         let tree = Tree()
         tree.scratch.write("data/tool.sh", "#!/bin/sh\necho ran\n")
