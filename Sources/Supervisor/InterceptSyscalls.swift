@@ -138,3 +138,30 @@ func system_kill_process_group(_ group: pid_t, _ signal: Int32) -> Result<Void, 
     guard group > 1 else { return .failure(.invalidArgument) }
     return Glibc.kill(-group, signal) == 0 ? .success(()) : .failure(currentErrno())
 }
+
+// Non-generic forms of PrivsepIPC's `retryingOnInterrupt`, preferred by overload resolution
+// for every call in this module: the generic one is not specialized across the module
+// boundary, and its runtime metadata lookups cost each served request (one per system call)
+// more than the call itself on a cold cache. Same EINTR policy.
+
+/// Runs `body` until it returns something other than -1/EINTR.
+@inline(__always)
+func retryingOnInterrupt(_ body: () -> Int32) -> Result<Int32, Errno> {
+    while true {
+        let result = body()
+        if result != -1 { return .success(result) }
+        let error = Errno(rawValue: privsep_errno())
+        if error != .interrupted { return .failure(error) }
+    }
+}
+
+/// Runs `body` until it returns something other than -1/EINTR.
+@inline(__always)
+func retryingOnInterrupt(_ body: () -> Int) -> Result<Int, Errno> {
+    while true {
+        let result = body()
+        if result != -1 { return .success(result) }
+        let error = Errno(rawValue: privsep_errno())
+        if error != .interrupted { return .failure(error) }
+    }
+}
