@@ -99,3 +99,4 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
     check(cbench_pin(-1) == 0, "sched_setaffinity")
 }
 
+

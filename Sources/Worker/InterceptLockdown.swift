@@ -18,7 +18,8 @@ public import SystemPackage
 /// - refuses calls that would leave the sandbox or change the system (ptrace,
 ///   process_vm_*, bpf, io_uring, open_by_handle_at, mount and the new mount API,
 ///   namespaces, modules, kexec, keyrings, loading another seccomp filter, chmod and
-///   chown and xattr changes, timestamps, device nodes, TIOCSTI...);
+///   chown and xattr changes, timestamps, device nodes, TIOCSTI, prlimit64 on another
+///   process, MSG_FASTOPEN...);
 /// - kills i386 and x32 entries;
 /// - and Landlock handles every filesystem right, granting only READ_FILE|EXECUTE
 ///   beneath the paths the policy lets the program execute (so a path swapped after
@@ -139,6 +140,15 @@ public struct InterceptLockdown: Sendable {
         let prctl = seccomp_syscall_resolve_name("prctl")
         for option: UInt64 in [22, 35] {
             try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, prctl, 0, 0xffff_ffff, option), "prctl \(option)")
+        }
+        // prlimit64 on another process (a root program could lower or raise anyone's limits);
+        // any bit set in the pid argument counts as another process, so it fails closed.
+        try check(privsep_seccomp_rule_add_ne(filter, eperm, seccomp_syscall_resolve_name("prlimit64"), 0, 0), "prlimit64")
+        // MSG_FASTOPEN connects a TCP socket from sendto/sendmsg, without the connect the
+        // supervisor checks.
+        for (name, argument) in [("sendto", UInt32(3)), ("sendmsg", 2), ("sendmmsg", 3)] {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, seccomp_syscall_resolve_name(name), argument, msgFastOpen, msgFastOpen),
+                      "\(name) MSG_FASTOPEN")
         }
         let program = try exportProgram(filter)
         let flags = privsep_SECCOMP_FILTER_FLAG_NEW_LISTENER | privsep_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV

@@ -279,6 +279,53 @@ import Testing
 
     // MARK: Hostile programs
 
+    @Test func theLockdownRefusesWaysOutAndDirectFilesystemChanges() throws {
+        let tree = Tree()
+        let script = """
+        import ctypes, os, resource, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        def raw(number, *args):
+            r = libc.syscall(number, *[ctypes.c_long(a) for a in args])
+            return 0 if r >= 0 else ctypes.get_errno()
+        print('ptrace', raw(101, 16, 1, 0, 0))               # PTRACE_ATTACH to init
+        print('unshare', raw(272, 0x10000000))               # CLONE_NEWUSER
+        print('io_uring_setup', raw(425, 1, 0))
+        print('seccomp', raw(317, 1, 0, 0))
+        print('open_by_handle_at', raw(304, -100, 0, 0))
+        print('mount', raw(165, 0, 0, 0, 0, 0))
+        try:
+            resource.prlimit(1, resource.RLIMIT_NOFILE)
+        except PermissionError as e:
+            print('prlimit other', e.errno)
+        for name, call in [('chmod', lambda: os.chmod(sys.argv[1] + '/good.txt', 0o777)),
+                           ('mkdir', lambda: os.mkdir(sys.argv[1] + '/data/new')),
+                           ('unlink', lambda: os.unlink(sys.argv[1] + '/data/a.txt')),
+                           ('rename', lambda: os.rename(sys.argv[1] + '/data/a.txt', sys.argv[1] + '/data/c.txt'))]:
+            try:
+                call(); print(name, 'succeeded')
+            except OSError as e:
+                print(name, e.errno)
+        """
+        let result = try intercepted(tree, [Self.python, "-c", script, tree.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+        ptrace \(EPERM)
+        unshare \(EPERM)
+        io_uring_setup \(EPERM)
+        seccomp \(EPERM)
+        open_by_handle_at \(EPERM)
+        mount \(EPERM)
+        prlimit other \(EPERM)
+        chmod \(EPERM)
+        mkdir \(EACCES)
+        unlink \(EACCES)
+        rename \(EACCES)
+
+        """)
+        #expect(tree.scratch.contents("data/a.txt") == "a\n")
+        #expect(tree.scratch.mode("good.txt") & 0o777 == 0o644)
+    }
+
     @Test func badPointersAndUnterminatedPathsAreRefusedLikeTheKernelWould() throws {
         let tree = Tree()
         let script = """
