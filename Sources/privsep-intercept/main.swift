@@ -1,8 +1,9 @@
 // privsep-intercept: the helper of intercept mode (`privsep run --intercept`).
 //
-//   privsep-intercept [--exec PATH]... -- PROGRAM ARGV0 [ARGS...]
+//   privsep-intercept [--exec PATH]... [--identity UID:GID] -- PROGRAM ARGV0 [ARGS...]
 //
-// Spawned by the supervisor with the channel at fd 3. It says HELLO, applies
+// Spawned by the supervisor with the channel at fd 3. It says HELLO, drops to UID:GID if
+// given, applies
 // InterceptLockdown (no_new_privs; Landlock granting READ_FILE|EXECUTE beneath each
 // --exec PATH only; a seccomp filter that sends file, socket and exec calls to the
 // supervisor), hands the filter's listener to the supervisor, waits for the go-ahead
@@ -21,14 +22,25 @@ func fail(_ message: String, status: Int32) -> Never {
 }
 
 var arguments = Array(CommandLine.arguments.dropFirst())
+let usage = "usage: privsep-intercept [--exec PATH]... [--identity UID:GID] -- PROGRAM ARGV0 [ARGS...]"
 var executablePaths: [String] = []
+var identity: (uid: UInt32, gid: UInt32)? = nil
 while let first = arguments.first, first != "--" {
-    guard first == "--exec", arguments.count >= 2 else { fail("usage: privsep-intercept [--exec PATH]... -- PROGRAM ARGV0 [ARGS...]", status: 127) }
-    executablePaths.append(arguments[1])
+    guard arguments.count >= 2 else { fail(usage, status: 127) }
+    switch first {
+    case "--exec":
+        executablePaths.append(arguments[1])
+    case "--identity":
+        let parts = arguments[1].split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let uid = UInt32(parts[0]), let gid = UInt32(parts[1]) else { fail(usage, status: 127) }
+        identity = (uid, gid)
+    default:
+        fail(usage, status: 127)
+    }
     arguments.removeFirst(2)
 }
 guard arguments.first == "--", arguments.count >= 3 else {
-    fail("usage: privsep-intercept [--exec PATH]... -- PROGRAM ARGV0 [ARGS...]", status: 127)
+    fail(usage, status: 127)
 }
 let program = arguments[1]
 let programArguments = Array(arguments[2...])
@@ -57,7 +69,7 @@ let argv: [UnsafeMutablePointer<CChar>?] = programArguments.map { strdup($0) } +
 let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) } + [nil]
 
 do {
-    try InterceptLockdown(executablePaths: executablePaths).apply(handingListenerTo: supervisor)
+    try InterceptLockdown(executablePaths: executablePaths, identity: identity).apply(handingListenerTo: supervisor)
 } catch {
     fail("\(error)", status: 127)
 }

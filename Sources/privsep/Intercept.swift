@@ -4,13 +4,21 @@ import Supervisor
 
 /// Turns the worker for the command line into an intercepted one: the helper
 /// (`privsep-intercept`, next to this executable) runs the program, in our working directory.
-func interceptConfiguration(_ plain: WorkerConfiguration) throws -> WorkerConfiguration {
+func interceptConfiguration(_ plain: WorkerConfiguration, user: String? = nil) throws -> WorkerConfiguration {
+    var identity: (uid: UInt32, gid: UInt32)? = nil
+    if let user {
+        let parts = user.split(separator: ":", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), let uid = UInt32(parts[0]), let gid = UInt32(parts.count == 2 ? parts[1] : parts[0]) else {
+            throw ValidationError("--user takes UID or UID:GID (numbers), not \(user)")
+        }
+        identity = (uid, gid)
+    }
     guard let helper = interceptHelperPath() else {
         printError("privsep: privsep-intercept not found next to this executable; it runs the program in intercept mode")
         throw ExitCode(127)
     }
     var configuration = WorkerConfiguration.intercepting(program: plain.executable, arguments: plain.arguments,
-                                                         argv0: plain.argv0, policy: plain.policy, helper: helper)
+                                                         argv0: plain.argv0, policy: plain.policy, helper: helper, identity: identity)
     configuration.environment = plain.environment
     configuration.inheritedEnvironment = plain.inheritedEnvironment
     configuration.standardInput = plain.standardInput

@@ -85,6 +85,9 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Intercept mode: run an unmodified PROGRAM; its file, socket and exec calls are served under the policy (seccomp user notification).")
     var intercept = false
 
+    @Option(help: ArgumentHelp("With --intercept: run PROGRAM as this user (and group; default: the user's number).", valueName: "uid[:gid]"))
+    var user: String?
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "program"))
     var command: [String] = []
 
@@ -109,7 +112,8 @@ struct Run: AsyncParsableCommand {
         }
 
         var configuration = try workerConfiguration(command: command, file: file)
-        if intercept { configuration = try interceptConfiguration(configuration) }
+        if user != nil && !intercept { throw ValidationError("--user is for --intercept (a worker drops its identity with Lockdown(identity:))") }
+        if intercept { configuration = try interceptConfiguration(configuration, user: user) }
         configuration.inheritedEnvironment += passEnvironment
         for pair in environment {
             guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {

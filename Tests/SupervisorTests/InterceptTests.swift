@@ -176,6 +176,18 @@ import Testing
         #expect(gone, "the background sleep \(orphan) outlived the intercepted shell")
     }
 
+    @Test func theProgramCanRunAsAnotherUser() throws {
+        let tree = Tree()
+        let policy = tree.policy()
+        let result = try privsep(["run", "--intercept", "--user", "65534:65534", "--policy", policy, "--",
+                                  Self.python, "-c", "import os, sys; print(os.getuid(), os.getgid(), os.getgroups()); print(open(sys.argv[1]).read(), end='')",
+                                  tree.path + "/good.txt"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "65534 65534 []\nhello from an allowed file\nsecond line\n")
+        let misuse = try privsep(["run", "--user", "65534", "--policy", policy, "--", "/bin/true"])
+        #expect(misuse.status != 0)
+    }
+
     @Test func anExecOutsideTheExecuteRulesIsRefused() throws {
         let tree = Tree()
         tree.scratch.write("data/tool.sh", "#!/bin/sh\necho ran\n")
