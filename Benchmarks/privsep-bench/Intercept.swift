@@ -56,6 +56,32 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
     return parseSummary(text)
 }
 
+/// The same open asked for by a brokered privsep worker (OPEN → REPLY with the fd), for comparison.
+@MainActor func measureBrokeredOpens(directory: String, runs: Int) async -> Summary? {
+    var logger = Logger(label: "bench")
+    logger.logLevel = .critical
+    guard let supervisor = try? Supervisor(logger: logger) else { return nil }
+    var policy = Policy()
+    policy.allow(path: directory, .directory, [.read])
+    let output = "/tmp/privsep-bench-brokered-out-\(getpid())"
+    defer { unlink(output) }
+    let outputFD = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    let gate = StartGate()
+    defer { gate.close() }
+    var configuration = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "swift-open-worker", "\(runs)", directory + "/file.txt"], policy: policy)
+    configuration.standardInput = .descriptor(SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: dup(gate.read))))
+    configuration.standardOutput = .descriptor(SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: outputFD)))
+    configuration.caps.messagesPerSecond = 10_000_000
+    configuration.caps.messageBurst = 1_000_000
+    guard let handle = try? await supervisor.spawn(configuration) else { return nil }
+    while supervisor.workers().filter({ $0.sandbox != nil }).isEmpty { usleep(1000) }
+    gate.open(1)
+    let reason = await handle.exit()
+    await supervisor.shutdown()
+    guard reason == .exited(code: 0), let text = try? readProcFile(output) else { return nil }
+    return parseSummary(text)
+}
+
 @MainActor func interceptSection(runs: Int) async {
     let directory = "/tmp/privsep-bench-intercept-\(getpid())"
     mkdir(directory, 0o755)
@@ -94,6 +120,9 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
             print("| privsep intercepted: not measured (build privsep-intercept: swift build -c release) | \(placement) | | | |")
         } else if let intercepted = await measureInterceptedOpens(program: program, helper: helper, directory: directory, runs: runs) {
             print("| privsep --intercept (policy, openat2, fstat, ADDFD, audit) | \(placement) | \(format(intercepted.median)) | \(format(intercepted.p99)) | \(format(intercepted.median / reference.median))x |")
+        }
+        if let brokered = await measureBrokeredOpens(directory: directory, runs: runs) {
+            print("| privsep brokered worker asking OPEN (for comparison) | \(placement) | \(format(brokered.median)) | \(format(brokered.p99)) | |")
         }
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
