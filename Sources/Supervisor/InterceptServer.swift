@@ -236,7 +236,16 @@ final class InterceptServer: @unchecked Sendable {
         let path: String
         switch targetPath(n, address: address, dirfd: dirfd) {
         case .absolute(let absolute): path = absolute
-        case .empty: return answer(n, error: .noSuchFileOrDirectory)
+        case .empty:
+            // faccessat2(fd, "", mode, AT_EMPTY_PATH): the caller's own descriptor, checked as is.
+            guard flags & privsep_AT_EMPTY_PATH != 0, dirfd != AT_FDCWD else { return answer(n, error: .noSuchFileOrDirectory) }
+            switch fetchTargetDescriptor(n, dirfd) {
+            case .success(let fd):
+                if case .failure(let errno) = system_faccessat2_fd(fd.unsafeRawValue, mode: mode) { return answer(n, error: errno) }
+                return answer(n, value: 0)
+            case .failure(let errno):
+                return answer(n, error: errno)
+            }
         case .failed(let errno, let why): return deny(n, "ACCESS", "\(call) (unreadable path)", errno, why)
         }
         guard stillWaiting(n) else { return abandoned(n, "ACCESS", "\(call) \(path)") }
