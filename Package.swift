@@ -145,9 +145,9 @@ let package = Package(
         ),
         .testTarget(
             name: "SupervisorTests",
-            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "privsep-intercept", "csv-parser", "reader", "hello-server", "embedding-example", "PrivsepTestSupport",
+            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "reader", "hello-server", "embedding-example", "PrivsepTestSupport",
                            .product(name: "SystemPackage", package: "swift-system"),
-                           .product(name: "Logging", package: "swift-log")],
+                           .product(name: "Logging", package: "swift-log"), "privsep-intercept"], // the helper InterceptTests run
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(

@@ -169,9 +169,10 @@ if let index = CommandLine.arguments.firstIndex(of: "--intercept-runs"), index +
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     interceptRuns = value
 }
-if CommandLine.arguments.contains("--intercept-only") {
+// Intercept mode's table comes first in a full run (and alone with --intercept-only).
+if CommandLine.arguments.contains("--intercept-only") || interceptRuns > 0 {
     await interceptSection(runs: max(interceptRuns, 100))
-    exit(0)
+    if CommandLine.arguments.contains("--intercept-only") { exit(0) }
 }
 
 func selfPath() -> String {
@@ -598,8 +599,4 @@ if openRuns > 0 {
     }
     unlink(openDirectory + "/" + openName)
     rmdir(openDirectory)
-}
-
-if interceptRuns > 0 {
-    await interceptSection(runs: interceptRuns)
 }

@@ -695,10 +695,10 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func reap(_ record: WorkerRecord) {
-        defer { dropListener(record) }
         // What an intercepted program left running ends with it (while it is unreaped, its
         // pid, which is its process group's id, cannot be reused).
         signalInterceptedGroup(record, SIGKILL)
+        defer { dropListener(record) }
         let status: (code: Int32, status: Int32)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
         case .success(let result?): status = result
@@ -776,6 +776,8 @@ final class WorkerRecord {
     var violation: Violation?
     var sandbox: SandboxStatus?
     var fileDescriptorsHandedOut = 0
+    /// Intercept mode: the thread serving the program's seccomp listener.
+    var intercept: InterceptServer?
     var tokens: Double
     var lastRefill: UInt64
     var throttledSince: UInt64?
@@ -787,8 +789,6 @@ final class WorkerRecord {
     var reading = true
     var writing = false
     var listener: ListenerBox?
-    /// Intercept mode: the thread serving the program's seccomp listener.
-    var intercept: InterceptServer?
 
     init(id: UInt64, configuration: WorkerConfiguration, policy: ActivePolicy, handle: WorkerHandle,
          pid: pid_t, pidfd: consuming OwnedFileDescriptor, channel: consuming SeqpacketSocket, now: UInt64) {

@@ -124,28 +124,6 @@ public final class SupervisorConnection: @unchecked Sendable {
         return socket
     }
 
-    /// Sends a line to the supervisor's log.
-    public func log(_ message: String, level: LogLine.Level = .info) throws(WorkerError) {
-        try sendOnly(.log(LogLine(level: level, message: truncatedForLog(message))))
-    }
-
-    /// Reports which sandbox layers are in force (``Lockdown`` does this itself).
-    public func reportSandbox(_ status: SandboxStatus) throws(WorkerError) {
-        try sendOnly(.sandboxStatus(status))
-    }
-
-    /// Sends the seccomp listener of learning mode (LISTENER, with the fd).
-    func sendListener(_ listener: consuming OwnedFileDescriptor) throws(WorkerError) {
-        do {
-            try channel.send(Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))),
-                             passing: OwnedFileDescriptors(listener))
-        } catch .peerClosed {
-            throw .supervisorGone
-        } catch {
-            throw .protocolError("\(error)")
-        }
-    }
-
     /// Intercept mode: sends the seccomp listener (LISTENER, purpose intercept) and waits
     /// for the supervisor's go-ahead, an empty successful REPLY to it. Only then may the
     /// caller exec the program whose calls the supervisor now serves. Our copy of the
@@ -166,6 +144,28 @@ public final class SupervisorConnection: @unchecked Sendable {
             throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
         } catch let error as WorkerError {
             throw error
+        } catch {
+            throw .protocolError("\(error)")
+        }
+    }
+
+    /// Sends a line to the supervisor's log.
+    public func log(_ message: String, level: LogLine.Level = .info) throws(WorkerError) {
+        try sendOnly(.log(LogLine(level: level, message: truncatedForLog(message))))
+    }
+
+    /// Reports which sandbox layers are in force (``Lockdown`` does this itself).
+    public func reportSandbox(_ status: SandboxStatus) throws(WorkerError) {
+        try sendOnly(.sandboxStatus(status))
+    }
+
+    /// Sends the seccomp listener of learning mode (LISTENER, with the fd).
+    func sendListener(_ listener: consuming OwnedFileDescriptor) throws(WorkerError) {
+        do {
+            try channel.send(Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))),
+                             passing: OwnedFileDescriptors(listener))
+        } catch .peerClosed {
+            throw .supervisorGone
         } catch {
             throw .protocolError("\(error)")
         }

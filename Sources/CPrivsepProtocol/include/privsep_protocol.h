@@ -29,8 +29,7 @@
  *   supervisor -> worker   WELCOME          (the worker waits for it before anything else)
  *   worker -> supervisor   OPEN | SOCKET | CONNECT | BIND      -> REPLY with the same request_id
  *   worker -> supervisor   LOG | VIOLATION | SANDBOX_STATUS     (no reply)
- *   worker -> supervisor   LISTENER         (learning mode: no reply;
- *                                             intercept mode: an empty REPLY, same request_id, is the go-ahead)
+ *   worker -> supervisor   LISTENER         (learning mode only; no reply)
  */
 #ifndef PRIVSEP_PROTOCOL_H
 #define PRIVSEP_PROTOCOL_H
