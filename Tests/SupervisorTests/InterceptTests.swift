@@ -408,6 +408,54 @@ import Testing
         #expect(result.stdout.hasPrefix("leaked 0 "), "\(result.stdout)")
     }
 
+    @Test func anExecPathSwappedAfterTheCheckStillRunsOnlyWhatThePolicyLetsExecute() throws {
+        let tree = Tree()
+        tree.scratch.write("data/tool.sh", "#!/bin/sh\necho PWNED\n")
+        chmod(tree.path + "/data/tool.sh", 0o755)
+        // execve is the one call let run after its check, and the kernel reads the path again.
+        // A thread flips a shared page between /usr/bin/true (executable under the policy) and
+        // tool.sh (readable, not executable) while forked children execve that page. The
+        // supervisor refuses the tool.sh spellings it sees; Landlock (EXECUTE only beneath the
+        // execute rules) refuses the ones swapped in after a granted check.
+        let script = """
+        import ctypes, mmap, os, sys, threading
+        libc = ctypes.CDLL(None, use_errno=True)
+        area = mmap.mmap(-1, 4096)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(area))
+        good = b'/usr/bin/true'.ljust(128, b'\\0')
+        evil = (sys.argv[1] + '/data/tool.sh').encode().ljust(128, b'\\0')
+        stop = False
+        def flip():
+            while not stop:
+                area[0:128] = evil
+                area[0:128] = good
+        t = threading.Thread(target=flip); t.start()
+        argv = (ctypes.c_char_p * 2)(b'x', None)
+        ran = refused = 0
+        other = set()
+        for _ in range(300):
+            pid = os.fork()
+            if pid == 0:
+                libc.execve(ctypes.c_void_p(address), argv, None)
+                os._exit(100 + ctypes.get_errno())
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            if code == 0: ran += 1
+            elif code == 100 + 13: refused += 1
+            else: other.add(code)
+        stop = True; t.join()
+        # A path torn mid-flip names nothing: ENOENT (102) or ENOTDIR (120).
+        print('ran', ran > 0, 'refused', refused > 0, 'other', sorted(other - {102, 120}))
+        """
+        let audit = tree.path + "/audit.jsonl"
+        let result = try intercepted(tree, [Self.python, "-c", script, tree.path], audit: audit)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(!result.stdout.contains("PWNED"), "tool.sh ran")
+        #expect(result.stdout.hasSuffix("other []\n"), "\(result.stdout)")
+        let records = try auditRecords(audit)
+        #expect(!records.contains { ($0["event"] as? String) == "EXEC" && ($0["decision"] as? String) == "granted"
+            && (($0["detail"] as? String)?.contains("tool.sh") ?? false) })
+    }
+
     @Test func aProgramThatExitsMidNotificationLeavesTheSupervisorClean() async throws {
         let tree = Tree()
         let listenersBefore = seccompListenerCount()
