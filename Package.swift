@@ -31,6 +31,7 @@ let package = Package(
         .library(name: "Supervisor", targets: ["Supervisor"]),
         .library(name: "Worker", targets: ["Worker"]),
         .executable(name: "privsep", targets: ["privsep"]),
+        .executable(name: "privsep-intercept", targets: ["privsep-intercept"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -81,6 +82,13 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strictSwift
+        ),
+        // Intercept mode's helper: locks itself down, hands the supervisor its seccomp
+        // listener, execs an unmodified program. No Foundation.
+        .executableTarget(
+            name: "privsep-intercept",
+            dependencies: ["Worker", "PrivsepIPC"],
             swiftSettings: strictSwift
         ),
         // Benchmarks: Swift channel vs. a plain C sendmsg/recvmsg reference in the same run.
@@ -152,7 +160,7 @@ let package = Package(
             name: "SupervisorTests",
             dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "reader", "hello-server", "embedding-example", "record-parser", "PrivsepTestSupport",
                            .product(name: "SystemPackage", package: "swift-system"),
-                           .product(name: "Logging", package: "swift-log")],
+                           .product(name: "Logging", package: "swift-log"), "privsep-intercept"], // the helper InterceptTests run
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .testTarget(

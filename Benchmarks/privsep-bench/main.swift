@@ -229,6 +229,16 @@ if let index = CommandLine.arguments.firstIndex(of: "--iterations"), index + 1 <
     iterations = value
 }
 let warmup = max(iterations / 10, 100)
+var interceptRuns = 20_000
+if let index = CommandLine.arguments.firstIndex(of: "--intercept-runs"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
+    interceptRuns = value
+}
+// Intercept mode's table comes first in a full run (and alone with --intercept-only).
+if CommandLine.arguments.contains("--intercept-only") || interceptRuns > 0 {
+    await interceptSection(runs: max(interceptRuns, 100))
+    if CommandLine.arguments.contains("--intercept-only") { exit(0) }
+}
 
 func selfPath() -> String {
     var buffer = [CChar](repeating: 0, count: 4096)

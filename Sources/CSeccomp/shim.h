@@ -27,3 +27,7 @@ static inline int privsep_seccomp_rule_add_masked_eq(scmp_filter_ctx ctx, uint32
                                                      unsigned int arg, uint64_t mask, uint64_t value) {
     return seccomp_rule_add(ctx, action, syscall, 1, SCMP_CMP(arg, SCMP_CMP_MASKED_EQ, mask, value));
 }
+static inline int privsep_seccomp_rule_add_ne(scmp_filter_ctx ctx, uint32_t action, int syscall,
+                                              unsigned int arg, uint64_t value) {
+    return seccomp_rule_add(ctx, action, syscall, 1, SCMP_CMP(arg, SCMP_CMP_NE, value));
+}

@@ -295,11 +295,14 @@ public struct SandboxStatus: Sendable, Equatable {
     }
 }
 
-/// LISTENER: a seccomp user-notification fd travels with it (learning mode only).
+/// LISTENER: a seccomp user-notification fd travels with it (learning and intercept modes).
 public struct ListenerAnnouncement: Sendable, Equatable {
     public enum Purpose: UInt32, Sendable {
         /// Record each system call the filter did not allow, and let it run.
         case learning = 1
+        /// Intercept mode: serve each notified system call under the worker's policy. The
+        /// supervisor answers with an empty REPLY (same request id) once it serves the listener.
+        case intercept = 2
     }
     public var purpose: Purpose
     public init(purpose: Purpose) { self.purpose = purpose }

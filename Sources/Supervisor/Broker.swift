@@ -12,7 +12,7 @@ public final class ActivePolicy: Sendable {
     public let policy: Policy
     /// Per path rule (same index): the O_PATH fd to resolve beneath, and for a
     /// file rule the rule's own copy of the file name.
-    private let anchors: [Anchor]
+    let anchors: [Anchor]
     /// Per unix address rule: the O_PATH fd of the socket's directory and its name.
     private let unixAnchors: [String: Anchor]
 
@@ -200,7 +200,7 @@ public final class ActivePolicy: Sendable {
         return .granted(fd, "rule \(rule.path)")
     }
 
-    private func mostSpecificRule(for path: String) -> Int? {
+    func mostSpecificRule(for path: String) -> Int? {
         var best: Int? = nil
         for (index, rule) in policy.paths.enumerated() where rule.matches(path) {
             if let current = best, policy.paths[current].path.utf8.count >= rule.path.utf8.count { continue }
@@ -294,7 +294,7 @@ public final class ActivePolicy: Sendable {
         }
     }
 
-    private func family(of address: SocketAddress) -> Int32 {
+    func family(of address: SocketAddress) -> Int32 {
         switch address {
         case .ipv4: AF_INET
         case .ipv6: AF_INET6
@@ -320,7 +320,7 @@ public final class ActivePolicy: Sendable {
     /// Calls `body` with the sockaddr for `address`. A unix path is reached through
     /// the rule's directory fd (/proc/self/fd/N/name), pinning the directory the
     /// supervisor opened when the policy was activated.
-    private func withSocketAddress(_ address: SocketAddress, binding: Bool = false,
+    func withSocketAddress(_ address: SocketAddress, binding: Bool = false,
                                    _ body: (UnsafeRawPointer, socklen_t) -> Result<Void, Errno>) -> Result<Void, Errno> {
         var storage = [UInt8](repeating: 0, count: 128)
         let length: Int

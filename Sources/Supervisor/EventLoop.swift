@@ -298,8 +298,12 @@ final class EventLoop: @unchecked Sendable {
             }
             if !consumeToken(record) { return }
             var fds = received.fileDescriptors
-            if case .listener = received.envelope.message, let listener = fds.take(at: 0) {
-                adoptListener(record, listener)
+            if case .listener(let announcement) = received.envelope.message, let listener = fds.take(at: 0) {
+                if announcement.purpose == .intercept || record.configuration.intercept {
+                    adoptInterceptListener(record, listener, announcement.purpose, requestID: received.envelope.requestID)
+                } else {
+                    adoptListener(record, listener)
+                }
                 continue
             }
             handle(record, received.envelope, sender: received.senderCredentials)
@@ -592,6 +596,49 @@ final class EventLoop: @unchecked Sendable {
         record.listener = nil
     }
 
+    // MARK: Intercept mode
+
+    /// Takes the seccomp listener of an intercepted worker (LISTENER, purpose intercept),
+    /// starts the thread that serves it under the worker's policy, and sends the go-ahead
+    /// (an empty REPLY to the LISTENER) after which the helper execs the program.
+    private func adoptInterceptListener(_ record: WorkerRecord, _ listener: consuming OwnedFileDescriptor,
+                                        _ purpose: ListenerAnnouncement.Purpose, requestID: UInt64) {
+        guard record.phase == .running else {
+            kill(record, .protocolViolation("LISTENER before HELLO"))
+            return
+        }
+        guard record.configuration.intercept, purpose == .intercept else {
+            kill(record, .protocolViolation(record.configuration.intercept
+                ? "a learning-mode LISTENER from a worker in intercept mode"
+                : "an intercept LISTENER from a worker not spawned in intercept mode"))
+            return
+        }
+        guard record.intercept == nil else {
+            kill(record, .protocolViolation("second LISTENER"))
+            return
+        }
+        guard system_readlink("/proc/self/fd/\(listener.unsafeRawValue)") == "anon_inode:seccomp notify" else {
+            kill(record, .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
+            return
+        }
+        let server = InterceptServer(listener: listener, policy: record.policy, auditor: auditor,
+                                     workerID: record.id, workerName: record.configuration.name)
+        guard server.start() else {
+            kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
+            return
+        }
+        record.intercept = server
+        audit(record, event: "INTERCEPT", reason: "serving the program's file, socket and exec calls under the policy")
+        send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 0))), fds: OwnedFileDescriptors())
+    }
+
+    /// An intercepted program runs in its own session and process group (its pid): the
+    /// processes it forked are signalled with it. Called only while the worker is unreaped.
+    private func signalInterceptedGroup(_ record: WorkerRecord, _ signal: Int32) {
+        guard record.configuration.intercept else { return }
+        _ = system_kill_process_group(record.pid, signal)
+    }
+
     // MARK: Deadlines
 
     /// Acts on every deadline that has passed; returns when to look again.
@@ -618,6 +665,7 @@ final class EventLoop: @unchecked Sendable {
                 if now >= deadline {
                     record.stopDeadline = nil
                     _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+                    signalInterceptedGroup(record, SIGKILL)
                 } else {
                     consider(deadline)
                 }
@@ -669,12 +717,14 @@ final class EventLoop: @unchecked Sendable {
             audit(record, event: "KILL", reason: reason.description)
         }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+        signalInterceptedGroup(record, SIGKILL)
         closeChannel(record)
     }
 
     private func stop(_ record: WorkerRecord, grace: Double) {
         if record.killReason == nil { record.killReason = .stoppedBySupervisor }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGTERM)
+        signalInterceptedGroup(record, SIGTERM)
         let deadline = system_clock_monotonic() + nanoseconds(grace)
         record.stopDeadline = deadline
         noteDeadline(deadline)
@@ -697,6 +747,9 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func reap(_ record: WorkerRecord) {
+        // What an intercepted program left running ends with it (while it is unreaped, its
+        // pid, which is its process group's id, cannot be reused).
+        signalInterceptedGroup(record, SIGKILL)
         defer { dropListener(record) }
         let status: (code: Int32, status: Int32, peakResidentBytes: Int)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
@@ -778,6 +831,7 @@ final class EventLoop: @unchecked Sendable {
         guard let record = workers[workerID] else { return nil }
         guard record.policy.policy.contains(narrower.policy), narrower.isAnchored(beneath: record.policy) else { return .wouldWiden }
         record.policy = narrower
+        record.intercept?.replacePolicy(narrower)
         audit(record, event: "POLICY", reason: "narrowed")
         return nil
     }
@@ -819,6 +873,8 @@ final class WorkerRecord {
     var violation: Violation?
     var sandbox: SandboxStatus?
     var fileDescriptorsHandedOut = 0
+    /// Intercept mode: the thread serving the program's seccomp listener.
+    var intercept: InterceptServer?
     var tokens: Double
     var lastRefill: UInt64
     var throttledSince: UInt64?

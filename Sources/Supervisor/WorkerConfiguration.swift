@@ -33,6 +33,11 @@ public struct WorkerConfiguration: Sendable {
     /// supervisor, which records it (``WorkerHandle/learnedSyscalls``) and lets it run.
     /// For writing a policy on trusted input; never for production.
     public var learning: Bool
+    /// Intercept mode: `executable` is the `privsep-intercept` helper, which hands the
+    /// supervisor a seccomp listener and then execs an unmodified program whose file and
+    /// socket calls the supervisor serves under ``policy``. See
+    /// ``WorkerConfiguration/intercepting(program:arguments:argv0:policy:helper:)``.
+    public var intercept: Bool
     /// A name for logs.
     public var name: String
 
@@ -53,6 +58,7 @@ public struct WorkerConfiguration: Sendable {
         self.requiredLayers = []
         self.caps = WorkerCaps()
         self.learning = false
+        self.intercept = false
         self.name = name ?? String(executable.split(separator: "/").last ?? "worker")
     }
 }

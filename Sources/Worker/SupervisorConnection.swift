@@ -125,6 +125,31 @@ public final class SupervisorConnection: @unchecked Sendable {
         return socket
     }
 
+    /// Intercept mode: sends the seccomp listener (LISTENER, purpose intercept) and waits
+    /// for the supervisor's go-ahead, an empty successful REPLY to it. Only then may the
+    /// caller exec the program whose calls the supervisor now serves. Our copy of the
+    /// listener is closed before this returns, so the program never holds it.
+    public func handOverInterceptListener(_ listener: consuming OwnedFileDescriptor) throws(WorkerError) {
+        let id = nextRequestID
+        nextRequestID += 1
+        do {
+            try channel.send(Envelope(requestID: id, .listener(ListenerAnnouncement(purpose: .intercept))),
+                             passing: OwnedFileDescriptors(listener))
+            let received = try channel.receiveMessage()
+            guard received.envelope.requestID == id, case .reply(let reply) = received.envelope.message,
+                  reply.fileDescriptorCount == 0 else {
+                throw WorkerError.protocolError("expected the go-ahead REPLY to LISTENER, got \(received.envelope.message.type)")
+            }
+            if let errno = reply.error { throw WorkerError.denied(errno) }
+        } catch let error as ChannelError {
+            throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
+        } catch let error as WorkerError {
+            throw error
+        } catch {
+            throw .protocolError("\(error)")
+        }
+    }
+
     /// Sends a line to the supervisor's log.
     public func log(_ message: String, level: LogLine.Level = .info) throws(WorkerError) {
         try sendOnly(.log(LogLine(level: level, message: truncatedForLog(message))))

@@ -20,12 +20,15 @@ struct Privsep: AsyncParsableCommand {
         descriptor or an errno. Every decision can be audited.
 
         PROGRAM is a privsep worker: it uses the Swift Worker library, or speaks the \
-        protocol of privsep_protocol.h (a C worker needs nothing else).
+        protocol of privsep_protocol.h (a C worker needs nothing else). With --intercept, \
+        PROGRAM is any program: the privsep-intercept helper installed next to privsep \
+        runs it under a seccomp filter whose file, socket and exec calls this supervisor serves.
 
         Examples:
           privsep check policy.json
           privsep run --policy policy.json -- ./parser input.csv
           privsep run -p policy.json --timeout 10 --audit-log a.jsonl -- ./parser in.csv
+          privsep run --intercept -p policy.json -- /usr/bin/file /srv/input/a.bin
           privsep learn -- ./parser sample.csv
           find in/ -type f | privsep pool --policy policy.json --workers 4 -- ./parser
           privsep selftest --policy policy.json
@@ -80,6 +83,12 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "Log every decision (grants and denials) to stderr.")
     var verbose = false
 
+    @Flag(help: "Intercept mode: run an unmodified PROGRAM; its file, socket and exec calls are served under the policy (seccomp user notification).")
+    var intercept = false
+
+    @Option(help: ArgumentHelp("With --intercept: run PROGRAM as this user (and group; default: the user's number).", valueName: "uid[:gid]"))
+    var user: String?
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "program"))
     var command: [String] = []
 
@@ -104,6 +113,8 @@ struct Run: AsyncParsableCommand {
         }
 
         var configuration = try workerConfiguration(command: command, file: file)
+        if user != nil && !intercept { throw ValidationError("--user is for --intercept (a worker drops its identity with Lockdown(identity:))") }
+        if intercept { configuration = try interceptConfiguration(configuration, user: user) }
         configuration.inheritedEnvironment += passEnvironment
         for pair in environment {
             guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {

@@ -43,7 +43,7 @@ import Testing
 
     @Test(arguments: [
         ("{\"pathz\": []}", "policy:1:2: unknown key \"pathz\" in the policy (did you mean \"paths\"?); expected one of: paths, sockets, connect, bind, require, limits, timeout, environment, inherit_environment"),
-        ("{\"paths\": [{\"path\": \"/srv\", \"kind\": \"directory\", \"allow\": [\"raed\"]}]}", "policy:1:60: unknown permission \"raed\"; expected one of: read, write, create, truncate, append, list"),
+        ("{\"paths\": [{\"path\": \"/srv\", \"kind\": \"directory\", \"allow\": [\"raed\"]}]}", "policy:1:60: unknown permission \"raed\"; expected one of: read, write, create, truncate, append, list, execute"),
         ("{\"paths\": [{\"path\": \"srv\", \"kind\": \"file\", \"allow\": [\"read\"]}]}", "policy:1:21: \"path\" must be absolute and canonical (no '.', '..', '//' or trailing '/'): srv"),
         ("{\"paths\": [{\"path\": \"/a/../b\", \"kind\": \"file\", \"allow\": [\"read\"]}]}", "policy:1:21: \"path\" must be absolute and canonical (no '.', '..', '//' or trailing '/'): /a/../b"),
         ("{\"paths\": [{\"path\": \"/srv\", \"allow\": [\"read\"]}]}", "policy:1:12: a path rule needs \"kind\": \"file\" (exactly this file) or \"directory\" (it and everything beneath)"),

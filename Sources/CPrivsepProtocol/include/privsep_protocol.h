@@ -180,13 +180,19 @@ struct privsep_sandbox_status {
 /* LISTENER: a seccomp user-notification listener fd, for the supervisor to
    serve. Sent only when the supervisor asked for learning mode (PRIVSEP_LEARN=1
    in the worker's environment): the supervisor records each system call the
-   filter did not allow and lets it run. Never used in production. */
+   filter did not allow and lets it run. Never used in production.
+   PRIVSEP_LISTENER_INTERCEPT: sent by the privsep-intercept helper of a worker
+   the supervisor spawned in intercept mode; the supervisor serves every notified
+   call under the worker's policy and answers the LISTENER with a REPLY carrying
+   no fd (error 0): the go-ahead to exec the program. A LISTENER whose purpose
+   does not match the mode the supervisor spawned the worker in kills the worker. */
 struct privsep_listener {
-    uint32_t purpose;  /* PRIVSEP_LISTENER_LEARNING */
+    uint32_t purpose;  /* PRIVSEP_LISTENER_LEARNING or PRIVSEP_LISTENER_INTERCEPT */
     uint32_t reserved; /* 0 */
 };
 
 #define PRIVSEP_LISTENER_LEARNING 1u
+#define PRIVSEP_LISTENER_INTERCEPT 2u
 
 /* JOB: work for a pool worker. Followed by the job's input bytes; carries
    exactly fd_count fds (0...PRIVSEP_MAX_FDS), typically files the supervisor

@@ -219,6 +219,82 @@ static const int privsep_CLD_DUMPED = CLD_DUMPED;
 static inline int privsep_errno(void) { return errno; }
 static inline void privsep_set_errno(int value) { errno = value; }
 
+/* ---- intercept mode (seccomp user notification serving) ---- */
+
+/* One notification, flattened (struct seccomp_notif nests a union Swift imports badly). */
+struct privsep_notification {
+    uint64_t id;
+    uint32_t pid;
+    uint32_t flags;
+    int32_t nr;
+    uint32_t arch;
+    uint64_t instruction_pointer;
+    uint64_t args[6];
+};
+static inline int privsep_notif_receive_full(int listener, struct privsep_notification *out) {
+    struct seccomp_notif notification;
+    memset(&notification, 0, sizeof notification);
+    int rc = ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &notification);
+    if (rc == 0) {
+        out->id = notification.id; out->pid = notification.pid; out->flags = notification.flags;
+        out->nr = notification.data.nr; out->arch = notification.data.arch;
+        out->instruction_pointer = notification.data.instruction_pointer;
+        for (int i = 0; i < 6; i++) out->args[i] = notification.data.args[i];
+    }
+    return rc;
+}
+/* 0 while the notifying task is still blocked in that very call (so its pid still names it). */
+static inline int privsep_notif_id_valid(int listener, uint64_t id) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id);
+}
+/* Answers a notification: the call returns `value`, or fails with `error` (positive errno). */
+static inline int privsep_notif_respond(int listener, uint64_t id, int64_t value, int32_t error) {
+    struct seccomp_notif_resp response;
+    memset(&response, 0, sizeof response);
+    response.id = id;
+    response.val = value;
+    response.error = error == 0 ? 0 : -error;
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &response);
+}
+/* Installs `source` in the target and answers the notification with its number, atomically
+   (SECCOMP_ADDFD_FLAG_SEND). Returns the target's fd number, or -1 and errno. */
+static inline int privsep_notif_addfd_send(int listener, uint64_t id, int source, uint32_t newfd_flags) {
+    struct seccomp_notif_addfd addfd;
+    memset(&addfd, 0, sizeof addfd);
+    addfd.id = id;
+    addfd.flags = 1u << 1; /* SECCOMP_ADDFD_FLAG_SEND (Linux 5.14) */
+    addfd.srcfd = (uint32_t)source;
+    addfd.newfd_flags = newfd_flags;
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
+}
+static inline long privsep_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
+                                            const struct iovec *remote, unsigned long remote_count) {
+    return syscall(SYS_process_vm_readv, pid, local, local_count, remote, remote_count, 0UL);
+}
+static inline int privsep_pidfd_getfd(int pidfd, int target_fd) {
+    return (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0U);
+}
+static inline int privsep_statx(int dirfd, const char *path, int flags, unsigned int mask, void *buffer) {
+    return (int)syscall(SYS_statx, dirfd, path, flags, mask, buffer);
+}
+static inline int privsep_faccessat2(int dirfd, const char *path, int mode, int flags) {
+    return (int)syscall(SYS_faccessat2, dirfd, path, mode, flags);
+}
+/* Loads a classic BPF program as a seccomp filter with `flags`; with
+   SECCOMP_FILTER_FLAG_NEW_LISTENER returns the listener fd. */
+static inline int privsep_seccomp_load_program(unsigned int flags, const void *instructions, unsigned short count) {
+    struct { unsigned short len; const void *filter; } program = { count, instructions };
+    return (int)syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, flags, &program);
+}
+static const unsigned int privsep_SECCOMP_FILTER_FLAG_NEW_LISTENER = 1u << 3;
+static const unsigned int privsep_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1u << 5; /* Linux 5.19 */
+static const uint32_t privsep_AUDIT_ARCH_X86_64 = 0xC000003Eu;
+static const int privsep_AT_EMPTY_PATH = 0x1000;
+static const int privsep_AT_SYMLINK_NOFOLLOW = 0x100;
+static const int privsep_AT_EACCESS = 0x200;
+static const int privsep_AT_FDCWD = -100;
+
 #pragma clang assume_nonnull end
+
 
 #endif /* PRIVSEP_SHIMS_H */

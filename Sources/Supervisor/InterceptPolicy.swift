@@ -1,0 +1,77 @@
+import CPrivsepShims
+import Glibc
+public import PrivsepIPC
+public import SystemPackage
+
+/// What intercept mode asks of a policy beyond OPEN: a path looked up (not opened) for
+/// stat, access, readlink and execve, and a connect or bind of a socket the program
+/// already holds. Every lookup uses the broker's resolver: `openat2` beneath the O_PATH
+/// anchor of the most specific rule, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+/// [| RESOLVE_NO_SYMLINKS], never a path the program spelled from the root.
+public enum LookupResult: ~Copyable, Sendable {
+    /// An O_PATH descriptor of what the path names, and the rule that grants it.
+    case found(OwnedFileDescriptor, PathRule)
+    case denied(Errno, String)
+}
+
+extension ActivePolicy {
+    /// Resolves `path` (absolute, canonical) beneath its rule, as an O_PATH descriptor.
+    /// Any permission on a path lets its metadata be seen; a path outside every rule is
+    /// EACCES whether or not it exists, like OPEN.
+    public func lookUp(_ path: String, followTrailingSymlink: Bool) -> LookupResult {
+        guard isCanonicalAbsolutePath(path) else { return .denied(.permissionDenied, "path is not absolute and canonical") }
+        guard let index = mostSpecificRule(for: path) else { return .denied(.permissionDenied, "no rule grants this path") }
+        let rule = policy.paths[index]
+        let anchor = anchors[index]
+        let relative: String
+        if let name = anchor.name {
+            relative = name
+        } else if path == rule.path {
+            relative = "."
+        } else {
+            relative = String(decoding: path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1), as: UTF8.self)
+        }
+        var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
+        if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
+        let flags = privsep_O_PATH | O_CLOEXEC | (followTrailingSymlink ? 0 : O_NOFOLLOW)
+        let raw: Int32
+        switch system_openat2(anchor.directory, relative, flags: flags, mode: 0, resolve: resolve) {
+        case .success(let opened): raw = opened
+        case .failure(.tooManySymbolicLinkLevels), .failure(.improperLink):
+            return .denied(.permissionDenied, "resolution left the rule's directory or met a symlink")
+        case .failure(let errno):
+            return .denied(errno, "lookup failed")
+        }
+        let fd = OwnedFileDescriptor(adoptingRawValue: raw)
+        guard case .success(let info) = system_fstat(raw) else { return .denied(.badFileDescriptor, "fstat failed") }
+        let sameFilesystem = UInt64(info.st_dev) == anchor.device && !anchor.onProcfs
+        if !anchor.ruleInsideProc && !sameFilesystem && isProcFilesystem(raw) {
+            return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
+        }
+        return .found(fd, rule)
+    }
+
+    /// Whether `address` may be connected to (or bound at, `binding`) by a socket of this
+    /// domain, type (SOCK_* without flags) and protocol.
+    func allowsAddress(_ address: SocketAddress, domain: Int32, type: Int32, protocol: Int32, binding: Bool) -> String? {
+        guard domain == family(of: address) else { return "the socket's domain is not the address's family" }
+        let rules = binding ? policy.bind : policy.connect
+        guard rules.contains(where: { $0.allows(address, type: type) }) else {
+            return "no rule allows \(binding ? "binding" : "connecting to") \(address)"
+        }
+        guard isDefaultProtocol(`protocol`, domain: domain, type: type) else {
+            return "protocol \(`protocol`) is not the default for this socket type"
+        }
+        return nil
+    }
+
+    /// Connects (or binds) `socket`, a duplicate of the program's own socket, to `address`
+    /// here in the supervisor: the address the policy checked is the one used, whatever the
+    /// program writes into its memory meanwhile. A unix path is pinned like CONNECT's.
+    func connectOrBind(_ socket: borrowing OwnedFileDescriptor, to address: SocketAddress, binding: Bool) -> Result<Void, Errno> {
+        let raw = socket.unsafeRawValue
+        return withSocketAddress(address, binding: binding) { pointer, length in
+            binding ? system_bind(raw, pointer, length) : system_connect(raw, pointer, length)
+        }
+    }
+}

@@ -1,0 +1,633 @@
+import CPrivsepShims
+import Glibc
+import Logging
+import PrivsepIPC
+import Synchronization
+import SystemPackage
+
+/// Serves the seccomp listener of one intercepted worker: every file and socket call of
+/// an unmodified program (and of everything it forks and execs) under the worker's policy.
+///
+/// It runs on a thread of its own, never the event loop's: SECCOMP_IOCTL_NOTIF_RECV can
+/// block even after poll said a notification was ready (its caller died meanwhile), and a
+/// blocking connect must stall only this program. This thread is the listener's only reader.
+///
+/// For each notification: the arguments the kernel captured are trusted; whatever they point
+/// to in the program's memory is read with process_vm_readv (bounded, NUL required), and
+/// used only after SECCOMP_IOCTL_NOTIF_ID_VALID says the caller is still blocked in that call
+/// (so the pid read from was the caller's). Then the call is emulated here, never let run:
+///
+/// - open, openat, openat2, creat: the broker's ``ActivePolicy/open(_:)``; the fd is
+///   installed in the caller and the call answered with its number in one step
+///   (SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SEND).
+/// - stat, lstat, newfstatat, statx: looked up beneath the rule (O_PATH), stat'ed here, and
+///   the result written into the caller's buffer. An empty path with AT_EMPTY_PATH (glibc's
+///   fstat) stats the caller's own fd, fetched with pidfd_getfd.
+/// - access, faccessat, faccessat2: the rule's permissions and the file's mode bits.
+/// - readlink, readlinkat: the link read here, its text written into the caller's buffer.
+/// - socket: the broker's ``ActivePolicy/socket(_:)``, installed like an open.
+/// - connect, bind: the address read from the caller, checked, and the caller's own socket
+///   (pidfd_getfd) connected or bound here, so the checked address is the one used.
+/// - execve: checked (an `execute` permission, a regular file), then let run with
+///   SECCOMP_USER_NOTIF_FLAG_CONTINUE: the one call that cannot be emulated. The kernel
+///   rereads the path; the program's Landlock ruleset, built from the same execute rules,
+///   is what stops a path swapped in between.
+///
+/// Relative paths are made absolute with the caller's /proc/TID/cwd or /proc/TID/fd/DIRFD
+/// (read, then validated like the path), normalized lexically, and checked like any other.
+final class InterceptServer: @unchecked Sendable {
+    private let listener: OwnedFileDescriptor
+    private let policy: Mutex<ActivePolicy>
+    private let auditor: Auditor
+    private let workerID: UInt64
+    private let workerName: String
+    /// PATH_MAX bytes for reading paths, reused by every notification (this thread only).
+    private let pathBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+
+    init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String) {
+        self.listener = listener
+        self.policy = Mutex(policy)
+        self.auditor = auditor
+        self.workerID = workerID
+        self.workerName = workerName
+    }
+
+    deinit {
+        pathBuffer.deallocate()
+    }
+
+    /// The raw listener, to check what the worker sent.
+    var unsafeListenerFileDescriptor: Int32 { listener.unsafeRawValue }
+
+    /// Serves under `narrower` from the next notification on.
+    func replacePolicy(_ narrower: ActivePolicy) {
+        policy.withLock { $0 = narrower }
+    }
+
+    /// Starts the serving thread (detached; it ends when no process uses the filter any more).
+    func start() -> Bool {
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        let rc = pthread_create(&thread, &attributes, { context in
+            let server = Unmanaged<InterceptServer>.fromOpaque(context!).takeRetainedValue()
+            server.run()
+            return nil
+        }, box.toOpaque())
+        if rc != 0 {
+            box.release()
+            return false
+        }
+        return true
+    }
+
+    private func run() {
+        let fd = listener.unsafeRawValue
+        while true {
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let rc = poll(&poller, 1, -1)
+            if rc < 0 {
+                if currentErrno() == .interrupted { continue }
+                return
+            }
+            if poller.revents & Int16(POLLIN) != 0 {
+                // ENOENT: the caller died (or took a fatal signal) between poll and receive.
+                if case .success(let notification) = system_notif_receive_full(fd) { serve(notification) }
+                continue
+            }
+            // POLLHUP: every process that used the filter is gone.
+            if poller.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return }
+        }
+    }
+
+    // MARK: Dispatch
+
+    private func serve(_ n: Notification) {
+        guard n.arch == privsep_AUDIT_ARCH_X86_64 else { // the filter kills other architectures; never reached
+            answer(n, error: .noFunction)
+            return
+        }
+        let a = n.args
+        func int(_ value: UInt64) -> Int32 { Int32(truncatingIfNeeded: value) }
+        switch n.nr {
+        case 2: serveOpen(n, call: "open", dirfd: AT_FDCWD, path: a.0, flags: int(a.1), mode: UInt32(truncatingIfNeeded: a.2))
+        case 257: serveOpen(n, call: "openat", dirfd: int(a.0), path: a.1, flags: int(a.2), mode: UInt32(truncatingIfNeeded: a.3))
+        case 85: serveOpen(n, call: "creat", dirfd: AT_FDCWD, path: a.0, flags: O_CREAT | O_WRONLY | O_TRUNC, mode: UInt32(truncatingIfNeeded: a.1))
+        case 437: serveOpenat2(n, dirfd: int(a.0), path: a.1, how: a.2, size: a.3)
+        case 4: serveStat(n, call: "stat", dirfd: AT_FDCWD, path: a.0, buffer: a.1, flags: 0, statxMask: nil)
+        case 6: serveStat(n, call: "lstat", dirfd: AT_FDCWD, path: a.0, buffer: a.1, flags: privsep_AT_SYMLINK_NOFOLLOW, statxMask: nil)
+        case 262: serveStat(n, call: "newfstatat", dirfd: int(a.0), path: a.1, buffer: a.2, flags: int(a.3), statxMask: nil)
+        case 332: serveStat(n, call: "statx", dirfd: int(a.0), path: a.1, buffer: a.4, flags: int(a.2), statxMask: UInt32(truncatingIfNeeded: a.3))
+        case 21: serveAccess(n, call: "access", dirfd: AT_FDCWD, path: a.0, mode: int(a.1), flags: 0)
+        case 269: serveAccess(n, call: "faccessat", dirfd: int(a.0), path: a.1, mode: int(a.2), flags: 0)
+        case 439: serveAccess(n, call: "faccessat2", dirfd: int(a.0), path: a.1, mode: int(a.2), flags: int(a.3))
+        case 89: serveReadlink(n, call: "readlink", dirfd: AT_FDCWD, path: a.0, buffer: a.1, size: int(a.2))
+        case 267: serveReadlink(n, call: "readlinkat", dirfd: int(a.0), path: a.1, buffer: a.2, size: int(a.3))
+        case 59: serveExec(n, path: a.0)
+        case 41: serveSocket(n, domain: int(a.0), type: int(a.1), protocol: int(a.2))
+        case 42: serveAddress(n, binding: false, fd: int(a.0), address: a.1, length: int(a.2))
+        case 49: serveAddress(n, binding: true, fd: int(a.0), address: a.1, length: int(a.2))
+        default: answer(n, error: .noFunction)
+        }
+    }
+
+    // MARK: Open
+
+    private func serveOpen(_ n: Notification, call: String, dirfd: Int32, path address: UInt64, flags: Int32, mode: UInt32) {
+        let path: String
+        switch targetPath(n, address: address, dirfd: dirfd) {
+        case .absolute(let absolute): path = absolute
+        case .empty: return deny(n, "OPEN", "\(call) \"\"", .noSuchFileOrDirectory, "empty path")
+        case .failed(let errno, let why): return deny(n, "OPEN", "\(call) (unreadable path)", errno, why)
+        }
+        guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(path)") }
+        // Built only when a record is written: the string costs more than the rest of the answer.
+        let detail = { "\(call) \(path) \(describeOpenFlags(flags))" }
+        let active = policy.withLock { $0 }
+        switch active.open(OpenRequest(path: path, flags: flags, mode: mode)) {
+        case .granted(let fd, let reason):
+            install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN", detail: detail(), reason: reason)
+        case .denied(let errno, let reason):
+            deny(n, "OPEN", detail(), errno, reason)
+        }
+    }
+
+    private func serveOpenat2(_ n: Notification, dirfd: Int32, path: UInt64, how: UInt64, size: UInt64) {
+        guard size >= 24 else { return answer(n, error: .invalidArgument) }
+        guard size <= 4096 else { return answer(n, error: .argListTooLong) } // E2BIG
+        let bytes: [UInt8]
+        switch readTargetBytes(pid_t(bitPattern: n.pid), address: how, count: Int(size)) {
+        case .success(let read): bytes = read
+        case .failure(let errno): return answer(n, error: errno)
+        }
+        // A larger struct from a newer libc: what we do not know must be zero.
+        guard bytes[24...].allSatisfy({ $0 == 0 }) else { return answer(n, error: .argListTooLong) }
+        let flags = bytes.loadLittleEndian(UInt64.self, at: 0)
+        let mode = bytes.loadLittleEndian(UInt64.self, at: 8)
+        let resolve = bytes.loadLittleEndian(UInt64.self, at: 16)
+        guard flags >> 32 == 0, mode >> 32 == 0 else { return answer(n, error: .invalidArgument) }
+        guard resolve == 0 else {
+            return deny(n, "OPEN", "openat2 with RESOLVE_* 0x\(String(resolve, radix: 16))", .permissionDenied,
+                        "intercept mode serves openat2 without RESOLVE_* flags only")
+        }
+        serveOpen(n, call: "openat2", dirfd: dirfd, path: path, flags: Int32(truncatingIfNeeded: flags), mode: UInt32(mode))
+    }
+
+    // MARK: stat, access, readlink
+
+    private func serveStat(_ n: Notification, call: String, dirfd: Int32, path address: UInt64, buffer: UInt64, flags: Int32, statxMask: UInt32?) {
+        let syncFlags: Int32 = 0x6000 // AT_STATX_SYNC_TYPE
+        let known = privsep_AT_SYMLINK_NOFOLLOW | privsep_AT_EMPTY_PATH | 0x800 /* AT_NO_AUTOMOUNT */ | (statxMask != nil ? syncFlags : 0)
+        guard flags & ~known == 0 else { return answer(n, error: .invalidArgument) }
+        if let mask = statxMask, mask & 0x8000_0000 != 0 { return answer(n, error: .invalidArgument) }
+        func statBytes(_ fd: Int32) -> Result<[UInt8], Errno> {
+            if let mask = statxMask { return system_statx_fd(fd, flags: flags & syncFlags, mask: mask) }
+            return system_fstat_bytes(fd)
+        }
+        var target = targetPath(n, address: address, dirfd: dirfd)
+        if case .empty = target {
+            guard flags & privsep_AT_EMPTY_PATH != 0 else { return answer(n, error: .noSuchFileOrDirectory) }
+            if dirfd != AT_FDCWD {
+                // fstat of the caller's own descriptor: no path, no policy decision.
+                let fd: OwnedFileDescriptor
+                switch fetchTargetDescriptor(n, dirfd) {
+                case .success(let fetched): fd = fetched
+                case .failure(let errno): return answer(n, error: errno)
+                }
+                switch statBytes(fd.unsafeRawValue) {
+                case .success(let bytes): answerWritten(n, bytes, to: buffer, value: 0)
+                case .failure(let errno): answer(n, error: errno)
+                }
+                return
+            }
+            target = targetPath(n, address: 0, dirfd: dirfd, raw: [UInt8(ascii: ".")])
+        }
+        let path: String
+        switch target {
+        case .absolute(let absolute): path = absolute
+        case .empty: return answer(n, error: .noSuchFileOrDirectory)
+        case .failed(let errno, let why): return deny(n, "STAT", "\(call) (unreadable path)", errno, why)
+        }
+        guard stillWaiting(n) else { return abandoned(n, "STAT", "\(call) \(path)") }
+        let active = policy.withLock { $0 }
+        switch active.lookUp(path, followTrailingSymlink: flags & privsep_AT_SYMLINK_NOFOLLOW == 0) {
+        case .found(let fd, let rule):
+            switch statBytes(fd.unsafeRawValue) {
+            case .success(let bytes):
+                answerWritten(n, bytes, to: buffer, value: 0) {
+                    grant(n, "STAT", "\(call) \(path)", reason: "rule \(rule.path)")
+                }
+            case .failure(let errno):
+                deny(n, "STAT", "\(call) \(path)", errno, "stat failed")
+            }
+        case .denied(let errno, let reason):
+            deny(n, "STAT", "\(call) \(path)", errno, reason)
+        }
+    }
+
+    private func serveAccess(_ n: Notification, call: String, dirfd: Int32, path address: UInt64, mode: Int32, flags: Int32) {
+        guard mode & ~7 == 0 else { return answer(n, error: .invalidArgument) }
+        guard flags & ~(privsep_AT_EACCESS | privsep_AT_SYMLINK_NOFOLLOW | privsep_AT_EMPTY_PATH) == 0 else {
+            return answer(n, error: .invalidArgument)
+        }
+        let path: String
+        switch targetPath(n, address: address, dirfd: dirfd) {
+        case .absolute(let absolute): path = absolute
+        case .empty:
+            // faccessat2(fd, "", mode, AT_EMPTY_PATH): the caller's own descriptor, checked as is.
+            guard flags & privsep_AT_EMPTY_PATH != 0, dirfd != AT_FDCWD else { return answer(n, error: .noSuchFileOrDirectory) }
+            switch fetchTargetDescriptor(n, dirfd) {
+            case .success(let fd):
+                if case .failure(let errno) = system_faccessat2_fd(fd.unsafeRawValue, mode: mode) { return answer(n, error: errno) }
+                return answer(n, value: 0)
+            case .failure(let errno):
+                return answer(n, error: errno)
+            }
+        case .failed(let errno, let why): return deny(n, "ACCESS", "\(call) (unreadable path)", errno, why)
+        }
+        guard stillWaiting(n) else { return abandoned(n, "ACCESS", "\(call) \(path)") }
+        let detail = "\(call) \(path) mode \(mode)"
+        let active = policy.withLock { $0 }
+        switch active.lookUp(path, followTrailingSymlink: flags & privsep_AT_SYMLINK_NOFOLLOW == 0) {
+        case .found(let fd, let rule):
+            let status: FileStatus
+            do { status = try fd.status() } catch { return deny(n, "ACCESS", detail, error, "fstat failed") }
+            let granted = rule.permissions
+            let isDirectory = status.type == .directory
+            if mode & R_OK != 0 && !(granted.contains(.read) || (isDirectory && granted.contains(.listDirectory))) {
+                return deny(n, "ACCESS", detail, .permissionDenied, "reading is not granted")
+            }
+            if mode & W_OK != 0 && !(granted.contains(.write) || granted.contains(.append) || (isDirectory && granted.contains(.create))) {
+                return deny(n, "ACCESS", detail, .permissionDenied, "writing is not granted")
+            }
+            if mode & X_OK != 0 && !(isDirectory || (granted.contains(.execute) && status.permissions & 0o111 != 0)) {
+                return deny(n, "ACCESS", detail, .permissionDenied, "executing is not granted")
+            }
+            grant(n, "ACCESS", detail, reason: "rule \(rule.path)")
+            answer(n, value: 0)
+        case .denied(let errno, let reason):
+            deny(n, "ACCESS", detail, errno, reason)
+        }
+    }
+
+    private func serveReadlink(_ n: Notification, call: String, dirfd: Int32, path address: UInt64, buffer: UInt64, size: Int32) {
+        guard size > 0 else { return answer(n, error: .invalidArgument) }
+        let path: String
+        switch targetPath(n, address: address, dirfd: dirfd) {
+        case .absolute(let absolute): path = absolute
+        case .empty: return answer(n, error: .noSuchFileOrDirectory)
+        case .failed(let errno, let why): return deny(n, "READLINK", "\(call) (unreadable path)", errno, why)
+        }
+        guard stillWaiting(n) else { return abandoned(n, "READLINK", "\(call) \(path)") }
+        let active = policy.withLock { $0 }
+        switch active.lookUp(path, followTrailingSymlink: false) {
+        case .found(let fd, let rule):
+            guard let status = try? fd.status(), status.type == .symbolicLink else {
+                return deny(n, "READLINK", "\(call) \(path)", .invalidArgument, "not a symbolic link")
+            }
+            switch system_readlink_fd(fd.unsafeRawValue) {
+            case .success(let text):
+                let bytes = Array(text.prefix(Int(size)))
+                answerWritten(n, bytes, to: buffer, value: Int64(bytes.count)) {
+                    grant(n, "READLINK", "\(call) \(path)", reason: "rule \(rule.path)")
+                }
+            case .failure(let errno):
+                deny(n, "READLINK", "\(call) \(path)", errno, errno == .invalidArgument ? "not a symbolic link" : "readlink failed")
+            }
+        case .denied(let errno, let reason):
+            deny(n, "READLINK", "\(call) \(path)", errno, reason)
+        }
+    }
+
+    // MARK: execve
+
+    private func serveExec(_ n: Notification, path address: UInt64) {
+        let path: String
+        switch targetPath(n, address: address, dirfd: AT_FDCWD) {
+        case .absolute(let absolute): path = absolute
+        case .empty: return answer(n, error: .noSuchFileOrDirectory)
+        case .failed(let errno, let why): return deny(n, "EXEC", "execve (unreadable path)", errno, why)
+        }
+        guard stillWaiting(n) else { return abandoned(n, "EXEC", "execve \(path)") }
+        let active = policy.withLock { $0 }
+        switch active.lookUp(path, followTrailingSymlink: true) {
+        case .found(let fd, let rule):
+            guard rule.permissions.contains(.execute) else {
+                return deny(n, "EXEC", "execve \(path)", .permissionDenied, "executing is not granted")
+            }
+            guard let status = try? fd.status(), status.type == .regular else {
+                return deny(n, "EXEC", "execve \(path)", .permissionDenied, "not a regular file")
+            }
+            // The one call let run: see the type's comment (Landlock backs this check).
+            grant(n, "EXEC", "execve \(path)", reason: "rule \(rule.path)")
+            if case .failure = system_notif_continue(listener.unsafeRawValue, n.id) {
+                abandoned(n, "EXEC", "execve \(path)")
+            }
+        case .denied(let errno, let reason):
+            deny(n, "EXEC", "execve \(path)", errno, reason)
+        }
+    }
+
+    // MARK: Sockets
+
+    private func serveSocket(_ n: Notification, domain: Int32, type: Int32, protocol: Int32) {
+        let detail = "socket domain \(domain) type \(type) protocol \(`protocol`)"
+        let active = policy.withLock { $0 }
+        switch active.socket(SocketRequest(domain: domain, type: type, protocol: `protocol`)) {
+        case .granted(let fd, let reason):
+            install(n, fd, closeOnExec: type & privsep_SOCK_CLOEXEC != 0, event: "SOCKET", detail: detail, reason: reason)
+        case .denied(let errno, let reason):
+            deny(n, "SOCKET", detail, errno, reason)
+        }
+    }
+
+    private func serveAddress(_ n: Notification, binding: Bool, fd targetFD: Int32, address: UInt64, length: Int32) {
+        let event = binding ? "BIND" : "CONNECT"
+        guard length >= 2, length <= 128 else { return answer(n, error: .invalidArgument) }
+        let bytes: [UInt8]
+        switch readTargetBytes(pid_t(bitPattern: n.pid), address: address, count: Int(length)) {
+        case .success(let read): bytes = read
+        case .failure(let errno): return answer(n, error: errno)
+        }
+        let parsed: SocketAddress
+        switch parseSocketAddress(bytes) {
+        case .success(let value): parsed = value
+        case .failure(let failure): return deny(n, event, "\(event.lowercased()) fd \(targetFD)", failure.errno, failure.reason)
+        }
+        let detail = "\(event.lowercased()) fd \(targetFD) \(parsed)"
+        let socket: OwnedFileDescriptor
+        switch fetchTargetDescriptor(n, targetFD) { // validates the notification first
+        case .success(let fetched): socket = fetched
+        case .failure(let errno): return deny(n, event, detail, errno, "the program's descriptor")
+        }
+        let raw = socket.unsafeRawValue
+        guard case .success(let type) = system_getsockopt_value(raw, SO_TYPE),
+              case .success(let domain) = system_getsockopt_value(raw, 39 /* SO_DOMAIN */),
+              case .success(let proto) = system_getsockopt_value(raw, 38 /* SO_PROTOCOL */) else {
+            return deny(n, event, detail, .notSocket, "not a socket")
+        }
+        let active = policy.withLock { $0 }
+        if let refusal = active.allowsAddress(parsed, domain: domain, type: type, protocol: proto, binding: binding) {
+            return deny(n, event, detail, .permissionDenied, refusal)
+        }
+        switch active.connectOrBind(socket, to: parsed, binding: binding) {
+        case .success:
+            grant(n, event, detail, reason: binding ? "bound" : "connected")
+            answer(n, value: 0)
+        case .failure(let errno):
+            // EINPROGRESS on a non-blocking socket is the answer the program expects.
+            audit(n, event, detail, decision: errno == .nowInProgress ? "granted" : "denied", errno: errno, reason: "\(event.lowercased()) returned \(errno)")
+            answer(n, error: errno)
+        }
+    }
+
+    // MARK: The caller's memory and descriptors
+
+    private enum TargetPath {
+        case absolute(String)
+        case empty
+        case failed(Errno, String)
+    }
+
+    /// The path argument made absolute and normalized. Nothing here is trusted until
+    /// ``stillWaiting(_:)`` has said the caller is still in the call.
+    private func targetPath(_ n: Notification, address: UInt64, dirfd: Int32, raw given: [UInt8]? = nil) -> TargetPath {
+        let tid = pid_t(bitPattern: n.pid)
+        let length: Int
+        if let given {
+            precondition(given.count < pathBuffer.count)
+            pathBuffer.copyBytes(from: given)
+            length = given.count
+        } else {
+            switch readTargetString(tid, address: address, buffer: pathBuffer) {
+            case .success(let count): length = count
+            case .failure(let errno): return .failed(errno, "cannot read the path in the program's memory (\(errno))")
+            }
+        }
+        if length == 0 { return .empty }
+        let raw = UnsafeRawBufferPointer(rebasing: pathBuffer[..<length])
+        let text: String
+        if raw[0] == UInt8(ascii: "/") {
+            // The common case: one copy, straight from the buffer into the string.
+            guard let absolute = String(validating: raw, as: UTF8.self) else {
+                return .failed(.permissionDenied, "the path is not UTF-8")
+            }
+            text = absolute
+        } else {
+            guard dirfd == AT_FDCWD || dirfd >= 0 else { return .failed(.badFileDescriptor, "bad directory descriptor") }
+            let link = dirfd == AT_FDCWD ? "/proc/\(tid)/cwd" : "/proc/\(tid)/fd/\(dirfd)"
+            let full: [UInt8]
+            switch system_readlink_bytes(link) {
+            case .success(let base):
+                guard base.first == UInt8(ascii: "/") else {
+                    return .failed(dirfd == AT_FDCWD ? .permissionDenied : .notDirectory, "the directory is not a path")
+                }
+                full = base + [UInt8(ascii: "/")] + Array(raw)
+            case .failure(.noSuchFileOrDirectory):
+                return .failed(dirfd == AT_FDCWD ? .noSuchFileOrDirectory : .badFileDescriptor, "no such directory descriptor")
+            case .failure(let errno):
+                return .failed(.permissionDenied, "cannot read \(link): \(errno)")
+            }
+            guard let joined = String(validating: full, as: UTF8.self) else {
+                return .failed(.permissionDenied, "the path is not UTF-8")
+            }
+            text = joined
+        }
+        // Most paths are already canonical: normalizing them would only allocate.
+        let normalized = isCanonicalAbsolutePath(text) ? text : normalizePath(text)
+        if normalized.utf8.starts(with: "/proc/".utf8) {
+            for magic in ["/proc/self", "/proc/thread-self"] {
+                let bytes = normalized.utf8
+                guard bytes.starts(with: magic.utf8) else { continue }
+                if bytes.count == magic.utf8.count || bytes.dropFirst(magic.utf8.count).first == UInt8(ascii: "/") {
+                    return .failed(.permissionDenied, "\(magic) would name the supervisor: not served in intercept mode")
+                }
+            }
+        }
+        return .absolute(normalized)
+    }
+
+    /// Whether the caller is still blocked in this very call: then every read of its
+    /// memory made before came from it, and the answer will reach it.
+    private func stillWaiting(_ n: Notification) -> Bool {
+        system_notif_id_valid(listener.unsafeRawValue, n.id)
+    }
+
+    /// The caller's descriptor `fd`, duplicated here (pidfd_getfd through a pidfd of the
+    /// calling thread that the notification, still valid after it was opened, vouches for).
+    private func fetchTargetDescriptor(_ n: Notification, _ fd: Int32) -> Result<OwnedFileDescriptor, Errno> {
+        guard fd >= 0 else { return .failure(.badFileDescriptor) }
+        let pidfd: OwnedFileDescriptor
+        switch system_pidfd_open_thread(pid_t(bitPattern: n.pid)) {
+        case .success(let opened): pidfd = opened
+        case .failure: return .failure(.noSuchProcess)
+        }
+        guard stillWaiting(n) else { return .failure(.noSuchProcess) }
+        return system_pidfd_getfd(pidfd.unsafeRawValue, fd)
+    }
+
+    // MARK: Answers
+
+    private func answer(_ n: Notification, value: Int64 = 0, error: Errno? = nil) {
+        _ = system_notif_respond(listener.unsafeRawValue, n.id, value: value, error: error) // ENOENT: the caller is gone
+    }
+
+    /// Writes `bytes` into the caller's buffer, then answers `value` (or EFAULT). False if it failed.
+    @discardableResult
+    private func answerWritten(_ n: Notification, _ bytes: [UInt8], to address: UInt64, value: Int64,
+                               beforeAnswering record: () -> Void = {}) -> Bool {
+        switch system_write_target_memory(listener: listener.unsafeRawValue, id: n.id, tid: pid_t(bitPattern: n.pid), address: address, bytes) {
+        case .success:
+            record()
+            answer(n, value: value)
+            return true
+        case .failure(.noSuchProcess):
+            return false
+        case .failure(let errno):
+            answer(n, error: errno)
+            return false
+        }
+    }
+
+    private func install(_ n: Notification, _ fd: consuming OwnedFileDescriptor, closeOnExec: Bool, event: String,
+                         detail: @autoclosure () -> String, reason: @autoclosure () -> String) {
+        // Recorded before the program can see the answer, so the log is never behind it.
+        grant(n, event, detail(), reason: reason())
+        switch system_notif_addfd_send(listener.unsafeRawValue, n.id, fd.unsafeRawValue, closeOnExec: closeOnExec) {
+        case .success:
+            break
+        case .failure(.noSuchFileOrDirectory):
+            abandoned(n, event, detail())
+        case .failure(let errno):
+            // EMFILE and the like: nothing was installed and the call is still waiting.
+            deny(n, event, detail(), errno, "the descriptor could not be installed")
+        }
+    }
+
+    private func deny(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, _ errno: Errno, _ reason: @autoclosure () -> String) {
+        audit(n, event, detail(), decision: "denied", errno: errno, reason: reason())
+        answer(n, error: errno)
+    }
+
+    private func grant(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, reason: @autoclosure () -> String) {
+        audit(n, event, detail(), decision: "granted", errno: nil, reason: reason())
+    }
+
+    private func abandoned(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String) {
+        audit(n, event, detail(), decision: "", errno: nil, reason: "abandoned: the caller exited or was killed during the call")
+    }
+
+    private func audit(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, decision: String, errno: Errno?,
+                       reason: @autoclosure () -> String) {
+        guard auditor.wants(Auditor.level(ofDecision: decision)) else { return }
+        auditor.record(AuditRecord(time: wallClockSeconds(), workerID: workerID, workerName: workerName, pid: Int32(bitPattern: n.pid),
+                                   event: event, detail: detail(), decision: decision, errno: errno?.rawValue ?? 0, reason: reason()))
+    }
+}
+
+// MARK: Helpers
+
+/// The NUL-terminated string at `address` in `tid`'s memory, without the NUL: at most
+/// PATH_MAX (4096) bytes with the NUL, else ENAMETOOLONG; EFAULT where memory ends first.
+/// Reads the NUL-terminated string at `address` in `tid`'s memory into `buffer` and returns its
+/// length (without the NUL): at most PATH_MAX (4096) bytes with the NUL, else ENAMETOOLONG;
+/// EFAULT where readable memory ends first.
+func readTargetString(_ tid: pid_t, address: UInt64, buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
+    precondition(buffer.count >= 4096)
+    guard address != 0 else { return .failure(.badAddress) }
+    var length = 0
+    while length < 4096 {
+        let position = address &+ UInt64(length)
+        guard position >= address else { return .failure(.badAddress) }
+        // Up to the end of this page first: most paths need one read.
+        let want = min(4096 - length, Int(4096 - position % 4096))
+        let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[length..<(length + want)])
+        switch system_process_vm_readv(tid, into: chunk, from: position) {
+        case .success(let count) where count > 0:
+            if let nul = chunk[..<count].firstIndex(of: 0) {
+                return .success(length + nul)
+            }
+            length += count
+        case .success:
+            return .failure(.badAddress)
+        case .failure(.noSuchProcess):
+            return .failure(.noSuchProcess)
+        case .failure:
+            return .failure(.badAddress)
+        }
+    }
+    return .failure(.fileNameTooLong)
+}
+
+/// Exactly `count` bytes at `address` in `tid`'s memory, or EFAULT.
+func readTargetBytes(_ tid: pid_t, address: UInt64, count: Int) -> Result<[UInt8], Errno> {
+    guard address != 0 else { return .failure(.badAddress) }
+    var buffer = [UInt8](repeating: 0, count: count)
+    let result = buffer.withUnsafeMutableBytes { system_process_vm_readv(tid, into: $0, from: address) }
+    guard case .success(let read) = result, read == count else { return .failure(.badAddress) }
+    return .success(buffer)
+}
+
+/// `path` (absolute) with empty and "." components dropped and ".." applied lexically.
+/// Resolution beneath the rule's anchor still refuses whatever would leave it; a ".." after
+/// a symlink is taken lexically, where the kernel would follow the link first.
+func normalizePath(_ path: String) -> String {
+    var parts: [Substring] = []
+    for component in path.split(separator: "/", omittingEmptySubsequences: true) {
+        if component.utf8.elementsEqual(".".utf8) { continue }
+        if component.utf8.elementsEqual("..".utf8) {
+            if !parts.isEmpty { parts.removeLast() }
+            continue
+        }
+        parts.append(component)
+    }
+    return "/" + parts.joined(separator: "/")
+}
+
+struct AddressRefusal: Error {
+    var errno: Errno
+    var reason: String
+}
+
+/// A sockaddr from the program's memory as a ``SocketAddress``: inet, inet6, or a
+/// pathname unix socket (absolute). Abstract and unnamed unix addresses are refused.
+func parseSocketAddress(_ bytes: [UInt8]) -> Result<SocketAddress, AddressRefusal> {
+    let family = Int32(bytes.loadLittleEndian(UInt16.self, at: 0))
+    func bigEndian16(_ offset: Int) -> UInt16 { UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1]) }
+    switch family {
+    case AF_INET:
+        guard bytes.count >= 16 else { return .failure(AddressRefusal(errno: .invalidArgument, reason: "short sockaddr_in")) }
+        let ip = bytes[4..<8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        return .success(.ipv4(IPv4Address(ip), port: bigEndian16(2)))
+    case AF_INET6:
+        guard bytes.count >= 24 else { return .failure(AddressRefusal(errno: .invalidArgument, reason: "short sockaddr_in6")) }
+        let ip = bytes[8..<24].reduce(UInt128(0)) { $0 << 8 | UInt128($1) }
+        let scope = bytes.count >= 28 ? bytes.loadLittleEndian(UInt32.self, at: 24) : 0
+        return .success(.ipv6(IPv6Address(ip), port: bigEndian16(2), scopeID: scope))
+    case AF_UNIX:
+        let pathBytes = bytes[2...]
+        guard let first = pathBytes.first else {
+            return .failure(AddressRefusal(errno: .permissionDenied, reason: "unnamed unix socket address"))
+        }
+        guard first != 0 else { return .failure(AddressRefusal(errno: .permissionDenied, reason: "abstract unix socket address")) }
+        let name = pathBytes.prefix { $0 != 0 }
+        guard name.first == UInt8(ascii: "/"), let path = String(validating: name, as: UTF8.self) else {
+            return .failure(AddressRefusal(errno: .permissionDenied, reason: "unix socket path is not absolute UTF-8"))
+        }
+        return .success(.unix(path: path))
+    default:
+        return .failure(AddressRefusal(errno: .permissionDenied, reason: "address family \(family) is not served"))
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// A little-endian integer at `offset` (bounds checked by the caller).
+    func loadLittleEndian<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
+        var value: T = 0
+        for index in 0..<MemoryLayout<T>.size { value |= T(truncatingIfNeeded: self[offset + index]) << (8 * index) }
+        return value
+    }
+}

@@ -1,0 +1,249 @@
+import CPrivsepShims
+import CSeccomp
+import Glibc
+public import PrivsepIPC
+public import SystemPackage
+
+/// The lockdown of intercept mode, applied by the `privsep-intercept` helper to
+/// itself just before it execs an unmodified program.
+///
+/// Unlike ``Lockdown``, the program that runs afterwards does not know about the
+/// supervisor, so the filter cannot be an allow-list of what Swift needs: it lets
+/// through what ordinary programs do, and
+///
+/// - sends every call that names a path or makes a socket to the supervisor
+///   (seccomp user notification): `open`, `openat`, `openat2`, `creat`, the stat
+///   family, `access`/`faccessat`/`faccessat2`, `readlink`/`readlinkat`, `socket`,
+///   `connect`, `bind` and `execve`. The supervisor serves them under the policy;
+/// - refuses calls that would leave the sandbox or change the system (ptrace,
+///   process_vm_*, bpf, io_uring, open_by_handle_at, mount and the new mount API,
+///   namespaces, modules, kexec, keyrings, loading another seccomp filter, chmod and
+///   chown and xattr changes, timestamps, device nodes, TIOCSTI, prlimit64 on another
+///   process, MSG_FASTOPEN...);
+/// - kills i386 and x32 entries;
+/// - and Landlock handles every filesystem right, granting only READ_FILE|EXECUTE
+///   beneath the paths the policy lets the program execute (so a path swapped after
+///   the supervisor checked an execve still cannot reach another file), denies
+///   direct TCP bind/connect, and scopes signals and abstract unix sockets.
+///
+/// The filter is loaded with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: once the
+/// supervisor has received a notification, only a fatal signal interrupts the
+/// call, so a served open is never undone and redone by a signal.
+public struct InterceptLockdown: Sendable {
+    /// Paths (files, or directories and what lies beneath) the program may execute.
+    public var executablePaths: [String]
+
+    /// Become this user and group (supplementary groups dropped) first, so a program
+    /// started by a root supervisor holds no capability. nil keeps the supervisor's identity.
+    public var identity: (uid: UInt32, gid: UInt32)?
+
+    public init(executablePaths: [String], identity: (uid: UInt32, gid: UInt32)? = nil) {
+        self.executablePaths = executablePaths
+        self.identity = identity
+    }
+
+    /// System calls the supervisor serves (x86_64 names).
+    static let notified = [
+        "open", "openat", "openat2", "creat", "stat", "lstat", "newfstatat", "statx",
+        "access", "faccessat", "faccessat2", "readlink", "readlinkat", "socket", "connect", "bind", "execve",
+    ]
+
+    /// Refused with EPERM: ways out of the sandbox, and changes to the system a root
+    /// process could otherwise make (the helper keeps the supervisor's identity).
+    static let refused = [
+        "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp", "process_madvise",
+        "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+        "open_by_handle_at", "name_to_handle_at", "fanotify_init", "fanotify_mark",
+        "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "open_tree_attr", "fsopen", "fsconfig",
+        "fsmount", "fspick", "mount_setattr", "statmount", "listmount", "unshare", "setns",
+        "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff",
+        "acct", "quotactl", "quotactl_fd", "lookup_dcookie", "vhangup", "uselib", "syslog", "iopl", "ioperm",
+        "keyctl", "add_key", "request_key", "seccomp",
+        "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
+        "mknod", "mknodat", "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "fchownat", "lchown",
+        "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
+        "file_setattr", "utime", "utimes", "utimensat", "futimesat", "migrate_pages", "move_pages",
+    ]
+
+    /// Refused with EACCES: calls that name a path the supervisor does not serve
+    /// (execveat runs a file by descriptor; inotify and xattr reads reveal paths).
+    static let refusedAsDenied = [
+        "execveat", "inotify_add_watch", "getxattr", "lgetxattr", "listxattr", "llistxattr", "getxattrat", "listxattrat",
+        "file_getattr",
+    ]
+
+    /// Applies no_new_privs, Landlock and the filter, reports SANDBOX_STATUS, hands the
+    /// listener to `supervisor` (LISTENER, purpose intercept) and waits for its go-ahead.
+    /// The caller then execs the program; nothing may run in between that makes a
+    /// notified call before the supervisor serves the listener.
+    @discardableResult
+    public func apply(handingListenerTo supervisor: SupervisorConnection) throws(WorkerError) -> SandboxStatus {
+        if let identity { try become(identity, supervisor: supervisor) }
+        guard case .success = system_prctl(privsep_PR_SET_NO_NEW_PRIVS, 1),
+              case .success(1) = system_prctl(privsep_PR_GET_NO_NEW_PRIVS, 0) else {
+            throw .lockdownFailed("no_new_privs could not be set")
+        }
+        let abi = try applyLandlock()
+        let listener = try loadFilter()
+        let layers: SandboxLayers = [.noNewPrivileges, .landlock, .seccomp]
+        let status = SandboxStatus(requested: layers, active: layers, landlockABI: abi)
+        try supervisor.reportSandbox(status)
+        try supervisor.handOverInterceptListener(listener)
+        return status
+    }
+
+    /// Drops to `identity` for good: groups, then gid, then uid (which drops every
+    /// capability), verified, and uid 0 checked unrecoverable. The raw calls change only
+    /// this thread, which is the only one that survives the exec.
+    private func become(_ identity: (uid: UInt32, gid: UInt32), supervisor: SupervisorConnection) throws(WorkerError) {
+        guard privsep_setgroups_empty() == 0 else { throw .lockdownFailed("setgroups: \(currentErrno())") }
+        guard privsep_setresgid(identity.gid) == 0 else { throw .lockdownFailed("setresgid(\(identity.gid)): \(currentErrno())") }
+        guard privsep_setresuid(identity.uid) == 0 else { throw .lockdownFailed("setresuid(\(identity.uid)): \(currentErrno())") }
+        guard getuid() == identity.uid, geteuid() == identity.uid, getgid() == identity.gid, getegid() == identity.gid else {
+            throw .lockdownFailed("identity did not change to \(identity.uid):\(identity.gid)")
+        }
+        if identity.uid != 0 && privsep_setresuid(0) == 0 {
+            throw .lockdownFailed("uid 0 could be regained after dropping to \(identity.uid)")
+        }
+        // Changing credentials clears PR_SET_PDEATHSIG: set it again, then check the
+        // supervisor did not die in between.
+        guard case .success = system_prctl(privsep_PR_SET_PDEATHSIG, UInt(SIGKILL)) else {
+            throw .lockdownFailed("prctl(PR_SET_PDEATHSIG) after the identity change")
+        }
+        if system_getppid() != supervisor.supervisorProcessID { throw .supervisorGone }
+    }
+
+    // MARK: seccomp
+
+    private func loadFilter() throws(WorkerError) -> OwnedFileDescriptor {
+        guard let filter = seccomp_init(privsep_SCMP_ACT_ALLOW) else { throw .lockdownFailed("seccomp_init failed") }
+        defer { seccomp_release(filter) }
+        func check(_ rc: Int32, _ what: @autoclosure () -> String) throws(WorkerError) {
+            if rc != 0 { throw .lockdownFailed("\(what()): \(Errno(rawValue: -rc))") }
+        }
+        try check(seccomp_attr_set(filter, SCMP_FLTATR_ACT_BADARCH, privsep_SCMP_ACT_KILL_PROCESS), "bad-arch action")
+        // A binary tree of syscall numbers: every call of the program runs this filter, and a
+        // linear chain of ~130 rules costs each of them (openat, read, close...) several hundred ns.
+        try check(seccomp_attr_set(filter, SCMP_FLTATR_CTL_OPTIMIZE, 2), "binary-tree optimization")
+        func each(_ names: [String], _ body: (Int32) throws(WorkerError) -> Void) throws(WorkerError) {
+            for name in names {
+                let number = seccomp_syscall_resolve_name(name)
+                guard number != __NR_SCMP_ERROR else { continue } // not a syscall this libseccomp knows on x86_64
+                try body(number)
+            }
+        }
+        try each(Self.notified) { (number) throws(WorkerError) in
+            try check(privsep_seccomp_rule_add_always(filter, privsep_SCMP_ACT_NOTIFY, number), "notify \(number)")
+        }
+        let eperm = privsep_scmp_act_errno(UInt16(EPERM)), eacces = privsep_scmp_act_errno(UInt16(EACCES))
+        try each(Self.refused) { (number) throws(WorkerError) in
+            try check(privsep_seccomp_rule_add_always(filter, eperm, number), "refuse \(number)")
+        }
+        try each(Self.refusedAsDenied) { (number) throws(WorkerError) in
+            try check(privsep_seccomp_rule_add_always(filter, eacces, number), "refuse \(number)")
+        }
+        // Newer calls libseccomp 2.5 cannot name, by their x86_64 numbers: file_getattr 468,
+        // file_setattr 469, listmount 458, statmount 457, setxattrat 463, removexattrat 466,
+        // getxattrat 464, listxattrat 465, open_tree_attr 467.
+        for (number, action) in [(457, eperm), (458, eperm), (463, eperm), (466, eperm), (467, eperm), (469, eperm),
+                                 (464, eacces), (465, eacces), (468, eacces)] as [(Int32, UInt32)] {
+            let rc = privsep_seccomp_rule_add_always(filter, action, number)
+            if rc != 0 && rc != -EEXIST { try check(rc, "refuse \(number)") }
+        }
+        // clone: never a new namespace (one rule per flag: "any of these bits" is not one comparison).
+        let clone = seccomp_syscall_resolve_name("clone")
+        for flag in cloneNewNamespaceFlags {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, clone, 0, flag, flag), "clone namespace flag")
+        }
+        // clone3 passes its flags in memory: ENOSYS makes glibc fall back to clone.
+        try check(privsep_seccomp_rule_add_always(filter, privsep_scmp_act_errno(UInt16(ENOSYS)), seccomp_syscall_resolve_name("clone3")), "clone3")
+        // ioctl: no TIOCSTI (typing into the terminal) or TIOCLINUX. The kernel reads cmd as 32 bits.
+        let ioctl = seccomp_syscall_resolve_name("ioctl")
+        for command: UInt64 in [0x5412, 0x541C] {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, ioctl, 1, 0xffff_ffff, command), "ioctl \(command)")
+        }
+        // prctl: no PR_SET_SECCOMP (22, a filter of its own could answer our notifications
+        // first) and no PR_SET_MM (35).
+        let prctl = seccomp_syscall_resolve_name("prctl")
+        for option: UInt64 in [22, 35] {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, prctl, 0, 0xffff_ffff, option), "prctl \(option)")
+        }
+        // prlimit64 on another process (a root program could lower or raise anyone's limits);
+        // any bit set in the pid argument counts as another process, so it fails closed.
+        try check(privsep_seccomp_rule_add_ne(filter, eperm, seccomp_syscall_resolve_name("prlimit64"), 0, 0), "prlimit64")
+        // MSG_FASTOPEN connects a TCP socket from sendto/sendmsg, without the connect the
+        // supervisor checks.
+        for (name, argument) in [("sendto", UInt32(3)), ("sendmsg", 2), ("sendmmsg", 3)] {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, seccomp_syscall_resolve_name(name), argument, msgFastOpen, msgFastOpen),
+                      "\(name) MSG_FASTOPEN")
+        }
+        let program = try exportProgram(filter)
+        let flags = privsep_SECCOMP_FILTER_FLAG_NEW_LISTENER | privsep_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+        let listener = program.withUnsafeBytes { bytes in
+            privsep_seccomp_load_program(flags, bytes.baseAddress!, UInt16(bytes.count / 8))
+        }
+        guard listener >= 0 else { throw .lockdownFailed("seccomp(SET_MODE_FILTER, NEW_LISTENER|WAIT_KILLABLE_RECV): \(currentErrno())") }
+        return OwnedFileDescriptor(adoptingRawValue: listener)
+    }
+
+    /// The filter as classic BPF (libseccomp 2.5 has no WAIT_KILLABLE_RECV attribute,
+    /// so the program is exported and loaded with the raw seccomp call).
+    private func exportProgram(_ filter: scmp_filter_ctx) throws(WorkerError) -> [UInt8] {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw .lockdownFailed("pipe2: \(currentErrno())") }
+        let reader = OwnedFileDescriptor(adoptingRawValue: ends[0])
+        // The write end closes as soon as the export is written, so the read below ends.
+        let rc: Int32 = {
+            let writer = OwnedFileDescriptor(adoptingRawValue: ends[1])
+            return seccomp_export_bpf(filter, writer.unsafeRawValue)
+        }()
+        guard rc == 0 else { throw .lockdownFailed("seccomp_export_bpf: \(Errno(rawValue: -rc))") }
+        var program: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(reader.unsafeRawValue, &chunk, chunk.count)
+            if count < 0 && currentErrno() == .interrupted { continue }
+            guard count >= 0 else { throw .lockdownFailed("reading the exported filter: \(currentErrno())") }
+            if count == 0 { break }
+            program += chunk[..<count]
+        }
+        guard !program.isEmpty, program.count % 8 == 0, program.count / 8 <= 4096 else {
+            throw .lockdownFailed("exported filter has \(program.count) bytes")
+        }
+        return program
+    }
+
+    // MARK: Landlock
+
+    private func applyLandlock() throws(WorkerError) -> UInt32 {
+        let abi = privsep_landlock_create_ruleset(nil, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
+        guard abi >= 1 else { throw .lockdownFailed("Landlock is not available: \(currentErrno())") }
+        var handledFS: UInt64 = (1 << 13) - 1
+        if abi >= 2 { handledFS |= 1 << 13 }
+        if abi >= 3 { handledFS |= 1 << 14 }
+        if abi >= 5 { handledFS |= 1 << 15 }
+        var attributes = privsep_landlock_ruleset_attr(handled_access_fs: handledFS, handled_access_net: 0, scoped: 0)
+        if abi >= 4 { attributes.handled_access_net = 0b11 }
+        if abi >= 6 { attributes.scoped = 0b11 }
+        let size = abi >= 6 ? 24 : (abi >= 4 ? 16 : 8)
+        let ruleset = privsep_landlock_create_ruleset(&attributes, size, 0)
+        guard ruleset >= 0 else { throw .lockdownFailed("landlock_create_ruleset: \(currentErrno())") }
+        let owned = OwnedFileDescriptor(adoptingRawValue: ruleset)
+        // execve opens the program (and its ELF interpreter) for reading and executing.
+        let rights: UInt64 = (1 << 0) | (1 << 2) // EXECUTE | READ_FILE
+        for path in executablePaths {
+            let fd = open(path, privsep_O_PATH | O_CLOEXEC)
+            if fd < 0 && currentErrno() == .noSuchFileOrDirectory { continue } // nothing to execute there (yet): stays denied
+            guard fd >= 0 else { throw .lockdownFailed("Landlock rule for \(path): \(currentErrno())") }
+            defer { close(fd) }
+            var beneath = privsep_landlock_path_beneath_attr(allowed_access: rights, parent_fd: fd)
+            guard privsep_landlock_add_path_rule(owned.unsafeRawValue, &beneath) == 0 else {
+                throw .lockdownFailed("landlock_add_rule \(path): \(currentErrno())")
+            }
+        }
+        guard privsep_landlock_restrict_self(owned.unsafeRawValue) == 0 else {
+            throw .lockdownFailed("landlock_restrict_self: \(currentErrno())")
+        }
+        return UInt32(abi)
+    }
+}
