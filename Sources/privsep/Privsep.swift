@@ -102,15 +102,7 @@ struct Run: AsyncParsableCommand {
         }
         var logger = Logger(label: "privsep")
         logger.logLevel = verbose ? .debug : .warning
-        let audit: AuditLog?
-        if let auditLog {
-            do { audit = try AuditLog(path: auditLog) } catch {
-                printError("privsep: cannot open the audit log \(auditLog): \(error)")
-                throw ExitCode(2)
-            }
-        } else {
-            audit = nil
-        }
+        let audit = try openAuditLog(auditLog)
 
         var configuration = try workerConfiguration(command: command, file: file)
         if user != nil && !intercept { throw ValidationError("--user is for --intercept (a worker drops its identity with Lockdown(identity:))") }
