@@ -141,17 +141,8 @@ public final class ActivePolicy: Sendable {
         case .failure(let denial): return .denied(denial.errno, denial.reason)
         }
         let anchor = anchors[index]
-        let relative: String
-        if let name = anchor.name {
-            relative = name // the rule's own copy of the name, not the worker's string
-        } else if path == rule.path {
-            relative = "."
-        } else {
-            // `matches` compared bytes, so this cut falls right after the rule's own bytes and a "/".
-            relative = String(decoding: path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1), as: UTF8.self)
-        }
-        var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
-        if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
+        let relative = relativePath(of: path, beneath: index)
+        let resolve = resolveFlags(for: rule)
         // O_NONBLOCK while opening: a FIFO must not hang the supervisor. Cleared below
         // unless the worker asked for it.
         let fd: OwnedFileDescriptor
@@ -467,5 +458,24 @@ func splitParent(_ path: String) -> (parent: String, name: String) {
 private extension Array where Element == UInt8 {
     mutating func storeBytes<T: FixedWidthInteger>(_ value: T, at offset: Int) {
         Swift.withUnsafeBytes(of: value) { for (i, byte) in $0.enumerated() { self[offset + i] = byte } }
+    }
+}
+
+extension ActivePolicy {
+    /// `path` relative to the directory of rule `index` (which matches it): the rule's
+    /// own copy of the name for a file rule, "." for the rule itself.
+    func relativePath(of path: String, beneath index: Int) -> String {
+        let rule = policy.paths[index]
+        if let name = anchors[index].name { return name } // the rule's copy, not the requester's string
+        if path == rule.path { return "." }
+        // `matches` compared bytes, so this cut falls right after the rule's own bytes and a "/".
+        return String(decoding: path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1), as: UTF8.self)
+    }
+
+    /// The openat2 RESOLVE flags for resolving beneath `rule`'s directory.
+    func resolveFlags(for rule: PathRule) -> UInt64 {
+        var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
+        if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
+        return resolve
     }
 }

@@ -23,16 +23,8 @@ extension ActivePolicy {
         guard let index = mostSpecificRule(for: path) else { return .denied(.permissionDenied, "no rule grants this path") }
         let rule = policy.paths[index]
         let anchor = anchors[index]
-        let relative: String
-        if let name = anchor.name {
-            relative = name
-        } else if path == rule.path {
-            relative = "."
-        } else {
-            relative = String(decoding: path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1), as: UTF8.self)
-        }
-        var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
-        if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
+        let relative = relativePath(of: path, beneath: index)
+        let resolve = resolveFlags(for: rule)
         let flags = privsep_O_PATH | O_CLOEXEC | (followTrailingSymlink ? 0 : O_NOFOLLOW)
         let raw: Int32
         switch system_openat2(anchor.directory, relative, flags: flags, mode: 0, resolve: resolve) {

@@ -78,7 +78,8 @@ public struct InterceptLockdown: Sendable {
     /// notified call before the supervisor serves the listener.
     @discardableResult
     public func apply(handingListenerTo supervisor: SupervisorConnection) throws(WorkerError) -> SandboxStatus {
-        if let identity { try become(identity, supervisor: supervisor) }
+        // The raw calls change only this thread, which is the only one that survives the exec.
+        if let identity { try dropIdentity(to: identity, supervisorProcessID: supervisor.supervisorProcessID) }
         guard case .success = system_prctl(privsep_PR_SET_NO_NEW_PRIVS, 1),
               case .success(1) = system_prctl(privsep_PR_GET_NO_NEW_PRIVS, 0) else {
             throw .lockdownFailed("no_new_privs could not be set")
@@ -90,27 +91,6 @@ public struct InterceptLockdown: Sendable {
         try supervisor.reportSandbox(status)
         try supervisor.handOverInterceptListener(listener)
         return status
-    }
-
-    /// Drops to `identity` for good: groups, then gid, then uid (which drops every
-    /// capability), verified, and uid 0 checked unrecoverable. The raw calls change only
-    /// this thread, which is the only one that survives the exec.
-    private func become(_ identity: (uid: UInt32, gid: UInt32), supervisor: SupervisorConnection) throws(WorkerError) {
-        guard privsep_setgroups_empty() == 0 else { throw .lockdownFailed("setgroups: \(currentErrno())") }
-        guard privsep_setresgid(identity.gid) == 0 else { throw .lockdownFailed("setresgid(\(identity.gid)): \(currentErrno())") }
-        guard privsep_setresuid(identity.uid) == 0 else { throw .lockdownFailed("setresuid(\(identity.uid)): \(currentErrno())") }
-        guard getuid() == identity.uid, geteuid() == identity.uid, getgid() == identity.gid, getegid() == identity.gid else {
-            throw .lockdownFailed("identity did not change to \(identity.uid):\(identity.gid)")
-        }
-        if identity.uid != 0 && privsep_setresuid(0) == 0 {
-            throw .lockdownFailed("uid 0 could be regained after dropping to \(identity.uid)")
-        }
-        // Changing credentials clears PR_SET_PDEATHSIG: set it again, then check the
-        // supervisor did not die in between.
-        guard case .success = system_prctl(privsep_PR_SET_PDEATHSIG, UInt(SIGKILL)) else {
-            throw .lockdownFailed("prctl(PR_SET_PDEATHSIG) after the identity change")
-        }
-        if system_getppid() != supervisor.supervisorProcessID { throw .supervisorGone }
     }
 
     // MARK: seccomp

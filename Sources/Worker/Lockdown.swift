@@ -102,24 +102,7 @@ public struct Lockdown: Sendable {
 
         if let identity {
             guard threadCount() == 1 else { throw .lockdownFailed("changing identity needs a single-threaded process") }
-            // Groups first, while the process may still change them; then the uid, which drops every capability.
-            guard privsep_setgroups_empty() == 0 else { throw .lockdownFailed("setgroups: \(currentErrno())") }
-            guard privsep_setresgid(identity.gid) == 0 else { throw .lockdownFailed("setresgid(\(identity.gid)): \(currentErrno())") }
-            guard privsep_setresuid(identity.uid) == 0 else { throw .lockdownFailed("setresuid(\(identity.uid)): \(currentErrno())") }
-            guard getuid() == identity.uid, geteuid() == identity.uid, getgid() == identity.gid, getegid() == identity.gid else {
-                throw .lockdownFailed("identity did not change to \(identity.uid):\(identity.gid)")
-            }
-            if identity.uid != 0 && privsep_setresuid(0) == 0 {
-                throw .lockdownFailed("uid 0 could be regained after dropping to \(identity.uid)")
-            }
-            // Changing credentials clears PR_SET_PDEATHSIG: set it again, then check the
-            // supervisor did not die in between (we would have been reparented).
-            guard case .success = system_prctl(privsep_PR_SET_PDEATHSIG, UInt(SIGKILL)) else {
-                throw .lockdownFailed("prctl(PR_SET_PDEATHSIG) after the identity change")
-            }
-            if let supervisor, system_getppid() != supervisor.supervisorProcessID {
-                throw .supervisorGone
-            }
+            try dropIdentity(to: identity, supervisorProcessID: supervisor?.supervisorProcessID)
         }
 
         if newNamespaces {
@@ -294,4 +277,25 @@ enum WorkerEnvironment {
         guard let value = getenv(WireFormat.learningEnvironmentVariable) else { return false }
         return String(cString: value) == "1"
     }
+}
+
+/// Drops the calling process to `identity` for good: supplementary groups, then gid,
+/// then uid (which drops every capability), verified, and uid 0 checked unrecoverable.
+/// Changing credentials clears PR_SET_PDEATHSIG, so it is set again, and the supervisor
+/// (if given) checked still to be the parent: had it died in between, we would have
+/// been reparented.
+func dropIdentity(to identity: (uid: UInt32, gid: UInt32), supervisorProcessID: Int32?) throws(WorkerError) {
+    guard privsep_setgroups_empty() == 0 else { throw .lockdownFailed("setgroups: \(currentErrno())") }
+    guard privsep_setresgid(identity.gid) == 0 else { throw .lockdownFailed("setresgid(\(identity.gid)): \(currentErrno())") }
+    guard privsep_setresuid(identity.uid) == 0 else { throw .lockdownFailed("setresuid(\(identity.uid)): \(currentErrno())") }
+    guard getuid() == identity.uid, geteuid() == identity.uid, getgid() == identity.gid, getegid() == identity.gid else {
+        throw .lockdownFailed("identity did not change to \(identity.uid):\(identity.gid)")
+    }
+    if identity.uid != 0 && privsep_setresuid(0) == 0 {
+        throw .lockdownFailed("uid 0 could be regained after dropping to \(identity.uid)")
+    }
+    guard case .success = system_prctl(privsep_PR_SET_PDEATHSIG, UInt(SIGKILL)) else {
+        throw .lockdownFailed("prctl(PR_SET_PDEATHSIG) after the identity change")
+    }
+    if let supervisorProcessID, system_getppid() != supervisorProcessID { throw .supervisorGone }
 }
