@@ -621,8 +621,16 @@ final class EventLoop: @unchecked Sendable {
             kill(record, .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
             return
         }
+        // A duplicate of the pidfd: the serving thread kills the program with it if it must stop.
+        guard case .success(let pidfd) = system_fcntl(record.pidfd.unsafeRawValue, F_DUPFD_CLOEXEC, 3) else {
+            kill(record, .resourceCapExceeded("cannot duplicate the worker's pidfd for its serving thread"))
+            return
+        }
         let server = InterceptServer(listener: listener, policy: record.policy, auditor: auditor,
-                                     workerID: record.id, workerName: record.configuration.name)
+                                     workerID: record.id, workerName: record.configuration.name,
+                                     identity: record.configuration.interceptIdentity,
+                                     connectTimeout: record.configuration.caps.connectTimeoutSeconds,
+                                     programPidfd: OwnedFileDescriptor(adoptingRawValue: pidfd))
         guard server.start() else {
             kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
             return
@@ -830,6 +838,8 @@ final class EventLoop: @unchecked Sendable {
     func narrow(workerID: UInt64, to narrower: ActivePolicy) -> PolicyError? {
         guard let record = workers[workerID] else { return nil }
         guard record.policy.policy.contains(narrower.policy), narrower.isAnchored(beneath: record.policy) else { return .wouldWiden }
+        // The program's Landlock ruleset was fixed at start: a narrower policy must still match it.
+        if record.configuration.intercept, let problem = narrower.policy.interceptProblem() { return problem }
         record.policy = narrower
         record.intercept?.replacePolicy(narrower)
         audit(record, event: "POLICY", reason: "narrowed")

@@ -21,6 +21,7 @@ extension WorkerConfiguration {
                                                 name: String(program.split(separator: "/").last ?? "program"))
         configuration.argv0 = "privsep-intercept"
         configuration.intercept = true
+        configuration.interceptIdentity = identity
         return configuration
     }
 }

@@ -60,10 +60,41 @@ extension ActivePolicy {
     /// Connects (or binds) `socket`, a duplicate of the program's own socket, to `address`
     /// here in the supervisor: the address the policy checked is the one used, whatever the
     /// program writes into its memory meanwhile. A unix path is pinned like CONNECT's.
-    func connectOrBind(_ socket: borrowing OwnedFileDescriptor, to address: SocketAddress, binding: Bool) -> Result<Void, Errno> {
-        let raw = socket.unsafeRawValue
-        return withSocketAddress(address, binding: binding) { pointer, length in
+    func connectOrBind(_ raw: Int32, to address: SocketAddress, binding: Bool) -> Result<Void, Errno> {
+        withSocketAddress(address, binding: binding) { pointer, length in
             binding ? system_bind(raw, pointer, length) : system_connect(raw, pointer, length)
         }
+    }
+}
+
+extension Policy {
+    /// Why intercept mode cannot enforce this policy as written, or nil. Checked when an
+    /// intercepted worker is spawned (and when its policy is narrowed), so the program never
+    /// starts under a policy its lockdown would enforce more loosely:
+    ///
+    /// - A rule without `execute` nested beneath a directory rule with `execute`: the
+    ///   program's Landlock ruleset grants EXECUTE beneath the whole outer directory (Landlock
+    ///   has no "except beneath"), so a script's `#!` interpreter, which the kernel opens
+    ///   itself, or an execve path swapped after the supervisor's check, could run a file the
+    ///   inner rule does not let execute. Without such nesting Landlock's set is the policy's.
+    /// - `append` without `write`: the supervisor opens the file O_APPEND, but the program
+    ///   holds the descriptor and can clear O_APPEND with fcntl(F_SETFL) or truncate it
+    ///   (ftruncate, fallocate); the seccomp filter cannot tell that descriptor from others.
+    public func interceptProblem() -> PolicyError? {
+        for inner in paths where !inner.permissions.contains(.execute) {
+            for outer in paths where outer.kind == .directory && outer.permissions.contains(.execute) && outer.path != inner.path {
+                let beneath = outer.path == "/" || inner.path.utf8.starts(with: (outer.path + "/").utf8)
+                if beneath {
+                    return .invalidPath(inner.path, "in intercept mode a rule without execute cannot be nested beneath \(outer.path), "
+                                        + "which has execute (the program's Landlock ruleset would let it execute there too); "
+                                        + "add execute to it or split \(outer.path) into rules that do not contain it")
+                }
+            }
+        }
+        for rule in paths where rule.permissions.contains(.append) && !rule.permissions.contains(.write) {
+            return .invalidPath(rule.path, "in intercept mode append-only rules are refused: the program can clear O_APPEND "
+                                + "(fcntl F_SETFL) or truncate the descriptor it is given; grant write, or run it as a brokered worker")
+        }
+        return nil
     }
 }

@@ -43,17 +43,36 @@ final class InterceptServer: @unchecked Sendable {
     private let workerName: String
     /// PATH_MAX bytes for reading paths, reused by every notification (this thread only).
     private let pathBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+    /// The program's identity (`--user`), if it is not the supervisor's: sockets are made,
+    /// connected and bound on this thread with these effective and fs ids.
+    private let identity: (uid: UInt32, gid: UInt32)?
+    /// The longest a connect of a blocking socket may hold this thread, in seconds.
+    private let connectTimeout: Double
+    /// A pidfd of the program's first process (the helper's pid), to kill it if this thread
+    /// can no longer be trusted to serve (its credentials could not be restored).
+    /// -1 if none; owned, closed in deinit.
+    private let programPidfd: Int32
+    /// Set when this thread must stop serving: its next loop iteration ends it.
+    private var stopped = false
 
-    init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String) {
+    init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String,
+         identity: (uid: UInt32, gid: UInt32)? = nil, connectTimeout: Double = 30, programPidfd: consuming OwnedFileDescriptor? = nil) {
         self.listener = listener
         self.policy = Mutex(policy)
         self.auditor = auditor
         self.workerID = workerID
         self.workerName = workerName
+        self.identity = identity
+        self.connectTimeout = connectTimeout
+        switch consume programPidfd {
+        case .some(let fd): self.programPidfd = fd.releaseUnsafeRawValue()
+        case .none: self.programPidfd = -1
+        }
     }
 
     deinit {
         pathBuffer.deallocate()
+        if programPidfd >= 0 { _ = system_close(programPidfd) }
     }
 
     /// The raw listener, to check what the worker sent.
@@ -86,7 +105,7 @@ final class InterceptServer: @unchecked Sendable {
 
     private func run() {
         let fd = listener.unsafeRawValue
-        while true {
+        while !stopped {
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let rc = poll(&poller, 1, -1)
             if rc < 0 {
@@ -336,12 +355,20 @@ final class InterceptServer: @unchecked Sendable {
     private func serveSocket(_ n: Notification, domain: Int32, type: Int32, protocol: Int32) {
         let detail = "socket domain \(domain) type \(type) protocol \(`protocol`)"
         let active = policy.withLock { $0 }
-        switch active.socket(SocketRequest(domain: domain, type: type, protocol: `protocol`)) {
-        case .granted(let fd, let reason):
-            install(n, fd, closeOnExec: type & privsep_SOCK_CLOEXEC != 0, event: "SOCKET", detail: detail, reason: reason)
-        case .denied(let errno, let reason):
-            deny(n, "SOCKET", detail, errno, reason)
+        // Made as the program (--user): the socket's owner and credentials are its own.
+        var made: Int32 = -1, refusal: (Errno, String) = (.permissionDenied, "not made"), why = ""
+        if let failure = asProgram({
+            switch active.socket(SocketRequest(domain: domain, type: type, protocol: `protocol`)) {
+            case .granted(let fd, let reason): made = fd.releaseUnsafeRawValue(); why = reason
+            case .denied(let errno, let reason): refusal = (errno, reason)
+            }
+        }) {
+            if made >= 0 { _ = system_close(made) }
+            return deny(n, "SOCKET", detail, .permissionDenied, failure)
         }
+        guard made >= 0 else { return deny(n, "SOCKET", detail, refusal.0, refusal.1) }
+        install(n, OwnedFileDescriptor(adoptingRawValue: made), closeOnExec: type & privsep_SOCK_CLOEXEC != 0,
+                event: "SOCKET", detail: detail, reason: why)
     }
 
     private func serveAddress(_ n: Notification, binding: Bool, fd targetFD: Int32, address: UInt64, length: Int32) {
@@ -373,7 +400,19 @@ final class InterceptServer: @unchecked Sendable {
         if let refusal = active.allowsAddress(parsed, domain: domain, type: type, protocol: proto, binding: binding) {
             return deny(n, event, detail, .permissionDenied, refusal)
         }
-        switch active.connectOrBind(socket, to: parsed, binding: binding) {
+        // As the program (--user), so the kernel checks the unix socket's permissions, the
+        // privileged ports and SO_PEERCRED against it, not against the supervisor; and never
+        // longer than the connect timeout, so a listener that does not accept cannot hold
+        // this thread.
+        var result: Result<Void, Errno> = .failure(.permissionDenied)
+        let timeout = connectTimeout
+        if let failure = asProgram({
+            result = binding ? active.connectOrBind(raw, to: parsed, binding: true)
+                : system_connect_bounded(raw, timeout: timeout) { active.connectOrBind(raw, to: parsed, binding: false) }
+        }) {
+            return deny(n, event, detail, .permissionDenied, failure)
+        }
+        switch result {
         case .success:
             grant(n, event, detail, reason: binding ? "bound" : "connected")
             answer(n, value: 0)
@@ -446,8 +485,33 @@ final class InterceptServer: @unchecked Sendable {
                     return .failed(.permissionDenied, "\(magic) would name the supervisor: not served in intercept mode")
                 }
             }
+            // /proc/<pid>: only the caller's own process (its thread group, or its own thread id).
+            // Any other number might be the supervisor (the program's parent), another program,
+            // or a process outside the sandbox: its environ, memory maps, fds and cwd are not the
+            // program's to read, whatever rule grants /proc.
+            let first = normalized.utf8.dropFirst(6).prefix { $0 != UInt8(ascii: "/") }
+            if !first.isEmpty, first.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) {
+                let number = String(decoding: first, as: UTF8.self)
+                guard let owner = pid_t(number), owner == tid || owner == threadGroup(of: tid) else {
+                    return .failed(.permissionDenied, "/proc/\(number) is not the calling process: not served in intercept mode")
+                }
+            }
         }
         return .absolute(normalized)
+    }
+
+    /// The thread group (process id) of thread `tid`, from /proc/TID/status; nil if unknown.
+    /// Trusted only once ``stillWaiting(_:)`` has said the caller is still in the call.
+    private func threadGroup(of tid: pid_t) -> pid_t? {
+        let fd = Glibc.open("/proc/\(tid)/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { _ = system_close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        let text = String(decoding: buffer[..<count], as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Tgid:") }) else { return nil }
+        return pid_t(String(line.dropFirst(5).filter { $0 != " " && $0 != "\t" }))
     }
 
     /// Whether the caller is still blocked in this very call: then every read of its
@@ -484,11 +548,37 @@ final class InterceptServer: @unchecked Sendable {
             record()
             answer(n, value: value)
             return true
+        case .failure(.noSuchProcess) where !stillWaiting(n):
+            return false
         case .failure(.noSuchProcess):
+            // Still blocked in the call: it must get an answer, never be left waiting.
+            answer(n, error: .badAddress)
             return false
         case .failure(let errno):
             answer(n, error: errno)
             return false
+        }
+    }
+
+    /// Runs `body` with the program's effective and fs ids on this thread (only this thread's
+    /// credentials change), or as is without `--user`. Returns why it could not; if this
+    /// thread could not get its own credentials back, the program is killed and this thread
+    /// stops serving (fail closed: nothing more is done with credentials it cannot vouch for).
+    private func asProgram(_ body: () -> Void) -> String? {
+        guard let identity else {
+            body()
+            return nil
+        }
+        switch withThreadIdentity(uid: identity.uid, gid: identity.gid, body) {
+        case nil:
+            return nil
+        case .cannotSwitch(let why)?:
+            return "cannot act as the program's user: \(why)"
+        case .cannotRestore(let why)?:
+            stopped = true
+            if programPidfd >= 0 { _ = system_pidfd_send_signal(programPidfd, SIGKILL) }
+            auditor.logger.critical("intercept: \(why); killing the program and no longer serving it")
+            return why
         }
     }
 

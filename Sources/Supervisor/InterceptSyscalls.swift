@@ -116,7 +116,11 @@ func system_faccessat2_fd(_ fd: Int32, mode: Int32) -> Result<Void, Errno> {
 func system_write_target_memory(listener: Int32, id: UInt64, tid: pid_t, address: UInt64, _ bytes: [UInt8]) -> Result<Void, Errno> {
     guard address != 0 else { return .failure(.badAddress) }
     let fd = Glibc.open("/proc/\(tid)/mem", O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { return .failure(.noSuchProcess) }
+    guard fd >= 0 else {
+        // ESRCH only if the caller is really gone; otherwise (EACCES of a non-dumpable
+        // caller, EMFILE...) it is still blocked and must get an answer: EFAULT.
+        return .failure(system_notif_id_valid(listener, id) ? .badAddress : .noSuchProcess)
+    }
     defer { _ = system_close(fd) }
     guard system_notif_id_valid(listener, id) else { return .failure(.noSuchProcess) }
     let written = bytes.withUnsafeBytes { buffer in
@@ -163,5 +167,133 @@ func retryingOnInterrupt(_ body: () -> Int) -> Result<Int, Errno> {
         if result != -1 { return .success(result) }
         let error = Errno(rawValue: privsep_errno())
         if error != .interrupted { return .failure(error) }
+    }
+}
+
+// MARK: The serving thread's identity
+
+/// The credentials of the calling thread: real/effective/saved uid and gid, fs ids and
+/// supplementary groups.
+struct ThreadCredentials: Equatable {
+    var uids: [UInt32]
+    var gids: [UInt32]
+    var fsuid: UInt32
+    var fsgid: UInt32
+    var groups: [UInt32]
+}
+
+/// The calling thread's own credentials (raw calls: glibc may answer from another thread's).
+func system_thread_credentials() -> Result<ThreadCredentials, Errno> {
+    var ruid: uid_t = 0, euid: uid_t = 0, suid: uid_t = 0, rgid: gid_t = 0, egid: gid_t = 0, sgid: gid_t = 0
+    guard privsep_thread_getresuid(&ruid, &euid, &suid) == 0, privsep_thread_getresgid(&rgid, &egid, &sgid) == 0 else {
+        return .failure(currentErrno())
+    }
+    let count = privsep_thread_getgroups(0, nil)
+    guard count >= 0 else { return .failure(currentErrno()) }
+    var groups = [gid_t](repeating: 0, count: Int(count))
+    if count > 0 {
+        let got = groups.withUnsafeMutableBufferPointer { privsep_thread_getgroups(count, $0.baseAddress) }
+        guard got == count else { return .failure(got < 0 ? currentErrno() : .resourceTemporarilyUnavailable) }
+    }
+    return .success(ThreadCredentials(uids: [ruid, euid, suid], gids: [rgid, egid, sgid],
+                                      fsuid: privsep_thread_fsuid(), fsgid: privsep_thread_fsgid(), groups: groups))
+}
+
+/// Why ``withThreadIdentity(uid:gid:_:)`` did not run its body as asked (or could not switch back after).
+enum ThreadIdentityError: Error {
+    /// The switch failed and the thread is back at its own credentials (verified).
+    case cannotSwitch(String)
+    /// The thread could not be put back: it must serve nothing more.
+    case cannotRestore(String)
+}
+
+/// Runs `body` on this thread with effective and fs ids `uid`/`gid` and no supplementary
+/// groups, keeping real and saved ids (0 for a root supervisor) so the thread can switch back;
+/// then switches back and verifies every id and group is what it was. nil when all went well. Only the calling
+/// thread changes (raw setresuid/setresgid/setgroups, not glibc's broadcasting wrappers).
+/// The kernel checks what `body` does (path permissions, SO_PEERCRED, privileged ports)
+/// against these credentials; with a non-zero effective uid the thread holds no
+/// effective capability until it switches back.
+func withThreadIdentity(uid: UInt32, gid: UInt32, _ body: () -> Void) -> ThreadIdentityError? {
+    let saved: ThreadCredentials
+    switch system_thread_credentials() {
+    case .success(let credentials): saved = credentials
+    case .failure(let errno): return .cannotSwitch("reading the thread's credentials: \(errno)")
+    }
+    func restore() -> ThreadIdentityError? {
+        // uid first: setresgid and setgroups need the capabilities that euid 0 brings back.
+        _ = privsep_thread_setresuid(-1, Int64(saved.uids[1]), -1)
+        _ = privsep_thread_setresgid(-1, Int64(saved.gids[1]), -1)
+        _ = saved.groups.withUnsafeBufferPointer { privsep_thread_setgroups($0.count, $0.baseAddress) }
+        guard case .success(let now) = system_thread_credentials(), now == saved else {
+            return .cannotRestore("the serving thread's credentials could not be restored")
+        }
+        return nil
+    }
+    let switched = privsep_thread_setgroups(0, nil) == 0
+        && privsep_thread_setresgid(-1, Int64(gid), -1) == 0
+        && privsep_thread_setresuid(-1, Int64(uid), -1) == 0
+    let errno = currentErrno()
+    guard switched, case .success(let now) = system_thread_credentials(),
+          now.uids[1] == uid, now.gids[1] == gid, now.fsuid == uid, now.fsgid == gid, now.groups.isEmpty,
+          now.uids[0] == saved.uids[0], now.uids[2] == saved.uids[2] else {
+        return restore() ?? .cannotSwitch("switching to \(uid):\(gid): \(switched ? "ids not as asked" : "\(errno)")")
+    }
+    body()
+    return restore()
+}
+
+// MARK: Bounded connect
+
+/// connect(2) of `fd` (a duplicate of the program's socket, so it shares the program's file
+/// status flags) done by `connect`, but never blocking past `timeout` seconds: a blocking
+/// socket is made non-blocking for the call and put back after. A TCP connect still in
+/// progress is waited for with poll; a unix connect to a full backlog (EAGAIN) is retried.
+/// ETIMEDOUT when the deadline passes. A socket the program made non-blocking gets the
+/// kernel's own answer (EINPROGRESS, EAGAIN).
+func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Result<Void, Errno>) -> Result<Void, Errno> {
+    let flags: Int32
+    switch system_fcntl(fd, F_GETFL, 0) {
+    case .success(let value): flags = value
+    case .failure(let errno): return .failure(errno)
+    }
+    if flags & O_NONBLOCK != 0 { return connect() }
+    if case .failure(let errno) = system_fcntl(fd, F_SETFL, flags | O_NONBLOCK) { return .failure(errno) }
+    defer { _ = system_fcntl(fd, F_SETFL, flags) }
+    let start = system_clock_monotonic()
+    let limit = UInt64(max(0, timeout) * 1_000_000_000)
+    func remainingMilliseconds() -> Int32 {
+        let now = system_clock_monotonic()
+        let elapsed = now >= start ? now - start : limit
+        return elapsed >= limit ? 0 : Int32(min(UInt64(Int32.max), (limit - elapsed + 999_999) / 1_000_000))
+    }
+    while true {
+        switch connect() {
+        case .success:
+            return .success(())
+        case .failure(.resourceTemporarilyUnavailable):
+            // A unix listener's backlog is full: try again shortly, until the deadline.
+            let left = remainingMilliseconds()
+            guard left > 0 else { return .failure(.timedOut) }
+            var none = pollfd(fd: -1, events: 0, revents: 0)
+            _ = poll(&none, 1, min(left, 10))
+        case .failure(let errno) where errno == .nowInProgress || errno.rawValue == EALREADY:
+            while true {
+                let left = remainingMilliseconds()
+                guard left > 0 else { return .failure(.timedOut) }
+                var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                let ready = poll(&entry, 1, left)
+                if ready < 0 && currentErrno() == .interrupted { continue }
+                guard ready >= 0 else { return .failure(currentErrno()) }
+                if ready == 0 { continue }
+                switch system_getsockopt_int(fd, SOL_SOCKET, SO_ERROR) {
+                case .success(0): return .success(())
+                case .success(let error): return .failure(Errno(rawValue: error))
+                case .failure(let errno): return .failure(errno)
+                }
+            }
+        case .failure(let errno):
+            return .failure(errno)
+        }
     }
 }

@@ -39,7 +39,7 @@ public final class Supervisor: Sendable {
     /// Spawns a worker and returns once it runs (its handshake still to come).
     /// Fails if the policy cannot be activated or the program cannot be started.
     public func spawn(_ configuration: WorkerConfiguration) async throws(SupervisorError) -> WorkerHandle {
-        let policy = try activate(configuration.policy)
+        let policy = try activate(configuration)
         let result: Result<WorkerHandle, SupervisorError> = await withCheckedContinuation { continuation in
             if !loop.submit(.spawn(configuration, policy, { continuation.resume(returning: $0) })) {
                 continuation.resume(returning: .failure(.shuttingDown))
@@ -50,7 +50,7 @@ public final class Supervisor: Sendable {
 
     /// The blocking form of ``spawn(_:)-swift.method``, for code that is not async.
     public func spawnBlocking(_ configuration: WorkerConfiguration) throws(SupervisorError) -> WorkerHandle {
-        let policy = try activate(configuration.policy)
+        let policy = try activate(configuration)
         let result: Result<WorkerHandle, SupervisorError>? = loop.call { $0.spawn(configuration, policy) }
         return try (result ?? .failure(.shuttingDown)).get()
     }
@@ -68,8 +68,10 @@ public final class Supervisor: Sendable {
         }
     }
 
-    private func activate(_ policy: Policy) throws(SupervisorError) -> ActivePolicy {
-        do { return try ActivePolicy(policy) } catch { throw .invalidPolicy(error) }
+    private func activate(_ configuration: WorkerConfiguration) throws(SupervisorError) -> ActivePolicy {
+        // Intercept mode refuses, before anything runs, policies its lockdown cannot enforce as written.
+        if configuration.intercept, let problem = configuration.policy.interceptProblem() { throw .invalidPolicy(problem) }
+        do { return try ActivePolicy(configuration.policy) } catch { throw .invalidPolicy(error) }
     }
 }
 

@@ -38,6 +38,10 @@ public struct WorkerConfiguration: Sendable {
     /// socket calls the supervisor serves under ``policy``. See
     /// ``WorkerConfiguration/intercepting(program:arguments:argv0:policy:helper:)``.
     public var intercept: Bool
+    /// Intercept mode: the identity (uid, gid) the program runs as, if not the supervisor's.
+    /// The supervisor makes, connects and binds the program's sockets with these effective
+    /// ids. Set by ``WorkerConfiguration/intercepting(program:arguments:argv0:policy:helper:identity:)``.
+    public var interceptIdentity: (uid: UInt32, gid: UInt32)?
     /// A name for logs.
     public var name: String
 
@@ -59,6 +63,7 @@ public struct WorkerConfiguration: Sendable {
         self.caps = WorkerCaps()
         self.learning = false
         self.intercept = false
+        self.interceptIdentity = nil
         self.name = name ?? String(executable.split(separator: "/").last ?? "worker")
     }
 }

@@ -63,6 +63,14 @@ public struct InterceptLockdown: Sendable {
         "mknod", "mknodat", "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "fchownat", "lchown",
         "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
         "file_setattr", "utime", "utimes", "utimensat", "futimesat", "migrate_pages", "move_pages",
+        // SysV and POSIX IPC live outside the filesystem (no Landlock, no served path): objects
+        // shared with every process of the IPC namespace, including ones outside the sandbox.
+        "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
+        "semget", "semop", "semtimedop", "semctl",
+        "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+        // A new session or process group would leave the group the supervisor kills when the
+        // program ends.
+        "setsid", "setpgid",
     ]
 
     /// Refused with EACCES: calls that name a path the supervisor does not serve
@@ -138,8 +146,13 @@ public struct InterceptLockdown: Sendable {
         // clone3 passes its flags in memory: ENOSYS makes glibc fall back to clone.
         try check(privsep_seccomp_rule_add_always(filter, privsep_scmp_act_errno(UInt16(ENOSYS)), seccomp_syscall_resolve_name("clone3")), "clone3")
         // ioctl: no TIOCSTI (typing into the terminal) or TIOCLINUX. The kernel reads cmd as 32 bits.
+        // Nor the inode-flag changes a root program could make on a descriptor the supervisor
+        // opened for it (chattr +i, clearing +a, the inode version, the filesystem label):
+        // FS_IOC_SETFLAGS and its 32-bit twin, FS_IOC_FSSETXATTR, FS_IOC_SETVERSION and its
+        // 32-bit twin, ext4's EXT4_IOC_SETVERSION, FS_IOC_SETFSLABEL.
         let ioctl = seccomp_syscall_resolve_name("ioctl")
-        for command: UInt64 in [0x5412, 0x541C] {
+        for command: UInt64 in [0x5412, 0x541C, 0x4008_6602, 0x4004_6602, 0x401c_5820, 0x4008_7602, 0x4004_7602,
+                                0x4008_6604, 0x4100_9432] {
             try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, ioctl, 1, 0xffff_ffff, command), "ioctl \(command)")
         }
         // prctl: no PR_SET_SECCOMP (22, a filter of its own could answer our notifications
@@ -157,6 +170,11 @@ public struct InterceptLockdown: Sendable {
             try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, seccomp_syscall_resolve_name(name), argument, msgFastOpen, msgFastOpen),
                       "\(name) MSG_FASTOPEN")
         }
+        // socketpair(SOCK_DGRAM): an unnamed datagram socket could sendto any pathname unix
+        // socket without the connect the supervisor checks (stream and seqpacket pairs ignore
+        // or refuse a destination address). The type's low 4 bits are the socket type.
+        try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, seccomp_syscall_resolve_name("socketpair"), 1, 0xf, UInt64(2)),
+                  "socketpair SOCK_DGRAM")
         let program = try exportProgram(filter)
         let flags = privsep_SECCOMP_FILTER_FLAG_NEW_LISTENER | privsep_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
         let listener = program.withUnsafeBytes { bytes in
@@ -198,6 +216,11 @@ public struct InterceptLockdown: Sendable {
     private func applyLandlock() throws(WorkerError) -> UInt32 {
         let abi = privsep_landlock_create_ruleset(nil, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
         guard abi >= 1 else { throw .lockdownFailed("Landlock is not available: \(currentErrno())") }
+        // ABI 6 (Linux 6.12) scopes signals and abstract unix sockets to the sandbox: without
+        // it a program could signal the supervisor or reach any abstract socket. Fail closed.
+        guard abi >= 6 else {
+            throw .lockdownFailed("intercept mode needs Landlock ABI 6 or later (Linux 6.12+) for signal and abstract-socket scoping; this kernel has ABI \(abi)")
+        }
         var handledFS: UInt64 = (1 << 13) - 1
         if abi >= 2 { handledFS |= 1 << 13 }
         if abi >= 3 { handledFS |= 1 << 14 }

@@ -133,6 +133,31 @@ static inline int privsep_landlock_restrict_self(int ruleset) {
 static inline int privsep_setgroups_empty(void) { return (int)syscall(SYS_setgroups, 0, NULL); }
 static inline int privsep_setresgid(uint32_t gid) { return (int)syscall(SYS_setresgid, gid, gid, gid); }
 static inline int privsep_setresuid(uint32_t uid) { return (int)syscall(SYS_setresuid, uid, uid, uid); }
+// Thread-only effective identity switches for intercept mode's serving thread: the raw
+// syscalls change the calling thread's credentials only (glibc's wrappers broadcast to every
+// thread). -1 leaves an id unchanged; real and saved ids stay as they are, so a thread whose
+// real/saved uid is 0 can switch its effective (and fs) ids back.
+static inline int privsep_thread_setresuid(int64_t real, int64_t effective, int64_t saved) {
+    return (int)syscall(SYS_setresuid, (uid_t)real, (uid_t)effective, (uid_t)saved);
+}
+static inline int privsep_thread_setresgid(int64_t real, int64_t effective, int64_t saved) {
+    return (int)syscall(SYS_setresgid, (gid_t)real, (gid_t)effective, (gid_t)saved);
+}
+static inline int privsep_thread_setgroups(size_t count, const gid_t *_Nullable groups) {
+    return (int)syscall(SYS_setgroups, count, groups);
+}
+static inline int privsep_thread_getresuid(uid_t *real, uid_t *effective, uid_t *saved) {
+    return (int)syscall(SYS_getresuid, real, effective, saved);
+}
+static inline int privsep_thread_getresgid(gid_t *real, gid_t *effective, gid_t *saved) {
+    return (int)syscall(SYS_getresgid, real, effective, saved);
+}
+static inline int privsep_thread_getgroups(int count, gid_t *_Nullable groups) {
+    return (int)syscall(SYS_getgroups, count, groups);
+}
+// The fs uid/gid the thread has now (setfsuid with an invalid id changes nothing and returns it).
+static inline uint32_t privsep_thread_fsuid(void) { return (uint32_t)syscall(SYS_setfsuid, (uid_t)-1); }
+static inline uint32_t privsep_thread_fsgid(void) { return (uint32_t)syscall(SYS_setfsgid, (gid_t)-1); }
 static inline int privsep_unshare(int flags) { return (int)syscall(SYS_unshare, flags); }
 static inline int privsep_setrlimit(int resource, uint64_t soft, uint64_t hard) {
     struct rlimit limit = { (rlim_t)soft, (rlim_t)hard };
