@@ -1,0 +1,244 @@
+import Foundation
+import Glibc
+import PrivsepTestSupport
+import Supervisor
+import Testing
+
+/// The security review's findings on intercept mode, each proved closed with a real program.
+extension InterceptTests {
+    /// A listening unix stream socket at `path` (bound by this root test runner), mode `mode`.
+    func unixListener(_ path: String, mode: mode_t, backlog: Int32 = 8) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        precondition(fd >= 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { bytes in
+            for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        precondition(bound == 0 && listen(fd, backlog) == 0 && chmod(path, mode) == 0)
+        return fd
+    }
+
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func unixConnectsAreMadeAsTheProgramsUser() throws {
+        let tree = Tree()
+        tree.scratch.mkdir("sock")
+        let privatePath = tree.path + "/sock/private", publicPath = tree.path + "/sock/public"
+        let privateListener = unixListener(privatePath, mode: 0o600)
+        let publicListener = unixListener(publicPath, mode: 0o666)
+        defer { close(privateListener); close(publicListener) }
+        let sockets = """
+        ,
+          "sockets": [ { "domain": "unix", "type": "stream" } ],
+          "connect": [ { "unix": "\(privatePath)" }, { "unix": "\(publicPath)" } ]
+        """
+        let script = """
+        import socket, sys
+        for name in sys.argv[1:]:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(name); print('connected')
+            except OSError as e:
+                print('refused', e.errno)
+        """
+        let result = try privsep(["run", "--intercept", "--user", "65534:65534", "--policy", tree.policy(sockets: sockets), "--",
+                                  Self.python, "-c", script, privatePath, publicPath])
+        #expect(result.status == 0, "\(result.stderr)")
+        // The root-only socket is out of reach of user 65534, whatever the supervisor's own rights.
+        #expect(result.stdout == "refused \(EACCES)\nconnected\n", "\(result.stderr)")
+        // The server sees the program's user, not the supervisor's.
+        _ = fcntl(publicListener, F_SETFL, O_NONBLOCK)
+        let accepted = accept(publicListener, nil, nil)
+        #expect(accepted >= 0)
+        if accepted >= 0 {
+            var credentials: [UInt32] = [0, 0, 0] // struct ucred: pid, uid, gid
+            var length = socklen_t(12)
+            #expect(getsockopt(accepted, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0)
+            #expect(credentials[1] == 65534 && credentials[2] == 65534, "SO_PEERCRED \(credentials)")
+            close(accepted)
+        }
+        _ = fcntl(privateListener, F_SETFL, O_NONBLOCK)
+        #expect(accept(privateListener, nil, nil) < 0, "nothing reached the root-only socket")
+    }
+
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func aBlockingConnectThatNeverCompletesTimesOutAndServingGoesOn() async throws {
+        let tree = Tree()
+        tree.scratch.mkdir("sock")
+        let path = tree.path + "/sock/full"
+        // Backlog 0 and filled by this runner: a blocking connect would wait until accepted.
+        let listener = unixListener(path, mode: 0o666, backlog: 0)
+        var fillers: [Int32] = []
+        defer { close(listener); fillers.forEach { close($0) } }
+        for _ in 0..<8 {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { bytes in for (i, b) in path.utf8.enumerated() { bytes[i] = b } }
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            fillers.append(fd)
+            if rc != 0 { break }
+        }
+        let supervisor = try Supervisor(logger: quietLogger())
+        var policy = Policy()
+        policy.allow(path: "/usr", .directory, [.read, .listDirectory, .execute], symlinks: .followBeneath)
+        policy.allow(path: "/lib", .directory, [.read, .listDirectory], symlinks: .followBeneath)
+        policy.allow(path: "/lib64", .directory, [.read, .listDirectory], symlinks: .followBeneath)
+        policy.allow(path: "/etc/ld.so.cache", .file, [.read])
+        policy.allow(path: tree.path + "/good.txt", .file, [.read])
+        policy.allowSocket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue))
+        policy.allowConnect(to: AddressRule(network: .unix(path: path)))
+        // Exit status: the connect's errno, plus 100 if the next served call (an open) still works.
+        let script = """
+        import os, socket, sys
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sys.argv[1]); code = 1
+        except OSError as e:
+            code = e.errno
+        ok = open(sys.argv[2]).read().startswith('hello')
+        os._exit(code + (100 if ok else 0))
+        """
+        var configuration = WorkerConfiguration.intercepting(program: Self.python, arguments: ["-c", script, path, tree.path + "/good.txt"],
+                                                             policy: policy, helper: Self.binDirectory + "/privsep-intercept")
+        configuration.caps.connectTimeoutSeconds = 1
+        let started = Date()
+        let handle = try await supervisor.spawn(configuration)
+        #expect(await handle.exit() == .exited(code: 100 + ETIMEDOUT))
+        #expect(Date().timeIntervalSince(started) < 20)
+        await supervisor.shutdown()
+    }
+
+    @Test func policiesInterceptModeCannotEnforceAsWrittenAreRefusedAtStart() throws {
+        var nested = Policy()
+        nested.allow(path: "/usr", .directory, [.read, .execute])
+        nested.allow(path: "/usr/share", .directory, [.read])
+        #expect(nested.interceptProblem() != nil)
+        var root = Policy()
+        root.allow(path: "/", .directory, [.read, .execute])
+        root.allow(path: "/etc/passwd", .file, [.read])
+        #expect(root.interceptProblem() != nil)
+        var fine = Policy()
+        fine.allow(path: "/usr", .directory, [.read, .execute])
+        fine.allow(path: "/usr/bin/tool", .file, [.read, .execute])
+        fine.allow(path: "/usrx", .directory, [.read])
+        fine.allow(path: "/lib", .directory, [.read])
+        fine.allow(path: "/srv/log", .file, [.write, .append])
+        #expect(fine.interceptProblem() == nil)
+        var appendOnly = Policy()
+        appendOnly.allow(path: "/srv/log", .file, [.append, .create])
+        #expect(appendOnly.interceptProblem() != nil)
+
+        // End to end: privsep run refuses to start, with the reason.
+        let tree = Tree()
+        let refused = try intercepted(tree, ["/bin/true"], policy: tree.policy(extra: """
+        ,
+            { "path": "/usr/share", "kind": "directory", "allow": ["read"] }
+        """))
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("cannot be nested beneath /usr"), "\(refused.stderr)")
+        let appendRefused = try intercepted(tree, ["/bin/true"], policy: tree.policy(extra: """
+        ,
+            { "path": "\(tree.path)/log.txt", "kind": "file", "allow": ["append", "create"] }
+        """))
+        #expect(appendRefused.status != 0)
+        #expect(appendRefused.stderr.contains("append-only"), "\(appendRefused.stderr)")
+    }
+
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func inodeFlagIoctlsAreRefusedToARootProgram() throws {
+        let tree = Tree()
+        tree.scratch.write("flags.txt", "x\n")
+        let policy = tree.policy(extra: ",\n    { \"path\": \"\(tree.path)/flags.txt\", \"kind\": \"file\", \"allow\": [\"read\"] }")
+        let script = """
+        import fcntl, os, struct, sys
+        fd = os.open(sys.argv[1], os.O_RDONLY)
+        immutable = struct.pack('l', 0x10).ljust(64, b'\\0')
+        for name, command in [('setflags', 0x40086602), ('setflags32', 0x40046602), ('fssetxattr', 0x401c5820),
+                              ('setversion', 0x40087602)]:
+            try:
+                fcntl.ioctl(fd, command, immutable); print(name, 'succeeded')
+            except OSError as e:
+                print(name, e.errno)
+        """
+        let result = try intercepted(tree, [Self.python, "-c", script, tree.path + "/flags.txt"], policy: policy)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "setflags \(EPERM)\nsetflags32 \(EPERM)\nfssetxattr \(EPERM)\nsetversion \(EPERM)\n")
+        // Not immutable: root can still write it.
+        let fd = open(tree.path + "/flags.txt", O_WRONLY | O_APPEND | O_CLOEXEC)
+        #expect(fd >= 0)
+        if fd >= 0 { close(fd) }
+    }
+
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func ipcNewSessionsAndDatagramPairsAreRefused() throws {
+        let tree = Tree()
+        let script = """
+        import ctypes, os, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        def raw(number, *args):
+            r = libc.syscall(number, *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+            return 0 if r >= 0 else ctypes.get_errno()
+        print('shmget', raw(29, 0, 4096, 0o1600))
+        print('msgget', raw(68, 0, 0o1600))
+        print('semget', raw(64, 0, 1, 0o1600))
+        print('mq_open', raw(240, ctypes.c_char_p(b'privsep-test'), os.O_CREAT | os.O_RDWR, 0o600, 0))
+        pid = os.fork()
+        if pid == 0:
+            os._exit(raw(112))  # setsid in a child (not a group leader): would leave the process group
+        print('setsid', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        pid = os.fork()
+        if pid == 0:
+            os._exit(raw(109, 0, 0))  # setpgid(0, 0)
+        print('setpgid', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        try:
+            socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); print('dgram pair made')
+        except OSError as e:
+            print('dgram pair', e.errno)
+        a, b = socket.socketpair(); a.send(b'ok'); print('stream pair', b.recv(2).decode())
+        """
+        let result = try intercepted(tree, [Self.python, "-c", script])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+        shmget \(EPERM)
+        msgget \(EPERM)
+        semget \(EPERM)
+        mq_open \(EPERM)
+        setsid \(EPERM)
+        setpgid \(EPERM)
+        dgram pair \(EPERM)
+        stream pair ok
+
+        """)
+    }
+
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func procOfAnyOtherProcessIsRefusedEvenUnderAProcRule() throws {
+        let tree = Tree()
+        let policy = tree.policy(extra: ",\n    { \"path\": \"/proc\", \"kind\": \"directory\", \"allow\": [\"read\", \"list\"] }")
+        let script = """
+        import os
+        def attempt(path):
+            try:
+                open(path, 'rb').read(); return 'read'
+            except OSError as e:
+                return e.errno
+        parent = os.getppid()
+        print('supervisor environ', attempt('/proc/%d/environ' % parent))
+        print('supervisor task', attempt('/proc/%d/task/%d/environ' % (parent, parent)))
+        print('init', attempt('/proc/1/cmdline'))
+        print('own status', attempt('/proc/%d/status' % os.getpid()))
+        print('own task', attempt('/proc/%d/task/%d/stat' % (os.getpid(), os.getpid())))
+        """
+        let result = try intercepted(tree, [Self.python, "-c", script], policy: policy)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+        supervisor environ \(EACCES)
+        supervisor task \(EACCES)
+        init \(EACCES)
+        own status read
+        own task read
+
+        """, "\(result.stderr)")
+    }
+}
