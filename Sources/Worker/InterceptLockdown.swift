@@ -71,6 +71,10 @@ public struct InterceptLockdown: Sendable {
         // A new session or process group would leave the group the supervisor kills when the
         // program ends.
         "setsid", "setpgid",
+        // A memfd is a file on an internal mount, which Landlock does not restrict: an execve
+        // path swapped to /proc/PID/fd/N of a memfd after the supervisor's check would run
+        // whatever the program wrote into it.
+        "memfd_create", "memfd_secret",
     ]
 
     /// Refused with EACCES: calls that name a path the supervisor does not serve

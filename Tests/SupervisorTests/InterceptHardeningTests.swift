@@ -242,3 +242,29 @@ extension InterceptTests {
         """, "\(result.stderr)")
     }
 }
+
+extension InterceptTests {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func noMemfdAndNoExecOfADescriptorPath() throws {
+        let tree = Tree()
+        let script = """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            os.memfd_create('x'); print('memfd made')
+        except OSError as e:
+            print('memfd', e.errno)
+        fd = os.open('/usr/bin/true', os.O_RDONLY)
+        for path in ['/proc/self/fd/%d' % fd, '/proc/%d/fd/%d' % (os.getpid(), fd)]:
+            pid = os.fork()
+            if pid == 0:
+                argv = (ctypes.c_char_p * 2)(b'true', None)
+                libc.execve(path.encode(), argv, None)
+                os._exit(ctypes.get_errno())
+            print('exec fd path', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """
+        let policy = tree.policy(extra: ",\n    { \"path\": \"/proc\", \"kind\": \"directory\", \"allow\": [\"read\", \"list\"] }")
+        let result = try intercepted(tree, [Self.python, "-c", script], policy: policy)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "memfd \(EPERM)\nexec fd path \(EACCES)\nexec fd path \(EACCES)\n", "\(result.stderr)")
+    }
+}
