@@ -18,13 +18,15 @@ public import SystemPackage
 /// - refuses calls that would leave the sandbox or change the system (ptrace,
 ///   process_vm_*, bpf, io_uring, open_by_handle_at, mount and the new mount API,
 ///   namespaces, modules, kexec, keyrings, loading another seccomp filter, chmod and
-///   chown and xattr changes, timestamps, device nodes, TIOCSTI, prlimit64 on another
-///   process, MSG_FASTOPEN...);
+///   chown and xattr changes, timestamps, device nodes, TIOCSTI, the inode-flag ioctls
+///   (chattr), SysV/POSIX IPC, setsid/setpgid, SOCK_DGRAM socketpairs, memfd_create,
+///   prlimit64 on another process, MSG_FASTOPEN...);
 /// - kills i386 and x32 entries;
 /// - and Landlock handles every filesystem right, granting only READ_FILE|EXECUTE
 ///   beneath the paths the policy lets the program execute (so a path swapped after
 ///   the supervisor checked an execve still cannot reach another file), denies
-///   direct TCP bind/connect, and scopes signals and abstract unix sockets.
+///   direct TCP bind/connect, and scopes signals and abstract unix sockets (ABI 6 is
+///   required: ``apply(handingListenerTo:)`` throws on an older kernel).
 ///
 /// The filter is loaded with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: once the
 /// supervisor has received a notification, only a fatal signal interrupts the
