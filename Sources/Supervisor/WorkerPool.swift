@@ -41,6 +41,10 @@ public final class WorkerPool: Sendable {
             throw .workerUnavailable("a pool needs size, jobsPerWorker and queueCapacity of at least 1")
         }
         let policy: ActivePolicy
+        // Intercepted pool workers: the same refusal as Supervisor.spawn (see Policy.interceptProblem()).
+        if configuration.worker.intercept, let problem = configuration.worker.policy.interceptProblem() {
+            throw .workerUnavailable("invalid policy: \(problem)")
+        }
         do { policy = try ActivePolicy(configuration.worker.policy) } catch {
             throw .workerUnavailable("invalid policy: \(error)")
         }
