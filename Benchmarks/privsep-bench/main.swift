@@ -493,7 +493,9 @@ if startupRuns > 0 {
     // The smallest real worker (Worker + PrivsepIPC only): --ready-worker PATH, else beside this binary.
     var small = String(selfPath().dropLast("privsep-bench".count)) + "bench-ready-worker"
     if let index = CommandLine.arguments.firstIndex(of: "--ready-worker"), index + 1 < CommandLine.arguments.count {
-        small = CommandLine.arguments[index + 1]
+        // Absolute: the supervisor spawns with its own working directory rules.
+        let given = CommandLine.arguments[index + 1]
+        small = realpath(given, nil).map { pointer in defer { free(pointer) }; return String(cString: pointer) } ?? given
     }
     if access(small, X_OK) == 0 {
         let worker = await measureStartup(executable: small, arguments: [], runs: startupRuns)
