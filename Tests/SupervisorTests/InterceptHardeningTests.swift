@@ -1,3 +1,4 @@
+import CPrivsepShims
 import Foundation
 import Glibc
 import PrivsepTestSupport
@@ -8,7 +9,7 @@ import Testing
 extension InterceptTests {
     /// A listening unix stream socket at `path` (bound by this root test runner), mode `mode`.
     func unixListener(_ path: String, mode: mode_t, backlog: Int32 = 8) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(AF_UNIX, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
         precondition(fd >= 0)
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -72,7 +73,7 @@ extension InterceptTests {
         var fillers: [Int32] = []
         defer { close(listener); fillers.forEach { close($0) } }
         for _ in 0..<8 {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let fd = socket(AF_UNIX, privsep_SOCK_STREAM | privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC, 0)
             var address = sockaddr_un()
             address.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &address.sun_path) { bytes in for (i, b) in path.utf8.enumerated() { bytes[i] = b } }
@@ -89,7 +90,7 @@ extension InterceptTests {
         policy.allow(path: "/lib64", .directory, [.read, .listDirectory], symlinks: .followBeneath)
         policy.allow(path: "/etc/ld.so.cache", .file, [.read])
         policy.allow(path: tree.path + "/good.txt", .file, [.read])
-        policy.allowSocket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue))
+        policy.allowSocket(domain: AF_UNIX, type: privsep_SOCK_STREAM)
         policy.allowConnect(to: AddressRule(network: .unix(path: path)))
         // Exit status: the connect's errno, plus 100 if the next served call (an open) still works.
         let script = """
