@@ -12,10 +12,18 @@ func openFileDescriptorTargets() -> String {
 
 /// Ends an exit test's child with a reason its parent can print (precondition's
 /// message is lost when the exit expectation fails).
+/// Ends an exit test's child with `reason` on stderr, which the parent records.
 func fail(_ reason: String) -> Never {
-    let path = "/tmp/privsep-exit-test-\(getppid()).log"
-    if let file = fopen(path, "a") { fputs(reason + "\n", file); fclose(file) }
-    fatalError(reason)
+    let text = reason + "\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+    exit(1)
+}
+
+/// In the parent: the failing child's stderr, as an issue of the test that ran it.
+func recordChildStandardError(_ result: ExitTest.Result?, sourceLocation: Testing.SourceLocation = #_sourceLocation) {
+    guard let result, result.exitStatus != .exitCode(0) else { return }
+    let text = String(decoding: result.standardErrorContent, as: UTF8.self)
+    Issue.record(Comment(rawValue: "child \(result.exitStatus), stderr (\(result.standardErrorContent.count) bytes): \(text)"), sourceLocation: sourceLocation)
 }
 
 func require(_ condition: Bool, _ reason: @autoclosure () -> String) {
@@ -203,7 +211,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 /// open descriptors is exact whatever other tests do meanwhile.
 @Suite struct ChannelHygieneTests {
     @Test func truncatedDatagramClosesItsDescriptors() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -219,12 +227,13 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
             } catch {
                 fail("\(error)")
             }
-            require(openFileDescriptorCount() == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+            require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
         }
+        recordChildStandardError(result)
     }
 
     @Test func surplusDescriptorsAreRefusedAndClosed() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -250,13 +259,14 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 } catch {
                     fail("\(error)")
                 }
-                require(openFileDescriptorCount() == before, "sent \(sent), limit \(limit): leaked \(openFileDescriptorCount() - before): \(openFileDescriptorTargets())")
+                require(openFileDescriptorCount(settlingAt: before) == before, "sent \(sent), limit \(limit): leaked \(openFileDescriptorCount() - before): \(openFileDescriptorTargets())")
             }
         }
+        recordChildStandardError(result)
     }
 
     @Test func malformedMessagesCloseTheirDescriptors() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -279,13 +289,14 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 } catch {
                     fail("\(error)")
                 }
-                require(openFileDescriptorCount() == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+                require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
             }
         }
+        recordChildStandardError(result)
     }
 
     @Test func unclaimedReceivedDescriptorsCloseThemselves() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -297,7 +308,8 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 var message = try! b.receiveMessage(maximumFileDescriptors: 3)
                 _ = message.fileDescriptors.take(at: 1) // claimed and dropped; the other two are never claimed
             }
-            require(openFileDescriptorCount() == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+            require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
         }
+        recordChildStandardError(result)
     }
 }

@@ -119,7 +119,7 @@ import Testing
         for index in 0..<40 { inputs["valid-\(index).rec"] = "[server]\nname = host\(index)\nlimits = {cpu = 2, memory = {hard = 1}}\n" }
         for (name, text) in inputs { try text.write(toFile: tree + "/" + name, atomically: true, encoding: .utf8) }
         let arguments = ["pool", "--policy", Self.examples + "/parser-pool/policy.json", "--workers", "2", "--jobs-per-worker", "10",
-                         "--timeout", "0.5", "--memory", "64M", "--json"]
+                         "--timeout", "3", "--memory", "64M", "--json"]
             + inputs.keys.sorted().flatMap { ["--input", tree + "/" + $0] } + ["--", Self.bin + "/record-parser"]
         let result = try Self.run(Self.bin + "/privsep", arguments)
         #expect(result.status == 1, "\(result.stderr)")

@@ -46,7 +46,7 @@ import Testing
     }
 
     @Test func everyProtocolAttackIsKilledPreciselyAndTheSupervisorHolds() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             let scratch = ScratchDirectory()
             scratch.write("data.txt", "honest\n")
             var policy = Policy()
@@ -68,11 +68,11 @@ import Testing
             let honestRun = try! await honest
             require(honestRun.reason == .exited(code: 0), "honest worker: \(honestRun.reason)")
             require(honestRun.lines.filter { $0.hasSuffix("honest") }.count == 200, "honest worker was not served every time")
-            let after = openFileDescriptorCount()
+            let after = openFileDescriptorCount(settlingAt: before)
             require(after == before, "supervisor fds: \(before) before, \(after) after")
             await supervisor.shutdown()
         }
-        recordExitTestFailures()
+        recordChildStandardError(result)
     }
 }
 

@@ -32,7 +32,7 @@ import Testing
     /// 10,000 requests, half granted and half denied, then the supervisor holds
     /// exactly the fds it held before. Run in a child process of its own so the count is exact.
     @Test func tenThousandRequestsLeakNoDescriptor() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             let scratch = ScratchDirectory()
             scratch.write("data.txt", "payload\n")
             var policy = Policy()
@@ -49,11 +49,11 @@ import Testing
             require(run.reason == .exited(code: 0), "\(run.reason)")
             require(run.lines.count == 10_001, "\(run.lines.count) lines")
             require(run.lines.filter { $0.hasSuffix(" ok") }.count == 5_000, "granted opens: \(run.lines.filter { $0.hasSuffix(" ok") }.count)")
-            let after = openFileDescriptorCount()
+            let after = openFileDescriptorCount(settlingAt: before)
             require(after == before, "supervisor fds: \(before) before, \(after) after")
             await supervisor.shutdown()
         }
-        recordExitTestFailures()
+        recordChildStandardError(result)
     }
 
     @Test func aFloodingWorkerIsKilledAndOthersAreStillServed() async throws {

@@ -237,7 +237,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
 
     /// Thousands of jobs with fds, some failing: the supervisor ends with the fds it began with.
     @Test func jobsLeakNoDescriptor() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             let supervisor = try! Supervisor(logger: quietLogger())
             // Warm up: the loop's own fds, the first spawn.
             let warmUp = try! await makePool(supervisor, size: 2)
@@ -251,12 +251,12 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
                 _ = try? await pool.run(PoolJob(input: Array(command.utf8), fileDescriptors: OwnedFileDescriptors(fd)))
             }
             await pool.shutdown()
-            let after = openFileDescriptorCount()
+            let after = openFileDescriptorCount(settlingAt: before)
             require(after == before, "supervisor fds: \(before) before, \(after) after")
             require(pool.metrics.jobsFailed[.crashed] == 20, "\(pool.metrics.jobsFailed)")
             await supervisor.shutdown()
         }
-        recordExitTestFailures()
+        recordChildStandardError(result)
     }
 
     @Test func aSecondResultKillsTheWorkerButNotTheAnsweredJob() async throws {

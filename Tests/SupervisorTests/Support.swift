@@ -145,20 +145,14 @@ func require(_ condition: Bool, _ message: @autoclosure () -> String) {
     if !condition {
         let text = message() + "\n"
         _ = text.withCString { write(2, $0, strlen($0)) }
-        if let file = fopen("/tmp/privsep-exit-test-\(getppid()).log", "a") { fputs(text, file); fclose(file) }
         exit(1)
     }
 }
 
-/// In the parent, after exit tests: records what failing children said.
-func recordExitTestFailures(sourceLocation: Testing.SourceLocation = #_sourceLocation) {
-    let path = "/tmp/privsep-exit-test-\(getpid()).log"
-    guard let file = fopen(path, "r") else { return }
-    var line = [CChar](repeating: 0, count: 4096)
-    while fgets(&line, 4096, file) != nil {
-        Issue.record(Comment(rawValue: String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)),
-                     sourceLocation: sourceLocation)
-    }
-    fclose(file)
-    unlink(path)
+/// In the parent, after an exit test: records what its child wrote to stderr (the
+/// `require` message) when the child failed, on the test that ran it.
+func recordChildStandardError(_ result: ExitTest.Result?, sourceLocation: Testing.SourceLocation = #_sourceLocation) {
+    guard let result, result.exitStatus != .exitCode(0) else { return }
+    let text = String(decoding: result.standardErrorContent, as: UTF8.self)
+    if !text.isEmpty { Issue.record(Comment(rawValue: text), sourceLocation: sourceLocation) }
 }

@@ -23,3 +23,18 @@ public func descriptorTarget(_ fd: Int32) -> String? {
     guard count >= 0 else { return nil }
     return String(decoding: target[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
+
+/// The open-descriptor count once it equals `expected`, or after `seconds` whatever it is.
+/// A leak stays; an fd the test runtime holds for a moment (its own threads run in an exit
+/// test's child too, and a loaded machine stretches their moments) goes. Comparing a single
+/// sample made the fd checks fail now and then under a full parallel test run.
+public func openFileDescriptorCount(settlingAt expected: Int, within seconds: Double = 2) -> Int {
+    var count = openFileDescriptorCount()
+    var waited = 0.0
+    while count != expected && waited < seconds {
+        usleep(10_000)
+        waited += 0.01
+        count = openFileDescriptorCount()
+    }
+    return count
+}
