@@ -149,10 +149,10 @@ func require(_ condition: Bool, _ message: @autoclosure () -> String) {
     }
 }
 
-/// In the parent, after an exit test: records what its child wrote to stderr (the
-/// `require` message) when the child failed, on the test that ran it.
+/// In the parent, after an exit test: when the child failed, records how it ended and
+/// what it wrote to stderr (the `require` message) on the test that ran it.
 func recordChildStandardError(_ result: ExitTest.Result?, sourceLocation: Testing.SourceLocation = #_sourceLocation) {
     guard let result, result.exitStatus != .exitCode(0) else { return }
     let text = String(decoding: result.standardErrorContent, as: UTF8.self)
-    if !text.isEmpty { Issue.record(Comment(rawValue: text), sourceLocation: sourceLocation) }
+    Issue.record(Comment(rawValue: "child \(result.exitStatus), stderr (\(result.standardErrorContent.count) bytes): \(text)"), sourceLocation: sourceLocation)
 }
