@@ -12,18 +12,13 @@ func openFileDescriptorTargets() -> String {
 
 /// Ends an exit test's child with a reason its parent can print (precondition's
 /// message is lost when the exit expectation fails).
-/// Ends an exit test's child with `reason` on stderr, which the parent records.
+/// Ends an exit test's child with `reason`: recorded as an issue (Swift Testing forwards a
+/// child's issues to the test in the parent that ran it) and written to stderr.
 func fail(_ reason: String) -> Never {
+    Issue.record(Comment(rawValue: reason))
     let text = reason + "\n"
     _ = text.withCString { write(2, $0, strlen($0)) }
     exit(1)
-}
-
-/// In the parent: the failing child's stderr, as an issue of the test that ran it.
-func recordChildStandardError(_ result: ExitTest.Result?, sourceLocation: Testing.SourceLocation = #_sourceLocation) {
-    guard let result, result.exitStatus != .exitCode(0) else { return }
-    let text = String(decoding: result.standardErrorContent, as: UTF8.self)
-    Issue.record(Comment(rawValue: "child \(result.exitStatus), stderr (\(result.standardErrorContent.count) bytes): \(text)"), sourceLocation: sourceLocation)
 }
 
 func require(_ condition: Bool, _ reason: @autoclosure () -> String) {
@@ -211,7 +206,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 /// open descriptors is exact whatever other tests do meanwhile.
 @Suite struct ChannelHygieneTests {
     @Test func truncatedDatagramClosesItsDescriptors() async {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -229,11 +224,10 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
             }
             require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
         }
-        recordChildStandardError(result)
     }
 
     @Test func surplusDescriptorsAreRefusedAndClosed() async {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -262,11 +256,10 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 require(openFileDescriptorCount(settlingAt: before) == before, "sent \(sent), limit \(limit): leaked \(openFileDescriptorCount() - before): \(openFileDescriptorTargets())")
             }
         }
-        recordChildStandardError(result)
     }
 
     @Test func malformedMessagesCloseTheirDescriptors() async {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -292,11 +285,10 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
             }
         }
-        recordChildStandardError(result)
     }
 
     @Test func unclaimedReceivedDescriptorsCloseThemselves() async {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
             let before = openFileDescriptorCount()
@@ -310,6 +302,5 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
             }
             require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
         }
-        recordChildStandardError(result)
     }
 }

@@ -25,10 +25,13 @@ private func openFile(_ path: String) -> OwnedFileDescriptor {
     return OwnedFileDescriptor(adoptingRawValue: fd)
 }
 
-/// Waits (up to 10 s) until the pool's counters satisfy `condition`: tests wait for the
-/// state they need rather than for a time that a loaded machine may not keep.
+/// Waits (up to 60 s) until the pool's counters satisfy `condition`: tests wait for the
+/// state they need rather than for a time that a loaded machine may not keep. (Other
+/// suites block the two cooperative threads for seconds at a time while they run
+/// programs, so an async test may not be scheduled for a while; healthy runs return at
+/// once.)
 private func waitFor(_ pool: WorkerPool, _ condition: (PoolMetrics) -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(10)
+    let deadline = ContinuousClock.now + .seconds(60)
     while !condition(pool.metrics) {
         guard ContinuousClock.now < deadline else {
             Issue.record("pool never reached the expected state: \(pool.metrics)")
@@ -237,7 +240,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
 
     /// Thousands of jobs with fds, some failing: the supervisor ends with the fds it began with.
     @Test func jobsLeakNoDescriptor() async {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             let supervisor = try! Supervisor(logger: quietLogger())
             // Warm up: the loop's own fds, the first spawn.
             let warmUp = try! await makePool(supervisor, size: 2)
@@ -256,7 +259,6 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
             require(pool.metrics.jobsFailed[.crashed] == 20, "\(pool.metrics.jobsFailed)")
             await supervisor.shutdown()
         }
-        recordChildStandardError(result)
     }
 
     @Test func aSecondResultKillsTheWorkerButNotTheAnsweredJob() async throws {
@@ -281,7 +283,9 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
     }
 }
 
-/// The value of `body`, or nil if it has not returned within `seconds` (then the task is left running).
+/// The value of `body`, or nil if it has not returned within `seconds` (then the task is left
+/// running). The bounds below are generous for the same reason as `waitFor`'s: they tell a
+/// hang from a slow, loaded machine.
 private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async -> T) async -> T? {
     let result = Mutex<T?>(nil)
     let task = Task { let value = await body(); result.withLock { $0 = value } }
@@ -311,7 +315,7 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         queued.cancel()
         #expect(await queued.value == .cancelled)
         #expect(await running.value == nil)
-        let last = await within(3) { await overflowed.value }
+        let last = await within(30) { await overflowed.value }
         #expect(last == .some(nil), "the job that waited for room never ran")
         await pool.shutdown()
         await supervisor.shutdown()
@@ -325,8 +329,8 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         let first = Task { await pool.shutdown(); return true }
         try await Task.sleep(for: .milliseconds(30))
         let second = Task { await pool.shutdown(); return true }
-        #expect(await within(3) { await first.value } == true)
-        #expect(await within(3) { await second.value } == true)
+        #expect(await within(30) { await first.value } == true)
+        #expect(await within(30) { await second.value } == true)
         #expect(await running.value == nil)
         await supervisor.shutdown()
     }
@@ -339,10 +343,10 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         let queued = Task { await failure(of: "echo:q", in: pool) }
         try await waitFor(pool) { $0.queueDepth == 1 }
         await supervisor.shutdown()
-        #expect(await within(3) { await running.value } == .some(.poolClosed))
-        #expect(await within(3) { await queued.value } == .some(.poolClosed))
-        #expect(await within(3) { await failure(of: "echo:x", in: pool) } == .some(.poolClosed))
-        #expect(await within(3) { await pool.shutdown(); return true } == true)
+        #expect(await within(30) { await running.value } == .some(.poolClosed))
+        #expect(await within(30) { await queued.value } == .some(.poolClosed))
+        #expect(await within(30) { await failure(of: "echo:x", in: pool) } == .some(.poolClosed))
+        #expect(await within(30) { await pool.shutdown(); return true } == true)
     }
 
     @Test func aPoolKeepsItsSupervisorAlive() async throws {
@@ -353,7 +357,7 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         }
         let pool = try #require(kept)
         try await Task.sleep(for: .milliseconds(200))
-        #expect(await within(3) { await failure(of: "echo:x", in: pool) } == .some(nil))
+        #expect(await within(30) { await failure(of: "echo:x", in: pool) } == .some(nil))
         await pool.shutdown()
     }
 
@@ -379,7 +383,7 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         worker.requiredLayers = [.seccomp]
         worker.handshakeTimeout = 0.5
         let configuration = WorkerPoolConfiguration(worker: worker, size: 1)
-        let outcome = await within(5) { () async -> JobFailure? in
+        let outcome = await within(30) { () async -> JobFailure? in
             do throws(JobFailure) {
                 _ = try await WorkerPool(supervisor: supervisor, configuration: configuration)
                 return nil
@@ -405,7 +409,7 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         #expect(pool.metrics.workersSpawned <= 10, "\(pool.metrics.workersSpawned) workers started in 1 s")
         // A job fails at once rather than wait: either no worker is up (workerUnavailable)
         // or it goes to one about to exit (exited).
-        let kind = await within(3) { await failure(of: "echo:x", in: pool)?.kind }
+        let kind = await within(30) { await failure(of: "echo:x", in: pool)?.kind }
         #expect(kind == .some(.workerUnavailable) || kind == .some(.exited), "\(String(describing: kind))")
         await pool.shutdown()
         await supervisor.shutdown()

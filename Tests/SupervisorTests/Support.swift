@@ -139,20 +139,13 @@ final class ScratchDirectory: Sendable {
     }
 }
 
-/// In an exit test's child: fail with a reason the parent can report (an exit test's
-/// parent sees only the exit status, so the reason goes to a file named after it).
+/// In an exit test's child: ends it when `condition` is false, with `message` recorded as
+/// an issue (Swift Testing forwards a child's issues to the test in the parent that ran it).
 func require(_ condition: Bool, _ message: @autoclosure () -> String) {
     if !condition {
-        let text = message() + "\n"
-        _ = text.withCString { write(2, $0, strlen($0)) }
+        let text = message()
+        Issue.record(Comment(rawValue: text))
+        _ = (text + "\n").withCString { write(2, $0, strlen($0)) }
         exit(1)
     }
-}
-
-/// In the parent, after an exit test: when the child failed, records how it ended and
-/// what it wrote to stderr (the `require` message) on the test that ran it.
-func recordChildStandardError(_ result: ExitTest.Result?, sourceLocation: Testing.SourceLocation = #_sourceLocation) {
-    guard let result, result.exitStatus != .exitCode(0) else { return }
-    let text = String(decoding: result.standardErrorContent, as: UTF8.self)
-    Issue.record(Comment(rawValue: "child \(result.exitStatus), stderr (\(result.standardErrorContent.count) bytes): \(text)"), sourceLocation: sourceLocation)
 }
