@@ -5,11 +5,6 @@ import PrivsepTestSupport
 import SystemPackage
 import Testing
 
-/// The open descriptors and what they refer to, for a leak report.
-func openFileDescriptorTargets() -> String {
-    (0..<1024).compactMap { fd in descriptorTarget(Int32(fd)).map { "\(fd)->\($0)" } }.joined(separator: " ")
-}
-
 /// Ends an exit test's child with a reason its parent can print (precondition's
 /// message is lost when the exit expectation fails).
 /// Ends an exit test's child with `reason`: recorded as an issue (Swift Testing forwards a
@@ -209,7 +204,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
-            let before = openFileDescriptorCount()
+            let before = openFileDescriptorSet()
             var fds = OwnedFileDescriptors()
             for _ in 0..<4 { fds.append(makeDescriptor()) }
             try! [UInt8](repeating: 7, count: 100).withUnsafeBytes { try a.send($0, passing: fds) }
@@ -222,7 +217,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
             } catch {
                 fail("\(error)")
             }
-            require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+            require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
         }
     }
 
@@ -230,7 +225,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
-            let before = openFileDescriptorCount()
+            let before = openFileDescriptorSet()
             // (sent, limit, expected error): the control buffer is sized for `limit`,
             // so depending on alignment slack the kernel truncates (MSG_CTRUNC) or
             // delivers a few more than the limit, which the receive then refuses.
@@ -253,7 +248,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 } catch {
                     fail("\(error)")
                 }
-                require(openFileDescriptorCount(settlingAt: before) == before, "sent \(sent), limit \(limit): leaked \(openFileDescriptorCount() - before): \(openFileDescriptorTargets())")
+                require(newFileDescriptors(since: before).isEmpty, "sent \(sent), limit \(limit): leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
             }
         }
     }
@@ -262,7 +257,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
-            let before = openFileDescriptorCount()
+            let before = openFileDescriptorSet()
             let open = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/x", flags: 0))))
             var badMagic = open
             badMagic[0] = 0
@@ -282,7 +277,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 } catch {
                     fail("\(error)")
                 }
-                require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+                require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
             }
         }
     }
@@ -291,7 +286,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()
             let a = pair.first, b = pair.second
-            let before = openFileDescriptorCount()
+            let before = openFileDescriptorSet()
             for _ in 0..<1000 {
                 var fds = OwnedFileDescriptors()
                 for _ in 0..<3 { fds.append(makeDescriptor()) }
@@ -300,7 +295,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
                 var message = try! b.receiveMessage(maximumFileDescriptors: 3)
                 _ = message.fileDescriptors.take(at: 1) // claimed and dropped; the other two are never claimed
             }
-            require(openFileDescriptorCount(settlingAt: before) == before, "leaked \(openFileDescriptorCount() - before) fds: \(openFileDescriptorTargets())")
+            require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
         }
     }
 }

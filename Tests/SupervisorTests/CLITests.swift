@@ -10,8 +10,8 @@ import Testing
         return url.path + "/examples/untrusted-parser"
     }()
 
-    func privsep(_ arguments: [String]) throws -> ExampleTests.Output {
-        try ExampleTests.run(Self.binDirectory + "/privsep", arguments)
+    func privsep(_ arguments: [String]) async throws -> ExampleTests.Output {
+        try await ExampleTests.run(Self.binDirectory + "/privsep", arguments)
     }
 
     func examplePolicy() throws -> String {
@@ -21,64 +21,64 @@ import Testing
         return path
     }
 
-    @Test func parsesAValidFileInsideTheSandbox() throws {
+    @Test func parsesAValidFileInsideTheSandbox() async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }
-        let result = try privsep(["run", "--policy", policy, "--", Self.binDirectory + "/csv-parser", Self.exampleDirectory + "/data/sales.csv"])
+        let result = try await privsep(["run", "--policy", policy, "--", Self.binDirectory + "/csv-parser", Self.exampleDirectory + "/data/sales.csv"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("4 rows, 3 columns"))
         #expect(result.stdout.contains("sum of revenue: 8770.75"))
     }
 
     @Test(arguments: [("malicious-include.csv", "openat"), ("malicious-exec.csv", "execve")])
-    func aMaliciousInputIsStoppedAndReported(file: String, syscall: String) throws {
+    func aMaliciousInputIsStoppedAndReported(file: String, syscall: String) async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }
         let audit = NSTemporaryDirectory() + "privsep-audit-\(UUID().uuidString).jsonl"
         defer { try? FileManager.default.removeItem(atPath: audit) }
-        let result = try privsep(["run", "--policy", policy, "--audit-log", audit, "--", Self.binDirectory + "/csv-parser", Self.exampleDirectory + "/data/" + file])
+        let result = try await privsep(["run", "--policy", policy, "--audit-log", audit, "--", Self.binDirectory + "/csv-parser", Self.exampleDirectory + "/data/" + file])
         #expect(result.status == 159)
         #expect(result.stderr.contains("killed: seccomp violation: \(syscall) (x86_64)"), "\(result.stderr)")
         let lines = try String(contentsOfFile: audit, encoding: .utf8).split(separator: "\n")
         #expect(lines.contains { $0.contains("\"event\":\"KILL\"") && $0.contains(syscall) })
     }
 
-    @Test func aFileOutsideThePolicyIsRefused() throws {
+    @Test func aFileOutsideThePolicyIsRefused() async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }
-        let result = try privsep(["run", "--policy", policy, "--", Self.binDirectory + "/csv-parser", "/etc/passwd"])
+        let result = try await privsep(["run", "--policy", policy, "--", Self.binDirectory + "/csv-parser", "/etc/passwd"])
         #expect(result.status == 1)
         #expect(result.stdout == "/etc/passwd: the supervisor refused: Permission denied\n")
     }
 
-    @Test func checkExplainsAPolicyAndPointsAtErrors() throws {
+    @Test func checkExplainsAPolicyAndPointsAtErrors() async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }
-        let valid = try privsep(["check", policy])
+        let valid = try await privsep(["check", policy])
         #expect(valid.status == 0)
         #expect(valid.stdout.contains("everything beneath \(Self.exampleDirectory)/data: read"))
         let bad = NSTemporaryDirectory() + "privsep-bad-\(UUID().uuidString).json"
         defer { try? FileManager.default.removeItem(atPath: bad) }
         try "{\n  \"paths\": [ { \"path\": \"/srv\", \"kind\": \"directory\", \"alow\": [\"read\"] } ]\n}\n".write(toFile: bad, atomically: true, encoding: .utf8)
-        let invalid = try privsep(["check", bad])
+        let invalid = try await privsep(["check", bad])
         #expect(invalid.status == 2)
         #expect(invalid.stderr == "\(bad):2:53: unknown key \"alow\" in a path rule (did you mean \"allow\"?); expected one of: path, kind, allow, symlinks, create_mode, file_types\n")
     }
 
-    @Test func timeoutAndExitStatusesFollowTheWorker() throws {
+    @Test func timeoutAndExitStatusesFollowTheWorker() async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }
-        let exited = try privsep(["run", "--policy", policy, "--", testWorkerPath, "handshake", "exit:7"])
+        let exited = try await privsep(["run", "--policy", policy, "--", testWorkerPath, "handshake", "exit:7"])
         #expect(exited.status == 7)
-        let slow = try privsep(["run", "--policy", policy, "--timeout", "0.3", "--", testWorkerPath, "handshake", "sleep:30"])
+        let slow = try await privsep(["run", "--policy", policy, "--timeout", "0.3", "--", testWorkerPath, "handshake", "sleep:30"])
         #expect(slow.status == 124)
         #expect(slow.stderr.contains("exceeded its wall-clock limit of 0.3 s"))
-        let missing = try privsep(["run", "--policy", policy, "--", "/nonexistent/program"])
+        let missing = try await privsep(["run", "--policy", policy, "--", "/nonexistent/program"])
         #expect(missing.status == 127)
     }
 
-    @Test func learnPrintsGroupsAndAStartingPolicy() throws {
-        let result = try privsep(["learn", "--", testWorkerPath, "handshake", "lockdown", "attack:socket", "read:/etc/hosts", "exit:0"])
+    @Test func learnPrintsGroupsAndAStartingPolicy() async throws {
+        let result = try await privsep(["learn", "--", testWorkerPath, "handshake", "lockdown", "attack:socket", "read:/etc/hosts", "exit:0"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("  socket (x86_64): groups inet, unix\n"))
         #expect(result.stdout.contains("Lockdown groups to grant: inet\n"))
@@ -86,10 +86,10 @@ import Testing
         #expect(result.stdout.contains("{ \"path\": \"/etc/hosts\", \"kind\": \"file\", \"allow\": [\"read\"] }"))
     }
 
-    @Test func selftestAttacksAPolicyAndEverythingHolds() throws {
+    @Test func selftestAttacksAPolicyAndEverythingHolds() async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }
-        let result = try privsep(["selftest", "--policy", policy])
+        let result = try await privsep(["selftest", "--policy", policy])
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         #expect(result.stdout.contains("PASS  protocol-length"))
         #expect(result.stdout.contains("PASS  seccomp-execve"))

@@ -12,7 +12,15 @@ import Testing
         var stderr: String
     }
 
-    static func run(_ executable: String, _ arguments: [String], input: String? = nil) throws -> Output {
+    /// Runs a program to its end on a thread of its own: waiting for it on the cooperative
+    /// pool (two threads here) would stall every async test meanwhile.
+    static func run(_ executable: String, _ arguments: [String], input: String? = nil) async throws -> Output {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detach { continuation.resume(with: Result { try runBlocking(executable, arguments, input: input) }) }
+        }
+    }
+
+    private static func runBlocking(_ executable: String, _ arguments: [String], input: String?) throws -> Output {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -32,7 +40,7 @@ import Testing
         return path
     }
 
-    @Test func fileBrokerRefusesTricksAndAuditsEachDecision() throws {
+    @Test func fileBrokerRefusesTricksAndAuditsEachDecision() async throws {
         let tree = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: tree) }
         let files = FileManager.default
@@ -45,7 +53,7 @@ import Testing
         let policy = try String(contentsOfFile: Self.examples + "/file-broker/policy.json", encoding: .utf8)
             .replacingOccurrences(of: "@ROOT@", with: tree)
         try policy.write(toFile: tree + "/policy.json", atomically: true, encoding: .utf8)
-        let result = try Self.run(Self.bin + "/privsep", ["run", "--policy", tree + "/policy.json", "--audit-log", tree + "/audit.jsonl", "--",
+        let result = try await Self.run(Self.bin + "/privsep", ["run", "--policy", tree + "/policy.json", "--audit-log", tree + "/audit.jsonl", "--",
                                                           Self.bin + "/reader", tree + "/public/hello.txt", tree + "/notes.txt",
                                                           tree + "/public/../private/secret.txt", tree + "/public/shortcut", tree + "/private/secret.txt"])
         #expect(result.status == 0, "\(result.stderr)")
@@ -67,7 +75,7 @@ import Testing
         // Port 81, so this test never races the broker test that binds 80.
         try "{ \"bind\": [ { \"address\": \"127.0.0.1\", \"ports\": \"81\" } ], \"require\": [\"seccomp\", \"landlock\"], \"timeout\": 20 }"
             .write(toFile: directory + "/policy.json", atomically: true, encoding: .utf8)
-        let server = Task { try Self.run(Self.bin + "/privsep", ["run", "--policy", directory + "/policy.json", "--", Self.bin + "/hello-server", "81"]) }
+        let server = Task { try await Self.run(Self.bin + "/privsep", ["run", "--policy", directory + "/policy.json", "--", Self.bin + "/hello-server", "81"]) }
         var answer = ""
         for _ in 0..<100 {
             if let response = try? httpGet(port: 81) { answer = response; break }
@@ -79,14 +87,14 @@ import Testing
         #expect(output.status == 0, "\(output.stderr)")
     }
 
-    @Test func aWorkerInCUsesOnlyTheProtocolHeader() throws {
+    @Test func aWorkerInCUsesOnlyTheProtocolHeader() async throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let repository = String(Self.examples.dropLast("/examples".count))
-        let compile = try Self.run("/usr/bin/cc", ["-O2", "-Wall", "-Werror", "-I", repository + "/Sources/CPrivsepProtocol/include",
+        let compile = try await Self.run("/usr/bin/cc", ["-O2", "-Wall", "-Werror", "-I", repository + "/Sources/CPrivsepProtocol/include",
                                                    Self.examples + "/c-worker/worker.c", "-o", directory + "/c-worker"])
         #expect(compile.status == 0, "\(compile.stderr)")
-        let result = try Self.run(Self.bin + "/privsep", ["run", "--policy", Self.examples + "/c-worker/policy.json", "--",
+        let result = try await Self.run(Self.bin + "/privsep", ["run", "--policy", Self.examples + "/c-worker/policy.json", "--",
                                                           directory + "/c-worker", "/etc/hostname", "/etc/passwd"])
         #expect(result.status == 0, "\(result.stderr)")
         let hostname = try String(contentsOfFile: "/etc/hostname", encoding: .utf8).split(separator: "\n").first.map(String.init) ?? ""
@@ -95,8 +103,8 @@ import Testing
         #expect(Array(lines.dropFirst()) == ["c-worker: /etc/hostname: \(hostname)", "c-worker: /etc/passwd: refused: Permission denied"])
     }
 
-    @Test func embeddingTheSupervisorLibrary() throws {
-        let result = try Self.run(Self.bin + "/embedding-example", [Self.bin + "/csv-parser", CLITests.exampleDirectory + "/data/sales.csv"])
+    @Test func embeddingTheSupervisorLibrary() async throws {
+        let result = try await Self.run(Self.bin + "/embedding-example", [Self.bin + "/csv-parser", CLITests.exampleDirectory + "/data/sales.csv"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("4 rows, 3 columns"))
         #expect(result.stdout.contains("embedding-example: worker "))
@@ -106,7 +114,7 @@ import Testing
 
     /// Example 6: `privsep pool` over valid, malformed and malicious inputs; each
     /// malicious kind fails with its own reason and the rest are parsed.
-    @Test func parserPoolContainsEachBugAndParsesTheRest() throws {
+    @Test func parserPoolContainsEachBugAndParsesTheRest() async throws {
         let tree = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: tree) }
         var inputs: [String: String] = [
@@ -121,7 +129,7 @@ import Testing
         let arguments = ["pool", "--policy", Self.examples + "/parser-pool/policy.json", "--workers", "2", "--jobs-per-worker", "10",
                          "--timeout", "3", "--memory", "64M", "--json"]
             + inputs.keys.sorted().flatMap { ["--input", tree + "/" + $0] } + ["--", Self.bin + "/record-parser"]
-        let result = try Self.run(Self.bin + "/privsep", arguments)
+        let result = try await Self.run(Self.bin + "/privsep", arguments)
         #expect(result.status == 1, "\(result.stderr)")
         var statuses: [String: String] = [:]
         for line in result.stdout.split(separator: "\n") {

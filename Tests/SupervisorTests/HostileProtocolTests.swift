@@ -53,7 +53,7 @@ import Testing
             policy.allow(path: scratch.path + "/data.txt", .file, [.read])
             let supervisor = try! Supervisor(logger: quietLogger())
             _ = try! await runWorker(["handshake", "read:\(scratch.path)/data.txt"], policy: policy, supervisor: supervisor)
-            let before = openFileDescriptorCount()
+            let before = openFileDescriptorSet()
             // An honest worker keeps asking while the attacks run.
             var honestSteps = ["handshake"]
             for _ in 0..<200 { honestSteps += ["read:\(scratch.path)/data.txt", "sleep:0.005"] }
@@ -68,8 +68,8 @@ import Testing
             let honestRun = try! await honest
             require(honestRun.reason == .exited(code: 0), "honest worker: \(honestRun.reason)")
             require(honestRun.lines.filter { $0.hasSuffix("honest") }.count == 200, "honest worker was not served every time")
-            let after = openFileDescriptorCount(settlingAt: before)
-            require(after == before, "supervisor fds: \(before) before, \(after) after")
+            let leaked = newFileDescriptors(since: before)
+            require(leaked.isEmpty, "supervisor fds leaked: \(leaked.sorted())")
             await supervisor.shutdown()
         }
     }

@@ -23,7 +23,7 @@ extension InterceptTests {
         return fd
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func unixConnectsAreMadeAsTheProgramsUser() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func unixConnectsAreMadeAsTheProgramsUser() async throws {
         let tree = Tree()
         tree.scratch.mkdir("sock")
         let privatePath = tree.path + "/sock/private", publicPath = tree.path + "/sock/public"
@@ -44,7 +44,7 @@ extension InterceptTests {
             except OSError as e:
                 print('refused', e.errno)
         """
-        let result = try privsep(["run", "--intercept", "--user", "65534:65534", "--policy", tree.policy(sockets: sockets), "--",
+        let result = try await privsep(["run", "--intercept", "--user", "65534:65534", "--policy", tree.policy(sockets: sockets), "--",
                                   Self.python, "-c", script, privatePath, publicPath])
         #expect(result.status == 0, "\(result.stderr)")
         // The root-only socket is out of reach of user 65534, whatever the supervisor's own rights.
@@ -113,7 +113,7 @@ extension InterceptTests {
         await supervisor.shutdown()
     }
 
-    @Test func policiesInterceptModeCannotEnforceAsWrittenAreRefusedAtStart() throws {
+    @Test func policiesInterceptModeCannotEnforceAsWrittenAreRefusedAtStart() async throws {
         var nested = Policy()
         nested.allow(path: "/usr", .directory, [.read, .execute])
         nested.allow(path: "/usr/share", .directory, [.read])
@@ -135,13 +135,13 @@ extension InterceptTests {
 
         // End to end: privsep run refuses to start, with the reason.
         let tree = Tree()
-        let refused = try intercepted(tree, ["/bin/true"], policy: tree.policy(extra: """
+        let refused = try await intercepted(tree, ["/bin/true"], policy: tree.policy(extra: """
         ,
             { "path": "/usr/share", "kind": "directory", "allow": ["read"] }
         """))
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("cannot be nested beneath /usr"), "\(refused.stderr)")
-        let appendRefused = try intercepted(tree, ["/bin/true"], policy: tree.policy(extra: """
+        let appendRefused = try await intercepted(tree, ["/bin/true"], policy: tree.policy(extra: """
         ,
             { "path": "\(tree.path)/log.txt", "kind": "file", "allow": ["append", "create"] }
         """))
@@ -149,7 +149,7 @@ extension InterceptTests {
         #expect(appendRefused.stderr.contains("append-only"), "\(appendRefused.stderr)")
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func inodeFlagIoctlsAreRefusedToARootProgram() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func inodeFlagIoctlsAreRefusedToARootProgram() async throws {
         let tree = Tree()
         tree.scratch.write("flags.txt", "x\n")
         let policy = tree.policy(extra: ",\n    { \"path\": \"\(tree.path)/flags.txt\", \"kind\": \"file\", \"allow\": [\"read\"] }")
@@ -164,7 +164,7 @@ extension InterceptTests {
             except OSError as e:
                 print(name, e.errno)
         """
-        let result = try intercepted(tree, [Self.python, "-c", script, tree.path + "/flags.txt"], policy: policy)
+        let result = try await intercepted(tree, [Self.python, "-c", script, tree.path + "/flags.txt"], policy: policy)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == "setflags \(EPERM)\nsetflags32 \(EPERM)\nfssetxattr \(EPERM)\nsetversion \(EPERM)\n")
         // Not immutable: root can still write it.
@@ -173,7 +173,7 @@ extension InterceptTests {
         if fd >= 0 { close(fd) }
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func ipcNewSessionsAndDatagramPairsAreRefused() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func ipcNewSessionsAndDatagramPairsAreRefused() async throws {
         let tree = Tree()
         let script = """
         import ctypes, os, socket
@@ -199,7 +199,7 @@ extension InterceptTests {
             print('dgram pair', e.errno)
         a, b = socket.socketpair(); a.send(b'ok'); print('stream pair', b.recv(2).decode())
         """
-        let result = try intercepted(tree, [Self.python, "-c", script])
+        let result = try await intercepted(tree, [Self.python, "-c", script])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == """
         shmget \(EPERM)
@@ -214,7 +214,7 @@ extension InterceptTests {
         """)
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func procOfAnyOtherProcessIsRefusedEvenUnderAProcRule() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func procOfAnyOtherProcessIsRefusedEvenUnderAProcRule() async throws {
         let tree = Tree()
         let policy = tree.policy(extra: ",\n    { \"path\": \"/proc\", \"kind\": \"directory\", \"allow\": [\"read\", \"list\"] }")
         let script = """
@@ -231,7 +231,7 @@ extension InterceptTests {
         print('own status', attempt('/proc/%d/status' % os.getpid()))
         print('own task', attempt('/proc/%d/task/%d/stat' % (os.getpid(), os.getpid())))
         """
-        let result = try intercepted(tree, [Self.python, "-c", script], policy: policy)
+        let result = try await intercepted(tree, [Self.python, "-c", script], policy: policy)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == """
         supervisor environ \(EACCES)
@@ -245,7 +245,7 @@ extension InterceptTests {
 }
 
 extension InterceptTests {
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func noMemfdAndNoExecOfADescriptorPath() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func noMemfdAndNoExecOfADescriptorPath() async throws {
         let tree = Tree()
         let script = """
         import ctypes, os
@@ -264,7 +264,7 @@ extension InterceptTests {
             print('exec fd path', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
         """
         let policy = tree.policy(extra: ",\n    { \"path\": \"/proc\", \"kind\": \"directory\", \"allow\": [\"read\", \"list\"] }")
-        let result = try intercepted(tree, [Self.python, "-c", script], policy: policy)
+        let result = try await intercepted(tree, [Self.python, "-c", script], policy: policy)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == "memfd \(EPERM)\nexec fd path \(EACCES)\nexec fd path \(EACCES)\n", "\(result.stderr)")
     }

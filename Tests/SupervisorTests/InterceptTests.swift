@@ -46,14 +46,14 @@ import Testing
         }
     }
 
-    func privsep(_ arguments: [String]) throws -> ExampleTests.Output {
-        try ExampleTests.run(Self.binDirectory + "/privsep", arguments)
+    func privsep(_ arguments: [String]) async throws -> ExampleTests.Output {
+        try await ExampleTests.run(Self.binDirectory + "/privsep", arguments)
     }
 
-    func intercepted(_ tree: Tree, _ command: [String], policy: String? = nil, audit: String? = nil) throws -> ExampleTests.Output {
+    func intercepted(_ tree: Tree, _ command: [String], policy: String? = nil, audit: String? = nil) async throws -> ExampleTests.Output {
         var arguments = ["run", "--intercept", "--policy", policy ?? tree.policy()]
         if let audit { arguments += ["--audit-log", audit] }
-        return try privsep(arguments + ["--"] + command)
+        return try await privsep(arguments + ["--"] + command)
     }
 
     func auditRecords(_ path: String) throws -> [[String: Any]] {
@@ -64,19 +64,19 @@ import Testing
 
     // MARK: Real programs
 
-    @Test func catOfAnAllowedFileIsIdenticalToADirectRun() throws {
+    @Test func catOfAnAllowedFileIsIdenticalToADirectRun() async throws {
         let tree = Tree()
-        let direct = try ExampleTests.run("/bin/cat", [tree.path + "/good.txt", tree.path + "/data/a.txt"])
-        let sandboxed = try intercepted(tree, ["/bin/cat", tree.path + "/good.txt", tree.path + "/data/a.txt"])
+        let direct = try await ExampleTests.run("/bin/cat", [tree.path + "/good.txt", tree.path + "/data/a.txt"])
+        let sandboxed = try await intercepted(tree, ["/bin/cat", tree.path + "/good.txt", tree.path + "/data/a.txt"])
         #expect(sandboxed.status == 0, "\(sandboxed.stderr)")
         #expect(sandboxed.stdout == direct.stdout)
         #expect(sandboxed.stderr == "")
     }
 
-    @Test func aDeniedFileFailsWithPermissionDeniedAndTheAuditLogListsEachDecision() throws {
+    @Test func aDeniedFileFailsWithPermissionDeniedAndTheAuditLogListsEachDecision() async throws {
         let tree = Tree()
         let audit = tree.path + "/audit.jsonl"
-        let result = try intercepted(tree, ["/bin/cat", tree.path + "/good.txt", tree.path + "/evil.txt", tree.path + "/data/missing.txt"], audit: audit)
+        let result = try await intercepted(tree, ["/bin/cat", tree.path + "/good.txt", tree.path + "/evil.txt", tree.path + "/data/missing.txt"], audit: audit)
         #expect(result.status == 1)
         #expect(result.stdout == "hello from an allowed file\nsecond line\n")
         #expect(result.stderr.contains("\(tree.path)/evil.txt: Permission denied"), "\(result.stderr)")
@@ -96,30 +96,30 @@ import Testing
         #expect(records.last?["event"] as? String == "EXIT")
     }
 
-    @Test func relativePathsAreResolvedAgainstTheProgramsDirectory() throws {
+    @Test func relativePathsAreResolvedAgainstTheProgramsDirectory() async throws {
         let tree = Tree()
         // --intercept runs the program in our working directory; sh changes it and opens relative paths.
-        let result = try intercepted(tree, ["/bin/sh", "-c", "cd \(tree.path)/data && cat a.txt ./b.txt ../good.txt && cat ../evil.txt"])
+        let result = try await intercepted(tree, ["/bin/sh", "-c", "cd \(tree.path)/data && cat a.txt ./b.txt ../good.txt && cat ../evil.txt"])
         #expect(result.stdout == "a\nb\nhello from an allowed file\nsecond line\n", "\(result.stderr)")
         #expect(result.stderr.contains("../evil.txt: Permission denied"), "\(result.stderr)")
         #expect(result.status != 0)
     }
 
-    @Test func fileAndHeadGiveTheSameOutputAsUnsandboxed() throws {
+    @Test func fileAndHeadGiveTheSameOutputAsUnsandboxed() async throws {
         let tree = Tree()
-        let head = try intercepted(tree, ["/usr/bin/head", "-n", "1", tree.path + "/good.txt"])
+        let head = try await intercepted(tree, ["/usr/bin/head", "-n", "1", tree.path + "/good.txt"])
         #expect(head.status == 0)
-        #expect(head.stdout == (try ExampleTests.run("/usr/bin/head", ["-n", "1", tree.path + "/good.txt"])).stdout)
+        #expect(head.stdout == (try await ExampleTests.run("/usr/bin/head", ["-n", "1", tree.path + "/good.txt"])).stdout)
         guard access("/usr/bin/file", X_OK) == 0 else { return } // `file` is optional on a Debian system
         let magic = access("/usr/share/misc/magic.mgc", R_OK) == 0
         let policy = tree.policy(extra: ",\n    { \"path\": \"/etc/magic\", \"kind\": \"file\", \"allow\": [\"read\"] }")
-        let sandboxed = try intercepted(tree, ["/usr/bin/file", tree.path + "/good.txt", tree.path + "/data"], policy: policy)
-        let direct = try ExampleTests.run("/usr/bin/file", [tree.path + "/good.txt", tree.path + "/data"])
+        let sandboxed = try await intercepted(tree, ["/usr/bin/file", tree.path + "/good.txt", tree.path + "/data"], policy: policy)
+        let direct = try await ExampleTests.run("/usr/bin/file", [tree.path + "/good.txt", tree.path + "/data"])
         #expect(sandboxed.status == direct.status)
         #expect(sandboxed.stdout == direct.stdout, "magic database present: \(magic); \(sandboxed.stderr)")
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func pythonReadsListsAndStatsUnderThePolicy() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func pythonReadsListsAndStatsUnderThePolicy() async throws {
         let tree = Tree()
         let script = """
         import os, sys
@@ -136,8 +136,8 @@ import Testing
         except PermissionError as e:
             print('stat denied', e.errno)
         """
-        let direct = try ExampleTests.run(Self.python, ["-c", script, tree.path])
-        let sandboxed = try intercepted(tree, [Self.python, "-c", script, tree.path])
+        let direct = try await ExampleTests.run(Self.python, ["-c", script, tree.path])
+        let sandboxed = try await intercepted(tree, [Self.python, "-c", script, tree.path])
         #expect(sandboxed.status == 0, "\(sandboxed.stderr)")
         let expected = "hello from an allowed file\nsecond line\n['a.txt', 'b.txt']\nTrue False\nTrue False\ndenied 13\nstat denied 13\n"
         #expect(sandboxed.stdout == expected)
@@ -147,10 +147,10 @@ import Testing
 
     // MARK: Processes, threads, signals
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func childrenThatForkAndExecStayUnderThePolicy() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func childrenThatForkAndExecStayUnderThePolicy() async throws {
         let tree = Tree()
         let audit = tree.path + "/audit.jsonl"
-        let result = try intercepted(tree, ["/bin/sh", "-c", "cat \(tree.path)/good.txt; /usr/bin/head -n 1 \(tree.path)/evil.txt; \(Self.python) -c 'open(\"\(tree.path)/evil.txt\")'"], audit: audit)
+        let result = try await intercepted(tree, ["/bin/sh", "-c", "cat \(tree.path)/good.txt; /usr/bin/head -n 1 \(tree.path)/evil.txt; \(Self.python) -c 'open(\"\(tree.path)/evil.txt\")'"], audit: audit)
         #expect(result.stdout == "hello from an allowed file\nsecond line\n")
         #expect(result.stderr.contains("head: cannot open '\(tree.path)/evil.txt' for reading: Permission denied"), "\(result.stderr)")
         #expect(result.stderr.contains("PermissionError"), "\(result.stderr)")
@@ -165,9 +165,9 @@ import Testing
         #expect(deniedByChildren.count == 2, "head's and python's opens, each from its own pid")
     }
 
-    @Test func whatTheProgramLeavesRunningEndsWithIt() throws {
+    @Test func whatTheProgramLeavesRunningEndsWithIt() async throws {
         let tree = Tree()
-        let result = try intercepted(tree, ["/bin/sh", "-c", "/usr/bin/sleep 30 & echo $!"])
+        let result = try await intercepted(tree, ["/bin/sh", "-c", "/usr/bin/sleep 30 & echo $!"])
         #expect(result.status == 0, "\(result.stderr)")
         let orphan = pid_t(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         #expect(orphan > 0)
@@ -179,30 +179,30 @@ import Testing
         #expect(gone, "the background sleep \(orphan) outlived the intercepted shell")
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func theProgramCanRunAsAnotherUser() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func theProgramCanRunAsAnotherUser() async throws {
         let tree = Tree()
         let policy = tree.policy()
-        let result = try privsep(["run", "--intercept", "--user", "65534:65534", "--policy", policy, "--",
+        let result = try await privsep(["run", "--intercept", "--user", "65534:65534", "--policy", policy, "--",
                                   Self.python, "-c", "import os, sys; print(os.getuid(), os.getgid(), os.getgroups()); print(open(sys.argv[1]).read(), end='')",
                                   tree.path + "/good.txt"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == "65534 65534 []\nhello from an allowed file\nsecond line\n")
-        let misuse = try privsep(["run", "--user", "65534", "--policy", policy, "--", "/bin/true"])
+        let misuse = try await privsep(["run", "--user", "65534", "--policy", policy, "--", "/bin/true"])
         #expect(misuse.status != 0)
     }
 
-    @Test func anExecOutsideTheExecuteRulesIsRefused() throws {
+    @Test func anExecOutsideTheExecuteRulesIsRefused() async throws {
         let tree = Tree()
         tree.scratch.write("data/tool.sh", "#!/bin/sh\necho ran\n")
         chmod(tree.path + "/data/tool.sh", 0o755)
-        let result = try intercepted(tree, ["/bin/sh", "-c", "\(tree.path)/data/tool.sh; echo status $?"])
+        let result = try await intercepted(tree, ["/bin/sh", "-c", "\(tree.path)/data/tool.sh; echo status $?"])
         #expect(result.stdout == "status 126\n", "\(result.stderr)")
         #expect(result.stderr.contains("Permission denied"))
-        let direct = try intercepted(tree, [tree.path + "/data/tool.sh"])
+        let direct = try await intercepted(tree, [tree.path + "/data/tool.sh"])
         #expect(direct.status == 126)
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func aMultiThreadedProgramIsServedOnEveryThread() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func aMultiThreadedProgramIsServedOnEveryThread() async throws {
         let tree = Tree()
         let script = """
         import threading, sys
@@ -225,12 +225,12 @@ import Testing
         for t in threads: t.join()
         print(good, evil, len(errors))
         """
-        let result = try intercepted(tree, [Self.python, "-c", script, tree.path])
+        let result = try await intercepted(tree, [Self.python, "-c", script, tree.path])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == "800 800 0\n")
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func signalsDuringServedCallsNeitherFailNorRepeatThem() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func signalsDuringServedCallsNeitherFailNorRepeatThem() async throws {
         let tree = Tree()
         // A timer interrupts the program every 200 µs while it opens and creates files; with
         // WAIT_KILLABLE_RECV a received notification is never interrupted, so nothing fails
@@ -253,12 +253,12 @@ import Testing
         """
         tree.scratch.mkdir("out")
         let policy = tree.policy(extra: ",\n    { \"path\": \"\(tree.path)/out\", \"kind\": \"directory\", \"allow\": [\"write\", \"create\"] }")
-        let result = try intercepted(tree, [Self.python, "-c", script, tree.path], policy: policy)
+        let result = try await intercepted(tree, [Self.python, "-c", script, tree.path], policy: policy)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == "ok True\n")
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func socketsConnectAndBindFollowThePolicy() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func socketsConnectAndBindFollowThePolicy() async throws {
         let tree = Tree()
         let port = 20000 + Int(getpid() % 20000)
         let sockets = """
@@ -287,14 +287,14 @@ import Testing
         except PermissionError as e:
             print('udp denied', e.errno)
         """
-        let result = try intercepted(tree, [Self.python, "-c", script, "\(port)"], policy: tree.policy(sockets: sockets))
+        let result = try await intercepted(tree, [Self.python, "-c", script, "\(port)"], policy: tree.policy(sockets: sockets))
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == "pong\nconnect denied 13\nconnect denied 13\nbind denied 13\nudp denied 13\n")
     }
 
     // MARK: Hostile programs
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func theLockdownRefusesWaysOutAndDirectFilesystemChanges() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func theLockdownRefusesWaysOutAndDirectFilesystemChanges() async throws {
         let tree = Tree()
         let script = """
         import ctypes, os, resource, sys
@@ -321,7 +321,7 @@ import Testing
             except OSError as e:
                 print(name, e.errno)
         """
-        let result = try intercepted(tree, [Self.python, "-c", script, tree.path])
+        let result = try await intercepted(tree, [Self.python, "-c", script, tree.path])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == """
         ptrace \(EPERM)
@@ -341,7 +341,7 @@ import Testing
         #expect(tree.scratch.mode("good.txt") & 0o777 == 0o644)
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func badPointersAndUnterminatedPathsAreRefusedLikeTheKernelWould() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func badPointersAndUnterminatedPathsAreRefusedLikeTheKernelWould() async throws {
         let tree = Tree()
         let script = """
         import ctypes, mmap, os
@@ -364,7 +364,7 @@ import Testing
         ctypes.memset(base2, ord('/'), 2 * 4096)
         print('too long 2', openat(base2))
         """
-        let result = try intercepted(tree, [Self.python, "-c", script])
+        let result = try await intercepted(tree, [Self.python, "-c", script])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout == """
         null -\(EFAULT)
@@ -377,7 +377,7 @@ import Testing
         """)
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func aPathSwappedByAnotherThreadNeverReachesAFileOutsideThePolicy() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func aPathSwappedByAnotherThreadNeverReachesAFileOutsideThePolicy() async throws {
         let tree = Tree()
         // One thread flips a buffer between good.txt and evil.txt (same length) as fast as it
         // can while the other opens it with a raw openat and reads what it got. The supervisor
@@ -406,12 +406,12 @@ import Testing
         stop = True; t.join()
         print('leaked', leaked, 'both seen', opened > 0 and denied > 0)
         """
-        let result = try intercepted(tree, [Self.python, "-c", script, tree.path])
+        let result = try await intercepted(tree, [Self.python, "-c", script, tree.path])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.hasPrefix("leaked 0 "), "\(result.stdout)")
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func anExecPathSwappedAfterTheCheckStillRunsOnlyWhatThePolicyLetsExecute() throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func anExecPathSwappedAfterTheCheckStillRunsOnlyWhatThePolicyLetsExecute() async throws {
         let tree = Tree()
         tree.scratch.write("data/tool.sh", "#!/bin/sh\necho PWNED\n")
         chmod(tree.path + "/data/tool.sh", 0o755)
@@ -450,7 +450,7 @@ import Testing
         print('ran', ran > 0, 'refused', refused > 0, 'other', sorted(other - {102, 120}))
         """
         let audit = tree.path + "/audit.jsonl"
-        let result = try intercepted(tree, [Self.python, "-c", script, tree.path], audit: audit)
+        let result = try await intercepted(tree, [Self.python, "-c", script, tree.path], audit: audit)
         #expect(result.status == 0, "\(result.stderr)")
         #expect(!result.stdout.contains("PWNED"), "tool.sh ran")
         #expect(result.stdout.hasSuffix("other []\n"), "\(result.stdout)")

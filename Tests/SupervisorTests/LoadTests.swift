@@ -40,7 +40,7 @@ import Testing
             let supervisor = try! Supervisor(logger: quietLogger())
             // Warm up (the loop's own fds, the fixture's first run).
             _ = try! await runWorker(["handshake", "read:\(scratch.path)/data.txt"], policy: policy, supervisor: supervisor)
-            let before = openFileDescriptorCount()
+            let before = openFileDescriptorSet()
             var steps = ["handshake"]
             for index in 0..<10_000 {
                 steps.append(index % 2 == 0 ? "open:\(scratch.path)/data.txt:r" : "open:/etc/shadow:r")
@@ -49,8 +49,8 @@ import Testing
             require(run.reason == .exited(code: 0), "\(run.reason)")
             require(run.lines.count == 10_001, "\(run.lines.count) lines")
             require(run.lines.filter { $0.hasSuffix(" ok") }.count == 5_000, "granted opens: \(run.lines.filter { $0.hasSuffix(" ok") }.count)")
-            let after = openFileDescriptorCount(settlingAt: before)
-            require(after == before, "supervisor fds: \(before) before, \(after) after")
+            let leaked = newFileDescriptors(since: before)
+            require(leaked.isEmpty, "supervisor fds leaked: \(leaked.sorted())")
             await supervisor.shutdown()
         }
     }

@@ -246,7 +246,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
             let warmUp = try! await makePool(supervisor, size: 2)
             _ = try! await warmUp.run(input: Array("pid".utf8))
             await warmUp.shutdown()
-            let before = openFileDescriptorCount()
+            let before = openFileDescriptorSet()
             let pool = try! await makePool(supervisor, size: 2) { $0.jobsPerWorker = 50 }
             for index in 0..<2000 {
                 let fd = openFile("/dev/null")
@@ -254,8 +254,8 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
                 _ = try? await pool.run(PoolJob(input: Array(command.utf8), fileDescriptors: OwnedFileDescriptors(fd)))
             }
             await pool.shutdown()
-            let after = openFileDescriptorCount(settlingAt: before)
-            require(after == before, "supervisor fds: \(before) before, \(after) after")
+            let leaked = newFileDescriptors(since: before)
+            require(leaked.isEmpty, "supervisor fds leaked: \(leaked.sorted())")
             require(pool.metrics.jobsFailed[.crashed] == 20, "\(pool.metrics.jobsFailed)")
             await supervisor.shutdown()
         }
