@@ -112,9 +112,6 @@ public struct InterceptLockdown: Sendable {
     private func loadFilter() throws(WorkerError) -> OwnedFileDescriptor {
         guard let filter = seccomp_init(privsep_SCMP_ACT_ALLOW) else { throw .lockdownFailed("seccomp_init failed") }
         defer { seccomp_release(filter) }
-        func check(_ rc: Int32, _ what: @autoclosure () -> String) throws(WorkerError) {
-            if rc != 0 { throw .lockdownFailed("\(what()): \(Errno(rawValue: -rc))") }
-        }
         try check(seccomp_attr_set(filter, SCMP_FLTATR_ACT_BADARCH, privsep_SCMP_ACT_KILL_PROCESS), "bad-arch action")
         // A binary tree of syscall numbers: every call of the program runs this filter, and a
         // linear chain of ~130 rules costs each of them (openat, read, close...) several hundred ns.

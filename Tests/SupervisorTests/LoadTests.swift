@@ -102,6 +102,10 @@ import Testing
         ], policy: policy)
         configuration.standardOutput = .descriptor(SharedFileDescriptor(pipe.write))
         let handle = try await supervisor.spawn(configuration)
+        // Narrow only once the first read has been served (the fd count says so).
+        for _ in 0..<3000 where (supervisor.workers().first?.fileDescriptorsHandedOut ?? 0) < 1 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
         var narrower = Policy()
         narrower.allow(path: scratch.path + "/b.txt", .file, [.read])
         try handle.narrowPolicy(to: narrower)
