@@ -177,15 +177,39 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     ) throws(ChannelError) -> ReceivedDatagram {
         precondition((0...Self.maximumFileDescriptorsPerMessage).contains(maximumFileDescriptors),
                      "maximumFileDescriptors must be 0...253")
-        // Sized exactly: fds beyond the limit are never installed in this process.
-        // SCM_CREDENTIALS, when enabled, comes first in the control buffer.
-        let credentialsLength = receivesSenderCredentials ? privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size) : 0
-        let controlLength = credentialsLength + (maximumFileDescriptors == 0
-            ? 0 : privsep_cmsg_space(maximumFileDescriptors * MemoryLayout<Int32>.size))
-        let flags = privsep_MSG_CMSG_CLOEXEC | (nonBlocking ? privsep_MSG_DONTWAIT : 0)
         return try withUnsafeTemporaryAllocation(
-            byteCount: max(controlLength, 1), alignment: MemoryLayout<cmsghdr>.alignment
+            byteCount: max(controlLength(maximumFileDescriptors), 1), alignment: MemoryLayout<cmsghdr>.alignment
         ) { (control) throws(ChannelError) -> ReceivedDatagram in
+            try receive(into: buffer, control: control, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
+        }
+    }
+
+    /// Bytes of control buffer a receive of up to `maximumFileDescriptors` fds uses.
+    /// Sized exactly: fds beyond the limit are never installed in this process.
+    /// SCM_CREDENTIALS, when enabled, comes first.
+    private func controlLength(_ maximumFileDescriptors: Int) -> Int {
+        let credentialsLength = receivesSenderCredentials ? privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size) : 0
+        return credentialsLength + (maximumFileDescriptors == 0
+            ? 0 : privsep_cmsg_space(maximumFileDescriptors * MemoryLayout<Int32>.size))
+    }
+
+    /// The largest control buffer any receive uses (253 fds and credentials).
+    static let maximumControlLength = privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size)
+        + privsep_cmsg_space(maximumFileDescriptorsPerMessage * MemoryLayout<Int32>.size)
+
+    /// ``receive(into:maximumFileDescriptors:nonBlocking:)`` with the caller's control
+    /// buffer (cmsghdr-aligned, at least ``controlLength(_:)`` bytes; only that much is offered).
+    func receive(
+        into buffer: UnsafeMutableRawBufferPointer,
+        control scratch: UnsafeMutableRawBufferPointer,
+        maximumFileDescriptors: Int,
+        nonBlocking: Bool
+    ) throws(ChannelError) -> ReceivedDatagram {
+        let controlLength = controlLength(maximumFileDescriptors)
+        precondition(scratch.count >= controlLength, "control buffer too small")
+        let control = UnsafeMutableRawBufferPointer(rebasing: scratch[..<max(controlLength, 1)])
+        let flags = privsep_MSG_CMSG_CLOEXEC | (nonBlocking ? privsep_MSG_DONTWAIT : 0)
+        do {
             var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
             var message = msghdr()
             let received: Result<Int, Errno> = withUnsafeMutablePointer(to: &iov) { iovPointer in
@@ -203,8 +227,9 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
             }
             // Take ownership of every fd the kernel installed before judging the datagram,
             // so each failure below closes them.
+            // Not reserved up front: most datagrams carry no fd or one, and a reservation
+            // for 253 would be a heap allocation on every receive.
             var rawFDs: [Int32] = []
-            rawFDs.reserveCapacity(maximumFileDescriptors)
             var unexpected: (level: Int32, type: Int32)? = nil
             var sender: PeerCredentials? = nil
             if message.msg_controllen > 0, var header = privsep_cmsg_firsthdr(&message) {

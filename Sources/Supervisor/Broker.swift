@@ -28,6 +28,8 @@ public final class ActivePolicy: Sendable {
         /// Whether the directory is on a disk or memory filesystem whose regular files never
         /// block, so O_NONBLOCK (set while opening) can stay on them.
         var regularFilesNeverBlock = false
+        /// The audit reason of a grant under this rule, built once rather than per OPEN.
+        var grantReason = ""
     }
 
     /// Opens every rule's directory. Fails, naming the rule, if the policy is not
@@ -62,6 +64,7 @@ public final class ActivePolicy: Sendable {
                     anchors.append(anchor(try openDirectory(parent), name: name))
                 }
                 anchors[anchors.count - 1].ruleInsideProc = PathRule(path: "/proc", kind: .directory, permissions: [.read]).matches(rule.path)
+                anchors[anchors.count - 1].grantReason = "rule \(rule.path)"
             }
             for rule in policy.connect + policy.bind {
                 guard case .unix(let path) = rule.network, unixAnchors[path] == nil else { continue }
@@ -188,14 +191,21 @@ public final class ActivePolicy: Sendable {
             case .failure(let errno): return .denied(errno, "fcntl failed")
             }
         }
-        return .granted(fd, "rule \(rule.path)")
+        return .granted(fd, anchor.grantReason)
     }
 
     func mostSpecificRule(for path: String) -> Int? {
+        // Indexed, not enumerated: enumerating copies every rule (its strings retained
+        // and released) on every request.
+        let paths = policy.paths
         var best: Int? = nil
-        for (index, rule) in policy.paths.enumerated() where rule.matches(path) {
-            if let current = best, policy.paths[current].path.utf8.count >= rule.path.utf8.count { continue }
-            best = index
+        var bestLength = -1
+        for index in paths.indices where paths[index].matches(path) {
+            let length = paths[index].path.utf8.count
+            if length > bestLength {
+                best = index
+                bestLength = length
+            }
         }
         return best
     }

@@ -44,6 +44,9 @@ final class EventLoop: @unchecked Sendable {
     /// Run after the current batch of events, when the records they name are gone
     /// (so a worker's pidfd is closed before anyone learns it has exited).
     private var afterEvents: [() -> Void] = []
+    /// Every channel is read into this one buffer (loop thread only; a decoded message
+    /// copies what it keeps).
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
 
     private enum Registration {
         case wakeup
@@ -57,9 +60,13 @@ final class EventLoop: @unchecked Sendable {
         epoll = OwnedFileDescriptor(adoptingRawValue: try system_epoll_create().get())
         wakeup = OwnedFileDescriptor(adoptingRawValue: try system_eventfd().get())
         self.auditor = auditor
-        registrations[0] = .wakeup
         try system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_ADD, wakeup.unsafeRawValue, events: EPOLLIN.rawValue, data: 0).get()
+        // Last, after everything that can throw: deinit frees it.
+        receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+        registrations[0] = .wakeup
     }
+
+    deinit { receiveBuffer.deallocate() }
 
     /// Starts the loop thread. The loop keeps itself alive until shutdown completes.
     func start() {
@@ -262,7 +269,7 @@ final class EventLoop: @unchecked Sendable {
             for _ in 0..<64 {
                 guard let channel = record.channel else { break }
                 do {
-                    let received = try channel.socket.receiveMessage(maximumFileDescriptors: 1, nonBlocking: true)
+                    let received = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
                     if case .violation(let report) = received.envelope.message { record.violation = report }
                 } catch {
                     break
@@ -278,7 +285,7 @@ final class EventLoop: @unchecked Sendable {
             let received: ReceivedMessage
             do {
                 // One fd at most (a LISTENER's); the decoder refuses fds on every other type.
-                received = try channel.socket.receiveMessage(maximumFileDescriptors: 1, nonBlocking: true)
+                received = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
             } catch .system(.resourceTemporarilyUnavailable) {
                 record.pool?.channelDrained(record.id)
                 return

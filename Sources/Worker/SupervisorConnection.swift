@@ -24,9 +24,13 @@ public final class SupervisorConnection: @unchecked Sendable {
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let replied = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var nextRequestID: UInt64 = 1
-    private var mailbox: [UInt64: ReplyBox] = [:]
-    private var waiting: Set<UInt64> = []
+    // Arrays, not a dictionary and a set: they hold one entry per thread waiting
+    // (usually one), and keep their storage from request to request.
+    private var mailbox: [ReplyBox] = []
+    private var waiting: [UInt64] = []
     private var readerActive = false
+    /// Where the reader (whichever thread has `readerActive`) receives.
+    private let receiveScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
     private var failure: WorkerError?
     private var jobInbox: [JobBox] = []
 
@@ -87,6 +91,7 @@ public final class SupervisorConnection: @unchecked Sendable {
         pthread_cond_destroy(replied)
         lock.deallocate()
         replied.deallocate()
+        receiveScratch.deallocate()
     }
 
     /// The raw channel fd, for the few things that need it (a seccomp trap handler).
@@ -191,13 +196,13 @@ public final class SupervisorConnection: @unchecked Sendable {
         pthread_mutex_lock(lock)
         let id = nextRequestID
         nextRequestID += 1
-        waiting.insert(id)
+        waiting.append(id)
         pthread_mutex_unlock(lock)
         do {
             try channel.send(Envelope(requestID: id, message))
         } catch {
             pthread_mutex_lock(lock)
-            waiting.remove(id)
+            stopWaiting(for: id)
             pthread_mutex_unlock(lock)
             throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
         }
@@ -205,14 +210,22 @@ public final class SupervisorConnection: @unchecked Sendable {
         defer { pthread_mutex_unlock(lock) }
         let box: ReplyBox
         do throws(WorkerError) {
-            box = try waitLocked { mailbox.removeValue(forKey: id) }
+            box = try waitLocked {
+                guard let index = mailbox.firstIndex(where: { $0.requestID == id }) else { return nil }
+                return mailbox.remove(at: index)
+            }
         } catch {
-            waiting.remove(id)
+            stopWaiting(for: id)
             throw error
         }
-        waiting.remove(id)
+        stopWaiting(for: id)
         if let errno = box.reply.error { throw .denied(errno) }
         return box.takeDescriptors()
+    }
+
+    /// With `lock` held.
+    private func stopWaiting(for id: UInt64) {
+        if let index = waiting.firstIndex(of: id) { waiting.remove(at: index) }
     }
 
     /// With `lock` held: returns what `take` finds, reading the channel for
@@ -233,10 +246,10 @@ public final class SupervisorConnection: @unchecked Sendable {
             readerActive = false
             switch outcome {
             case .success(.reply(let box)):
-                if waiting.contains(box.requestID) {
-                    mailbox[box.requestID] = box
+                if waiting.contains(box.requestID) && !mailbox.contains(where: { $0.requestID == box.requestID }) {
+                    mailbox.append(box)
                 } else {
-                    failure = .protocolError("reply to request \(box.requestID), which nobody is waiting for")
+                    failure = .protocolError("reply to request \(box.requestID), which nobody is waiting for (or a second reply)")
                 }
             case .success(.job(let job)):
                 // The supervisor sends one job at a time, so the inbox holds at most one.
@@ -263,7 +276,7 @@ public final class SupervisorConnection: @unchecked Sendable {
 
     private func receiveIncoming() -> Result<Incoming, WorkerError> {
         do {
-            let received = try channel.receiveMessage(maximumFileDescriptors: WireFormat.maximumFileDescriptors)
+            let received = try channel.receiveMessage(using: receiveScratch, maximumFileDescriptors: WireFormat.maximumFileDescriptors)
             switch received.envelope.message {
             case .reply(let reply):
                 return .success(.reply(ReplyBox(requestID: received.envelope.requestID, reply: reply, fds: received.fileDescriptors)))
