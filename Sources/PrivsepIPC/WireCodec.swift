@@ -195,7 +195,38 @@ public enum WireCodec {
     /// Encodes `envelope` as one datagram. Throws the same ``ProtocolError`` the
     /// decoder would for a message that breaks the protocol's rules.
     public static func encode(_ envelope: Envelope) throws(ProtocolError) -> [UInt8] {
-        var w = Writer()
+        // Sized exactly before writing, so the message is one allocation filled in place
+        // (appending field by field cost more than the sendmsg's user-space share).
+        let capacity = encodedSize(envelope.message)
+        var failure: ProtocolError? = nil
+        let bytes = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
+            var w = Writer(UnsafeMutableRawBufferPointer(buffer))
+            do throws(ProtocolError) {
+                try write(envelope, into: &w)
+            } catch {
+                failure = error
+            }
+            count = w.count
+        }
+        if let failure { throw failure }
+        return bytes
+    }
+
+    /// Header, fixed payload and trailing string or bytes of `message`.
+    private static func encodedSize(_ message: Message) -> Int {
+        let tail = switch message {
+        case .open(let open): open.path.utf8.count + 1
+        case .log(let line): line.message.utf8.count + 1
+        case .connect(let request), .bind(let request):
+            if case .unix(let path) = request.address { path.utf8.count + 1 } else { 0 }
+        case .job(let job): job.input.count
+        case .result(let chunk): chunk.output.count
+        default: 0
+        }
+        return WireFormat.headerSize + message.type.fixedPayloadSize + tail
+    }
+
+    private static func write(_ envelope: Envelope, into w: inout Writer) throws(ProtocolError) {
         let message = envelope.message
         w.u16(WireFormat.magic)
         w.u16(WireFormat.version)
@@ -268,18 +299,17 @@ public enum WireCodec {
             }
             w.u32(UInt32(job.fileDescriptorCount))
             w.u32(0)
-            w.bytes.append(contentsOf: job.input)
+            w.bytes(job.input)
         case .result(let chunk):
             guard chunk.status >= 0, chunk.isLast || chunk.status == 0 else {
                 throw .invalidValue(field: "result.status", value: Int64(chunk.status))
             }
             w.i32(chunk.status)
             w.u32(chunk.isLast ? 0 : WireFormat.resultMoreFlag)
-            w.bytes.append(contentsOf: chunk.output)
+            w.bytes(chunk.output)
         }
-        guard w.bytes.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.bytes.count) }
-        w.patchU32(UInt32(w.bytes.count - WireFormat.headerSize), at: WireFormat.lengthOffset)
-        return w.bytes
+        guard w.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.count) }
+        w.patchU32(UInt32(w.count - WireFormat.headerSize), at: WireFormat.lengthOffset)
     }
 
     private static func encodablePID(_ pid: Int32, field: String) throws(ProtocolError) -> UInt32 {
@@ -326,23 +356,38 @@ private struct Reader {
     func bigEndianU64(at offset: Int) -> UInt64 { UInt64(bigEndian: u64(at: offset)) }
 }
 
+/// Writes host-order integers and strings into memory sized for the message; every
+/// write is bounds-checked, so a wrong size estimate traps instead of overrunning.
 private struct Writer {
-    var bytes: [UInt8] = []
-    /// Room for the header, the largest fixed payload and a short string, so most
-    /// messages are built without growing the array.
-    init() { bytes.reserveCapacity(128) }
-    mutating func u16(_ value: UInt16) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
-    mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
-    mutating func i32(_ value: Int32) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
-    mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
-    mutating func bigEndianU64(_ value: UInt64) { u64(value.bigEndian) }
+    let buffer: UnsafeMutableRawBufferPointer
+    private(set) var count = 0
+    init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+
+    private mutating func store<T: FixedWidthInteger>(_ value: T) {
+        precondition(count + MemoryLayout<T>.size <= buffer.count, "message larger than its encoded size")
+        buffer.storeBytes(of: value, toByteOffset: count, as: T.self)
+        count += MemoryLayout<T>.size
+    }
+    mutating func u16(_ value: UInt16) { store(value) }
+    mutating func u32(_ value: UInt32) { store(value) }
+    mutating func i32(_ value: Int32) { store(value) }
+    mutating func u64(_ value: UInt64) { store(value) }
+    mutating func bigEndianU64(_ value: UInt64) { store(value.bigEndian) }
     mutating func patchU32(_ value: UInt32, at offset: Int) {
-        withUnsafeBytes(of: value) { for i in 0..<4 { bytes[offset + i] = $0[i] } }
+        precondition(offset + 4 <= count, "patch outside the written bytes")
+        buffer.storeBytes(of: value, toByteOffset: offset, as: UInt32.self)
+    }
+    mutating func bytes(_ data: [UInt8]) {
+        precondition(count + data.count <= buffer.count, "message larger than its encoded size")
+        data.withUnsafeBytes { source in
+            if let base = source.baseAddress { (buffer.baseAddress! + count).copyMemory(from: base, byteCount: source.count) }
+        }
+        count += data.count
     }
     mutating func string(_ text: String, field: String, maximum: Int, allowEmpty: Bool) throws(ProtocolError) {
         var text = text
-        // Native strings are contiguous UTF-8 (makeContiguousUTF8 is free for them):
-        // one memchr and one copy instead of walking the UTF8View byte by byte.
+        // Native strings are contiguous UTF-8 already (then this is free): one memchr
+        // and one copy instead of walking the UTF8View byte by byte.
         text.makeContiguousUTF8()
         let result: Result<Void, ProtocolError> = text.utf8.withContiguousStorageIfAvailable { utf8 in
             guard allowEmpty || !utf8.isEmpty else { return .failure(.stringEmpty(field: field)) }
@@ -352,9 +397,10 @@ private struct Writer {
             guard utf8.count + 1 <= maximum else {
                 return .failure(.stringTooLong(field: field, maximum: maximum, actual: utf8.count + 1))
             }
-            bytes.reserveCapacity(bytes.count + utf8.count + 1)
-            bytes.append(contentsOf: utf8)
-            bytes.append(0)
+            precondition(count + utf8.count + 1 <= buffer.count, "message larger than its encoded size")
+            if let base = utf8.baseAddress { (buffer.baseAddress! + count).copyMemory(from: base, byteCount: utf8.count) }
+            buffer[count + utf8.count] = 0
+            count += utf8.count + 1
             return .success(())
         }!
         try result.get()

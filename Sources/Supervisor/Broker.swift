@@ -479,7 +479,15 @@ extension ActivePolicy {
         if let name = anchors[index].name { return name } // the rule's copy, not the requester's string
         if path == rule.path { return "." }
         // `matches` compared bytes, so this cut falls right after the rule's own bytes and a "/".
-        return String(decoding: path.utf8.dropFirst(rule.path == "/" ? 1 : rule.path.utf8.count + 1), as: UTF8.self)
+        let cut = rule.path == "/" ? 1 : rule.path.utf8.count + 1
+        // Native strings: decode straight from their bytes (the generic Slice path looked
+        // up metadata on every OPEN; a short result needs no allocation at all).
+        if let relative = path.utf8.withContiguousStorageIfAvailable({
+            String(decoding: UnsafeBufferPointer(rebasing: $0[cut...]), as: UTF8.self)
+        }) {
+            return relative
+        }
+        return String(decoding: path.utf8.dropFirst(cut), as: UTF8.self)
     }
 
     /// The openat2 RESOLVE flags for resolving beneath `rule`'s directory.
