@@ -10,11 +10,13 @@ extension SeqpacketSocket {
         guard fds.ownedCount == expected else {
             throw .malformed(.wrongFileDescriptorCount(envelope.message.type, expected: expected, actual: fds.ownedCount))
         }
-        let bytes: [UInt8]
-        do throws(ProtocolError) { bytes = try WireCodec.encode(envelope) } catch { throw .malformed(error) }
-        let rawFDs = fds.unsafeRawValues
-        let result = bytes.withUnsafeBytes { buffer in
-            Result { () throws(ChannelError) in try unsafeSend(buffer, passingRawValues: rawFDs) }
+        let result: Result<Void, ChannelError>
+        do throws(ProtocolError) {
+            result = try WireCodec.withEncoded(envelope) { buffer in
+                Result { () throws(ChannelError) in try send(buffer, passing: fds) }
+            }
+        } catch {
+            throw .malformed(error)
         }
         try result.get()
     }

@@ -104,7 +104,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
 
     /// Sends one datagram carrying `bytes` and duplicates of every fd in `fds`.
     public func send(_ bytes: UnsafeRawBufferPointer, passing fds: borrowing OwnedFileDescriptors) throws(ChannelError) {
-        try unsafeSend(bytes, passingRawValues: fds.unsafeRawValues)
+        try fds.withUnsafeRawValues { (raw) throws(ChannelError) in try unsafeSend(bytes, passingRawValues: raw) }
     }
 
     /// Sends `bytes` with fds named by raw number: the escape hatch for fds this
@@ -114,6 +114,11 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
             Result { () throws(ChannelError) in try sendRaw(bytes, fileDescriptors: buffer, flags: flags) }
         }
         try result.get()
+    }
+
+    /// ``unsafeSend(_:passingRawValues:flags:)`` with the numbers in a buffer.
+    public func unsafeSend(_ bytes: UnsafeRawBufferPointer, passingRawValues fds: UnsafeBufferPointer<Int32>, flags: Int32 = 0) throws(ChannelError) {
+        try sendRaw(bytes, fileDescriptors: fds, flags: flags)
     }
 
     /// Sends with MSG_DONTWAIT: `.system(.resourceTemporarilyUnavailable)` instead of blocking.
@@ -226,10 +231,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
             case .failure(let errno): throw .system(errno)
             }
             // Take ownership of every fd the kernel installed before judging the datagram,
-            // so each failure below closes them.
-            // Not reserved up front: most datagrams carry no fd or one, and a reservation
-            // for 253 would be a heap allocation on every receive.
-            var rawFDs: [Int32] = []
+            // so each failure below closes them (the list owns each as it is found).
+            var fds = OwnedFileDescriptors()
             var unexpected: (level: Int32, type: Int32)? = nil
             var sender: PeerCredentials? = nil
             if message.msg_controllen > 0, var header = privsep_cmsg_firsthdr(&message) {
@@ -242,7 +245,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
                     if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
                         for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
                             let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
-                            if fd >= 0 { rawFDs.append(fd) }
+                            if fd >= 0 { fds.adopt(fd) }
                         }
                     } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
                                 && dataLength >= MemoryLayout<privsep_peer_credentials>.size {
@@ -255,8 +258,6 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
                     header = next
                 }
             }
-            // Owned from here on: every failure below closes them.
-            let fds = OwnedFileDescriptors(adoptingRawValues: rawFDs)
             if message.msg_flags & privsep_MSG_CTRUNC != 0 {
                 throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)
             }

@@ -464,21 +464,33 @@ final class EventLoop: @unchecked Sendable {
     /// replies) parks the reply and stops reading the worker's requests.
     private func send(_ record: WorkerRecord, _ envelope: Envelope, fds: consuming OwnedFileDescriptors) {
         guard let channel = record.channel else { return }
-        let bytes: [UInt8]
-        do { bytes = try WireCodec.encode(envelope) } catch { fatalError("supervisor built an invalid message: \(error)") }
-        if record.parked.isEmpty {
-            let rawFDs = fds.unsafeRawValues
-            let result = bytes.withUnsafeBytes { buffer in
-                Result { () throws(ChannelError) in
-                    try channel.socket.unsafeSend(buffer, passingRawValues: rawFDs, flags: privsep_MSG_DONTWAIT)
+        // Encoded into temporary memory and sent from there; only a reply that has to
+        // wait is copied out (nil: sent).
+        let sendNow = record.parked.isEmpty
+        let outcome: Result<[UInt8]?, ChannelError>
+        do {
+            outcome = try WireCodec.withEncoded(envelope) { buffer -> Result<[UInt8]?, ChannelError> in
+                guard sendNow else { return .success(Array(buffer)) }
+                do throws(ChannelError) {
+                    try fds.withUnsafeRawValues { (raw) throws(ChannelError) in
+                        try channel.socket.unsafeSend(buffer, passingRawValues: raw, flags: privsep_MSG_DONTWAIT)
+                    }
+                    return .success(nil)
+                } catch .system(.resourceTemporarilyUnavailable) {
+                    return .success(Array(buffer))
+                } catch {
+                    return .failure(error)
                 }
             }
-            switch result {
-            case .success: return
-            case .failure(.system(.resourceTemporarilyUnavailable)): break
-            case .failure(.peerClosed): closeChannel(record); return
-            case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
-            }
+        } catch {
+            fatalError("supervisor built an invalid message: \(error)")
+        }
+        let bytes: [UInt8]
+        switch outcome {
+        case .success(nil): return
+        case .success(let unsent?): bytes = unsent
+        case .failure(.peerClosed): closeChannel(record); return
+        case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
         }
         if record.parked.count > record.configuration.caps.requestsInFlight {
             kill(record, .resourceCapExceeded("not reading its replies"))
@@ -496,10 +508,11 @@ final class EventLoop: @unchecked Sendable {
     private func flushParked(_ record: WorkerRecord) {
         guard let channel = record.channel else { return }
         while let first = record.parked.first {
-            let rawFDs = first.fds.unsafeRawValues
             let result = first.bytes.withUnsafeBytes { buffer in
                 Result { () throws(ChannelError) in
-                    try channel.socket.unsafeSend(buffer, passingRawValues: rawFDs, flags: privsep_MSG_DONTWAIT)
+                    try first.fds.withUnsafeRawValues { (raw) throws(ChannelError) in
+                        try channel.socket.unsafeSend(buffer, passingRawValues: raw, flags: privsep_MSG_DONTWAIT)
+                    }
                 }
             }
             switch result {
