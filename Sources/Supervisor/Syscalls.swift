@@ -181,13 +181,6 @@ func system_process_cpu_nanoseconds(_ pid: pid_t) -> Result<UInt64, Errno> {
     return .success(UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec))
 }
 
-/// Whether `fd` is writable (or has an error) right now, without waiting.
-func system_poll_writable_now(_ fd: Int32) -> Bool {
-    var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-    guard case .success(let ready) = retryingOnInterrupt({ poll(&entry, 1, 0) }), ready == 1 else { return false }
-    return entry.revents & Int16(POLLOUT | POLLERR | POLLHUP) != 0
-}
-
 /// Names the calling thread (PR_SET_NAME; at most 15 bytes are kept).
 func system_set_thread_name(_ name: String) {
     name.withCString { _ = privsep_prctl(PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
