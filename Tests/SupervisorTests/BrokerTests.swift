@@ -2,6 +2,7 @@ import CPrivsepShims
 import Glibc
 import PrivsepIPC
 import Supervisor
+import SystemPackage
 import Testing
 
 @Suite struct PathBrokerTests {
@@ -207,6 +208,50 @@ import Testing
             "connect errno \(EACCES)",
             "connect errno \(EACCES)",
         ])
+    }
+
+    /// The connect is finished in the call when the handshake is (loopback), and its
+    /// outcome read from a second connect: a refused port is ECONNREFUSED, an accepted
+    /// one a connected socket, blocking unless the worker asked for SOCK_NONBLOCK.
+    @Test func loopbackConnectsFinishAtOnceWithTheirRealOutcome() throws {
+        let listener = Listener(answer: "hi", count: 2)
+        // A port nobody listens on: bound but never listening, so the kernel answers RST.
+        let unlistened = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
+        defer { close(unlistened) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                #expect(bind(unlistened, $0, length) == 0 && getsockname(unlistened, $0, &length) == 0)
+            }
+        }
+        let closedPort = UInt16(bigEndian: address.sin_port)
+        var policy = Policy()
+        for port in [listener.port, closedPort] {
+            policy.allowConnect(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: port...port))
+        }
+        let active = try ActivePolicy(policy)
+        func outcome(_ port: UInt16, type: Int32 = privsep_SOCK_STREAM) -> (errno: Errno?, nonBlocking: Bool?) {
+            switch active.startConnect(AddressRequest(type: type, address: .ipv4(.loopback, port: port))) {
+            case .inProgress: Issue.record("a loopback connect was left in progress"); return (nil, nil)
+            case .finished(.denied(let errno, _)): return (errno, nil)
+            case .finished(.granted(let socket, _)):
+                var peer = sockaddr_storage()
+                var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                let connected = withUnsafeMutablePointer(to: &peer) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(socket.unsafeRawValue, $0, &length) }
+                }
+                #expect(connected == 0, "the granted socket is connected")
+                return (nil, fcntl(socket.unsafeRawValue, F_GETFL) & O_NONBLOCK != 0)
+            }
+        }
+        #expect(outcome(closedPort).errno == .connectionRefused)
+        let blocking = outcome(listener.port)
+        #expect(blocking.errno == nil && blocking.nonBlocking == false)
+        let nonBlocking = outcome(listener.port, type: privsep_SOCK_STREAM | privsep_SOCK_NONBLOCK)
+        #expect(nonBlocking.errno == nil && nonBlocking.nonBlocking == true)
     }
 
     @Test func bindsAPrivilegedPortForTheWorker() async throws {
