@@ -214,62 +214,60 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         precondition(scratch.count >= controlLength, "control buffer too small")
         let control = UnsafeMutableRawBufferPointer(rebasing: scratch[..<max(controlLength, 1)])
         let flags = privsep_MSG_CMSG_CLOEXEC | (nonBlocking ? privsep_MSG_DONTWAIT : 0)
-        do {
-            var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-            var message = msghdr()
-            let received: Result<Int, Errno> = withUnsafeMutablePointer(to: &iov) { iovPointer in
-                message.msg_iov = iovPointer
-                message.msg_iovlen = 1
-                message.msg_control = controlLength > 0 ? control.baseAddress : nil
-                message.msg_controllen = controlLength
-                return system_recvmsg(descriptor.unsafeRawValue, &message, flags)
-            }
-            let byteCount: Int
-            switch received {
-            case .success(let count): byteCount = count
-            case .failure(.connectionReset): throw .peerClosed
-            case .failure(let errno): throw .system(errno)
-            }
-            // Take ownership of every fd the kernel installed before judging the datagram,
-            // so each failure below closes them (the list owns each as it is found).
-            var fds = OwnedFileDescriptors()
-            var unexpected: (level: Int32, type: Int32)? = nil
-            var sender: PeerCredentials? = nil
-            if message.msg_controllen > 0, var header = privsep_cmsg_firsthdr(&message) {
-                while true {
-                    let dataLength = Int(header.pointee.cmsg_len) - privsep_cmsg_len(0)
-                    let level = header.pointee.cmsg_level, type = header.pointee.cmsg_type
-                    let data = UnsafeRawPointer(privsep_cmsg_data(header))
-                    let isRights = level == SOL_SOCKET && type == privsep_SCM_RIGHTS
-                    // SCM_PIDFD carries an fd too: own it so it is closed, then report it as unexpected.
-                    if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
-                        for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
-                            let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
-                            if fd >= 0 { fds.adopt(fd) }
-                        }
-                    } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
-                                && dataLength >= MemoryLayout<privsep_peer_credentials>.size {
-                        let credentials = data.loadUnaligned(as: privsep_peer_credentials.self)
-                        sender = PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
-                    } else if unexpected == nil {
-                        unexpected = (level, type)
-                    }
-                    guard let next = privsep_cmsg_nxthdr(&message, header) else { break }
-                    header = next
-                }
-            }
-            if message.msg_flags & privsep_MSG_CTRUNC != 0 {
-                throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)
-            }
-            if message.msg_flags & privsep_MSG_TRUNC != 0 { throw .messageTruncated(capacity: buffer.count) }
-            if let unexpected { throw .unexpectedControlMessage(level: unexpected.level, type: unexpected.type) }
-            if fds.count > maximumFileDescriptors {
-                throw .tooManyFileDescriptors(received: fds.count, limit: maximumFileDescriptors)
-            }
-            if byteCount == 0 && fds.isEmpty { throw .peerClosed }
-            return ReceivedDatagram(byteCount: byteCount, fileDescriptors: fds, flags: message.msg_flags,
-                                    senderCredentials: sender)
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        var message = msghdr()
+        let received: Result<Int, Errno> = withUnsafeMutablePointer(to: &iov) { iovPointer in
+            message.msg_iov = iovPointer
+            message.msg_iovlen = 1
+            message.msg_control = controlLength > 0 ? control.baseAddress : nil
+            message.msg_controllen = controlLength
+            return system_recvmsg(descriptor.unsafeRawValue, &message, flags)
         }
+        let byteCount: Int
+        switch received {
+        case .success(let count): byteCount = count
+        case .failure(.connectionReset): throw .peerClosed
+        case .failure(let errno): throw .system(errno)
+        }
+        // Take ownership of every fd the kernel installed before judging the datagram,
+        // so each failure below closes them (the list owns each as it is found).
+        var fds = OwnedFileDescriptors()
+        var unexpected: (level: Int32, type: Int32)? = nil
+        var sender: PeerCredentials? = nil
+        if message.msg_controllen > 0, var header = privsep_cmsg_firsthdr(&message) {
+            while true {
+                let dataLength = Int(header.pointee.cmsg_len) - privsep_cmsg_len(0)
+                let level = header.pointee.cmsg_level, type = header.pointee.cmsg_type
+                let data = UnsafeRawPointer(privsep_cmsg_data(header))
+                let isRights = level == SOL_SOCKET && type == privsep_SCM_RIGHTS
+                // SCM_PIDFD carries an fd too: own it so it is closed, then report it as unexpected.
+                if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
+                    for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
+                        let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
+                        if fd >= 0 { fds.adopt(fd) }
+                    }
+                } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
+                            && dataLength >= MemoryLayout<privsep_peer_credentials>.size {
+                    let credentials = data.loadUnaligned(as: privsep_peer_credentials.self)
+                    sender = PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
+                } else if unexpected == nil {
+                    unexpected = (level, type)
+                }
+                guard let next = privsep_cmsg_nxthdr(&message, header) else { break }
+                header = next
+            }
+        }
+        if message.msg_flags & privsep_MSG_CTRUNC != 0 {
+            throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)
+        }
+        if message.msg_flags & privsep_MSG_TRUNC != 0 { throw .messageTruncated(capacity: buffer.count) }
+        if let unexpected { throw .unexpectedControlMessage(level: unexpected.level, type: unexpected.type) }
+        if fds.count > maximumFileDescriptors {
+            throw .tooManyFileDescriptors(received: fds.count, limit: maximumFileDescriptors)
+        }
+        if byteCount == 0 && fds.isEmpty { throw .peerClosed }
+        return ReceivedDatagram(byteCount: byteCount, fileDescriptors: fds, flags: message.msg_flags,
+                                senderCredentials: sender)
     }
 
     /// Receives one datagram of at most `maximumBytes` bytes as an array.
