@@ -792,6 +792,7 @@ final class EventLoop: @unchecked Sendable {
             auditor.logger.error("waitid on worker \(record.id)'s pidfd failed: \(errno)")
             status = (0, 0, 0)
         }
+        serveLastMessages(record)
         closeChannel(record)
         if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
         record.pidfdToken = nil
@@ -815,6 +816,16 @@ final class EventLoop: @unchecked Sendable {
             handle.finish(reason)
             pool?.workerExited(id, reason: reason, peakResidentBytes: peak)
         }
+    }
+
+    /// Serves what an exited worker's channel still holds before it closes. Its exit and its
+    /// last messages can come in one batch of events, and with other channels ready the
+    /// loop reads one message each: without this, a VIOLATION report (which names the call
+    /// in the exit reason) or a last LOG line behind another message would be lost. While
+    /// reading is paused, only a VIOLATION is looked for (the hang-up path).
+    private func serveLastMessages(_ record: WorkerRecord) {
+        guard record.channel != nil else { return }
+        channelReady(record, flags: record.reading ? EPOLLIN.rawValue : EPOLLHUP.rawValue, othersReady: false)
     }
 
     // MARK: Pools (called by PoolCore, on this thread)
