@@ -190,12 +190,14 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     }
 
     /// Bytes of control buffer a receive of up to `maximumFileDescriptors` fds uses.
-    /// Sized exactly: fds beyond the limit are never installed in this process.
+    /// Sized exactly: fds beyond the limit are never installed in this process. The fd
+    /// part is CMSG_LEN, not CMSG_SPACE: the kernel fills the room it is given, and the
+    /// alignment padding of CMSG_SPACE holds one more fd when the count is odd.
     /// SCM_CREDENTIALS, when enabled, comes first.
     private func controlLength(_ maximumFileDescriptors: Int) -> Int {
         let credentialsLength = receivesSenderCredentials ? privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size) : 0
         return credentialsLength + (maximumFileDescriptors == 0
-            ? 0 : privsep_cmsg_space(maximumFileDescriptors * MemoryLayout<Int32>.size))
+            ? 0 : privsep_cmsg_len(maximumFileDescriptors * MemoryLayout<Int32>.size))
     }
 
     /// The largest control buffer any receive uses (253 fds and credentials).

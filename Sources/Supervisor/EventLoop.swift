@@ -263,18 +263,8 @@ final class EventLoop: @unchecked Sendable {
         if flags & EPOLLOUT.rawValue != 0 { flushParked(record) }
         guard flags & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 else { return }
         if !record.reading && flags & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
-            // Hang-up is level-triggered even with reading paused: the peer is gone. Read what
-            // it left (bounded) for a VIOLATION report, which names the call in its exit reason,
-            // then stop watching.
-            for _ in 0..<64 {
-                guard let channel = record.channel else { break }
-                do {
-                    let received = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
-                    if case .violation(let report) = received.envelope.message { record.violation = report }
-                } catch {
-                    break
-                }
-            }
+            // Hang-up is level-triggered even with reading paused: the peer is gone.
+            scanLastMessages(record)
             closeChannel(record)
             return
         }
@@ -362,14 +352,7 @@ final class EventLoop: @unchecked Sendable {
             guard admitRequest(record, requestID) else { return }
             startConnect(record, requestID, request)
         case .log(let line):
-            let level: Logger.Level = switch line.level {
-            case .debug: .debug
-            case .info: .info
-            case .warning: .warning
-            case .error: .error
-            }
-            auditor.logger.log(level: level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))",
-                               metadata: ["worker": "\(record.id)"])
+            log(line, from: record)
         case .violation(let report):
             record.violation = report
             kill(record, .seccompViolation(SyscallViolation(report)))
@@ -396,6 +379,17 @@ final class EventLoop: @unchecked Sendable {
         case .welcome, .reply, .job:
             kill(record, .protocolViolation("\(envelope.message.type) is sent by the supervisor, never by a worker"))
         }
+    }
+
+    private func log(_ line: LogLine, from record: WorkerRecord) {
+        let level: Logger.Level = switch line.level {
+        case .debug: .debug
+        case .info: .info
+        case .warning: .warning
+        case .error: .error
+        }
+        auditor.logger.log(level: level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))",
+                           metadata: ["worker": "\(record.id)"])
     }
 
     /// Checks a request may be served now: the required sandbox layers are
@@ -792,7 +786,7 @@ final class EventLoop: @unchecked Sendable {
             auditor.logger.error("waitid on worker \(record.id)'s pidfd failed: \(errno)")
             status = (0, 0, 0)
         }
-        serveLastMessages(record)
+        scanLastMessages(record)
         closeChannel(record)
         if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
         record.pidfdToken = nil
@@ -818,14 +812,28 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
-    /// Serves what an exited worker's channel still holds before it closes. Its exit and its
-    /// last messages can come in one batch of events, and with other channels ready the
-    /// loop reads one message each: without this, a VIOLATION report (which names the call
-    /// in the exit reason) or a last LOG line behind another message would be lost. While
-    /// reading is paused, only a VIOLATION is looked for (the hang-up path).
-    private func serveLastMessages(_ record: WorkerRecord) {
-        guard record.channel != nil else { return }
-        channelReady(record, flags: record.reading ? EPOLLIN.rawValue : EPOLLHUP.rawValue, othersReady: false)
+    /// Reads what a worker that is gone left in its channel (bounded) for a VIOLATION
+    /// report, which names the call in its exit reason, and its last LOG lines. Nothing
+    /// else is served: requests of a dead worker are not carried out. Its exit and its last
+    /// messages can come in one batch of events, and with other channels ready the loop
+    /// reads one message each, so they may still be waiting here.
+    private func scanLastMessages(_ record: WorkerRecord) {
+        for _ in 0..<64 {
+            guard let channel = record.channel else { return }
+            let received: ReceivedMessage
+            do {
+                received = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
+            } catch .malformed {
+                continue // its fds are closed; the next message may still be the report
+            } catch {
+                return
+            }
+            switch received.envelope.message {
+            case .violation(let report): record.violation = report
+            case .log(let line): log(line, from: record)
+            default: break // its fds close here
+            }
+        }
     }
 
     // MARK: Pools (called by PoolCore, on this thread)
