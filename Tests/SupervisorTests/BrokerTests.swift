@@ -156,25 +156,29 @@ import Testing
     }
 }
 
+/// A TCP socket bound to 127.0.0.1 on an ephemeral port, and the port.
+private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
+    let fd = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            precondition(bind(fd, $0, length) == 0)
+            precondition(getsockname(fd, $0, &length) == 0)
+        }
+    }
+    return (fd, UInt16(bigEndian: address.sin_port))
+}
+
 @Suite struct SocketBrokerTests {
     /// A loopback TCP listener on an ephemeral port that answers one line to each connection.
     final class Listener: @unchecked Sendable {
         let fd: Int32
         let port: UInt16
         init(answer: String, count: Int) {
-            let fd = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
-            self.fd = fd
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    precondition(bind(fd, $0, length) == 0)
-                    precondition(getsockname(fd, $0, &length) == 0)
-                }
-            }
-            port = UInt16(bigEndian: address.sin_port)
+            (fd, port) = boundLoopbackSocket()
             precondition(listen(fd, 16) == 0)
             let listening = self.fd
             Thread.detach {
@@ -217,18 +221,8 @@ import Testing
     @Test func loopbackConnectsFinishAtOnceWithTheirRealOutcome() throws {
         let listener = Listener(answer: "hi", count: 2)
         // A port nobody listens on: bound but never listening, so the kernel answers RST.
-        let unlistened = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
+        let (unlistened, closedPort) = boundLoopbackSocket()
         defer { close(unlistened) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                #expect(bind(unlistened, $0, length) == 0 && getsockname(unlistened, $0, &length) == 0)
-            }
-        }
-        let closedPort = UInt16(bigEndian: address.sin_port)
         var policy = Policy()
         for port in [listener.port, closedPort] {
             policy.allowConnect(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: port...port))
