@@ -84,11 +84,7 @@ extension InterceptTests {
             if rc != 0 { break }
         }
         let supervisor = try Supervisor(logger: quietLogger())
-        var policy = Policy()
-        policy.allow(path: "/usr", .directory, [.read, .listDirectory, .execute], symlinks: .followBeneath)
-        policy.allow(path: "/lib", .directory, [.read, .listDirectory], symlinks: .followBeneath)
-        policy.allow(path: "/lib64", .directory, [.read, .listDirectory], symlinks: .followBeneath)
-        policy.allow(path: "/etc/ld.so.cache", .file, [.read])
+        var policy = dynamicProgramPolicy()
         policy.allow(path: tree.path + "/good.txt", .file, [.read])
         policy.allowSocket(domain: AF_UNIX, type: privsep_SOCK_STREAM)
         policy.allowConnect(to: AddressRule(network: .unix(path: path)))

@@ -463,11 +463,7 @@ import Testing
         let tree = Tree()
         let listenersBefore = seccompListenerCount()
         let supervisor = try Supervisor(logger: quietLogger())
-        var policy = Policy()
-        policy.allow(path: "/usr", .directory, [.read, .listDirectory, .execute], symlinks: .followBeneath)
-        policy.allow(path: "/lib", .directory, [.read, .listDirectory], symlinks: .followBeneath)
-        policy.allow(path: "/lib64", .directory, [.read, .listDirectory], symlinks: .followBeneath)
-        policy.allow(path: "/etc/ld.so.cache", .file, [.read])
+        var policy = dynamicProgramPolicy()
         policy.allow(path: tree.path, .directory, [.read, .listDirectory])
         // Eight threads open and stat in a loop; the main thread exits the process under them.
         let script = """
@@ -527,4 +523,15 @@ func seccompListenerCount() -> Int {
         if descriptorTarget(fd) == "anon_inode:seccomp notify" { count += 1 }
     }
     return count
+}
+
+/// What a dynamically linked program under /usr needs to start: its binaries and
+/// libraries (executable under /usr only) and the loader's cache.
+func dynamicProgramPolicy() -> Policy {
+    var policy = Policy()
+    policy.allow(path: "/usr", .directory, [.read, .listDirectory, .execute], symlinks: .followBeneath)
+    policy.allow(path: "/lib", .directory, [.read, .listDirectory], symlinks: .followBeneath)
+    policy.allow(path: "/lib64", .directory, [.read, .listDirectory], symlinks: .followBeneath)
+    policy.allow(path: "/etc/ld.so.cache", .file, [.read])
+    return policy
 }
