@@ -49,6 +49,19 @@ int cbench_pin(int cpu) {
     return sched_setaffinity(0, sizeof set, &set);
 }
 
+int cbench_pin_except(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    for (long i = 0; i < n && i < CPU_SETSIZE; i++) if (i != cpu) CPU_SET(i, &set);
+    return sched_setaffinity(0, sizeof set, &set);
+}
+
+int cbench_sched_batch(int on) {
+    struct sched_param parameters = { .sched_priority = 0 };
+    return sched_setscheduler(0, on ? SCHED_BATCH : SCHED_OTHER, &parameters);
+}
+
 uint64_t cbench_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -3,6 +3,7 @@
 //   swift build -c release --static-swift-stdlib --product privsep-bench
 //   .build/release/privsep-bench [--iterations N] [--startup-runs N] [--workers N]
 //       [--open-runs N] [--connect-runs N] [--pool-jobs N] [--ready-worker PATH]
+//       [--throughput-workers 1,4,16,64] [--placements unmanaged,batch,dedicated]
 // (0 skips a section.)
 //
 // Sections:
@@ -11,7 +12,8 @@
 //   start-up     spawn -> HELLO -> Lockdown -> SANDBOX_STATUS -> reaped, for this binary and
 //                for bench-ready-worker (the Worker library only), beside a static C worker.
 //   memory       supervisor RSS per idle locked-down worker.
-//   open         brokered opens beside a direct openat and a minimal C broker; opens/s.
+//   open         brokered opens beside a direct openat and a minimal C broker; opens/s
+//                by worker count and Placement, the C broker placed the same way.
 //   connect      brokered CONNECTs to a loopback listener beside a direct connect and a
 //                minimal C broker.
 //   pool         WorkerPool per-job round trip beside an in-process call; jobs/s by pool
@@ -196,6 +198,21 @@ if let index = CommandLine.arguments.firstIndex(of: "--pool-jobs"), index + 1 < 
 if let index = CommandLine.arguments.firstIndex(of: "--open-runs"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     openRuns = value
+}
+/// The worker counts of the opens/s rows.
+var throughputWorkers = [1, 4, 16, 64]
+if let index = CommandLine.arguments.firstIndex(of: "--throughput-workers"), index + 1 < CommandLine.arguments.count {
+    let counts = CommandLine.arguments[index + 1].split(separator: ",").compactMap { Int($0) }.filter { $0 > 0 }
+    check(!counts.isEmpty, "--throughput-workers takes a list like 1,4,16,64")
+    throughputWorkers = counts
+}
+/// The placements of the opens/s rows (more than one CPU needed for all but unmanaged).
+var throughputPlacements: [Placement] = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 ? [.unmanaged, .batchWorkers, .dedicatedServingCPU] : [.unmanaged]
+if let index = CommandLine.arguments.firstIndex(of: "--placements"), index + 1 < CommandLine.arguments.count {
+    let names: [String: Placement] = ["unmanaged": .unmanaged, "batch": .batchWorkers, "dedicated": .dedicatedServingCPU]
+    let chosen = CommandLine.arguments[index + 1].split(separator: ",").map { names[String($0)] }
+    check(!chosen.isEmpty && !chosen.contains(nil), "--placements takes a list of unmanaged, batch, dedicated")
+    throughputPlacements = chosen.compactMap { $0 }
 }
 if let index = CommandLine.arguments.firstIndex(of: "--startup-runs"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
@@ -572,10 +589,10 @@ struct StartGate {
 
 /// Swift: `workers` brokered workers on one supervisor, each doing `opens` opens once
 /// all are locked down. Returns (per-open latency of worker 0, opens per second overall).
-@MainActor func measureSwiftOpens(workers: Int, opens: Int) async -> (Summary, Double) {
+@MainActor func measureSwiftOpens(workers: Int, opens: Int, placement: Placement = .unmanaged) async -> (Summary, Double) {
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
-    let supervisor = try! Supervisor(logger: logger)
+    let supervisor = try! Supervisor(logger: logger, placement: placement)
     var policy = Policy()
     policy.allow(path: openDirectory, .directory, [.read])
     let gate = StartGate()
@@ -606,8 +623,16 @@ struct StartGate {
     return (summary, Double(workers * opens) / seconds)
 }
 
-/// C: the same with a minimal C broker (poll over every client) in this process.
-@MainActor func measureCOpens(workers: Int, opens: Int) -> (Summary, Double) {
+/// C: the same with a minimal C broker (poll over every client) in this process,
+/// with `placement` done by hand as the supervisor does it: clients spawned
+/// SCHED_BATCH, or the broker on the last CPU and its clients on the others.
+@MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged) -> (Summary, Double) {
+    let servingCPU = Int32(sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1)
+    switch placement {
+    case .unmanaged: break
+    case .batchWorkers: check(cbench_sched_batch(1) == 0, "SCHED_BATCH")
+    case .dedicatedServingCPU: check(cbench_pin_except(servingCPU) == 0, "sched_setaffinity")
+    }
     let directory = open(openDirectory, O_PATH_DIRECTORY)
     let gate = StartGate()
     let output = "/tmp/privsep-bench-cout-\(getpid())"
@@ -626,11 +651,17 @@ struct StartGate {
         _ = consume child
         parentEnds.append(parent.intoFileDescriptor().releaseUnsafeRawValue())
     }
+    switch placement {
+    case .unmanaged: break
+    case .batchWorkers: check(cbench_sched_batch(0) == 0, "SCHED_OTHER")
+    case .dedicatedServingCPU: check(cbench_pin(servingCPU) == 0, "sched_setaffinity")
+    }
     usleep(200_000) // the C clients start in well under this
     let start = cbench_now_ns()
     gate.open(workers)
     check(cbench_open_broker(parentEnds, Int32(workers), directory) == 0, "C broker")
     let seconds = Double(cbench_now_ns() - start) / 1e9
+    check(cbench_pin(-1) == 0, "sched_setaffinity")
     for fd in parentEnds { close(fd) }
     for pid in pids {
         var status: Int32 = 0
@@ -675,13 +706,21 @@ if openRuns > 0 {
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     print("")
-    print("| opens/s, unpinned | workers | minimal C broker | privsep | ratio |")
-    print("|---|---:|---:|---:|---:|")
-    for workers in [1, 4, 16, 64] {
+    // Placement (see Placement): the C broker gets the same placement done by hand, so
+    // each row compares like with like; the last column compares with the C broker left
+    // to the kernel, the reference as the issue states it.
+    print("| opens/s | workers | placement | minimal C broker | privsep | ratio | vs C unmanaged |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for workers in throughputWorkers {
         let opens = max(openRuns * 2 / workers, 200)
-        let (_, cRate) = measureCOpens(workers: workers, opens: opens)
-        let (_, swiftRate) = await measureSwiftOpens(workers: workers, opens: opens)
-        print("| one broker, \(workers) clients | \(workers) | \(Int(cRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x |")
+        var unmanagedCRate: Double? = nil
+        for placement in throughputPlacements {
+            let (_, cRate) = measureCOpens(workers: workers, opens: opens, placement: placement)
+            let (_, swiftRate) = await measureSwiftOpens(workers: workers, opens: opens, placement: placement)
+            if placement == .unmanaged { unmanagedCRate = cRate }
+            let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
+            print("| one broker, \(workers) clients | \(workers) | \(placement) | \(Int(cRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) |")
+        }
     }
     unlink(openDirectory + "/" + openName)
     rmdir(openDirectory)

@@ -47,6 +47,8 @@ final class EventLoop: @unchecked Sendable {
     /// Every channel is read into this one buffer (loop thread only; a decoded message
     /// copies what it keeps).
     private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// Where the loop thread and the workers it spawns run.
+    private let placement: PlacementPlan
 
     private enum Registration {
         case wakeup
@@ -56,10 +58,11 @@ final class EventLoop: @unchecked Sendable {
         case listener(UInt64)
     }
 
-    init(auditor: Auditor) throws(Errno) {
+    init(auditor: Auditor, placement: PlacementPlan = .unmanaged) throws(Errno) {
         epoll = OwnedFileDescriptor(adoptingRawValue: try system_epoll_create().get())
         wakeup = OwnedFileDescriptor(adoptingRawValue: try system_eventfd().get())
         self.auditor = auditor
+        self.placement = placement
         try system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_ADD, wakeup.unsafeRawValue, events: EPOLLIN.rawValue, data: 0).get()
         // Last, after everything that can throw: deinit frees it.
         receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
@@ -115,6 +118,13 @@ final class EventLoop: @unchecked Sendable {
         }) else { return nil }
         done.wait()
         return result.withLock { $0 }
+    }
+
+    /// Moves the loop thread onto its own CPU, if the placement gives it one.
+    /// Loop thread only.
+    func applyServingPlacement() -> Result<Void, Errno> {
+        guard let cpu = placement.servingCPU else { return .success(()) }
+        return system_sched_setaffinity(CPUSet([cpu]))
     }
 
     // MARK: Loop thread
@@ -230,7 +240,7 @@ final class EventLoop: @unchecked Sendable {
     func spawn(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
         if shuttingDown != nil { return .failure(.shuttingDown) }
         let process: SpawnedProcess
-        do { process = try spawnWorker(configuration) } catch { return .failure(.spawnFailed(error.description)) }
+        do { process = try spawnWorker(configuration, placement: placement) } catch { return .failure(.spawnFailed(error.description)) }
         let id = nextWorkerID
         nextWorkerID += 1
         let handle = WorkerHandle(id: id, pid: process.pid, name: configuration.name, policy: configuration.policy, loop: self)

@@ -22,15 +22,13 @@ struct SpawnError: Error, CustomStringConvertible {
 /// the explicit environment, its own session, an empty signal mask and default
 /// dispositions; then opens a pidfd for it and applies its resource limits.
 ///
+/// `placement` decides where the worker is born: its scheduling policy is set by
+/// posix_spawn, and its CPUs by spawning from this thread while it is moved onto
+/// them, so the worker runs nowhere else from its first instruction.
+///
 /// Must run on a thread that outlives the worker: a worker's PR_SET_PDEATHSIG
 /// fires when the thread that spawned it exits, not the process.
-func spawnWorker(_ configuration: WorkerConfiguration) throws(SpawnError) -> SpawnedProcess {
-    func step<T>(_ name: String, _ result: Result<T, Errno>) throws(SpawnError) -> T {
-        switch result {
-        case .success(let value): return value
-        case .failure(let errno): throw SpawnError(step: name, errno: errno)
-        }
-    }
+func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan = .unmanaged) throws(SpawnError) -> SpawnedProcess {
     let pair: SeqpacketSocketPair
     do { pair = try SeqpacketSocket.pair() } catch { throw SpawnError(step: "socketpair", errno: error) }
     var supervisorEnd = pair.first
@@ -88,8 +86,10 @@ func spawnWorker(_ configuration: WorkerConfiguration) throws(SpawnError) -> Spa
     _ = try step("spawn attributes", errnoResult(posix_spawnattr_setflags(&attributes, flags)))
 
     let argv = [configuration.argv0 ?? configuration.executable] + configuration.arguments
-    let pid = try step("posix_spawn \(configuration.executable)",
-                       system_posix_spawn(configuration.executable, &actions, &attributes, argv, environment(for: configuration)))
+    let pid = try withSpawningThread(placedFor: placement) { () throws(SpawnError) -> pid_t in
+        try step("posix_spawn \(configuration.executable)",
+                 system_posix_spawn(configuration.executable, &actions, &attributes, argv, environment(for: configuration)))
+    }
     _ = consume childEnd
     _ = consume stdioOwned
 
@@ -112,6 +112,40 @@ func spawnWorker(_ configuration: WorkerConfiguration) throws(SpawnError) -> Spa
         throw error
     }
     return SpawnedProcess(pid: pid, pidfd: pidfd, channel: supervisorEnd)
+}
+
+/// The value of one step of spawning, or the error naming that step.
+private func step<T>(_ name: String, _ result: Result<T, Errno>) throws(SpawnError) -> T {
+    switch result {
+    case .success(let value): return value
+    case .failure(let errno): throw SpawnError(step: name, errno: errno)
+    }
+}
+
+/// Runs `spawn` with this thread's scheduling policy and CPUs set to what
+/// `placement` gives workers, then puts them back. A child starts with the
+/// policy and affinity of the thread that spawns it, so the worker has them
+/// from its first instruction. (glibc's posix_spawnattr refuses SCHED_BATCH
+/// and has no affinity attribute.)
+private func withSpawningThread<T>(placedFor placement: PlacementPlan, _ spawn: () throws(SpawnError) -> T) throws(SpawnError) -> T {
+    var restoreScheduler: (policy: Int32, parameters: sched_param)? = nil
+    var restoreAffinity: CPUSet? = nil
+    defer {
+        // Failing to move back only costs the serving thread its placement, never correctness.
+        if let restoreAffinity { _ = system_sched_setaffinity(restoreAffinity) }
+        if let restoreScheduler { _ = system_sched_setscheduler(restoreScheduler.policy, restoreScheduler.parameters) }
+    }
+    if placement.batchWorkers {
+        let saved = try step("sched_getscheduler", system_sched_getscheduler())
+        try step("sched_setscheduler(SCHED_BATCH)", system_sched_setscheduler(privsep_SCHED_BATCH, sched_param(sched_priority: 0)))
+        restoreScheduler = saved
+    }
+    if let workerCPUs = placement.workerCPUs {
+        let saved = try step("sched_getaffinity", system_sched_getaffinity())
+        try step("sched_setaffinity (worker CPUs)", system_sched_setaffinity(workerCPUs))
+        restoreAffinity = saved
+    }
+    return try spawn()
 }
 
 /// The worker's whole environment.

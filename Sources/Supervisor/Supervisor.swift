@@ -22,14 +22,34 @@ public final class Supervisor: Sendable {
     /// - Parameters:
     ///   - logger: receives every decision (grants at debug, denials at notice) and lifecycle events.
     ///   - auditLog: also receives every decision, as JSON lines or in memory.
-    public init(logger: Logger = Logger(label: "privsep.supervisor"), auditLog: AuditLog? = nil) throws(SupervisorError) {
+    ///   - placement: where the serving thread and the workers run (see ``Placement``).
+    ///     One that cannot be had here (a dedicated CPU on a one-CPU machine) is an error.
+    public init(logger: Logger = Logger(label: "privsep.supervisor"), auditLog: AuditLog? = nil,
+                placement: Placement = .unmanaged) throws(SupervisorError) {
         reserveStandardStreams()
+        // The loop thread starts with this thread's affinity, so its CPUs are the ones to divide.
+        let plan: PlacementPlan
+        if placement == .unmanaged {
+            plan = .unmanaged
+        } else {
+            switch system_sched_getaffinity() {
+            case .success(let allowed): plan = try PlacementPlan(placement, allowed: allowed)
+            case .failure(let errno): throw .systemError("cannot read the CPU affinity for placement \(placement): \(errno)")
+            }
+        }
         do {
-            loop = try EventLoop(auditor: Auditor(logger: logger, log: auditLog))
+            loop = try EventLoop(auditor: Auditor(logger: logger, log: auditLog), placement: plan)
         } catch {
             throw .systemError("cannot create the event loop: \(error)")
         }
         loop.start()
+        if plan.servingCPU != nil {
+            switch loop.call({ $0.applyServingPlacement() }) {
+            case .success?: break
+            case .failure(let errno)?: throw .systemError("cannot give the serving thread its own CPU: \(errno)")
+            case nil: throw .shuttingDown
+            }
+        }
     }
 
     deinit {

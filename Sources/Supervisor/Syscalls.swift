@@ -39,6 +39,32 @@ func system_openat2(_ directory: Int32, _ path: String, flags: Int32, mode: UInt
     }
 }
 
+/// The CPUs the calling thread may run on.
+func system_sched_getaffinity() -> Result<CPUSet, Errno> {
+    var set = CPUSet()
+    let rc = set.withUnsafeMutableWords { privsep_sched_getaffinity($0.baseAddress!, $0.count * 8) }
+    return rc > 0 ? .success(set) : .failure(currentErrno())
+}
+
+/// Restricts the calling thread (and the threads and processes it starts afterwards) to `set`.
+func system_sched_setaffinity(_ set: CPUSet) -> Result<Void, Errno> {
+    set.withUnsafeWords { privsep_sched_setaffinity($0.baseAddress!, $0.count * 8) } == 0 ? .success(()) : .failure(currentErrno())
+}
+
+/// The calling thread's scheduling policy and parameters.
+func system_sched_getscheduler() -> Result<(policy: Int32, parameters: sched_param), Errno> {
+    var parameters = sched_param()
+    let policy = sched_getscheduler(0)
+    guard policy >= 0, sched_getparam(0, &parameters) == 0 else { return .failure(currentErrno()) }
+    return .success((policy, parameters))
+}
+
+/// Sets the calling thread's scheduling policy (children it starts afterwards inherit it).
+func system_sched_setscheduler(_ policy: Int32, _ parameters: sched_param) -> Result<Void, Errno> {
+    var parameters = parameters
+    return sched_setscheduler(0, policy, &parameters) == 0 ? .success(()) : .failure(currentErrno())
+}
+
 func system_open(_ path: String, _ flags: Int32) -> Result<Int32, Errno> {
     retryingOnInterrupt { Glibc.open(path, flags) }
 }

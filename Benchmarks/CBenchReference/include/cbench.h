@@ -16,6 +16,10 @@ pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int c
 /* Pins the calling thread (and children spawned after) to `cpu`, or to every
    CPU when cpu < 0. Returns 0 or -1 with errno set. */
 int cbench_pin(int cpu);
+/* Moves the calling thread onto every CPU but `cpu`. */
+int cbench_pin_except(int cpu);
+/* Switches the calling thread to SCHED_BATCH (on) or back to SCHED_OTHER; children it spawns inherit it. */
+int cbench_sched_batch(int on);
 
 /* Child side: receive a message (up to 253 fds), close its fds, reply with 16
    bytes; until end-of-file. Returns 0 at EOF, -1 on error. */

@@ -188,6 +188,15 @@ static inline long privsep_fstatfs_type(int fd) {
     return fstatfs(fd, &info) == 0 ? (long)info.f_type : -1;
 }
 static inline pid_t privsep_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+/* The calling thread's CPU affinity as a bit mask of `bytes` bytes (raw syscalls:
+   tid 0 is the calling thread). get returns the kernel's mask size in bytes. */
+static inline int privsep_sched_getaffinity(uint64_t *mask, size_t bytes) {
+    return (int)syscall(SYS_sched_getaffinity, 0, bytes, mask);
+}
+static inline int privsep_sched_setaffinity(const uint64_t *mask, size_t bytes) {
+    return (int)syscall(SYS_sched_setaffinity, 0, bytes, mask);
+}
+static const int privsep_SCHED_BATCH = 3;
 static inline int privsep_prlimit(pid_t pid, int resource, const struct rlimit *_Nullable new_limit,
                                   struct rlimit *_Nullable old_limit) {
     return (int)syscall(SYS_prlimit64, pid, resource, new_limit, old_limit);

@@ -326,6 +326,17 @@ for step in CommandLine.arguments.dropFirst() {
         }
         for thread in threads { pthread_join(thread, nil) }
         say(tally.bad.isEmpty ? "threads ok \(tally.good)" : "threads failed \(tally.bad.prefix(3))")
+    case "placement":
+        // Where the supervisor placed this process: its CPUs and scheduling policy.
+        let status = open("/proc/self/status", O_RDONLY | O_CLOEXEC)
+        var cpus = "?"
+        while true {
+            let line = readLine(status)
+            if line.isEmpty { break }
+            if line.hasPrefix("Cpus_allowed_list:") { cpus = line.split(separator: "\t").last.map(String.init) ?? "?" }
+        }
+        close(status)
+        say("placement cpus \(cpus) policy \(sched_getscheduler(0))")
     case "ids":
         say("ids uid \(getuid()) euid \(geteuid()) gid \(getgid()) groups \(getgroups(0, nil))")
     case "limits":

@@ -1,0 +1,92 @@
+import Glibc
+@testable import Supervisor
+import Testing
+
+@Suite struct PlacementTests {
+    // MARK: The plan
+
+    @Test func aDedicatedCPUIsTheHighestAllowedOneAndWorkersGetTheRest() throws {
+        let plan = try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet([0, 2, 5, 7]))
+        #expect(plan.servingCPU == 7)
+        #expect(plan.workerCPUs?.members == [0, 2, 5])
+        #expect(!plan.batchWorkers)
+    }
+
+    @Test func aDedicatedCPUNeedsTwoCPUs() {
+        #expect(throws: SupervisorError.self) { try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet([3])) }
+        #expect(throws: SupervisorError.self) { try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet()) }
+    }
+
+    @Test func batchAndUnmanagedPlansMoveNothing() throws {
+        let batch = try PlacementPlan(.batchWorkers, allowed: CPUSet([0, 1]))
+        #expect(batch.batchWorkers && batch.servingCPU == nil && batch.workerCPUs == nil)
+        let unmanaged = try PlacementPlan(.unmanaged, allowed: CPUSet([0, 1]))
+        #expect(unmanaged == .unmanaged)
+    }
+
+    @Test func cpuSetKeepsToItsMask() {
+        var set = CPUSet([0, 63, 64, CPUSet.capacity - 1])
+        #expect(set.members == [0, 63, 64, CPUSet.capacity - 1])
+        #expect(!set.contains(CPUSet.capacity) && !set.contains(-1))
+        set.remove(63)
+        set.remove(-1)
+        set.remove(CPUSet.capacity)
+        #expect(set.members == [0, 64, CPUSet.capacity - 1])
+    }
+
+    // MARK: Real workers
+
+    @Test func dedicatedServingCPUSeparatesTheLoopThreadFromEveryWorker() async throws {
+        let allowed = try system_sched_getaffinity().get().members
+        guard allowed.count >= 2 else {
+            #expect(throws: SupervisorError.self) { try Supervisor(logger: quietLogger(), placement: .dedicatedServingCPU) }
+            return
+        }
+        let supervisor = try Supervisor(logger: quietLogger(), placement: .dedicatedServingCPU)
+        #expect(loopThreadCPUs(supervisor) == [allowed.last!])
+        let run = try await runWorker(["handshake", "placement"], supervisor: supervisor)
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "placement cpus \(cpuList(allowed.dropLast())) policy \(SCHED_OTHER)")
+        // Spawning moved the loop thread onto the workers' CPUs for a moment; it is back.
+        #expect(loopThreadCPUs(supervisor) == [allowed.last!])
+        await supervisor.shutdown()
+    }
+
+    @Test func batchWorkersAreBornUnderSchedBatchAndTheLoopThreadIsNot() async throws {
+        let allowed = try system_sched_getaffinity().get().members
+        let supervisor = try Supervisor(logger: quietLogger(), placement: .batchWorkers)
+        let run = try await runWorker(["handshake", "placement"], supervisor: supervisor)
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "placement cpus \(cpuList(allowed)) policy \(privsepSchedBatch)")
+        let loopPolicy = supervisor.loop.call { _ in try? system_sched_getscheduler().get().policy }
+        #expect(loopPolicy == SCHED_OTHER)
+        #expect(loopThreadCPUs(supervisor) == allowed)
+        await supervisor.shutdown()
+    }
+
+    @Test func unmanagedWorkersRunWhereTheSupervisorMay() async throws {
+        let allowed = try system_sched_getaffinity().get().members
+        let run = try await runWorker(["handshake", "placement"])
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "placement cpus \(cpuList(allowed)) policy \(SCHED_OTHER)")
+    }
+}
+
+private let privsepSchedBatch: Int32 = 3
+
+private func loopThreadCPUs(_ supervisor: Supervisor) -> [Int]? {
+    supervisor.loop.call { _ in try? system_sched_getaffinity().get().members } ?? nil
+}
+
+/// CPUs as the kernel lists them in /proc (Cpus_allowed_list): "0-3,5".
+private func cpuList(_ cpus: some Collection<Int>) -> String {
+    var ranges: [String] = []
+    var start: Int? = nil, previous = -2
+    for cpu in cpus.sorted() + [Int.min] {
+        if cpu == previous + 1 { previous = cpu; continue }
+        if let start { ranges.append(start == previous ? "\(start)" : "\(start)-\(previous)") }
+        start = cpu
+        previous = cpu
+    }
+    return ranges.joined(separator: ",")
+}
