@@ -7,17 +7,19 @@
 /// the thread that woke it, the serving thread, and preempts it. With several
 /// busy workers the serving thread then waits to run on its own CPU while the
 /// others idle. BENCHMARKS.md measures each choice beside a C broker.
-public enum Placement: Sendable, Equatable, CustomStringConvertible {
+///
+/// The raw values are the names the `privsep` tool takes (`--placement`).
+public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
     /// The kernel's scheduler decides everything (the default).
     case unmanaged
     /// Workers run under `SCHED_BATCH`: a worker woken by a reply never preempts
     /// the serving thread, which keeps serving until it runs out of work. Workers
     /// keep every CPU, and also never preempt other normal tasks on wake-up.
-    case batchWorkers
+    case batchWorkers = "batch-workers"
     /// The serving thread runs on one CPU of its own (the highest-numbered one it
     /// may use) and every worker on the others, so no worker ever competes with
     /// it. Needs at least two CPUs, and the workers lose one CPU for their own work.
-    case dedicatedServingCPU
+    case dedicatedServingCPU = "dedicated-cpu"
 
     public var description: String {
         switch self {

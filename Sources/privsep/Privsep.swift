@@ -356,6 +356,7 @@ func workerConfiguration(command: [String], file: PolicyFile) throws -> WorkerCo
 }
 
 extension RestartPolicy.Mode: ExpressibleByArgument {}
+extension Placement: ExpressibleByArgument {}
 
 func loadPolicy(_ path: String) throws -> PolicyFile {
     guard let text = readTextFile(path) else {

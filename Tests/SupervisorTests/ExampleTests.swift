@@ -146,6 +146,31 @@ import Testing
         #expect(result.stderr.contains("45 jobs"), "\(result.stderr)")
         #expect(result.stderr.contains("succeeded: 40"), "\(result.stderr)")
     }
+
+    /// `privsep pool --placement`: every placement serves the same jobs; a dedicated
+    /// CPU on a one-CPU machine, or an unknown name, is refused before anything runs.
+    @Test func poolRunsUnderEveryPlacement() async throws {
+        let tree = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        for index in 0..<6 { try "[s]\nk = v\(index)\n".write(toFile: tree + "/in-\(index).rec", atomically: true, encoding: .utf8) }
+        func pool(_ placement: String) async throws -> Output {
+            try await Self.run(Self.bin + "/privsep", ["pool", "--policy", Self.examples + "/parser-pool/policy.json", "--workers", "3",
+                                                       "--placement", placement]
+                + (0..<6).flatMap { ["--input", tree + "/in-\($0).rec"] } + ["--", Self.bin + "/record-parser"])
+        }
+        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        for placement in ["unmanaged", "batch-workers", "dedicated-cpu"] {
+            let result = try await pool(placement)
+            if placement == "dedicated-cpu" && cpus < 2 {
+                #expect(result.status == 1 && result.stderr.contains("needs at least two CPUs"), "\(result.stderr)")
+                continue
+            }
+            #expect(result.status == 0, "\(placement): \(result.stderr)")
+            #expect(result.stderr.contains("succeeded: 6"), "\(placement): \(result.stderr)")
+        }
+        let unknown = try await pool("fastest")
+        #expect(unknown.status == 64, "\(unknown.stderr)")
+    }
 }
 
 /// One HTTP/1.0 GET to 127.0.0.1:port, the whole response.
