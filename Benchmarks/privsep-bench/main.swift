@@ -661,7 +661,8 @@ struct StartGate {
     gate.open(workers)
     check(cbench_open_broker(parentEnds, Int32(workers), directory) == 0, "C broker")
     let seconds = Double(cbench_now_ns() - start) / 1e9
-    check(cbench_pin(-1) == 0, "sched_setaffinity")
+    // Placed rows run unpinned; the unmanaged ones keep the caller's pinning.
+    if placement == .dedicatedServingCPU { check(cbench_pin(-1) == 0, "sched_setaffinity") }
     for fd in parentEnds { close(fd) }
     for pid in pids {
         var status: Int32 = 0
