@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "cbench.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <sched.h>
 #include <spawn.h>
@@ -37,6 +38,25 @@ pid_t cbench_spawn(const char *path, char *const *argv, int channel_fd, int stdi
     return pid;
 }
 
+/* Every thread of this process onto `set`: Swift's main actor runs on whichever
+   dispatch thread drains the main queue, so pinning only the calling thread would
+   leave the next job of the same code on another, unpinned thread. Threads started
+   later inherit the mask of the thread that starts them. */
+static int pin_process(const cpu_set_t *set) {
+    DIR *tasks = opendir("/proc/self/task");
+    if (!tasks) return -1;
+    int result = 0;
+    struct dirent *entry;
+    while ((entry = readdir(tasks)) != NULL) {
+        if (entry->d_name[0] == '.') continue;
+        pid_t tid = (pid_t)atoi(entry->d_name);
+        /* A thread that exits meanwhile (ESRCH) is no failure. */
+        if (sched_setaffinity(tid, sizeof *set, set) != 0 && errno != ESRCH) result = -1;
+    }
+    closedir(tasks);
+    return result;
+}
+
 int cbench_pin(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -46,7 +66,7 @@ int cbench_pin(int cpu) {
         long n = sysconf(_SC_NPROCESSORS_CONF);
         for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET(i, &set);
     }
-    return sched_setaffinity(0, sizeof set, &set);
+    return pin_process(&set);
 }
 
 int cbench_pin_except(int cpu) {
@@ -54,7 +74,7 @@ int cbench_pin_except(int cpu) {
     CPU_ZERO(&set);
     long n = sysconf(_SC_NPROCESSORS_CONF);
     for (long i = 0; i < n && i < CPU_SETSIZE; i++) if (i != cpu) CPU_SET(i, &set);
-    return sched_setaffinity(0, sizeof set, &set);
+    return pin_process(&set);
 }
 
 int cbench_sched_batch(int on) {

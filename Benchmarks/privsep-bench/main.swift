@@ -809,10 +809,10 @@ if connectRuns > 0 {
 // MARK: Worker pool
 
 /// A pool of `size` bench pool workers, ready.
-@MainActor func makeBenchPool(size: Int, jobsPerWorker: Int) async -> (Supervisor, WorkerPool) {
+@MainActor func makeBenchPool(size: Int, jobsPerWorker: Int, placement: Placement = .unmanaged) async -> (Supervisor, WorkerPool) {
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
-    let supervisor = try! Supervisor(logger: logger)
+    let supervisor = try! Supervisor(logger: logger, placement: placement)
     var worker = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "pool-worker"])
     worker.requiredLayers = [.seccomp]
     worker.caps.messagesPerSecond = 10_000_000
@@ -859,8 +859,8 @@ let poolInput = [UInt8](repeating: 7, count: 16)
 }
 
 /// Jobs per second through a pool of `size`, with 2 × size jobs in flight.
-@MainActor func measurePoolThroughput(size: Int, jobsPerWorker: Int, jobs: Int) async -> Double {
-    let (supervisor, pool) = await makeBenchPool(size: size, jobsPerWorker: jobsPerWorker)
+@MainActor func measurePoolThroughput(size: Int, jobsPerWorker: Int, jobs: Int, placement: Placement = .unmanaged) async -> Double {
+    let (supervisor, pool) = await makeBenchPool(size: size, jobsPerWorker: jobsPerWorker, placement: placement)
     let start = cbench_now_ns()
     await withTaskGroup(of: Void.self) { group in
         var submitted = 0, inFlight = 0
@@ -904,4 +904,15 @@ if poolJobs > 0 {
         print("| WorkerPool | \(size) | \(Int(warm)) | \(Int(recycled)) |")
     }
     print("| no pool: spawn → lockdown → exit per job, one at a time | 1 | | \(Int(1e6 / fresh.median)) |")
+    if throughputPlacements.count > 1 {
+        print("")
+        print("| warm jobs/s by placement, unpinned | pool size | jobs/s |")
+        print("|---|---:|---:|")
+        for size in [4, 16] {
+            for placement in throughputPlacements {
+                let rate = await measurePoolThroughput(size: size, jobsPerWorker: Int.max, jobs: poolJobs * 2, placement: placement)
+                print("| WorkerPool, \(placement) | \(size) | \(Int(rate)) |")
+            }
+        }
+    }
 }

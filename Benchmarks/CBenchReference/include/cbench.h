@@ -13,10 +13,10 @@
    Returns the pid, or -1 with errno set. */
 pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int channel_fd, int stdin_fd);
 
-/* Pins the calling thread (and children spawned after) to `cpu`, or to every
-   CPU when cpu < 0. Returns 0 or -1 with errno set. */
+/* Pins every thread of this process (and threads and children started after) to
+   `cpu`, or to every CPU when cpu < 0. Returns 0 or -1 with errno set. */
 int cbench_pin(int cpu);
-/* Moves the calling thread onto every CPU but `cpu`. */
+/* Moves every thread of this process onto every CPU but `cpu`. */
 int cbench_pin_except(int cpu);
 /* Switches the calling thread to SCHED_BATCH (on) or back to SCHED_OTHER; children it spawns inherit it. */
 int cbench_sched_batch(int on);
