@@ -71,10 +71,16 @@ int cbench_pin(int cpu) {
 
 int cbench_pin_except(int cpu) {
     cpu_set_t set;
-    CPU_ZERO(&set);
-    long n = sysconf(_SC_NPROCESSORS_CONF);
-    for (long i = 0; i < n && i < CPU_SETSIZE; i++) if (i != cpu) CPU_SET(i, &set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    CPU_CLR(cpu, &set);
     return pin_process(&set);
+}
+
+int cbench_last_allowed_cpu(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    for (int cpu = CPU_SETSIZE - 1; cpu >= 0; cpu--) if (CPU_ISSET(cpu, &set)) return cpu;
+    return -1;
 }
 
 int cbench_sched_batch(int on) {

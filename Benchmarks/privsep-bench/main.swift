@@ -3,7 +3,7 @@
 //   swift build -c release --static-swift-stdlib --product privsep-bench
 //   .build/release/privsep-bench [--iterations N] [--startup-runs N] [--workers N]
 //       [--open-runs N] [--connect-runs N] [--pool-jobs N] [--ready-worker PATH]
-//       [--throughput-workers 1,4,16,64] [--placements unmanaged,batch,dedicated]
+//       [--throughput-workers 1,4,16,64] [--placements unmanaged,batch-workers,dedicated-cpu]
 // (0 skips a section.)
 //
 // Sections:
@@ -209,9 +209,8 @@ if let index = CommandLine.arguments.firstIndex(of: "--throughput-workers"), ind
 /// The placements of the opens/s rows (more than one CPU needed for all but unmanaged).
 var throughputPlacements: [Placement] = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 ? [.unmanaged, .batchWorkers, .dedicatedServingCPU] : [.unmanaged]
 if let index = CommandLine.arguments.firstIndex(of: "--placements"), index + 1 < CommandLine.arguments.count {
-    let names: [String: Placement] = ["unmanaged": .unmanaged, "batch": .batchWorkers, "dedicated": .dedicatedServingCPU]
-    let chosen = CommandLine.arguments[index + 1].split(separator: ",").map { names[String($0)] }
-    check(!chosen.isEmpty && !chosen.contains(nil), "--placements takes a list of unmanaged, batch, dedicated")
+    let chosen = CommandLine.arguments[index + 1].split(separator: ",").map { Placement(rawValue: String($0)) }
+    check(!chosen.isEmpty && !chosen.contains(nil), "--placements takes a list of unmanaged, batch-workers, dedicated-cpu")
     throughputPlacements = chosen.compactMap { $0 }
 }
 if let index = CommandLine.arguments.firstIndex(of: "--startup-runs"), index + 1 < CommandLine.arguments.count,
@@ -627,7 +626,7 @@ struct StartGate {
 /// with `placement` done by hand as the supervisor does it: clients spawned
 /// SCHED_BATCH, or the broker on the last CPU and its clients on the others.
 @MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged) -> (Summary, Double) {
-    let servingCPU = Int32(sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1)
+    let servingCPU = cbench_last_allowed_cpu()
     switch placement {
     case .unmanaged: break
     case .batchWorkers: check(cbench_sched_batch(1) == 0, "SCHED_BATCH")

@@ -49,6 +49,8 @@ final class EventLoop: @unchecked Sendable {
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     /// Where the loop thread and the workers it spawns run.
     private let placement: PlacementPlan
+    /// What the loop thread returns to after each placed spawn (set by ``preparePlacement()``).
+    private var spawnBaseline = SpawningThreadBaseline()
 
     private enum Registration {
         case wakeup
@@ -77,6 +79,8 @@ final class EventLoop: @unchecked Sendable {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         defer { pthread_attr_destroy(&attributes) }
+        // Nobody joins the loop thread: detached, its stack goes when it ends.
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
         let rc = pthread_create(&threadID, &attributes, { context in
             let loop = Unmanaged<EventLoop>.fromOpaque(context!).takeRetainedValue()
             loop.run()
@@ -120,11 +124,30 @@ final class EventLoop: @unchecked Sendable {
         return result.withLock { $0 }
     }
 
-    /// Moves the loop thread onto its own CPU, if the placement gives it one.
-    /// Loop thread only.
-    func applyServingPlacement() -> Result<Void, Errno> {
-        guard let cpu = placement.servingCPU else { return .success(()) }
-        return system_sched_setaffinity(CPUSet([cpu]))
+    /// Loop thread, once, before anything is spawned: moves this thread onto its own
+    /// CPU if the placement gives it one, and records what each placed spawn returns
+    /// it to. nil when the placement is in force.
+    func preparePlacement() -> SupervisorError? {
+        if placement.batchWorkers {
+            switch system_sched_getscheduler() {
+            case .failure(let errno):
+                return .systemError("cannot read the serving thread's scheduling policy: \(errno)")
+            case .success(let current):
+                let policy = current.policy & ~privsep_SCHED_RESET_ON_FORK
+                guard policy == SCHED_OTHER || policy == privsep_SCHED_BATCH else {
+                    return .systemError("placement \(Placement.batchWorkers) needs the serving thread under SCHED_OTHER; it runs under policy \(policy), which it could not switch back to after each spawn")
+                }
+                spawnBaseline.scheduler = (current.policy, current.parameters.sched_priority)
+            }
+        }
+        if let cpu = placement.servingCPU {
+            let own = CPUSet([cpu])
+            if case .failure(let errno) = system_sched_setaffinity(own) {
+                return .systemError("cannot give the serving thread its own CPU: \(errno)")
+            }
+            spawnBaseline.affinity = own
+        }
+        return nil
     }
 
     // MARK: Loop thread
@@ -240,7 +263,12 @@ final class EventLoop: @unchecked Sendable {
     func spawn(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
         if shuttingDown != nil { return .failure(.shuttingDown) }
         let process: SpawnedProcess
-        do { process = try spawnWorker(configuration, placement: placement) } catch { return .failure(.spawnFailed(error.description)) }
+        do { process = try spawnWorker(configuration, placement: placement, baseline: spawnBaseline) } catch {
+            return .failure(.spawnFailed(error.description))
+        }
+        if let problem = process.placementProblem {
+            auditor.logger.warning("\(configuration.name): spawned without its placement: \(problem)")
+        }
         let id = nextWorkerID
         nextWorkerID += 1
         let handle = WorkerHandle(id: id, pid: process.pid, name: configuration.name, policy: configuration.policy, loop: self)
@@ -660,7 +688,7 @@ final class EventLoop: @unchecked Sendable {
                                      identity: record.configuration.interceptIdentity,
                                      connectTimeout: record.configuration.caps.connectTimeoutSeconds,
                                      programPidfd: OwnedFileDescriptor(adoptingRawValue: pidfd))
-        guard server.start() else {
+        guard server.start(on: placement.helperThreadCPUs) else {
             kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
             return
         }

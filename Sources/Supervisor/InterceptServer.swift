@@ -54,6 +54,8 @@ final class InterceptServer: @unchecked Sendable {
     private let programPidfd: Int32
     /// Set when this thread must stop serving: its next loop iteration ends it.
     private var stopped = false
+    /// The CPUs the serving thread moves onto when it starts (set before it starts).
+    private var serveOn: CPUSet?
 
     init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String,
          identity: (uid: UInt32, gid: UInt32)? = nil, connectTimeout: Double = 30, programPidfd: consuming OwnedFileDescriptor? = nil) {
@@ -83,8 +85,11 @@ final class InterceptServer: @unchecked Sendable {
         policy.withLock { $0 = narrower }
     }
 
-    /// Starts the serving thread (detached; it ends when no process uses the filter any more).
-    func start() -> Bool {
+    /// Starts the serving thread (detached; it ends when no process uses the filter any
+    /// more), on `cpus` when given: a thread starts on its creator's CPUs, which for the
+    /// loop thread may be the one CPU it keeps to itself.
+    func start(on cpus: CPUSet? = nil) -> Bool {
+        serveOn = cpus
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
         var attributes = pthread_attr_t()
@@ -104,6 +109,8 @@ final class InterceptServer: @unchecked Sendable {
     }
 
     private func run() {
+        // Placement is a scheduling choice: a thread that cannot move serves where it is.
+        if let serveOn { _ = system_sched_setaffinity(serveOn) }
         let fd = listener.unsafeRawValue
         while !stopped {
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)

@@ -12,13 +12,17 @@
 public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
     /// The kernel's scheduler decides everything (the default).
     case unmanaged
-    /// Workers run under `SCHED_BATCH`: a worker woken by a reply never preempts
-    /// the serving thread, which keeps serving until it runs out of work. Workers
-    /// keep every CPU, and also never preempt other normal tasks on wake-up.
+    /// Workers run under `SCHED_BATCH`: a worker woken by a reply does not preempt
+    /// the serving thread on wake-up (the scheduler tick still can), so it keeps
+    /// serving what is ready. Workers keep every CPU, and also never preempt other
+    /// tasks on wake-up. Needs the serving thread under `SCHED_OTHER` or `SCHED_BATCH`
+    /// (a real-time one could not switch back after each spawn).
     case batchWorkers = "batch-workers"
-    /// The serving thread runs on one CPU of its own (the highest-numbered one it
-    /// may use) and every worker on the others, so no worker ever competes with
-    /// it. Needs at least two CPUs, and the workers lose one CPU for their own work.
+    /// The serving thread runs on one CPU of its own (the highest-numbered one the
+    /// thread creating the supervisor may use) and every worker on the others. Needs
+    /// at least two CPUs, and the workers lose one CPU for their own work. A worker
+    /// granted the `proc` group may move itself onto the serving CPU; the threads
+    /// serving intercept mode run on every CPU.
     case dedicatedServingCPU = "dedicated-cpu"
 
     public var description: String {
@@ -30,7 +34,8 @@ public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
     }
 }
 
-/// A set of CPUs, as the kernel's affinity mask (1024 CPUs, like glibc's cpu_set_t).
+/// A set of CPUs, as the kernel's affinity mask (1024 CPUs, like glibc's cpu_set_t;
+/// on a kernel built for more, reading an affinity fails with EINVAL).
 struct CPUSet: Equatable, Sendable {
     static let capacity = 1024
     private(set) var words = [UInt64](repeating: 0, count: capacity / 64)
@@ -78,6 +83,9 @@ struct PlacementPlan: Sendable, Equatable {
     var workerCPUs: CPUSet?
     /// Workers start under SCHED_BATCH.
     var batchWorkers = false
+    /// Where the supervisor's other threads (those serving intercept mode) run:
+    /// every CPU there was to divide, so they crowd neither side.
+    var helperThreadCPUs: CPUSet?
 
     static let unmanaged = PlacementPlan()
 
@@ -98,8 +106,20 @@ struct PlacementPlan: Sendable, Equatable {
             others.remove(serving)
             servingCPU = serving
             workerCPUs = others
+            helperThreadCPUs = allowed
         }
     }
 
     private init() {}
+}
+
+/// What the serving thread returns to after each placed spawn, recorded on it once
+/// when the supervisor starts. Restoring to this fixed state rather than to the state
+/// of a moment before means a restore that fails once is not carried into every
+/// later spawn.
+struct SpawningThreadBaseline: Sendable {
+    /// The thread's policy (SCHED_RESET_ON_FORK included) and priority, when spawns switch it to SCHED_BATCH.
+    var scheduler: (policy: Int32, priority: Int32)?
+    /// The thread's own CPU, when spawns move it onto the workers' CPUs.
+    var affinity: CPUSet?
 }

@@ -8,6 +8,8 @@ struct SpawnedProcess: ~Copyable {
     var pid: pid_t
     var pidfd: OwnedFileDescriptor
     var channel: SeqpacketSocket
+    /// Why the worker was spawned without its placement, if it was.
+    var placementProblem: String?
 }
 
 /// Why a spawn failed.
@@ -22,13 +24,14 @@ struct SpawnError: Error, CustomStringConvertible {
 /// the explicit environment, its own session, an empty signal mask and default
 /// dispositions; then opens a pidfd for it and applies its resource limits.
 ///
-/// `placement` decides where the worker is born: its scheduling policy is set by
-/// posix_spawn, and its CPUs by spawning from this thread while it is moved onto
-/// them, so the worker runs nowhere else from its first instruction.
+/// `placement` decides where the worker is born: it inherits the scheduling policy
+/// and CPUs of this thread, which is switched to the worker's for the spawn and
+/// then back to `baseline`, so the worker runs nowhere else from its first instruction.
 ///
 /// Must run on a thread that outlives the worker: a worker's PR_SET_PDEATHSIG
 /// fires when the thread that spawned it exits, not the process.
-func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan = .unmanaged) throws(SpawnError) -> SpawnedProcess {
+func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan = .unmanaged,
+                 baseline: SpawningThreadBaseline = SpawningThreadBaseline()) throws(SpawnError) -> SpawnedProcess {
     let pair: SeqpacketSocketPair
     do { pair = try SeqpacketSocket.pair() } catch { throw SpawnError(step: "socketpair", errno: error) }
     var supervisorEnd = pair.first
@@ -86,7 +89,7 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
     _ = try step("spawn attributes", errnoResult(posix_spawnattr_setflags(&attributes, flags)))
 
     let argv = [configuration.argv0 ?? configuration.executable] + configuration.arguments
-    let pid = try withSpawningThread(placedFor: placement) { () throws(SpawnError) -> pid_t in
+    let (pid, placementProblem) = try withSpawningThread(placedFor: placement, baseline: baseline) { () throws(SpawnError) -> pid_t in
         try step("posix_spawn \(configuration.executable)",
                  system_posix_spawn(configuration.executable, &actions, &attributes, argv, environment(for: configuration)))
     }
@@ -111,7 +114,7 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
         _ = system_waitid_pidfd(pidfd.unsafeRawValue, nonBlocking: false)
         throw error
     }
-    return SpawnedProcess(pid: pid, pidfd: pidfd, channel: supervisorEnd)
+    return SpawnedProcess(pid: pid, pidfd: pidfd, channel: supervisorEnd, placementProblem: placementProblem)
 }
 
 /// The value of one step of spawning, or the error naming that step.
@@ -122,30 +125,42 @@ private func step<T>(_ name: String, _ result: Result<T, Errno>) throws(SpawnErr
     }
 }
 
-/// Runs `spawn` with this thread's scheduling policy and CPUs set to what
-/// `placement` gives workers, then puts them back. A child starts with the
-/// policy and affinity of the thread that spawns it, so the worker has them
-/// from its first instruction. (glibc's posix_spawnattr refuses SCHED_BATCH
-/// and has no affinity attribute.)
-private func withSpawningThread<T>(placedFor placement: PlacementPlan, _ spawn: () throws(SpawnError) -> T) throws(SpawnError) -> T {
-    var restoreScheduler: (policy: Int32, parameters: sched_param)? = nil
-    var restoreAffinity: CPUSet? = nil
-    defer {
-        // Failing to move back only costs the serving thread its placement, never correctness.
-        if let restoreAffinity { _ = system_sched_setaffinity(restoreAffinity) }
-        if let restoreScheduler { _ = system_sched_setscheduler(restoreScheduler.policy, restoreScheduler.parameters) }
+/// Runs `spawn` with this thread switched to what `placement` gives workers (a
+/// child starts with the scheduling policy and CPUs of the thread that spawns it;
+/// glibc's posix_spawnattr refuses SCHED_BATCH and has no affinity attribute),
+/// then switches it back to `baseline`.
+///
+/// Placement is a scheduling choice, never worth a worker: when this thread cannot
+/// be switched (a cpuset that shrank since the supervisor started), the worker is
+/// spawned as it is and the problem is returned, as is a failure to switch back.
+private func withSpawningThread<T>(placedFor placement: PlacementPlan, baseline: SpawningThreadBaseline,
+                                   _ spawn: () throws(SpawnError) -> T) throws(SpawnError) -> (T, problem: String?) {
+    var problems: [String] = []
+    var switchedScheduler = false, movedCPUs = false
+    if placement.batchWorkers, let original = baseline.scheduler {
+        // SCHED_RESET_ON_FORK is kept (clearing it needs CAP_SYS_NICE); SCHED_BATCH survives it.
+        let policy = privsep_SCHED_BATCH | (original.policy & privsep_SCHED_RESET_ON_FORK)
+        switch system_sched_setscheduler(policy, sched_param(sched_priority: 0)) {
+        case .success: switchedScheduler = true
+        case .failure(let errno): problems.append("sched_setscheduler(SCHED_BATCH): \(errno)")
+        }
     }
-    if placement.batchWorkers {
-        let saved = try step("sched_getscheduler", system_sched_getscheduler())
-        try step("sched_setscheduler(SCHED_BATCH)", system_sched_setscheduler(privsep_SCHED_BATCH, sched_param(sched_priority: 0)))
-        restoreScheduler = saved
+    if let workerCPUs = placement.workerCPUs, baseline.affinity != nil {
+        switch system_sched_setaffinity(workerCPUs) {
+        case .success: movedCPUs = true
+        case .failure(let errno): problems.append("sched_setaffinity(worker CPUs): \(errno)")
+        }
     }
-    if let workerCPUs = placement.workerCPUs {
-        let saved = try step("sched_getaffinity", system_sched_getaffinity())
-        try step("sched_setaffinity (worker CPUs)", system_sched_setaffinity(workerCPUs))
-        restoreAffinity = saved
+    let spawned: Result<T, SpawnError>
+    do { spawned = .success(try spawn()) } catch { spawned = .failure(error) }
+    if movedCPUs, let affinity = baseline.affinity, case .failure(let errno) = system_sched_setaffinity(affinity) {
+        problems.append("moving the serving thread back to its CPU: \(errno)")
     }
-    return try spawn()
+    if switchedScheduler, let original = baseline.scheduler,
+       case .failure(let errno) = system_sched_setscheduler(original.policy, sched_param(sched_priority: original.priority)) {
+        problems.append("switching the serving thread back to its scheduling policy: \(errno)")
+    }
+    return (try spawned.get(), problems.isEmpty ? nil : problems.joined(separator: "; "))
 }
 
 /// The worker's whole environment.

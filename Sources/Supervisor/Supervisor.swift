@@ -43,11 +43,12 @@ public final class Supervisor: Sendable {
             throw .systemError("cannot create the event loop: \(error)")
         }
         loop.start()
-        if plan.servingCPU != nil {
-            switch loop.call({ $0.applyServingPlacement() }) {
-            case .success?: break
-            case .failure(let errno)?: throw .systemError("cannot give the serving thread its own CPU: \(errno)")
-            case nil: throw .shuttingDown
+        if plan != .unmanaged {
+            // On the loop thread, before anything is spawned; on failure the loop ends here.
+            let problem: SupervisorError? = loop.call { $0.preparePlacement() } ?? .shuttingDown
+            if let problem {
+                loop.submit(.shutdown(grace: 0, {}))
+                throw problem
             }
         }
     }

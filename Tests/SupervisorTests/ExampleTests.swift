@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import Supervisor
 
 /// Examples 2 to 5 run as their run.sh scripts run them (example 1 is in CLITests).
 @Suite struct ExampleTests {
@@ -158,7 +159,8 @@ import Testing
                                                        "--placement", placement]
                 + (0..<6).flatMap { ["--input", tree + "/in-\($0).rec"] } + ["--", Self.bin + "/record-parser"])
         }
-        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        // The CPUs this thread may use, as the supervisor counts them (a container may allow fewer than the machine has).
+        let cpus = try system_sched_getaffinity().get().members.count
         for placement in ["unmanaged", "batch-workers", "dedicated-cpu"] {
             let result = try await pool(placement)
             if placement == "dedicated-cpu" && cpus < 2 {

@@ -64,6 +64,42 @@ import Testing
         await supervisor.shutdown()
     }
 
+    @Test func aFailedSpawnStillPutsTheLoopThreadBack() async throws {
+        let allowed = try system_sched_getaffinity().get().members
+        let placement: Placement = allowed.count >= 2 ? .dedicatedServingCPU : .batchWorkers
+        let supervisor = try Supervisor(logger: quietLogger(), placement: placement)
+        let before = loopThreadCPUs(supervisor)
+        await #expect(throws: SupervisorError.self) {
+            _ = try await supervisor.spawn(WorkerConfiguration(executable: "/nonexistent/program"))
+        }
+        #expect(loopThreadCPUs(supervisor) == before)
+        let loopPolicy = supervisor.loop.call { _ in try? system_sched_getscheduler().get().policy }
+        #expect(loopPolicy == SCHED_OTHER)
+        await supervisor.shutdown()
+    }
+
+    @Test func batchWorkersAreRefusedForARealTimeServingThread() async throws {
+        // Created on a SCHED_FIFO thread, the loop thread is SCHED_FIFO too: switched to
+        // SCHED_BATCH for each spawn, it could not always switch back, so it is refused.
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            Thread.detach {
+                var parameters = sched_param(sched_priority: 1)
+                guard sched_setscheduler(0, SCHED_FIFO, &parameters) == 0 else {
+                    continuation.resume(returning: "no SCHED_FIFO here: \(errno)")
+                    return
+                }
+                do {
+                    _ = try Supervisor(logger: quietLogger(), placement: .batchWorkers)
+                    continuation.resume(returning: "accepted")
+                } catch {
+                    continuation.resume(returning: "\(error)")
+                }
+            }
+        }
+        if outcome.hasPrefix("no SCHED_FIFO") { return } // needs CAP_SYS_NICE
+        #expect(outcome.contains("needs the serving thread under SCHED_OTHER"), "\(outcome)")
+    }
+
     @Test func unmanagedWorkersRunWhereTheSupervisorMay() async throws {
         let allowed = try system_sched_getaffinity().get().members
         let run = try await runWorker(["handshake", "placement"])

@@ -16,8 +16,10 @@ pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int c
 /* Pins every thread of this process (and threads and children started after) to
    `cpu`, or to every CPU when cpu < 0. Returns 0 or -1 with errno set. */
 int cbench_pin(int cpu);
-/* Moves every thread of this process onto every CPU but `cpu`. */
+/* Moves every thread of this process onto the calling thread's CPUs but `cpu`. */
 int cbench_pin_except(int cpu);
+/* The highest-numbered CPU the calling thread may use (the one Placement.dedicatedServingCPU picks), or -1. */
+int cbench_last_allowed_cpu(void);
 /* Switches the calling thread to SCHED_BATCH (on) or back to SCHED_OTHER; children it spawns inherit it. */
 int cbench_sched_batch(int on);
 

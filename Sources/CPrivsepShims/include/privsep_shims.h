@@ -197,6 +197,7 @@ static inline int privsep_sched_setaffinity(const uint64_t *mask, size_t bytes) 
     return (int)syscall(SYS_sched_setaffinity, 0, bytes, mask);
 }
 static const int privsep_SCHED_BATCH = 3;
+static const int privsep_SCHED_RESET_ON_FORK = 0x40000000;
 static inline int privsep_prlimit(pid_t pid, int resource, const struct rlimit *_Nullable new_limit,
                                   struct rlimit *_Nullable old_limit) {
     return (int)syscall(SYS_prlimit64, pid, resource, new_limit, old_limit);
