@@ -100,7 +100,7 @@ struct PlacementPlan: Sendable, Equatable {
         case .dedicatedServingCPU:
             let cpus = allowed.members
             guard let serving = cpus.last, cpus.count >= 2 else {
-                throw .systemError("placement \(placement) needs at least two CPUs; this process may use \(cpus.count)")
+                throw .systemError("placement \(placement) needs at least two CPUs; the thread creating the supervisor may use \(cpus.count)")
             }
             var others = allowed
             others.remove(serving)
