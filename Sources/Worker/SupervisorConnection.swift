@@ -21,8 +21,10 @@ public final class SupervisorConnection: @unchecked Sendable {
     public let supervisorProcessID: Int32
     public let workerID: UInt64
     // Guarded by `lock`: the reply mailbox and who is reading the socket.
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let replied = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // Allocated and initialized once the handshake has succeeded, so a failed
+    // handshake leaves nothing behind and deinit never destroys what was never made.
+    private let lock: UnsafeMutablePointer<pthread_mutex_t>
+    private let replied: UnsafeMutablePointer<pthread_cond_t>
     private var nextRequestID: UInt64 = 1
     // Arrays, not a dictionary and a set: they hold one entry per thread waiting
     // (usually one), and keep their storage from request to request.
@@ -30,7 +32,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     private var waiting: [UInt64] = []
     private var readerActive = false
     /// Where the reader (whichever thread has `readerActive`) receives.
-    private let receiveScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+    private let receiveScratch: UnsafeMutableRawBufferPointer
     private var failure: WorkerError?
     private var jobInbox: [JobBox] = []
 
@@ -58,20 +60,34 @@ public final class SupervisorConnection: @unchecked Sendable {
 
     /// Connects over a channel the caller already holds (for tests and embedders).
     public init(handshakeOver socket: consuming SeqpacketSocket) throws(WorkerError) {
+        let welcome = try Self.handshake(over: socket)
         channel = socket
+        supervisorProcessID = welcome.supervisorProcessID
+        workerID = welcome.workerID
+        let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(lock, nil)
+        self.lock = lock
+        let replied = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        pthread_cond_init(replied, nil)
+        self.replied = replied
+        receiveScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+    }
+
+    /// HELLO out, WELCOME back, on a worker that will die with its supervisor.
+    private static func handshake(over channel: borrowing SeqpacketSocket) throws(WorkerError) -> Welcome {
         // Die with the supervisor. Set before the handshake, checked after it: if the
         // supervisor died in between, getppid() no longer names it.
         if case .failure(let errno) = system_prctl(privsep_PR_SET_PDEATHSIG, UInt(SIGKILL)) {
             throw .system("prctl(PR_SET_PDEATHSIG)", errno)
         }
+        let welcome: Welcome
         do {
             try channel.send(Envelope(requestID: 0, .hello(Hello(processID: system_getpid()))))
-            let welcome = try channel.receiveMessage()
-            guard case .welcome(let message) = welcome.envelope.message else {
-                throw WorkerError.protocolError("expected WELCOME, got \(welcome.envelope.message.type)")
+            let received = try channel.receiveMessage()
+            guard case .welcome(let message) = received.envelope.message else {
+                throw WorkerError.protocolError("expected WELCOME, got \(received.envelope.message.type)")
             }
-            supervisorProcessID = message.supervisorProcessID
-            workerID = message.workerID
+            welcome = message
         } catch let error as ChannelError {
             throw error == .peerClosed ? .supervisorGone : .protocolError("handshake: \(error)")
         } catch let error as WorkerError {
@@ -79,11 +95,10 @@ public final class SupervisorConnection: @unchecked Sendable {
         } catch {
             throw .protocolError("handshake: \(error)")
         }
-        if system_getppid() != supervisorProcessID {
+        if system_getppid() != welcome.supervisorProcessID {
             throw .supervisorGone
         }
-        pthread_mutex_init(lock, nil)
-        pthread_cond_init(replied, nil)
+        return welcome
     }
 
     deinit {
