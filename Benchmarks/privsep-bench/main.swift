@@ -660,7 +660,7 @@ struct StartGate {
     gate.open(workers)
     check(cbench_open_broker(parentEnds, Int32(workers), directory) == 0, "C broker")
     let seconds = Double(cbench_now_ns() - start) / 1e9
-    // Placed rows run unpinned; the unmanaged ones keep the caller's pinning.
+    // Only the dedicated placement moved threads; the other rows keep the caller's pinning.
     if placement == .dedicatedServingCPU { check(cbench_pin(-1) == 0, "sched_setaffinity") }
     for fd in parentEnds { close(fd) }
     for pid in pids {
