@@ -49,8 +49,6 @@ final class EventLoop: @unchecked Sendable {
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     /// Where the loop thread and the workers it spawns run.
     private let placement: PlacementPlan
-    /// What the loop thread returns to after each placed spawn (set by ``preparePlacement()``).
-    private var spawnBaseline = SpawningThreadBaseline()
 
     private enum Registration {
         case wakeup
@@ -124,30 +122,11 @@ final class EventLoop: @unchecked Sendable {
         return result.withLock { $0 }
     }
 
-    /// Loop thread, once, before anything is spawned: moves this thread onto its own
-    /// CPU if the placement gives it one, and records what each placed spawn returns
-    /// it to. nil when the placement is in force.
-    func preparePlacement() -> SupervisorError? {
-        if placement.batchWorkers {
-            switch system_sched_getscheduler() {
-            case .failure(let errno):
-                return .systemError("cannot read the serving thread's scheduling policy: \(errno)")
-            case .success(let current):
-                let policy = current.policy & ~privsep_SCHED_RESET_ON_FORK
-                guard policy == SCHED_OTHER || policy == privsep_SCHED_BATCH else {
-                    return .systemError("placement \(Placement.batchWorkers) needs the serving thread under SCHED_OTHER; it runs under policy \(policy), which it could not switch back to after each spawn")
-                }
-                spawnBaseline.scheduler = (current.policy, current.parameters.sched_priority)
-            }
-        }
-        if let cpu = placement.servingCPU {
-            let own = CPUSet([cpu])
-            if case .failure(let errno) = system_sched_setaffinity(own) {
-                return .systemError("cannot give the serving thread its own CPU: \(errno)")
-            }
-            spawnBaseline.affinity = own
-        }
-        return nil
+    /// Loop thread, once, before anything is spawned: moves this thread onto the CPU
+    /// the placement gives it.
+    func moveOntoServingCPU() -> Result<Void, Errno> {
+        guard let cpu = placement.servingCPU else { return .success(()) }
+        return system_sched_setaffinity(CPUSet([cpu]))
     }
 
     // MARK: Loop thread
@@ -263,7 +242,7 @@ final class EventLoop: @unchecked Sendable {
     func spawn(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
         if shuttingDown != nil { return .failure(.shuttingDown) }
         let process: SpawnedProcess
-        do { process = try spawnWorker(configuration, placement: placement, baseline: spawnBaseline) } catch {
+        do { process = try spawnWorker(configuration, placement: placement) } catch {
             return .failure(.spawnFailed(error.description))
         }
         if let problem = process.placementProblem {
@@ -856,6 +835,9 @@ final class EventLoop: @unchecked Sendable {
     /// messages can come in one batch of events, and with other channels ready the loop
     /// reads one message each, so they may still be waiting here.
     private func scanLastMessages(_ record: WorkerRecord) {
+        // Before HELLO nothing it sent is believed (a live worker is killed for it); closing
+        // the channel discards those messages and any fds in them.
+        guard record.phase != .handshake else { return }
         for _ in 0..<64 {
             guard let channel = record.channel else { return }
             let received: ReceivedMessage

@@ -1,3 +1,6 @@
+import CPrivsepShims
+import Glibc
+
 /// Where the supervisor's serving thread and its workers run: a scheduling
 /// choice for throughput when many workers are busy at once. It is never a
 /// security boundary (a worker granted the `proc` group may change its own
@@ -74,29 +77,35 @@ struct CPUSet: Equatable, Sendable {
 }
 
 /// What a ``Placement`` means on this machine, worked out once when the
-/// supervisor starts: the serving thread's CPU and where workers are born.
+/// supervisor starts from the thread creating it, whose CPUs and scheduling policy
+/// the loop thread inherits: where the serving thread runs, where workers are born,
+/// and what the serving thread returns to after each spawn.
 struct PlacementPlan: Sendable, Equatable {
     /// The one CPU the serving thread runs on, when it has one of its own.
     var servingCPU: Int?
     /// Where every worker starts (its threads inherit it); nil: wherever the
     /// spawning thread may run.
     var workerCPUs: CPUSet?
-    /// Workers start under SCHED_BATCH.
-    var batchWorkers = false
-    /// Where the supervisor's other threads (those serving intercept mode) run:
-    /// every CPU there was to divide, so they crowd neither side.
-    var helperThreadCPUs: CPUSet?
+    /// When workers start under SCHED_BATCH: the serving thread's own policy
+    /// (SCHED_OTHER or SCHED_BATCH, with SCHED_RESET_ON_FORK if set), restored after each spawn.
+    var servingPolicy: Int32?
 
     static let unmanaged = PlacementPlan()
 
-    /// The plan for `placement` given the CPUs the serving thread may use.
-    /// Fails (rather than quietly doing nothing) when the placement cannot be had.
-    init(_ placement: Placement, allowed: CPUSet) throws(SupervisorError) {
+    /// The plan for `placement` given the CPUs and the scheduling policy the
+    /// serving thread will have. Fails (rather than quietly doing nothing) when the
+    /// placement cannot be had.
+    init(_ placement: Placement, allowed: CPUSet, policy: Int32) throws(SupervisorError) {
         switch placement {
         case .unmanaged:
             break
         case .batchWorkers:
-            batchWorkers = true
+            let base = policy & ~privsep_SCHED_RESET_ON_FORK
+            // Switched to SCHED_BATCH for each spawn, a real-time thread could not always switch back.
+            guard base == SCHED_OTHER || base == privsep_SCHED_BATCH else {
+                throw .systemError("placement \(placement) needs the serving thread under SCHED_OTHER; the thread creating the supervisor runs under policy \(base)")
+            }
+            servingPolicy = policy
         case .dedicatedServingCPU:
             let cpus = allowed.members
             guard let serving = cpus.last, cpus.count >= 2 else {
@@ -106,20 +115,16 @@ struct PlacementPlan: Sendable, Equatable {
             others.remove(serving)
             servingCPU = serving
             workerCPUs = others
-            helperThreadCPUs = allowed
         }
     }
 
     private init() {}
-}
 
-/// What the serving thread returns to after each placed spawn, recorded on it once
-/// when the supervisor starts. Restoring to this fixed state rather than to the state
-/// of a moment before means a restore that fails once is not carried into every
-/// later spawn.
-struct SpawningThreadBaseline: Sendable {
-    /// The thread's policy (SCHED_RESET_ON_FORK included) and priority, when spawns switch it to SCHED_BATCH.
-    var scheduler: (policy: Int32, priority: Int32)?
-    /// The thread's own CPU, when spawns move it onto the workers' CPUs.
-    var affinity: CPUSet?
+    /// Where the supervisor's other threads (those serving intercept mode) run: every
+    /// CPU there was to divide, so they crowd neither side. nil: where they start.
+    var helperThreadCPUs: CPUSet? {
+        guard let servingCPU, var all = workerCPUs else { return nil }
+        all.insert(servingCPU)
+        return all
+    }
 }

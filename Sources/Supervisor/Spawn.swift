@@ -26,12 +26,11 @@ struct SpawnError: Error, CustomStringConvertible {
 ///
 /// `placement` decides where the worker is born: it inherits the scheduling policy
 /// and CPUs of this thread, which is switched to the worker's for the spawn and
-/// then back to `baseline`, so the worker runs nowhere else from its first instruction.
+/// then back to its own, so the worker runs nowhere else from its first instruction.
 ///
 /// Must run on a thread that outlives the worker: a worker's PR_SET_PDEATHSIG
 /// fires when the thread that spawned it exits, not the process.
-func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan = .unmanaged,
-                 baseline: SpawningThreadBaseline = SpawningThreadBaseline()) throws(SpawnError) -> SpawnedProcess {
+func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan = .unmanaged) throws(SpawnError) -> SpawnedProcess {
     let pair: SeqpacketSocketPair
     do { pair = try SeqpacketSocket.pair() } catch { throw SpawnError(step: "socketpair", errno: error) }
     var supervisorEnd = pair.first
@@ -89,7 +88,7 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
     _ = try step("spawn attributes", errnoResult(posix_spawnattr_setflags(&attributes, flags)))
 
     let argv = [configuration.argv0 ?? configuration.executable] + configuration.arguments
-    let (pid, placementProblem) = try withSpawningThread(placedFor: placement, baseline: baseline) { () throws(SpawnError) -> pid_t in
+    let (pid, placementProblem) = try withSpawningThread(placedFor: placement) { () throws(SpawnError) -> pid_t in
         try step("posix_spawn \(configuration.executable)",
                  system_posix_spawn(configuration.executable, &actions, &attributes, argv, environment(for: configuration)))
     }
@@ -128,24 +127,25 @@ private func step<T>(_ name: String, _ result: Result<T, Errno>) throws(SpawnErr
 /// Runs `spawn` with this thread switched to what `placement` gives workers (a
 /// child starts with the scheduling policy and CPUs of the thread that spawns it;
 /// glibc's posix_spawnattr refuses SCHED_BATCH and has no affinity attribute),
-/// then switches it back to `baseline`.
+/// then switches it back to the serving thread's own, as the plan records them
+/// (not as they were a moment ago, so a failed switch back is retried next time).
 ///
 /// Placement is a scheduling choice, never worth a worker: when this thread cannot
 /// be switched (a cpuset that shrank since the supervisor started), the worker is
 /// spawned as it is and the problem is returned, as is a failure to switch back.
-private func withSpawningThread<T>(placedFor placement: PlacementPlan, baseline: SpawningThreadBaseline,
+private func withSpawningThread<T>(placedFor placement: PlacementPlan,
                                    _ spawn: () throws(SpawnError) -> T) throws(SpawnError) -> (T, problem: String?) {
     var problems: [String] = []
-    var switchedScheduler = false, movedCPUs = false
-    if placement.batchWorkers, let original = baseline.scheduler {
+    var switchedPolicy = false, movedCPUs = false
+    if let servingPolicy = placement.servingPolicy {
         // SCHED_RESET_ON_FORK is kept (clearing it needs CAP_SYS_NICE); SCHED_BATCH survives it.
-        let policy = privsep_SCHED_BATCH | (original.policy & privsep_SCHED_RESET_ON_FORK)
+        let policy = privsep_SCHED_BATCH | (servingPolicy & privsep_SCHED_RESET_ON_FORK)
         switch system_sched_setscheduler(policy, sched_param(sched_priority: 0)) {
-        case .success: switchedScheduler = true
+        case .success: switchedPolicy = true
         case .failure(let errno): problems.append("sched_setscheduler(SCHED_BATCH): \(errno)")
         }
     }
-    if let workerCPUs = placement.workerCPUs, baseline.affinity != nil {
+    if let workerCPUs = placement.workerCPUs {
         switch system_sched_setaffinity(workerCPUs) {
         case .success: movedCPUs = true
         case .failure(let errno): problems.append("sched_setaffinity(worker CPUs): \(errno)")
@@ -153,11 +153,12 @@ private func withSpawningThread<T>(placedFor placement: PlacementPlan, baseline:
     }
     let spawned: Result<T, SpawnError>
     do { spawned = .success(try spawn()) } catch { spawned = .failure(error) }
-    if movedCPUs, let affinity = baseline.affinity, case .failure(let errno) = system_sched_setaffinity(affinity) {
+    if movedCPUs, let cpu = placement.servingCPU, case .failure(let errno) = system_sched_setaffinity(CPUSet([cpu])) {
         problems.append("moving the serving thread back to its CPU: \(errno)")
     }
-    if switchedScheduler, let original = baseline.scheduler,
-       case .failure(let errno) = system_sched_setscheduler(original.policy, sched_param(sched_priority: original.priority)) {
+    // Priority 0: the only one SCHED_OTHER and SCHED_BATCH have.
+    if switchedPolicy, let servingPolicy = placement.servingPolicy,
+       case .failure(let errno) = system_sched_setscheduler(servingPolicy, sched_param(sched_priority: 0)) {
         problems.append("switching the serving thread back to its scheduling policy: \(errno)")
     }
     return (try spawned.get(), problems.isEmpty ? nil : problems.joined(separator: "; "))

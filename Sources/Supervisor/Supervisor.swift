@@ -27,14 +27,16 @@ public final class Supervisor: Sendable {
     public init(logger: Logger = Logger(label: "privsep.supervisor"), auditLog: AuditLog? = nil,
                 placement: Placement = .unmanaged) throws(SupervisorError) {
         reserveStandardStreams()
-        // The loop thread starts with this thread's affinity, so its CPUs are the ones to divide.
+        // The loop thread starts with this thread's CPUs and scheduling policy: they are the ones to divide.
         let plan: PlacementPlan
         if placement == .unmanaged {
             plan = .unmanaged
         } else {
-            switch system_sched_getaffinity() {
-            case .success(let allowed): plan = try PlacementPlan(placement, allowed: allowed)
-            case .failure(let errno): throw .systemError("cannot read the CPU affinity for placement \(placement): \(errno)")
+            switch (system_sched_getaffinity(), system_sched_getscheduler()) {
+            case (.success(let allowed), .success(let scheduler)):
+                plan = try PlacementPlan(placement, allowed: allowed, policy: scheduler.policy)
+            case (.failure(let errno), _), (_, .failure(let errno)):
+                throw .systemError("cannot read this thread's CPUs and scheduling policy for placement \(placement): \(errno)")
             }
         }
         do {
@@ -43,12 +45,16 @@ public final class Supervisor: Sendable {
             throw .systemError("cannot create the event loop: \(error)")
         }
         loop.start()
-        if plan != .unmanaged {
+        if plan.servingCPU != nil {
             // On the loop thread, before anything is spawned; on failure the loop ends here.
-            let problem: SupervisorError? = loop.call { $0.preparePlacement() } ?? .shuttingDown
-            if let problem {
+            switch loop.call({ $0.moveOntoServingCPU() }) {
+            case .success?:
+                break
+            case .failure(let errno)?:
                 loop.submit(.shutdown(grace: 0, {}))
-                throw problem
+                throw .systemError("cannot give the serving thread its own CPU: \(errno)")
+            case nil:
+                throw .shuttingDown
             }
         }
     }

@@ -6,22 +6,29 @@ import Testing
     // MARK: The plan
 
     @Test func aDedicatedCPUIsTheHighestAllowedOneAndWorkersGetTheRest() throws {
-        let plan = try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet([0, 2, 5, 7]))
+        let plan = try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet([0, 2, 5, 7]), policy: SCHED_OTHER)
         #expect(plan.servingCPU == 7)
         #expect(plan.workerCPUs?.members == [0, 2, 5])
-        #expect(!plan.batchWorkers)
+        #expect(plan.helperThreadCPUs?.members == [0, 2, 5, 7])
+        #expect(plan.servingPolicy == nil)
     }
 
     @Test func aDedicatedCPUNeedsTwoCPUs() {
-        #expect(throws: SupervisorError.self) { try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet([3])) }
-        #expect(throws: SupervisorError.self) { try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet()) }
+        #expect(throws: SupervisorError.self) { try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet([3]), policy: SCHED_OTHER) }
+        #expect(throws: SupervisorError.self) { try PlacementPlan(.dedicatedServingCPU, allowed: CPUSet(), policy: SCHED_OTHER) }
     }
 
-    @Test func batchAndUnmanagedPlansMoveNothing() throws {
-        let batch = try PlacementPlan(.batchWorkers, allowed: CPUSet([0, 1]))
-        #expect(batch.batchWorkers && batch.servingCPU == nil && batch.workerCPUs == nil)
-        let unmanaged = try PlacementPlan(.unmanaged, allowed: CPUSet([0, 1]))
-        #expect(unmanaged == .unmanaged)
+    @Test func batchPlansKeepTheServingPolicyToReturnTo() throws {
+        let batch = try PlacementPlan(.batchWorkers, allowed: CPUSet([0, 1]), policy: SCHED_OTHER)
+        #expect(batch.servingPolicy == SCHED_OTHER && batch.servingCPU == nil && batch.workerCPUs == nil && batch.helperThreadCPUs == nil)
+        let resetOnFork = SCHED_OTHER | privsepSchedResetOnFork
+        #expect(try PlacementPlan(.batchWorkers, allowed: CPUSet([0]), policy: resetOnFork).servingPolicy == resetOnFork)
+        #expect(try PlacementPlan(.batchWorkers, allowed: CPUSet([0]), policy: privsepSchedBatch).servingPolicy == privsepSchedBatch)
+        // A real-time serving thread could not always switch back after each spawn.
+        for realTime in [SCHED_FIFO, SCHED_RR, SCHED_FIFO | privsepSchedResetOnFork] {
+            #expect(throws: SupervisorError.self) { try PlacementPlan(.batchWorkers, allowed: CPUSet([0]), policy: realTime) }
+        }
+        #expect(try PlacementPlan(.unmanaged, allowed: CPUSet([0, 1]), policy: SCHED_FIFO) == .unmanaged)
     }
 
     @Test func cpuSetKeepsToItsMask() {
@@ -109,6 +116,7 @@ import Testing
 }
 
 private let privsepSchedBatch: Int32 = 3
+private let privsepSchedResetOnFork: Int32 = 0x4000_0000
 
 private func loopThreadCPUs(_ supervisor: Supervisor) -> [Int]? {
     supervisor.loop.call { _ in try? system_sched_getaffinity().get().members } ?? nil
