@@ -39,16 +39,25 @@ struct Selftest: AsyncParsableCommand {
         print("privsep selftest: \(attacks.count) attacks against \(policy)")
         print("")
         for attack in attacks {
-            var configuration = WorkerConfiguration(executable: me, arguments: ["_attack", attack.name] + attack.arguments,
-                                                    policy: file.policy, name: "attack-\(attack.name)")
-            configuration.handshakeTimeout = 10
-            configuration.wallClockTimeout = 20
-            let output = OutputPipe()
-            configuration.standardOutput = .descriptor(output.writeEnd)
-            let handle = try await supervisor.spawn(configuration)
-            let reason = await handle.exit()
-            configuration.standardOutput = .null
-            let answer = output.read()
+            var reason = ExitReason.exited(code: 0), answer = ""
+            // A thread this binary's async runtime starts after the lockdown can trip the
+            // filter first (seen once under load: setpriority, which a new runtime thread
+            // calls): then the attack itself never ran, and it is tried again, at most twice.
+            // Any other call killed in its place still fails the attack below.
+            for _ in 0..<3 {
+                var configuration = WorkerConfiguration(executable: me, arguments: ["_attack", attack.name] + attack.arguments,
+                                                        policy: file.policy, name: "attack-\(attack.name)")
+                configuration.handshakeTimeout = 10
+                configuration.wallClockTimeout = 20
+                let output = OutputPipe()
+                configuration.standardOutput = .descriptor(output.writeEnd)
+                let handle = try await supervisor.spawn(configuration)
+                reason = await handle.exit()
+                configuration.standardOutput = .null
+                answer = output.read()
+                guard case .seccompViolation(let call) = reason, let expected = attack.syscall,
+                      let name = call.name, name != expected, name == "setpriority" else { break }
+            }
             var passed = attack.expectation.isMet(by: reason, output: answer)
             // The call killed must be the one attacked (i386/x32 die unreported, by the kernel).
             if case .seccompViolation(let call) = reason, let expected = attack.syscall, call.name != nil, call.name != expected {
