@@ -177,20 +177,33 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
     final class Listener: @unchecked Sendable {
         let fd: Int32
         let port: UInt16
+        private var thread = pthread_t()
         init(answer: String, count: Int) {
             (fd, port) = boundLoopbackSocket()
             precondition(listen(fd, 16) == 0)
-            let listening = self.fd
-            Thread.detach {
+            final class Job { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
+            let listening = fd
+            let job = Unmanaged.passRetained(Job {
                 for _ in 0..<count {
                     let client = accept(listening, nil, nil)
                     if client < 0 { return }
                     _ = write(client, answer + "\n", answer.utf8.count + 1)
                     close(client)
                 }
-            }
+            })
+            precondition(pthread_create(&thread, nil, { context in
+                Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
+                return nil
+            }, job.toOpaque()) == 0)
         }
-        deinit { close(fd) }
+        deinit {
+            // The accepting thread knows the listener by number: a test that ends before it
+            // has accepted `count` times must stop it before the number can be reused, or it
+            // accepts (and answers) another test's connections. shutdown wakes its accept.
+            shutdown(fd, Int32(SHUT_RDWR))
+            pthread_join(thread, nil)
+            close(fd)
+        }
     }
 
     @Test func connectsOnlyWhereThePolicyAllows() async throws {
