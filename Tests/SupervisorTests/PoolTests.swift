@@ -92,7 +92,9 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 2) {
             $0.jobsPerWorker = 100
-            $0.jobTimeout = 0.5
+            // Long enough that the 400 MB job below reaches its memory limit first even on a
+            // machine loaded by the other suites (0.5 s once timed it out instead).
+            $0.jobTimeout = 2
             $0.memoryLimit = 96 << 20
             $0.cpuTimeLimit = 10
             $0.maximumOutputBytes = 64 << 10
@@ -104,7 +106,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
             return
         }
         #expect(call.name == "openat")
-        #expect(await failure(of: "spin", in: pool) == .timedOut(seconds: 0.5))
+        #expect(await failure(of: "spin", in: pool) == .timedOut(seconds: 2))
         let memory = await failure(of: "alloc:400", in: pool)
         guard case .outOfMemory(let resident, let limit)? = memory else {
             Issue.record("expected out of memory, got \(String(describing: memory))")
