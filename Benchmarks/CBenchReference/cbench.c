@@ -16,6 +16,9 @@
 #include <stdint.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 
 extern char **environ;
 
@@ -253,6 +256,38 @@ static int open_request(const char *name, ssize_t length, void *context) {
 
 int cbench_open_broker(const int *fds, int count, int directory) {
     return serve_fd_requests(fds, count, open_request, &directory);
+}
+
+/* The checks privsep's broker makes for the benchmark's rule (a directory rule,
+   read, symlinks refused), in C: resolution confined beneath the directory with no
+   symlinks or magic links, opened non-blocking (a FIFO must not hang the broker),
+   then fstat for the file type and the device. (privsep looks further, with fstatfs
+   for procfs, only for a file on another device than its rule's directory; this
+   broker refuses those, which never happens in the benchmark.) */
+struct checked_directory { int fd; dev_t device; };
+
+static int checked_open_request(const char *name, ssize_t length, void *context) {
+    (void)length;
+    const struct checked_directory *directory = context;
+    struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK,
+                            .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS };
+    int fd = (int)syscall(SYS_openat2, directory->fd, name, &how, sizeof how);
+    if (fd < 0) return -1;
+    struct stat status;
+    if (fstat(fd, &status) < 0) { int saved = errno; close(fd); errno = saved; return -1; }
+    if (!(S_ISREG(status.st_mode) || S_ISDIR(status.st_mode)) || status.st_dev != directory->device) {
+        close(fd);
+        errno = EACCES;
+        return -1;
+    }
+    return fd;
+}
+
+int cbench_checked_open_broker(const int *fds, int count, int directory) {
+    struct stat status;
+    if (fstat(directory, &status) < 0) return -1;
+    struct checked_directory context = { directory, status.st_dev };
+    return serve_fd_requests(fds, count, checked_open_request, &context);
 }
 
 /* `iterations` round trips of `request` to a serve_fd_requests broker, closing

@@ -81,10 +81,12 @@ func childMain(_ mode: String) -> Never {
         // The C client of the C connect broker: arguments N PORT OUTFILE.
         let port = Int32(CommandLine.arguments[4])!
         timedCClient(mode) { count, samples in cbench_connect_client(WireFormat.channelFileDescriptor, port, count, samples) }
-    case "c-open-client":
+    case "c-open-client", "c-locked-open-client":
         // The C client of the C broker: arguments N NAME OUTFILE; waits for stdin like the Swift one.
         let name = CommandLine.arguments[4]
-        timedCClient(mode) { count, samples in cbench_open_client(WireFormat.channelFileDescriptor, name, count, samples) }
+        timedCClient(mode, lockedDown: mode == "c-locked-open-client") { count, samples in
+            cbench_open_client(WireFormat.channelFileDescriptor, name, count, samples)
+        }
     case "ready-worker":
         // Start-up: handshake, brokered lockdown (seccomp + Landlock), report, exit.
         // Prints how long the lockdown itself took (µs), for the share of start-up it is.
@@ -152,15 +154,21 @@ func timedBrokeredRequests(_ mode: String, _ request: (SupervisorConnection) thr
 }
 
 /// A C client's timed loop: argument 3 is the count, argument 5 the file for "MEDIAN P99".
-func timedCClient(_ mode: String, _ run: (Int32, UnsafeMutablePointer<UInt64>) -> Int32) -> Never {
+/// With `lockedDown`, the client first locks itself down as a brokered Swift worker
+/// does (the same seccomp filter and Landlock ruleset), so its system calls pay what
+/// the worker's pay; the output file is opened before, as nothing can be opened after.
+func timedCClient(_ mode: String, lockedDown: Bool = false, _ run: (Int32, UnsafeMutablePointer<UInt64>) -> Int32) -> Never {
     let count = Int(CommandLine.arguments[3])!, output = CommandLine.arguments[5]
+    let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    if lockedDown {
+        do { try Lockdown.brokered().apply() } catch { fatalError("\(mode): \(error)") }
+    }
     var go: UInt8 = 0
     _ = read(0, &go, 1)
     var samples = [UInt64](repeating: 0, count: count)
     guard run(Int32(count), &samples) == 0 else { fatalError("\(mode): \(errno)") }
     let summary = Summary(samples)
     let line = "\(summary.median) \(summary.p99)\n"
-    let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
     _ = line.withCString { write(fd, $0, strlen($0)) }
     close(fd)
     exit(0)
@@ -625,7 +633,10 @@ struct StartGate {
 /// C: the same with a minimal C broker (poll over every client) in this process,
 /// with `placement` done by hand as the supervisor does it: clients spawned
 /// SCHED_BATCH, or the broker on the last CPU and its clients on the others.
-@MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged) -> (Summary, Double) {
+/// `checked`: the broker makes privsep's checks (openat2 beneath, fstat) and the
+/// clients run under the brokered worker's lockdown, so what is left between this
+/// and privsep is privsep's own code, not the price of the checks.
+@MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false) -> (Summary, Double) {
     let servingCPU = cbench_last_allowed_cpu()
     switch placement {
     case .unmanaged: break
@@ -640,7 +651,7 @@ struct StartGate {
     for index in 0..<workers {
         let pair = try! SeqpacketSocket.pair()
         let parent = pair.first, child = pair.second
-        let arguments = ["--child", "c-open-client", "\(opens)", openName, index == 0 ? output : "/dev/null"]
+        let arguments = ["--child", checked ? "c-locked-open-client" : "c-open-client", "\(opens)", openName, index == 0 ? output : "/dev/null"]
         let path = selfPath()
         var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read) }
@@ -658,7 +669,8 @@ struct StartGate {
     usleep(200_000) // the C clients start in well under this
     let start = cbench_now_ns()
     gate.open(workers)
-    check(cbench_open_broker(parentEnds, Int32(workers), directory) == 0, "C broker")
+    let broker = checked ? cbench_checked_open_broker : cbench_open_broker
+    check(broker(parentEnds, Int32(workers), directory) == 0, "C broker")
     let seconds = Double(cbench_now_ns() - start) / 1e9
     // Only the dedicated placement moved threads; the other rows keep the caller's pinning.
     if placement == .dedicatedServingCPU { check(cbench_pin(-1) == 0, "sched_setaffinity") }
@@ -691,35 +703,39 @@ var brokeredOpenMedian: [Bool: Double] = [:]
 if openRuns > 0 {
     prepareOpenTarget()
     print("")
-    print("| open | placement | median µs | p99 µs | opens/s |")
-    print("|---|---|---:|---:|---:|")
+    print("| open | placement | median µs | p99 µs | opens/s | vs minimal C / vs C with checks |")
+    print("|---|---|---:|---:|---:|---:|")
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
         let direct = measureDirectOpens(openRuns)
-        print("| direct openat + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | |")
+        print("| direct openat + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | | |")
         let (c, cRate) = measureCOpens(workers: 1, opens: openRuns)
-        print("| minimal C broker, 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | \(Int(cRate)) |")
+        print("| minimal C broker, 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | \(Int(cRate)) | |")
+        let (checked, checkedRate) = measureCOpens(workers: 1, opens: openRuns, checked: true)
+        print("| C broker with privsep's checks, 1 locked-down client | \(placement) | \(format(checked.median)) | \(format(checked.p99)) | \(Int(checkedRate)) | |")
         let (swift, swiftRate) = await measureSwiftOpens(workers: 1, opens: openRuns)
         brokeredOpenMedian[pinned] = swift.median
-        print("| privsep brokered open (policy, openat2, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(Int(swiftRate)) |")
+        print("| privsep brokered open (policy, openat2, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(Int(swiftRate)) | \(format(swift.median / c.median))x / \(format(swift.median / checked.median))x |")
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     print("")
     // Placement (see Placement): the C broker gets the same placement done by hand, so
     // each row compares like with like; the last column compares with the C broker left
     // to the kernel, the reference as the issue states it.
-    print("| opens/s | workers | placement | minimal C broker | privsep | ratio | vs C unmanaged |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    // "C with checks": the C pair making privsep's checks (see measureCOpens), placed the same way.
+    print("| opens/s | workers | placement | minimal C broker | C with checks | privsep | ratio | vs C unmanaged | vs C with checks |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for workers in throughputWorkers {
         let opens = max(openRuns * 2 / workers, 200)
         var unmanagedCRate: Double? = nil
         for placement in throughputPlacements {
             let (_, cRate) = measureCOpens(workers: workers, opens: opens, placement: placement)
+            let (_, checkedRate) = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true)
             let (_, swiftRate) = await measureSwiftOpens(workers: workers, opens: opens, placement: placement)
             if placement == .unmanaged { unmanagedCRate = cRate }
             let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
-            print("| one broker, \(workers) clients | \(workers) | \(placement) | \(Int(cRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) |")
+            print("| one broker, \(workers) clients | \(workers) | \(placement) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x |")
         }
     }
     unlink(openDirectory + "/" + openName)

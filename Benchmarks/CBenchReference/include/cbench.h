@@ -46,6 +46,12 @@ int cbench_request_fd_round_trips(int fd, int iterations, uint64_t *out_ns);
    Returns 0, or -1 with errno set. */
 int cbench_open_broker(const int *fds, int count, int directory);
 
+/* The same broker making the checks privsep's broker makes for a directory rule
+   that refuses symlinks: openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+   RESOLVE_NO_SYMLINKS and O_NONBLOCK, then fstat: a regular file or directory on
+   the directory's own device, or EACCES. */
+int cbench_checked_open_broker(const int *fds, int count, int directory);
+
 /* A C client of that broker: `iterations` requests for `name`, closing each fd it
    gets; each round trip's duration goes to out_ns when it is not NULL. */
 int cbench_open_client(int fd, const char *name, int iterations, uint64_t *_Nullable out_ns);
