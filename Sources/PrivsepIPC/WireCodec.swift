@@ -202,12 +202,25 @@ public enum WireCodec {
     /// are valid only during the call: the send path's encoder. The memory is sized
     /// exactly and, for the usual message of well under 1 KiB, on the stack; building
     /// an array instead cost an allocation and a metadata lookup per message.
+    ///
+    /// Inlinable, over a non-generic encoder: called from another module, a generic
+    /// body here looked up the metadata of `R` and its `Result` on every message
+    /// (measured on the supervisor's serving thread, once per reply).
+    @inlinable
     public static func withEncoded<R>(_ envelope: Envelope, _ body: (UnsafeRawBufferPointer) -> R) throws(ProtocolError) -> R {
+        var result: R? = nil
+        try withEncodedBytes(envelope) { result = body($0) }
+        return result!
+    }
+
+    /// ``withEncoded(_:_:)`` without a result: one compiled body for every caller.
+    @usableFromInline
+    static func withEncodedBytes(_ envelope: Envelope, _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
         let capacity = encodedSize(envelope.message)
-        return try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { (buffer) throws(ProtocolError) -> R in
+        try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { (buffer) throws(ProtocolError) in
             var w = Writer(buffer)
             try write(envelope, into: &w)
-            return body(UnsafeRawBufferPointer(rebasing: buffer[..<w.count]))
+            body(UnsafeRawBufferPointer(rebasing: buffer[..<w.count]))
         }
     }
 

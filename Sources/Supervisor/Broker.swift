@@ -30,6 +30,14 @@ public final class ActivePolicy: Sendable {
         var regularFilesNeverBlock = false
         /// The audit reason of a grant under this rule, built once rather than per OPEN.
         var grantReason = ""
+        /// The rule's own decisions, copied here when the policy is activated so an OPEN
+        /// reads plain values rather than copying the rule (its strings and set retained
+        /// and released) and hashing into its set of file types.
+        var permissions: PathPermissions = []
+        var resolve: UInt64 = 0
+        var createMode: UInt32 = 0
+        /// One bit per file type the rule hands out, at `fileTypeBit(_:)`.
+        var allowedFileTypeBits: UInt16 = 0
     }
 
     /// Opens every rule's directory. Fails, naming the rule, if the policy is not
@@ -65,6 +73,10 @@ public final class ActivePolicy: Sendable {
                 }
                 anchors[anchors.count - 1].ruleInsideProc = PathRule(path: "/proc", kind: .directory, permissions: [.read]).matches(rule.path)
                 anchors[anchors.count - 1].grantReason = "rule \(rule.path)"
+                anchors[anchors.count - 1].permissions = rule.permissions
+                anchors[anchors.count - 1].resolve = resolveFlags(for: rule)
+                anchors[anchors.count - 1].createMode = rule.createMode
+                anchors[anchors.count - 1].allowedFileTypeBits = rule.allowedFileTypes.reduce(0) { $0 | fileTypeBit($1) }
             }
             for rule in policy.connect + policy.bind {
                 guard case .unix(let path) = rule.network, unixAnchors[path] == nil else { continue }
@@ -137,21 +149,22 @@ public final class ActivePolicy: Sendable {
         guard let index = mostSpecificRule(for: path) else {
             return .denied(.permissionDenied, "no rule grants this path")
         }
-        let rule = policy.paths[index]
+        // The rule's decisions and directory, read field by field: copying the anchor
+        // would retain and release its strings on every OPEN.
+        let permissions = anchors[index].permissions
         let flags: Int32
-        switch vetOpenFlags(request.flags, rule: rule) {
+        switch vetOpenFlags(request.flags, permissions: permissions) {
         case .success(let vetted): flags = vetted
         case .failure(let denial): return .denied(denial.errno, denial.reason)
         }
-        let anchor = anchors[index]
+        let directory = anchors[index].directory, anchorDevice = anchors[index].device
         let relative = relativePath(of: path, beneath: index)
-        let resolve = resolveFlags(for: rule)
         // O_NONBLOCK while opening: a FIFO must not hang the supervisor. Cleared below
         // unless the worker asked for it.
         let fd: OwnedFileDescriptor
         // openat2 refuses a mode without O_CREAT.
-        let mode = flags & O_CREAT != 0 ? rule.createMode : 0
-        switch system_openat2(anchor.directory, relative, flags: flags | O_NONBLOCK, mode: mode, resolve: resolve) {
+        let mode = flags & O_CREAT != 0 ? anchors[index].createMode : 0
+        switch system_openat2(directory, relative, flags: flags | O_NONBLOCK, mode: mode, resolve: anchors[index].resolve) {
         case .success(let raw):
             fd = OwnedFileDescriptor(adoptingRawValue: raw)
         case .failure(.tooManySymbolicLinkLevels), .failure(.improperLink):
@@ -165,33 +178,33 @@ public final class ActivePolicy: Sendable {
         // procfs files speak for the process that opens them (here the supervisor:
         // /proc/self/mem, environ...). Only a rule inside /proc may hand them out.
         let rawFD = fd.unsafeRawValue
-        let sameFilesystem = status.device == anchor.device && !anchor.onProcfs
-        if !anchor.ruleInsideProc && !sameFilesystem && isProcFilesystem(rawFD) {
+        let sameFilesystem = status.device == anchorDevice && !anchors[index].onProcfs
+        if !anchors[index].ruleInsideProc && !sameFilesystem && isProcFilesystem(rawFD) {
             return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
         }
-        guard rule.allowedFileTypes.contains(status.type) else {
+        guard anchors[index].allowedFileTypeBits & fileTypeBit(status.type) != 0 else {
             return .denied(.permissionDenied, "\(status.type) is not a type this rule hands out")
         }
         let accessMode = request.flags & O_ACCMODE
         if status.type == .directory {
-            guard rule.permissions.contains(.listDirectory), accessMode == O_RDONLY else {
+            guard permissions.contains(.listDirectory), accessMode == O_RDONLY else {
                 return .denied(.permissionDenied, "opening a directory needs the list permission and read-only access")
             }
-        } else if accessMode != O_WRONLY && !rule.permissions.contains(.read) {
+        } else if accessMode != O_WRONLY && !permissions.contains(.read) {
             return .denied(.permissionDenied, "reading needs the read permission")
         }
         // The worker gets the blocking mode it asked for (regular files on procfs, sysfs
         // or FUSE can block). Where the flag changes nothing (directories; regular files
         // on ext4, xfs, btrfs, tmpfs, overlayfs) the fcntl is skipped.
         let neverBlocks = status.type == .directory
-            || (status.type == .regular && status.device == anchor.device && anchor.regularFilesNeverBlock)
+            || (status.type == .regular && status.device == anchorDevice && anchors[index].regularFilesNeverBlock)
         if request.flags & O_NONBLOCK == 0 && !neverBlocks {
             switch system_fcntl(fd.unsafeRawValue, F_SETFL, flags & ~O_NONBLOCK & STATUS_FLAGS) {
             case .success: break
             case .failure(let errno): return .denied(errno, "fcntl failed")
             }
         }
-        return .granted(fd, anchor.grantReason)
+        return .granted(fd, anchors[index].grantReason)
     }
 
     func mostSpecificRule(for path: String) -> Int? {
@@ -426,17 +439,27 @@ let refusedOpenFlags: [(Int32, String)] = [
     (privsep_O_PATH, "O_PATH"), (privsep_O_TMPFILE, "O_TMPFILE"), (privsep_O_NOATIME, "O_NOATIME"),
     (privsep_O_DIRECT, "O_DIRECT"), (0o20000, "O_ASYNC"),
 ]
+/// Every bit of any refused flag.
+let refusedOpenFlagBits = refusedOpenFlags.reduce(0) { $0 | $1.0 }
+
+/// A file type's bit in ``ActivePolicy/Anchor/allowedFileTypeBits`` (S_IFMT's four bits).
+func fileTypeBit(_ type: PrivsepIPC.FileType) -> UInt16 {
+    1 << UInt16(truncatingIfNeeded: (type.rawValue & S_IFMT) >> 12)
+}
 
 /// Checks every bit of a worker's open flags against `rule` and returns the flags
 /// to open with: the worker's, minus what it may not have, plus O_CLOEXEC and O_NOCTTY.
-func vetOpenFlags(_ requested: Int32, rule: PathRule) -> Result<Int32, FlagDenial> {
+func vetOpenFlags(_ requested: Int32, permissions: PathPermissions) -> Result<Int32, FlagDenial> {
     guard requested & ~knownOpenFlags == 0 else {
         return .failure(FlagDenial(errno: .invalidArgument, reason: "unknown open flag bits 0x\(String(UInt32(bitPattern: requested & ~knownOpenFlags), radix: 16))"))
     }
-    for (flag, name) in refusedOpenFlags where requested & flag == flag {
-        return .failure(FlagDenial(errno: .permissionDenied, reason: "\(name) is never granted"))
+    // O_TMPFILE includes O_DIRECTORY's bit, so each flag is matched whole; the mask
+    // only spares the named walk for the usual request, which has none of them.
+    if requested & refusedOpenFlagBits != 0 {
+        for (flag, name) in refusedOpenFlags where requested & flag == flag {
+            return .failure(FlagDenial(errno: .permissionDenied, reason: "\(name) is never granted"))
+        }
     }
-    let permissions = rule.permissions
     let accessMode = requested & O_ACCMODE
     switch accessMode {
     case O_RDONLY:
@@ -498,11 +521,11 @@ extension ActivePolicy {
         }
         return String(decoding: path.utf8.dropFirst(cut), as: UTF8.self)
     }
+}
 
-    /// The openat2 RESOLVE flags for resolving beneath `rule`'s directory.
-    func resolveFlags(for rule: PathRule) -> UInt64 {
-        var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
-        if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
-        return resolve
-    }
+/// The openat2 RESOLVE flags for resolving beneath `rule`'s directory.
+func resolveFlags(for rule: PathRule) -> UInt64 {
+    var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
+    if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
+    return resolve
 }
