@@ -447,7 +447,7 @@ func fileTypeBit(_ type: PrivsepIPC.FileType) -> UInt16 {
     1 << UInt16(truncatingIfNeeded: (type.rawValue & S_IFMT) >> 12)
 }
 
-/// Checks every bit of a worker's open flags against `rule` and returns the flags
+/// Checks every bit of a worker's open flags against a rule's `permissions` and returns the flags
 /// to open with: the worker's, minus what it may not have, plus O_CLOEXEC and O_NOCTTY.
 func vetOpenFlags(_ requested: Int32, permissions: PathPermissions) -> Result<Int32, FlagDenial> {
     guard requested & ~knownOpenFlags == 0 else {
