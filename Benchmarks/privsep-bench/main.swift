@@ -12,8 +12,9 @@
 //   start-up     spawn -> HELLO -> Lockdown -> SANDBOX_STATUS -> reaped, for this binary and
 //                for bench-ready-worker (the Worker library only), beside a static C worker.
 //   memory       supervisor RSS per idle locked-down worker.
-//   open         brokered opens beside a direct openat and a minimal C broker; opens/s
-//                by worker count and Placement, the C broker placed the same way.
+//   open         brokered opens beside a direct openat, a minimal C broker, and a C broker
+//                making privsep's checks for locked-down clients; opens/s by worker count
+//                and Placement, the C brokers placed the same way.
 //   connect      brokered CONNECTs to a loopback listener beside a direct connect and a
 //                minimal C broker.
 //   pool         WorkerPool per-job round trip beside an in-process call; jobs/s by pool
