@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 @testable import Supervisor
 import Testing
@@ -107,6 +108,31 @@ import Testing
         #expect(outcome.contains("needs the serving thread under SCHED_OTHER"), "\(outcome)")
     }
 
+    @Test func underADedicatedServingCPUTheNotificationThreadRunsOnEveryCPU() async throws {
+        let allowed = try system_sched_getaffinity().get().members
+        guard allowed.count >= 2 else { return } // a dedicated CPU needs two (above)
+        let supervisor = try Supervisor(logger: quietLogger(), placement: .dedicatedServingCPU)
+        let configuration = WorkerConfiguration.intercepting(program: "/usr/bin/sleep", arguments: ["2"], policy: dynamicProgramPolicy(),
+                                                             helper: InterceptTests.binDirectory + "/privsep-intercept")
+        let handle = try await supervisor.spawn(configuration)
+        // The thread starts on the loop thread's one CPU and moves itself to all of them.
+        // Other tests' serving threads start on every CPU; one on the loop's CPU alone
+        // would be one that did not move.
+        // Polled for 1.5 s of the program's 2: the last threads seen are from while it ran.
+        var placements: [String] = []
+        for _ in 0..<75 {
+            let now = notificationThreadCPUs()
+            if !now.isEmpty { placements = now }
+            if !now.isEmpty && now.allSatisfy({ $0 == cpuList(allowed) }) { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(!placements.isEmpty, "no privsep-notify thread while an intercepted program runs")
+        #expect(placements.allSatisfy { $0 == cpuList(allowed) }, "\(placements), expected \(cpuList(allowed))")
+        #expect(loopThreadCPUs(supervisor) == [allowed.last!])
+        #expect(await handle.exit() == .exited(code: 0))
+        await supervisor.shutdown()
+    }
+
     @Test func unmanagedWorkersRunWhereTheSupervisorMay() async throws {
         let allowed = try system_sched_getaffinity().get().members
         let run = try await runWorker(["handshake", "placement"])
@@ -120,6 +146,18 @@ private let privsepSchedResetOnFork: Int32 = 0x4000_0000
 
 private func loopThreadCPUs(_ supervisor: Supervisor) -> [Int]? {
     supervisor.loop.call { _ in try? system_sched_getaffinity().get().members } ?? nil
+}
+
+/// Cpus_allowed_list of every thread of this process named privsep-notify (intercept mode's serving threads).
+private func notificationThreadCPUs() -> [String] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.compactMap { tid in
+        guard let name = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+              name.trimmingCharacters(in: .whitespacesAndNewlines) == "privsep-notify",
+              let status = try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else { return nil }
+        return line.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces)
+    }
 }
 
 /// CPUs as the kernel lists them in /proc (Cpus_allowed_list): "0-3,5".
