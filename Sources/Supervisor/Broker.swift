@@ -30,13 +30,8 @@ public final class ActivePolicy: Sendable {
         var regularFilesNeverBlock = false
         /// The audit reason of a grant under this rule, built once rather than per OPEN.
         var grantReason = ""
-        /// The rule's own decisions, copied here when the policy is activated so an OPEN
-        /// reads plain values rather than copying the rule (its strings and set retained
-        /// and released) and hashing into its set of file types.
-        var permissions: PathPermissions = []
-        var resolve: UInt64 = 0
-        var createMode: UInt32 = 0
-        /// One bit per file type the rule hands out, at `fileTypeBit(_:)`.
+        /// The rule's file types as one bit each (at `fileTypeBit(_:)`): an OPEN tests a
+        /// bit rather than hashing into the rule's set.
         var allowedFileTypeBits: UInt16 = 0
     }
 
@@ -73,9 +68,6 @@ public final class ActivePolicy: Sendable {
                 }
                 anchors[anchors.count - 1].ruleInsideProc = PathRule(path: "/proc", kind: .directory, permissions: [.read]).matches(rule.path)
                 anchors[anchors.count - 1].grantReason = "rule \(rule.path)"
-                anchors[anchors.count - 1].permissions = rule.permissions
-                anchors[anchors.count - 1].resolve = resolveFlags(for: rule)
-                anchors[anchors.count - 1].createMode = rule.createMode
                 anchors[anchors.count - 1].allowedFileTypeBits = rule.allowedFileTypes.reduce(0) { $0 | fileTypeBit($1) }
             }
             for rule in policy.connect + policy.bind {
@@ -149,9 +141,9 @@ public final class ActivePolicy: Sendable {
         guard let index = mostSpecificRule(for: path) else {
             return .denied(.permissionDenied, "no rule grants this path")
         }
-        // The rule's decisions and directory, read field by field: copying the anchor
-        // would retain and release its strings on every OPEN.
-        let permissions = anchors[index].permissions
+        // The rule and its anchor are read field by field: copying either would retain
+        // and release their strings (and the rule's set) on every OPEN.
+        let permissions = policy.paths[index].permissions
         let flags: Int32
         switch vetOpenFlags(request.flags, permissions: permissions) {
         case .success(let vetted): flags = vetted
@@ -163,8 +155,8 @@ public final class ActivePolicy: Sendable {
         // unless the worker asked for it.
         let fd: OwnedFileDescriptor
         // openat2 refuses a mode without O_CREAT.
-        let mode = flags & O_CREAT != 0 ? anchors[index].createMode : 0
-        switch system_openat2(directory, relative, flags: flags | O_NONBLOCK, mode: mode, resolve: anchors[index].resolve) {
+        let mode = flags & O_CREAT != 0 ? policy.paths[index].createMode : 0
+        switch system_openat2(directory, relative, flags: flags | O_NONBLOCK, mode: mode, resolve: resolveFlags(policy.paths[index].symlinks)) {
         case .success(let raw):
             fd = OwnedFileDescriptor(adoptingRawValue: raw)
         case .failure(.tooManySymbolicLinkLevels), .failure(.improperLink):
@@ -523,9 +515,9 @@ extension ActivePolicy {
     }
 }
 
-/// The openat2 RESOLVE flags for resolving beneath `rule`'s directory.
-func resolveFlags(for rule: PathRule) -> UInt64 {
+/// The openat2 RESOLVE flags for resolving beneath the directory of a rule with `symlinks`.
+func resolveFlags(_ symlinks: PathRule.SymlinkPolicy) -> UInt64 {
     var resolve = privsep_RESOLVE_BENEATH | privsep_RESOLVE_NO_MAGICLINKS
-    if rule.symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
+    if symlinks == .refuse { resolve |= privsep_RESOLVE_NO_SYMLINKS }
     return resolve
 }

@@ -24,7 +24,7 @@ extension ActivePolicy {
         let rule = policy.paths[index]
         let anchor = anchors[index]
         let relative = relativePath(of: path, beneath: index)
-        let resolve = resolveFlags(for: rule)
+        let resolve = resolveFlags(rule.symlinks)
         let flags = privsep_O_PATH | O_CLOEXEC | (followTrailingSymlink ? 0 : O_NOFOLLOW)
         let raw: Int32
         switch system_openat2(anchor.directory, relative, flags: flags, mode: 0, resolve: resolve) {

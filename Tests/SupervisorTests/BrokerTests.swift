@@ -183,24 +183,19 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
     final class Listener: @unchecked Sendable {
         let fd: Int32
         let port: UInt16
-        private var thread = pthread_t()
+        private let thread: pthread_t
         init(answer: String, count: Int) {
             (fd, port) = boundLoopbackSocket()
             precondition(listen(fd, 16) == 0)
-            final class Job { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
             let listening = fd
-            let job = Unmanaged.passRetained(Job {
+            thread = Thread.start {
                 for _ in 0..<count {
                     let client = accept(listening, nil, nil)
                     if client < 0 { return }
                     _ = write(client, answer + "\n", answer.utf8.count + 1)
                     close(client)
                 }
-            })
-            precondition(pthread_create(&thread, nil, { context in
-                Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
-                return nil
-            }, job.toOpaque()) == 0)
+            }
         }
         deinit {
             // The accepting thread knows the listener by number: a test that ends before it
@@ -334,14 +329,19 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
 
 /// A detached pthread, for test helpers that block.
 enum Thread {
-    static func detach(_ body: @escaping @Sendable () -> Void) {
+    /// Runs `body` on a new joinable thread (the caller joins it).
+    static func start(_ body: @escaping @Sendable () -> Void) -> pthread_t {
         final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
         var thread = pthread_t()
         let box = Unmanaged.passRetained(Box(body))
-        pthread_create(&thread, nil, { context in
+        precondition(pthread_create(&thread, nil, { context in
             Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
             return nil
-        }, box.toOpaque())
-        pthread_detach(thread)
+        }, box.toOpaque()) == 0)
+        return thread
+    }
+
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        pthread_detach(start(body))
     }
 }
