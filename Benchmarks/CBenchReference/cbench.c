@@ -60,7 +60,8 @@ static int pin_process(const cpu_set_t *set) {
     return result;
 }
 
-int cbench_pin(int cpu) {
+/* `cpu`, or every CPU when cpu < 0. */
+static cpu_set_t cpus_for(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
     if (cpu >= 0) {
@@ -69,6 +70,11 @@ int cbench_pin(int cpu) {
         long n = sysconf(_SC_NPROCESSORS_CONF);
         for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET(i, &set);
     }
+    return set;
+}
+
+int cbench_pin(int cpu) {
+    cpu_set_t set = cpus_for(cpu);
     return pin_process(&set);
 }
 
@@ -84,6 +90,14 @@ int cbench_last_allowed_cpu(void) {
     if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
     for (int cpu = CPU_SETSIZE - 1; cpu >= 0; cpu--) if (CPU_ISSET(cpu, &set)) return cpu;
     return -1;
+}
+
+int cbench_allowed_cpus(int *out, int capacity) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    int count = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && count < capacity; cpu++) if (CPU_ISSET(cpu, &set)) out[count++] = cpu;
+    return count;
 }
 
 int cbench_sched_batch(int on) {
@@ -288,6 +302,57 @@ int cbench_checked_open_broker(const int *fds, int count, int directory) {
     if (fstat(directory, &status) < 0) return -1;
     struct checked_directory context = { directory, status.st_dev };
     return serve_fd_requests(fds, count, checked_open_request, &context);
+}
+
+struct open_shard {
+    int *fds;
+    int count;
+    int cpu;
+    int directory;
+    int checked;
+    int result;
+};
+
+static void *serve_open_shard(void *argument) {
+    struct open_shard *shard = argument;
+    if (cbench_pin_thread(shard->cpu) != 0) { shard->result = -1; return NULL; }
+    shard->result = shard->checked ? cbench_checked_open_broker(shard->fds, shard->count, shard->directory)
+                                   : cbench_open_broker(shard->fds, shard->count, shard->directory);
+    return NULL;
+}
+
+int cbench_colocated_open_brokers(const int *fds, int count, int directory, int checked,
+                                  const int *cpus, int cpu_count) {
+    if (cpu_count < 1) { errno = EINVAL; return -1; }
+    struct open_shard *shards = calloc((size_t)cpu_count, sizeof *shards);
+    pthread_t *threads = calloc((size_t)cpu_count, sizeof *threads);
+    int *partitioned = calloc((size_t)(count > 0 ? count : 1), sizeof *partitioned);
+    if (!shards || !threads || !partitioned) { free(shards); free(threads); free(partitioned); errno = ENOMEM; return -1; }
+    int next = 0;
+    for (int s = 0; s < cpu_count; s++) {
+        shards[s] = (struct open_shard){ .fds = partitioned + next, .cpu = cpus[s], .directory = directory, .checked = checked };
+        for (int i = s; i < count; i += cpu_count) partitioned[next++] = fds[i];
+        shards[s].count = (int)(partitioned + next - shards[s].fds);
+    }
+    int result = 0, started = 0;
+    for (; started < cpu_count; started++) {
+        if (shards[started].count == 0) continue;
+        if (pthread_create(&threads[started], NULL, serve_open_shard, &shards[started]) != 0) { result = -1; break; }
+    }
+    for (int s = 0; s < started; s++) {
+        if (shards[s].count == 0) continue;
+        pthread_join(threads[s], NULL);
+        if (shards[s].result != 0) result = -1;
+    }
+    free(shards);
+    free(threads);
+    free(partitioned);
+    return result;
+}
+
+int cbench_pin_thread(int cpu) {
+    cpu_set_t set = cpus_for(cpu);
+    return sched_setaffinity(0, sizeof set, &set);
 }
 
 /* `iterations` round trips of `request` to a serve_fd_requests broker, closing

@@ -216,11 +216,25 @@ if let index = CommandLine.arguments.firstIndex(of: "--throughput-workers"), ind
     throughputWorkers = counts
 }
 /// The placements of the opens/s rows (more than one CPU needed for all but unmanaged).
-var throughputPlacements: [Placement] = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 ? [.unmanaged, .batchWorkers, .dedicatedServingCPU] : [.unmanaged]
+var throughputPlacements: [Placement] = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 ? [.unmanaged, .batchWorkers, .dedicatedServingCPU, .colocated] : [.unmanaged]
 if let index = CommandLine.arguments.firstIndex(of: "--placements"), index + 1 < CommandLine.arguments.count {
     let chosen = CommandLine.arguments[index + 1].split(separator: ",").map { Placement(rawValue: String($0)) }
-    check(!chosen.isEmpty && !chosen.contains(nil), "--placements takes a list of unmanaged, batch-workers, dedicated-cpu")
+    check(!chosen.isEmpty && !chosen.contains(nil), "--placements takes a list of unmanaged, batch-workers, dedicated-cpu, colocated")
     throughputPlacements = chosen.compactMap { $0 }
+}
+/// The CPUs this process may use, lowest first: colocated serving threads take them in turn.
+let allowedCPUs: [Int] = {
+    var cpus = [Int32](repeating: 0, count: 1024)
+    let count = cbench_allowed_cpus(&cpus, 1024)
+    check(count > 0, "sched_getaffinity")
+    return cpus.prefix(Int(count)).map(Int.init)
+}()
+/// The serving-thread counts of the opens/s rows: one, and one per CPU.
+var throughputServingThreads = Array(Set([1, allowedCPUs.count])).sorted()
+if let index = CommandLine.arguments.firstIndex(of: "--serving-threads"), index + 1 < CommandLine.arguments.count {
+    let counts = CommandLine.arguments[index + 1].split(separator: ",").compactMap { Int($0) }.filter { (1...256).contains($0) }
+    check(!counts.isEmpty, "--serving-threads takes a list like 1,2")
+    throughputServingThreads = counts
 }
 if let index = CommandLine.arguments.firstIndex(of: "--startup-runs"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
@@ -595,12 +609,13 @@ struct StartGate {
     }
 }
 
-/// Swift: `workers` brokered workers on one supervisor, each doing `opens` opens once
-/// all are locked down. Returns (per-open latency of worker 0, opens per second overall).
-@MainActor func measureSwiftOpens(workers: Int, opens: Int, placement: Placement = .unmanaged) async -> (Summary, Double) {
+/// Swift: `workers` brokered workers on one supervisor with `servingThreads`, each
+/// doing `opens` opens once all are locked down. Returns (per-open latency of
+/// worker 0, opens per second overall).
+@MainActor func measureSwiftOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, servingThreads: Int = 1) async -> (Summary, Double) {
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
-    let supervisor = try! Supervisor(logger: logger, placement: placement)
+    let supervisor = try! Supervisor(logger: logger, placement: placement, servingThreads: servingThreads)
     var policy = Policy()
     policy.allow(path: openDirectory, .directory, [.read])
     let gate = StartGate()
@@ -633,14 +648,16 @@ struct StartGate {
 
 /// C: the same with a minimal C broker (poll over every client) in this process,
 /// with `placement` done by hand as the supervisor does it: clients spawned
-/// SCHED_BATCH, or the broker on the last CPU and its clients on the others.
+/// SCHED_BATCH, or the broker on the last CPU and its clients on the others, or
+/// (colocated) one broker thread per CPU in `colocatedCPUs`, each serving the
+/// clients born on its CPU.
 /// `checked`: the broker makes privsep's checks (openat2 beneath, fstat) and the
 /// clients run under the brokered worker's lockdown, so what is left between this
 /// and privsep is privsep's own code, not the price of the checks.
 @MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false) -> (Summary, Double) {
     let servingCPU = cbench_last_allowed_cpu()
     switch placement {
-    case .unmanaged: break
+    case .unmanaged, .colocated: break
     case .batchWorkers: check(cbench_sched_batch(1) == 0, "SCHED_BATCH")
     case .dedicatedServingCPU: check(cbench_pin_except(servingCPU) == 0, "sched_setaffinity")
     }
@@ -655,6 +672,8 @@ struct StartGate {
         let arguments = ["--child", checked ? "c-locked-open-client" : "c-open-client", "\(opens)", openName, index == 0 ? output : "/dev/null"]
         let path = selfPath()
         var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        // Colocated: client i is born on the CPU of the broker thread that serves it.
+        if placement == .colocated { check(cbench_pin_thread(Int32(colocatedCPUs[index % colocatedCPUs.count])) == 0, "sched_setaffinity") }
         let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read) }
         for pointer in argv { free(pointer) }
         check(pid > 0, "spawn")
@@ -664,14 +683,20 @@ struct StartGate {
     }
     switch placement {
     case .unmanaged: break
+    case .colocated: check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
     case .batchWorkers: check(cbench_sched_batch(0) == 0, "SCHED_OTHER")
     case .dedicatedServingCPU: check(cbench_pin(servingCPU) == 0, "sched_setaffinity")
     }
     usleep(200_000) // the C clients start in well under this
     let start = cbench_now_ns()
     gate.open(workers)
-    let broker = checked ? cbench_checked_open_broker : cbench_open_broker
-    check(broker(parentEnds, Int32(workers), directory) == 0, "C broker")
+    if placement == .colocated {
+        check(cbench_colocated_open_brokers(parentEnds, Int32(workers), directory, checked ? 1 : 0,
+                                            colocatedCPUs.map(Int32.init), Int32(colocatedCPUs.count)) == 0, "C brokers")
+    } else {
+        let broker = checked ? cbench_checked_open_broker : cbench_open_broker
+        check(broker(parentEnds, Int32(workers), directory) == 0, "C broker")
+    }
     let seconds = Double(cbench_now_ns() - start) / 1e9
     // Only the dedicated placement moved threads; the other rows keep the caller's pinning.
     if placement == .dedicatedServingCPU { check(cbench_pin(-1) == 0, "sched_setaffinity") }
@@ -687,6 +712,9 @@ struct StartGate {
     unlink(output)
     return (summary, Double(workers * opens) / seconds)
 }
+
+/// The CPUs of the colocated C broker threads, one per thread (set per row).
+var colocatedCPUs: [Int] = [0]
 
 let O_PATH_DIRECTORY: Int32 = 0o10000000 | O_DIRECTORY | O_CLOEXEC
 
@@ -721,22 +749,40 @@ if openRuns > 0 {
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     print("")
-    // Placement (see Placement): the C broker gets the same placement done by hand, so
-    // each row compares like with like; the last column compares with the C broker left
-    // to the kernel, the reference as the issue states it.
-    // "C with checks": the C pair making privsep's checks (see measureCOpens), placed the same way.
-    print("| opens/s | workers | placement | minimal C broker | C with checks | privsep | ratio | vs C unmanaged | vs C with checks |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    // Placement (see Placement) and serving threads: the C brokers get the same placement
+    // done by hand, so "vs C placed alike" compares like with like. A C broker is one
+    // thread except under colocated, where it gets one thread per serving thread of
+    // privsep's, each on its CPU (cbench_colocated_open_brokers). "vs C unmanaged"
+    // compares with the one-thread minimal C broker left to the kernel, the reference as
+    // the issue states it. "C with checks": the C pair making privsep's checks (see
+    // measureCOpens), placed the same way.
+    print("| opens/s | workers | placement | serving threads | minimal C broker | C with checks | privsep | vs C placed alike | vs C unmanaged | vs C with checks |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for workers in throughputWorkers {
         let opens = max(openRuns * 2 / workers, 200)
         var unmanagedCRate: Double? = nil
         for placement in throughputPlacements {
-            let (_, cRate) = measureCOpens(workers: workers, opens: opens, placement: placement)
-            let (_, checkedRate) = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true)
-            let (_, swiftRate) = await measureSwiftOpens(workers: workers, opens: opens, placement: placement)
-            if placement == .unmanaged { unmanagedCRate = cRate }
-            let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
-            print("| one broker, \(workers) clients | \(workers) | \(placement) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x |")
+            // One-thread C brokers are the same for every thread count of privsep's: measured once.
+            var oneThreadC: (Double, Double)? = nil
+            for threads in throughputServingThreads {
+                if placement == .dedicatedServingCPU && threads >= allowedCPUs.count { continue }
+                let cRate: Double, checkedRate: Double
+                if placement == .colocated {
+                    colocatedCPUs = (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] }
+                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).1
+                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).1
+                } else if let measured = oneThreadC {
+                    (cRate, checkedRate) = measured
+                } else {
+                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).1
+                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).1
+                    oneThreadC = (cRate, checkedRate)
+                }
+                let (_, swiftRate) = await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads)
+                if placement == .unmanaged && unmanagedCRate == nil { unmanagedCRate = cRate }
+                let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
+                print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x |")
+            }
         }
     }
     unlink(openDirectory + "/" + openName)

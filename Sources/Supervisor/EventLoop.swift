@@ -6,8 +6,9 @@ public import PrivsepIPC
 import Synchronization
 import SystemPackage
 
-/// The supervisor's one serving thread: an epoll loop over every worker's channel
-/// and pidfd, and the sockets of CONNECTs in progress.
+/// One of the supervisor's serving threads: an epoll loop over the channel and
+/// pidfd of every worker it serves, and the sockets of CONNECTs in progress. A
+/// worker is served by one loop for its whole life (the one that spawned it).
 ///
 /// Everything below `// MARK: Loop thread` runs on that thread only, so worker
 /// state needs no locks; other threads reach it through ``submit(_:)`` and
@@ -34,7 +35,11 @@ final class EventLoop: @unchecked Sendable {
     private var workers: [UInt64: WorkerRecord] = [:]
     private var registrations: [UInt64: Registration] = [:]
     private var nextToken: UInt64 = 1
-    private var nextWorkerID: UInt64 = 1
+    /// Worker ids, unique across every loop of the supervisor.
+    private let workerIDs: WorkerIDSource
+    /// Workers spawned or being spawned here and not yet reaped, for choosing the
+    /// least loaded loop (read from any thread, so only approximately current).
+    let load = Atomic<Int>(0)
     private var shuttingDown: (@Sendable () -> Void)? = nil
     private var running = true
     /// When ``checkDeadlines(now:)`` must next run; lowered by whatever sets a new deadline.
@@ -58,11 +63,12 @@ final class EventLoop: @unchecked Sendable {
         case listener(UInt64)
     }
 
-    init(auditor: Auditor, placement: PlacementPlan = .unmanaged) throws(Errno) {
+    init(auditor: Auditor, placement: PlacementPlan = .unmanaged, workerIDs: WorkerIDSource = WorkerIDSource()) throws(Errno) {
         epoll = OwnedFileDescriptor(adoptingRawValue: try system_epoll_create().get())
         wakeup = OwnedFileDescriptor(adoptingRawValue: try system_eventfd().get())
         self.auditor = auditor
         self.placement = placement
+        self.workerIDs = workerIDs
         try system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_ADD, wakeup.unsafeRawValue, events: EPOLLIN.rawValue, data: 0).get()
         // Last, after everything that can throw: deinit frees it.
         receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
@@ -121,6 +127,9 @@ final class EventLoop: @unchecked Sendable {
         done.wait()
         return result.withLock { $0 }
     }
+
+    /// Whether the placement gives this loop's thread a CPU to move onto.
+    var hasServingCPU: Bool { placement.servingCPU != nil }
 
     /// Loop thread, once, before anything is spawned: moves this thread onto the CPU
     /// the placement gives it.
@@ -184,7 +193,9 @@ final class EventLoop: @unchecked Sendable {
         }
         for command in late {
             switch command {
-            case .spawn(_, _, let completion): completion(.failure(.shuttingDown))
+            case .spawn(_, _, let completion):
+                load.subtract(1, ordering: .relaxed) // reserved by the supervisor, never spawned
+                completion(.failure(.shuttingDown))
             case .stop: break
             case .run(let body): body(self)
             case .shutdown(_, let done): done()
@@ -238,8 +249,16 @@ final class EventLoop: @unchecked Sendable {
     // MARK: Spawning
 
 
-    /// Spawns a worker. Loop thread only (``submit(_:)`` or ``call(_:)`` bodies).
+    /// Spawns a worker, whose place in ``load`` the caller has reserved: a failed spawn
+    /// gives it back, a spawned worker gives it back when reaped. Loop thread only
+    /// (``submit(_:)`` or ``call(_:)`` bodies).
     func spawn(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
+        let result = startWorker(configuration, policy)
+        if case .failure = result { load.subtract(1, ordering: .relaxed) }
+        return result
+    }
+
+    private func startWorker(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
         if shuttingDown != nil { return .failure(.shuttingDown) }
         let process: SpawnedProcess
         do { process = try spawnWorker(configuration, placement: placement) } catch {
@@ -248,8 +267,7 @@ final class EventLoop: @unchecked Sendable {
         if let problem = process.placementProblem {
             auditor.logger.warning("\(configuration.name): spawned without its placement: \(problem)")
         }
-        let id = nextWorkerID
-        nextWorkerID += 1
+        let id = workerIDs.next()
         let handle = WorkerHandle(id: id, pid: process.pid, name: configuration.name, policy: configuration.policy, loop: self)
         let now = system_clock_monotonic()
         let record = WorkerRecord(id: id, configuration: configuration, policy: policy, handle: handle,
@@ -808,6 +826,7 @@ final class EventLoop: @unchecked Sendable {
         if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
         record.pidfdToken = nil
         workers[record.id] = nil
+        load.subtract(1, ordering: .relaxed)
         let reason: ExitReason
         if let killed = record.killReason {
             reason = killed
@@ -863,6 +882,7 @@ final class EventLoop: @unchecked Sendable {
     func notePoolDeadline(_ deadline: UInt64) { noteDeadline(deadline) }
 
     func spawnForPool(_ configuration: WorkerConfiguration, _ policy: ActivePolicy, pool: PoolCore) -> Result<(UInt64, pid_t), SupervisorError> {
+        load.add(1, ordering: .relaxed)
         switch spawn(configuration, policy) {
         case .success(let handle):
             workers[handle.id]?.pool = pool
@@ -1081,4 +1101,10 @@ func describeOpenFlags(_ flags: Int32) -> String {
     }
     if rest != 0 { parts.append("0x" + String(UInt32(bitPattern: rest), radix: 16)) }
     return parts.joined(separator: "|")
+}
+
+/// Hands out worker ids, unique across the loops of one supervisor.
+final class WorkerIDSource: Sendable {
+    private let counter = Atomic<UInt64>(1)
+    func next() -> UInt64 { counter.wrappingAdd(1, ordering: .relaxed).oldValue }
 }

@@ -27,12 +27,21 @@ public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
     /// granted the `proc` group may move itself onto the serving CPU; the threads
     /// serving intercept mode run on every CPU.
     case dedicatedServingCPU = "dedicated-cpu"
+    /// Each serving thread runs on one CPU, and every worker it serves is born on
+    /// that same CPU: a request and its reply never cross CPUs, so no wake-up pays
+    /// for waking another CPU (tens of microseconds on a virtual machine). Serving
+    /// threads take the CPUs in turn, so give the supervisor one per CPU
+    /// (`servingThreads`) and new workers spread evenly over them. The price: a worker
+    /// cannot move to an idle CPU, so one worker much busier than the rest slows the
+    /// others on its CPU. Intercept mode's serving threads run on every CPU.
+    case colocated
 
     public var description: String {
         switch self {
         case .unmanaged: "unmanaged"
         case .batchWorkers: "batch workers"
         case .dedicatedServingCPU: "dedicated serving CPU"
+        case .colocated: "colocated"
         }
     }
 }
@@ -76,10 +85,10 @@ struct CPUSet: Equatable, Sendable {
     }
 }
 
-/// What a ``Placement`` means on this machine, worked out once when the
-/// supervisor starts from the thread creating it, whose CPUs and scheduling policy
-/// the loop thread inherits: where the serving thread runs, where workers are born,
-/// and what the serving thread returns to after each spawn.
+/// What a ``Placement`` means on this machine for one serving thread, worked out
+/// once when the supervisor starts from the thread creating it, whose CPUs and
+/// scheduling policy the loop threads inherit: where the serving thread runs, where
+/// its workers are born, and what it returns to after each spawn.
 struct PlacementPlan: Sendable, Equatable {
     /// The one CPU the serving thread runs on, when it has one of its own.
     var servingCPU: Int?
@@ -89,42 +98,63 @@ struct PlacementPlan: Sendable, Equatable {
     /// When workers start under SCHED_BATCH: the serving thread's own policy
     /// (SCHED_OTHER or SCHED_BATCH, with SCHED_RESET_ON_FORK if set), restored after each spawn.
     var servingPolicy: Int32?
+    /// Where the supervisor's other threads (those serving intercept mode) run: every
+    /// CPU there was to divide, so they crowd neither side. nil: where they start.
+    var helperThreadCPUs: CPUSet?
 
     static let unmanaged = PlacementPlan()
 
-    /// The plan for `placement` given the CPUs and the scheduling policy the
-    /// serving thread will have. Fails (rather than quietly doing nothing) when the
-    /// placement cannot be had.
+    /// The plan for a supervisor with one serving thread.
     init(_ placement: Placement, allowed: CPUSet, policy: Int32) throws(SupervisorError) {
+        self = try Self.plans(placement, servingThreads: 1, allowed: allowed, policy: policy)[0]
+    }
+
+    private init() {}
+
+    /// One plan per serving thread for `placement`, given the CPUs and the scheduling
+    /// policy the serving threads will have. Fails (rather than quietly doing
+    /// nothing) when the placement cannot be had.
+    static func plans(_ placement: Placement, servingThreads: Int, allowed: CPUSet, policy: Int32) throws(SupervisorError) -> [PlacementPlan] {
+        precondition(servingThreads >= 1, "at least one serving thread")
+        let cpus = allowed.members
         switch placement {
         case .unmanaged:
-            break
+            return Array(repeating: .unmanaged, count: servingThreads)
         case .batchWorkers:
             let base = policy & ~privsep_SCHED_RESET_ON_FORK
             // Switched to SCHED_BATCH for each spawn, a real-time thread could not always switch back.
             guard base == SCHED_OTHER || base == privsep_SCHED_BATCH else {
                 throw .systemError("placement \(placement) needs the serving thread under SCHED_OTHER; the thread creating the supervisor runs under policy \(base)")
             }
-            servingPolicy = policy
+            var plan = PlacementPlan()
+            plan.servingPolicy = policy
+            return Array(repeating: plan, count: servingThreads)
         case .dedicatedServingCPU:
-            let cpus = allowed.members
-            guard let serving = cpus.last, cpus.count >= 2 else {
-                throw .systemError("placement \(placement) needs at least two CPUs; the thread creating the supervisor may use \(cpus.count)")
+            // The serving threads take the highest-numbered CPUs, one each; workers the rest.
+            guard cpus.count > servingThreads else {
+                throw .systemError("placement \(placement) needs more CPUs than serving threads (\(servingThreads)); the thread creating the supervisor may use \(cpus.count)")
             }
+            let serving = cpus.suffix(servingThreads)
             var others = allowed
-            others.remove(serving)
-            servingCPU = serving
-            workerCPUs = others
+            for cpu in serving { others.remove(cpu) }
+            return serving.map { cpu in
+                var plan = PlacementPlan()
+                plan.servingCPU = cpu
+                plan.workerCPUs = others
+                plan.helperThreadCPUs = allowed
+                return plan
+            }
+        case .colocated:
+            guard !cpus.isEmpty else {
+                throw .systemError("placement \(placement) needs at least one CPU; the thread creating the supervisor may use none")
+            }
+            return (0..<servingThreads).map { index in
+                var plan = PlacementPlan()
+                plan.servingCPU = cpus[index % cpus.count]
+                plan.workerCPUs = CPUSet([cpus[index % cpus.count]])
+                plan.helperThreadCPUs = allowed
+                return plan
+            }
         }
-    }
-
-    private init() {}
-
-    /// Where the supervisor's other threads (those serving intercept mode) run: every
-    /// CPU there was to divide, so they crowd neither side. nil: where they start.
-    var helperThreadCPUs: CPUSet? {
-        guard let servingCPU, var all = workerCPUs else { return nil }
-        all.insert(servingCPU)
-        return all
     }
 }

@@ -1,12 +1,14 @@
 public import Logging
 import PrivsepIPC
+import Synchronization
 
 /// The privileged half: spawns sandboxed workers and serves their requests
 /// under each worker's policy.
 ///
-/// One supervisor serves many workers from one thread of its own (an epoll
-/// loop), so it never occupies the cooperative thread pool and one slow request
-/// never stalls the others.
+/// A supervisor serves its workers from threads of its own (epoll loops; one
+/// unless `servingThreads` says more), so it never occupies the cooperative thread
+/// pool and one slow request never stalls the others. Each worker is served by one
+/// serving thread for its whole life: the least loaded when it is spawned.
 ///
 /// ```swift
 /// let supervisor = try Supervisor()
@@ -16,59 +18,90 @@ import PrivsepIPC
 /// let reason = await worker.exit()
 /// ```
 public final class Supervisor: Sendable {
-    let loop: EventLoop
+    let loops: [EventLoop]
+    /// Where the search for the least loaded loop starts, so ties go to each loop in turn.
+    private let nextLoop = Atomic<Int>(0)
 
-    /// Starts the supervisor's loop thread.
+    /// Starts the supervisor's serving threads.
     /// - Parameters:
     ///   - logger: receives every decision (grants at debug, denials at notice) and lifecycle events.
     ///   - auditLog: also receives every decision, as JSON lines or in memory.
-    ///   - placement: where the serving thread and the workers run (see ``Placement``).
+    ///   - placement: where the serving threads and the workers run (see ``Placement``).
     ///     One that cannot be had here (a dedicated CPU on a one-CPU machine) is an error.
+    ///   - servingThreads: how many threads serve workers (1...256). One is enough for
+    ///     workers that seldom ask; with many busy workers, one per CPU lets requests be
+    ///     served on every CPU at once (BENCHMARKS.md measures both).
     public init(logger: Logger = Logger(label: "privsep.supervisor"), auditLog: AuditLog? = nil,
-                placement: Placement = .unmanaged) throws(SupervisorError) {
+                placement: Placement = .unmanaged, servingThreads: Int = 1) throws(SupervisorError) {
+        guard (1...256).contains(servingThreads) else {
+            throw .systemError("servingThreads must be 1...256, not \(servingThreads)")
+        }
         reserveStandardStreams()
-        // The loop thread starts with this thread's CPUs and scheduling policy: they are the ones to divide.
-        let plan: PlacementPlan
+        // The loop threads start with this thread's CPUs and scheduling policy: they are the ones to divide.
+        let plans: [PlacementPlan]
         if placement == .unmanaged {
-            plan = .unmanaged
+            plans = Array(repeating: .unmanaged, count: servingThreads)
         } else {
             switch (system_sched_getaffinity(), system_sched_getscheduler()) {
             case (.success(let allowed), .success(let scheduler)):
-                plan = try PlacementPlan(placement, allowed: allowed, policy: scheduler.policy)
+                plans = try PlacementPlan.plans(placement, servingThreads: servingThreads, allowed: allowed, policy: scheduler.policy)
             case (.failure(let errno), _), (_, .failure(let errno)):
                 throw .systemError("cannot read this thread's CPUs and scheduling policy for placement \(placement): \(errno)")
             }
         }
-        do {
-            loop = try EventLoop(auditor: Auditor(logger: logger, log: auditLog), placement: plan)
-        } catch {
-            throw .systemError("cannot create the event loop: \(error)")
+        let auditor = Auditor(logger: logger, log: auditLog)
+        let workerIDs = WorkerIDSource()
+        var loops: [EventLoop] = []
+        for plan in plans {
+            do {
+                loops.append(try EventLoop(auditor: auditor, placement: plan, workerIDs: workerIDs))
+            } catch {
+                throw .systemError("cannot create an event loop: \(error)")
+            }
         }
-        loop.start()
-        if plan.servingCPU != nil {
-            // On the loop thread, before anything is spawned; on failure the loop ends here.
+        // Every loop exists before any starts: a failure above leaves no thread behind.
+        for loop in loops { loop.start() }
+        self.loops = loops
+        for loop in loops where loop.hasServingCPU {
+            // On the loop thread, before anything is spawned; on failure every loop ends here.
             switch loop.call({ $0.moveOntoServingCPU() }) {
             case .success?:
-                break
+                continue
             case .failure(let errno)?:
-                loop.submit(.shutdown(grace: 0, {}))
-                throw .systemError("cannot give the serving thread its own CPU: \(errno)")
+                for loop in loops { loop.submit(.shutdown(grace: 0, {})) }
+                throw .systemError("cannot give a serving thread its CPU: \(errno)")
             case nil:
+                for loop in loops { loop.submit(.shutdown(grace: 0, {})) }
                 throw .shuttingDown
             }
         }
     }
 
     deinit {
-        loop.submit(.shutdown(grace: 0, {}))
+        for loop in loops { loop.submit(.shutdown(grace: 0, {})) }
+    }
+
+    /// The loop with the fewest workers (ties: each in turn), with a place reserved
+    /// in its ``EventLoop/load`` when `reserving`.
+    func leastLoadedLoop(reserving: Bool) -> EventLoop {
+        let start = nextLoop.wrappingAdd(1, ordering: .relaxed).oldValue
+        var chosen = loops[start % loops.count]
+        for offset in 1..<max(loops.count, 1) {
+            let candidate = loops[(start + offset) % loops.count]
+            if candidate.load.load(ordering: .relaxed) < chosen.load.load(ordering: .relaxed) { chosen = candidate }
+        }
+        if reserving { chosen.load.add(1, ordering: .relaxed) }
+        return chosen
     }
 
     /// Spawns a worker and returns once it runs (its handshake still to come).
     /// Fails if the policy cannot be activated or the program cannot be started.
     public func spawn(_ configuration: WorkerConfiguration) async throws(SupervisorError) -> WorkerHandle {
         let policy = try activate(configuration)
+        let loop = leastLoadedLoop(reserving: true)
         let result: Result<WorkerHandle, SupervisorError> = await withCheckedContinuation { continuation in
             if !loop.submit(.spawn(configuration, policy, { continuation.resume(returning: $0) })) {
+                loop.load.subtract(1, ordering: .relaxed)
                 continuation.resume(returning: .failure(.shuttingDown))
             }
         }
@@ -78,20 +111,31 @@ public final class Supervisor: Sendable {
     /// The blocking form of ``spawn(_:)-swift.method``, for code that is not async.
     public func spawnBlocking(_ configuration: WorkerConfiguration) throws(SupervisorError) -> WorkerHandle {
         let policy = try activate(configuration)
-        let result: Result<WorkerHandle, SupervisorError>? = loop.call { $0.spawn(configuration, policy) }
-        return try (result ?? .failure(.shuttingDown)).get()
+        let loop = leastLoadedLoop(reserving: true)
+        guard let result = loop.call({ $0.spawn(configuration, policy) }) else {
+            loop.load.subtract(1, ordering: .relaxed)
+            throw .shuttingDown
+        }
+        return try result.get()
     }
 
-    /// The live workers.
+    /// The live workers, by id.
     public func workers() -> [WorkerInfo] {
-        loop.call { $0.workerSnapshots() } ?? []
+        loops.flatMap { $0.call { $0.workerSnapshots() } ?? [] }.sorted { $0.id < $1.id }
     }
 
     /// Stops every worker (SIGTERM, then SIGKILL after `grace` seconds), waits for
-    /// them all to exit, and ends the loop thread. Spawning afterwards fails.
+    /// them all to exit, and ends the serving threads. Spawning afterwards fails.
     public func shutdown(grace: Double = 2) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            if !loop.submit(.shutdown(grace: grace, { continuation.resume() })) { continuation.resume() }
+        // Every loop is told at once, so their workers' grace periods run together.
+        await withTaskGroup(of: Void.self) { group in
+            for loop in loops {
+                group.addTask {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        if !loop.submit(.shutdown(grace: grace, { continuation.resume() })) { continuation.resume() }
+                    }
+                }
+            }
         }
     }
 

@@ -24,7 +24,7 @@ import Synchronization
 /// failure; replacements start while the last job still runs, so a recycle does
 /// not stall the queue.
 ///
-/// All pool state lives on the supervisor's loop thread: `run` never blocks a
+/// All pool state lives on one of the supervisor's loop threads: `run` never blocks a
 /// thread, and cancelling the task that awaits `run` cancels the job (killing
 /// its worker if the job had started).
 public final class WorkerPool: Sendable {
@@ -49,11 +49,13 @@ public final class WorkerPool: Sendable {
             throw .workerUnavailable("invalid policy: \(error)")
         }
         self.supervisor = supervisor
-        loop = supervisor.loop
+        // A pool lives on one serving thread, all its workers with it.
+        let loop = supervisor.leastLoadedLoop(reserving: false)
+        self.loop = loop
         core = PoolCore(configuration: configuration, policy: policy)
         let core = self.core
         let started: Result<Void, JobFailure> = await withCheckedContinuation { continuation in
-            if !supervisor.loop.submit(.run { loop in core.start(on: loop) { continuation.resume(returning: $0) } }) {
+            if !loop.submit(.run { loop in core.start(on: loop) { continuation.resume(returning: $0) } }) {
                 continuation.resume(returning: .failure(.poolClosed))
             }
         }

@@ -20,6 +20,9 @@ int cbench_pin(int cpu);
 int cbench_pin_except(int cpu);
 /* The highest-numbered CPU the calling thread may use (the one Placement.dedicatedServingCPU picks), or -1. */
 int cbench_last_allowed_cpu(void);
+/* The CPUs the calling thread may use, lowest first, into `out` (at most `capacity`);
+   returns how many, or -1 with errno set. */
+int cbench_allowed_cpus(int *out, int capacity);
 /* Switches the calling thread to SCHED_BATCH (on) or back to SCHED_OTHER; children it spawns inherit it. */
 int cbench_sched_batch(int on);
 
@@ -51,6 +54,17 @@ int cbench_open_broker(const int *fds, int count, int directory);
    RESOLVE_NO_SYMLINKS and O_NONBLOCK, then fstat: a regular file or directory on
    the directory's own device, or EACCES. */
 int cbench_checked_open_broker(const int *fds, int count, int directory);
+
+/* The same brokers (minimal, or checked when `checked`), one thread per entry of
+   `cpus`, each pinned to its CPU and serving the clients whose index i has
+   i % cpu_count == its own index, until they have all closed: the C form of
+   Placement.colocated with one serving thread per CPU. Returns 0, or -1. */
+int cbench_colocated_open_brokers(const int *fds, int count, int directory, int checked,
+                                  const int *cpus, int cpu_count);
+
+/* Moves only the calling thread onto `cpu`, or onto every CPU when cpu < 0; the
+   processes it spawns start there. */
+int cbench_pin_thread(int cpu);
 
 /* A C client of that broker: `iterations` requests for `name`, closing each fd it
    gets; each round trip's duration goes to out_ns when it is not NULL. */
