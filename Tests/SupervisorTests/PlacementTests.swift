@@ -32,6 +32,26 @@ import Testing
         #expect(try PlacementPlan(.unmanaged, allowed: CPUSet([0, 1]), policy: SCHED_FIFO) == .unmanaged)
     }
 
+    @Test func severalServingThreadsGetAPlanEach() throws {
+        let allowed = CPUSet([0, 2, 5, 7])
+        #expect(try PlacementPlan.plans(.unmanaged, servingThreads: 3, allowed: allowed, policy: SCHED_OTHER) == Array(repeating: .unmanaged, count: 3))
+        let batch = try PlacementPlan.plans(.batchWorkers, servingThreads: 2, allowed: allowed, policy: SCHED_OTHER)
+        #expect(batch.count == 2 && batch.allSatisfy { $0.servingPolicy == SCHED_OTHER && $0.workerCPUs == nil })
+        // Dedicated: the serving threads take the highest CPUs, one each; workers the rest.
+        let dedicated = try PlacementPlan.plans(.dedicatedServingCPU, servingThreads: 2, allowed: allowed, policy: SCHED_OTHER)
+        #expect(dedicated.map(\.servingCPU) == [5, 7])
+        #expect(dedicated.allSatisfy { $0.workerCPUs?.members == [0, 2] && $0.helperThreadCPUs?.members == [0, 2, 5, 7] })
+        #expect(throws: SupervisorError.self) {
+            try PlacementPlan.plans(.dedicatedServingCPU, servingThreads: 4, allowed: allowed, policy: SCHED_OTHER)
+        }
+        // Colocated: thread i on the i-th CPU (in turn), its workers born on that CPU alone.
+        let colocated = try PlacementPlan.plans(.colocated, servingThreads: 5, allowed: allowed, policy: SCHED_OTHER)
+        #expect(colocated.map(\.servingCPU) == [0, 2, 5, 7, 0])
+        #expect(colocated.map { $0.workerCPUs?.members ?? [] } == [[0], [2], [5], [7], [0]])
+        #expect(colocated.allSatisfy { $0.helperThreadCPUs == allowed && $0.servingPolicy == nil })
+        #expect(throws: SupervisorError.self) { try PlacementPlan.plans(.colocated, servingThreads: 1, allowed: CPUSet(), policy: SCHED_OTHER) }
+    }
+
     @Test func cpuSetKeepsToItsMask() {
         var set = CPUSet([0, 63, 64, CPUSet.capacity - 1])
         #expect(set.members == [0, 63, 64, CPUSet.capacity - 1])
@@ -66,7 +86,7 @@ import Testing
         let run = try await runWorker(["handshake", "placement"], supervisor: supervisor)
         #expect(run.reason == .exited(code: 0))
         #expect(run.lines.last == "placement cpus \(cpuList(allowed)) policy \(privsepSchedBatch)")
-        let loopPolicy = supervisor.loop.call { _ in try? system_sched_getscheduler().get().policy }
+        let loopPolicy = supervisor.loops[0].call { _ in try? system_sched_getscheduler().get().policy }
         #expect(loopPolicy == SCHED_OTHER)
         #expect(loopThreadCPUs(supervisor) == allowed)
         await supervisor.shutdown()
@@ -81,7 +101,7 @@ import Testing
             _ = try await supervisor.spawn(WorkerConfiguration(executable: "/nonexistent/program"))
         }
         #expect(loopThreadCPUs(supervisor) == before)
-        let loopPolicy = supervisor.loop.call { _ in try? system_sched_getscheduler().get().policy }
+        let loopPolicy = supervisor.loops[0].call { _ in try? system_sched_getscheduler().get().policy }
         #expect(loopPolicy == SCHED_OTHER)
         await supervisor.shutdown()
     }
@@ -133,6 +153,31 @@ import Testing
         await supervisor.shutdown()
     }
 
+    @Test func colocatedWorkersAreBornOnTheCPUOfTheThreadServingThem() async throws {
+        let allowed = try system_sched_getaffinity().get().members
+        let supervisor = try Supervisor(logger: quietLogger(), placement: .colocated, servingThreads: allowed.count)
+        #expect(supervisor.loops.map { loopThreadCPUs($0) } == allowed.map { [$0] })
+        // Spawned one after another, each once the last has exited: every loop is as
+        // loaded as the others, so each gets one in turn.
+        var workerCPUs: [String] = []
+        for _ in allowed {
+            let run = try await runWorker(["handshake", "placement"], supervisor: supervisor)
+            #expect(run.reason == .exited(code: 0))
+            workerCPUs.append(run.lines.last ?? "")
+        }
+        #expect(workerCPUs.sorted() == allowed.map { "placement cpus \($0) policy \(SCHED_OTHER)" }.sorted())
+        // Each spawn moved its loop thread onto the worker's CPU, which is its own.
+        #expect(supervisor.loops.map { loopThreadCPUs($0) } == allowed.map { [$0] })
+        await supervisor.shutdown()
+    }
+
+    @Test func aDedicatedCPUForEachServingThreadNeedsCPUsLeftForWorkers() throws {
+        let allowed = try system_sched_getaffinity().get().members
+        #expect(throws: SupervisorError.self) {
+            try Supervisor(logger: quietLogger(), placement: .dedicatedServingCPU, servingThreads: allowed.count)
+        }
+    }
+
     @Test func unmanagedWorkersRunWhereTheSupervisorMay() async throws {
         let allowed = try system_sched_getaffinity().get().members
         let run = try await runWorker(["handshake", "placement"])
@@ -145,7 +190,11 @@ private let privsepSchedBatch: Int32 = 3
 private let privsepSchedResetOnFork: Int32 = 0x4000_0000
 
 private func loopThreadCPUs(_ supervisor: Supervisor) -> [Int]? {
-    supervisor.loop.call { _ in try? system_sched_getaffinity().get().members } ?? nil
+    loopThreadCPUs(supervisor.loops[0])
+}
+
+private func loopThreadCPUs(_ loop: EventLoop) -> [Int]? {
+    loop.call { _ in try? system_sched_getaffinity().get().members } ?? nil
 }
 
 /// Cpus_allowed_list of every thread of this process named privsep-notify (intercept mode's serving threads).
