@@ -10,6 +10,7 @@
 #include <time.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -109,6 +110,41 @@ uint64_t cbench_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t cbench_thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The first line of /proc/self/task/<tid>/<file> into `out`; 0, or -1. */
+static int read_task_file(const char *tid, const char *file, char *out, size_t size) {
+    char path[128];
+    snprintf(path, sizeof path, "/proc/self/task/%s/%s", tid, file);
+    FILE *stream = fopen(path, "re");
+    if (!stream) return -1;
+    char *line = fgets(out, (int)size, stream);
+    fclose(stream);
+    if (!line) return -1;
+    out[strcspn(out, "\n")] = 0;
+    return 0;
+}
+
+uint64_t cbench_named_threads_cpu_ns(const char *name) {
+    DIR *tasks = opendir("/proc/self/task");
+    if (!tasks) return 0;
+    uint64_t total = 0;
+    struct dirent *entry;
+    while ((entry = readdir(tasks)) != NULL) {
+        if (entry->d_name[0] == '.') continue;
+        char comm[64], schedstat[128];
+        if (read_task_file(entry->d_name, "comm", comm, sizeof comm) != 0 || strcmp(comm, name) != 0) continue;
+        /* schedstat: time on the CPU (ns), time waiting to run, time slices. */
+        if (read_task_file(entry->d_name, "schedstat", schedstat, sizeof schedstat) == 0) total += strtoull(schedstat, NULL, 10);
+    }
+    closedir(tasks);
+    return total;
 }
 
 int cbench_echo_loop(int fd) {

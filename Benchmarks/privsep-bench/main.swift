@@ -140,13 +140,15 @@ func timedBrokeredRequests(_ mode: String, _ request: (SupervisorConnection) thr
         var go: UInt8 = 0
         _ = read(0, &go, 1)
         var samples = [UInt64](repeating: 0, count: count)
+        let cpuBefore = cbench_thread_cpu_ns()
         for index in 0..<count {
             let start = cbench_now_ns()
             try request(connection)
             samples[index] = cbench_now_ns() - start
         }
+        let cpuPerRequest = Double(cbench_thread_cpu_ns() - cpuBefore) / Double(count) / 1000
         let summary = Summary(samples)
-        let line = "\(summary.median) \(summary.p99)\n"
+        let line = "\(summary.median) \(summary.p99) \(cpuPerRequest)\n"
         _ = line.withCString { write(1, $0, strlen($0)) }
     } catch {
         fatalError("\(mode): \(error)")
@@ -167,9 +169,11 @@ func timedCClient(_ mode: String, lockedDown: Bool = false, _ run: (Int32, Unsaf
     var go: UInt8 = 0
     _ = read(0, &go, 1)
     var samples = [UInt64](repeating: 0, count: count)
+    let cpuBefore = cbench_thread_cpu_ns()
     guard run(Int32(count), &samples) == 0 else { fatalError("\(mode): \(errno)") }
+    let cpuPerRequest = Double(cbench_thread_cpu_ns() - cpuBefore) / Double(count) / 1000
     let summary = Summary(samples)
-    let line = "\(summary.median) \(summary.p99)\n"
+    let line = "\(summary.median) \(summary.p99) \(cpuPerRequest)\n"
     _ = line.withCString { write(fd, $0, strlen($0)) }
     close(fd)
     exit(0)
@@ -317,6 +321,8 @@ func spawnChild(_ mode: String) -> Child {
 struct Summary {
     var median: Double
     var p99: Double
+    /// CPU time of the timed thread per request (µs), when the child measured it.
+    var cpuPerRequest: Double? = nil
     init(medianMicroseconds: Double, p99Microseconds: Double) {
         median = medianMicroseconds
         p99 = p99Microseconds
@@ -580,11 +586,21 @@ func prepareOpenTarget() {
     close(fd)
 }
 
-/// A child's "MEDIAN P99" line (microseconds, as Summary prints them).
+/// A child's "MEDIAN P99 [CPU]" line (microseconds, as Summary prints them; CPU per request).
 func parseSummary(_ text: String) -> Summary {
     let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
-    check(fields.count == 2, "bad summary line: \(text)")
-    return Summary(medianMicroseconds: fields[0], p99Microseconds: fields[1])
+    check(fields.count == 2 || fields.count == 3, "bad summary line: \(text)")
+    var summary = Summary(medianMicroseconds: fields[0], p99Microseconds: fields[1])
+    summary.cpuPerRequest = fields.count == 3 ? fields[2] : nil
+    return summary
+}
+
+/// The opens of one row: worker 0's latency (and its CPU per request), the rate
+/// overall, and the serving side's CPU per request (µs; every serving thread).
+struct OpenRun {
+    var latency: Summary
+    var rate: Double
+    var servingCPUPerRequest: Double
 }
 
 /// A pipe: workers wait on its read end (their stdin) until the parent writes.
@@ -612,7 +628,7 @@ struct StartGate {
 /// Swift: `workers` brokered workers on one supervisor with `servingThreads`, each
 /// doing `opens` opens once all are locked down. Returns (per-open latency of
 /// worker 0, opens per second overall).
-@MainActor func measureSwiftOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, servingThreads: Int = 1) async -> (Summary, Double) {
+@MainActor func measureSwiftOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, servingThreads: Int = 1) async -> OpenRun {
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
     let supervisor = try! Supervisor(logger: logger, placement: placement, servingThreads: servingThreads)
@@ -632,6 +648,7 @@ struct StartGate {
     }
     close(outputFD)
     while supervisor.workers().filter({ $0.sandbox != nil }).count < workers { usleep(1000) }
+    let servingCPUBefore = cbench_named_threads_cpu_ns("privsep-loop")
     let start = cbench_now_ns()
     gate.open(workers)
     for handle in handles {
@@ -639,11 +656,12 @@ struct StartGate {
         check(reason == .exited(code: 0), "open worker: \(reason)")
     }
     let seconds = Double(cbench_now_ns() - start) / 1e9
+    let servingCPU = Double(cbench_named_threads_cpu_ns("privsep-loop") - servingCPUBefore) / Double(workers * opens) / 1000
     gate.close()
     await supervisor.shutdown()
     let summary = parseSummary((try? readProcFile(output)) ?? "")
     unlink(output)
-    return (summary, Double(workers * opens) / seconds)
+    return OpenRun(latency: summary, rate: Double(workers * opens) / seconds, servingCPUPerRequest: servingCPU)
 }
 
 /// C: the same with a minimal C broker (poll over every client) in this process,
@@ -654,7 +672,7 @@ struct StartGate {
 /// `checked`: the broker makes privsep's checks (openat2 beneath, fstat) and the
 /// clients run under the brokered worker's lockdown, so what is left between this
 /// and privsep is privsep's own code, not the price of the checks.
-@MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false) -> (Summary, Double) {
+@MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false) -> OpenRun {
     let servingCPU = cbench_last_allowed_cpu()
     switch placement {
     case .unmanaged, .colocated: break
@@ -688,6 +706,8 @@ struct StartGate {
     case .dedicatedServingCPU: check(cbench_pin(servingCPU) == 0, "sched_setaffinity")
     }
     usleep(200_000) // the C clients start in well under this
+    // The one-thread brokers run on this thread (the colocated ones' CPU is not measured).
+    let servingCPUBefore = cbench_thread_cpu_ns()
     let start = cbench_now_ns()
     gate.open(workers)
     if placement == .colocated {
@@ -698,6 +718,7 @@ struct StartGate {
         check(broker(parentEnds, Int32(workers), directory) == 0, "C broker")
     }
     let seconds = Double(cbench_now_ns() - start) / 1e9
+    let brokerCPU = Double(cbench_thread_cpu_ns() - servingCPUBefore) / Double(workers * opens) / 1000
     // Only the dedicated placement moved threads; the other rows keep the caller's pinning.
     if placement == .dedicatedServingCPU { check(cbench_pin(-1) == 0, "sched_setaffinity") }
     for fd in parentEnds { close(fd) }
@@ -710,7 +731,7 @@ struct StartGate {
     close(directory)
     let summary = parseSummary((try? readProcFile(output)) ?? "")
     unlink(output)
-    return (summary, Double(workers * opens) / seconds)
+    return OpenRun(latency: summary, rate: Double(workers * opens) / seconds, servingCPUPerRequest: brokerCPU)
 }
 
 /// The CPUs of the colocated C broker threads, one per thread (set per row).
@@ -732,20 +753,27 @@ var brokeredOpenMedian: [Bool: Double] = [:]
 if openRuns > 0 {
     prepareOpenTarget()
     print("")
-    print("| open | placement | median µs | p99 µs | opens/s | vs minimal C / vs C with checks |")
-    print("|---|---|---:|---:|---:|---:|")
+    // CPU per request: the serving thread's and the client's (worker's) own CPU time over
+    // the row, divided by its requests (schedstat and CLOCK_THREAD_CPUTIME_ID): what each
+    // side costs, free of how the two are scheduled.
+    print("| open | placement | median µs | p99 µs | opens/s | serving CPU µs/req | client CPU µs/req | vs minimal C / vs C with checks |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
         let direct = measureDirectOpens(openRuns)
-        print("| direct openat + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | | |")
-        let (c, cRate) = measureCOpens(workers: 1, opens: openRuns)
-        print("| minimal C broker, 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | \(Int(cRate)) | |")
-        let (checked, checkedRate) = measureCOpens(workers: 1, opens: openRuns, checked: true)
-        print("| C broker with privsep's checks, 1 locked-down client | \(placement) | \(format(checked.median)) | \(format(checked.p99)) | \(Int(checkedRate)) | |")
-        let (swift, swiftRate) = await measureSwiftOpens(workers: 1, opens: openRuns)
-        brokeredOpenMedian[pinned] = swift.median
-        print("| privsep brokered open (policy, openat2, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(Int(swiftRate)) | \(format(swift.median / c.median))x / \(format(swift.median / checked.median))x |")
+        print("| direct openat + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | | | | |")
+        func row(_ name: String, _ run: OpenRun, _ ratios: String = "") {
+            print("| \(name) | \(placement) | \(format(run.latency.median)) | \(format(run.latency.p99)) | \(Int(run.rate)) | \(format(run.servingCPUPerRequest)) | \(run.latency.cpuPerRequest.map(format) ?? "") | \(ratios) |")
+        }
+        let c = measureCOpens(workers: 1, opens: openRuns)
+        row("minimal C broker, 1 client", c)
+        let checked = measureCOpens(workers: 1, opens: openRuns, checked: true)
+        row("C broker with privsep's checks, 1 locked-down client", checked)
+        let swift = await measureSwiftOpens(workers: 1, opens: openRuns)
+        brokeredOpenMedian[pinned] = swift.latency.median
+        row("privsep brokered open (policy, openat2, audit), 1 worker", swift,
+            "\(format(swift.latency.median / c.latency.median))x / \(format(swift.latency.median / checked.latency.median))x")
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     print("")
@@ -769,16 +797,16 @@ if openRuns > 0 {
                 let cRate: Double, checkedRate: Double
                 if placement == .colocated {
                     colocatedCPUs = (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] }
-                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).1
-                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).1
+                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).rate
+                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).rate
                 } else if let measured = oneThreadC {
                     (cRate, checkedRate) = measured
                 } else {
-                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).1
-                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).1
+                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).rate
+                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).rate
                     oneThreadC = (cRate, checkedRate)
                 }
-                let (_, swiftRate) = await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads)
+                let swiftRate = await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads).rate
                 if placement == .unmanaged && unmanagedCRate == nil { unmanagedCRate = cRate }
                 let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
                 print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x |")

@@ -1,7 +1,7 @@
 import CPrivsepShims
 import Glibc
 
-/// Where the supervisor's serving thread and its workers run: a scheduling
+/// Where the supervisor's serving threads and its workers run: a scheduling
 /// choice for throughput when many workers are busy at once. It is never a
 /// security boundary (a worker granted the `proc` group may change its own
 /// affinity) and never changes what a worker may do.
@@ -9,7 +9,9 @@ import Glibc
 /// Why it matters: a worker woken by a reply is normally placed on the CPU of
 /// the thread that woke it, the serving thread, and preempts it. With several
 /// busy workers the serving thread then waits to run on its own CPU while the
-/// others idle. BENCHMARKS.md measures each choice beside a C broker.
+/// others idle; and a request or reply that wakes a process on another CPU pays
+/// for that CPU's wake-up. BENCHMARKS.md measures each choice, with one serving
+/// thread and with one per CPU, beside a C broker placed the same way.
 ///
 /// The raw values are the names the `privsep` tool takes (`--placement`).
 public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
@@ -21,11 +23,11 @@ public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
     /// tasks on wake-up. Needs the serving thread under `SCHED_OTHER` or `SCHED_BATCH`
     /// (a real-time one could not switch back after each spawn).
     case batchWorkers = "batch-workers"
-    /// The serving thread runs on one CPU of its own (the highest-numbered one the
+    /// Each serving thread runs on one CPU of its own (the highest-numbered ones the
     /// thread creating the supervisor may use) and every worker on the others. Needs
-    /// at least two CPUs, and the workers lose one CPU for their own work. A worker
-    /// granted the `proc` group may move itself onto the serving CPU; the threads
-    /// serving intercept mode run on every CPU.
+    /// a CPU more than there are serving threads, and the workers lose those CPUs for
+    /// their own work. A worker granted the `proc` group may move itself onto a
+    /// serving CPU; the threads serving intercept mode run on every CPU.
     case dedicatedServingCPU = "dedicated-cpu"
     /// Each serving thread runs on one CPU, and every worker it serves is born on
     /// that same CPU: a request and its reply never cross CPUs, so no wake-up pays
@@ -33,7 +35,9 @@ public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
     /// threads take the CPUs in turn, so give the supervisor one per CPU
     /// (`servingThreads`) and new workers spread evenly over them. The price: a worker
     /// cannot move to an idle CPU, so one worker much busier than the rest slows the
-    /// others on its CPU. Intercept mode's serving threads run on every CPU.
+    /// others on its CPU. A ``WorkerPool`` lives on one serving thread, so here all
+    /// its workers share one CPU: this placement suits many workers that mostly ask,
+    /// not a pool of CPU-bound parsers. Intercept mode's serving threads run on every CPU.
     case colocated
 
     public var description: String {
@@ -132,7 +136,7 @@ struct PlacementPlan: Sendable, Equatable {
         case .dedicatedServingCPU:
             // The serving threads take the highest-numbered CPUs, one each; workers the rest.
             guard cpus.count > servingThreads else {
-                throw .systemError("placement \(placement) needs more CPUs than serving threads (\(servingThreads)); the thread creating the supervisor may use \(cpus.count)")
+                throw .systemError("placement \(placement) needs at least \(servingThreads + 1) CPUs (one for each of \(servingThreads) serving threads, one for workers); the thread creating the supervisor may use \(cpus.count)")
             }
             let serving = cpus.suffix(servingThreads)
             var others = allowed

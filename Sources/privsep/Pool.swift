@@ -64,7 +64,7 @@ struct Pool: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Append every decision to this file as JSON lines.", valueName: "file"))
     var auditLog: String?
 
-    @Option(help: ArgumentHelp("Where the serving thread and the workers run: unmanaged (the kernel decides), batch-workers (a woken worker does not preempt the serving thread) or dedicated-cpu (the serving thread gets a CPU of its own). See BENCHMARKS.md.", valueName: "placement"))
+    @Option(help: ArgumentHelp("Where the serving thread and the workers run: unmanaged (the kernel decides), batch-workers (a woken worker does not preempt the serving thread) dedicated-cpu (the serving thread gets a CPU of its own) or colocated (the serving thread and its workers share one CPU). See BENCHMARKS.md.", valueName: "placement"))
     var placement: Placement = .unmanaged
 
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The worker program and its arguments, after --.", valueName: "program"))

@@ -161,10 +161,10 @@ import Testing
         }
         // The CPUs this thread may use, as the supervisor counts them (a container may allow fewer than the machine has).
         let cpus = try system_sched_getaffinity().get().members.count
-        for placement in ["unmanaged", "batch-workers", "dedicated-cpu"] {
+        for placement in ["unmanaged", "batch-workers", "dedicated-cpu", "colocated"] {
             let result = try await pool(placement)
             if placement == "dedicated-cpu" && cpus < 2 {
-                #expect(result.status == 1 && result.stderr.contains("needs at least two CPUs"), "\(result.stderr)")
+                #expect(result.status == 1 && result.stderr.contains("needs at least 2 CPUs"), "\(result.stderr)")
                 continue
             }
             #expect(result.status == 0, "\(placement): \(result.stderr)")
