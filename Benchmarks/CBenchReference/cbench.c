@@ -131,7 +131,7 @@ static int read_task_file(const char *tid, const char *file, char *out, size_t s
     return 0;
 }
 
-uint64_t cbench_named_threads_cpu_ns(const char *name) {
+uint64_t cbench_named_threads_cpu_ns(const char *prefix) {
     DIR *tasks = opendir("/proc/self/task");
     if (!tasks) return 0;
     uint64_t total = 0;
@@ -139,7 +139,7 @@ uint64_t cbench_named_threads_cpu_ns(const char *name) {
     while ((entry = readdir(tasks)) != NULL) {
         if (entry->d_name[0] == '.') continue;
         char comm[64], schedstat[128];
-        if (read_task_file(entry->d_name, "comm", comm, sizeof comm) != 0 || strcmp(comm, name) != 0) continue;
+        if (read_task_file(entry->d_name, "comm", comm, sizeof comm) != 0 || strncmp(comm, prefix, strlen(prefix)) != 0) continue;
         /* schedstat: time on the CPU (ns), time waiting to run, time slices. */
         if (read_task_file(entry->d_name, "schedstat", schedstat, sizeof schedstat) == 0) total += strtoull(schedstat, NULL, 10);
     }

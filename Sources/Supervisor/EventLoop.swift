@@ -37,9 +37,13 @@ final class EventLoop: @unchecked Sendable {
     private var nextToken: UInt64 = 1
     /// Worker ids, unique across every loop of the supervisor.
     private let workerIDs: WorkerIDSource
-    /// Workers spawned or being spawned here and not yet reaped, for choosing the
-    /// least loaded loop (read from any thread, so only approximately current).
+    /// Workers spawned here and not yet reaped, and places reserved for spawns not yet
+    /// run: how loaded this loop is when a new worker needs one (read from any thread,
+    /// so only approximately current).
     let load = Atomic<Int>(0)
+    /// The thread's name: privsep-loop for the first, privsep-loop1... for the others
+    /// (15 characters at most, the kernel's limit).
+    private let threadName: String
     private var shuttingDown: (@Sendable () -> Void)? = nil
     private var running = true
     /// When ``checkDeadlines(now:)`` must next run; lowered by whatever sets a new deadline.
@@ -63,7 +67,9 @@ final class EventLoop: @unchecked Sendable {
         case listener(UInt64)
     }
 
-    init(auditor: Auditor, placement: PlacementPlan = .unmanaged, workerIDs: WorkerIDSource = WorkerIDSource()) throws(Errno) {
+    init(auditor: Auditor, placement: PlacementPlan = .unmanaged, workerIDs: WorkerIDSource = WorkerIDSource(),
+         index: Int = 0) throws(Errno) {
+        threadName = index == 0 ? "privsep-loop" : "privsep-loop\(index)"
         epoll = OwnedFileDescriptor(adoptingRawValue: try system_epoll_create().get())
         wakeup = OwnedFileDescriptor(adoptingRawValue: try system_eventfd().get())
         self.auditor = auditor
@@ -78,7 +84,8 @@ final class EventLoop: @unchecked Sendable {
     deinit { receiveBuffer.deallocate() }
 
     /// Starts the loop thread. The loop keeps itself alive until shutdown completes.
-    func start() {
+    /// Fails (EAGAIN: a thread limit) without starting anything.
+    func start() throws(Errno) {
         let box = Unmanaged.passRetained(self)
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
@@ -90,7 +97,10 @@ final class EventLoop: @unchecked Sendable {
             loop.run()
             return nil
         }, box.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
+        if rc != 0 {
+            box.release()
+            throw Errno(rawValue: rc)
+        }
     }
 
     private struct CommandQueue {
@@ -114,7 +124,8 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// Runs `body` on the loop thread and returns its result, or nil if the loop
-    /// has ended. Must not be called from the loop thread.
+    /// has ended. Must not be called from a loop thread (this one would deadlock;
+    /// another would stall its own workers while it waits).
     func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T? {
         precondition(pthread_equal(pthread_self(), threadID) == 0, "EventLoop.call from the loop thread would deadlock")
         let result = Mutex<T?>(nil)
@@ -141,8 +152,8 @@ final class EventLoop: @unchecked Sendable {
     // MARK: Loop thread
 
     private func run() {
-        // Named so operators (top -H, perf) can tell the supervisor's serving thread apart.
-        system_set_thread_name("privsep-loop")
+        // Named so operators (top -H, perf) can tell the supervisor's serving threads apart.
+        system_set_thread_name(threadName)
         let capacity = 128
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }

@@ -109,7 +109,7 @@ final class InterceptServer: @unchecked Sendable {
     }
 
     private func run() {
-        // Named like the loop thread ("privsep-loop") so operators (top -H, perf) can tell them apart.
+        // Named like the loop threads ("privsep-loop") so operators (top -H, perf) can tell them apart.
         system_set_thread_name("privsep-notify")
         // Placement is a scheduling choice: a thread that cannot move serves where it is.
         if let serveOn { _ = system_sched_setaffinity(serveOn) }

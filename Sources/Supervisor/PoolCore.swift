@@ -2,8 +2,8 @@ import Glibc
 import PrivsepIPC
 import Synchronization
 
-/// A ``WorkerPool``'s state. Everything but ``metrics`` belongs to the
-/// supervisor's loop thread: the pool is driven by the loop's events (a worker
+/// A ``WorkerPool``'s state. Everything but ``metrics`` belongs to the loop
+/// thread the pool lives on: the pool is driven by the loop's events (a worker
 /// ready, a RESULT, a worker gone, a deadline) and by commands it runs there.
 final class PoolCore: @unchecked Sendable {
     let configuration: WorkerPoolConfiguration

@@ -145,7 +145,8 @@ private func withSpawningThread<T>(placedFor placement: PlacementPlan,
         case .failure(let errno): problems.append("sched_setscheduler(SCHED_BATCH): \(errno)")
         }
     }
-    if let workerCPUs = placement.workerCPUs {
+    // Colocated workers are born on the serving thread's own CPU: nothing to move.
+    if let workerCPUs = placement.workerCPUs, placement.servingCPU.map({ CPUSet([$0]) }) != workerCPUs {
         switch system_sched_setaffinity(workerCPUs) {
         case .success: movedCPUs = true
         case .failure(let errno): problems.append("sched_setaffinity(worker CPUs): \(errno)")

@@ -52,15 +52,22 @@ public final class Supervisor: Sendable {
         let auditor = Auditor(logger: logger, log: auditLog)
         let workerIDs = WorkerIDSource()
         var loops: [EventLoop] = []
-        for plan in plans {
+        for (index, plan) in plans.enumerated() {
             do {
-                loops.append(try EventLoop(auditor: auditor, placement: plan, workerIDs: workerIDs))
+                loops.append(try EventLoop(auditor: auditor, placement: plan, workerIDs: workerIDs, index: index))
             } catch {
                 throw .systemError("cannot create an event loop: \(error)")
             }
         }
         // Every loop exists before any starts: a failure above leaves no thread behind.
-        for loop in loops { loop.start() }
+        for (index, loop) in loops.enumerated() {
+            do {
+                try loop.start()
+            } catch {
+                for started in loops[..<index] { started.submit(.shutdown(grace: 0, {})) }
+                throw .systemError("cannot start serving thread \(index + 1) of \(loops.count): \(error)")
+            }
+        }
         self.loops = loops
         for loop in loops where loop.hasServingCPU {
             // On the loop thread, before anything is spawned; on failure every loop ends here.
@@ -119,7 +126,8 @@ public final class Supervisor: Sendable {
         return try result.get()
     }
 
-    /// The live workers, by id.
+    /// The live workers, by id. Each serving thread answers for its own workers in
+    /// turn, so with several the list is not one instant's.
     public func workers() -> [WorkerInfo] {
         loops.flatMap { $0.call { $0.workerSnapshots() } ?? [] }.sorted { $0.id < $1.id }
     }

@@ -5,8 +5,8 @@ import Synchronization
 
 /// A running (or finished) worker, as the embedder sees it.
 ///
-/// The supervisor's loop thread owns the worker; this handle asks it to act and
-/// learns how the worker ended.
+/// The serving thread that spawned the worker owns it; this handle asks that
+/// thread to act and learns how the worker ended.
 public final class WorkerHandle: Sendable, CustomStringConvertible {
     /// The supervisor's name for this worker (also sent in WELCOME).
     public let id: UInt64

@@ -49,7 +49,8 @@ public final class WorkerPool: Sendable {
             throw .workerUnavailable("invalid policy: \(error)")
         }
         self.supervisor = supervisor
-        // A pool lives on one serving thread, all its workers with it.
+        // A pool lives on one serving thread, all its workers with it (under
+        // Placement.colocated, on that thread's CPU).
         let loop = supervisor.leastLoadedLoop(reserving: false)
         self.loop = loop
         core = PoolCore(configuration: configuration, policy: policy)

@@ -64,7 +64,7 @@ struct Pool: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Append every decision to this file as JSON lines.", valueName: "file"))
     var auditLog: String?
 
-    @Option(help: ArgumentHelp("Where the serving thread and the workers run: unmanaged (the kernel decides), batch-workers (a woken worker does not preempt the serving thread) dedicated-cpu (the serving thread gets a CPU of its own) or colocated (the serving thread and its workers share one CPU). See BENCHMARKS.md.", valueName: "placement"))
+    @Option(help: ArgumentHelp("Where the serving thread and the workers run: unmanaged (the kernel decides), batch-workers (a woken worker does not preempt the serving thread) or dedicated-cpu (the serving thread gets a CPU of its own). See BENCHMARKS.md.", valueName: "placement"))
     var placement: Placement = .unmanaged
 
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The worker program and its arguments, after --.", valueName: "program"))
@@ -74,6 +74,10 @@ struct Pool: AsyncParsableCommand {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         guard jobsPerWorker >= 1 else { throw ValidationError("--jobs-per-worker must be at least 1") }
         if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
+        // A pool lives on one serving thread; colocated would put every worker on its one CPU.
+        if placement == .colocated {
+            throw ValidationError("--placement colocated would run every worker of the pool on one CPU; use unmanaged, batch-workers or dedicated-cpu")
+        }
     }
 
     mutating func run() async throws {

@@ -161,7 +161,7 @@ import Testing
         }
         // The CPUs this thread may use, as the supervisor counts them (a container may allow fewer than the machine has).
         let cpus = try system_sched_getaffinity().get().members.count
-        for placement in ["unmanaged", "batch-workers", "dedicated-cpu", "colocated"] {
+        for placement in ["unmanaged", "batch-workers", "dedicated-cpu"] {
             let result = try await pool(placement)
             if placement == "dedicated-cpu" && cpus < 2 {
                 #expect(result.status == 1 && result.stderr.contains("needs at least 2 CPUs"), "\(result.stderr)")
@@ -172,6 +172,8 @@ import Testing
         }
         let unknown = try await pool("fastest")
         #expect(unknown.status == 64, "\(unknown.stderr)")
+        let colocated = try await pool("colocated")
+        #expect(colocated.status == 64 && colocated.stderr.contains("on one CPU"), "\(colocated.stderr)")
     }
 }
 

@@ -91,9 +91,9 @@ int cbench_connect_client(int fd, int port, int iterations, uint64_t *_Nullable 
 
 /* The calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID) in nanoseconds. */
 uint64_t cbench_thread_cpu_ns(void);
-/* The CPU time so far, in nanoseconds, of every thread of this process named `name`
-   (/proc/self/task/N/comm and .../schedstat). */
-uint64_t cbench_named_threads_cpu_ns(const char *name);
+/* The CPU time so far, in nanoseconds, of every thread of this process whose name
+   starts with `prefix` (/proc/self/task/N/comm and .../schedstat). */
+uint64_t cbench_named_threads_cpu_ns(const char *prefix);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t cbench_now_ns(void);
