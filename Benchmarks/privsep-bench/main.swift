@@ -3,7 +3,8 @@
 //   swift build -c release --static-swift-stdlib --product privsep-bench
 //   .build/release/privsep-bench [--iterations N] [--startup-runs N] [--workers N]
 //       [--open-runs N] [--connect-runs N] [--pool-jobs N] [--ready-worker PATH]
-//       [--throughput-workers 1,4,16,64] [--placements unmanaged,batch-workers,dedicated-cpu]
+//       [--throughput-workers 1,4,16,64] [--placements unmanaged,batch-workers,dedicated-cpu,colocated]
+//       [--serving-threads 1,2] [--rounds N]
 // (0 skips a section.)
 //
 // Sections:
@@ -13,8 +14,9 @@
 //                for bench-ready-worker (the Worker library only), beside a static C worker.
 //   memory       supervisor RSS per idle locked-down worker.
 //   open         brokered opens beside a direct openat, a minimal C broker, and a C broker
-//                making privsep's checks for locked-down clients; opens/s by worker count
-//                and Placement, the C brokers placed the same way.
+//                making privsep's checks for locked-down clients (interleaved rounds, CPU
+//                per request on each side); opens/s by worker count, Placement and serving
+//                threads, the C brokers placed the same way.
 //   connect      brokered CONNECTs to a loopback listener beside a direct connect and a
 //                minimal C broker.
 //   pool         WorkerPool per-job round trip beside an in-process call; jobs/s by pool
@@ -272,6 +274,21 @@ if let index = CommandLine.arguments.firstIndex(of: "--iterations"), index + 1 <
     iterations = value
 }
 let warmup = max(iterations / 10, 100)
+/// Rounds of the open and connect latency rows, each round measuring every row of its
+/// table once, in turn: this VM has faster and slower spells of a second or so (the
+/// same C broker measured 5.9 µs in one run and 9.1 µs in the next), so a row
+/// measured once can land in another spell than its reference. A row reports the
+/// median of its rounds; the opens or connects of a row are split between them.
+var rounds = 5
+if let index = CommandLine.arguments.firstIndex(of: "--rounds"), index + 1 < CommandLine.arguments.count,
+   let value = Int(CommandLine.arguments[index + 1]), value > 0 {
+    rounds = value
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted[sorted.count / 2]
+}
 var interceptRuns = 20_000
 if let index = CommandLine.arguments.firstIndex(of: "--intercept-runs"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
@@ -326,6 +343,13 @@ struct Summary {
     init(medianMicroseconds: Double, p99Microseconds: Double) {
         median = medianMicroseconds
         p99 = p99Microseconds
+    }
+    /// The median of each figure over `rounds`.
+    init(medianOf rounds: [Summary]) {
+        median = privsep_bench.median(rounds.map(\.median))
+        p99 = privsep_bench.median(rounds.map(\.p99))
+        let cpu = rounds.compactMap(\.cpuPerRequest)
+        cpuPerRequest = cpu.count == rounds.count ? privsep_bench.median(cpu) : nil
     }
     init(_ samples: [UInt64]) {
         let sorted = samples.sorted()
@@ -601,6 +625,19 @@ struct OpenRun {
     var latency: Summary
     var rate: Double
     var servingCPUPerRequest: Double
+
+    /// The median of each figure over `rounds`.
+    init(medianOf rounds: [OpenRun]) {
+        latency = Summary(medianOf: rounds.map(\.latency))
+        rate = median(rounds.map(\.rate))
+        servingCPUPerRequest = median(rounds.map(\.servingCPUPerRequest))
+    }
+
+    init(latency: Summary, rate: Double, servingCPUPerRequest: Double) {
+        self.latency = latency
+        self.rate = rate
+        self.servingCPUPerRequest = servingCPUPerRequest
+    }
 }
 
 /// A pipe: workers wait on its read end (their stdin) until the parent writes.
@@ -761,16 +798,25 @@ if openRuns > 0 {
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
-        let direct = measureDirectOpens(openRuns)
+        // Interleaved rounds (see `rounds`), the opens split between them.
+        let perRound = max(openRuns / rounds, 1_000)
+        var directRounds: [Summary] = [], cRounds: [OpenRun] = [], checkedRounds: [OpenRun] = [], swiftRounds: [OpenRun] = []
+        for _ in 0..<rounds {
+            directRounds.append(measureDirectOpens(perRound))
+            cRounds.append(measureCOpens(workers: 1, opens: perRound))
+            checkedRounds.append(measureCOpens(workers: 1, opens: perRound, checked: true))
+            swiftRounds.append(await measureSwiftOpens(workers: 1, opens: perRound))
+        }
+        let direct = Summary(medianOf: directRounds)
         print("| direct openat + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | | | | |")
         func row(_ name: String, _ run: OpenRun, _ ratios: String = "") {
             print("| \(name) | \(placement) | \(format(run.latency.median)) | \(format(run.latency.p99)) | \(Int(run.rate)) | \(format(run.servingCPUPerRequest)) | \(run.latency.cpuPerRequest.map(format) ?? "") | \(ratios) |")
         }
-        let c = measureCOpens(workers: 1, opens: openRuns)
+        let c = OpenRun(medianOf: cRounds)
         row("minimal C broker, 1 client", c)
-        let checked = measureCOpens(workers: 1, opens: openRuns, checked: true)
+        let checked = OpenRun(medianOf: checkedRounds)
         row("C broker with privsep's checks, 1 locked-down client", checked)
-        let swift = await measureSwiftOpens(workers: 1, opens: openRuns)
+        let swift = OpenRun(medianOf: swiftRounds)
         brokeredOpenMedian[pinned] = swift.latency.median
         row("privsep brokered open (policy, openat2, audit), 1 worker", swift,
             "\(format(swift.latency.median / c.latency.median))x / \(format(swift.latency.median / checked.latency.median))x")
@@ -884,13 +930,21 @@ if connectRuns > 0 {
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
-        var samples = [UInt64](repeating: 0, count: connectRuns)
-        check(cbench_direct_connects(port, Int32(connectRuns), &samples) == 0, "direct connects")
-        let direct = Summary(samples)
+        // Interleaved rounds (see `rounds`), the connects split between them.
+        let perRound = max(connectRuns / rounds, 500)
+        var directRounds: [Summary] = [], cRounds: [Summary] = [], swiftRounds: [Summary] = []
+        for _ in 0..<rounds {
+            var samples = [UInt64](repeating: 0, count: perRound)
+            check(cbench_direct_connects(port, Int32(perRound), &samples) == 0, "direct connects")
+            directRounds.append(Summary(samples))
+            cRounds.append(measureCConnects(port: port, count: perRound))
+            swiftRounds.append(await measureSwiftConnects(port: port, count: perRound))
+        }
+        let direct = Summary(medianOf: directRounds)
         print("| direct socket + connect + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | |")
-        let c = measureCConnects(port: port, count: connectRuns)
+        let c = Summary(medianOf: cRounds)
         print("| minimal C broker (blocking connect), 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | |")
-        let swift = await measureSwiftConnects(port: port, count: connectRuns)
+        let swift = Summary(medianOf: swiftRounds)
         print("| privsep brokered CONNECT (policy, non-blocking connect, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(format(swift.median / c.median))x |")
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
