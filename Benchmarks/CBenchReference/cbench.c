@@ -340,49 +340,77 @@ int cbench_checked_open_broker(const int *fds, int count, int directory) {
     return serve_fd_requests(fds, count, checked_open_request, &context);
 }
 
-struct open_shard {
+/* One broker thread: the clients it serves, where it runs, what it serves, and
+   what it cost. */
+struct broker_thread {
+    pthread_t thread;
     int *fds;
     int count;
-    int cpu;
+    int cpu;              /* -1: wherever the thread creating it may run */
+    enum cbench_broker kind;
     int directory;
-    int checked;
     int result;
+    uint64_t cpu_ns;      /* the thread's CPU time while serving */
 };
 
-static void *serve_open_shard(void *argument) {
-    struct open_shard *shard = argument;
-    if (cbench_pin_thread(shard->cpu) != 0) { shard->result = -1; return NULL; }
-    shard->result = shard->checked ? cbench_checked_open_broker(shard->fds, shard->count, shard->directory)
-                                   : cbench_open_broker(shard->fds, shard->count, shard->directory);
+struct cbench_brokers {
+    struct broker_thread *threads;
+    int thread_count;
+    int *partitioned;
+};
+
+static void *serve_broker_thread(void *argument) {
+    struct broker_thread *broker = argument;
+    if (broker->cpu >= 0 && cbench_pin_thread(broker->cpu) != 0) { broker->result = -1; return NULL; }
+    uint64_t before = cbench_thread_cpu_ns();
+    switch (broker->kind) {
+    case CBENCH_OPEN_BROKER: broker->result = cbench_open_broker(broker->fds, broker->count, broker->directory); break;
+    case CBENCH_CHECKED_OPEN_BROKER: broker->result = cbench_checked_open_broker(broker->fds, broker->count, broker->directory); break;
+    case CBENCH_CONNECT_BROKER: broker->result = cbench_connect_broker(broker->fds, broker->count); break;
+    }
+    broker->cpu_ns = cbench_thread_cpu_ns() - before;
     return NULL;
 }
 
-int cbench_colocated_open_brokers(const int *fds, int count, int directory, int checked,
-                                  const int *cpus, int cpu_count) {
-    if (cpu_count < 1) { errno = EINVAL; return -1; }
-    struct open_shard *shards = calloc((size_t)cpu_count, sizeof *shards);
-    pthread_t *threads = calloc((size_t)cpu_count, sizeof *threads);
-    int *partitioned = calloc((size_t)(count > 0 ? count : 1), sizeof *partitioned);
-    if (!shards || !threads || !partitioned) { free(shards); free(threads); free(partitioned); errno = ENOMEM; return -1; }
+struct cbench_brokers *cbench_start_brokers(enum cbench_broker kind, const int *fds, int count, int directory,
+                                            const int *cpus, int cpu_count) {
+    if (cpu_count < 1 || count < 1) { errno = EINVAL; return NULL; }
+    int threads = cpu_count < count ? cpu_count : count;
+    struct cbench_brokers *brokers = calloc(1, sizeof *brokers);
+    if (!brokers) return NULL;
+    brokers->threads = calloc((size_t)threads, sizeof *brokers->threads);
+    brokers->partitioned = calloc((size_t)count, sizeof *brokers->partitioned);
+    if (!brokers->threads || !brokers->partitioned) { cbench_join_brokers(brokers, NULL); errno = ENOMEM; return NULL; }
     int next = 0;
-    for (int s = 0; s < cpu_count; s++) {
-        shards[s] = (struct open_shard){ .fds = partitioned + next, .cpu = cpus[s], .directory = directory, .checked = checked };
-        for (int i = s; i < count; i += cpu_count) partitioned[next++] = fds[i];
-        shards[s].count = (int)(partitioned + next - shards[s].fds);
+    for (int t = 0; t < threads; t++) {
+        struct broker_thread *broker = &brokers->threads[t];
+        *broker = (struct broker_thread){ .fds = brokers->partitioned + next, .cpu = cpus[t], .kind = kind, .directory = directory };
+        for (int i = t; i < count; i += threads) brokers->partitioned[next++] = fds[i];
+        broker->count = (int)(brokers->partitioned + next - broker->fds);
+        if (pthread_create(&broker->thread, NULL, serve_broker_thread, broker) != 0) {
+            /* The threads started serve until their clients close: leave them (and what
+               they use) be; the caller gives up the measurement. */
+            for (int started = 0; started < t; started++) pthread_detach(brokers->threads[started].thread);
+            errno = EAGAIN;
+            return NULL;
+        }
+        brokers->thread_count = t + 1;
     }
-    int result = 0, started = 0;
-    for (; started < cpu_count; started++) {
-        if (shards[started].count == 0) continue;
-        if (pthread_create(&threads[started], NULL, serve_open_shard, &shards[started]) != 0) { result = -1; break; }
+    return brokers;
+}
+
+int cbench_join_brokers(struct cbench_brokers *brokers, uint64_t *cpu_ns) {
+    int result = 0;
+    uint64_t total = 0;
+    for (int t = 0; t < brokers->thread_count; t++) {
+        pthread_join(brokers->threads[t].thread, NULL);
+        if (brokers->threads[t].result != 0) result = -1;
+        total += brokers->threads[t].cpu_ns;
     }
-    for (int s = 0; s < started; s++) {
-        if (shards[s].count == 0) continue;
-        pthread_join(threads[s], NULL);
-        if (shards[s].result != 0) result = -1;
-    }
-    free(shards);
-    free(threads);
-    free(partitioned);
+    if (cpu_ns) *cpu_ns = total;
+    free(brokers->threads);
+    free(brokers->partitioned);
+    free(brokers);
     return result;
 }
 

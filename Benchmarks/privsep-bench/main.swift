@@ -743,19 +743,19 @@ struct StartGate {
     case .dedicatedServingCPU: check(cbench_pin(servingCPU) == 0, "sched_setaffinity")
     }
     usleep(200_000) // the C clients start in well under this
-    // The one-thread brokers run on this thread (the colocated ones' CPU is not measured).
-    let servingCPUBefore = cbench_thread_cpu_ns()
+    // The brokers run on threads of their own, started before the clients are let go,
+    // as privsep's serving threads are: the thread that opens the gate (whose CPU the
+    // woken clients start on) never serves them. Colocated: one per CPU, pinned.
+    let brokerCPUs = placement == .colocated ? colocatedCPUs.map(Int32.init) : [-1]
+    let brokers = cbench_start_brokers(checked ? CBENCH_CHECKED_OPEN_BROKER : CBENCH_OPEN_BROKER, parentEnds, Int32(workers),
+                                       directory, brokerCPUs, Int32(brokerCPUs.count))
+    check(brokers != nil, "C broker threads")
     let start = cbench_now_ns()
     gate.open(workers)
-    if placement == .colocated {
-        check(cbench_colocated_open_brokers(parentEnds, Int32(workers), directory, checked ? 1 : 0,
-                                            colocatedCPUs.map(Int32.init), Int32(colocatedCPUs.count)) == 0, "C brokers")
-    } else {
-        let broker = checked ? cbench_checked_open_broker : cbench_open_broker
-        check(broker(parentEnds, Int32(workers), directory) == 0, "C broker")
-    }
+    var brokerNanoseconds: UInt64 = 0
+    check(cbench_join_brokers(brokers!, &brokerNanoseconds) == 0, "C broker")
     let seconds = Double(cbench_now_ns() - start) / 1e9
-    let brokerCPU = Double(cbench_thread_cpu_ns() - servingCPUBefore) / Double(workers * opens) / 1000
+    let brokerCPU = Double(brokerNanoseconds) / Double(workers * opens) / 1000
     // Only the dedicated placement moved threads; the other rows keep the caller's pinning.
     if placement == .dedicatedServingCPU { check(cbench_pin(-1) == 0, "sched_setaffinity") }
     for fd in parentEnds { close(fd) }
@@ -826,7 +826,7 @@ if openRuns > 0 {
     // Placement (see Placement) and serving threads: the C brokers get the same placement
     // done by hand, so "vs C placed alike" compares like with like. A C broker is one
     // thread except under colocated, where it gets one thread per serving thread of
-    // privsep's, each on its CPU (cbench_colocated_open_brokers). "vs C unmanaged"
+    // privsep's, each on its CPU (cbench_start_brokers). "vs C unmanaged"
     // compares with the one-thread minimal C broker left to the kernel, the reference as
     // the issue states it. "C with checks": the C pair making privsep's checks (see
     // measureCOpens), placed the same way.
@@ -908,9 +908,12 @@ if openRuns > 0 {
     _ = consume child
     let parentEnd = parent.intoFileDescriptor().releaseUnsafeRawValue()
     usleep(100_000)
+    // On a thread of its own, as in measureCOpens.
+    let ends = [parentEnd], anyCPU: [Int32] = [-1]
+    let brokers = cbench_start_brokers(CBENCH_CONNECT_BROKER, ends, 1, -1, anyCPU, 1)
+    check(brokers != nil, "C broker thread")
     gate.open(1)
-    var ends = [parentEnd]
-    check(cbench_connect_broker(&ends, 1) == 0, "C connect broker")
+    check(cbench_join_brokers(brokers!, nil) == 0, "C connect broker")
     close(parentEnd)
     var status: Int32 = 0
     waitpid(pid, &status, 0)

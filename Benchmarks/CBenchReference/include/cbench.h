@@ -55,12 +55,21 @@ int cbench_open_broker(const int *fds, int count, int directory);
    the directory's own device, or EACCES. */
 int cbench_checked_open_broker(const int *fds, int count, int directory);
 
-/* The same brokers (minimal, or checked when `checked`), one thread per entry of
-   `cpus`, each pinned to its CPU and serving the clients whose index i has
-   i % cpu_count == its own index, until they have all closed: the C form of
-   Placement.colocated with one serving thread per CPU. Returns 0, or -1. */
-int cbench_colocated_open_brokers(const int *fds, int count, int directory, int checked,
-                                  const int *cpus, int cpu_count);
+/* Brokers on threads of their own, as privsep's serving threads are, so that the
+   thread that starts the clients is never the one serving them. */
+enum cbench_broker { CBENCH_OPEN_BROKER, CBENCH_CHECKED_OPEN_BROKER, CBENCH_CONNECT_BROKER };
+struct cbench_brokers;
+
+/* Starts one broker thread per entry of `cpus` (at most one per client), each
+   serving the clients whose index i has i % threads == its own index, until they
+   have all closed; a thread is pinned to its entry unless that is -1. With several
+   pinned threads, this is Placement.colocated in C. Returns at once (NULL with errno
+   set if a thread could not start). */
+struct cbench_brokers *_Nullable cbench_start_brokers(enum cbench_broker kind, const int *fds, int count, int directory,
+                                                       const int *cpus, int cpu_count);
+/* Waits for the brokers to finish; their CPU time while serving, summed, goes to
+   `cpu_ns` when it is not NULL. Returns 0, or -1 if any failed. Frees `brokers`. */
+int cbench_join_brokers(struct cbench_brokers *brokers, uint64_t *_Nullable cpu_ns);
 
 /* Moves only the calling thread onto `cpu`, or onto every CPU when cpu < 0; the
    processes it spawns start there. */
