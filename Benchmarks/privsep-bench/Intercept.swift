@@ -102,27 +102,48 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
     defer { unlink(program) }
     let bench = selfPath()
     let helper = String(bench[..<bench.lastIndex(of: "/")!]) + "/privsep-intercept" // built beside the benchmark
+    let helperBuilt = access(helper, X_OK) == 0
+    // Interleaved rounds, the opens split between them, as for the brokered rows (see `rounds`).
+    let perRound = max(runs / rounds, 1_000)
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
-        if let direct = runForSummary(program, ["loop", "\(runs)", directory + "/file.txt"]) {
-            print("| direct, no sandbox | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | |")
+        var direct: [Summary] = [], reference: [Summary] = [], resolved: [Summary] = []
+        var intercepted: [Summary] = [], brokered: [Summary] = []
+        for _ in 0..<rounds {
+            let path = directory + "/file.txt"
+            if let summary = runForSummary(program, ["loop", "\(perRound)", path]) { direct.append(summary) }
+            guard let summary = runForSummary(program, ["reference", "\(perRound)", path]) else { break }
+            reference.append(summary)
+            if let summary = runForSummary(program, ["resolved", "\(perRound)", path]) { resolved.append(summary) }
+            if helperBuilt, let summary = await measureInterceptedOpens(program: program, helper: helper, directory: directory, runs: perRound) {
+                intercepted.append(summary)
+            }
+            if let summary = await measureBrokeredOpens(directory: directory, runs: perRound) { brokered.append(summary) }
         }
-        guard let reference = runForSummary(program, ["reference", "\(runs)", directory + "/file.txt"]) else {
+        if !direct.isEmpty {
+            let row = Summary(medianOf: direct)
+            print("| direct, no sandbox | \(placement) | \(format(row.median)) | \(format(row.p99)) | |")
+        }
+        guard reference.count == rounds else {
             print("| C user-notification broker: failed | \(placement) | | | |")
             continue
         }
-        print("| minimal C user-notification broker (reference) | \(placement) | \(format(reference.median)) | \(format(reference.p99)) | 1.00x |")
-        if let resolved = runForSummary(program, ["resolved", "\(runs)", directory + "/file.txt"]) {
-            print("| the same C broker with openat2 RESOLVE_BENEATH + fstat (privsep's kernel work) | \(placement) | \(format(resolved.median)) | \(format(resolved.p99)) | \(format(resolved.median / reference.median))x |")
+        let base = Summary(medianOf: reference)
+        print("| minimal C user-notification broker (reference) | \(placement) | \(format(base.median)) | \(format(base.p99)) | 1.00x |")
+        if !resolved.isEmpty {
+            let row = Summary(medianOf: resolved)
+            print("| the same C broker with openat2 RESOLVE_BENEATH + fstat (privsep's kernel work) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(row.median / base.median))x |")
         }
-        if access(helper, X_OK) != 0 {
+        if !helperBuilt {
             print("| privsep intercepted: not measured (build privsep-intercept: swift build -c release) | \(placement) | | | |")
-        } else if let intercepted = await measureInterceptedOpens(program: program, helper: helper, directory: directory, runs: runs) {
-            print("| privsep --intercept (policy, openat2, fstat, ADDFD, audit) | \(placement) | \(format(intercepted.median)) | \(format(intercepted.p99)) | \(format(intercepted.median / reference.median))x |")
+        } else if !intercepted.isEmpty {
+            let row = Summary(medianOf: intercepted)
+            print("| privsep --intercept (policy, openat2, fstat, ADDFD, audit) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(row.median / base.median))x |")
         }
-        if let brokered = await measureBrokeredOpens(directory: directory, runs: runs) {
-            print("| privsep brokered worker asking OPEN (for comparison) | \(placement) | \(format(brokered.median)) | \(format(brokered.p99)) | |")
+        if !brokered.isEmpty {
+            let row = Summary(medianOf: brokered)
+            print("| privsep brokered worker asking OPEN (for comparison) | \(placement) | \(format(row.median)) | \(format(row.p99)) | |")
         }
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
