@@ -274,10 +274,10 @@ if let index = CommandLine.arguments.firstIndex(of: "--iterations"), index + 1 <
     iterations = value
 }
 let warmup = max(iterations / 10, 100)
-/// Rounds of the open and connect latency rows, each round measuring every row of its
-/// table once, in turn: this VM has faster and slower spells of a second or so (the
-/// same C broker measured 5.9 µs in one run and 9.1 µs in the next), so a row
-/// measured once can land in another spell than its reference. A row reports the
+/// Rounds of the open, opens/s, connect and intercept rows, each round measuring a row
+/// and its references once, in turn: this VM has faster and slower spells of a second
+/// or so (the same C broker measured 5.9 µs in one run and 9.1 µs in the next), so a
+/// row measured once can land in another spell than its reference. A row reports the
 /// median of its rounds; the opens or connects of a row are split between them.
 var rounds = 5
 if let index = CommandLine.arguments.firstIndex(of: "--rounds"), index + 1 < CommandLine.arguments.count,
@@ -833,26 +833,27 @@ if openRuns > 0 {
     print("| opens/s | workers | placement | serving threads | minimal C broker | C with checks | privsep | vs C placed alike | vs C unmanaged | vs C with checks |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for workers in throughputWorkers {
-        let opens = max(openRuns * 2 / workers, 200)
+        // Split between interleaved rounds (see `rounds`); each row is the median.
+        let opens = max(openRuns * 2 / workers / rounds, 200)
         var unmanagedCRate: Double? = nil
         for placement in throughputPlacements {
             // One-thread C brokers are the same for every thread count of privsep's: measured once.
             var oneThreadC: (Double, Double)? = nil
             for threads in throughputServingThreads {
                 if placement == .dedicatedServingCPU && threads >= allowedCPUs.count { continue }
-                let cRate: Double, checkedRate: Double
-                if placement == .colocated {
-                    colocatedCPUs = (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] }
-                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).rate
-                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).rate
-                } else if let measured = oneThreadC {
-                    (cRate, checkedRate) = measured
-                } else {
-                    cRate = measureCOpens(workers: workers, opens: opens, placement: placement).rate
-                    checkedRate = measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).rate
-                    oneThreadC = (cRate, checkedRate)
+                if placement == .colocated { colocatedCPUs = (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] } }
+                let measureC = placement == .colocated || oneThreadC == nil
+                var cRates: [Double] = [], checkedRates: [Double] = [], swiftRates: [Double] = []
+                for _ in 0..<rounds {
+                    if measureC {
+                        cRates.append(measureCOpens(workers: workers, opens: opens, placement: placement).rate)
+                        checkedRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).rate)
+                    }
+                    swiftRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads).rate)
                 }
-                let swiftRate = await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads).rate
+                let (cRate, checkedRate) = measureC ? (median(cRates), median(checkedRates)) : oneThreadC!
+                if placement != .colocated { oneThreadC = (cRate, checkedRate) }
+                let swiftRate = median(swiftRates)
                 if placement == .unmanaged && unmanagedCRate == nil { unmanagedCRate = cRate }
                 let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
                 print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x |")
