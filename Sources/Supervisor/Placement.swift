@@ -35,9 +35,10 @@ public enum Placement: String, Sendable, CaseIterable, CustomStringConvertible {
     /// threads take the CPUs in turn, so give the supervisor one per CPU
     /// (`servingThreads`) and new workers spread evenly over them. The price: a worker
     /// cannot move to an idle CPU, so one worker much busier than the rest slows the
-    /// others on its CPU and the serving of their requests. A ``WorkerPool`` lives on one serving thread, so here all
-    /// its workers share one CPU: this placement suits many workers that mostly ask,
-    /// not a pool of CPU-bound parsers. Intercept mode's serving threads run on every CPU.
+    /// others on its CPU and the serving of their requests. A ``WorkerPool`` lives on
+    /// one serving thread, so here all its workers share one CPU: this placement suits
+    /// many workers that mostly ask, not a pool of CPU-bound parsers. Intercept mode's
+    /// serving threads run on every CPU.
     case colocated
 
     public var description: String {
