@@ -1,11 +1,16 @@
 import Glibc
 
-/// What /proc/self/fd/N points at ("pipe:[123]", "/etc/hosts"...).
+/// What /proc/self/fd/N points at ("pipe:[123]", "/etc/hosts"...). The " (deleted)" the
+/// kernel appends once a file is unlinked is left off: an exit test's child inherits the
+/// runner's fds, and another test deleting its temporary file must not make that fd look
+/// new (CI once saw a policy file of ExampleTests reported as a leak that way).
 public func descriptorTarget(_ fd: Int32) -> String? {
     var target = [CChar](repeating: 0, count: 256)
     let count = readlink("/proc/self/fd/\(fd)", &target, 255)
     guard count >= 0 else { return nil }
-    return String(decoding: target[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let text = String(decoding: target[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let deleted = " (deleted)"
+    return text.hasSuffix(deleted) ? String(text.dropLast(deleted.count)) : text
 }
 
 /// This process's open pipes, sockets and files as "N->target": every kind of fd the tests
