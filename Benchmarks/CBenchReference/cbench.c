@@ -86,13 +86,6 @@ int cbench_pin_except(int cpu) {
     return pin_process(&set);
 }
 
-int cbench_last_allowed_cpu(void) {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
-    for (int cpu = CPU_SETSIZE - 1; cpu >= 0; cpu--) if (CPU_ISSET(cpu, &set)) return cpu;
-    return -1;
-}
-
 int cbench_allowed_cpus(int *out, int capacity) {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;

@@ -625,18 +625,13 @@ struct OpenRun {
     var latency: Summary
     var rate: Double
     var servingCPUPerRequest: Double
+}
 
+extension OpenRun {
     /// The median of each figure over `rounds`.
     init(medianOf rounds: [OpenRun]) {
-        latency = Summary(medianOf: rounds.map(\.latency))
-        rate = median(rounds.map(\.rate))
-        servingCPUPerRequest = median(rounds.map(\.servingCPUPerRequest))
-    }
-
-    init(latency: Summary, rate: Double, servingCPUPerRequest: Double) {
-        self.latency = latency
-        self.rate = rate
-        self.servingCPUPerRequest = servingCPUPerRequest
+        self.init(latency: Summary(medianOf: rounds.map(\.latency)), rate: median(rounds.map(\.rate)),
+                  servingCPUPerRequest: median(rounds.map(\.servingCPUPerRequest)))
     }
 }
 
@@ -704,13 +699,15 @@ struct StartGate {
 /// C: the same with a minimal C broker (poll over every client) in this process,
 /// with `placement` done by hand as the supervisor does it: clients spawned
 /// SCHED_BATCH, or the broker on the last CPU and its clients on the others, or
-/// (colocated) one broker thread per CPU in `colocatedCPUs`, each serving the
+/// (colocated) one broker thread per CPU of `colocatedOn`, each serving the
 /// clients born on its CPU.
 /// `checked`: the broker makes privsep's checks (openat2 beneath, fstat) and the
 /// clients run under the brokered worker's lockdown, so what is left between this
 /// and privsep is privsep's own code, not the price of the checks.
-@MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false) -> OpenRun {
-    let servingCPU = cbench_last_allowed_cpu()
+@MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false,
+                              colocatedOn colocatedCPUs: [Int] = []) -> OpenRun {
+    precondition(placement != .colocated || !colocatedCPUs.isEmpty, "colocated brokers need their CPUs")
+    let servingCPU = Int32(allowedCPUs.last!) // the one Placement.dedicatedServingCPU picks
     switch placement {
     case .unmanaged, .colocated: break
     case .batchWorkers: check(cbench_sched_batch(1) == 0, "SCHED_BATCH")
@@ -770,9 +767,6 @@ struct StartGate {
     unlink(output)
     return OpenRun(latency: summary, rate: Double(workers * opens) / seconds, servingCPUPerRequest: brokerCPU)
 }
-
-/// The CPUs of the colocated C broker threads, one per thread (set per row).
-var colocatedCPUs: [Int] = [0]
 
 let O_PATH_DIRECTORY: Int32 = 0o10000000 | O_DIRECTORY | O_CLOEXEC
 
@@ -841,13 +835,15 @@ if openRuns > 0 {
             var oneThreadC: (Double, Double)? = nil
             for threads in throughputServingThreads {
                 if placement == .dedicatedServingCPU && threads >= allowedCPUs.count { continue }
-                if placement == .colocated { colocatedCPUs = (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] } }
+                // Colocated C brokers take the CPUs in turn, as colocated serving threads do.
+                let brokerCPUs = placement == .colocated ? (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] } : []
                 let measureC = placement == .colocated || oneThreadC == nil
                 var cRates: [Double] = [], checkedRates: [Double] = [], swiftRates: [Double] = []
                 for _ in 0..<rounds {
                     if measureC {
-                        cRates.append(measureCOpens(workers: workers, opens: opens, placement: placement).rate)
-                        checkedRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true).rate)
+                        cRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, colocatedOn: brokerCPUs).rate)
+                        checkedRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true,
+                                                          colocatedOn: brokerCPUs).rate)
                     }
                     swiftRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads).rate)
                 }

@@ -18,8 +18,6 @@ pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int c
 int cbench_pin(int cpu);
 /* Moves every thread of this process onto the calling thread's CPUs but `cpu`. */
 int cbench_pin_except(int cpu);
-/* The highest-numbered CPU the calling thread may use (the one Placement.dedicatedServingCPU picks), or -1. */
-int cbench_last_allowed_cpu(void);
 /* The CPUs the calling thread may use, lowest first, into `out` (at most `capacity`);
    returns how many, or -1 with errno set. */
 int cbench_allowed_cpus(int *out, int capacity);
