@@ -4,12 +4,14 @@
 /// received fd that nobody claimed cannot leak. Taking one out with
 /// ``take(at:)`` transfers ownership and empties its slot.
 public struct OwnedFileDescriptors: ~Copyable, Sendable {
-    // Slot 0 is kept inline: almost every message carries one fd or none, and an
-    // array would cost an allocation (and a metadata lookup) per message.
-    // Raw numbers; -1 marks a slot already taken.
-    private var firstSlot: Int32 = -1
-    /// Slots 1 and up.
-    private var moreSlots: [Int32] = []
+    // Raw numbers; -1 marks a slot already taken. One slot is kept inline: almost every
+    // message carries one fd or none, and an array would cost an allocation (and a
+    // metadata lookup) per message. From two slots on, every slot (the first too) is in
+    // `slots`, so the numbers are contiguous and go to sendmsg without being copied.
+    /// The only slot, while there are fewer than two.
+    private var onlySlot: Int32 = -1
+    /// Every slot, once there are two or more.
+    private var slots: [Int32] = []
     private var slotCount = 0
     /// How many slots hold -1.
     private var takenCount = 0
@@ -19,19 +21,20 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
 
     /// A list holding one descriptor.
     public init(_ descriptor: consuming OwnedFileDescriptor) {
-        firstSlot = descriptor.releaseUnsafeRawValue()
+        onlySlot = descriptor.releaseUnsafeRawValue()
         slotCount = 1
     }
 
     /// Takes ownership of raw descriptors (for example, ones a C library returned).
     public init(adoptingRawValues rawValues: [Int32]) {
         precondition(rawValues.allSatisfy { $0 >= 0 }, "only valid descriptors can be adopted")
+        reserveCapacity(rawValues.count)
         for fd in rawValues { adopt(fd) }
     }
 
     deinit {
-        if firstSlot >= 0 { _ = system_close(firstSlot) }
-        for fd in moreSlots where fd >= 0 { _ = system_close(fd) }
+        if onlySlot >= 0 { _ = system_close(onlySlot) }
+        for fd in slots where fd >= 0 { _ = system_close(fd) }
     }
 
     /// How many slots the list has (taken ones included).
@@ -45,9 +48,23 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
         adopt(descriptor.releaseUnsafeRawValue())
     }
 
+    /// Makes room for `count` slots in all, so adopting that many allocates once.
+    mutating func reserveCapacity(_ count: Int) {
+        if count > 1 { slots.reserveCapacity(count) }
+    }
+
     /// Appends a raw descriptor the kernel just installed in this process.
     mutating func adopt(_ fd: Int32) {
-        if slotCount == 0 { firstSlot = fd } else { moreSlots.append(fd) }
+        switch slotCount {
+        case 0:
+            onlySlot = fd
+        case 1:
+            slots.append(onlySlot)
+            slots.append(fd)
+            onlySlot = -1
+        default:
+            slots.append(fd)
+        }
         slotCount += 1
     }
 
@@ -55,19 +72,19 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     /// that slot was already taken.
     public mutating func take(at index: Int) -> OwnedFileDescriptor? {
         precondition((0..<slotCount).contains(index), "fd index \(index) out of range 0..<\(slotCount)")
-        let fd = index == 0 ? firstSlot : moreSlots[index - 1]
+        let fd = slotCount == 1 ? onlySlot : slots[index]
         guard fd >= 0 else { return nil }
-        if index == 0 { firstSlot = -1 } else { moreSlots[index - 1] = -1 }
+        if slotCount == 1 { onlySlot = -1 } else { slots[index] = -1 }
         takenCount += 1
         return OwnedFileDescriptor(adoptingRawValue: fd)
     }
 
     /// Closes every descriptor still owned and empties the list.
     public mutating func closeAll() {
-        if firstSlot >= 0 { _ = system_close(firstSlot) }
-        for fd in moreSlots where fd >= 0 { _ = system_close(fd) }
-        firstSlot = -1
-        moreSlots.removeAll()
+        if onlySlot >= 0 { _ = system_close(onlySlot) }
+        for fd in slots where fd >= 0 { _ = system_close(fd) }
+        onlySlot = -1
+        slots.removeAll()
         slotCount = 0
         takenCount = 0
     }
@@ -75,19 +92,22 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     /// The raw numbers of the descriptors still owned, for a call this library
     /// does not wrap. They stay owned by the list.
     public var unsafeRawValues: [Int32] {
-        guard slotCount > 0 else { return [] }
-        return ([firstSlot] + moreSlots).filter { $0 >= 0 }
+        switch slotCount {
+        case 0: []
+        case 1: onlySlot >= 0 ? [onlySlot] : []
+        default: takenCount == 0 ? slots : slots.filter { $0 >= 0 }
+        }
     }
 
     /// Calls `body` with the raw numbers of the descriptors still owned, without
-    /// building an array for the usual one fd or none. They stay owned by the list.
+    /// building an array unless some were taken out. They stay owned by the list.
     public func withUnsafeRawValues<R, E: Error>(_ body: (UnsafeBufferPointer<Int32>) throws(E) -> R) throws(E) -> R {
-        if slotCount > 1 || takenCount > 0 {
-            let values = unsafeRawValues
-            return try values.withUnsafeBufferPointer { (buffer) throws(E) -> R in try body(buffer) }
+        if slotCount > 1 {
+            let owned = takenCount == 0 ? slots : slots.filter { $0 >= 0 }
+            return try owned.withUnsafeBufferPointer { (buffer) throws(E) -> R in try body(buffer) }
         }
-        guard slotCount == 1 else { return try body(UnsafeBufferPointer(start: nil, count: 0)) }
-        var only = firstSlot
+        guard onlySlot >= 0 else { return try body(UnsafeBufferPointer(start: nil, count: 0)) }
+        var only = onlySlot
         return try withUnsafePointer(to: &only) { (pointer) throws(E) -> R in try body(UnsafeBufferPointer(start: pointer, count: 1)) }
     }
 

@@ -244,6 +244,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
                 let isRights = level == SOL_SOCKET && type == privsep_SCM_RIGHTS
                 // SCM_PIDFD carries an fd too: own it so it is closed, then report it as unexpected.
                 if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
+                    fds.reserveCapacity(fds.count + dataLength / MemoryLayout<Int32>.size)
                     for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
                         let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
                         if fd >= 0 { fds.adopt(fd) }

@@ -80,6 +80,31 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(slotIsEmpty, "a taken slot is empty")
     }
 
+
+    /// A list sends the fds it still owns, in order: taken slots are left out whether
+    /// the list is its one inline slot or several.
+    @Test func aListSendsOnlyTheDescriptorsItStillOwnsInOrder() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        var several = OwnedFileDescriptors()
+        for _ in 0..<4 { several.append(makeDescriptor()) }
+        let inodes = several.unsafeRawValues.map(inode)
+        let first = several.take(at: 0), third = several.take(at: 2)
+        #expect(first != nil && third != nil)
+        #expect(several.count == 4 && several.ownedCount == 2)
+        #expect(several.unsafeRawValues.map(inode) == [inodes[1], inodes[3]])
+        try bytes("two").withUnsafeBytes { try a.send($0, passing: several) }
+        let received = try b.receive(maximumBytes: 16, maximumFileDescriptors: 4)
+        #expect(received.fileDescriptors.unsafeRawValues.map(inode) == [inodes[1], inodes[3]])
+
+        var one = OwnedFileDescriptors(makeDescriptor())
+        _ = one.take(at: 0)
+        #expect(one.unsafeRawValues.isEmpty && one.ownedCount == 0)
+        try bytes("none").withUnsafeBytes { try a.send($0, passing: one) }
+        let empty = try b.receive(maximumBytes: 16, maximumFileDescriptors: 4)
+        let nothingArrived = empty.fileDescriptors.isEmpty
+        #expect(nothingArrived)
+    }
     @Test func twoHundredFiftyThreeDescriptorsInOneMessage() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second
