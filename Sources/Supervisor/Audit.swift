@@ -85,13 +85,23 @@ public final class AuditLog: Sendable {
 
 /// Audits through swift-log and an optional ``AuditLog``.
 struct Auditor: Sendable {
-    var logger: Logger
-    var log: AuditLog?
+    let logger: Logger
+    let log: AuditLog?
+    /// The logger's level, read once: reading it through the logger copies the
+    /// handler each time, which cost the serving thread more per grant than the
+    /// check saved. A level the handler changes later is not seen.
+    let loggerLevel: Logger.Level
+
+    init(logger: Logger, log: AuditLog?) {
+        self.logger = logger
+        self.log = log
+        loggerLevel = logger.logLevel
+    }
 
     /// Whether a record at `level` goes anywhere: when neither the audit log nor the
     /// logger wants it, the hot path skips building it (strings cost more than the open).
     func wants(_ level: Logger.Level) -> Bool {
-        log != nil || logger.logLevel <= level
+        log != nil || loggerLevel <= level
     }
 
     static func level(ofDecision decision: String) -> Logger.Level {
@@ -101,7 +111,7 @@ struct Auditor: Sendable {
     func record(_ record: AuditRecord) {
         log?.write(record)
         let level = Self.level(ofDecision: record.decision)
-        guard logger.logLevel <= level else { return }
+        guard loggerLevel <= level else { return }
         var metadata: Logger.Metadata = [
             "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",
         ]

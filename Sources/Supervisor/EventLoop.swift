@@ -158,9 +158,11 @@ final class EventLoop: @unchecked Sendable {
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
         while running {
-            let now = system_clock_monotonic()
+            // The clock is read only while a deadline is pending: a running worker without
+            // one costs no clock reads per request here.
             var timeout: Int32 = -1
             if nextDeadlineCheck != .max {
+                let now = system_clock_monotonic()
                 timeout = nextDeadlineCheck <= now ? 0 : Int32(min((nextDeadlineCheck - now + 999_999) / 1_000_000, 60_000))
             }
             let count: Int
@@ -185,8 +187,7 @@ final class EventLoop: @unchecked Sendable {
                 afterEvents = []
                 for action in actions { action() }
             }
-            let after = system_clock_monotonic()
-            if after >= nextDeadlineCheck {
+            if nextDeadlineCheck != .max, case let after = system_clock_monotonic(), after >= nextDeadlineCheck {
                 // Deadlines set while checking (a reply parked, say) lower it again through noteDeadline.
                 nextDeadlineCheck = .max
                 noteDeadline(checkDeadlines(now: after))
@@ -319,7 +320,9 @@ final class EventLoop: @unchecked Sendable {
         // channels are ready too, one message each: a worker that waits for its reply has
         // sent nothing more, so a second read would only find EAGAIN (measured at 4 workers:
         // 0.8 failed recvmsg per request). A pool needs to see EAGAIN (its drained signal),
-        // so pool workers are always read until it.
+        // so pool workers are always read until it. (One worker alone is read until EAGAIN
+        // too: on one CPU that read often finds its next request, woken by the reply
+        // before this thread slept; one read per wake-up measured 0.5 µs slower.)
         let reads = othersReady && record.pool == nil ? 1 : 32
         for _ in 0..<reads {
             guard let channel = record.channel, record.reading else { return }

@@ -25,6 +25,7 @@ public final class Supervisor: Sendable {
     /// Starts the supervisor's serving threads.
     /// - Parameters:
     ///   - logger: receives every decision (grants at debug, denials at notice) and lifecycle events.
+    ///     Its level is read here, once: set it before, not after.
     ///   - auditLog: also receives every decision, as JSON lines or in memory.
     ///   - placement: where the serving threads and the workers run (see ``Placement``).
     ///     One that cannot be had here (a dedicated CPU on a one-CPU machine) is an error.

@@ -2,7 +2,7 @@ import CPrivsepShims
 import CSeccomp
 import Glibc
 public import PrivsepIPC
-public import SystemPackage
+import SystemPackage
 
 /// The lockdown of intercept mode, applied by the `privsep-intercept` helper to
 /// itself just before it execs an unmodified program.

@@ -23,18 +23,23 @@ public final class SupervisorConnection: @unchecked Sendable {
     // Guarded by `lock`: the reply mailbox and who is reading the socket.
     // Allocated and initialized once the handshake has succeeded, so a failed
     // handshake leaves nothing behind and deinit never destroys what was never made.
+    // The state `lock` guards is exempt from Swift's run-time exclusivity checks: the lock
+    // already orders every access, a check sees only its own thread's accesses anyway, and
+    // the checks cost the single-threaded request path more than its mutex did.
     private let lock: UnsafeMutablePointer<pthread_mutex_t>
     private let replied: UnsafeMutablePointer<pthread_cond_t>
-    private var nextRequestID: UInt64 = 1
+    @exclusivity(unchecked) private var nextRequestID: UInt64 = 1
     // Arrays, not a dictionary and a set: they hold one entry per thread waiting
     // (usually one), and keep their storage from request to request.
-    private var mailbox: [ReplyBox] = []
-    private var waiting: [UInt64] = []
-    private var readerActive = false
+    @exclusivity(unchecked) private var mailbox: [ReplyBox] = []
+    @exclusivity(unchecked) private var waiting: [UInt64] = []
+    @exclusivity(unchecked) private var readerActive = false
+    /// Threads asleep on `replied`: the reader wakes them only if there are any.
+    @exclusivity(unchecked) private var sleepers = 0
     /// Where the reader (whichever thread has `readerActive`) receives.
     private let receiveScratch: UnsafeMutableRawBufferPointer
-    private var failure: WorkerError?
-    private var jobInbox: [JobBox] = []
+    @exclusivity(unchecked) private var failure: WorkerError?
+    @exclusivity(unchecked) private var jobInbox: [JobBox] = []
 
     /// Connects over the channel named by `PRIVSEP_FD` (normally fd 3).
     ///
@@ -251,7 +256,9 @@ public final class SupervisorConnection: @unchecked Sendable {
             if let found = take() { return found }
             if let failure { throw failure }
             if readerActive {
+                sleepers += 1
                 pthread_cond_wait(replied, lock)
+                sleepers -= 1
                 continue
             }
             readerActive = true
@@ -278,7 +285,7 @@ public final class SupervisorConnection: @unchecked Sendable {
             case .failure(let error):
                 failure = error
             }
-            pthread_cond_broadcast(replied)
+            if sleepers > 0 { pthread_cond_broadcast(replied) }
         }
     }
 
