@@ -515,3 +515,52 @@ int cbench_connect_client(int fd, int port, int iterations, uint64_t *out_ns) {
     uint16_t request = (uint16_t)port;
     return request_fd_round_trips(fd, &request, sizeof request, iterations, out_ns);
 }
+
+/* The worker's side of a brokered open with its reply queued beforehand (see the
+   privsep-bench "worker-path" child): for each request, the "supervisor" end `peer`
+   queues a REPLY carrying `held` (its request id patched in), then the worker end
+   `mine` sends the request, receives the reply, closes the fd, and the peer drains the
+   request. Nothing sleeps, so the time is the syscalls' and the code's, not the
+   scheduler's. Returns the total nanoseconds, or 0 on an error. */
+int cbench_queue_reply(int peer, int held, void *reply, size_t reply_length, uint64_t id) {
+    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
+    memcpy((unsigned char *)reply + 16, &id, sizeof id); /* the header's request id */
+    memset(&control, 0, sizeof control);
+    struct iovec iov = { reply, reply_length };
+    struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&message);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &held, sizeof(int));
+    return sendmsg(peer, &message, MSG_NOSIGNAL) < 0 ? -1 : 0;
+}
+
+int cbench_drain_request(int peer) {
+    unsigned char request[8192];
+    return recv(peer, request, sizeof request, 0) < 0 ? -1 : 0;
+}
+
+uint64_t cbench_prequeued_requests(int mine, int peer, int held, const void *request, size_t request_length,
+                                   void *reply, size_t reply_length, int iterations) {
+    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
+    unsigned char received[8192];
+    uint64_t start = cbench_now_ns();
+    for (int i = 1; i <= iterations; i++) {
+        if (cbench_queue_reply(peer, held, reply, reply_length, (uint64_t)i) != 0) return 0;
+        struct iovec out = { (void *)request, request_length };
+        struct msghdr sent = { .msg_iov = &out, .msg_iovlen = 1 };
+        if (sendmsg(mine, &sent, MSG_NOSIGNAL) < 0) return 0;
+        struct iovec in = { received, sizeof received };
+        struct msghdr message = { .msg_iov = &in, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+        if (recvmsg(mine, &message, MSG_CMSG_CLOEXEC) < 0) return 0;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&message);
+        if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c), sizeof fd);
+            close(fd);
+        }
+        if (cbench_drain_request(peer) != 0) return 0;
+    }
+    return cbench_now_ns() - start;
+}

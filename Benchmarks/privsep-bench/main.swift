@@ -38,6 +38,55 @@ func childMain(_ mode: String) -> Never {
         SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: WireFormat.channelFileDescriptor))
     }
     switch mode {
+    case "worker-path":
+        // The worker's side of a brokered open with no scheduling in it: the reply (and its
+        // fd) is queued before each request is sent, so the request finds it at once and
+        // nothing sleeps. The same syscalls in C first, then SupervisorConnection.open;
+        // the difference is the library's own cost per request on the worker's side.
+        // Arguments N OUTFILE; writes "C_NS SWIFT_NS" (per request).
+        let count = Int(CommandLine.arguments[3])!, output = CommandLine.arguments[4]
+        let path = "/privsep-bench/file.txt" // never opened: the reply is canned
+        let held = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        var reply = try! WireCodec.encode(Envelope(requestID: 1, .reply(.success(fileDescriptorCount: 1))))
+        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: path, flags: O_RDONLY))))
+        let cPair = try! SeqpacketSocket.pair()
+        let pair = try! SeqpacketSocket.pair()
+        let supervisorEnd = pair.first
+        // Our parent is who WELCOME must name (the handshake checks getppid()).
+        try! supervisorEnd.send(Envelope(requestID: 0, .welcome(Welcome(supervisorProcessID: getppid(), workerID: 1))))
+        let connection = try! SupervisorConnection(handshakeOver: pair.second)
+        _ = try! supervisorEnd.receiveMessage() // HELLO
+        // C and Swift in alternating slices, so a slower spell of the machine falls on both.
+        let slices = 20, perSlice = max(count / slices, 1)
+        var cNanoseconds: UInt64 = 0, swiftNanoseconds: UInt64 = 0
+        var nextID: UInt64 = 1 // the connection numbers its requests from 1
+        for _ in 0..<slices {
+            let c = request.withUnsafeBytes { request in
+                reply.withUnsafeMutableBytes { reply in
+                    cbench_prequeued_requests(cPair.second.unsafeRawValue, cPair.first.unsafeRawValue, held, request.baseAddress!,
+                                              request.count, reply.baseAddress!, reply.count, Int32(perSlice))
+                }
+            }
+            check(c > 0, "C prequeued requests")
+            cNanoseconds += c
+            let start = cbench_now_ns()
+            for _ in 0..<perSlice {
+                let queued = reply.withUnsafeMutableBytes { reply in
+                    cbench_queue_reply(supervisorEnd.unsafeRawValue, held, reply.baseAddress!, reply.count, nextID)
+                }
+                check(queued == 0, "queue reply")
+                nextID += 1
+                _ = try! connection.open(path, .readOnly) // closed at once
+                check(cbench_drain_request(supervisorEnd.unsafeRawValue) == 0, "drain request")
+            }
+            swiftNanoseconds += cbench_now_ns() - start
+        }
+        let total = Double(slices * perSlice)
+        let line = "\(Double(cNanoseconds) / total) \(Double(swiftNanoseconds) / total)\n"
+        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        exit(0)
     case "c-echo":
         exit(cbench_echo_loop(WireFormat.channelFileDescriptor) == 0 ? 0 : 1)
     case "c-broker":
@@ -326,11 +375,11 @@ struct Child: ~Copyable {
 }
 
 /// Spawns this binary in `mode` with the child end of a fresh pair at fd 3.
-func spawnChild(_ mode: String) -> Child {
+func spawnChild(_ mode: String, arguments: [String] = []) -> Child {
     let pair = try! SeqpacketSocket.pair()
     let parent = pair.first, child = pair.second
     let path = selfPath()
-    var argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), strdup("--child"), strdup(mode), nil]
+    var argv: [UnsafeMutablePointer<CChar>?] = ([path, "--child", mode] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
     let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, -1) }
     check(pid > 0, "spawn failed: \(errno)")
@@ -818,6 +867,22 @@ if openRuns > 0 {
         row("privsep brokered open (policy, openat2, audit), 1 worker", swift,
             "\(format(swift.latency.median / c.latency.median))x / \(format(swift.latency.median / checked.latency.median))x")
     }
+    print("")
+    // The worker's side alone, pinned, in rounds (see the "worker-path" child).
+    print("| worker side of an open, its reply already queued (no scheduling) | placement | C ns/request | privsep ns/request | privsep's own cost |")
+    print("|---|---|---:|---:|---:|")
+    var workerPathRounds: [(c: Double, swift: Double)] = []
+    for _ in 0..<rounds {
+        let output = "/tmp/privsep-bench-worker-path-\(getpid())"
+        let child = spawnChild("worker-path", arguments: ["\(max(openRuns / rounds, 1_000))", output])
+        child.finish()
+        let fields = ((try? readProcFile(output)) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
+        unlink(output)
+        check(fields.count == 2, "worker-path child wrote no result")
+        workerPathRounds.append((fields[0], fields[1]))
+    }
+    let cPath = median(workerPathRounds.map(\.c)), swiftPath = median(workerPathRounds.map(\.swift))
+    print("| SupervisorConnection.open vs sendmsg + recvmsg + close in C | pinned (CPU 0) | \(Int(cPath)) | \(Int(swiftPath)) | \(Int(swiftPath - cPath)) ns |")
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     print("")
     // Placement (see Placement) and serving threads: the C brokers get the same placement

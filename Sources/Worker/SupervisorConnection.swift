@@ -217,16 +217,52 @@ public final class SupervisorConnection: @unchecked Sendable {
         let id = nextRequestID
         nextRequestID += 1
         waiting.append(id)
+        // Alone (nobody else reading or waiting): take the reader's role before sending,
+        // and read the reply straight off the channel, without boxing it for the mailbox.
+        // A thread that comes meanwhile waits for the role as it would for any reader.
+        let readsOwnReply = !readerActive && waiting.count == 1 && failure == nil
+        if readsOwnReply { readerActive = true }
         pthread_mutex_unlock(lock)
         do {
             try channel.send(Envelope(requestID: id, message))
         } catch {
             pthread_mutex_lock(lock)
+            if readsOwnReply { deliverLocked(nil) }
             stopWaiting(for: id)
             pthread_mutex_unlock(lock)
             throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
         }
-        pthread_mutex_lock(lock)
+        if readsOwnReply {
+            var ownReply: Reply? = nil
+            var fds = OwnedFileDescriptors()
+            let other: Result<Incoming, WorkerError>?
+            do {
+                var received = try channel.receiveMessage(using: receiveScratch, maximumFileDescriptors: WireFormat.maximumFileDescriptors)
+                if received.envelope.requestID == id, case .reply(let reply) = received.envelope.message {
+                    ownReply = reply
+                    swap(&fds, &received.fileDescriptors)
+                    other = nil
+                } else {
+                    other = Self.incoming(received)
+                }
+            } catch .peerClosed {
+                other = .success(.closed)
+            } catch {
+                other = .failure(.protocolError("\(error)"))
+            }
+            pthread_mutex_lock(lock)
+            deliverLocked(other)
+            if let ownReply {
+                stopWaiting(for: id)
+                pthread_mutex_unlock(lock)
+                if let errno = ownReply.error { throw .denied(errno) }
+                return fds
+            }
+            // Something else came first (another thread's reply, a job, an error): it is
+            // delivered; wait for ours as any thread does.
+        } else {
+            pthread_mutex_lock(lock)
+        }
         defer { pthread_mutex_unlock(lock) }
         let box: ReplyBox
         do throws(WorkerError) {
@@ -265,28 +301,37 @@ public final class SupervisorConnection: @unchecked Sendable {
             pthread_mutex_unlock(lock)
             let outcome = receiveIncoming()
             pthread_mutex_lock(lock)
-            readerActive = false
-            switch outcome {
-            case .success(.reply(let box)):
-                if waiting.contains(box.requestID) && !mailbox.contains(where: { $0.requestID == box.requestID }) {
-                    mailbox.append(box)
-                } else {
-                    failure = .protocolError("reply to request \(box.requestID), which nobody is waiting for (or a second reply)")
-                }
-            case .success(.job(let job)):
-                // The supervisor sends one job at a time, so the inbox holds at most one.
-                if jobInbox.isEmpty {
-                    jobInbox.append(job)
-                } else {
-                    failure = .protocolError("JOB \(job.id) arrived before the RESULT of JOB \(jobInbox[0].id)")
-                }
-            case .success(.closed):
-                failure = .supervisorGone
-            case .failure(let error):
-                failure = error
-            }
-            if sleepers > 0 { pthread_cond_broadcast(replied) }
+            deliverLocked(outcome)
         }
+    }
+
+    /// With `lock` held, by the reader once it is done reading: files what it received
+    /// (nil: nothing) for the thread it is meant for, gives up the reader's role and
+    /// wakes the threads waiting for a reply or for the role.
+    private func deliverLocked(_ outcome: Result<Incoming, WorkerError>?) {
+        readerActive = false
+        switch outcome {
+        case .success(.reply(let box)):
+            if waiting.contains(box.requestID) && !mailbox.contains(where: { $0.requestID == box.requestID }) {
+                mailbox.append(box)
+            } else {
+                failure = .protocolError("reply to request \(box.requestID), which nobody is waiting for (or a second reply)")
+            }
+        case .success(.job(let job)):
+            // The supervisor sends one job at a time, so the inbox holds at most one.
+            if jobInbox.isEmpty {
+                jobInbox.append(job)
+            } else {
+                failure = .protocolError("JOB \(job.id) arrived before the RESULT of JOB \(jobInbox[0].id)")
+            }
+        case .success(.closed):
+            failure = .supervisorGone
+        case .failure(let error):
+            failure = error
+        case nil:
+            break
+        }
+        if sleepers > 0 { pthread_cond_broadcast(replied) }
     }
 
     private enum Incoming {
@@ -298,19 +343,23 @@ public final class SupervisorConnection: @unchecked Sendable {
 
     private func receiveIncoming() -> Result<Incoming, WorkerError> {
         do {
-            let received = try channel.receiveMessage(using: receiveScratch, maximumFileDescriptors: WireFormat.maximumFileDescriptors)
-            switch received.envelope.message {
-            case .reply(let reply):
-                return .success(.reply(ReplyBox(requestID: received.envelope.requestID, reply: reply, fds: received.fileDescriptors)))
-            case .job(let job):
-                return .success(.job(JobBox(id: received.envelope.requestID, input: job.input, fds: received.fileDescriptors)))
-            default:
-                return .failure(.protocolError("expected REPLY or JOB, got \(received.envelope.message.type)"))
-            }
+            return Self.incoming(try channel.receiveMessage(using: receiveScratch, maximumFileDescriptors: WireFormat.maximumFileDescriptors))
         } catch .peerClosed {
             return .success(.closed)
         } catch {
             return .failure(.protocolError("\(error)"))
+        }
+    }
+
+    /// A received message, boxed for the thread it is meant for.
+    private static func incoming(_ received: consuming ReceivedMessage) -> Result<Incoming, WorkerError> {
+        switch received.envelope.message {
+        case .reply(let reply):
+            return .success(.reply(ReplyBox(requestID: received.envelope.requestID, reply: reply, fds: received.fileDescriptors)))
+        case .job(let job):
+            return .success(.job(JobBox(id: received.envelope.requestID, input: job.input, fds: received.fileDescriptors)))
+        default:
+            return .failure(.protocolError("expected REPLY or JOB, got \(received.envelope.message.type)"))
         }
     }
 

@@ -40,6 +40,11 @@ int cbench_reply_fd_loop(int fd, int held_fd);
 /* Parent side of the minimal C broker: send a 40-byte request, receive the
    32-byte reply and its fd, close the fd. */
 int cbench_request_fd_round_trips(int fd, int iterations, uint64_t *out_ns);
+/* The worker's side of a brokered open, its reply queued beforehand (no scheduling). */
+int cbench_queue_reply(int peer, int held, void *reply, size_t reply_length, uint64_t id);
+int cbench_drain_request(int peer);
+uint64_t cbench_prequeued_requests(int mine, int peer, int held, const void *request, size_t request_length,
+                                   void *reply, size_t reply_length, int iterations);
 
 /* A minimal C open broker: serves requests from every fd in `fds` (each request
    is a file name, answered with openat(directory, name, O_RDONLY|O_CLOEXEC) as an
