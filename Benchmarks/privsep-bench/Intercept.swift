@@ -130,16 +130,20 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
             continue
         }
         let base = Summary(medianOf: reference)
+        // Paired round by round when every round of the row was measured (see pairedRatio).
+        func ratio(_ rounds: [Summary], _ row: Summary) -> Double {
+            rounds.count == reference.count ? pairedRatio(rounds, reference) : row.median / base.median
+        }
         print("| minimal C user-notification broker (reference) | \(placement) | \(format(base.median)) | \(format(base.p99)) | 1.00x |")
         if !resolved.isEmpty {
             let row = Summary(medianOf: resolved)
-            print("| the same C broker with openat2 RESOLVE_BENEATH + fstat (privsep's kernel work) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(row.median / base.median))x |")
+            print("| the same C broker with openat2 RESOLVE_BENEATH + fstat (privsep's kernel work) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(ratio(resolved, row)))x |")
         }
         if !helperBuilt {
             print("| privsep intercepted: not measured (build privsep-intercept: swift build -c release) | \(placement) | | | |")
         } else if !intercepted.isEmpty {
             let row = Summary(medianOf: intercepted)
-            print("| privsep --intercept (policy, openat2, fstat, ADDFD, audit) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(row.median / base.median))x |")
+            print("| privsep --intercept (policy, openat2, fstat, ADDFD, audit) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(ratio(intercepted, row)))x |")
         }
         if !brokered.isEmpty {
             let row = Summary(medianOf: brokered)

@@ -8,15 +8,17 @@
 // (0 skips a section.)
 //
 // Sections:
+// Every section but start-up, memory and pool runs in interleaved rounds (--rounds).
 //   channel      raw N fds: a 16-byte request carrying N fds, 16 bytes back; OPEN->REPLY:
 //                the protocol's codec on both sides, one fd back. C sendmsg/recvmsg reference.
 //   start-up     spawn -> HELLO -> Lockdown -> SANDBOX_STATUS -> reaped, for this binary and
 //                for bench-ready-worker (the Worker library only), beside a static C worker.
 //   memory       supervisor RSS per idle locked-down worker.
 //   open         brokered opens beside a direct openat, a minimal C broker, and a C broker
-//                making privsep's checks for locked-down clients (interleaved rounds, CPU
-//                per request on each side); opens/s by worker count, Placement and serving
-//                threads, the C brokers placed the same way.
+//                making privsep's checks for locked-down clients (CPU per request on each
+//                side); the worker's side alone, its reply queued beforehand (no scheduling),
+//                beside the same syscalls in C; opens/s by worker count, Placement and
+//                serving threads, the C brokers placed the same way.
 //   connect      brokered CONNECTs to a loopback listener beside a direct connect and a
 //                minimal C broker.
 //   pool         WorkerPool per-job round trip beside an in-process call; jobs/s by pool
@@ -326,11 +328,12 @@ let warmup = max(iterations / 10, 100)
 /// Where the C loops write their warm-up round trips' times, which nobody reads: a
 /// buffer of its own, as the warm-up may be longer than the measured run.
 var warmupSamples = [UInt64](repeating: 0, count: warmup)
-/// Rounds of the open, opens/s, connect and intercept rows, each round measuring a row
-/// and its references once, in turn: this VM has faster and slower spells of a second
-/// or so (the same C broker measured 5.9 µs in one run and 9.1 µs in the next), so a
-/// row measured once can land in another spell than its reference. A row reports the
-/// median of its rounds; the opens or connects of a row are split between them.
+/// Rounds of the channel, open, opens/s, connect and intercept rows, each round measuring
+/// a row and its references once, in turn: this VM has faster and slower spells of a
+/// second or so (the same C broker measured 5.9 µs in one run and 9.1 µs in the next), so
+/// a row measured once can land in another spell than its reference. A row reports the
+/// median of its rounds, and its ratio the median of its rounds' ratios (pairedRatio);
+/// the round trips, opens or connects of a row are split between its rounds.
 var rounds = 5
 if let index = CommandLine.arguments.firstIndex(of: "--rounds"), index + 1 < CommandLine.arguments.count,
    let value = Int(CommandLine.arguments[index + 1]), value > 0 {
@@ -340,6 +343,14 @@ if let index = CommandLine.arguments.firstIndex(of: "--rounds"), index + 1 < Com
 func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()
     return sorted[sorted.count / 2]
+}
+
+/// A row against its reference: the median over rounds of the row's median divided by
+/// the reference's in the same round. A slower spell of the machine falls on both halves
+/// of a pair, where the medians of all rounds, taken apart, can each land in another.
+func pairedRatio(_ row: [Summary], _ reference: [Summary]) -> Double {
+    precondition(row.count == reference.count && !row.isEmpty, "a paired ratio needs a reference for every round")
+    return median(zip(row, reference).map { $0.median / $1.median })
 }
 var interceptRuns = 20_000
 if let index = CommandLine.arguments.firstIndex(of: "--intercept-runs"), index + 1 < CommandLine.arguments.count,
@@ -412,25 +423,25 @@ struct Summary {
 
 let devNull = OwnedFileDescriptor(adoptingRawValue: open("/dev/null", O_RDONLY | O_CLOEXEC))
 
-@MainActor func measureC(fdCount: Int) -> Summary {
+@MainActor func measureC(fdCount: Int, count: Int) -> Summary {
     let child = spawnChild("c-echo")
-    var samples = [UInt64](repeating: 0, count: iterations)
+    var samples = [UInt64](repeating: 0, count: count)
     check(cbench_round_trips(child.channel.unsafeRawValue, Int32(fdCount), devNull.unsafeRawValue, Int32(warmup), &warmupSamples) == 0, "C round trips")
-    check(cbench_round_trips(child.channel.unsafeRawValue, Int32(fdCount), devNull.unsafeRawValue, Int32(iterations), &samples) == 0, "C call failed")
+    check(cbench_round_trips(child.channel.unsafeRawValue, Int32(fdCount), devNull.unsafeRawValue, Int32(count), &samples) == 0, "C call failed")
     child.finish()
     return Summary(samples)
 }
 
-@MainActor func measureSwift(fdCount: Int) -> Summary {
+@MainActor func measureSwift(fdCount: Int, count: Int) -> Summary {
     let child = spawnChild("swift-echo")
     var fds = OwnedFileDescriptors()
     for _ in 0..<fdCount { fds.append(try! devNull.duplicate()) }
-    var samples = [UInt64](repeating: 0, count: iterations)
+    var samples = [UInt64](repeating: 0, count: count)
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
     defer { buffer.deallocate() }
     let request = [UInt8](repeating: 1, count: 16)
     request.withUnsafeBytes { request in
-        for i in 0..<(warmup + iterations) {
+        for i in 0..<(warmup + count) {
             let start = cbench_now_ns()
             try! child.channel.send(request, passing: fds)
             _ = try! child.channel.receive(into: buffer, maximumFileDescriptors: 0)
@@ -441,19 +452,19 @@ let devNull = OwnedFileDescriptor(adoptingRawValue: open("/dev/null", O_RDONLY |
     return Summary(samples)
 }
 
-@MainActor func measureCBroker() -> Summary {
+@MainActor func measureCBroker(count: Int) -> Summary {
     let child = spawnChild("c-broker")
-    var samples = [UInt64](repeating: 0, count: iterations)
+    var samples = [UInt64](repeating: 0, count: count)
     check(cbench_request_fd_round_trips(child.channel.unsafeRawValue, Int32(warmup), &warmupSamples) == 0, "C call failed")
-    check(cbench_request_fd_round_trips(child.channel.unsafeRawValue, Int32(iterations), &samples) == 0, "C call failed")
+    check(cbench_request_fd_round_trips(child.channel.unsafeRawValue, Int32(count), &samples) == 0, "C call failed")
     child.finish()
     return Summary(samples)
 }
 
-@MainActor func measureSwiftBroker() -> Summary {
+@MainActor func measureSwiftBroker(count: Int) -> Summary {
     let child = spawnChild("swift-broker")
-    var samples = [UInt64](repeating: 0, count: iterations)
-    for i in 0..<(warmup + iterations) {
+    var samples = [UInt64](repeating: 0, count: count)
+    for i in 0..<(warmup + count) {
         let start = cbench_now_ns()
         try! child.channel.send(Envelope(requestID: UInt64(i), .open(OpenRequest(path: "/dev/null", flags: O_RDONLY))))
         var reply = try! child.channel.receiveMessage(maximumFileDescriptors: 1)
@@ -482,21 +493,32 @@ func pad(_ text: String, _ width: Int) -> String {
 var uts = utsname()
 uname(&uts)
 let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-print("privsep-bench: \(iterations) round trips per row (after \(warmup) warm-up), Linux \(release), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) CPUs")
-print("times in microseconds; ratio = Swift median / C median")
+print("privsep-bench: \(iterations) round trips per row in \(rounds) rounds (each after \(warmup) warm-up), Linux \(release), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) CPUs")
+print("times in microseconds (medians of the rounds); ratio = the median over rounds of Swift median / C median, each pair measured back to back")
 print("")
 print("| row | placement | C median | C p99 | Swift median | Swift p99 | ratio |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for pinned in [true, false] {
     check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
     let placement = pinned ? "pinned (CPU 0)" : "unpinned"
-    var rows: [(String, Summary, Summary)] = []
+    let perRound = max(iterations / rounds, 100)
+    var rows: [(name: String, c: [Summary], swift: [Summary])] = []
     for fdCount in [0, 1, 16, 253] {
-        rows.append(("raw, \(fdCount) fd\(fdCount == 1 ? "" : "s")", measureC(fdCount: fdCount), measureSwift(fdCount: fdCount)))
+        rows.append(("raw, \(fdCount) fd\(fdCount == 1 ? "" : "s")", [], []))
     }
-    rows.append(("OPEN -> REPLY + 1 fd", measureCBroker(), measureSwiftBroker()))
-    for (name, c, swift) in rows {
-        print("| \(name) | \(placement) | \(pad(format(c.median), 7)) | \(pad(format(c.p99), 7)) | \(pad(format(swift.median), 7)) | \(pad(format(swift.p99), 7)) | \(format(swift.median / c.median))x |")
+    rows.append(("OPEN -> REPLY + 1 fd", [], []))
+    // Round by round, every row and its reference in turn (see `rounds`).
+    for _ in 0..<rounds {
+        for (index, fdCount) in [0, 1, 16, 253].enumerated() {
+            rows[index].c.append(measureC(fdCount: fdCount, count: perRound))
+            rows[index].swift.append(measureSwift(fdCount: fdCount, count: perRound))
+        }
+        rows[4].c.append(measureCBroker(count: perRound))
+        rows[4].swift.append(measureSwiftBroker(count: perRound))
+    }
+    for row in rows {
+        let c = Summary(medianOf: row.c), swift = Summary(medianOf: row.swift)
+        print("| \(row.name) | \(placement) | \(pad(format(c.median), 7)) | \(pad(format(c.p99), 7)) | \(pad(format(swift.median), 7)) | \(pad(format(swift.p99), 7)) | \(format(pairedRatio(row.swift, row.c)))x |")
     }
 }
 
@@ -865,7 +887,7 @@ if openRuns > 0 {
         let swift = OpenRun(medianOf: swiftRounds)
         brokeredOpenMedian[pinned] = swift.latency.median
         row("privsep brokered open (policy, openat2, audit), 1 worker", swift,
-            "\(format(swift.latency.median / c.latency.median))x / \(format(swift.latency.median / checked.latency.median))x")
+            "\(format(pairedRatio(swiftRounds.map(\.latency), cRounds.map(\.latency))))x / \(format(pairedRatio(swiftRounds.map(\.latency), checkedRounds.map(\.latency))))x")
     }
     print("")
     // The worker's side alone, pinned, in rounds (see the "worker-path" child).
@@ -1013,7 +1035,7 @@ if connectRuns > 0 {
         let c = Summary(medianOf: cRounds)
         print("| minimal C broker (blocking connect), 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | |")
         let swift = Summary(medianOf: swiftRounds)
-        print("| privsep brokered CONNECT (policy, non-blocking connect, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(format(swift.median / c.median))x |")
+        print("| privsep brokered CONNECT (policy, non-blocking connect, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(format(pairedRatio(swiftRounds, cRounds)))x |")
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
 }
