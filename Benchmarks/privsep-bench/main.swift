@@ -8,7 +8,7 @@
 // (0 skips a section.)
 //
 // Sections:
-// Every section but start-up, memory and pool runs in interleaved rounds (--rounds).
+// Every section but start-up and memory runs in interleaved rounds (--rounds).
 //   channel      raw N fds: a 16-byte request carrying N fds, 16 bytes back; OPEN->REPLY:
 //                the protocol's codec on both sides, one fd back. C sendmsg/recvmsg reference.
 //   start-up     spawn -> HELLO -> Lockdown -> SANDBOX_STATUS -> reaped, for this binary and
@@ -21,8 +21,9 @@
 //                serving threads, the C brokers placed the same way.
 //   connect      brokered CONNECTs to a loopback listener beside a direct connect and a
 //                minimal C broker.
-//   pool         WorkerPool per-job round trip beside an in-process call; jobs/s by pool
-//                size, warm and with a fresh process per job.
+//   pool         WorkerPool per-job round trip beside an in-process call and, round by
+//                round, a brokered open; jobs/s by pool size, warm and with a fresh
+//                process per job.
 
 import CBenchReference
 import Glibc
@@ -684,6 +685,11 @@ func prepareOpenTarget() {
     close(fd)
 }
 
+func removeOpenTarget() {
+    unlink(openDirectory + "/" + openName)
+    rmdir(openDirectory)
+}
+
 /// A child's "MEDIAN P99 [CPU]" line (microseconds, as Summary prints them; CPU per request).
 func parseSummary(_ text: String) -> Summary {
     let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
@@ -852,9 +858,6 @@ let O_PATH_DIRECTORY: Int32 = 0o10000000 | O_DIRECTORY | O_CLOEXEC
     return Summary(samples)
 }
 
-/// The brokered-open median (µs) by placement, for the pool's overhead ratio.
-var brokeredOpenMedian: [Bool: Double] = [:]
-
 if openRuns > 0 {
     prepareOpenTarget()
     print("")
@@ -885,14 +888,13 @@ if openRuns > 0 {
         let checked = OpenRun(medianOf: checkedRounds)
         row("C broker with privsep's checks, 1 locked-down client", checked)
         let swift = OpenRun(medianOf: swiftRounds)
-        brokeredOpenMedian[pinned] = swift.latency.median
         row("privsep brokered open (policy, openat2, audit), 1 worker", swift,
             "\(format(pairedRatio(swiftRounds.map(\.latency), cRounds.map(\.latency))))x / \(format(pairedRatio(swiftRounds.map(\.latency), checkedRounds.map(\.latency))))x")
     }
     print("")
     // The worker's side alone, pinned, in rounds (see the "worker-path" child).
-    print("| worker side of an open, its reply already queued (no scheduling) | placement | C ns/request | privsep ns/request | privsep's own cost |")
-    print("|---|---|---:|---:|---:|")
+    print("| worker side of an open, its reply already queued (no scheduling) | placement | C ns/request | privsep ns/request | privsep's own cost | ratio |")
+    print("|---|---|---:|---:|---:|---:|")
     var workerPathRounds: [(c: Double, swift: Double)] = []
     for _ in 0..<rounds {
         let output = "/tmp/privsep-bench-worker-path-\(getpid())"
@@ -904,7 +906,8 @@ if openRuns > 0 {
         workerPathRounds.append((fields[0], fields[1]))
     }
     let cPath = median(workerPathRounds.map(\.c)), swiftPath = median(workerPathRounds.map(\.swift))
-    print("| SupervisorConnection.open vs sendmsg + recvmsg + close in C | pinned (CPU 0) | \(Int(cPath)) | \(Int(swiftPath)) | \(Int(swiftPath - cPath)) ns |")
+    let pathRatio = median(workerPathRounds.map { $0.swift / $0.c })
+    print("| SupervisorConnection.open vs sendmsg + recvmsg + close in C | pinned (CPU 0) | \(Int(cPath)) | \(Int(swiftPath)) | \(Int(swiftPath - cPath)) ns | \(format(pathRatio))x |")
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     print("")
     // Placement (see Placement) and serving threads: the C brokers get the same placement
@@ -946,8 +949,7 @@ if openRuns > 0 {
             }
         }
     }
-    unlink(openDirectory + "/" + openName)
-    rmdir(openDirectory)
+    removeOpenTarget()
 }
 
 // MARK: Brokered connects
@@ -1123,8 +1125,17 @@ if poolJobs > 0 {
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
         let local = measureInProcessJobs(poolJobs)
         print("| the handler called in process (reference) | \(placement) | \(format(local.median)) | \(format(local.p99)) | |")
-        let pooled = await measurePoolRoundTrips(poolJobs)
-        let ratio = brokeredOpenMedian[pinned].map { format(pooled.median / $0) + "x" } ?? "(open rows not run)"
+        // In rounds, each beside a brokered open on the same placement (see `rounds`).
+        if openRuns > 0 { prepareOpenTarget() }
+        defer { if openRuns > 0 { removeOpenTarget() } }
+        let perRound = max(poolJobs / rounds, 500)
+        var poolRounds: [Summary] = [], openRounds: [Summary] = []
+        for _ in 0..<rounds {
+            poolRounds.append(await measurePoolRoundTrips(perRound))
+            if openRuns > 0 { openRounds.append(await measureSwiftOpens(workers: 1, opens: perRound).latency) }
+        }
+        let pooled = Summary(medianOf: poolRounds)
+        let ratio = openRuns > 0 ? format(pairedRatio(poolRounds, openRounds)) + "x" : "(open rows not run)"
         print("| pool.run on 1 warm worker, one job at a time | \(placement) | \(format(pooled.median)) | \(format(pooled.p99)) | \(ratio) |")
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
