@@ -38,6 +38,16 @@ func inode(_ fd: Int32) -> UInt64 {
 
 func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
+/// Appends `count` fresh pipe fds to `list`; returns the inode of each, in order.
+func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UInt64] {
+    (0..<count).map { _ in
+        let fd = makeDescriptor()
+        let number = inode(fd.unsafeRawValue)
+        list.append(fd)
+        return number
+    }
+}
+
 @Suite struct ChannelTests {
     @Test func pairIsCloseOnExecSeqpacket() throws {
         let pair = try SeqpacketSocket.pair()
@@ -87,8 +97,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second
         var several = OwnedFileDescriptors()
-        for _ in 0..<4 { several.append(makeDescriptor()) }
-        let inodes = several.unsafeRawValues.map(inode)
+        let inodes = appendDescriptors(4, to: &several)
         let first = several.take(at: 0), third = several.take(at: 2)
         #expect(first != nil && third != nil)
         #expect(several.count == 4 && several.ownedCount == 2)
@@ -109,8 +118,7 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second
         var outgoing = OwnedFileDescriptors()
-        for _ in 0..<253 { outgoing.append(makeDescriptor()) }
-        let inodes = outgoing.unsafeRawValues.map(inode)
+        let inodes = appendDescriptors(253, to: &outgoing)
         try bytes("many").withUnsafeBytes { try a.send($0, passing: outgoing) }
         let received = try b.receive(maximumBytes: 16, maximumFileDescriptors: 253)
         #expect(received.fileDescriptors.count == 253)
