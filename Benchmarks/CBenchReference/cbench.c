@@ -521,7 +521,9 @@ int cbench_connect_client(int fd, int port, int iterations, uint64_t *out_ns) {
    queues a REPLY carrying `held` (its request id patched in), then the worker end
    `mine` sends the request, receives the reply, closes the fd, and the peer drains the
    request. Nothing sleeps, so the time is the syscalls' and the code's, not the
-   scheduler's. Returns the total nanoseconds, or 0 on an error. */
+   scheduler's. */
+
+/* Queues `reply` (a REPLY message, its request id set to `id`) with `held` on `peer`: 0 or -1. */
 int cbench_queue_reply(int peer, int held, void *reply, size_t reply_length, uint64_t id) {
     union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
     memcpy((unsigned char *)reply + 16, &id, sizeof id); /* the header's request id */
@@ -536,11 +538,14 @@ int cbench_queue_reply(int peer, int held, void *reply, size_t reply_length, uin
     return sendmsg(peer, &message, MSG_NOSIGNAL) < 0 ? -1 : 0;
 }
 
+/* Reads and drops the request the worker end sent: 0 or -1. */
 int cbench_drain_request(int peer) {
     unsigned char request[8192];
     return recv(peer, request, sizeof request, 0) < 0 ? -1 : 0;
 }
 
+/* `iterations` requests from `mine` in C, each finding its reply queued: the total
+   nanoseconds, or 0 on an error. */
 uint64_t cbench_prequeued_requests(int mine, int peer, int held, const void *request, size_t request_length,
                                    void *reply, size_t reply_length, int iterations) {
     union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;

@@ -893,6 +893,7 @@ if openRuns > 0 {
     }
     print("")
     // The worker's side alone, pinned, in rounds (see the "worker-path" child).
+    check(cbench_pin(0) == 0, "sched_setaffinity")
     print("| worker side of an open, its reply already queued (no scheduling) | placement | C ns/request | privsep ns/request | privsep's own cost | ratio |")
     print("|---|---|---:|---:|---:|---:|")
     var workerPathRounds: [(c: Double, swift: Double)] = []

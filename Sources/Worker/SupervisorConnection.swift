@@ -23,9 +23,9 @@ public final class SupervisorConnection: @unchecked Sendable {
     // Guarded by `lock`: the reply mailbox and who is reading the socket.
     // Allocated and initialized once the handshake has succeeded, so a failed
     // handshake leaves nothing behind and deinit never destroys what was never made.
-    // The state `lock` guards is exempt from Swift's run-time exclusivity checks: the lock
-    // already orders every access, a check sees only its own thread's accesses anyway, and
-    // the checks cost the single-threaded request path more than its mutex did.
+    // The state `lock` guards skips Swift's run-time exclusivity checks: the lock already
+    // orders every access, and a check sees only its own thread's accesses, so on the
+    // request path they would cost on every call without guarding anything more.
     private let lock: UnsafeMutablePointer<pthread_mutex_t>
     private let replied: UnsafeMutablePointer<pthread_cond_t>
     @exclusivity(unchecked) private var nextRequestID: UInt64 = 1
