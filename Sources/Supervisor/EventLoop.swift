@@ -187,10 +187,13 @@ final class EventLoop: @unchecked Sendable {
                 afterEvents = []
                 for action in actions { action() }
             }
-            if nextDeadlineCheck != .max, case let after = system_clock_monotonic(), after >= nextDeadlineCheck {
-                // Deadlines set while checking (a reply parked, say) lower it again through noteDeadline.
-                nextDeadlineCheck = .max
-                noteDeadline(checkDeadlines(now: after))
+            if nextDeadlineCheck != .max {
+                let after = system_clock_monotonic()
+                if after >= nextDeadlineCheck {
+                    // Deadlines set while checking (a reply parked, say) lower it again through noteDeadline.
+                    nextDeadlineCheck = .max
+                    noteDeadline(checkDeadlines(now: after))
+                }
             }
             if let done = shuttingDown, workers.isEmpty {
                 running = false

@@ -65,7 +65,7 @@ public final class Supervisor: Sendable {
             do {
                 try loop.start()
             } catch {
-                for started in loops[..<index] { started.submit(.shutdown(grace: 0, {})) }
+                Self.end(loops[..<index])
                 throw .systemError("cannot start serving thread \(index + 1) of \(loops.count): \(error)")
             }
         }
@@ -76,16 +76,21 @@ public final class Supervisor: Sendable {
             case .success?:
                 continue
             case .failure(let errno)?:
-                for loop in loops { loop.submit(.shutdown(grace: 0, {})) }
+                Self.end(loops)
                 throw .systemError("cannot give a serving thread its CPU: \(errno)")
             case nil:
-                for loop in loops { loop.submit(.shutdown(grace: 0, {})) }
+                Self.end(loops)
                 throw .shuttingDown
             }
         }
     }
 
     deinit {
+        Self.end(loops)
+    }
+
+    /// Ends `loops` without waiting: their workers are killed at once.
+    private static func end(_ loops: some Sequence<EventLoop>) {
         for loop in loops { loop.submit(.shutdown(grace: 0, {})) }
     }
 
