@@ -53,6 +53,11 @@ final class EventLoop: @unchecked Sendable {
     /// Run after the current batch of events, when the records they name are gone
     /// (so a worker's pidfd is closed before anyone learns it has exited).
     private var afterEvents: [() -> Void] = []
+    /// Pool workers whose channels are read on the next turn whether or not epoll reports
+    /// them: their reading stopped short of EAGAIN (at the per-turn cap, or paused by
+    /// back-pressure since lifted). A pool hands a worker its next job only once a read
+    /// has found its channel empty, and an empty channel is never reported again.
+    private var readAgain: [UInt64] = []
     /// Every channel is read into this one buffer (loop thread only; a decoded message
     /// copies what it keeps).
     private let receiveBuffer: UnsafeMutableRawBufferPointer
@@ -161,7 +166,11 @@ final class EventLoop: @unchecked Sendable {
             // The clock is read only while a deadline is pending: a running worker without
             // one costs no clock reads per request here.
             var timeout: Int32 = -1
-            if nextDeadlineCheck != .max {
+            let rereads = readAgain
+            readAgain = []
+            if !rereads.isEmpty {
+                timeout = 0
+            } else if nextDeadlineCheck != .max {
                 let now = system_clock_monotonic()
                 timeout = nextDeadlineCheck <= now ? 0 : Int32(min((nextDeadlineCheck - now + 999_999) / 1_000_000, 60_000))
             }
@@ -181,6 +190,11 @@ final class EventLoop: @unchecked Sendable {
                 case .connect(let id, let pending): if let record = workers[id] { connectReady(record, pending, token: token) }
                 case .listener(let id): if let record = workers[id] { listenerReady(record, flags: flags) }
                 }
+            }
+            for id in rereads {
+                guard let record = workers[id] else { continue }
+                record.queuedToReadAgain = false
+                channelReady(record, flags: EPOLLIN.rawValue, othersReady: false)
             }
             while !afterEvents.isEmpty {
                 let actions = afterEvents
@@ -323,11 +337,12 @@ final class EventLoop: @unchecked Sendable {
         // channels are ready too, one message each: a worker that waits for its reply has
         // sent nothing more, so a second read would only find EAGAIN (measured at 4 workers:
         // 0.8 failed recvmsg per request). A pool needs to see EAGAIN (its drained signal),
-        // so pool workers are always read until it. A worker alone is read on too: sharing
+        // so pool workers are read on, and read again next turn if the cap came first
+        // (``readAgain``). A worker alone is read on too: sharing
         // a CPU with this thread, it runs as soon as the reply wakes it and has sent its next
         // request by the time this thread reads again (measured: 20,000 opens took 665
         // epoll_waits and 47 EAGAINs; one read per wake-up cost 0.5 µs more per open).
-        let reads = othersReady && record.pool == nil ? 1 : 32
+        let reads = othersReady && record.pool == nil ? 1 : max(record.configuration.caps.messagesPerTurn, 1)
         for _ in 0..<reads {
             guard let channel = record.channel, record.reading else { return }
             let received: ReceivedMessage
@@ -363,6 +378,15 @@ final class EventLoop: @unchecked Sendable {
             }
             handle(record, received.envelope, sender: received.senderCredentials)
         }
+        // The cap ended these reads, not EAGAIN: the pool has not seen this channel empty.
+        readAgainNextTurn(record)
+    }
+
+    /// Queues a pool worker's channel for ``readAgain``, once.
+    private func readAgainNextTurn(_ record: WorkerRecord) {
+        guard record.pool != nil, !record.queuedToReadAgain else { return }
+        record.queuedToReadAgain = true
+        readAgain.append(record.id)
     }
 
     private func handle(_ record: WorkerRecord, _ envelope: Envelope, sender: PeerCredentials?) {
@@ -609,6 +633,7 @@ final class EventLoop: @unchecked Sendable {
             && record.pending.count < record.configuration.caps.requestsInFlight
         let writing = !record.parked.isEmpty
         guard reading != record.reading || writing != record.writing else { return }
+        if reading && !record.reading { readAgainNextTurn(record) }
         record.reading = reading
         record.writing = writing
         let events = (reading ? EPOLLIN.rawValue : 0) | (writing ? EPOLLOUT.rawValue : 0)
@@ -998,6 +1023,8 @@ final class WorkerRecord {
     var pendingRequestIDs: Set<UInt64> = []
     var reading = true
     var writing = false
+    /// In the loop's ``EventLoop/readAgain`` list.
+    var queuedToReadAgain = false
     var listener: ListenerBox?
     /// The pool this worker serves, if any.
     var pool: PoolCore?

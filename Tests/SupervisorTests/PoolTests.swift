@@ -1,7 +1,7 @@
 import Glibc
 import PrivsepIPC
 import PrivsepTestSupport
-import Supervisor
+@testable import Supervisor
 import SystemPackage
 import Synchronization
 import Testing
@@ -434,6 +434,45 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         #expect(peakRunning <= 2)
         // Two running, two replacements warming, and a retired one or two not yet reaped.
         #expect(peakProcesses <= 6, "\(peakProcesses) worker processes at once")
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    // A pool sends a worker its next job only once a read has found the worker's channel
+    // empty. The serving thread reads a worker a turn at a time, so a turn can end on the
+    // last chunk of a RESULT, with nothing more to come: the next job must still go out.
+    // (The fresh-clone CI once hung for 90 minutes when a 111-chunk result ended a turn.)
+    @Test func aJobIsSentAfterATurnThatEndedOnTheLastResultChunk() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) {
+            $0.jobsPerWorker = 100
+            $0.worker.caps.messagesPerTurn = 1
+        }
+        for command in ["echo:a", "echo:b", "big:40000", "echo:c"] {
+            let size = await within(30) { (try? await pool.run(input: Array(command.utf8)))?.bytes.count }
+            #expect(size == .some(command == "big:40000" ? 40000 : 1), "\(command) never ran")
+            if size == nil { break } // the jobs after it would wait behind it
+        }
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    // The same when back-pressure pauses reading right after a last chunk: reading resumes
+    // on a channel that is already empty, which epoll never reports.
+    @Test func aJobIsSentAfterBackPressureLiftsOnAnEmptyChannel() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) {
+            $0.jobsPerWorker = 100
+            $0.worker.caps.messageBurst = 4
+            $0.worker.caps.messagesPerSecond = 200
+        }
+        // 1 to 8 chunks of 8160 bytes: the pause falls on the last chunk for some of them.
+        for chunks in 1...8 {
+            let bytes = chunks * WireFormat.maximumJobBytes - 100
+            let size = await within(30) { (try? await pool.run(input: Array("big:\(bytes)".utf8)))?.bytes.count }
+            #expect(size == .some(bytes), "a \(chunks)-chunk job never ran (or its result never came)")
+            if size == nil { break }
+        }
         await pool.shutdown()
         await supervisor.shutdown()
     }
