@@ -166,9 +166,9 @@ final class EventLoop: @unchecked Sendable {
             // The clock is read only while a deadline is pending: a running worker without
             // one costs no clock reads per request here.
             var timeout: Int32 = -1
-            let rereads = readAgain
-            readAgain = []
-            if !rereads.isEmpty {
+            var rereads: [UInt64] = []
+            if !readAgain.isEmpty {
+                swap(&rereads, &readAgain)
                 timeout = 0
             } else if nextDeadlineCheck != .max {
                 let now = system_clock_monotonic()
