@@ -41,6 +41,34 @@ private func waitFor(_ pool: WorkerPool, _ condition: (PoolMetrics) -> Bool) asy
     }
 }
 
+/// A job that runs until the test lets it go: the worker reads a pipe to its end, and the
+/// test holds the write end. A job that sleeps instead ends on its own time, which a loaded
+/// machine may not give the test to look at it while it runs.
+private final class HeldJob: Sendable {
+    private let readEnd: Mutex<OwnedFileDescriptor?>
+    private let writeEnd: Mutex<OwnedFileDescriptor?>
+
+    init() {
+        let pipe = Pipe()
+        readEnd = Mutex(pipe.read)
+        writeEnd = Mutex(pipe.write)
+    }
+
+    /// Runs the job in `pool` (once); nil when it succeeds.
+    func run(in pool: WorkerPool) async -> JobFailure? {
+        guard let fd = readEnd.withLock({ $0.take() }) else { return .cancelled }
+        do {
+            _ = try await pool.run(PoolJob(input: Array("readfd".utf8), fileDescriptors: OwnedFileDescriptors(fd)))
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// Lets the job end.
+    func release() { writeEnd.withLock { $0 = nil } }
+}
+
 private func text(_ output: JobOutput) -> String { String(decoding: output.bytes, as: UTF8.self) }
 
 private func failure(of command: String, in pool: WorkerPool) async -> JobFailure? {
@@ -308,7 +336,8 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
             $0.jobsPerWorker = 100
             $0.queueCapacity = 1
         }
-        let running = Task { await failure(of: "sleep:1", in: pool) }
+        let held = HeldJob()
+        let running = Task { await held.run(in: pool) }
         try await waitFor(pool) { $0.jobsRunning == 1 }
         let queued = Task { await failure(of: "echo:a", in: pool) }
         try await waitFor(pool) { $0.queueDepth == 1 }
@@ -316,6 +345,7 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         try await waitFor(pool) { $0.queueDepth == 2 }
         queued.cancel()
         #expect(await queued.value == .cancelled)
+        held.release()
         #expect(await running.value == nil)
         let last = await within(30) { await overflowed.value }
         #expect(last == .some(nil), "the job that waited for room never ran")
@@ -326,11 +356,13 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
     @Test func everyConcurrentShutdownReturns() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
-        let running = Task { await failure(of: "sleep:0.5", in: pool) }
+        let held = HeldJob()
+        let running = Task { await held.run(in: pool) }
         try await waitFor(pool) { $0.jobsRunning == 1 }
         let first = Task { await pool.shutdown(); return true }
         try await Task.sleep(for: .milliseconds(30))
         let second = Task { await pool.shutdown(); return true }
+        held.release()
         #expect(await within(30) { await first.value } == true)
         #expect(await within(30) { await second.value } == true)
         #expect(await running.value == nil)
@@ -340,7 +372,8 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
     @Test func aPoolWhoseSupervisorShutDownAnswersPoolClosed() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
-        let running = Task { await failure(of: "sleep:5", in: pool) }
+        let held = HeldJob()
+        let running = Task { await held.run(in: pool) }
         try await waitFor(pool) { $0.jobsRunning == 1 }
         let queued = Task { await failure(of: "echo:q", in: pool) }
         try await waitFor(pool) { $0.queueDepth == 1 }
