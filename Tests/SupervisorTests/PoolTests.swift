@@ -216,11 +216,13 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
             $0.rejectWhenFull = true
             $0.jobsPerWorker = 100 // no replacement worker to take the queued job
         }
-        async let first = failure(of: "sleep:1", in: rejecting)
+        let held = HeldJob()
+        async let first = held.run(in: rejecting)
         try await waitFor(rejecting) { $0.jobsRunning == 1 }
-        async let second = failure(of: "sleep:0.1", in: rejecting)
+        async let second = failure(of: "echo:queued", in: rejecting)
         try await waitFor(rejecting) { $0.queueDepth == 1 }
         #expect(await failure(of: "echo:x", in: rejecting) == .queueFull)
+        held.release()
         #expect(await first == nil)
         #expect(await second == nil)
         await rejecting.shutdown()
@@ -256,13 +258,16 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
     @Test func shutdownFailsQueuedJobsAndLetsRunningOnesFinish() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
-        async let running = failure(of: "sleep:1", in: pool)
+        let held = HeldJob()
+        async let running = held.run(in: pool)
         try await waitFor(pool) { $0.jobsRunning == 1 }
         async let queued = failure(of: "echo:late", in: pool)
         try await waitFor(pool) { $0.queueDepth == 1 }
-        await pool.shutdown()
-        #expect(await running == nil)
+        let shutdown = Task { await pool.shutdown() }
         #expect(await queued == .poolClosed)
+        held.release()
+        await shutdown.value
+        #expect(await running == nil)
         #expect(await failure(of: "echo:after", in: pool) == .poolClosed)
         #expect(supervisor.workers().isEmpty)
         await supervisor.shutdown()
