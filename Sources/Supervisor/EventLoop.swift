@@ -53,11 +53,14 @@ final class EventLoop: @unchecked Sendable {
     /// Run after the current batch of events, when the records they name are gone
     /// (so a worker's pidfd is closed before anyone learns it has exited).
     private var afterEvents: [() -> Void] = []
-    /// Pool workers whose channels are read on the next turn whether or not epoll reports
-    /// them: their reading stopped short of EAGAIN (at the per-turn cap, or paused by
-    /// back-pressure since lifted). A pool hands a worker its next job only once a read
-    /// has found its channel empty, and an empty channel is never reported again.
+    /// Pool workers whose channels are read on the next turn even if epoll does not report
+    /// them: their reading stopped short of EAGAIN (at the cap, or paused by back-pressure
+    /// since lifted). A pool hands a worker its next job only once a read has found its
+    /// channel empty, and an empty channel is never reported again. One reported anyway
+    /// is read once that turn, not twice.
     private var readAgain: [UInt64] = []
+    /// Counts the loop's turns, so a channel read in this one is not read again in it.
+    private var turn: UInt64 = 0
     /// Every channel is read into this one buffer (loop thread only; a decoded message
     /// copies what it keeps).
     private let receiveBuffer: UnsafeMutableRawBufferPointer
@@ -166,9 +169,12 @@ final class EventLoop: @unchecked Sendable {
             // The clock is read only while a deadline is pending: a running worker without
             // one costs no clock reads per request here.
             var timeout: Int32 = -1
+            turn &+= 1
             var rereads: [UInt64] = []
             if !readAgain.isEmpty {
                 swap(&rereads, &readAgain)
+                // Cleared first: a cap met in this turn's reads queues the worker for the next.
+                for id in rereads { workers[id]?.queuedToReadAgain = false }
                 timeout = 0
             } else if nextDeadlineCheck != .max {
                 let now = system_clock_monotonic()
@@ -192,8 +198,7 @@ final class EventLoop: @unchecked Sendable {
                 }
             }
             for id in rereads {
-                guard let record = workers[id] else { continue }
-                record.queuedToReadAgain = false
+                guard let record = workers[id], record.lastReadTurn != turn else { continue }
                 channelReady(record, flags: EPOLLIN.rawValue, othersReady: false)
             }
             while !afterEvents.isEmpty {
@@ -342,6 +347,7 @@ final class EventLoop: @unchecked Sendable {
         // a CPU with this thread, it runs as soon as the reply wakes it and has sent its next
         // request by the time this thread reads again (measured: 20,000 opens took 665
         // epoll_waits and 47 EAGAINs; one read per wake-up cost 0.5 µs more per open).
+        record.lastReadTurn = turn
         let reads = othersReady && record.pool == nil ? 1 : max(record.configuration.caps.messagesPerTurn, 1)
         for _ in 0..<reads {
             guard let channel = record.channel, record.reading else { return }
@@ -1025,6 +1031,8 @@ final class WorkerRecord {
     var writing = false
     /// In the loop's ``EventLoop/readAgain`` list.
     var queuedToReadAgain = false
+    /// The loop's turn when the channel was last read.
+    var lastReadTurn: UInt64 = 0
     var listener: ListenerBox?
     /// The pool this worker serves, if any.
     var pool: PoolCore?

@@ -131,9 +131,10 @@ public struct WorkerCaps: Sendable, Equatable {
     public var replyStallSeconds = 10.0
     /// A CONNECT still in progress after this long fails with ETIMEDOUT.
     public var connectTimeoutSeconds = 30.0
-    /// Messages read from the worker per turn of its serving thread, so that one busy
-    /// worker cannot starve the others (the rest wait for the next turn). Internal: tests
-    /// lower it to make a turn end at a chosen message.
+    /// At most this many messages are read from the worker each time its serving thread
+    /// turns to it (one when other workers' channels are ready too, unless it is a pool
+    /// worker), so that one busy worker cannot starve the others. Internal: tests lower it
+    /// to end a turn at a chosen message.
     var messagesPerTurn = 32
 
     public init() {}
