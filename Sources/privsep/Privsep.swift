@@ -8,7 +8,26 @@ import Synchronization
 import SystemPackage
 import Worker
 
+/// The entry point. `privsep _attack`, the hostile worker of `privsep selftest`, runs first,
+/// on the main thread, before anything starts the async runtime: a runtime thread started
+/// after its lockdown would meet the filter itself (a new thread calls setpriority) and be
+/// killed for that call instead of the one attacked. Every other command runs async.
 @main
+enum Entry {
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.first == AttackWorker.configuration.commandName {
+            AttackWorker.main(Array(arguments.dropFirst()))
+            exit(0)
+        }
+        Task {
+            await Privsep.main(arguments)
+            exit(0)
+        }
+        dispatchMain()
+    }
+}
+
 struct Privsep: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "privsep",
