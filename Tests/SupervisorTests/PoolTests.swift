@@ -69,6 +69,18 @@ private final class HeldJob: Sendable {
     func release() { writeEnd.withLock { $0 = nil } }
 }
 
+/// Runs each job in turn, `pause` after the one before; each must finish within 30 s with
+/// output of the size given. Stops at the first that does not: the rest would wait behind it.
+private func expectEachRuns(_ jobs: [(command: String, outputBytes: Int)], in pool: WorkerPool,
+                            pause: Duration = .zero) async {
+    for (index, job) in jobs.enumerated() {
+        try? await Task.sleep(for: pause)
+        let size = await within(30) { (try? await pool.run(input: Array(job.command.utf8)))?.bytes.count }
+        #expect(size == .some(job.outputBytes), "job \(index + 1), \(job.command), never ran (or its result never came)")
+        if size == nil { return }
+    }
+}
+
 private func text(_ output: JobOutput) -> String { String(decoding: output.bytes, as: UTF8.self) }
 
 private func failure(of command: String, in pool: WorkerPool) async -> JobFailure? {
@@ -486,11 +498,7 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
             $0.jobsPerWorker = 100
             $0.worker.caps.messagesPerTurn = 1
         }
-        for command in ["echo:a", "echo:b", "big:40000", "echo:c"] {
-            let size = await within(30) { (try? await pool.run(input: Array(command.utf8)))?.bytes.count }
-            #expect(size == .some(command == "big:40000" ? 40000 : 1), "\(command) never ran")
-            if size == nil { break } // the jobs after it would wait behind it
-        }
+        await expectEachRuns([("echo:a", 1), ("echo:b", 1), ("big:40000", 40000), ("echo:c", 1)], in: pool)
         await pool.shutdown()
         await supervisor.shutdown()
     }
@@ -507,12 +515,7 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         // With the bucket full (4 tokens, refilled while the test sleeps), a result of 5
         // chunks spends them on the first 4, and the 5th, the last, pauses reading.
         let bytes = 4 * WireFormat.maximumJobBytes + 100
-        for attempt in 1...3 {
-            try await Task.sleep(for: .milliseconds(100))
-            let size = await within(30) { (try? await pool.run(input: Array("big:\(bytes)".utf8)))?.bytes.count }
-            #expect(size == .some(bytes), "job \(attempt) never ran (or its result never came)")
-            if size == nil { break }
-        }
+        await expectEachRuns(Array(repeating: ("big:\(bytes)", bytes), count: 3), in: pool, pause: .milliseconds(100))
         await pool.shutdown()
         await supervisor.shutdown()
     }
