@@ -166,10 +166,8 @@ final class EventLoop: @unchecked Sendable {
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
         while running {
-            // The clock is read only while a deadline is pending: a running worker without
-            // one costs no clock reads per request here.
-            var timeout: Int32 = -1
             turn &+= 1
+            var timeout: Int32 = -1
             var rereads: [UInt64] = []
             if !readAgain.isEmpty {
                 swap(&rereads, &readAgain)
@@ -177,6 +175,8 @@ final class EventLoop: @unchecked Sendable {
                 for id in rereads { workers[id]?.queuedToReadAgain = false }
                 timeout = 0
             } else if nextDeadlineCheck != .max {
+                // The clock is read only while a deadline is pending: a running worker
+                // without one costs no clock reads per request here.
                 let now = system_clock_monotonic()
                 timeout = nextDeadlineCheck <= now ? 0 : Int32(min((nextDeadlineCheck - now + 999_999) / 1_000_000, 60_000))
             }
@@ -342,11 +342,11 @@ final class EventLoop: @unchecked Sendable {
         // channels are ready too, one message each: a worker that waits for its reply has
         // sent nothing more, so a second read would only find EAGAIN (measured at 4 workers:
         // 0.8 failed recvmsg per request). A pool needs to see EAGAIN (its drained signal),
-        // so pool workers are read on, and read again next turn if the cap came first
-        // (``readAgain``). A worker alone is read on too: sharing
-        // a CPU with this thread, it runs as soon as the reply wakes it and has sent its next
-        // request by the time this thread reads again (measured: 20,000 opens took 665
-        // epoll_waits and 47 EAGAINs; one read per wake-up cost 0.5 µs more per open).
+        // so pool workers are read on, and read again next turn if the cap comes first
+        // (``readAgain``). A worker alone is read on too: sharing a CPU with this thread, it
+        // runs as soon as the reply wakes it and has sent its next request by the time this
+        // thread reads again (measured: 20,000 opens took 665 epoll_waits and 47 EAGAINs;
+        // one read per wake-up cost 0.5 µs more per open).
         record.lastReadTurn = turn
         let reads = othersReady && record.pool == nil ? 1 : max(record.configuration.caps.messagesPerTurn, 1)
         for _ in 0..<reads {
