@@ -132,15 +132,17 @@ import Testing
         let allowed = try system_sched_getaffinity().get().members
         guard allowed.count >= 2 else { return } // a dedicated CPU needs two (above)
         let supervisor = try Supervisor(logger: quietLogger(), placement: .dedicatedServingCPU)
-        let configuration = WorkerConfiguration.intercepting(program: "/usr/bin/sleep", arguments: ["2"], policy: dynamicProgramPolicy(),
+        // The program runs until the test has looked (then it is stopped): a program with
+        // a time of its own could end before a loaded machine lets the test look at all.
+        let configuration = WorkerConfiguration.intercepting(program: "/usr/bin/sleep", arguments: ["60"], policy: dynamicProgramPolicy(),
                                                              helper: InterceptTests.binDirectory + "/privsep-intercept")
         let handle = try await supervisor.spawn(configuration)
         // The thread starts on the loop thread's one CPU and moves itself to all of them.
         // Other tests' serving threads start on every CPU; one on the loop's CPU alone
         // would be one that did not move.
-        // Polled for 1.5 s of the program's 2: the last threads seen are from while it ran.
         var placements: [String] = []
-        for _ in 0..<75 {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
             let now = notificationThreadCPUs()
             if !now.isEmpty { placements = now }
             if !now.isEmpty && now.allSatisfy({ $0 == cpuList(allowed) }) { break }
@@ -149,7 +151,8 @@ import Testing
         #expect(!placements.isEmpty, "no privsep-notify thread while an intercepted program runs")
         #expect(placements.allSatisfy { $0 == cpuList(allowed) }, "\(placements), expected \(cpuList(allowed))")
         #expect(loopThreadCPUs(supervisor) == [allowed.last!])
-        #expect(await handle.exit() == .exited(code: 0))
+        handle.stop(grace: 1)
+        #expect(await handle.exit() == .stoppedBySupervisor)
         await supervisor.shutdown()
     }
 
