@@ -280,7 +280,8 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
         async let run = runWorker(["handshake", "bind:127.0.0.1:\(port)", "bind:127.0.0.1:81"], policy: policy, supervisor: supervisor)
         // Connect to the worker's listener once it is up.
         var answer = ""
-        for _ in 0..<100 {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
             let client = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)

@@ -78,7 +78,8 @@ import Testing
             .write(toFile: directory + "/policy.json", atomically: true, encoding: .utf8)
         let server = Task { try await Self.run(Self.bin + "/privsep", ["run", "--policy", directory + "/policy.json", "--", Self.bin + "/hello-server", "81"]) }
         var answer = ""
-        for _ in 0..<100 {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
             if let response = try? httpGet(port: 81) { answer = response; break }
             try await Task.sleep(for: .milliseconds(50))
         }

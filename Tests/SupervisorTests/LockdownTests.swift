@@ -133,7 +133,8 @@ import Testing
         close(fd)
         let pid = try #require(Int32(String(decoding: buffer[..<max(count, 0)], as: UTF8.self)))
         var gone = false
-        for _ in 0..<100 {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
             // Gone, or a zombie waiting for its new parent to reap it.
             var state = ""
             if let file = fopen("/proc/\(pid)/stat", "r") {
