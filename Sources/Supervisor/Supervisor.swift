@@ -94,16 +94,17 @@ public final class Supervisor: Sendable {
         for loop in loops { loop.submit(.shutdown(grace: 0, {})) }
     }
 
-    /// The loop with the fewest workers (ties: each in turn), with a place reserved
-    /// in its ``EventLoop/load`` when `reserving`.
-    func leastLoadedLoop(reserving: Bool) -> EventLoop {
+    /// The loop with the fewest workers (ties: each in turn), with `places` reserved in
+    /// its ``EventLoop/load`` for the workers about to go there, so that a caller choosing
+    /// at the same moment sees them.
+    func leastLoadedLoop(reserving places: Int) -> EventLoop {
         let start = nextLoop.wrappingAdd(1, ordering: .relaxed).oldValue
         var chosen = loops[start % loops.count]
         for offset in 1..<max(loops.count, 1) {
             let candidate = loops[(start + offset) % loops.count]
             if candidate.load.load(ordering: .relaxed) < chosen.load.load(ordering: .relaxed) { chosen = candidate }
         }
-        if reserving { chosen.load.add(1, ordering: .relaxed) }
+        chosen.load.add(places, ordering: .relaxed)
         return chosen
     }
 
@@ -111,7 +112,7 @@ public final class Supervisor: Sendable {
     /// Fails if the policy cannot be activated or the program cannot be started.
     public func spawn(_ configuration: WorkerConfiguration) async throws(SupervisorError) -> WorkerHandle {
         let policy = try activate(configuration)
-        let loop = leastLoadedLoop(reserving: true)
+        let loop = leastLoadedLoop(reserving: 1)
         let result: Result<WorkerHandle, SupervisorError> = await withCheckedContinuation { continuation in
             if !loop.submit(.spawn(configuration, policy, { continuation.resume(returning: $0) })) {
                 loop.load.subtract(1, ordering: .relaxed)
@@ -124,7 +125,7 @@ public final class Supervisor: Sendable {
     /// The blocking form of ``spawn(_:)-swift.method``, for code that is not async.
     public func spawnBlocking(_ configuration: WorkerConfiguration) throws(SupervisorError) -> WorkerHandle {
         let policy = try activate(configuration)
-        let loop = leastLoadedLoop(reserving: true)
+        let loop = leastLoadedLoop(reserving: 1)
         guard let result = loop.call({ $0.spawn(configuration, policy) }) else {
             loop.load.subtract(1, ordering: .relaxed)
             throw .shuttingDown

@@ -50,13 +50,21 @@ public final class WorkerPool: Sendable {
         }
         self.supervisor = supervisor
         // A pool lives on one serving thread, all its workers with it (under
-        // Placement.colocated, on that thread's CPU).
-        let loop = supervisor.leastLoadedLoop(reserving: false)
+        // Placement.colocated, on that thread's CPU). Its `size` places are reserved there
+        // until its workers are spawned and count themselves, so that pools created at the
+        // same moment spread out as one after another would.
+        let size = configuration.size
+        let loop = supervisor.leastLoadedLoop(reserving: size)
         self.loop = loop
         core = PoolCore(configuration: configuration, policy: policy)
         let core = self.core
         let started: Result<Void, JobFailure> = await withCheckedContinuation { continuation in
-            if !loop.submit(.run { loop in core.start(on: loop) { continuation.resume(returning: $0) } }) {
+            let submitted = loop.submit(.run { loop in
+                core.start(on: loop) { continuation.resume(returning: $0) }
+                loop.load.subtract(size, ordering: .relaxed)
+            })
+            if !submitted {
+                loop.load.subtract(size, ordering: .relaxed)
                 continuation.resume(returning: .failure(.poolClosed))
             }
         }

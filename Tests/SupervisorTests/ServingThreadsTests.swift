@@ -74,6 +74,27 @@ import Testing
         #expect(throws: SupervisorError.self) { try Supervisor(logger: quietLogger(), servingThreads: 257) }
     }
 
+    @Test func poolsCreatedAtTheSameMomentSpreadOverTheServingThreads() async throws {
+        let supervisor = try Supervisor(logger: quietLogger(), servingThreads: 2)
+        var lone = WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "sleep:30"])
+        lone.standardOutput = .null
+        let handle = try await supervisor.spawn(lone)
+        var worker = WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "serve"], name: "pool-worker")
+        worker.standardOutput = .null
+        // Loads 1 and 0: each pool, choosing before the other's workers exist, would take the
+        // empty thread were the first pool's places not reserved as it chose.
+        async let first = WorkerPool(supervisor: supervisor, configuration: WorkerPoolConfiguration(worker: worker, size: 2))
+        async let second = WorkerPool(supervisor: supervisor, configuration: WorkerPoolConfiguration(worker: worker, size: 2))
+        let pools = try await [first, second]
+        let perLoop = supervisor.loops.map { $0.call { $0.workerSnapshots().count } ?? -1 }
+        #expect(perLoop.sorted() == [2, 3], "\(perLoop)")
+        #expect(supervisor.loops.map { $0.load.load(ordering: .relaxed) }.sorted() == [2, 3])
+        for pool in pools { await pool.shutdown() }
+        handle.stop(grace: 0)
+        _ = await handle.exit()
+        await supervisor.shutdown()
+    }
+
     @Test func aPoolOnASupervisorWithSeveralServingThreadsRunsItsJobs() async throws {
         let supervisor = try Supervisor(logger: quietLogger(), servingThreads: 2)
         var worker = WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "serve"], name: "pool-worker")
