@@ -135,7 +135,11 @@ final class EventLoop: @unchecked Sendable {
     /// has ended. Must not be called from a loop thread (this one would deadlock;
     /// another would stall its own workers while it waits).
     func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T? {
-        precondition(pthread_equal(pthread_self(), threadID) == 0, "EventLoop.call from the loop thread would deadlock")
+        // A pthread_t is reused once its thread has ended, so a thread that matches an ended
+        // loop's is another thread (seen: a new dispatch thread after shutdown); and there,
+        // `submit` refuses, so nothing waits.
+        precondition(pthread_equal(pthread_self(), threadID) == 0 || commands.withLock({ $0.finished }),
+                     "EventLoop.call from the loop thread would deadlock")
         let result = Mutex<T?>(nil)
         let done = DispatchSemaphore(value: 0)
         guard submit(.run { loop in

@@ -69,6 +69,20 @@ import Testing
         #expect(supervisor.workers().isEmpty)
     }
 
+    // A thread that ends leaves its pthread_t to the next one created (glibc reuses the
+    // stack and the descriptor in it), so after shutdown another thread can carry an ended
+    // serving thread's pthread_t; it must not be taken for that thread.
+    @Test func aSupervisorThatHasShutDownCanBeAskedFromAnyThread() async {
+        await #expect(processExitsWith: .success) {
+            let supervisor = try! Supervisor(logger: quietLogger())
+            await supervisor.shutdown()
+            usleep(200_000) // the serving thread ends just after shutdown returns
+            for _ in 0..<8 {
+                pthread_join(Thread.start { precondition(supervisor.workers().isEmpty) }, nil)
+            }
+        }
+    }
+
     @Test func servingThreadsAreBounded() {
         #expect(throws: SupervisorError.self) { try Supervisor(logger: quietLogger(), servingThreads: 0) }
         #expect(throws: SupervisorError.self) { try Supervisor(logger: quietLogger(), servingThreads: 257) }
