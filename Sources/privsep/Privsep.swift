@@ -17,8 +17,8 @@ enum Entry {
     static func main() {
         let arguments = Array(CommandLine.arguments.dropFirst())
         if arguments.first == AttackWorker.configuration.commandName {
-            AttackWorker.main(Array(arguments.dropFirst()))
-            exit(0)
+            AttackWorker.main(Array(arguments.dropFirst())) // exits itself on an error
+            return
         }
         Task {
             await Privsep.main(arguments)
