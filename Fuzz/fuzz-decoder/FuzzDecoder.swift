@@ -9,8 +9,31 @@ import Glibc
 import PrivsepIPC
 
 /// Decodes `bytes` with every plausible fd count; any message that decodes must
-/// re-encode to the same bytes.
+/// re-encode to the same bytes, and the serving loop's in-place OPEN decoder must
+/// agree with the full one.
 func check(_ bytes: UnsafeRawBufferPointer) {
+    for count in [0, 1] {
+        let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
+        let inPlace = Result { () throws(ProtocolError) in try WireCodec.decodeOpenInPlace(bytes, fileDescriptorCount: count) }
+        switch (full, inPlace) {
+        case (.failure(let expected), .failure(let error)):
+            guard error == expected else { fatalError("in-place OPEN decoder threw \(error), the full one \(expected)") }
+        case (.success(let envelope), .success(let open?)):
+            guard envelope == Envelope(requestID: open.requestID, .open(open.request)) else {
+                fatalError("in-place OPEN decoder read \(open.request), the full one \(envelope)")
+            }
+        case (.success(let envelope), .success(nil)):
+            guard envelope.message.type != .open else { fatalError("in-place OPEN decoder passed over \(envelope)") }
+        case (.failure(let error), .success(nil)):
+            guard bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self) != MessageType.open.rawValue else {
+                fatalError("in-place OPEN decoder passed over an OPEN the full one refused: \(error)")
+            }
+        case (.failure(let error), .success(let open?)):
+            fatalError("in-place OPEN decoder accepted \(open.request), the full one threw \(error)")
+        case (.success(let envelope), .failure(let error)):
+            fatalError("in-place OPEN decoder threw \(error) on \(envelope)")
+        }
+    }
     for count in [0, 1, 2, 253] {
         guard let envelope = try? WireCodec.decode(bytes, fileDescriptorCount: count) else { continue }
         guard let encoded = try? WireCodec.encode(envelope) else {

@@ -4,8 +4,10 @@ extension SeqpacketSocket {
     /// Encodes and sends `envelope` with exactly the fds its type requires.
     ///
     /// A reply that claims N fds must be sent with N fds; a mismatch is refused
-    /// here rather than left for the peer to reject.
-    public func send(_ envelope: Envelope, passing fds: borrowing OwnedFileDescriptors = OwnedFileDescriptors()) throws(ChannelError) {
+    /// here rather than left for the peer to reject. `flags` are sendmsg's
+    /// (MSG_DONTWAIT: `.system(.resourceTemporarilyUnavailable)` rather than waiting).
+    public func send(_ envelope: Envelope, passing fds: borrowing OwnedFileDescriptors = OwnedFileDescriptors(),
+                     flags: Int32 = 0) throws(ChannelError) {
         let expected = envelope.message.fileDescriptorCount
         guard fds.ownedCount == expected else {
             throw .malformed(.wrongFileDescriptorCount(envelope.message.type, expected: expected, actual: fds.ownedCount))
@@ -13,7 +15,9 @@ extension SeqpacketSocket {
         let result: Result<Void, ChannelError>
         do throws(ProtocolError) {
             result = try WireCodec.withEncoded(envelope) { buffer in
-                Result { () throws(ChannelError) in try send(buffer, passing: fds) }
+                Result { () throws(ChannelError) in
+                    try fds.withUnsafeRawValues { (raw) throws(ChannelError) in try sendRaw(buffer, fileDescriptors: raw, flags: flags) }
+                }
             }
         } catch {
             throw .malformed(error)
@@ -54,6 +58,35 @@ extension SeqpacketSocket {
         return try decoded(datagram, from: UnsafeRawBufferPointer(window))
     }
 
+    /// ``receiveMessage(using:maximumFileDescriptors:nonBlocking:)`` for a serving loop:
+    /// an OPEN comes back decoded in place (``WireCodec/decodeOpenInPlace(_:fileDescriptorCount:)``),
+    /// its path still in `scratch` and valid only until the next receive into it; any
+    /// other message comes back decoded as usual. Both are held to the same rules.
+    public func receiveRequest(
+        using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int = 0, nonBlocking: Bool = false
+    ) throws(ChannelError) -> ReceivedRequest {
+        precondition(scratch.count >= Self.receiveScratchSize, "a scratch buffer holds the largest message and its control data")
+        precondition(Int(bitPattern: scratch.baseAddress) % MemoryLayout<cmsghdr>.alignment == 0, "scratch must be aligned")
+        let window = UnsafeMutableRawBufferPointer(rebasing: scratch[..<WireFormat.maximumMessageSize])
+        let control = UnsafeMutableRawBufferPointer(rebasing: scratch[WireFormat.maximumMessageSize...])
+        let datagram = try receive(into: window, control: control, maximumFileDescriptors: maximumFileDescriptors,
+                                   nonBlocking: nonBlocking)
+        let bytes = UnsafeRawBufferPointer(rebasing: window[..<datagram.byteCount])
+        // Only a datagram that says it is an OPEN takes the in-place decoder; it checks
+        // the whole header again, as the full decoder does for the rest.
+        if bytes.count >= WireFormat.headerSize,
+           bytes.loadUnaligned(fromByteOffset: WireFormat.typeOffset, as: UInt16.self) == MessageType.open.rawValue {
+            do throws(ProtocolError) {
+                if let open = try WireCodec.decodeOpenInPlace(bytes, fileDescriptorCount: datagram.fileDescriptors.count) {
+                    return .open(open) // carried no fds (checked), so dropping the datagram closes nothing
+                }
+            } catch {
+                throw .malformed(error)
+            }
+        }
+        return .message(try decoded(datagram, from: bytes))
+    }
+
     /// Decodes a received datagram; a malformed one's fds close as the error is thrown.
     private func decoded(_ datagram: consuming ReceivedDatagram, from buffer: UnsafeRawBufferPointer) throws(ChannelError) -> ReceivedMessage {
         let envelope: Envelope
@@ -66,6 +99,14 @@ extension SeqpacketSocket {
         return ReceivedMessage(envelope: envelope, fileDescriptors: datagram.fileDescriptors,
                                senderCredentials: datagram.senderCredentials)
     }
+}
+
+/// What ``SeqpacketSocket/receiveRequest(using:maximumFileDescriptors:nonBlocking:)`` received.
+public enum ReceivedRequest: ~Copyable {
+    /// An OPEN whose path lies in the caller's scratch buffer.
+    case open(InPlaceOpenRequest)
+    /// Any other message.
+    case message(ReceivedMessage)
 }
 
 /// A decoded message and the fds that came with it (exactly as many as its type requires).

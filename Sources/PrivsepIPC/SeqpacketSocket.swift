@@ -126,7 +126,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         try sendRaw(bytes, fileDescriptors: UnsafeBufferPointer(start: nil, count: 0), flags: privsep_MSG_DONTWAIT)
     }
 
-    private func sendRaw(
+    func sendRaw(
         _ bytes: UnsafeRawBufferPointer, fileDescriptors fds: UnsafeBufferPointer<Int32>, flags: Int32
     ) throws(ChannelError) {
         guard fds.count <= Self.maximumFileDescriptorsPerMessage else {

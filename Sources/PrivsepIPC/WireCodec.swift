@@ -14,9 +14,41 @@ public enum WireCodec {
 
     /// Decodes one datagram that arrived with `fileDescriptorCount` fds.
     public static func decode(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> Envelope {
+        let header = try decodeHeader(bytes)
+        let reader = Reader(bytes, base: WireFormat.headerSize)
+        let tail = UnsafeRawBufferPointer(rebasing: bytes[(WireFormat.headerSize + header.type.fixedPayloadSize)...])
+        let message = try decodePayload(header.type, reader, tail: tail)
+        let expectedFDs = message.fileDescriptorCount
+        guard fileDescriptorCount == expectedFDs else {
+            throw .wrongFileDescriptorCount(header.type, expected: expectedFDs, actual: fileDescriptorCount)
+        }
+        return Envelope(requestID: header.requestID, message)
+    }
+
+    /// Decodes an OPEN without copying its path out of `bytes`: the serving loop's
+    /// path for the commonest request, sparing it a String per OPEN. nil when the
+    /// datagram's header is valid but it is not an OPEN (decode it with
+    /// ``decode(_:fileDescriptorCount:)-(UnsafeRawBufferPointer,_)``). Every rule the
+    /// full decoder applies to an OPEN applies here, through the same code.
+    public static func decodeOpenInPlace(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> InPlaceOpenRequest? {
+        let header = try decodeHeader(bytes)
+        guard header.type == .open else { return nil }
+        let reader = Reader(bytes, base: WireFormat.headerSize)
+        let fixed = MessageType.open.fixedPayloadSize
+        let path = try validatedPath(UnsafeRawBufferPointer(rebasing: bytes[(WireFormat.headerSize + fixed)...]))
+        guard fileDescriptorCount == 0 else {
+            throw .wrongFileDescriptorCount(.open, expected: 0, actual: fileDescriptorCount)
+        }
+        return InPlaceOpenRequest(requestID: header.requestID, flags: Int32(bitPattern: reader.u32(at: 0)), mode: reader.u32(at: 4),
+                                  path: path)
+    }
+
+    /// The header's checks, shared by every decoder: what they return is the type
+    /// and id of a datagram whose size fits its type.
+    private static func decodeHeader(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> (type: MessageType, requestID: UInt64) {
         guard bytes.count >= WireFormat.headerSize else { throw .truncatedHeader(byteCount: bytes.count) }
         guard bytes.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: bytes.count) }
-        var reader = Reader(bytes)
+        let reader = Reader(bytes)
         let magic = reader.u16(at: WireFormat.magicOffset)
         guard magic == WireFormat.magic else { throw .badMagic(magic) }
         let version = reader.u16(at: WireFormat.versionOffset)
@@ -30,22 +62,13 @@ public enum WireCodec {
             throw .lengthMismatch(declared: declaredLength, actual: payloadSize)
         }
         guard reader.u32(at: WireFormat.reservedOffset) == 0 else { throw .nonZeroReserved(field: "header.reserved") }
-        let requestID = reader.u64(at: WireFormat.requestIDOffset)
-
-        reader.base = WireFormat.headerSize
         let fixed = type.fixedPayloadSize
         if type.hasTrailingString || type.hasTrailingBytes {
             guard payloadSize >= fixed else { throw .wrongPayloadSize(type, expected: fixed, actual: payloadSize) }
         } else {
             guard payloadSize == fixed else { throw .wrongPayloadSize(type, expected: fixed, actual: payloadSize) }
         }
-        let tail = UnsafeRawBufferPointer(rebasing: bytes[(WireFormat.headerSize + fixed)...])
-        let message = try decodePayload(type, reader, tail: tail)
-        let expectedFDs = message.fileDescriptorCount
-        guard fileDescriptorCount == expectedFDs else {
-            throw .wrongFileDescriptorCount(type, expected: expectedFDs, actual: fileDescriptorCount)
-        }
-        return Envelope(requestID: requestID, message)
+        return (type, reader.u64(at: WireFormat.requestIDOffset))
     }
 
     /// Decodes a datagram held in an array.
@@ -66,8 +89,8 @@ public enum WireCodec {
             return .welcome(Welcome(supervisorProcessID: try positivePID(r.u32(at: 0), field: "welcome.supervisor_pid"),
                                     workerID: r.u64(at: 8)))
         case .open:
-            let path = try decodeString(tail, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
-            return .open(OpenRequest(path: path, flags: Int32(bitPattern: r.u32(at: 0)), mode: r.u32(at: 4)))
+            let path = try validatedPath(tail)
+            return .open(OpenRequest(path: String(validatedBytes: path), flags: Int32(bitPattern: r.u32(at: 0)), mode: r.u32(at: 4)))
         case .socket:
             guard r.u32(at: 12) == 0 else { throw .nonZeroReserved(field: "socket.reserved") }
             return .socket(SocketRequest(domain: r.i32(at: 0), type: r.i32(at: 4), protocol: r.i32(at: 8)))
@@ -173,21 +196,51 @@ public enum WireCodec {
     private static func decodeString(
         _ bytes: UnsafeRawBufferPointer, field: String, maximum: Int, allowEmpty: Bool
     ) throws(ProtocolError) -> String {
+        String(validatedBytes: try validatedString(bytes, field: field, maximum: maximum, allowEmpty: allowEmpty))
+    }
+
+    /// OPEN's path, checked as ``validatedString(_:field:maximum:allowEmpty:)`` checks it.
+    private static func validatedPath(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> UnsafeBufferPointer<UInt8> {
+        try validatedString(bytes, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
+    }
+
+    /// Checks that `bytes` are one string and nothing else: content, then exactly one NUL
+    /// at the end, within `maximum` bytes (NUL included), UTF-8. Returns the content, which
+    /// the NUL still follows in `bytes`.
+    private static func validatedString(
+        _ bytes: UnsafeRawBufferPointer, field: String, maximum: Int, allowEmpty: Bool
+    ) throws(ProtocolError) -> UnsafeBufferPointer<UInt8> {
         guard !bytes.isEmpty else { throw .missingString(field: field) }
         guard bytes.count <= maximum else { throw .stringTooLong(field: field, maximum: maximum, actual: bytes.count) }
         guard bytes[bytes.count - 1] == 0 else { throw .stringUnterminated(field: field) }
         let contentLength = bytes.count - 1
         guard memchr(bytes.baseAddress!, 0, contentLength) == nil else { throw .stringHasEmbeddedNUL(field: field) }
         guard allowEmpty || contentLength > 0 else { throw .stringEmpty(field: field) }
+        let content = UnsafeBufferPointer(start: bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), count: contentLength)
         // Strict: a path that is not UTF-8 is refused rather than repaired, because a
         // repaired string would name a different file than the bytes the worker sent.
-        // The bytes are one NUL-terminated C string now, and the C-string initializer
-        // validates without the generic path's metadata lookups (measured on the
-        // supervisor's serving thread: a tenth of its user time per OPEN).
-        guard let text = String(validatingCString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)) else {
+        // ASCII (almost every path) is UTF-8 without further ado; anything else is judged
+        // by the standard library's validating C-string initializer.
+        guard isASCII(content) || String(validatingCString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)) != nil else {
             throw .stringNotUTF8(field: field)
         }
-        return text
+        return content
+    }
+
+    /// Whether every byte is below 0x80, eight at a time.
+    private static func isASCII(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        let raw = UnsafeRawBufferPointer(bytes)
+        var index = 0
+        var high: UInt64 = 0
+        while index + 8 <= raw.count {
+            high |= raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            index += 8
+        }
+        while index < raw.count {
+            high |= UInt64(raw[index])
+            index += 1
+        }
+        return high & 0x8080_8080_8080_8080 == 0
     }
 
     // MARK: Encoding
@@ -359,7 +412,10 @@ public enum WireCodec {
 private struct Reader {
     let bytes: UnsafeRawBufferPointer
     var base = 0
-    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+    init(_ bytes: UnsafeRawBufferPointer, base: Int = 0) {
+        self.bytes = bytes
+        self.base = base
+    }
     func u16(at offset: Int) -> UInt16 { bytes.loadUnaligned(fromByteOffset: base + offset, as: UInt16.self) }
     func u32(at offset: Int) -> UInt32 { bytes.loadUnaligned(fromByteOffset: base + offset, as: UInt32.self) }
     func i32(at offset: Int) -> Int32 { bytes.loadUnaligned(fromByteOffset: base + offset, as: Int32.self) }
@@ -416,5 +472,12 @@ private struct Writer {
             return .success(())
         }!
         try result.get()
+    }
+}
+
+extension String {
+    /// A string of bytes a decoder has already validated as UTF-8 (so nothing is repaired).
+    fileprivate init(validatedBytes bytes: UnsafeBufferPointer<UInt8>) {
+        self.init(decoding: bytes, as: UTF8.self)
     }
 }

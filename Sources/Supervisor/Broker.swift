@@ -134,29 +134,47 @@ public final class ActivePolicy: Sendable {
     /// same errno as a path that exists but is denied, so the broker is no
     /// oracle of what exists outside the policy.
     public func open(_ request: OpenRequest) -> BrokerResult {
-        let path = request.path
-        guard isCanonicalAbsolutePath(path) else {
+        var path = request.path
+        path.makeContiguousUTF8() // a no-op for a native string
+        let count = path.utf8.count
+        // withCString hands over every byte (a NUL inside too, which the checks refuse) and a NUL after them.
+        var result: BrokerResult? = nil
+        path.withCString { cString in
+            result = open(path: UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self), count: count),
+                          flags: request.flags)
+        }
+        return result.take()!
+    }
+
+    /// ``open(_:)`` on the path's bytes, as the serving loop has them in the datagram
+    /// (``InPlaceOpenRequest``). A NUL must follow them in memory: the part beneath the
+    /// rule goes to openat2 from where it lies.
+    func open(path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> BrokerResult {
+        guard isCanonicalAbsolutePath(bytes: path) else {
             return .denied(.permissionDenied, "path is not absolute and canonical")
         }
-        guard let index = mostSpecificRule(for: path) else {
+        guard let index = mostSpecificRule(forPath: path) else {
             return .denied(.permissionDenied, "no rule grants this path")
         }
         // The rule and its anchor are read field by field: copying either would retain
         // and release their strings (and the rule's set) on every OPEN.
         let permissions = policy.paths[index].permissions
         let flags: Int32
-        switch vetOpenFlags(request.flags, permissions: permissions) {
+        switch vetOpenFlags(requestFlags, permissions: permissions) {
         case .success(let vetted): flags = vetted
         case .failure(let denial): return .denied(denial.errno, denial.reason)
         }
         let directory = anchors[index].directory, anchorDevice = anchors[index].device
-        let relative = relativePath(of: path, beneath: index)
         // O_NONBLOCK while opening: a FIFO must not hang the supervisor. Cleared below
         // unless the worker asked for it.
         let fd: OwnedFileDescriptor
         // openat2 refuses a mode without O_CREAT.
         let mode = flags & O_CREAT != 0 ? policy.paths[index].createMode : 0
-        switch system_openat2(directory, relative, flags: flags | O_NONBLOCK, mode: mode, resolve: resolveFlags(policy.paths[index].symlinks)) {
+        let resolve = resolveFlags(policy.paths[index].symlinks)
+        let opened = withRelativePath(of: path, beneath: index) { relative in
+            system_openat2(directory, relative, flags: flags | O_NONBLOCK, mode: mode, resolve: resolve)
+        }
+        switch opened {
         case .success(let raw):
             fd = OwnedFileDescriptor(adoptingRawValue: raw)
         case .failure(.tooManySymbolicLinkLevels), .failure(.improperLink):
@@ -177,7 +195,7 @@ public final class ActivePolicy: Sendable {
         guard anchors[index].allowedFileTypeBits & fileTypeBit(status.type) != 0 else {
             return .denied(.permissionDenied, "\(status.type) is not a type this rule hands out")
         }
-        let accessMode = request.flags & O_ACCMODE
+        let accessMode = requestFlags & O_ACCMODE
         if status.type == .directory {
             guard permissions.contains(.listDirectory), accessMode == O_RDONLY else {
                 return .denied(.permissionDenied, "opening a directory needs the list permission and read-only access")
@@ -190,7 +208,7 @@ public final class ActivePolicy: Sendable {
         // on ext4, xfs, btrfs, tmpfs, overlayfs) the fcntl is skipped.
         let neverBlocks = status.type == .directory
             || (status.type == .regular && status.device == anchorDevice && anchors[index].regularFilesNeverBlock)
-        if request.flags & O_NONBLOCK == 0 && !neverBlocks {
+        if requestFlags & O_NONBLOCK == 0 && !neverBlocks {
             switch system_fcntl(fd.unsafeRawValue, F_SETFL, flags & ~O_NONBLOCK & STATUS_FLAGS) {
             case .success: break
             case .failure(let errno): return .denied(errno, "fcntl failed")
@@ -200,12 +218,19 @@ public final class ActivePolicy: Sendable {
     }
 
     func mostSpecificRule(for path: String) -> Int? {
+        var path = path
+        path.makeContiguousUTF8() // a no-op for a native string
+        return path.utf8.withContiguousStorageIfAvailable { mostSpecificRule(forPath: $0) }!
+    }
+
+    /// ``mostSpecificRule(for:)`` on the bytes of a path.
+    func mostSpecificRule(forPath path: UnsafeBufferPointer<UInt8>) -> Int? {
         // Indexed, not enumerated: enumerating copies every rule (its strings retained
         // and released) on every request.
         let paths = policy.paths
         var best: Int? = nil
         var bestLength = -1
-        for index in paths.indices where paths[index].matches(path) {
+        for index in paths.indices where paths[index].matches(bytes: path) {
             let length = paths[index].path.utf8.count
             if length > bestLength {
                 best = index
@@ -512,6 +537,19 @@ extension ActivePolicy {
             return relative
         }
         return String(decoding: path.utf8.dropFirst(cut), as: UTF8.self)
+    }
+}
+
+extension ActivePolicy {
+    /// Calls `body` with the part of `path` (bytes a NUL follows) to resolve beneath
+    /// rule `index`'s anchor, as a C string: ``relativePath(of:beneath:)`` without a copy.
+    func withRelativePath<R>(of path: UnsafeBufferPointer<UInt8>, beneath index: Int, _ body: (UnsafePointer<CChar>) -> R) -> R {
+        if let name = anchors[index].name { return name.withCString(body) } // the rule's copy, not the requester's bytes
+        let ruleLength = policy.paths[index].path.utf8.count
+        if path.count == ruleLength { return ".".withCString(body) }
+        // `matches` compared bytes, so this cut falls right after the rule's own bytes and a "/".
+        let cut = ruleLength == 1 ? 1 : ruleLength + 1
+        return body(UnsafeRawPointer(path.baseAddress! + cut).assumingMemoryBound(to: CChar.self))
     }
 }
 

@@ -310,6 +310,8 @@ final class EventLoop: @unchecked Sendable {
         let now = system_clock_monotonic()
         let record = WorkerRecord(id: id, configuration: configuration, policy: policy, handle: handle,
                                   pid: process.pid, pidfd: process.pidfd, channel: process.channel, now: now)
+        // Read after the spawn returned, so after the child's exec: an upper bound of what it inherited.
+        record.inheritedPeakBound = system_own_peak_resident_bytes()
         workers[id] = record
         record.channelToken = register(record.channel!.socket.unsafeRawValue, .channel(id), events: EPOLLIN.rawValue)
         record.pidfdToken = register(record.pidfd.unsafeRawValue, .pidfd(id), events: EPOLLIN.rawValue)
@@ -358,7 +360,16 @@ final class EventLoop: @unchecked Sendable {
             let received: ReceivedMessage
             do {
                 // One fd at most (a LISTENER's); the decoder refuses fds on every other type.
-                received = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
+                let request = try channel.socket.receiveRequest(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
+                switch consume request {
+                case .open(let open):
+                    // Served while its path still lies in the receive buffer (no String, no Envelope).
+                    if !consumeToken(record) { return }
+                    serveOpen(record, open)
+                    continue
+                case .message(let message):
+                    received = message
+                }
             } catch .system(.resourceTemporarilyUnavailable) {
                 record.pool?.channelDrained(record.id)
                 return
@@ -424,6 +435,7 @@ final class EventLoop: @unchecked Sendable {
         let requestID = envelope.requestID
         switch envelope.message {
         case .open(let request):
+            // The channel's OPENs are served by serveOpen; this is one before HELLO (refused above) or from elsewhere.
             guard admitRequest(record, requestID) else { return }
             reply(record, requestID, event: "OPEN", detail: "\(request.path) \(describeOpenFlags(request.flags))",
                   request: envelope.message, record.policy.open(request))
@@ -468,6 +480,17 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// An OPEN decoded in place (``handle(_:_:sender:)`` serves the rest).
+    private func serveOpen(_ record: WorkerRecord, _ open: InPlaceOpenRequest) {
+        guard record.phase == .running else {
+            handle(record, Envelope(requestID: open.requestID, .open(open.request)), sender: nil) // refused there, as before HELLO
+            return
+        }
+        guard admitRequest(record, open.requestID) else { return }
+        reply(record, open.requestID, event: "OPEN", detail: "\(String(decoding: open.path, as: UTF8.self)) \(describeOpenFlags(open.flags))",
+              request: .open(open.request), record.policy.open(path: open.path, flags: open.flags))
+    }
+
     private func log(_ line: LogLine, from record: WorkerRecord) {
         let level: Logger.Level = switch line.level {
         case .debug: .debug
@@ -495,22 +518,22 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func reply(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: @autoclosure () -> String,
-                       request: Message? = nil, _ result: consuming BrokerResult) {
+                       request: @autoclosure () -> Message? = nil, _ result: consuming BrokerResult) {
         switch consume result {
         case .granted(let fd, let reason):
             guard record.fileDescriptorsHandedOut < record.configuration.caps.fileDescriptorsHandedOut else {
                 audit(record, event: event, detail: detail(), decision: "denied", errno: .tooManyOpenFiles,
-                      reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached", request: request)
+                      reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached", request: request())
                 send(record, Envelope(requestID: requestID, .reply(.failure(.tooManyOpenFiles))), fds: OwnedFileDescriptors())
                 return
             }
             record.fileDescriptorsHandedOut += 1
             if auditor.wants(.debug) {
-                audit(record, event: event, detail: detail(), decision: "granted", reason: reason, request: request)
+                audit(record, event: event, detail: detail(), decision: "granted", reason: reason, request: request())
             }
             send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 1))), fds: OwnedFileDescriptors(fd))
         case .denied(let errno, let reason):
-            audit(record, event: event, detail: detail(), decision: "denied", errno: errno, reason: reason, request: request)
+            audit(record, event: event, detail: detail(), decision: "denied", errno: errno, reason: reason, request: request())
             send(record, Envelope(requestID: requestID, .reply(.failure(errno))), fds: OwnedFileDescriptors())
         }
     }
@@ -551,33 +574,27 @@ final class EventLoop: @unchecked Sendable {
     /// replies) parks the reply and stops reading the worker's requests.
     private func send(_ record: WorkerRecord, _ envelope: Envelope, fds: consuming OwnedFileDescriptors) {
         guard let channel = record.channel else { return }
-        // Encoded into temporary memory and sent from there; only a reply that has to
-        // wait is copied out (nil: sent).
-        let sendNow = record.parked.isEmpty
-        let outcome: Result<[UInt8]?, ChannelError>
-        do {
-            outcome = try WireCodec.withEncoded(envelope) { buffer -> Result<[UInt8]?, ChannelError> in
-                guard sendNow else { return .success(Array(buffer)) }
-                do throws(ChannelError) {
-                    try fds.withUnsafeRawValues { (raw) throws(ChannelError) in
-                        try channel.socket.unsafeSend(buffer, passingRawValues: raw, flags: privsep_MSG_DONTWAIT)
-                    }
-                    return .success(nil)
-                } catch .system(.resourceTemporarilyUnavailable) {
-                    return .success(Array(buffer))
-                } catch {
-                    return .failure(error)
-                }
+        if record.parked.isEmpty {
+            // Encoded on the stack and sent by one call into PrivsepIPC (its generics are
+            // specialized there, not instantiated here at run time, per message).
+            do throws(ChannelError) {
+                try channel.socket.send(envelope, passing: fds, flags: privsep_MSG_DONTWAIT)
+                return
+            } catch .system(.resourceTemporarilyUnavailable) {
+                // Parked below.
+            } catch .peerClosed {
+                closeChannel(record)
+                return
+            } catch {
+                kill(record, .protocolViolation("reply could not be sent: \(error)"))
+                return
             }
-        } catch {
-            fatalError("supervisor built an invalid message: \(error)")
         }
         let bytes: [UInt8]
-        switch outcome {
-        case .success(nil): return
-        case .success(let unsent?): bytes = unsent
-        case .failure(.peerClosed): closeChannel(record); return
-        case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
+        do {
+            bytes = try WireCodec.encode(envelope)
+        } catch {
+            fatalError("supervisor built an invalid message: \(error)") // its own messages are valid by construction
         }
         if record.parked.count > record.configuration.caps.requestsInFlight {
             kill(record, .resourceCapExceeded("not reading its replies"))
@@ -895,7 +912,9 @@ final class EventLoop: @unchecked Sendable {
             reason = .signaled(signal: status.status, coreDumped: status.code == privsep_CLD_DUMPED)
         }
         audit(record, event: "EXIT", reason: reason.description)
-        let handle = record.handle, pool = record.pool, id = record.id, peak = status.peakResidentBytes
+        // Only a peak above what it could have inherited from this process is the worker's own.
+        let peak = status.peakResidentBytes > record.inheritedPeakBound ? status.peakResidentBytes : nil
+        let handle = record.handle, pool = record.pool, id = record.id
         afterEvents.append {
             handle.finish(reason)
             pool?.workerExited(id, reason: reason, peakResidentBytes: peak)
@@ -1040,6 +1059,11 @@ final class WorkerRecord {
     var listener: ListenerBox?
     /// The pool this worker serves, if any.
     var pool: PoolCore?
+    /// This process's peak resident bytes just after the spawn. The kernel's peak for a
+    /// child (waitid's ru_maxrss) starts at the peak of the process it was forked or
+    /// vforked from, kept through exec: a worker that stays below it reports the
+    /// supervisor's peak, not its own.
+    var inheritedPeakBound = Int.max
 
     init(id: UInt64, configuration: WorkerConfiguration, policy: ActivePolicy, handle: WorkerHandle,
          pid: pid_t, pidfd: consuming OwnedFileDescriptor, channel: consuming SeqpacketSocket, now: UInt64) {

@@ -191,6 +191,14 @@ public struct PathRule: Sendable, Equatable {
         }
     }
 
+    /// ``matches(_:)`` on the bytes of a path.
+    func matches(bytes asked: UnsafeBufferPointer<UInt8>) -> Bool {
+        if let result = path.utf8.withContiguousStorageIfAvailable({ Self.matches(asked: asked, rule: $0, kind: kind) }) {
+            return result
+        }
+        return matches(String(decoding: asked, as: UTF8.self))
+    }
+
     /// ``matches(_:)`` on raw bytes.
     private static func matches(asked: UnsafeBufferPointer<UInt8>, rule: UnsafeBufferPointer<UInt8>, kind: Kind) -> Bool {
         func prefixEqual(_ count: Int) -> Bool {
@@ -364,7 +372,8 @@ public func isCanonicalAbsolutePath(_ path: String) -> Bool {
     return isCanonicalAbsolutePath(bytes: path.utf8)
 }
 
-private func isCanonicalAbsolutePath<Bytes: BidirectionalCollection<UInt8>>(bytes: Bytes) -> Bool {
+/// ``isCanonicalAbsolutePath(_:)`` on the bytes of a path.
+func isCanonicalAbsolutePath<Bytes: BidirectionalCollection<UInt8>>(bytes: Bytes) -> Bool {
     guard bytes.first == UInt8(ascii: "/") else { return false }
     if bytes.count == 1 { return true }
     guard bytes.last != UInt8(ascii: "/") else { return false }

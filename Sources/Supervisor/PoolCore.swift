@@ -158,7 +158,9 @@ final class PoolCore: @unchecked Sendable {
     }
 
     /// The worker is gone (reaped). Its job, if it had one, fails.
-    func workerExited(_ workerID: UInt64, reason: ExitReason, peakResidentBytes: Int) {
+    /// `peakResidentBytes`: the worker's peak resident bytes when the kernel's figure is
+    /// known to be its own (nil otherwise; see `WorkerRecord.inheritedPeakBound`).
+    func workerExited(_ workerID: UInt64, reason: ExitReason, peakResidentBytes: Int?) {
         guard let slot = slots.removeValue(forKey: workerID) else { return }
         if let job = slot.job {
             slot.job = nil
@@ -410,8 +412,8 @@ final class PoolCore: @unchecked Sendable {
         continuation.resume(returning: result)
     }
 
-    private func failure(from reason: ExitReason, slot: PoolSlot, peakResidentBytes: Int) -> JobFailure {
-        if let limit = configuration.memoryLimit, peakResidentBytes > limit, peakResidentBytes > slot.peakAtJobStart {
+    private func failure(from reason: ExitReason, slot: PoolSlot, peakResidentBytes: Int?) -> JobFailure {
+        if let limit = configuration.memoryLimit, let peakResidentBytes, peakResidentBytes > limit, peakResidentBytes > slot.peakAtJobStart {
             // The peak rose during this job, past the limit, between two checks: that is what ended it.
             return .outOfMemory(residentBytes: peakResidentBytes, limit: limit)
         }

@@ -33,10 +33,12 @@ func system_prlimit(_ pid: pid_t, _ resource: Int32, _ soft: UInt64, _ hard: UIn
 }
 
 func system_openat2(_ directory: Int32, _ path: String, flags: Int32, mode: UInt32, resolve: UInt64) -> Result<Int32, Errno> {
+    path.withCString { system_openat2(directory, $0, flags: flags, mode: mode, resolve: resolve) }
+}
+
+func system_openat2(_ directory: Int32, _ path: UnsafePointer<CChar>, flags: Int32, mode: UInt32, resolve: UInt64) -> Result<Int32, Errno> {
     var how = open_how(flags: UInt64(UInt32(bitPattern: flags)), mode: UInt64(mode), resolve: resolve)
-    return retryingOnInterrupt {
-        path.withCString { privsep_openat2(directory, $0, &how, MemoryLayout<open_how>.size) }
-    }
+    return retryingOnInterrupt { privsep_openat2(directory, path, &how, MemoryLayout<open_how>.size) }
 }
 
 /// The CPUs the calling thread may run on.
@@ -210,4 +212,12 @@ func system_process_cpu_nanoseconds(_ pid: pid_t) -> Result<UInt64, Errno> {
 /// Names the calling thread (PR_SET_NAME; at most 15 bytes are kept).
 func system_set_thread_name(_ name: String) {
     name.withCString { _ = privsep_prctl(PR_SET_NAME, UInt(bitPattern: $0), 0, 0, 0) }
+}
+
+/// This process's peak resident bytes (getrusage RUSAGE_SELF's ru_maxrss): a child
+/// exec'd from it starts its own count at up to this much (see `WorkerRecord.inheritedPeakBound`).
+func system_own_peak_resident_bytes() -> Int {
+    var usage = rusage()
+    guard getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 else { return .max } // unknown: no child peak is then believed
+    return usage.ru_maxrss * 1024
 }

@@ -225,6 +225,32 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         #expect(throws: Errno.socketNotConnected) { _ = try SeqpacketSocket.validated(OwnedFileDescriptor(adoptingRawValue: lonely)) }
     }
 
+    @Test func receiveRequestHandsOverAnOpenInPlaceAndDecodesTheRest() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+        defer { scratch.deallocate() }
+        try a.send(Envelope(requestID: 5, .open(OpenRequest(path: "/srv/data.csv", flags: O_RDONLY | O_NONBLOCK, mode: 0o640))))
+        try a.send(Envelope(requestID: 0, .log(LogLine(level: .info, message: "next"))))
+        let first = try b.receiveRequest(using: scratch)
+        switch consume first {
+        case .open(let open):
+            #expect(open.requestID == 5 && open.flags == O_RDONLY | O_NONBLOCK && open.mode == 0o640)
+            #expect(Array(open.path) == Array("/srv/data.csv".utf8))
+            #expect(open.path.baseAddress![open.path.count] == 0, "a NUL follows the path in the buffer")
+            #expect(open.request == OpenRequest(path: "/srv/data.csv", flags: O_RDONLY | O_NONBLOCK, mode: 0o640))
+        case .message(let message):
+            Issue.record("OPEN came back decoded: \(message.envelope)")
+        }
+        let second = try b.receiveRequest(using: scratch)
+        switch consume second {
+        case .open:
+            Issue.record("LOG came back as an OPEN")
+        case .message(let message):
+            #expect(message.envelope == Envelope(requestID: 0, .log(LogLine(level: .info, message: "next"))))
+        }
+    }
+
     @Test func messagesRoundTripWithTheirDescriptors() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second
@@ -314,20 +340,28 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             // An OPEN may carry no fds; a datagram of garbage; a REPLY claiming fewer fds than sent.
             let reply = try! WireCodec.encode(Envelope(requestID: 1, .reply(.success(fileDescriptorCount: 1))))
             let cases: [([UInt8], Int)] = [(open, 1), (open, 16), (badMagic, 2), ([1, 2, 3], 5), (reply, 3), ([], 1)]
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
             for (bytes, count) in cases {
-                var fds = OwnedFileDescriptors()
-                for _ in 0..<count { fds.append(makeDescriptor()) }
-                try! bytes.withUnsafeBytes { try a.send($0, passing: fds) }
-                fds.closeAll()
-                do {
-                    _ = try b.receiveMessage(maximumFileDescriptors: 16)
-                    fail("malformed message accepted")
-                } catch let error as ChannelError {
-                    guard case .malformed = error else { fail("\(error)") }
-                } catch {
-                    fail("\(error)")
+                // Each case through both receivers: the serving loop's in-place one too.
+                for inPlace in [false, true] {
+                    var fds = OwnedFileDescriptors()
+                    for _ in 0..<count { fds.append(makeDescriptor()) }
+                    try! bytes.withUnsafeBytes { try a.send($0, passing: fds) }
+                    fds.closeAll()
+                    do {
+                        if inPlace {
+                            _ = try b.receiveRequest(using: scratch, maximumFileDescriptors: 16)
+                        } else {
+                            _ = try b.receiveMessage(maximumFileDescriptors: 16)
+                        }
+                        fail("malformed message accepted")
+                    } catch let error as ChannelError {
+                        guard case .malformed = error else { fail("\(error)") }
+                    } catch {
+                        fail("\(error)")
+                    }
+                    require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
                 }
-                require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
             }
         }
     }

@@ -290,6 +290,59 @@ let everyMessage: [Envelope] = [
         #expect(throws: ProtocolError.invalidValue(field: "hello.pid", value: -1)) { try WireCodec.encode(Envelope(.hello(Hello(processID: -1)))) }
     }
 
+    /// The serving loop's in-place OPEN decoder accepts exactly what the full decoder
+    /// accepts, with the same error or the same request: over every truncation and byte
+    /// flip of every message, and paths whose UTF-8 is valid or not in each way.
+    @Test func inPlaceOpenDecoderAgreesWithTheFullDecoder() {
+        var opens = 0
+        // Checked one datagram at a time: kept all at once, the big messages' variants take a GiB.
+        func check(_ bytes: [UInt8]) {
+            for count in [0, 1] {
+                let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
+                let inPlace = bytes.withUnsafeBytes { buffer in
+                    Result { () throws(ProtocolError) in
+                        try WireCodec.decodeOpenInPlace(buffer, fileDescriptorCount: count).map { (id: $0.requestID, request: $0.request) }
+                    }
+                }
+                switch (full, inPlace) {
+                case (.failure(let expected), .failure(let error)):
+                    #expect(error == expected)
+                case (.success(let envelope), .success(let open?)):
+                    #expect(envelope == Envelope(requestID: open.id, .open(open.request)))
+                    opens += 1
+                case (.success(let envelope), .success(nil)):
+                    #expect(envelope.message.type != .open)
+                case (.failure, .success(nil)):
+                    // A valid header of another type: the full decoder refused its payload.
+                    #expect(bytes.count >= WireFormat.headerSize && bytes[4] != UInt8(MessageType.open.rawValue))
+                default:
+                    Issue.record("decoders disagree on \(bytes.prefix(64)) with \(count) fds: \(full) against \(inPlace)")
+                }
+            }
+        }
+        let paths: [[UInt8]] = [
+            Array("/srv/données/été.csv".utf8), Array("/😀".utf8), [0x2f, 0xc0, 0xaf], [0x2f, 0xed, 0xa0, 0x80],
+            [0x2f, 0xf4, 0x90, 0x80, 0x80], [0x2f, 0xe2, 0x82], [0x2f, 0x80], Array("/a/b/c/d/e/f/g/h/i".utf8),
+        ]
+        for path in paths {
+            let tail = path + [0]
+            check(Self.patch(Array(Self.open[..<32]) + tail, at: 8, UInt32(8 + tail.count)))
+        }
+        for envelope in everyMessage {
+            let bytes = try! WireCodec.encode(envelope)
+            check(bytes)
+            for length in 0..<bytes.count { check(Array(bytes[..<length])) }
+            for index in bytes.indices {
+                for value: UInt8 in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                    var corrupt = bytes
+                    corrupt[index] = value
+                    check(corrupt)
+                }
+            }
+        }
+        #expect(opens > 4)
+    }
+
     /// Every truncation and every single-byte corruption of every message either
     /// decodes or fails with a ProtocolError; nothing traps.
     @Test func survivesEveryTruncationAndByteFlip() {

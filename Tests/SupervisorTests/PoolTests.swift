@@ -520,6 +520,30 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         await supervisor.shutdown()
     }
 
+    /// The kernel's peak for a child (waitid's ru_maxrss) starts at the peak of the process
+    /// that spawned it. A supervisor whose own peak is past a pool's memory limit called every
+    /// job that died there out of memory (seen when a test had grown the test runner to 800 MB).
+    @Test func aSupervisorWhosePeakIsPastThePoolsLimitStillTellsAnExitFromRunningOutOfMemory() async {
+        await #expect(processExitsWith: .success) {
+            // This process's peak goes to 256 MiB, as a big supervisor's would, and stays there.
+            let size = 256 << 20
+            let block = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+            for offset in stride(from: 0, to: size, by: 4096) { block[offset] = 1 }
+            block.deallocate()
+            let supervisor = try! Supervisor(logger: quietLogger())
+            let pool = try! await makePool(supervisor, size: 1) { $0.memoryLimit = 96 << 20 }
+            let exited = await failure(of: "exit:7", in: pool)
+            require(exited == .exited(code: 7), "\(String(describing: exited))")
+            // A peak past the supervisor's own is the worker's, and still counts.
+            let memory = await failure(of: "alloc:400", in: pool)
+            guard case .outOfMemory(let resident, let limit)? = memory, limit == 96 << 20, resident > limit else {
+                return require(false, "expected out of memory past 96 MiB, got \(String(describing: memory))")
+            }
+            await pool.shutdown()
+            await supervisor.shutdown()
+        }
+    }
+
     @Test func aDeathUnderTheMemoryLimitIsNotCalledOutOfMemory() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 1) {
