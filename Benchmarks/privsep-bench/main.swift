@@ -783,9 +783,11 @@ struct StartGate {
 /// clients born on its CPU.
 /// `checked`: the broker makes privsep's checks (openat2 beneath, fstat) and the
 /// clients run under the brokered worker's lockdown, so what is left between this
-/// and privsep is privsep's own code, not the price of the checks.
+/// and privsep is privsep's own code, not the price of the checks. `onEpoll` (with
+/// `checked`): served as privsep's loop serves, from an epoll set, a client alone
+/// ready read on until EAGAIN, so what is left is privsep's code, not its design.
 @MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false,
-                              colocatedOn colocatedCPUs: [Int] = []) -> OpenRun {
+                              onEpoll: Bool = false, colocatedOn colocatedCPUs: [Int] = []) -> OpenRun {
     precondition(placement != .colocated || !colocatedCPUs.isEmpty, "colocated brokers need their CPUs")
     let servingCPU = Int32(allowedCPUs.last!) // the one Placement.dedicatedServingCPU picks
     switch placement {
@@ -801,7 +803,7 @@ struct StartGate {
     for index in 0..<workers {
         let pair = try! SeqpacketSocket.pair()
         let parent = pair.first, child = pair.second
-        let arguments = ["--child", checked ? "c-locked-open-client" : "c-open-client", "\(opens)", openName, index == 0 ? output : "/dev/null"]
+        let arguments = ["--child", checked || onEpoll ? "c-locked-open-client" : "c-open-client", "\(opens)", openName, index == 0 ? output : "/dev/null"]
         let path = selfPath()
         var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         // Colocated: client i is born on the CPU of the broker thread that serves it.
@@ -824,7 +826,8 @@ struct StartGate {
     // as privsep's serving threads are: the thread that opens the gate (whose CPU the
     // woken clients start on) never serves them. Colocated: one per CPU, pinned.
     let brokerCPUs = placement == .colocated ? colocatedCPUs.map(Int32.init) : [-1]
-    let brokers = cbench_start_brokers(checked ? CBENCH_CHECKED_OPEN_BROKER : CBENCH_OPEN_BROKER, parentEnds, Int32(workers),
+    let kind = onEpoll ? CBENCH_EPOLL_CHECKED_OPEN_BROKER : checked ? CBENCH_CHECKED_OPEN_BROKER : CBENCH_OPEN_BROKER
+    let brokers = cbench_start_brokers(kind, parentEnds, Int32(workers),
                                        directory, brokerCPUs, Int32(brokerCPUs.count))
     check(brokers != nil, "C broker threads")
     let start = cbench_now_ns()
@@ -864,18 +867,20 @@ if openRuns > 0 {
     // CPU per request: the serving thread's and the client's (worker's) own CPU time over
     // the row, divided by its requests (schedstat and CLOCK_THREAD_CPUTIME_ID): what each
     // side costs, free of how the two are scheduled.
-    print("| open | placement | median µs | p99 µs | opens/s | serving CPU µs/req | client CPU µs/req | vs minimal C / vs C with checks |")
+    print("| open | placement | median µs | p99 µs | opens/s | serving CPU µs/req | client CPU µs/req | vs minimal C / vs C with checks / vs C on privsep's loop |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
         // Interleaved rounds (see `rounds`), the opens split between them.
         let perRound = max(openRuns / rounds, 1_000)
-        var directRounds: [Summary] = [], cRounds: [OpenRun] = [], checkedRounds: [OpenRun] = [], swiftRounds: [OpenRun] = []
+        var directRounds: [Summary] = [], cRounds: [OpenRun] = [], checkedRounds: [OpenRun] = [], epollRounds: [OpenRun] = []
+        var swiftRounds: [OpenRun] = []
         for _ in 0..<rounds {
             directRounds.append(measureDirectOpens(perRound))
             cRounds.append(measureCOpens(workers: 1, opens: perRound))
             checkedRounds.append(measureCOpens(workers: 1, opens: perRound, checked: true))
+            epollRounds.append(measureCOpens(workers: 1, opens: perRound, checked: true, onEpoll: true))
             swiftRounds.append(await measureSwiftOpens(workers: 1, opens: perRound))
         }
         let direct = Summary(medianOf: directRounds)
@@ -887,9 +892,10 @@ if openRuns > 0 {
         row("minimal C broker, 1 client", c)
         let checked = OpenRun(medianOf: checkedRounds)
         row("C broker with privsep's checks, 1 locked-down client", checked)
+        row("C broker with privsep's checks on privsep's loop (epoll, read on), 1 locked-down client", OpenRun(medianOf: epollRounds))
         let swift = OpenRun(medianOf: swiftRounds)
-        row("privsep brokered open (policy, openat2, audit), 1 worker", swift,
-            "\(format(pairedRatio(swiftRounds.map(\.latency), cRounds.map(\.latency))))x / \(format(pairedRatio(swiftRounds.map(\.latency), checkedRounds.map(\.latency))))x")
+        let ratios = [cRounds, checkedRounds, epollRounds].map { "\(format(pairedRatio(swiftRounds.map(\.latency), $0.map(\.latency))))x" }
+        row("privsep brokered open (policy, openat2, audit), 1 worker", swift, ratios.joined(separator: " / "))
     }
     print("")
     // The worker's side alone, pinned, in rounds (see the "worker-path" child).

@@ -63,7 +63,9 @@ public struct OwnedFileDescriptor: ~Copyable, Sendable {
 
     /// The file's type and identity, from `fstat`.
     public func status() throws(Errno) -> FileStatus {
-        FileStatus(try system_fstat(unsafeRawValue).get())
+        var info = stat()
+        if let errno = system_fstat(unsafeRawValue, into: &info) { throw errno }
+        return FileStatus(info)
     }
 }
 

@@ -55,12 +55,13 @@ int cbench_open_broker(const int *fds, int count, int directory);
 /* The same broker making the checks privsep's broker makes for a directory rule
    that refuses symlinks: openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
    RESOLVE_NO_SYMLINKS and O_NONBLOCK, then fstat: a regular file or directory on
-   the directory's own device, or EACCES. */
-int cbench_checked_open_broker(const int *fds, int count, int directory);
+   the directory's own device, or EACCES. With `on_epoll`, served as privsep's loop
+   serves (an epoll set; a client alone ready is read on until EAGAIN). */
+int cbench_checked_open_broker(const int *fds, int count, int directory, int on_epoll);
 
 /* Brokers on threads of their own, as privsep's serving threads are, so that the
    thread that starts the clients is never the one serving them. */
-enum cbench_broker { CBENCH_OPEN_BROKER, CBENCH_CHECKED_OPEN_BROKER, CBENCH_CONNECT_BROKER };
+enum cbench_broker { CBENCH_OPEN_BROKER, CBENCH_CHECKED_OPEN_BROKER, CBENCH_EPOLL_CHECKED_OPEN_BROKER, CBENCH_CONNECT_BROKER };
 struct cbench_brokers;
 
 /* Starts one broker thread per entry of `cpus` (at most one per client), each
