@@ -49,13 +49,8 @@ extension SeqpacketSocket {
     public func receiveMessage(
         using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int = 0, nonBlocking: Bool = false
     ) throws(ChannelError) -> ReceivedMessage {
-        precondition(scratch.count >= Self.receiveScratchSize, "a scratch buffer holds the largest message and its control data")
-        precondition(Int(bitPattern: scratch.baseAddress) % MemoryLayout<cmsghdr>.alignment == 0, "scratch must be aligned")
-        let window = UnsafeMutableRawBufferPointer(rebasing: scratch[..<WireFormat.maximumMessageSize])
-        let control = UnsafeMutableRawBufferPointer(rebasing: scratch[WireFormat.maximumMessageSize...])
-        let datagram = try receive(into: window, control: control, maximumFileDescriptors: maximumFileDescriptors,
-                                   nonBlocking: nonBlocking)
-        return try decoded(datagram, from: UnsafeRawBufferPointer(window))
+        let datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
+        return try decoded(datagram, from: UnsafeRawBufferPointer(scratch))
     }
 
     /// ``receiveMessage(using:maximumFileDescriptors:nonBlocking:)`` for a serving loop:
@@ -65,13 +60,8 @@ extension SeqpacketSocket {
     public func receiveRequest(
         using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int = 0, nonBlocking: Bool = false
     ) throws(ChannelError) -> ReceivedRequest {
-        precondition(scratch.count >= Self.receiveScratchSize, "a scratch buffer holds the largest message and its control data")
-        precondition(Int(bitPattern: scratch.baseAddress) % MemoryLayout<cmsghdr>.alignment == 0, "scratch must be aligned")
-        let window = UnsafeMutableRawBufferPointer(rebasing: scratch[..<WireFormat.maximumMessageSize])
-        let control = UnsafeMutableRawBufferPointer(rebasing: scratch[WireFormat.maximumMessageSize...])
-        let datagram = try receive(into: window, control: control, maximumFileDescriptors: maximumFileDescriptors,
-                                   nonBlocking: nonBlocking)
-        let bytes = UnsafeRawBufferPointer(rebasing: window[..<datagram.byteCount])
+        let datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
+        let bytes = UnsafeRawBufferPointer(rebasing: scratch[..<datagram.byteCount])
         // Only a datagram that says it is an OPEN takes the in-place decoder; it checks
         // the whole header again, as the full decoder does for the rest.
         if bytes.count >= WireFormat.headerSize,
@@ -85,6 +75,18 @@ extension SeqpacketSocket {
             }
         }
         return .message(try decoded(datagram, from: bytes))
+    }
+
+    /// Receives into a scratch buffer: the message at its start, the control data after
+    /// the largest message.
+    private func receive(
+        intoScratch scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int, nonBlocking: Bool
+    ) throws(ChannelError) -> ReceivedDatagram {
+        precondition(scratch.count >= Self.receiveScratchSize, "a scratch buffer holds the largest message and its control data")
+        precondition(Int(bitPattern: scratch.baseAddress) % MemoryLayout<cmsghdr>.alignment == 0, "scratch must be aligned")
+        let window = UnsafeMutableRawBufferPointer(rebasing: scratch[..<WireFormat.maximumMessageSize])
+        let control = UnsafeMutableRawBufferPointer(rebasing: scratch[WireFormat.maximumMessageSize...])
+        return try receive(into: window, control: control, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
     }
 
     /// Decodes a received datagram; a malformed one's fds close as the error is thrown.

@@ -435,7 +435,8 @@ final class EventLoop: @unchecked Sendable {
         let requestID = envelope.requestID
         switch envelope.message {
         case .open(let request):
-            // The channel's OPENs are served by serveOpen; this is one before HELLO (refused above) or from elsewhere.
+            // Running workers' OPENs are served by serveOpen, in place; it passes on only one
+            // sent before HELLO, refused above. Served here all the same, should one come.
             guard admitRequest(record, requestID) else { return }
             reply(record, requestID, event: "OPEN", detail: "\(request.path) \(describeOpenFlags(request.flags))",
                   request: envelope.message, record.policy.open(request))

@@ -40,6 +40,13 @@ int cbench_reply_fd_loop(int fd, int held_fd);
 /* Parent side of the minimal C broker: send a 40-byte request, receive the
    32-byte reply and its fd, close the fd. */
 int cbench_request_fd_round_trips(int fd, int iterations, uint64_t *out_ns);
+/* The client of the serving side's row: `batches` rounds of `batch` copies of
+   `request` sent back to back, then their `batch` replies received, each fd closed.
+   A broker on the same CPU then serves requests already queued, with few context
+   switches: the client sleeps meanwhile, so the replies find it runnable, not asleep
+   (a batch fits the socket's queue: net.unix.max_dgram_qlen is 10 by default). */
+int cbench_batched_requests(int fd, const void *request, size_t length, int batch, int batches);
+
 /* The worker's side of a brokered open, its reply queued beforehand (no scheduling). */
 int cbench_queue_reply(int peer, int held, void *reply, size_t reply_length, uint64_t id);
 int cbench_drain_request(int peer);
