@@ -947,10 +947,10 @@ if openRuns > 0 {
     let pathRatio = median(workerPathRounds.map { $0.swift / $0.c })
     print("| SupervisorConnection.open vs sendmsg + recvmsg + close in C | pinned (CPU 0) | \(Int(cPath)) | \(Int(swiftPath)) | \(Int(swiftPath - cPath)) ns | \(format(pathRatio))x |")
     print("")
-    // The serving side's own cost: requests already queued, 8 at a time, so a serving
-    // thread handles them one after another with few context switches (0.25 per request
-    // instead of 2), beside the C broker on privsep's loop fed alike. Serving CPU (schedstat)
-    // per request, in rounds.
+    // The serving side's own cost: requests already queued, 8 at a time, the client asleep
+    // while they are served (cbench_batched_requests), so a serving thread handles them one
+    // after another with few context switches (0.25 per request instead of 2), beside the C
+    // broker on privsep's loop fed alike. Serving CPU (schedstat) per request, in rounds.
     let batch = 8
     print("| serving side of an open, \(batch) requests queued at a time (few context switches) | placement | C on privsep's loop ns/request | privsep ns/request | privsep's own cost | ratio |")
     print("|---|---|---:|---:|---:|---:|")
