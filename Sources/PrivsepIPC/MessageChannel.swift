@@ -57,7 +57,7 @@ extension SeqpacketSocket {
     /// an OPEN comes back decoded in place (``WireCodec/decodeOpenInPlace(_:fileDescriptorCount:)``),
     /// its path still in `scratch` and valid only until the next receive into it; any
     /// other message comes back decoded as usual. Both are held to the same rules.
-    public func receiveRequest(
+    package func receiveRequest(
         using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int = 0, nonBlocking: Bool = false
     ) throws(ChannelError) -> ReceivedRequest {
         let datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
@@ -104,7 +104,7 @@ extension SeqpacketSocket {
 }
 
 /// What ``SeqpacketSocket/receiveRequest(using:maximumFileDescriptors:nonBlocking:)`` received.
-public enum ReceivedRequest: ~Copyable {
+package enum ReceivedRequest: ~Copyable {
     /// An OPEN whose path lies in the caller's scratch buffer.
     case open(InPlaceOpenRequest)
     /// Any other message.

@@ -90,17 +90,18 @@ public struct OpenRequest: Sendable, Equatable {
 
 /// An OPEN decoded where it was received (``WireCodec/decodeOpenInPlace(_:fileDescriptorCount:)``):
 /// its path is not copied out of the datagram, so it is valid only until that memory
-/// is received into again.
-public struct InPlaceOpenRequest {
-    public let requestID: UInt64
-    public let flags: Int32
-    public let mode: UInt32
+/// is received into again. For this package's serving loop only (`package`): a pointer
+/// into memory it does not own is no API to hand an embedder.
+package struct InPlaceOpenRequest {
+    package let requestID: UInt64
+    package let flags: Int32
+    package let mode: UInt32
     /// The path's bytes, validated as every decoded path is (UTF-8, no NUL, within
     /// PATH_MAX); a NUL follows them in memory, so they are also a C string.
-    public let path: UnsafeBufferPointer<UInt8>
+    package let path: UnsafeBufferPointer<UInt8>
 
     /// A copy that owns its path.
-    public var request: OpenRequest {
+    package var request: OpenRequest {
         OpenRequest(path: String(decoding: path, as: UTF8.self), flags: flags, mode: mode)
     }
 }

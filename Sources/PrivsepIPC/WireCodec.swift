@@ -30,7 +30,7 @@ public enum WireCodec {
     /// datagram's header is valid but it is not an OPEN (decode it with
     /// ``decode(_:fileDescriptorCount:)-(UnsafeRawBufferPointer,_)``). Every rule the
     /// full decoder applies to an OPEN applies here, through the same code.
-    public static func decodeOpenInPlace(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> InPlaceOpenRequest? {
+    package static func decodeOpenInPlace(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> InPlaceOpenRequest? {
         let header = try decodeHeader(bytes)
         guard header.type == .open else { return nil }
         let reader = Reader(bytes, base: WireFormat.headerSize)

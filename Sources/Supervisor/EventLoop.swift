@@ -586,6 +586,8 @@ final class EventLoop: @unchecked Sendable {
             } catch .peerClosed {
                 closeChannel(record)
                 return
+            } catch .malformed(let error) {
+                return refuseOwnMessage(record, envelope, error)
             } catch {
                 kill(record, .protocolViolation("reply could not be sent: \(error)"))
                 return
@@ -595,7 +597,7 @@ final class EventLoop: @unchecked Sendable {
         do {
             bytes = try WireCodec.encode(envelope)
         } catch {
-            fatalError("supervisor built an invalid message: \(error)") // its own messages are valid by construction
+            return refuseOwnMessage(record, envelope, error)
         }
         if record.parked.count > record.configuration.caps.requestsInFlight {
             kill(record, .resourceCapExceeded("not reading its replies"))
@@ -608,6 +610,14 @@ final class EventLoop: @unchecked Sendable {
         }
         record.parked.append(ParkedReply(bytes: bytes, fds: fds))
         updateInterest(record)
+    }
+
+    /// A message this supervisor built that breaks the protocol (a bug here, or a JOB an
+    /// embedder made inconsistent): logged as the supervisor's error and not sent. The
+    /// worker, left waiting for it, is stopped rather than blamed.
+    private func refuseOwnMessage(_ record: WorkerRecord, _ envelope: Envelope, _ error: ProtocolError) {
+        auditor.logger.error("supervisor built an invalid \(envelope.message.type) for worker \(record.id): \(error)")
+        kill(record, .stoppedBySupervisor)
     }
 
     private func flushParked(_ record: WorkerRecord) {

@@ -527,7 +527,9 @@ final class PendingJob: @unchecked Sendable {
         self.submitted = submitted
     }
 
-    var fileDescriptorCount: Int { fds.count }
+    /// The fds that travel with the job: those its list still owns (a slot the caller
+    /// took out is sent as nothing, so the JOB must not count it).
+    var fileDescriptorCount: Int { fds.ownedCount }
 
     func takeDescriptors() -> OwnedFileDescriptors {
         var taken = OwnedFileDescriptors()

@@ -198,6 +198,12 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         var three = OwnedFileDescriptors()
         for _ in 0..<3 { three.append(openFile("/dev/null")) }
         #expect(try await text(pool.run(PoolJob(input: Array("fdcount".utf8), fileDescriptors: three))) == "3")
+        // A list with a slot taken out carries only the fds it still owns, and says so
+        // (the JOB counted the empty slot, and the worker refused the message).
+        var gapped = OwnedFileDescriptors()
+        for _ in 0..<3 { gapped.append(openFile("/dev/null")) }
+        _ = gapped.take(at: 1)
+        #expect(try await text(pool.run(PoolJob(input: Array("fdcount".utf8), fileDescriptors: gapped))) == "2")
         #expect(try await text(pool.run(input: Array("open:\(scratch.path)/allowed.txt".utf8))) == "granted line")
         let denied = await failure(of: "open:/etc/passwd", in: pool)
         #expect(denied == .rejected(code: 3, message: Array("open: \(Errno.permissionDenied)".utf8)))
