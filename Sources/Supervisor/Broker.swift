@@ -134,12 +134,11 @@ public final class ActivePolicy: Sendable {
     /// same errno as a path that exists but is denied, so the broker is no
     /// oracle of what exists outside the policy.
     public func open(_ request: OpenRequest) -> BrokerResult {
-        var path = request.path
-        path.makeContiguousUTF8() // a no-op for a native string
-        let count = path.utf8.count
-        // withCString hands over every byte (a NUL inside too, which the checks refuse) and a NUL after them.
+        let count = request.path.utf8.count
+        // withCString hands over every byte (a NUL inside too, which the checks refuse) and a
+        // NUL after them, copying only a string that is not already contiguous.
         var result: BrokerResult? = nil
-        path.withCString { cString in
+        request.path.withCString { cString in
             result = open(path: UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self), count: count),
                           flags: request.flags)
         }
@@ -218,9 +217,8 @@ public final class ActivePolicy: Sendable {
     }
 
     func mostSpecificRule(for path: String) -> Int? {
-        var path = path
-        path.makeContiguousUTF8() // a no-op for a native string
-        return path.utf8.withContiguousStorageIfAvailable { mostSpecificRule(forPath: $0) }!
+        var path = path // withUTF8 makes a string contiguous first (a no-op for a native one)
+        return path.withUTF8 { mostSpecificRule(forPath: $0) }
     }
 
     /// ``mostSpecificRule(for:)`` on the bytes of a path.
