@@ -906,13 +906,15 @@ if openRuns > 0 {
         // Interleaved rounds (see `rounds`), the opens split between them.
         let perRound = max(openRuns / rounds, 1_000)
         var directRounds: [Summary] = [], cRounds: [OpenRun] = [], checkedRounds: [OpenRun] = [], epollRounds: [OpenRun] = []
-        var swiftRounds: [OpenRun] = []
+        var swiftRounds: [OpenRun] = [], colocatedRounds: [OpenRun] = []
         for _ in 0..<rounds {
             directRounds.append(measureDirectOpens(perRound))
             cRounds.append(measureCOpens(workers: 1, opens: perRound))
             checkedRounds.append(measureCOpens(workers: 1, opens: perRound, checked: true))
             epollRounds.append(measureCOpens(workers: 1, opens: perRound, checked: true, onEpoll: true))
             swiftRounds.append(await measureSwiftOpens(workers: 1, opens: perRound))
+            // Pinned, every placement puts both on CPU 0: the row is the one above.
+            if !pinned { colocatedRounds.append(await measureSwiftOpens(workers: 1, opens: perRound, placement: .colocated)) }
         }
         let direct = Summary(medianOf: directRounds)
         print("| direct openat + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | | | | |")
@@ -927,6 +929,11 @@ if openRuns > 0 {
         let swift = OpenRun(medianOf: swiftRounds)
         let ratios = [cRounds, checkedRounds, epollRounds].map { "\(format(pairedRatio(swiftRounds.map(\.latency), $0.map(\.latency))))x" }
         row("privsep brokered open (policy, openat2, audit), 1 worker", swift, ratios.joined(separator: " / "))
+        if !colocatedRounds.isEmpty {
+            let colocatedRatios = [cRounds, checkedRounds, epollRounds].map { "\(format(pairedRatio(colocatedRounds.map(\.latency), $0.map(\.latency))))x" }
+            row("privsep brokered open, placement colocated (worker born on its serving thread's CPU)", OpenRun(medianOf: colocatedRounds),
+                colocatedRatios.joined(separator: " / "))
+        }
     }
     print("")
     // The worker's side alone, pinned, in rounds (see the "worker-path" child).
@@ -1010,10 +1017,10 @@ if openRuns > 0 {
 // MARK: Brokered connects
 
 /// One brokered worker doing `count` CONNECTs to 127.0.0.1:port; per-connect latency.
-@MainActor func measureSwiftConnects(port: Int32, count: Int) async -> Summary {
+@MainActor func measureSwiftConnects(port: Int32, count: Int, placement: Placement = .unmanaged) async -> Summary {
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
-    let supervisor = try! Supervisor(logger: logger)
+    let supervisor = try! Supervisor(logger: logger, placement: placement)
     var policy = Policy()
     policy.allowConnect(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: UInt16(port)...UInt16(port)))
     let gate = StartGate()
@@ -1079,13 +1086,14 @@ if connectRuns > 0 {
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
         // Interleaved rounds (see `rounds`), the connects split between them.
         let perRound = max(connectRuns / rounds, 500)
-        var directRounds: [Summary] = [], cRounds: [Summary] = [], swiftRounds: [Summary] = []
+        var directRounds: [Summary] = [], cRounds: [Summary] = [], swiftRounds: [Summary] = [], colocatedRounds: [Summary] = []
         for _ in 0..<rounds {
             var samples = [UInt64](repeating: 0, count: perRound)
             check(cbench_direct_connects(port, Int32(perRound), &samples) == 0, "direct connects")
             directRounds.append(Summary(samples))
             cRounds.append(measureCConnects(port: port, count: perRound))
             swiftRounds.append(await measureSwiftConnects(port: port, count: perRound))
+            if !pinned { colocatedRounds.append(await measureSwiftConnects(port: port, count: perRound, placement: .colocated)) }
         }
         let direct = Summary(medianOf: directRounds)
         print("| direct socket + connect + close, in process | \(placement) | \(format(direct.median)) | \(format(direct.p99)) | |")
@@ -1093,6 +1101,10 @@ if connectRuns > 0 {
         print("| minimal C broker (blocking connect), 1 client | \(placement) | \(format(c.median)) | \(format(c.p99)) | |")
         let swift = Summary(medianOf: swiftRounds)
         print("| privsep brokered CONNECT (policy, non-blocking connect, audit), 1 worker | \(placement) | \(format(swift.median)) | \(format(swift.p99)) | \(format(pairedRatio(swiftRounds, cRounds)))x |")
+        if !colocatedRounds.isEmpty {
+            let colocated = Summary(medianOf: colocatedRounds)
+            print("| privsep brokered CONNECT, placement colocated (worker born on its serving thread's CPU) | \(placement) | \(format(colocated.median)) | \(format(colocated.p99)) | \(format(pairedRatio(colocatedRounds, cRounds)))x |")
+        }
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
 }
