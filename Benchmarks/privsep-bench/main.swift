@@ -790,6 +790,11 @@ struct StartGate {
     }
     close(outputFD)
     while supervisor.workers().filter({ $0.sandbox != nil }).count < workers { usleep(1000) }
+    // Quiet before the gate, as the C rows are (measureCOpens): a pair that starts on two CPUs
+    // stays there, each woken on its own idle CPU (a cross-CPU wake-up per message), so both
+    // sides must start from the same calm. Without it, the spawn's last activity split
+    // privsep's pair in every run: 67–72 µs unpinned against 7.6 after a 20 ms pause.
+    usleep(200_000)
     let servingCPUBefore = cbench_named_threads_cpu_ns("privsep-loop")
     let start = cbench_now_ns()
     gate.open(workers)
@@ -1034,6 +1039,7 @@ if openRuns > 0 {
     let handle = try! await supervisor.spawn(configuration)
     configuration = WorkerConfiguration(executable: "/")
     while supervisor.workers().filter({ $0.sandbox != nil }).count < 1 { usleep(1000) }
+    usleep(100_000) // as measureCConnects: see measureSwiftOpens
     gate.open(1)
     let reason = await handle.exit()
     check(reason == .exited(code: 0), "connect worker: \(reason)")
