@@ -75,6 +75,7 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
     configuration.caps.messageBurst = 1_000_000
     guard let handle = try? await supervisor.spawn(configuration) else { return nil }
     while supervisor.workers().filter({ $0.sandbox != nil }).isEmpty { usleep(1000) }
+    usleep(200_000) // quiet before the gate: see measureSwiftOpens
     gate.open(1)
     let reason = await handle.exit()
     await supervisor.shutdown()

@@ -1140,6 +1140,7 @@ let poolInput = [UInt8](repeating: 7, count: 16)
 /// One warm worker, jobs one after another: the time of each `run`.
 @MainActor func measurePoolRoundTrips(_ count: Int) async -> Summary {
     let (supervisor, pool) = await makeBenchPool(size: 1, jobsPerWorker: Int.max)
+    usleep(200_000) // quiet first, as before the brokered opens it is paired with (see measureSwiftOpens)
     var samples: [UInt64] = []
     samples.reserveCapacity(count)
     for index in 0..<(count + count / 10) {
