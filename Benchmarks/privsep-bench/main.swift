@@ -129,9 +129,10 @@ func childMain(_ mode: String) -> Never {
         let path = CommandLine.arguments[4]
         timedBrokeredRequests(mode) { connection in _ = try connection.open(path, .readOnly) }
     case "swift-batch-worker":
-        // The serving side's row: arguments N PATH BATCH; locks down, waits for stdin, then
-        // sends BATCH OPENs at a time (one id for all: an OPEN is answered before the next
-        // is read) and reads their replies, N in all.
+        // The serving side's row (and, with BATCH 1, the opens/s rows' C-code clients):
+        // arguments N PATH BATCH; locks down, waits for stdin, then sends BATCH OPENs at a
+        // time (one id for all: an OPEN is answered before the next is read) and reads
+        // their replies, N in all.
         let count = Int(CommandLine.arguments[3])!, path = CommandLine.arguments[4], batch = Int(CommandLine.arguments[5])!
         do {
             let connection = try SupervisorConnection.connect()
@@ -765,8 +766,9 @@ struct StartGate {
 /// Swift: `workers` brokered workers on one supervisor with `servingThreads`, each
 /// doing `opens` opens once all are locked down. Returns (per-open latency of
 /// worker 0, opens per second overall).
-/// `batch`: the worker sends that many requests at a time ("swift-batch-worker") and
-/// reports no latency; the run's figure is then the serving CPU per request.
+/// `batch`: the worker sends that many requests at a time from C ("swift-batch-worker")
+/// and reports no latency; the run's figures are then the serving CPU per request and,
+/// with a batch of 1, the rate of privsep's serving side with C-code clients.
 @MainActor func measureSwiftOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, servingThreads: Int = 1,
                                   batch: Int? = nil) async -> OpenRun {
     var logger = Logger(label: "bench")
@@ -984,8 +986,11 @@ if openRuns > 0 {
     // compares with the one-thread minimal C broker left to the kernel, the reference as
     // the issue states it. "C with checks": the C pair making privsep's checks (see
     // measureCOpens), placed the same way.
-    print("| opens/s | workers | placement | serving threads | minimal C broker | C with checks | privsep | vs C placed alike | vs C unmanaged | vs C with checks |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    // "privsep serving C clients": the same supervisor serving clients whose request loop is
+    // C (the serving-side row's client, one request at a time) under the worker's lockdown:
+    // privsep's serving side alone, beside the C broker placed alike.
+    print("| opens/s | workers | placement | serving threads | minimal C broker | C with checks | privsep | vs C placed alike | vs C unmanaged | vs C with checks | privsep serving C clients | … vs C placed alike |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workers in throughputWorkers {
         // Split between interleaved rounds (see `rounds`); each row is the median.
         let opens = max(openRuns * 2 / workers / rounds, 200)
@@ -998,7 +1003,7 @@ if openRuns > 0 {
                 // Colocated C brokers take the CPUs in turn, as colocated serving threads do.
                 let brokerCPUs = placement == .colocated ? (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] } : []
                 let measureC = placement == .colocated || oneThreadC == nil
-                var cRates: [Double] = [], checkedRates: [Double] = [], swiftRates: [Double] = []
+                var cRates: [Double] = [], checkedRates: [Double] = [], swiftRates: [Double] = [], cClientRates: [Double] = []
                 for _ in 0..<rounds {
                     if measureC {
                         cRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, colocatedOn: brokerCPUs).rate)
@@ -1006,13 +1011,16 @@ if openRuns > 0 {
                                                           colocatedOn: brokerCPUs).rate)
                     }
                     swiftRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads).rate)
+                    cClientRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads,
+                                                                batch: 1).rate)
                 }
                 let (cRate, checkedRate) = measureC ? (median(cRates), median(checkedRates)) : oneThreadC!
                 if placement != .colocated { oneThreadC = (cRate, checkedRate) }
                 let swiftRate = median(swiftRates)
                 if placement == .unmanaged && unmanagedCRate == nil { unmanagedCRate = cRate }
                 let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
-                print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x |")
+                let cClientRate = median(cClientRates)
+                print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x | \(Int(cClientRate)) | \(format(cClientRate / cRate))x |")
             }
         }
     }
