@@ -9,8 +9,8 @@ import Glibc
 import PrivsepIPC
 
 /// Decodes `bytes` with every plausible fd count; any message that decodes must
-/// re-encode to the same bytes, and the serving loop's in-place OPEN decoder must
-/// agree with the full one.
+/// re-encode to the same bytes, and the serving loop's in-place OPEN decoder and the
+/// worker's in-place REPLY decoder must agree with the full one.
 func check(_ bytes: UnsafeRawBufferPointer) {
     for count in [0, 1] {
         let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
@@ -32,6 +32,29 @@ func check(_ bytes: UnsafeRawBufferPointer) {
             fatalError("in-place OPEN decoder accepted \(open.request), the full one threw \(error)")
         case (.success(let envelope), .failure(let error)):
             fatalError("in-place OPEN decoder threw \(error) on \(envelope)")
+        }
+    }
+    // The worker's in-place REPLY decoder likewise.
+    for count in [0, 1, 2, 253] {
+        let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
+        let inPlace = Result { () throws(ProtocolError) in try WireCodec.decodeReplyInPlace(bytes, fileDescriptorCount: count) }
+        switch (full, inPlace) {
+        case (.failure(let expected), .failure(let error)):
+            guard error == expected else { fatalError("in-place REPLY decoder threw \(error), the full one \(expected)") }
+        case (.success(let envelope), .success(let reply?)):
+            guard envelope == Envelope(requestID: reply.requestID, .reply(reply.reply)) else {
+                fatalError("in-place REPLY decoder read \(reply), the full one \(envelope)")
+            }
+        case (.success(let envelope), .success(nil)):
+            guard envelope.message.type != .reply else { fatalError("in-place REPLY decoder passed over \(envelope)") }
+        case (.failure(let error), .success(nil)):
+            guard bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self) != MessageType.reply.rawValue else {
+                fatalError("in-place REPLY decoder passed over a REPLY the full one refused: \(error)")
+            }
+        case (.failure(let error), .success(let reply?)):
+            fatalError("in-place REPLY decoder accepted \(reply), the full one threw \(error)")
+        case (.success(let envelope), .failure(let error)):
+            fatalError("in-place REPLY decoder threw \(error) on \(envelope)")
         }
     }
     for count in [0, 1, 2, 253] {

@@ -25,6 +25,26 @@ extension SeqpacketSocket {
         try result.get()
     }
 
+    /// Sends an OPEN from its parts: what ``send(_:passing:flags:)`` sends for
+    /// `Envelope(requestID:, .open(OpenRequest(path:flags:mode:)))`, without building
+    /// either. A worker's commonest request: many workers taking turns on a CPU showed the
+    /// general path's cost many times over (see BENCHMARKS.md).
+    package func sendOpen(requestID: UInt64, path: String, flags: Int32, mode: UInt32) throws(ChannelError) {
+        var result: Result<Void, ChannelError> = .success(())
+        do throws(ProtocolError) {
+            try WireCodec.withEncodedOpen(requestID: requestID, path: path, flags: flags, mode: mode) { buffer in
+                do throws(ChannelError) {
+                    try sendRaw(buffer, fileDescriptors: UnsafeBufferPointer(start: nil, count: 0), flags: 0)
+                } catch {
+                    result = .failure(error)
+                }
+            }
+        } catch {
+            throw .malformed(error)
+        }
+        try result.get()
+    }
+
     /// Receives and decodes one message, accepting at most `maximumFileDescriptors` fds.
     ///
     /// A datagram that is not a valid message fails with ``ChannelError/malformed(_:)``
@@ -77,6 +97,34 @@ extension SeqpacketSocket {
         return .message(try decoded(datagram, from: bytes))
     }
 
+    /// ``receiveMessage(using:maximumFileDescriptors:nonBlocking:)`` for a worker waiting
+    /// for the answer to `requestID`: that REPLY comes back decoded in place
+    /// (``WireCodec/decodeReplyInPlace(_:fileDescriptorCount:)``, no `Envelope` built);
+    /// anything else, another request's REPLY included, comes back decoded as usual. Both
+    /// are held to the same rules.
+    package func receiveReply(
+        to requestID: UInt64, using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int
+    ) throws(ChannelError) -> ReceivedReply {
+        let datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: false)
+        let bytes = UnsafeRawBufferPointer(rebasing: scratch[..<datagram.byteCount])
+        if bytes.count >= WireFormat.headerSize,
+           bytes.loadUnaligned(fromByteOffset: WireFormat.typeOffset, as: UInt16.self) == MessageType.reply.rawValue {
+            let decoded: (requestID: UInt64, reply: Reply)?
+            do throws(ProtocolError) {
+                decoded = try WireCodec.decodeReplyInPlace(bytes, fileDescriptorCount: datagram.fileDescriptors.count)
+            } catch {
+                throw .malformed(error) // the datagram's fds close with it
+            }
+            if let decoded {
+                if decoded.requestID == requestID { return .reply(decoded.reply, datagram.fileDescriptors) }
+                return .message(ReceivedMessage(envelope: Envelope(requestID: decoded.requestID, .reply(decoded.reply)),
+                                                fileDescriptors: datagram.fileDescriptors,
+                                                senderCredentials: datagram.senderCredentials))
+            }
+        }
+        return .message(try decoded(datagram, from: bytes))
+    }
+
     /// Receives into a scratch buffer: the message at its start, the control data after
     /// the largest message.
     private func receive(
@@ -107,6 +155,14 @@ extension SeqpacketSocket {
 package enum ReceivedRequest: ~Copyable {
     /// An OPEN whose path lies in the caller's scratch buffer.
     case open(InPlaceOpenRequest)
+    /// Any other message.
+    case message(ReceivedMessage)
+}
+
+/// What ``SeqpacketSocket/receiveReply(to:using:maximumFileDescriptors:)`` received.
+package enum ReceivedReply: ~Copyable {
+    /// The REPLY asked for, with its fds (exactly as many as it says).
+    case reply(Reply, OwnedFileDescriptors)
     /// Any other message.
     case message(ReceivedMessage)
 }

@@ -43,6 +43,19 @@ public enum WireCodec {
                                   path: path)
     }
 
+    /// Decodes a REPLY without building an `Envelope`: the worker's path for the answer it
+    /// waits for. nil when the datagram's header is valid but it is not a REPLY. Every rule
+    /// the full decoder applies to a REPLY applies here, through the same code.
+    package static func decodeReplyInPlace(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> (requestID: UInt64, reply: Reply)? {
+        let header = try decodeHeader(bytes)
+        guard header.type == .reply else { return nil }
+        let reply = try decodeReply(Reader(bytes, base: WireFormat.headerSize))
+        guard fileDescriptorCount == reply.fileDescriptorCount else {
+            throw .wrongFileDescriptorCount(.reply, expected: reply.fileDescriptorCount, actual: fileDescriptorCount)
+        }
+        return (header.requestID, reply)
+    }
+
     /// The header's checks, shared by every decoder: what they return is the type
     /// and id of a datagram whose size fits its type.
     private static func decodeHeader(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> (type: MessageType, requestID: UInt64) {
@@ -79,6 +92,22 @@ public enum WireCodec {
         return try result.get()
     }
 
+    private static func decodeReply(_ r: Reader) throws(ProtocolError) -> Reply {
+        let error = r.i32(at: 0)
+        let count = r.u32(at: 4)
+        guard (0...WireFormat.maximumErrno).contains(error) else {
+            throw .invalidValue(field: "reply.error", value: Int64(error))
+        }
+        guard count <= UInt32(WireFormat.maximumFileDescriptors) else {
+            throw .invalidValue(field: "reply.fd_count", value: Int64(count))
+        }
+        if error != 0 {
+            guard count == 0 else { throw .invalidValue(field: "reply.fd_count", value: Int64(count)) }
+            return .failure(Errno(rawValue: error))
+        }
+        return .success(fileDescriptorCount: Int(count))
+    }
+
     private static func decodePayload(_ type: MessageType, _ r: Reader, tail: UnsafeRawBufferPointer) throws(ProtocolError) -> Message {
         switch type {
         case .hello:
@@ -99,19 +128,7 @@ public enum WireCodec {
                                          address: try decodeAddress(r, at: 8, tail: tail, type: type))
             return type == .connect ? .connect(request) : .bind(request)
         case .reply:
-            let error = r.i32(at: 0)
-            let count = r.u32(at: 4)
-            guard (0...WireFormat.maximumErrno).contains(error) else {
-                throw .invalidValue(field: "reply.error", value: Int64(error))
-            }
-            guard count <= UInt32(WireFormat.maximumFileDescriptors) else {
-                throw .invalidValue(field: "reply.fd_count", value: Int64(count))
-            }
-            if error != 0 {
-                guard count == 0 else { throw .invalidValue(field: "reply.fd_count", value: Int64(count)) }
-                return .reply(.failure(Errno(rawValue: error)))
-            }
-            return .reply(.success(fileDescriptorCount: Int(count)))
+            return .reply(try decodeReply(r))
         case .violation:
             let arguments = (0..<6).map { r.u64(at: 16 + 8 * $0) }
             return .violation(Violation(syscallNumber: r.i32(at: 0), architecture: r.u32(at: 4),
@@ -291,15 +308,47 @@ public enum WireCodec {
         return WireFormat.headerSize + message.type.fixedPayloadSize + tail
     }
 
-    private static func write(_ envelope: Envelope, into w: inout Writer) throws(ProtocolError) {
-        let message = envelope.message
+    /// ``withEncodedBytes(_:_:)`` for an OPEN, from its parts: the worker's path for its
+    /// commonest request, with no `Envelope` or `Message` built and copied on the way. The
+    /// bytes come from the same functions as every OPEN's (``writeHeader``, ``writeOpen``),
+    /// so they are the same bytes and the same errors.
+    package static func withEncodedOpen(requestID: UInt64, path: String, flags: Int32, mode: UInt32,
+                                _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
+        let capacity = WireFormat.headerSize + MessageType.open.fixedPayloadSize + path.utf8.count + 1
+        try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { (buffer) throws(ProtocolError) in
+            var w = Writer(buffer)
+            writeHeader(.open, requestID: requestID, into: &w)
+            try writeOpen(path: path, flags: flags, mode: mode, into: &w)
+            try finish(&w)
+            body(UnsafeRawBufferPointer(rebasing: buffer[..<w.count]))
+        }
+    }
+
+    private static func writeHeader(_ type: MessageType, requestID: UInt64, into w: inout Writer) {
         w.u16(WireFormat.magic)
         w.u16(WireFormat.version)
-        w.u16(message.type.rawValue)
+        w.u16(type.rawValue)
         w.u16(0)
-        w.u32(0) // length, patched below
+        w.u32(0) // length, patched by `finish`
         w.u32(0)
-        w.u64(envelope.requestID)
+        w.u64(requestID)
+    }
+
+    private static func writeOpen(path: String, flags: Int32, mode: UInt32, into w: inout Writer) throws(ProtocolError) {
+        w.u32(UInt32(bitPattern: flags))
+        w.u32(mode)
+        try w.string(path, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
+    }
+
+    /// Checks the size and fills in the header's length.
+    private static func finish(_ w: inout Writer) throws(ProtocolError) {
+        guard w.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.count) }
+        w.patchU32(UInt32(w.count - WireFormat.headerSize), at: WireFormat.lengthOffset)
+    }
+
+    private static func write(_ envelope: Envelope, into w: inout Writer) throws(ProtocolError) {
+        let message = envelope.message
+        writeHeader(message.type, requestID: envelope.requestID, into: &w)
         switch message {
         case .hello(let hello):
             w.u32(try encodablePID(hello.processID, field: "hello.pid"))
@@ -309,9 +358,7 @@ public enum WireCodec {
             w.u32(0)
             w.u64(welcome.workerID)
         case .open(let open):
-            w.u32(UInt32(bitPattern: open.flags))
-            w.u32(open.mode)
-            try w.string(open.path, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
+            try writeOpen(path: open.path, flags: open.flags, mode: open.mode, into: &w)
         case .socket(let socket):
             w.i32(socket.domain)
             w.i32(socket.type)
@@ -373,8 +420,7 @@ public enum WireCodec {
             w.u32(chunk.isLast ? 0 : WireFormat.resultMoreFlag)
             w.bytes(chunk.output)
         }
-        guard w.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.count) }
-        w.patchU32(UInt32(w.count - WireFormat.headerSize), at: WireFormat.lengthOffset)
+        try finish(&w)
     }
 
     private static func encodablePID(_ pid: Int32, field: String) throws(ProtocolError) -> UInt32 {

@@ -251,6 +251,62 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
+    @Test func receiveReplyHandsOverTheAwaitedReplyInPlaceAndDecodesTheRest() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+        defer { scratch.deallocate() }
+        let devNull = OwnedFileDescriptor(adoptingRawValue: Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC))
+        var one = OwnedFileDescriptors()
+        one.append(try devNull.duplicate())
+        try a.send(Envelope(requestID: 9, .reply(.success(fileDescriptorCount: 1))), passing: one)
+        var another = OwnedFileDescriptors()
+        another.append(try devNull.duplicate())
+        try a.send(Envelope(requestID: 8, .reply(.success(fileDescriptorCount: 1))), passing: another)
+        try a.send(Envelope(requestID: 9, .reply(.failure(.permissionDenied))))
+        try a.send(Envelope(requestID: 0, .log(LogLine(level: .info, message: "next"))))
+        // A REPLY that claims an fd and carries none, sent raw: refused as the full decoder refuses it.
+        let claimsOne = try WireCodec.encode(Envelope(requestID: 9, .reply(.success(fileDescriptorCount: 1))))
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: claimsOne.count, alignment: 8)
+        defer { raw.deallocate() }
+        raw.copyBytes(from: claimsOne)
+        try a.send(UnsafeRawBufferPointer(raw))
+
+        let first = try b.receiveReply(to: 9, using: scratch, maximumFileDescriptors: 253)
+        switch consume first {
+        case .reply(let reply, var fds):
+            #expect(reply == .success(fileDescriptorCount: 1) && fds.count == 1)
+            if let fd = fds.take(at: 0) {
+                #expect(try fd.status().type == .characterDevice, "the fd sent, /dev/null")
+            } else {
+                Issue.record("the awaited REPLY lost its fd")
+            }
+        case .message(let message):
+            Issue.record("the awaited REPLY came back decoded: \(message.envelope)")
+        }
+        let second = try b.receiveReply(to: 9, using: scratch, maximumFileDescriptors: 253)
+        switch consume second {
+        case .reply(let reply, _):
+            Issue.record("another request's REPLY came back as the awaited one: \(reply)")
+        case .message(let message):
+            #expect(message.envelope == Envelope(requestID: 8, .reply(.success(fileDescriptorCount: 1))))
+            #expect(message.fileDescriptors.count == 1)
+        }
+        let third = try b.receiveReply(to: 9, using: scratch, maximumFileDescriptors: 253)
+        switch consume third {
+        case .reply(let reply, let fds): #expect(reply == .failure(.permissionDenied) && fds.count == 0)
+        case .message(let message): Issue.record("the awaited refusal came back decoded: \(message.envelope)")
+        }
+        let fourth = try b.receiveReply(to: 9, using: scratch, maximumFileDescriptors: 253)
+        switch consume fourth {
+        case .reply(let reply, _): Issue.record("LOG came back as a REPLY: \(reply)")
+        case .message(let message): #expect(message.envelope == Envelope(requestID: 0, .log(LogLine(level: .info, message: "next"))))
+        }
+        #expect(throws: ChannelError.malformed(.wrongFileDescriptorCount(.reply, expected: 1, actual: 0))) {
+            _ = try b.receiveReply(to: 9, using: scratch, maximumFileDescriptors: 253)
+        }
+    }
+
     @Test func messagesRoundTripWithTheirDescriptors() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second

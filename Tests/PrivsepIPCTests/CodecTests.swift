@@ -343,6 +343,74 @@ let everyMessage: [Envelope] = [
         #expect(opens > 4)
     }
 
+    /// The worker's in-place REPLY decoder accepts exactly what the full decoder accepts,
+    /// with the same error or the same reply: over every truncation and byte flip of every
+    /// message, with each fd count a REPLY may claim around the ones it does.
+    @Test func inPlaceReplyDecoderAgreesWithTheFullDecoder() {
+        var replies = 0
+        func check(_ bytes: [UInt8]) {
+            for count in [0, 1, 2, 253, 254] {
+                let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
+                let inPlace = bytes.withUnsafeBytes { buffer in
+                    Result { () throws(ProtocolError) in try WireCodec.decodeReplyInPlace(buffer, fileDescriptorCount: count) }
+                }
+                switch (full, inPlace) {
+                case (.failure(let expected), .failure(let error)):
+                    #expect(error == expected)
+                case (.success(let envelope), .success(let reply?)):
+                    #expect(envelope == Envelope(requestID: reply.requestID, .reply(reply.reply)))
+                    replies += 1
+                case (.success(let envelope), .success(nil)):
+                    #expect(envelope.message.type != .reply)
+                case (.failure, .success(nil)):
+                    #expect(bytes.count >= WireFormat.headerSize && bytes[4] != UInt8(MessageType.reply.rawValue))
+                default:
+                    Issue.record("decoders disagree on \(bytes.prefix(64)) with \(count) fds: \(full) against \(inPlace)")
+                }
+            }
+        }
+        var messages = everyMessage
+        for count in [0, 2, 253] { messages.append(Envelope(requestID: 77, .reply(.success(fileDescriptorCount: count)))) }
+        messages.append(Envelope(requestID: 78, .reply(.failure(Errno(rawValue: WireFormat.maximumErrno)))))
+        for envelope in messages {
+            let bytes = try! WireCodec.encode(envelope)
+            check(bytes)
+            for length in 0..<bytes.count { check(Array(bytes[..<length])) }
+            for index in bytes.indices {
+                for value: UInt8 in [0x00, 0x01, 0x7f, 0x80, 0xfd, 0xfe, 0xff] {
+                    var corrupt = bytes
+                    corrupt[index] = value
+                    check(corrupt)
+                }
+            }
+        }
+        #expect(replies > 10)
+    }
+
+    /// The worker's OPEN encoder (from its parts) writes the bytes the general encoder
+    /// writes, and refuses what it refuses with the same error.
+    @Test func openEncoderFromItsPartsWritesWhatTheGeneralOneWrites() {
+        let longest = "/" + String(repeating: "a", count: WireFormat.maximumPathLength - 2)
+        let paths = ["/srv/data.csv", "/", "/srv/données/été.csv", "/😀", longest, longest + "a", "", "/a\u{0}b", "relative"]
+        for path in paths {
+            for (flags, mode) in [(O_RDONLY, UInt32(0)), (O_WRONLY | O_CREAT | O_TRUNC, 0o640), (-1, UInt32.max)] {
+                let general = Result { () throws(ProtocolError) in
+                    try WireCodec.encode(Envelope(requestID: 0xfeed_beef_0000_0001, .open(OpenRequest(path: path, flags: flags, mode: mode))))
+                }
+                let fromParts = Result { () throws(ProtocolError) -> [UInt8] in
+                    var bytes: [UInt8] = []
+                    try WireCodec.withEncodedOpen(requestID: 0xfeed_beef_0000_0001, path: path, flags: flags, mode: mode) { bytes = Array($0) }
+                    return bytes
+                }
+                switch (general, fromParts) {
+                case (.success(let expected), .success(let bytes)): #expect(bytes == expected, "\(path)")
+                case (.failure(let expected), .failure(let error)): #expect(error == expected, "\(path)")
+                default: Issue.record("encoders disagree on \(path.prefix(40)): \(general) against \(fromParts)")
+                }
+            }
+        }
+    }
+
     /// Every truncation and every single-byte corruption of every message either
     /// decodes or fails with a ProtocolError; nothing traps.
     @Test func survivesEveryTruncationAndByteFlip() {
