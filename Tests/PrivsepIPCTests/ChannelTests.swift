@@ -251,6 +251,21 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
+    @Test func sendOpenPutsOnTheWireWhatSendingTheEnvelopePuts() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        for (path, flags, mode) in [("/srv/data.csv", O_RDONLY, UInt32(0o600)), ("/données/été", O_WRONLY | O_CREAT, 0o640)] {
+            try a.sendOpen(requestID: 41, path: path, flags: flags, mode: mode)
+            try a.send(Envelope(requestID: 41, .open(OpenRequest(path: path, flags: flags, mode: mode))))
+            let fromParts = try b.receive(maximumBytes: WireFormat.maximumMessageSize, maximumFileDescriptors: 0)
+            let general = try b.receive(maximumBytes: WireFormat.maximumMessageSize, maximumFileDescriptors: 0)
+            #expect(fromParts.bytes == general.bytes && fromParts.fileDescriptors.count == 0)
+        }
+        #expect(throws: ChannelError.malformed(.stringHasEmbeddedNUL(field: "open.path"))) {
+            try a.sendOpen(requestID: 42, path: "/a\u{0}b", flags: O_RDONLY, mode: 0)
+        }
+    }
+
     @Test func receiveReplyHandsOverTheAwaitedReplyInPlaceAndDecodesTheRest() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second
@@ -395,20 +410,22 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             badMagic[0] = 0
             // An OPEN may carry no fds; a datagram of garbage; a REPLY claiming fewer fds than sent.
             let reply = try! WireCodec.encode(Envelope(requestID: 1, .reply(.success(fileDescriptorCount: 1))))
-            let cases: [([UInt8], Int)] = [(open, 1), (open, 16), (badMagic, 2), ([1, 2, 3], 5), (reply, 3), ([], 1)]
+            let otherReply = try! WireCodec.encode(Envelope(requestID: 2, .reply(.success(fileDescriptorCount: 2))))
+            let cases: [([UInt8], Int)] = [(open, 1), (open, 16), (badMagic, 2), ([1, 2, 3], 5), (reply, 3), (reply, 0),
+                                           (otherReply, 3), ([], 1)]
             let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
             for (bytes, count) in cases {
-                // Each case through both receivers: the serving loop's in-place one too.
-                for inPlace in [false, true] {
+                // Each case through every receiver: the serving loop's and the worker's in-place ones too.
+                for receiver in 0..<3 {
                     var fds = OwnedFileDescriptors()
                     for _ in 0..<count { fds.append(makeDescriptor()) }
                     try! bytes.withUnsafeBytes { try a.send($0, passing: fds) }
                     fds.closeAll()
                     do {
-                        if inPlace {
-                            _ = try b.receiveRequest(using: scratch, maximumFileDescriptors: 16)
-                        } else {
-                            _ = try b.receiveMessage(maximumFileDescriptors: 16)
+                        switch receiver {
+                        case 0: _ = try b.receiveMessage(maximumFileDescriptors: 16)
+                        case 1: _ = try b.receiveRequest(using: scratch, maximumFileDescriptors: 16)
+                        default: _ = try b.receiveReply(to: 1, using: scratch, maximumFileDescriptors: 16)
                         }
                         fail("malformed message accepted")
                     } catch let error as ChannelError {
@@ -419,6 +436,17 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
                     require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
                 }
             }
+            // A well-formed REPLY to another request comes back as a message; dropped, its fds close.
+            var fds = OwnedFileDescriptors()
+            for _ in 0..<2 { fds.append(makeDescriptor()) }
+            try! otherReply.withUnsafeBytes { try a.send($0, passing: fds) }
+            fds.closeAll()
+            let received = try! b.receiveReply(to: 1, using: scratch, maximumFileDescriptors: 16)
+            switch consume received {
+            case .reply: fail("another request's REPLY came back as the awaited one")
+            case .message(let message): require(message.fileDescriptors.count == 2, "\(message.fileDescriptors.count) fds")
+            }
+            require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
         }
     }
 
