@@ -12,50 +12,11 @@ import PrivsepIPC
 /// re-encode to the same bytes, and the serving loop's in-place OPEN decoder and the
 /// worker's in-place REPLY decoder must agree with the full one.
 func check(_ bytes: UnsafeRawBufferPointer) {
-    for count in [0, 1] {
-        let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
-        let inPlace = Result { () throws(ProtocolError) in try WireCodec.decodeOpenInPlace(bytes, fileDescriptorCount: count) }
-        switch (full, inPlace) {
-        case (.failure(let expected), .failure(let error)):
-            guard error == expected else { fatalError("in-place OPEN decoder threw \(error), the full one \(expected)") }
-        case (.success(let envelope), .success(let open?)):
-            guard envelope == Envelope(requestID: open.requestID, .open(open.request)) else {
-                fatalError("in-place OPEN decoder read \(open.request), the full one \(envelope)")
-            }
-        case (.success(let envelope), .success(nil)):
-            guard envelope.message.type != .open else { fatalError("in-place OPEN decoder passed over \(envelope)") }
-        case (.failure(let error), .success(nil)):
-            guard bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self) != MessageType.open.rawValue else {
-                fatalError("in-place OPEN decoder passed over an OPEN the full one refused: \(error)")
-            }
-        case (.failure(let error), .success(let open?)):
-            fatalError("in-place OPEN decoder accepted \(open.request), the full one threw \(error)")
-        case (.success(let envelope), .failure(let error)):
-            fatalError("in-place OPEN decoder threw \(error) on \(envelope)")
-        }
+    checkInPlaceDecoder(on: bytes, fileDescriptorCounts: [0, 1], type: .open, WireCodec.decodeOpenInPlace) {
+        Envelope(requestID: $0.requestID, .open($0.request))
     }
-    // The worker's in-place REPLY decoder likewise.
-    for count in [0, 1, 2, 253] {
-        let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
-        let inPlace = Result { () throws(ProtocolError) in try WireCodec.decodeReplyInPlace(bytes, fileDescriptorCount: count) }
-        switch (full, inPlace) {
-        case (.failure(let expected), .failure(let error)):
-            guard error == expected else { fatalError("in-place REPLY decoder threw \(error), the full one \(expected)") }
-        case (.success(let envelope), .success(let reply?)):
-            guard envelope == Envelope(requestID: reply.requestID, .reply(reply.reply)) else {
-                fatalError("in-place REPLY decoder read \(reply), the full one \(envelope)")
-            }
-        case (.success(let envelope), .success(nil)):
-            guard envelope.message.type != .reply else { fatalError("in-place REPLY decoder passed over \(envelope)") }
-        case (.failure(let error), .success(nil)):
-            guard bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self) != MessageType.reply.rawValue else {
-                fatalError("in-place REPLY decoder passed over a REPLY the full one refused: \(error)")
-            }
-        case (.failure(let error), .success(let reply?)):
-            fatalError("in-place REPLY decoder accepted \(reply), the full one threw \(error)")
-        case (.success(let envelope), .failure(let error)):
-            fatalError("in-place REPLY decoder threw \(error) on \(envelope)")
-        }
+    checkInPlaceDecoder(on: bytes, fileDescriptorCounts: [0, 1, 2, 253], type: .reply, WireCodec.decodeReplyInPlace) {
+        Envelope(requestID: $0.requestID, .reply($0.reply))
     }
     for count in [0, 1, 2, 253] {
         guard let envelope = try? WireCodec.decode(bytes, fileDescriptorCount: count) else { continue }
@@ -64,6 +25,34 @@ func check(_ bytes: UnsafeRawBufferPointer) {
         }
         guard encoded.elementsEqual(bytes) else {
             fatalError("round trip changed the bytes of \(envelope)")
+        }
+    }
+}
+
+/// An in-place decoder must agree with the full one: the same error, the same message (as
+/// `envelope` rebuilds it), or nil for a datagram of another type.
+func checkInPlaceDecoder<Decoded>(
+    on bytes: UnsafeRawBufferPointer, fileDescriptorCounts: [Int], type: MessageType,
+    _ decodeInPlace: (UnsafeRawBufferPointer, Int) throws(ProtocolError) -> Decoded?, envelope: (Decoded) -> Envelope
+) {
+    for count in fileDescriptorCounts {
+        let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
+        let inPlace = Result { () throws(ProtocolError) in try decodeInPlace(bytes, count).map(envelope) }
+        switch (full, inPlace) {
+        case (.failure(let expected), .failure(let error)):
+            guard error == expected else { fatalError("in-place \(type) decoder threw \(error), the full one \(expected)") }
+        case (.success(let expected), .success(let message?)):
+            guard message == expected else { fatalError("in-place \(type) decoder read \(message), the full one \(expected)") }
+        case (.success(let envelope), .success(nil)):
+            guard envelope.message.type != type else { fatalError("in-place \(type) decoder passed over \(envelope)") }
+        case (.failure(let error), .success(nil)):
+            guard bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self) != type.rawValue else {
+                fatalError("in-place \(type) decoder passed over a \(type) the full one refused: \(error)")
+            }
+        case (.failure(let error), .success(let message?)):
+            fatalError("in-place \(type) decoder accepted \(message), the full one threw \(error)")
+        case (.success(let envelope), .failure(let error)):
+            fatalError("in-place \(type) decoder threw \(error) on \(envelope)")
         }
     }
 }

@@ -297,27 +297,8 @@ let everyMessage: [Envelope] = [
         var opens = 0
         // Checked one datagram at a time: kept all at once, the big messages' variants take a GiB.
         func check(_ bytes: [UInt8]) {
-            for count in [0, 1] {
-                let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
-                let inPlace = bytes.withUnsafeBytes { buffer in
-                    Result { () throws(ProtocolError) in
-                        try WireCodec.decodeOpenInPlace(buffer, fileDescriptorCount: count).map { (id: $0.requestID, request: $0.request) }
-                    }
-                }
-                switch (full, inPlace) {
-                case (.failure(let expected), .failure(let error)):
-                    #expect(error == expected)
-                case (.success(let envelope), .success(let open?)):
-                    #expect(envelope == Envelope(requestID: open.id, .open(open.request)))
-                    opens += 1
-                case (.success(let envelope), .success(nil)):
-                    #expect(envelope.message.type != .open)
-                case (.failure, .success(nil)):
-                    // A valid header of another type: the full decoder refused its payload.
-                    #expect(bytes.count >= WireFormat.headerSize && bytes[4] != UInt8(MessageType.open.rawValue))
-                default:
-                    Issue.record("decoders disagree on \(bytes.prefix(64)) with \(count) fds: \(full) against \(inPlace)")
-                }
+            opens += Self.inPlaceDecoderAgrees(on: bytes, fileDescriptorCounts: [0, 1], type: .open, WireCodec.decodeOpenInPlace) {
+                Envelope(requestID: $0.requestID, .open($0.request))
             }
         }
         let paths: [[UInt8]] = [
@@ -328,18 +309,7 @@ let everyMessage: [Envelope] = [
             let tail = path + [0]
             check(Self.patch(Array(Self.open[..<32]) + tail, at: 8, UInt32(8 + tail.count)))
         }
-        for envelope in everyMessage {
-            let bytes = try! WireCodec.encode(envelope)
-            check(bytes)
-            for length in 0..<bytes.count { check(Array(bytes[..<length])) }
-            for index in bytes.indices {
-                for value: UInt8 in [0x00, 0x01, 0x7f, 0x80, 0xff] {
-                    var corrupt = bytes
-                    corrupt[index] = value
-                    check(corrupt)
-                }
-            }
-        }
+        Self.forEachVariant(of: everyMessage, changingBytesTo: [0x00, 0x01, 0x7f, 0x80, 0xff], check)
         #expect(opens > 4)
     }
 
@@ -348,43 +318,66 @@ let everyMessage: [Envelope] = [
     /// message, with each fd count a REPLY may claim around the ones it does.
     @Test func inPlaceReplyDecoderAgreesWithTheFullDecoder() {
         var replies = 0
-        func check(_ bytes: [UInt8]) {
-            for count in [0, 1, 2, 253, 254] {
-                let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
-                let inPlace = bytes.withUnsafeBytes { buffer in
-                    Result { () throws(ProtocolError) in try WireCodec.decodeReplyInPlace(buffer, fileDescriptorCount: count) }
-                }
-                switch (full, inPlace) {
-                case (.failure(let expected), .failure(let error)):
-                    #expect(error == expected)
-                case (.success(let envelope), .success(let reply?)):
-                    #expect(envelope == Envelope(requestID: reply.requestID, .reply(reply.reply)))
-                    replies += 1
-                case (.success(let envelope), .success(nil)):
-                    #expect(envelope.message.type != .reply)
-                case (.failure, .success(nil)):
-                    #expect(bytes.count >= WireFormat.headerSize && bytes[4] != UInt8(MessageType.reply.rawValue))
-                default:
-                    Issue.record("decoders disagree on \(bytes.prefix(64)) with \(count) fds: \(full) against \(inPlace)")
-                }
-            }
-        }
         var messages = everyMessage
         for count in [0, 2, 253] { messages.append(Envelope(requestID: 77, .reply(.success(fileDescriptorCount: count)))) }
         messages.append(Envelope(requestID: 78, .reply(.failure(Errno(rawValue: WireFormat.maximumErrno)))))
-        for envelope in messages {
-            let bytes = try! WireCodec.encode(envelope)
-            check(bytes)
-            for length in 0..<bytes.count { check(Array(bytes[..<length])) }
-            for index in bytes.indices {
-                for value: UInt8 in [0x00, 0x01, 0x7f, 0x80, 0xfd, 0xfe, 0xff] {
-                    var corrupt = bytes
-                    corrupt[index] = value
-                    check(corrupt)
-                }
+        Self.forEachVariant(of: messages, changingBytesTo: [0x00, 0x01, 0x7f, 0x80, 0xfd, 0xfe, 0xff]) { bytes in
+            replies += Self.inPlaceDecoderAgrees(on: bytes, fileDescriptorCounts: [0, 1, 2, 253, 254], type: .reply,
+                                                 WireCodec.decodeReplyInPlace) {
+                Envelope(requestID: $0.requestID, .reply($0.reply))
             }
         }
         #expect(replies > 10)
+    }
+
+    /// Checks an in-place decoder against the full one on `bytes` with each fd count: the
+    /// same error, the same message (as `envelope` rebuilds it, while `bytes` still hold
+    /// what it points into), or nil for a datagram of another type. Returns how many
+    /// times it decoded a message.
+    static func inPlaceDecoderAgrees<Decoded>(
+        on bytes: [UInt8], fileDescriptorCounts: [Int], type: MessageType,
+        _ decodeInPlace: (UnsafeRawBufferPointer, Int) throws(ProtocolError) -> Decoded?,
+        envelope: (Decoded) -> Envelope
+    ) -> Int {
+        var decoded = 0
+        for count in fileDescriptorCounts {
+            let full = Result { () throws(ProtocolError) in try WireCodec.decode(bytes, fileDescriptorCount: count) }
+            let inPlace = bytes.withUnsafeBytes { buffer in
+                Result { () throws(ProtocolError) in try decodeInPlace(buffer, count).map(envelope) }
+            }
+            switch (full, inPlace) {
+            case (.failure(let expected), .failure(let error)):
+                #expect(error == expected)
+            case (.success(let expected), .success(let message?)):
+                #expect(message == expected)
+                decoded += 1
+            case (.success(let envelope), .success(nil)):
+                #expect(envelope.message.type != type)
+            case (.failure, .success(nil)):
+                // A valid header of another type: the full decoder refused its payload.
+                #expect(bytes.count >= WireFormat.headerSize && bytes[4] != UInt8(type.rawValue))
+            default:
+                Issue.record("\(type) decoders disagree on \(bytes.prefix(64)) with \(count) fds: \(full) against \(inPlace)")
+            }
+        }
+        return decoded
+    }
+
+    /// Calls `body` with each message's bytes, every truncation of them, and every change
+    /// of one byte to each of `values`, one at a time.
+    static func forEachVariant(of envelopes: [Envelope], changingBytesTo values: [UInt8], _ body: ([UInt8]) -> Void) {
+        for envelope in envelopes {
+            let bytes = try! WireCodec.encode(envelope)
+            body(bytes)
+            for length in 0..<bytes.count { body(Array(bytes[..<length])) }
+            for index in bytes.indices {
+                for value in values {
+                    var corrupt = bytes
+                    corrupt[index] = value
+                    body(corrupt)
+                }
+            }
+        }
     }
 
     /// The worker's OPEN encoder (from its parts) writes the bytes the general encoder
