@@ -45,6 +45,30 @@ extension SeqpacketSocket {
         try result.get()
     }
 
+    /// Sends a REPLY from its parts: what ``send(_:passing:flags:)`` sends for
+    /// `Envelope(requestID:, .reply(reply))`, with the same check that `fds` holds exactly
+    /// the fds the reply claims, without building the `Envelope`. The serving thread's
+    /// answer to every request (see BENCHMARKS.md).
+    package func sendReply(requestID: UInt64, _ reply: Reply, passing fds: borrowing OwnedFileDescriptors,
+                           flags: Int32 = 0) throws(ChannelError) {
+        guard fds.ownedCount == reply.fileDescriptorCount else {
+            throw .malformed(.wrongFileDescriptorCount(.reply, expected: reply.fileDescriptorCount, actual: fds.ownedCount))
+        }
+        var result: Result<Void, ChannelError> = .success(())
+        do throws(ProtocolError) {
+            try WireCodec.withEncodedReply(requestID: requestID, reply) { buffer in
+                do throws(ChannelError) {
+                    try fds.withUnsafeRawValues { (raw) throws(ChannelError) in try sendRaw(buffer, fileDescriptors: raw, flags: flags) }
+                } catch {
+                    result = .failure(error)
+                }
+            }
+        } catch {
+            throw .malformed(error)
+        }
+        try result.get()
+    }
+
     /// Receives and decodes one message, accepting at most `maximumFileDescriptors` fds.
     ///
     /// A datagram that is not a valid message fails with ``ChannelError/malformed(_:)``

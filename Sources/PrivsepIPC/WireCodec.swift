@@ -324,6 +324,22 @@ public enum WireCodec {
         }
     }
 
+    /// ``withEncodedBytes(_:_:)`` for a REPLY, from its parts: the serving thread's path
+    /// for its commonest message, with no `Envelope` built, copied and destroyed per request.
+    /// The bytes come from the same functions as every REPLY's (``writeHeader``,
+    /// ``writeReply``), so they are the same bytes and the same errors.
+    package static func withEncodedReply(requestID: UInt64, _ reply: Reply,
+                                         _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
+        let capacity = WireFormat.headerSize + MessageType.reply.fixedPayloadSize
+        try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { (buffer) throws(ProtocolError) in
+            var w = Writer(buffer)
+            writeHeader(.reply, requestID: requestID, into: &w)
+            try writeReply(reply, into: &w)
+            try finish(&w)
+            body(UnsafeRawBufferPointer(rebasing: buffer[..<w.count]))
+        }
+    }
+
     private static func writeHeader(_ type: MessageType, requestID: UInt64, into w: inout Writer) {
         w.u16(WireFormat.magic)
         w.u16(WireFormat.version)
@@ -338,6 +354,24 @@ public enum WireCodec {
         w.u32(UInt32(bitPattern: flags))
         w.u32(mode)
         try w.string(path, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
+    }
+
+    private static func writeReply(_ reply: Reply, into w: inout Writer) throws(ProtocolError) {
+        if let error = reply.error {
+            guard (1...WireFormat.maximumErrno).contains(error.rawValue) else {
+                throw .invalidValue(field: "reply.error", value: Int64(error.rawValue))
+            }
+            guard reply.fileDescriptorCount == 0 else {
+                throw .invalidValue(field: "reply.fd_count", value: Int64(reply.fileDescriptorCount))
+            }
+            w.i32(error.rawValue)
+        } else {
+            guard (0...WireFormat.maximumFileDescriptors).contains(reply.fileDescriptorCount) else {
+                throw .invalidValue(field: "reply.fd_count", value: Int64(reply.fileDescriptorCount))
+            }
+            w.i32(0)
+        }
+        w.u32(UInt32(reply.fileDescriptorCount))
     }
 
     /// Checks the size and fills in the header's length.
@@ -369,21 +403,7 @@ public enum WireCodec {
             w.i32(request.protocol)
             try encodeAddress(request.address, into: &w, field: message.type == .connect ? "connect" : "bind")
         case .reply(let reply):
-            if let error = reply.error {
-                guard (1...WireFormat.maximumErrno).contains(error.rawValue) else {
-                    throw .invalidValue(field: "reply.error", value: Int64(error.rawValue))
-                }
-                guard reply.fileDescriptorCount == 0 else {
-                    throw .invalidValue(field: "reply.fd_count", value: Int64(reply.fileDescriptorCount))
-                }
-                w.i32(error.rawValue)
-            } else {
-                guard (0...WireFormat.maximumFileDescriptors).contains(reply.fileDescriptorCount) else {
-                    throw .invalidValue(field: "reply.fd_count", value: Int64(reply.fileDescriptorCount))
-                }
-                w.i32(0)
-            }
-            w.u32(UInt32(reply.fileDescriptorCount))
+            try writeReply(reply, into: &w)
         case .violation(let violation):
             w.i32(violation.syscallNumber)
             w.u32(violation.architecture)

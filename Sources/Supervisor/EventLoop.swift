@@ -31,9 +31,14 @@ final class EventLoop: @unchecked Sendable {
     private let supervisorPID = getpid()
     private var threadID = pthread_t()
 
-    // Loop-thread state.
-    private var workers: [UInt64: WorkerRecord] = [:]
-    private var registrations: [UInt64: Registration] = [:]
+    // Loop-thread state. What the loop reads and writes for every request skips Swift's
+    // run-time exclusivity checks (`@exclusivity(unchecked)`, here and in WorkerRecord and
+    // ChannelBox): only the loop thread touches it, in short reads and writes that never
+    // overlap, and a check, which sees only its own thread's accesses, would guard nothing
+    // more for its cost on every request (a tenth of the serving thread's own time,
+    // BENCHMARKS.md, fifth round).
+    @exclusivity(unchecked) private var workers: [UInt64: WorkerRecord] = [:]
+    @exclusivity(unchecked) private var registrations: [UInt64: Registration] = [:]
     private var nextToken: UInt64 = 1
     /// Worker ids, unique across every loop of the supervisor.
     private let workerIDs: WorkerIDSource
@@ -44,23 +49,23 @@ final class EventLoop: @unchecked Sendable {
     /// The thread's name: privsep-loop for the first, privsep-loop1... for the others
     /// (15 characters at most, the kernel's limit).
     private let threadName: String
-    private var shuttingDown: (@Sendable () -> Void)? = nil
-    private var running = true
+    @exclusivity(unchecked) private var shuttingDown: (@Sendable () -> Void)? = nil
+    @exclusivity(unchecked) private var running = true
     /// When ``checkDeadlines(now:)`` must next run; lowered by whatever sets a new deadline.
-    private var nextDeadlineCheck: UInt64 = .max
+    @exclusivity(unchecked) private var nextDeadlineCheck: UInt64 = .max
     /// Worker pools served by this loop.
     private var pools: [ObjectIdentifier: PoolCore] = [:]
     /// Run after the current batch of events, when the records they name are gone
     /// (so a worker's pidfd is closed before anyone learns it has exited).
-    private var afterEvents: [() -> Void] = []
+    @exclusivity(unchecked) private var afterEvents: [() -> Void] = []
     /// Pool workers whose channels are read on the next turn even if epoll does not report
     /// them: their reading stopped short of EAGAIN (at the cap, or paused by back-pressure
     /// since lifted). A pool hands a worker its next job only once a read has found its
     /// channel empty, and an empty channel is never reported again. One reported anyway
     /// is read once that turn, not twice.
-    private var readAgain: [UInt64] = []
+    @exclusivity(unchecked) private var readAgain: [UInt64] = []
     /// Counts the loop's turns, so a channel read in this one is not read again in it.
-    private var turn: UInt64 = 0
+    @exclusivity(unchecked) private var turn: UInt64 = 0
     /// Every channel is read into this one buffer (loop thread only; a decoded message
     /// copies what it keeps).
     private let receiveBuffer: UnsafeMutableRawBufferPointer
@@ -525,17 +530,17 @@ final class EventLoop: @unchecked Sendable {
             guard record.fileDescriptorsHandedOut < record.configuration.caps.fileDescriptorsHandedOut else {
                 audit(record, event: event, detail: detail(), decision: "denied", errno: .tooManyOpenFiles,
                       reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached", request: request())
-                send(record, Envelope(requestID: requestID, .reply(.failure(.tooManyOpenFiles))), fds: OwnedFileDescriptors())
+                sendReply(record, requestID, .failure(.tooManyOpenFiles), fds: OwnedFileDescriptors())
                 return
             }
             record.fileDescriptorsHandedOut += 1
             if auditor.wants(.debug) {
                 audit(record, event: event, detail: detail(), decision: "granted", reason: reason, request: request())
             }
-            send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 1))), fds: OwnedFileDescriptors(fd))
+            sendReply(record, requestID, .success(fileDescriptorCount: 1), fds: OwnedFileDescriptors(fd))
         case .denied(let errno, let reason):
             audit(record, event: event, detail: detail(), decision: "denied", errno: errno, reason: reason, request: request())
-            send(record, Envelope(requestID: requestID, .reply(.failure(errno))), fds: OwnedFileDescriptors())
+            sendReply(record, requestID, .failure(errno), fds: OwnedFileDescriptors())
         }
     }
 
@@ -581,18 +586,46 @@ final class EventLoop: @unchecked Sendable {
             do throws(ChannelError) {
                 try channel.socket.send(envelope, passing: fds, flags: privsep_MSG_DONTWAIT)
                 return
-            } catch .system(.resourceTemporarilyUnavailable) {
-                // Parked below.
-            } catch .peerClosed {
-                closeChannel(record)
-                return
-            } catch .malformed(let error) {
-                return refuseOwnMessage(record, envelope, error)
             } catch {
-                kill(record, .protocolViolation("reply could not be sent: \(error)"))
-                return
+                guard mustPark(record, afterFailing: error, envelope) else { return }
             }
         }
+        park(record, envelope, fds: fds)
+    }
+
+    /// ``send(_:_:fds:)`` for a REPLY, sent from its parts: no `Envelope` is built unless
+    /// the reply has to be parked (see BENCHMARKS.md, fifth round).
+    private func sendReply(_ record: WorkerRecord, _ requestID: UInt64, _ reply: Reply, fds: consuming OwnedFileDescriptors) {
+        guard let channel = record.channel else { return }
+        if record.parked.isEmpty {
+            do throws(ChannelError) {
+                try channel.socket.sendReply(requestID: requestID, reply, passing: fds, flags: privsep_MSG_DONTWAIT)
+                return
+            } catch {
+                guard mustPark(record, afterFailing: error, Envelope(requestID: requestID, .reply(reply))) else { return }
+            }
+        }
+        park(record, Envelope(requestID: requestID, .reply(reply)), fds: fds)
+    }
+
+    /// Deals with a failed send of `envelope`: true if the queue was full and the message
+    /// is to be parked; otherwise the worker's channel is closed or the worker stopped.
+    private func mustPark(_ record: WorkerRecord, afterFailing error: ChannelError, _ envelope: @autoclosure () -> Envelope) -> Bool {
+        switch error {
+        case .system(.resourceTemporarilyUnavailable):
+            return true
+        case .peerClosed:
+            closeChannel(record)
+        case .malformed(let error):
+            refuseOwnMessage(record, envelope(), error)
+        default:
+            kill(record, .protocolViolation("reply could not be sent: \(error)"))
+        }
+        return false
+    }
+
+    /// Queues `envelope` (and its fds) for when the worker's channel is writable again.
+    private func park(_ record: WorkerRecord, _ envelope: Envelope, fds: consuming OwnedFileDescriptors) {
         let bytes: [UInt8]
         do {
             bytes = try WireCodec.encode(envelope)
@@ -773,7 +806,7 @@ final class EventLoop: @unchecked Sendable {
         }
         record.intercept = server
         audit(record, event: "INTERCEPT", reason: "serving the program's file, socket and exec calls under the policy")
-        send(record, Envelope(requestID: requestID, .reply(.success(fileDescriptorCount: 0))), fds: OwnedFileDescriptors())
+        sendReply(record, requestID, .success(fileDescriptorCount: 0), fds: OwnedFileDescriptors())
     }
 
     /// An intercepted program runs in its own session and process group (its pid): the
@@ -1030,46 +1063,48 @@ final class EventLoop: @unchecked Sendable {
 }
 
 /// What the loop knows of one worker. Loop-thread only.
+/// Loop-thread state of one worker; what a request touches skips the run-time exclusivity
+/// checks (see EventLoop's loop-thread state).
 final class WorkerRecord {
     enum Phase { case handshake, running }
 
     let id: UInt64
     let configuration: WorkerConfiguration
-    var policy: ActivePolicy
+    @exclusivity(unchecked) var policy: ActivePolicy
     let handle: WorkerHandle
     let pid: pid_t
     let pidfd: OwnedFileDescriptor
-    var channel: ChannelBox?
+    @exclusivity(unchecked) var channel: ChannelBox?
     /// epoll tokens; nil until registered (token 0 is the loop's own wake-up fd).
     var channelToken: UInt64?
     var pidfdToken: UInt64?
-    var phase = Phase.handshake
+    @exclusivity(unchecked) var phase = Phase.handshake
     let handshakeDeadline: UInt64
     let wallClockDeadline: UInt64?
     var stopDeadline: UInt64?
-    var killReason: ExitReason?
+    @exclusivity(unchecked) var killReason: ExitReason?
     var violation: Violation?
-    var sandbox: SandboxStatus?
-    var fileDescriptorsHandedOut = 0
+    @exclusivity(unchecked) var sandbox: SandboxStatus?
+    @exclusivity(unchecked) var fileDescriptorsHandedOut = 0
     /// Intercept mode: the thread serving the program's seccomp listener.
     var intercept: InterceptServer?
-    var tokens: Double
-    var lastRefill: UInt64
-    var throttledSince: UInt64?
-    var throttledUntil: UInt64?
-    var parked: [ParkedReply] = []
+    @exclusivity(unchecked) var tokens: Double
+    @exclusivity(unchecked) var lastRefill: UInt64
+    @exclusivity(unchecked) var throttledSince: UInt64?
+    @exclusivity(unchecked) var throttledUntil: UInt64?
+    @exclusivity(unchecked) var parked: [ParkedReply] = []
     var parkedSince: UInt64?
     var pending: [UInt64: PendingConnectState] = [:]
-    var pendingRequestIDs: Set<UInt64> = []
-    var reading = true
+    @exclusivity(unchecked) var pendingRequestIDs: Set<UInt64> = []
+    @exclusivity(unchecked) var reading = true
     var writing = false
     /// In the loop's ``EventLoop/readAgain`` list.
-    var queuedToReadAgain = false
+    @exclusivity(unchecked) var queuedToReadAgain = false
     /// The loop's turn when the channel was last read.
-    var lastReadTurn: UInt64 = 0
+    @exclusivity(unchecked) var lastReadTurn: UInt64 = 0
     var listener: ListenerBox?
     /// The pool this worker serves, if any.
-    var pool: PoolCore?
+    @exclusivity(unchecked) var pool: PoolCore?
     /// This process's peak resident bytes just after the spawn. The kernel's peak for a
     /// child (waitid's ru_maxrss) starts at the peak of the process it was forked or
     /// vforked from, kept through exec: a worker that stays below it reports the
@@ -1094,7 +1129,7 @@ final class WorkerRecord {
 
 /// The supervisor's end of a worker's channel; closed when the box goes.
 final class ChannelBox {
-    private(set) var socket: SeqpacketSocket
+    @exclusivity(unchecked) private(set) var socket: SeqpacketSocket
     init(_ socket: consuming SeqpacketSocket) { self.socket = socket }
 
     func disableSenderCredentials() {

@@ -266,6 +266,32 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
+    @Test func sendReplyPutsOnTheWireWhatSendingTheEnvelopePuts() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        let devNull = OwnedFileDescriptor(adoptingRawValue: Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC))
+        for reply in [Reply.success(fileDescriptorCount: 1), .success(fileDescriptorCount: 0), .failure(.permissionDenied)] {
+            var fds = OwnedFileDescriptors()
+            if reply.fileDescriptorCount == 1 { fds.append(try devNull.duplicate()) }
+            try a.sendReply(requestID: 77, reply, passing: fds)
+            try a.send(Envelope(requestID: 77, .reply(reply)), passing: fds)
+            let fromParts = try b.receive(maximumBytes: WireFormat.maximumMessageSize, maximumFileDescriptors: 1)
+            let general = try b.receive(maximumBytes: WireFormat.maximumMessageSize, maximumFileDescriptors: 1)
+            #expect(fromParts.bytes == general.bytes)
+            #expect(fromParts.fileDescriptors.count == reply.fileDescriptorCount && general.fileDescriptors.count == reply.fileDescriptorCount)
+        }
+        // A reply whose fds disagree with its count is refused before anything is sent, as send(Envelope) refuses it.
+        let expected = ChannelError.malformed(.wrongFileDescriptorCount(.reply, expected: 1, actual: 0))
+        #expect(throws: expected) { try a.sendReply(requestID: 78, .success(fileDescriptorCount: 1), passing: OwnedFileDescriptors()) }
+        #expect(throws: expected) { try a.send(Envelope(requestID: 78, .reply(.success(fileDescriptorCount: 1)))) }
+        #expect(throws: ChannelError.malformed(.invalidValue(field: "reply.error", value: 0))) {
+            try a.sendReply(requestID: 79, .failure(Errno(rawValue: 0)), passing: OwnedFileDescriptors())
+        }
+        #expect(throws: ChannelError.system(.resourceTemporarilyUnavailable), "a refused reply was sent anyway") {
+            _ = try b.receiveMessage(maximumFileDescriptors: 1, nonBlocking: true)
+        }
+    }
+
     @Test func receiveReplyHandsOverTheAwaitedReplyInPlaceAndDecodesTheRest() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second

@@ -404,6 +404,33 @@ let everyMessage: [Envelope] = [
         }
     }
 
+    /// The serving thread's REPLY encoder (from its parts) writes the bytes the general
+    /// encoder writes, and refuses what it refuses with the same error.
+    @Test func replyEncoderFromItsPartsWritesWhatTheGeneralOneWrites() {
+        let replies: [Reply] = [
+            .success(fileDescriptorCount: 0), .success(fileDescriptorCount: 1),
+            .success(fileDescriptorCount: WireFormat.maximumFileDescriptors),
+            .success(fileDescriptorCount: WireFormat.maximumFileDescriptors + 1), .success(fileDescriptorCount: -1),
+            .failure(.permissionDenied), .failure(Errno(rawValue: WireFormat.maximumErrno)),
+            .failure(Errno(rawValue: WireFormat.maximumErrno + 1)), .failure(Errno(rawValue: 0)), .failure(Errno(rawValue: -1)),
+        ] + [{ var refusalWithAnFD = Reply.failure(.permissionDenied); refusalWithAnFD.fileDescriptorCount = 1; return refusalWithAnFD }()]
+        for reply in replies {
+            let general = Result { () throws(ProtocolError) in
+                try WireCodec.encode(Envelope(requestID: 0xfeed_beef_0000_0002, .reply(reply)))
+            }
+            let fromParts = Result { () throws(ProtocolError) -> [UInt8] in
+                var bytes: [UInt8] = []
+                try WireCodec.withEncodedReply(requestID: 0xfeed_beef_0000_0002, reply) { bytes = Array($0) }
+                return bytes
+            }
+            switch (general, fromParts) {
+            case (.success(let expected), .success(let bytes)): #expect(bytes == expected, "\(reply)")
+            case (.failure(let expected), .failure(let error)): #expect(error == expected, "\(reply)")
+            default: Issue.record("encoders disagree on \(reply): \(general) against \(fromParts)")
+            }
+        }
+    }
+
     /// Every truncation and every single-byte corruption of every message either
     /// decodes or fails with a ProtocolError; nothing traps.
     @Test func survivesEveryTruncationAndByteFlip() {
