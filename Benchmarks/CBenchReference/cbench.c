@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 
 extern char **environ;
@@ -610,28 +611,78 @@ int cbench_drain_request(int peer) {
     return recv(peer, request, sizeof request, 0) < 0 ? -1 : 0;
 }
 
+/* One request from `mine` and its reply (its fd closed): what a C worker does per open.
+   0 or -1. */
+static int request_and_reply(int mine, const void *request, size_t request_length) {
+    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
+    unsigned char received[8192];
+    struct iovec out = { (void *)request, request_length };
+    struct msghdr sent = { .msg_iov = &out, .msg_iovlen = 1 };
+    if (sendmsg(mine, &sent, MSG_NOSIGNAL) < 0) return -1;
+    struct iovec in = { received, sizeof received };
+    struct msghdr message = { .msg_iov = &in, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+    if (recvmsg(mine, &message, MSG_CMSG_CLOEXEC) < 0) return -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&message);
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c), sizeof fd);
+        close(fd);
+    }
+    return 0;
+}
+
 /* `iterations` requests from `mine` in C, each finding its reply queued: the total
    nanoseconds, or 0 on an error. */
 uint64_t cbench_prequeued_requests(int mine, int peer, int held, const void *request, size_t request_length,
                                    void *reply, size_t reply_length, int iterations) {
-    union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
-    unsigned char received[8192];
     uint64_t start = cbench_now_ns();
     for (int i = 1; i <= iterations; i++) {
         if (cbench_queue_reply(peer, held, reply, reply_length, (uint64_t)i) != 0) return 0;
-        struct iovec out = { (void *)request, request_length };
-        struct msghdr sent = { .msg_iov = &out, .msg_iovlen = 1 };
-        if (sendmsg(mine, &sent, MSG_NOSIGNAL) < 0) return 0;
-        struct iovec in = { received, sizeof received };
-        struct msghdr message = { .msg_iov = &in, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
-        if (recvmsg(mine, &message, MSG_CMSG_CLOEXEC) < 0) return 0;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&message);
-        if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c), sizeof fd);
-            close(fd);
-        }
+        if (request_and_reply(mine, request, request_length) != 0) return 0;
         if (cbench_drain_request(peer) != 0) return 0;
     }
     return cbench_now_ns() - start;
 }
+
+/* Made on first use: 2048 pages, each holding one jump to the next (at a different cache
+   set on each page) and the last a return. */
+static void (*evict_code)(void);
+
+void cbench_evict(const void *buffer, size_t size) {
+    const volatile unsigned char *bytes = buffer;
+    unsigned sum = 0;
+    for (size_t offset = 0; offset < size; offset += 64) sum += bytes[offset];
+    __asm__ volatile("" : : "r"(sum));
+    if (!evict_code) {
+        size_t pages = 2048;
+        unsigned char *code = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (code == MAP_FAILED) abort();
+        for (size_t page = 0; page < pages; page++) {
+            unsigned char *at = code + page * 4096 + (page % 64) * 64;
+            if (page + 1 == pages) { at[0] = 0xC3; break; }
+            unsigned char *next = code + (page + 1) * 4096 + ((page + 1) % 64) * 64;
+            int32_t rel = (int32_t)(next - (at + 5));
+            at[0] = 0xE9;
+            memcpy(at + 1, &rel, 4);
+        }
+        if (mprotect(code, pages * 4096, PROT_READ | PROT_EXEC) != 0) abort();
+        evict_code = (void (*)(void))code;
+    }
+    evict_code();
+}
+
+uint64_t cbench_prequeued_cold_requests(int mine, int peer, int held, const void *request, size_t request_length,
+                                        void *reply, size_t reply_length, int iterations,
+                                        const void *evict, size_t evict_size) {
+    uint64_t total = 0;
+    for (int i = 1; i <= iterations; i++) {
+        if (cbench_queue_reply(peer, held, reply, reply_length, (uint64_t)i) != 0) return 0;
+        cbench_evict(evict, evict_size);
+        uint64_t start = cbench_now_ns();
+        if (request_and_reply(mine, request, request_length) != 0) return 0;
+        total += cbench_now_ns() - start;
+        if (cbench_drain_request(peer) != 0) return 0;
+    }
+    return total;
+}
+

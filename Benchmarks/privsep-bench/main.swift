@@ -46,7 +46,7 @@ func childMain(_ mode: String) -> Never {
         // fd) is queued before each request is sent, so the request finds it at once and
         // nothing sleeps. The same syscalls in C first, then SupervisorConnection.open;
         // the difference is the library's own cost per request on the worker's side.
-        // Arguments N OUTFILE; writes "C_NS SWIFT_NS" (per request).
+        // Arguments N OUTFILE; writes "C_NS SWIFT_NS COLD_C_NS COLD_SWIFT_NS" (per request).
         let count = Int(CommandLine.arguments[3])!, output = CommandLine.arguments[4]
         let path = "/privsep-bench/file.txt" // never opened: the reply is canned
         let held = open("/dev/null", O_RDONLY | O_CLOEXEC)
@@ -85,7 +85,39 @@ func childMain(_ mode: String) -> Never {
             swiftNanoseconds += cbench_now_ns() - start
         }
         let total = Double(slices * perSlice)
-        let line = "\(Double(cNanoseconds) / total) \(Double(swiftNanoseconds) / total)\n"
+        // Then cold: before each request, 8 MiB of data and 2048 pages of code are run
+        // through (cbench_evict), so the request finds its caches and TLB as a worker does
+        // when many take turns on a CPU. Only the request is timed. A tenth as many.
+        let evictSize = 8 << 20
+        let evict = UnsafeMutableRawBufferPointer.allocate(byteCount: evictSize, alignment: 4096)
+        memset(evict.baseAddress!, 1, evictSize)
+        let coldPerSlice = max(perSlice / 10, 1)
+        var coldC: UInt64 = 0, coldSwift: UInt64 = 0
+        for _ in 0..<slices {
+            let c = request.withUnsafeBytes { request in
+                reply.withUnsafeMutableBytes { reply in
+                    cbench_prequeued_cold_requests(cPair.second.unsafeRawValue, cPair.first.unsafeRawValue, held, request.baseAddress!,
+                                                   request.count, reply.baseAddress!, reply.count, Int32(coldPerSlice),
+                                                   evict.baseAddress!, evictSize)
+                }
+            }
+            check(c > 0, "C prequeued cold requests")
+            coldC += c
+            for _ in 0..<coldPerSlice {
+                let queued = reply.withUnsafeMutableBytes { reply in
+                    cbench_queue_reply(supervisorEnd.unsafeRawValue, held, reply.baseAddress!, reply.count, nextID)
+                }
+                check(queued == 0, "queue reply")
+                nextID += 1
+                cbench_evict(evict.baseAddress!, evictSize)
+                let start = cbench_now_ns()
+                _ = try! connection.open(path, .readOnly)
+                coldSwift += cbench_now_ns() - start
+                check(cbench_drain_request(supervisorEnd.unsafeRawValue) == 0, "drain request")
+            }
+        }
+        let coldTotal = Double(slices * coldPerSlice)
+        let line = "\(Double(cNanoseconds) / total) \(Double(swiftNanoseconds) / total) \(Double(coldC) / coldTotal) \(Double(coldSwift) / coldTotal)\n"
         let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         _ = line.withCString { write(fd, $0, strlen($0)) }
         close(fd)
@@ -947,19 +979,22 @@ if openRuns > 0 {
     check(cbench_pin(0) == 0, "sched_setaffinity")
     print("| worker side of an open, its reply already queued (no scheduling) | placement | C ns/request | privsep ns/request | privsep's own cost | ratio |")
     print("|---|---|---:|---:|---:|---:|")
-    var workerPathRounds: [(c: Double, swift: Double)] = []
+    var workerPathRounds: [(c: Double, swift: Double, coldC: Double, coldSwift: Double)] = []
     for _ in 0..<rounds {
         let output = "/tmp/privsep-bench-worker-path-\(getpid())"
         let child = spawnChild("worker-path", arguments: ["\(max(openRuns / rounds, 1_000))", output])
         child.finish()
         let fields = ((try? readProcFile(output)) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
         unlink(output)
-        check(fields.count == 2, "worker-path child wrote no result")
-        workerPathRounds.append((fields[0], fields[1]))
+        check(fields.count == 4, "worker-path child wrote no result")
+        workerPathRounds.append((fields[0], fields[1], fields[2], fields[3]))
     }
     let cPath = median(workerPathRounds.map(\.c)), swiftPath = median(workerPathRounds.map(\.swift))
     let pathRatio = median(workerPathRounds.map { $0.swift / $0.c })
     print("| SupervisorConnection.open vs sendmsg + recvmsg + close in C | pinned (CPU 0) | \(Int(cPath)) | \(Int(swiftPath)) | \(Int(swiftPath - cPath)) ns | \(format(pathRatio))x |")
+    let coldCPath = median(workerPathRounds.map(\.coldC)), coldSwiftPath = median(workerPathRounds.map(\.coldSwift))
+    let coldRatio = median(workerPathRounds.map { $0.coldSwift / $0.coldC })
+    print("| … caches and TLB evicted before each request (as when many workers take turns on a CPU) | pinned (CPU 0) | \(Int(coldCPath)) | \(Int(coldSwiftPath)) | \(Int(coldSwiftPath - coldCPath)) ns | \(format(coldRatio))x |")
     print("")
     // The serving side's own cost: requests already queued, 8 at a time, the client asleep
     // while they are served (cbench_batched_requests), so a serving thread handles them one

@@ -52,6 +52,15 @@ int cbench_queue_reply(int peer, int held, void *reply, size_t reply_length, uin
 int cbench_drain_request(int peer);
 uint64_t cbench_prequeued_requests(int mine, int peer, int held, const void *request, size_t request_length,
                                    void *reply, size_t reply_length, int iterations);
+/* Reads every cache line of `buffer` (`size` bytes), then jumps through 2048 pages of
+   code: evicts the caller's data and instruction caches and TLB entries, as a run of other
+   processes on its CPU does. */
+void cbench_evict(const void *buffer, size_t size);
+/* cbench_prequeued_requests with the caches evicted (cbench_evict) before each request:
+   the nanoseconds spent in the requests alone, or 0 on an error. */
+uint64_t cbench_prequeued_cold_requests(int mine, int peer, int held, const void *request, size_t request_length,
+                                        void *reply, size_t reply_length, int iterations,
+                                        const void *evict, size_t evict_size);
 
 /* A minimal C open broker: serves requests from every fd in `fds` (each request
    is a file name, answered with openat(directory, name, O_RDONLY|O_CLOEXEC) as an
