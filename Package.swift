@@ -158,7 +158,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SupervisorTests",
-            dependencies: ["Supervisor", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "reader", "hello-server", "embedding-example", "record-parser", "PrivsepTestSupport",
+            dependencies: ["Supervisor", "Worker", "PrivsepIPC", "CPrivsepShims", "privsep-test-worker", "privsep", "csv-parser", "reader", "hello-server", "embedding-example", "record-parser", "PrivsepTestSupport",
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Logging", package: "swift-log"), "privsep-intercept"], // the helper InterceptTests run
             swiftSettings: [.swiftLanguageMode(.v6)]

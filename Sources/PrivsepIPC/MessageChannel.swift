@@ -29,6 +29,7 @@ extension SeqpacketSocket {
     /// `Envelope(requestID:, .open(OpenRequest(path:flags:mode:)))`, without building
     /// either. A worker's commonest request: many workers taking turns on a CPU showed the
     /// general path's cost many times over (see BENCHMARKS.md).
+    @inline(__always)
     package func sendOpen(requestID: UInt64, path: String, flags: Int32, mode: UInt32) throws(ChannelError) {
         var result: Result<Void, ChannelError> = .success(())
         do throws(ProtocolError) {
@@ -49,6 +50,7 @@ extension SeqpacketSocket {
     /// `Envelope(requestID:, .reply(reply))`, with the same check that `fds` holds exactly
     /// the fds the reply claims, without building the `Envelope`. The serving thread's
     /// answer to every request (see BENCHMARKS.md).
+    @inline(__always)
     package func sendReply(requestID: UInt64, _ reply: Reply, passing fds: borrowing OwnedFileDescriptors,
                            flags: Int32 = 0) throws(ChannelError) {
         guard fds.ownedCount == reply.fileDescriptorCount else {
@@ -126,6 +128,7 @@ extension SeqpacketSocket {
     /// (``WireCodec/decodeReplyInPlace(_:fileDescriptorCount:)``, no `Envelope` built);
     /// anything else, another request's REPLY included, comes back decoded as usual. Both
     /// are held to the same rules.
+    @inline(__always)
     package func receiveReply(
         to requestID: UInt64, using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int
     ) throws(ChannelError) -> ReceivedReply {
@@ -151,6 +154,7 @@ extension SeqpacketSocket {
 
     /// Receives into a scratch buffer: the message at its start, the control data after
     /// the largest message.
+    @inline(__always)
     private func receive(
         intoScratch scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int, nonBlocking: Bool
     ) throws(ChannelError) -> ReceivedDatagram {

@@ -126,6 +126,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         try sendRaw(bytes, fileDescriptors: UnsafeBufferPointer(start: nil, count: 0), flags: privsep_MSG_DONTWAIT)
     }
 
+    @inline(__always)
     func sendRaw(
         _ bytes: UnsafeRawBufferPointer, fileDescriptors fds: UnsafeBufferPointer<Int32>, flags: Int32
     ) throws(ChannelError) {
@@ -201,11 +202,22 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     }
 
     /// The largest control buffer any receive uses (253 fds and credentials).
-    static let maximumControlLength = privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size)
-        + privsep_cmsg_space(maximumFileDescriptorsPerMessage * MemoryLayout<Int32>.size)
+    static let maximumControlLength = controlSpace(MemoryLayout<privsep_peer_credentials>.size)
+        + controlSpace(maximumFileDescriptorsPerMessage * MemoryLayout<Int32>.size)
+
+    /// CMSG_SPACE(`length`) as Linux defines it: the header and the data, each padded to the
+    /// alignment of size_t. In Swift, not the C shim, so that the constants made of it fold
+    /// at compile time; made of shim calls, each was a lazily initialized global, behind a
+    /// call to swift_once on every receive. The tests hold it to the C macro.
+    @inline(__always)
+    package static func controlSpace(_ length: Int) -> Int {
+        let padding = MemoryLayout<Int>.size - 1
+        return ((MemoryLayout<cmsghdr>.size + padding) & ~padding) + ((length + padding) & ~padding)
+    }
 
     /// ``receive(into:maximumFileDescriptors:nonBlocking:)`` with the caller's control
     /// buffer (cmsghdr-aligned, at least ``controlLength(_:)`` bytes; only that much is offered).
+    @inline(__always)
     func receive(
         into buffer: UnsafeMutableRawBufferPointer,
         control scratch: UnsafeMutableRawBufferPointer,

@@ -46,6 +46,7 @@ public enum WireCodec {
     /// Decodes a REPLY without building an `Envelope`: the worker's path for the answer it
     /// waits for. nil when the datagram's header is valid but it is not a REPLY. Every rule
     /// the full decoder applies to a REPLY applies here, through the same code.
+    @inline(__always)
     package static func decodeReplyInPlace(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> (requestID: UInt64, reply: Reply)? {
         let header = try decodeHeader(bytes)
         guard header.type == .reply else { return nil }
@@ -58,6 +59,7 @@ public enum WireCodec {
 
     /// The header's checks, shared by every decoder: what they return is the type
     /// and id of a datagram whose size fits its type.
+    @inline(__always)
     private static func decodeHeader(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> (type: MessageType, requestID: UInt64) {
         guard bytes.count >= WireFormat.headerSize else { throw .truncatedHeader(byteCount: bytes.count) }
         guard bytes.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: bytes.count) }
@@ -92,6 +94,7 @@ public enum WireCodec {
         return try result.get()
     }
 
+    @inline(__always)
     private static func decodeReply(_ r: Reader) throws(ProtocolError) -> Reply {
         let error = r.i32(at: 0)
         let count = r.u32(at: 4)
@@ -312,6 +315,7 @@ public enum WireCodec {
     /// commonest request, with no `Envelope` or `Message` built and copied on the way. The
     /// bytes come from the same functions as every OPEN's (``writeHeader``, ``writeOpen``),
     /// so they are the same bytes and the same errors.
+    @inline(__always)
     package static func withEncodedOpen(requestID: UInt64, path: String, flags: Int32, mode: UInt32,
                                 _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
         let capacity = WireFormat.headerSize + MessageType.open.fixedPayloadSize + path.utf8.count + 1
@@ -328,6 +332,7 @@ public enum WireCodec {
     /// for its commonest message, with no `Envelope` built, copied and destroyed per request.
     /// The bytes come from the same functions as every REPLY's (``writeHeader``,
     /// ``writeReply``), so they are the same bytes and the same errors.
+    @inline(__always)
     package static func withEncodedReply(requestID: UInt64, _ reply: Reply,
                                          _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
         let capacity = WireFormat.headerSize + MessageType.reply.fixedPayloadSize
@@ -340,6 +345,7 @@ public enum WireCodec {
         }
     }
 
+    @inline(__always)
     private static func writeHeader(_ type: MessageType, requestID: UInt64, into w: inout Writer) {
         w.u16(WireFormat.magic)
         w.u16(WireFormat.version)
@@ -350,12 +356,14 @@ public enum WireCodec {
         w.u64(requestID)
     }
 
+    @inline(__always)
     private static func writeOpen(path: String, flags: Int32, mode: UInt32, into w: inout Writer) throws(ProtocolError) {
         w.u32(UInt32(bitPattern: flags))
         w.u32(mode)
         try w.string(path, field: "open.path", maximum: WireFormat.maximumPathLength, allowEmpty: false)
     }
 
+    @inline(__always)
     private static func writeReply(_ reply: Reply, into w: inout Writer) throws(ProtocolError) {
         if let error = reply.error {
             guard (1...WireFormat.maximumErrno).contains(error.rawValue) else {
@@ -375,6 +383,7 @@ public enum WireCodec {
     }
 
     /// Checks the size and fills in the header's length.
+    @inline(__always)
     private static func finish(_ w: inout Writer) throws(ProtocolError) {
         guard w.count <= WireFormat.maximumMessageSize else { throw .messageTooLarge(byteCount: w.count) }
         w.patchU32(UInt32(w.count - WireFormat.headerSize), at: WireFormat.lengthOffset)
@@ -518,6 +527,7 @@ private struct Writer {
         }
         count += data.count
     }
+    @inline(__always)
     mutating func string(_ text: String, field: String, maximum: Int, allowEmpty: Bool) throws(ProtocolError) {
         var text = text
         // Native strings are contiguous UTF-8 already (then this is free): one memchr

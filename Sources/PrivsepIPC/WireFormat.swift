@@ -55,7 +55,11 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     case job = 12
     case result = 13
 
+    // The three below are inlined into the decoders: out of line, each was one more page of
+    // code for a worker's open to fault in when many workers take turns on a CPU.
+
     /// Size of the fixed payload struct.
+    @inline(__always)
     public var fixedPayloadSize: Int {
         switch self {
         case .hello: 8
@@ -73,6 +77,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     }
 
     /// Whether a string may follow the fixed payload (for CONNECT and BIND, only with AF_UNIX).
+    @inline(__always)
     public var hasTrailingString: Bool {
         switch self {
         case .open, .connect, .bind, .log: true
@@ -81,7 +86,13 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     }
 
     /// Whether opaque bytes may follow the fixed payload.
-    public var hasTrailingBytes: Bool { self == .job || self == .result }
+    @inline(__always)
+    public var hasTrailingBytes: Bool {
+        switch self {
+        case .job, .result: true
+        default: false
+        }
+    }
 
     public var description: String {
         switch self {

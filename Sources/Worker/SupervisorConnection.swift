@@ -211,6 +211,7 @@ public final class SupervisorConnection: @unchecked Sendable {
         try onlyFileDescriptor(request(message))
     }
 
+    @inline(__always)
     private func onlyFileDescriptor(_ fds: consuming OwnedFileDescriptors) throws(WorkerError) -> OwnedFileDescriptor {
         guard fds.count == 1, let fd = fds.take(at: 0) else {
             throw .protocolError("reply carried \(fds.count) fds, expected 1")
@@ -224,6 +225,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     }
 
     /// Sends a request with `send`, under a fresh id, and waits for the reply with that id.
+    @inline(__always)
     private func request(sending send: (UInt64) throws(ChannelError) -> Void) throws(WorkerError) -> OwnedFileDescriptors {
         pthread_mutex_lock(lock)
         let id = nextRequestID
@@ -239,42 +241,39 @@ public final class SupervisorConnection: @unchecked Sendable {
             try send(id)
         } catch {
             pthread_mutex_lock(lock)
-            if readsOwnReply { deliverLocked(nil) }
+            if readsOwnReply { releaseReaderRoleLocked() }
             stopWaiting(for: id)
             pthread_mutex_unlock(lock)
             throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
         }
         if readsOwnReply {
-            var ownReply: Reply? = nil
-            var fds = OwnedFileDescriptors()
-            let other: Result<Incoming, WorkerError>?
-            do {
-                // Ours is decoded in place (no Envelope); anything else as usual.
+            // Ours is decoded in place (no Envelope) and handed back without the mailbox;
+            // anything else (another thread's reply, a job, an error) is delivered, and this
+            // thread then waits for its own as any thread does.
+            var denied: Errno? = nil
+            do throws(ChannelError) {
                 let received = try channel.receiveReply(to: id, using: receiveScratch,
                                                         maximumFileDescriptors: WireFormat.maximumFileDescriptors)
                 switch consume received {
-                case .reply(let reply, let replyFDs):
-                    ownReply = reply
-                    fds = replyFDs
-                    other = nil
-                case .message(let received):
-                    other = Self.incoming(received)
+                case .reply(let reply, let fds):
+                    pthread_mutex_lock(lock)
+                    releaseReaderRoleLocked()
+                    stopWaiting(for: id)
+                    pthread_mutex_unlock(lock)
+                    guard let errno = reply.error else { return fds }
+                    denied = errno
+                case .message(let message):
+                    pthread_mutex_lock(lock)
+                    deliverLocked(Self.incoming(message))
                 }
             } catch .peerClosed {
-                other = .success(.closed)
+                pthread_mutex_lock(lock)
+                deliverLocked(.success(.closed))
             } catch {
-                other = .failure(.protocolError("\(error)"))
+                pthread_mutex_lock(lock)
+                deliverLocked(.failure(.protocolError("\(error)")))
             }
-            pthread_mutex_lock(lock)
-            deliverLocked(other)
-            if let ownReply {
-                stopWaiting(for: id)
-                pthread_mutex_unlock(lock)
-                if let errno = ownReply.error { throw .denied(errno) }
-                return fds
-            }
-            // Something else came first (another thread's reply, a job, an error): it is
-            // delivered; wait for ours as any thread does.
+            if let denied { throw .denied(denied) }
         } else {
             pthread_mutex_lock(lock)
         }
@@ -294,9 +293,15 @@ public final class SupervisorConnection: @unchecked Sendable {
         return box.takeDescriptors()
     }
 
-    /// With `lock` held.
+    /// With `lock` held. A thread alone, the usual case, is the last entry: taken off the
+    /// end inline, without the general removal's call.
+    @inline(__always)
     private func stopWaiting(for id: UInt64) {
-        if let index = waiting.firstIndex(of: id) { waiting.remove(at: index) }
+        if waiting.last == id {
+            waiting.removeLast()
+        } else if let index = waiting.firstIndex(of: id) {
+            waiting.remove(at: index)
+        }
     }
 
     /// With `lock` held: returns what `take` finds, reading the channel for
@@ -323,8 +328,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     /// With `lock` held, by the reader once it is done reading: files what it received
     /// (nil: nothing) for the thread it is meant for, gives up the reader's role and
     /// wakes the threads waiting for a reply or for the role.
-    private func deliverLocked(_ outcome: Result<Incoming, WorkerError>?) {
-        readerActive = false
+    private func deliverLocked(_ outcome: Result<Incoming, WorkerError>) {
         switch outcome {
         case .success(.reply(let box)):
             if waiting.contains(box.requestID) && !mailbox.contains(where: { $0.requestID == box.requestID }) {
@@ -343,9 +347,15 @@ public final class SupervisorConnection: @unchecked Sendable {
             failure = .supervisorGone
         case .failure(let error):
             failure = error
-        case nil:
-            break
         }
+        releaseReaderRoleLocked()
+    }
+
+    /// With `lock` held: gives up the reader's role and wakes the threads waiting for a
+    /// reply or for the role, if any.
+    @inline(__always)
+    private func releaseReaderRoleLocked() {
+        readerActive = false
         if sleepers > 0 { pthread_cond_broadcast(replied) }
     }
 
@@ -506,17 +516,21 @@ public struct JobRejection: Error, Sendable {
 /// open(2) flags for ``SupervisorConnection/open(_:_:mode:)``.
 public struct OpenFlags: OptionSet, Sendable {
     public var rawValue: Int32
-    public init(rawValue: Int32) { self.rawValue = rawValue }
-    public static let readOnly = OpenFlags([])
-    public static let writeOnly = OpenFlags(rawValue: O_WRONLY)
-    public static let readWrite = OpenFlags(rawValue: O_RDWR)
-    public static let create = OpenFlags(rawValue: O_CREAT)
-    public static let exclusive = OpenFlags(rawValue: O_EXCL)
-    public static let truncate = OpenFlags(rawValue: O_TRUNC)
-    public static let append = OpenFlags(rawValue: O_APPEND)
-    public static let nonBlocking = OpenFlags(rawValue: O_NONBLOCK)
-    public static let directory = OpenFlags(rawValue: O_DIRECTORY)
-    public static let noFollow = OpenFlags(rawValue: O_NOFOLLOW)
+    @inlinable public init(rawValue: Int32) { self.rawValue = rawValue }
+    // Computed and inlinable, from swift-system's always-inlined constants: the caller's
+    // code folds them. A `static let` is a lazily initialized global that every use reaches
+    // through a call into this module and swift_once, two more pages of code for an open to
+    // fault in when many workers take turns on a CPU (BENCHMARKS.md, fifth round).
+    @inlinable public static var readOnly: OpenFlags { OpenFlags(rawValue: FileDescriptor.AccessMode.readOnly.rawValue) }
+    @inlinable public static var writeOnly: OpenFlags { OpenFlags(rawValue: FileDescriptor.AccessMode.writeOnly.rawValue) }
+    @inlinable public static var readWrite: OpenFlags { OpenFlags(rawValue: FileDescriptor.AccessMode.readWrite.rawValue) }
+    @inlinable public static var create: OpenFlags { OpenFlags(rawValue: FileDescriptor.OpenOptions.create.rawValue) }
+    @inlinable public static var exclusive: OpenFlags { OpenFlags(rawValue: FileDescriptor.OpenOptions.exclusiveCreate.rawValue) }
+    @inlinable public static var truncate: OpenFlags { OpenFlags(rawValue: FileDescriptor.OpenOptions.truncate.rawValue) }
+    @inlinable public static var append: OpenFlags { OpenFlags(rawValue: FileDescriptor.OpenOptions.append.rawValue) }
+    @inlinable public static var nonBlocking: OpenFlags { OpenFlags(rawValue: FileDescriptor.OpenOptions.nonBlocking.rawValue) }
+    @inlinable public static var directory: OpenFlags { OpenFlags(rawValue: FileDescriptor.OpenOptions.directory.rawValue) }
+    @inlinable public static var noFollow: OpenFlags { OpenFlags(rawValue: FileDescriptor.OpenOptions.noFollow.rawValue) }
 }
 
 /// Why a worker-side call failed.

@@ -266,6 +266,15 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
+    /// The receive buffers' sizes are folded from a Swift CMSG_SPACE: it must be the C macro's.
+    @Test func controlSpaceIsTheCMacros() {
+        for length in 0...(SeqpacketSocket.maximumFileDescriptorsPerMessage * 4 + 64) {
+            #expect(SeqpacketSocket.controlSpace(length) == privsep_cmsg_space(length), "CMSG_SPACE(\(length))")
+        }
+        #expect(SeqpacketSocket.receiveScratchSize == WireFormat.maximumMessageSize
+            + privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size) + privsep_cmsg_space(253 * 4))
+    }
+
     @Test func sendReplyPutsOnTheWireWhatSendingTheEnvelopePuts() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second
