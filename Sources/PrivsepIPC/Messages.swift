@@ -240,17 +240,26 @@ public struct IPv6Address: Sendable, Hashable, CustomStringConvertible {
 
 /// REPLY: the answer to a request, carrying either fds or an errno.
 public struct Reply: Sendable, Equatable {
-    /// nil on success.
-    public var error: Errno?
+    /// nil on success. (Spelled `Optional`: `Errno?` would have an implicit `= nil`, an
+    /// out-of-line initializer that even the inlined `init` below calls.)
+    public var error: Optional<Errno>
     /// How many fds travel with the reply (0 on failure).
     public var fileDescriptorCount: Int
 
+    // Inlinable: the serving thread makes one per request, from another module.
+    @inlinable init(error: Errno?, fileDescriptorCount: Int) {
+        self.error = error
+        self.fileDescriptorCount = fileDescriptorCount
+    }
+
     /// A successful reply carrying `fileDescriptorCount` fds.
+    @inlinable
     public static func success(fileDescriptorCount: Int) -> Reply {
         Reply(error: nil, fileDescriptorCount: fileDescriptorCount)
     }
 
     /// A failed reply carrying `error`.
+    @inlinable
     public static func failure(_ error: Errno) -> Reply {
         Reply(error: error, fileDescriptorCount: 0)
     }

@@ -8,6 +8,7 @@ public import SystemPackage
 /// Being move-only, an owned descriptor cannot be copied and so cannot be
 /// closed twice or used after close. The raw number is reachable only through
 /// the escape hatches whose names say so.
+@frozen // one descriptor number, for good: lets its small operations inline across modules
 public struct OwnedFileDescriptor: ~Copyable, Sendable {
     /// The raw descriptor number, for a system call this library does not wrap.
     /// The number stays owned by this value: do not close it or keep it past
@@ -16,6 +17,7 @@ public struct OwnedFileDescriptor: ~Copyable, Sendable {
 
     /// Takes ownership of `rawValue`, which must be an open descriptor that
     /// nothing else will close.
+    @inlinable
     public init(adoptingRawValue rawValue: Int32) {
         precondition(rawValue >= 0, "OwnedFileDescriptor adopts only valid descriptors, not \(rawValue)")
         self.unsafeRawValue = rawValue
@@ -37,6 +39,7 @@ public struct OwnedFileDescriptor: ~Copyable, Sendable {
     }
 
     /// Gives up ownership and returns the raw number: the caller now closes it.
+    @inlinable
     public consuming func releaseUnsafeRawValue() -> Int32 {
         let raw = unsafeRawValue
         discard self
@@ -80,7 +83,7 @@ public struct FileStatus: Sendable, Equatable {
     public var size: Int64
 
     init(_ info: stat) {
-        type = FileType(rawValue: info.st_mode & S_IFMT)
+        type = FileType(rawValue: info.st_mode & FileType.mask)
         permissions = info.st_mode & 0o7777
         device = UInt64(info.st_dev)
         inode = UInt64(info.st_ino)
@@ -91,15 +94,21 @@ public struct FileStatus: Sendable, Equatable {
 /// A file type, as the S_IFMT bits of `st_mode`.
 public struct FileType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
     public var rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
 
-    public static let regular = FileType(rawValue: S_IFREG)
-    public static let directory = FileType(rawValue: S_IFDIR)
-    public static let symbolicLink = FileType(rawValue: S_IFLNK)
-    public static let socket = FileType(rawValue: S_IFSOCK)
-    public static let fifo = FileType(rawValue: S_IFIFO)
-    public static let characterDevice = FileType(rawValue: S_IFCHR)
-    public static let blockDevice = FileType(rawValue: S_IFBLK)
+    // Linux's values (the same on every architecture; the tests hold them to the C
+    // library's), as inlinable computed constants: Glibc's are calls into its overlay, and
+    // a `static let` of one was a lazily initialized global behind swift_once, two more
+    // pages of code on every brokered OPEN (BENCHMARKS.md, fifth round).
+    /// S_IFMT: the bits of `st_mode` that say the type.
+    @inlinable public static var mask: UInt32 { 0o170000 }
+    @inlinable public static var regular: FileType { FileType(rawValue: 0o100000) }
+    @inlinable public static var directory: FileType { FileType(rawValue: 0o040000) }
+    @inlinable public static var symbolicLink: FileType { FileType(rawValue: 0o120000) }
+    @inlinable public static var socket: FileType { FileType(rawValue: 0o140000) }
+    @inlinable public static var fifo: FileType { FileType(rawValue: 0o010000) }
+    @inlinable public static var characterDevice: FileType { FileType(rawValue: 0o020000) }
+    @inlinable public static var blockDevice: FileType { FileType(rawValue: 0o060000) }
 
     public var description: String {
         switch self {

@@ -8,25 +8,38 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     // message carries one fd or none, and an array would cost an allocation (and a
     // metadata lookup) per message. From two slots on, every slot (the first too) is in
     // `slots`, so the numbers are contiguous and go to sendmsg without being copied.
+    // Its small operations are inlinable: every request and reply passes one list from a
+    // module to another, and a call for each was one more page of code per request to
+    // fault in when many workers take turns on a CPU (BENCHMARKS.md, fifth round).
+    // (No default values: those are out-of-line initializers even for inlined code.)
     /// The only slot, while there are fewer than two.
-    private var onlySlot: Int32 = -1
+    @usableFromInline var onlySlot: Int32
     /// Every slot, once there are two or more.
-    private var slots: [Int32] = []
-    private var slotCount = 0
+    @usableFromInline var slots: [Int32]
+    @usableFromInline var slotCount: Int
     /// How many slots hold -1.
-    private var takenCount = 0
+    @usableFromInline var takenCount: Int
 
     /// An empty list.
-    public init() {}
+    @inlinable public init() {
+        onlySlot = -1
+        slots = []
+        slotCount = 0
+        takenCount = 0
+    }
 
     /// A list holding one descriptor.
+    @inlinable
     public init(_ descriptor: consuming OwnedFileDescriptor) {
         onlySlot = descriptor.releaseUnsafeRawValue()
+        slots = []
         slotCount = 1
+        takenCount = 0
     }
 
     /// Takes ownership of raw descriptors (for example, ones a C library returned).
     public init(adoptingRawValues rawValues: [Int32]) {
+        self.init()
         precondition(rawValues.allSatisfy { $0 >= 0 }, "only valid descriptors can be adopted")
         reserveCapacity(rawValues.count)
         for fd in rawValues { adopt(fd) }
@@ -38,10 +51,10 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     }
 
     /// How many slots the list has (taken ones included).
-    public var count: Int { slotCount }
+    @inlinable public var count: Int { slotCount }
 
     /// Whether the list has no slots.
-    public var isEmpty: Bool { slotCount == 0 }
+    @inlinable public var isEmpty: Bool { slotCount == 0 }
 
     /// Appends a descriptor; the list now owns it.
     public mutating func append(_ descriptor: consuming OwnedFileDescriptor) {
@@ -70,6 +83,7 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
 
     /// Removes the descriptor at `index` from the list and returns it, or nil if
     /// that slot was already taken.
+    @inlinable
     public mutating func take(at index: Int) -> OwnedFileDescriptor? {
         precondition((0..<slotCount).contains(index), "fd index \(index) out of range 0..<\(slotCount)")
         let fd = slotCount == 1 ? onlySlot : slots[index]
@@ -101,6 +115,7 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
 
     /// Calls `body` with the raw numbers of the descriptors still owned, without
     /// building an array unless some were taken out. They stay owned by the list.
+    @inlinable
     public func withUnsafeRawValues<R, E: Error>(_ body: (UnsafeBufferPointer<Int32>) throws(E) -> R) throws(E) -> R {
         if slotCount > 1 {
             let owned = takenCount == 0 ? slots : slots.filter { $0 >= 0 }
@@ -112,5 +127,5 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     }
 
     /// How many descriptors the list still owns.
-    public var ownedCount: Int { slotCount - takenCount }
+    @inlinable public var ownedCount: Int { slotCount - takenCount }
 }

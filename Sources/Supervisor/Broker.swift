@@ -454,12 +454,15 @@ let refusedOpenFlags: [(Int32, String)] = [
     (privsep_O_PATH, "O_PATH"), (privsep_O_TMPFILE, "O_TMPFILE"), (privsep_O_NOATIME, "O_NOATIME"),
     (privsep_O_DIRECT, "O_DIRECT"), (0o20000, "O_ASYNC"),
 ]
-/// Every bit of any refused flag.
-let refusedOpenFlagBits = refusedOpenFlags.reduce(0) { $0 | $1.0 }
+/// Every bit of any refused flag. Spelled out, not reduced from the list: as a constant it
+/// folds, where the reduction was a lazily initialized global behind swift_once on every
+/// OPEN. The tests hold the two equal.
+let refusedOpenFlagBits: Int32 = privsep_O_PATH | privsep_O_TMPFILE | privsep_O_NOATIME | privsep_O_DIRECT | 0o20000
 
 /// A file type's bit in ``ActivePolicy/Anchor/allowedFileTypeBits`` (S_IFMT's four bits).
+@inline(__always)
 func fileTypeBit(_ type: PrivsepIPC.FileType) -> UInt16 {
-    1 << UInt16(truncatingIfNeeded: (type.rawValue & S_IFMT) >> 12)
+    1 << UInt16(truncatingIfNeeded: (type.rawValue & FileType.mask) >> 12)
 }
 
 /// Checks every bit of a worker's open flags against a rule's `permissions` and returns the flags

@@ -487,6 +487,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// An OPEN decoded in place (``handle(_:_:sender:)`` serves the rest).
+    @inline(__always) // per request: part of channelReady's one stretch of code
     private func serveOpen(_ record: WorkerRecord, _ open: InPlaceOpenRequest) {
         guard record.phase == .running else {
             handle(record, Envelope(requestID: open.requestID, .open(open.request)), sender: nil) // refused there, as before HELLO
@@ -675,6 +676,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// Token bucket: false (and reading paused) when the worker is over its rate.
+    @inline(__always) // per request: part of channelReady's one stretch of code
     private func consumeToken(_ record: WorkerRecord) -> Bool {
         let caps = record.configuration.caps
         let now = system_clock_monotonic()

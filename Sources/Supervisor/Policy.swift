@@ -192,6 +192,7 @@ public struct PathRule: Sendable, Equatable {
     }
 
     /// ``matches(_:)`` on the bytes of a path.
+    @inline(__always) // on every brokered OPEN: one stretch of code with ActivePolicy.open
     func matches(bytes asked: UnsafeBufferPointer<UInt8>) -> Bool {
         if let result = path.utf8.withContiguousStorageIfAvailable({ Self.matches(asked: asked, rule: $0, kind: kind) }) {
             return result
@@ -200,6 +201,7 @@ public struct PathRule: Sendable, Equatable {
     }
 
     /// ``matches(_:)`` on raw bytes.
+    @inline(__always) // on every brokered OPEN: one stretch of code with ActivePolicy.open
     private static func matches(asked: UnsafeBufferPointer<UInt8>, rule: UnsafeBufferPointer<UInt8>, kind: Kind) -> Bool {
         func prefixEqual(_ count: Int) -> Bool {
             var index = 0
@@ -373,6 +375,7 @@ public func isCanonicalAbsolutePath(_ path: String) -> Bool {
 }
 
 /// ``isCanonicalAbsolutePath(_:)`` on the bytes of a path.
+@inline(__always) // on every brokered OPEN: one stretch of code with ActivePolicy.open
 func isCanonicalAbsolutePath<Bytes: BidirectionalCollection<UInt8>>(bytes: Bytes) -> Bool {
     guard bytes.first == UInt8(ascii: "/") else { return false }
     if bytes.count == 1 { return true }
