@@ -686,3 +686,12 @@ uint64_t cbench_prequeued_cold_requests(int mine, int peer, int held, const void
     return total;
 }
 
+
+void cbench_touch(void *p) { *(volatile unsigned char *)p = 1; }
+
+int cbench_marked_request(int mine, const void *request, size_t request_length, void *marker) {
+    cbench_touch(marker);
+    int result = request_and_reply(mine, request, request_length);
+    cbench_touch((unsigned char *)marker + 64);
+    return result;
+}

@@ -32,6 +32,70 @@ import PrivsepIPC
 import Supervisor
 import Worker
 
+/// A worker's connection to a canned supervisor, for the worker's side alone (the
+/// "worker-path" and "footprint-worker" children): each reply, with an fd of /dev/null, is
+/// queued by hand before its request, so nothing sleeps. C's requests use a pair of their own.
+final class CannedOpens {
+    let path = "/privsep-bench/file.txt" // never opened: the reply is canned
+    let held = Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+    var reply = try! WireCodec.encode(Envelope(requestID: 1, .reply(.success(fileDescriptorCount: 1))))
+    let request: [UInt8]
+    let c = try! SeqpacketSocket.pair()
+    let supervisorEnd: SeqpacketSocket
+    let connection: SupervisorConnection
+    private var nextID: UInt64 = 1 // the connection numbers its requests from 1
+
+    init() {
+        request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: path, flags: O_RDONLY))))
+        let pair = try! SeqpacketSocket.pair()
+        supervisorEnd = pair.first
+        // Our parent is who WELCOME must name (the handshake checks getppid()).
+        try! supervisorEnd.send(Envelope(requestID: 0, .welcome(Welcome(supervisorProcessID: getppid(), workerID: 1))))
+        connection = try! SupervisorConnection(handshakeOver: pair.second)
+        _ = try! supervisorEnd.receiveMessage() // HELLO
+    }
+
+    /// `count` requests by the C loop, each finding its reply queued: the nanoseconds they
+    /// took (`evicting`: caches evicted before each, only the requests timed), or, with
+    /// `marking`, one request between marks at its offsets 0 and 64.
+    func cRequests(_ count: Int, evicting evict: UnsafeMutableRawBufferPointer? = nil,
+                   marking marker: UnsafeMutableRawBufferPointer? = nil) -> UInt64 {
+        let mine = c.second.unsafeRawValue, peer = c.first.unsafeRawValue, held = held
+        let nanoseconds = request.withUnsafeBytes { request in
+            reply.withUnsafeMutableBytes { reply -> UInt64 in
+                if let marker {
+                    guard cbench_queue_reply(peer, held, reply.baseAddress!, reply.count, 1) == 0,
+                          cbench_marked_request(mine, request.baseAddress!, request.count, marker.baseAddress!) == 0,
+                          cbench_drain_request(peer) == 0 else { return 0 }
+                    return 1
+                }
+                if let evict {
+                    return cbench_prequeued_cold_requests(mine, peer, held, request.baseAddress!, request.count, reply.baseAddress!,
+                                                          reply.count, Int32(count), evict.baseAddress!, evict.count)
+                }
+                return cbench_prequeued_requests(mine, peer, held, request.baseAddress!, request.count, reply.baseAddress!,
+                                                 reply.count, Int32(count))
+            }
+        }
+        check(nanoseconds > 0, "C requests")
+        return nanoseconds
+    }
+
+    /// One SupervisorConnection.open, its reply queued first; `before` runs just before it
+    /// and `after` just after.
+    func brokeredOpen(before: () -> Void = {}, after: () -> Void = {}) {
+        let queued = reply.withUnsafeMutableBytes { reply in
+            cbench_queue_reply(supervisorEnd.unsafeRawValue, held, reply.baseAddress!, reply.count, nextID)
+        }
+        check(queued == 0, "queue reply")
+        nextID += 1
+        before()
+        _ = try! connection.open(path, .readOnly) // closed at once
+        after()
+        check(cbench_drain_request(supervisorEnd.unsafeRawValue) == 0, "drain request")
+    }
+}
+
 // MARK: Children (entered when argv[1] == "--child")
 
 func childMain(_ mode: String) -> Never {
@@ -48,72 +112,34 @@ func childMain(_ mode: String) -> Never {
         // the difference is the library's own cost per request on the worker's side.
         // Arguments N OUTFILE; writes "C_NS SWIFT_NS COLD_C_NS COLD_SWIFT_NS" (per request).
         let count = Int(CommandLine.arguments[3])!, output = CommandLine.arguments[4]
-        let path = "/privsep-bench/file.txt" // never opened: the reply is canned
-        let held = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        var reply = try! WireCodec.encode(Envelope(requestID: 1, .reply(.success(fileDescriptorCount: 1))))
-        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: path, flags: O_RDONLY))))
-        let cPair = try! SeqpacketSocket.pair()
-        let pair = try! SeqpacketSocket.pair()
-        let supervisorEnd = pair.first
-        // Our parent is who WELCOME must name (the handshake checks getppid()).
-        try! supervisorEnd.send(Envelope(requestID: 0, .welcome(Welcome(supervisorProcessID: getppid(), workerID: 1))))
-        let connection = try! SupervisorConnection(handshakeOver: pair.second)
-        _ = try! supervisorEnd.receiveMessage() // HELLO
+        let canned = CannedOpens()
         // C and Swift in alternating slices, so a slower spell of the machine falls on both.
         let slices = 20, perSlice = max(count / slices, 1)
         var cNanoseconds: UInt64 = 0, swiftNanoseconds: UInt64 = 0
-        var nextID: UInt64 = 1 // the connection numbers its requests from 1
         for _ in 0..<slices {
-            let c = request.withUnsafeBytes { request in
-                reply.withUnsafeMutableBytes { reply in
-                    cbench_prequeued_requests(cPair.second.unsafeRawValue, cPair.first.unsafeRawValue, held, request.baseAddress!,
-                                              request.count, reply.baseAddress!, reply.count, Int32(perSlice))
-                }
-            }
-            check(c > 0, "C prequeued requests")
-            cNanoseconds += c
+            cNanoseconds += canned.cRequests(perSlice)
             let start = cbench_now_ns()
-            for _ in 0..<perSlice {
-                let queued = reply.withUnsafeMutableBytes { reply in
-                    cbench_queue_reply(supervisorEnd.unsafeRawValue, held, reply.baseAddress!, reply.count, nextID)
-                }
-                check(queued == 0, "queue reply")
-                nextID += 1
-                _ = try! connection.open(path, .readOnly) // closed at once
-                check(cbench_drain_request(supervisorEnd.unsafeRawValue) == 0, "drain request")
-            }
+            for _ in 0..<perSlice { canned.brokeredOpen() }
             swiftNanoseconds += cbench_now_ns() - start
         }
         let total = Double(slices * perSlice)
         // Then cold: before each request, 8 MiB of data and 2048 pages of code are run
         // through (cbench_evict), so the request finds its caches and TLB as a worker does
         // when many take turns on a CPU. Only the request is timed. A tenth as many.
-        let evictSize = 8 << 20
-        let evict = UnsafeMutableRawBufferPointer.allocate(byteCount: evictSize, alignment: 4096)
-        memset(evict.baseAddress!, 1, evictSize)
+        let evict = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 4096)
+        memset(evict.baseAddress!, 1, evict.count)
         let coldPerSlice = max(perSlice / 10, 1)
         var coldC: UInt64 = 0, coldSwift: UInt64 = 0
         for _ in 0..<slices {
-            let c = request.withUnsafeBytes { request in
-                reply.withUnsafeMutableBytes { reply in
-                    cbench_prequeued_cold_requests(cPair.second.unsafeRawValue, cPair.first.unsafeRawValue, held, request.baseAddress!,
-                                                   request.count, reply.baseAddress!, reply.count, Int32(coldPerSlice),
-                                                   evict.baseAddress!, evictSize)
-                }
-            }
-            check(c > 0, "C prequeued cold requests")
-            coldC += c
+            coldC += canned.cRequests(coldPerSlice, evicting: evict)
             for _ in 0..<coldPerSlice {
-                let queued = reply.withUnsafeMutableBytes { reply in
-                    cbench_queue_reply(supervisorEnd.unsafeRawValue, held, reply.baseAddress!, reply.count, nextID)
+                var start: UInt64 = 0
+                canned.brokeredOpen {
+                    cbench_evict(evict.baseAddress!, evict.count)
+                    start = cbench_now_ns()
+                } after: {
+                    coldSwift += cbench_now_ns() - start
                 }
-                check(queued == 0, "queue reply")
-                nextID += 1
-                cbench_evict(evict.baseAddress!, evictSize)
-                let start = cbench_now_ns()
-                _ = try! connection.open(path, .readOnly)
-                coldSwift += cbench_now_ns() - start
-                check(cbench_drain_request(supervisorEnd.unsafeRawValue) == 0, "drain request")
             }
         }
         let coldTotal = Double(slices * coldPerSlice)
@@ -121,6 +147,21 @@ func childMain(_ mode: String) -> Never {
         let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         _ = line.withCString { write(fd, $0, strlen($0)) }
         close(fd)
+        exit(0)
+    case "footprint-worker":
+        // For Benchmarks/footprint: three opens whose replies are queued beforehand, each
+        // first by the C loop, then by SupervisorConnection.open, every request between two
+        // writes to a marker page whose address goes to stderr ("MARKER N"), so a memory
+        // trace (valgrind's lackey) can cut out one request of each. Marker offsets: 0 and
+        // 64 around C's, 128 and 192 around privsep's.
+        let canned = CannedOpens()
+        let marker = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+        let line = "MARKER \(UInt(bitPattern: marker.baseAddress!))\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        for _ in 0..<3 {
+            _ = canned.cRequests(1, marking: marker)
+            canned.brokeredOpen { cbench_touch(marker.baseAddress! + 128) } after: { cbench_touch(marker.baseAddress! + 192) }
+        }
         exit(0)
     case "c-echo":
         exit(cbench_echo_loop(WireFormat.channelFileDescriptor) == 0 ? 0 : 1)
@@ -416,6 +457,25 @@ if let index = CommandLine.arguments.firstIndex(of: "--intercept-runs"), index +
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     interceptRuns = value
 }
+/// The file every open row opens (beneath a directory the policies grant).
+let openDirectory = "/tmp/privsep-bench-\(getpid())"
+let openName = "file.txt"
+
+/// For Benchmarks/footprint: `--serve-for-tracing swift|c` serves one C-code client's
+/// opens (one request at a time) by privsep's serving thread or by the C broker on
+/// privsep's loop, long enough for a debugger to follow one request through, then exits.
+if let index = CommandLine.arguments.firstIndex(of: "--serve-for-tracing"), index + 1 < CommandLine.arguments.count {
+    prepareOpenTarget()
+    let opens = 900_000 // under the default cap of fds a worker is handed
+    if CommandLine.arguments[index + 1] == "c" {
+        _ = measureCOpens(workers: 1, opens: opens, checked: true, onEpoll: true, batch: 1)
+    } else {
+        _ = await measureSwiftOpens(workers: 1, opens: opens, batch: 1)
+    }
+    removeOpenTarget()
+    exit(0)
+}
+
 // Intercept mode's table comes first in a full run (and alone with --intercept-only).
 if CommandLine.arguments.contains("--intercept-only") || interceptRuns > 0 {
     await interceptSection(runs: max(interceptRuns, 100))
@@ -731,10 +791,6 @@ if idleWorkers > 0 {
 }
 
 // MARK: Brokered opens
-
-/// The file every open row opens (beneath a directory the policies grant).
-let openDirectory = "/tmp/privsep-bench-\(getpid())"
-let openName = "file.txt"
 
 func prepareOpenTarget() {
     mkdir(openDirectory, 0o755)

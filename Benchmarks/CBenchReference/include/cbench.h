@@ -56,6 +56,11 @@ uint64_t cbench_prequeued_requests(int mine, int peer, int held, const void *req
    code: evicts the caller's data and instruction caches and TLB entries, as a run of other
    processes on its CPU does. */
 void cbench_evict(const void *buffer, size_t size);
+/* Writes one byte at `p`: a mark in a memory trace (Benchmarks/footprint). */
+void cbench_touch(void *p);
+/* One request and its reply, as cbench_prequeued_requests makes them, between writes to
+   `marker` and `marker` + 64. 0 or -1. */
+int cbench_marked_request(int mine, const void *request, size_t request_length, void *marker);
 /* cbench_prequeued_requests with the caches evicted (cbench_evict) before each request:
    the nanoseconds spent in the requests alone, or 0 on an error. */
 uint64_t cbench_prequeued_cold_requests(int mine, int peer, int held, const void *request, size_t request_length,
