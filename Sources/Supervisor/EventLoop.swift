@@ -1064,9 +1064,8 @@ final class EventLoop: @unchecked Sendable {
     }
 }
 
-/// What the loop knows of one worker. Loop-thread only.
-/// Loop-thread state of one worker; what a request touches skips the run-time exclusivity
-/// checks (see EventLoop's loop-thread state).
+/// What the loop knows of one worker. Loop-thread only: what a request touches skips the
+/// run-time exclusivity checks (see EventLoop's loop-thread state).
 final class WorkerRecord {
     enum Phase { case handshake, running }
 

@@ -301,6 +301,32 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
+    /// The serving loop parks a reply on EAGAIN and closes the channel on peerClosed
+    /// (EventLoop.mustPark): sendReply must report both as send(Envelope) does.
+    @Test func sendReplyReportsAFullQueueAndAClosedPeerAsTheGeneralSendDoes() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        var queued = 0
+        var full = false
+        while !full && queued < 1_000_000 {
+            do throws(ChannelError) {
+                try a.sendReply(requestID: UInt64(queued), .failure(.permissionDenied), passing: OwnedFileDescriptors(), flags: privsep_MSG_DONTWAIT)
+                queued += 1
+            } catch {
+                #expect(error == .system(.resourceTemporarilyUnavailable))
+                full = true
+            }
+        }
+        #expect(full && queued > 0)
+        #expect(throws: ChannelError.system(.resourceTemporarilyUnavailable)) {
+            try a.send(Envelope(requestID: 0, .reply(.failure(.permissionDenied))), flags: privsep_MSG_DONTWAIT)
+        }
+        _ = consume b
+        #expect(throws: ChannelError.peerClosed) {
+            try a.sendReply(requestID: 1, .failure(.permissionDenied), passing: OwnedFileDescriptors(), flags: privsep_MSG_DONTWAIT)
+        }
+    }
+
     @Test func receiveReplyHandsOverTheAwaitedReplyInPlaceAndDecodesTheRest() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second

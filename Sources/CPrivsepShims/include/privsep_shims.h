@@ -53,11 +53,19 @@ static const int privsep_SO_PEERPIDFD = 77;
 static const int privsep_SCM_PIDFD = 0x04;
 /* The kernel's SCM_MAX_FD. */
 static const int privsep_SCM_MAX_FD = 253;
+/* Hidden without _GNU_SOURCE, or (O_LARGEFILE) not what the kernel sets: the kernel's
+   values, some of which differ on arm64. shims.c checks them against <fcntl.h>. */
 static const int privsep_O_PATH = 010000000;
-static const int privsep_O_TMPFILE = 020200000;
 static const int privsep_O_NOATIME = 01000000;
+#if defined(__aarch64__)
+static const int privsep_O_TMPFILE = 020040000; /* __O_TMPFILE | O_DIRECTORY */
+static const int privsep_O_DIRECT = 0200000;
+static const int privsep_O_LARGEFILE_KERNEL = 0400000;
+#else
+static const int privsep_O_TMPFILE = 020200000; /* __O_TMPFILE | O_DIRECTORY */
 static const int privsep_O_DIRECT = 040000;
 static const int privsep_O_LARGEFILE_KERNEL = 0100000;
+#endif
 static const unsigned long long privsep_RESOLVE_BENEATH = RESOLVE_BENEATH;
 static const unsigned long long privsep_RESOLVE_NO_SYMLINKS = RESOLVE_NO_SYMLINKS;
 static const unsigned long long privsep_RESOLVE_NO_MAGICLINKS = RESOLVE_NO_MAGICLINKS;
