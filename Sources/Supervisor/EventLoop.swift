@@ -35,8 +35,7 @@ final class EventLoop: @unchecked Sendable {
     // run-time exclusivity checks (`@exclusivity(unchecked)`, here and in WorkerRecord and
     // ChannelBox): only the loop thread touches it, in short reads and writes that never
     // overlap, and a check, which sees only its own thread's accesses, would guard nothing
-    // more for its cost on every request (a tenth of the serving thread's own time,
-    // BENCHMARKS.md, fifth round).
+    // more for its cost: four calls into the run-time per request (BENCHMARKS.md, fifth round).
     @exclusivity(unchecked) private var workers: [UInt64: WorkerRecord] = [:]
     @exclusivity(unchecked) private var registrations: [UInt64: Registration] = [:]
     private var nextToken: UInt64 = 1

@@ -326,8 +326,8 @@ public final class SupervisorConnection: @unchecked Sendable {
     }
 
     /// With `lock` held, by the reader once it is done reading: files what it received
-    /// (nil: nothing) for the thread it is meant for, gives up the reader's role and
-    /// wakes the threads waiting for a reply or for the role.
+    /// for the thread it is meant for, gives up the reader's role and wakes the threads
+    /// waiting for a reply or for the role.
     private func deliverLocked(_ outcome: Result<Incoming, WorkerError>) {
         switch outcome {
         case .success(.reply(let box)):
