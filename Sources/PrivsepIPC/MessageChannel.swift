@@ -12,17 +12,7 @@ extension SeqpacketSocket {
         guard fds.ownedCount == expected else {
             throw .malformed(.wrongFileDescriptorCount(envelope.message.type, expected: expected, actual: fds.ownedCount))
         }
-        let result: Result<Void, ChannelError>
-        do throws(ProtocolError) {
-            result = try WireCodec.withEncoded(envelope) { buffer in
-                Result { () throws(ChannelError) in
-                    try fds.withUnsafeRawValues { (raw) throws(ChannelError) in try sendRaw(buffer, fileDescriptors: raw, flags: flags) }
-                }
-            }
-        } catch {
-            throw .malformed(error)
-        }
-        try result.get()
+        try sendEncoded(passing: fds, flags: flags) { (body) throws(ProtocolError) in try WireCodec.withEncodedBytes(envelope, body) }
     }
 
     /// Sends an OPEN from its parts: what ``send(_:passing:flags:)`` sends for
@@ -31,19 +21,9 @@ extension SeqpacketSocket {
     /// general path's cost many times over (see BENCHMARKS.md).
     @inline(__always)
     package func sendOpen(requestID: UInt64, path: String, flags: Int32, mode: UInt32) throws(ChannelError) {
-        var result: Result<Void, ChannelError> = .success(())
-        do throws(ProtocolError) {
-            try WireCodec.withEncodedOpen(requestID: requestID, path: path, flags: flags, mode: mode) { buffer in
-                do throws(ChannelError) {
-                    try sendRaw(buffer, fileDescriptors: UnsafeBufferPointer(start: nil, count: 0), flags: 0)
-                } catch {
-                    result = .failure(error)
-                }
-            }
-        } catch {
-            throw .malformed(error)
+        try sendEncoded(passing: OwnedFileDescriptors(), flags: 0) { (body) throws(ProtocolError) in
+            try WireCodec.withEncodedOpen(requestID: requestID, path: path, flags: flags, mode: mode, body)
         }
-        try result.get()
     }
 
     /// Sends a REPLY from its parts: what ``send(_:passing:flags:)`` sends for
@@ -56,9 +36,19 @@ extension SeqpacketSocket {
         guard fds.ownedCount == reply.fileDescriptorCount else {
             throw .malformed(.wrongFileDescriptorCount(.reply, expected: reply.fileDescriptorCount, actual: fds.ownedCount))
         }
+        try sendEncoded(passing: fds, flags: flags) { (body) throws(ProtocolError) in
+            try WireCodec.withEncodedReply(requestID: requestID, reply, body)
+        }
+    }
+
+    /// Sends the bytes `encode` hands its body, with `fds`: every send's frame. An encoding
+    /// error comes back as ``ChannelError/malformed(_:)`` and nothing is sent.
+    @inline(__always)
+    private func sendEncoded(passing fds: borrowing OwnedFileDescriptors, flags: Int32,
+                             by encode: ((UnsafeRawBufferPointer) -> Void) throws(ProtocolError) -> Void) throws(ChannelError) {
         var result: Result<Void, ChannelError> = .success(())
         do throws(ProtocolError) {
-            try WireCodec.withEncodedReply(requestID: requestID, reply) { buffer in
+            try encode { buffer in
                 do throws(ChannelError) {
                     try fds.withUnsafeRawValues { (raw) throws(ChannelError) in try sendRaw(buffer, fileDescriptors: raw, flags: flags) }
                 } catch {

@@ -289,10 +289,17 @@ public enum WireCodec {
     /// ``withEncoded(_:_:)`` without a result: one compiled body for every caller.
     @usableFromInline
     static func withEncodedBytes(_ envelope: Envelope, _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
-        let capacity = encodedSize(envelope.message)
+        try withWriter(capacity: encodedSize(envelope.message), { (w) throws(ProtocolError) in try write(envelope, into: &w) }, body)
+    }
+
+    /// Encodes with `write` into temporary memory of `capacity` bytes (on the stack for a
+    /// usual message) and calls `body` with the bytes written: every encoder's frame.
+    @inline(__always)
+    private static func withWriter(capacity: Int, _ write: (inout Writer) throws(ProtocolError) -> Void,
+                                   _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
         try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { (buffer) throws(ProtocolError) in
             var w = Writer(buffer)
-            try write(envelope, into: &w)
+            try write(&w)
             body(UnsafeRawBufferPointer(rebasing: buffer[..<w.count]))
         }
     }
@@ -319,13 +326,11 @@ public enum WireCodec {
     package static func withEncodedOpen(requestID: UInt64, path: String, flags: Int32, mode: UInt32,
                                 _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
         let capacity = WireFormat.headerSize + MessageType.open.fixedPayloadSize + path.utf8.count + 1
-        try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { (buffer) throws(ProtocolError) in
-            var w = Writer(buffer)
+        try withWriter(capacity: capacity, { (w) throws(ProtocolError) in
             writeHeader(.open, requestID: requestID, into: &w)
             try writeOpen(path: path, flags: flags, mode: mode, into: &w)
             try finish(&w)
-            body(UnsafeRawBufferPointer(rebasing: buffer[..<w.count]))
-        }
+        }, body)
     }
 
     /// ``withEncodedBytes(_:_:)`` for a REPLY, from its parts: the serving thread's path
@@ -335,14 +340,11 @@ public enum WireCodec {
     @inline(__always)
     package static func withEncodedReply(requestID: UInt64, _ reply: Reply,
                                          _ body: (UnsafeRawBufferPointer) -> Void) throws(ProtocolError) {
-        let capacity = WireFormat.headerSize + MessageType.reply.fixedPayloadSize
-        try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { (buffer) throws(ProtocolError) in
-            var w = Writer(buffer)
+        try withWriter(capacity: WireFormat.headerSize + MessageType.reply.fixedPayloadSize, { (w) throws(ProtocolError) in
             writeHeader(.reply, requestID: requestID, into: &w)
             try writeReply(reply, into: &w)
             try finish(&w)
-            body(UnsafeRawBufferPointer(rebasing: buffer[..<w.count]))
-        }
+        }, body)
     }
 
     @inline(__always)

@@ -387,18 +387,10 @@ let everyMessage: [Envelope] = [
         let paths = ["/srv/data.csv", "/", "/srv/données/été.csv", "/😀", longest, longest + "a", "", "/a\u{0}b", "relative"]
         for path in paths {
             for (flags, mode) in [(O_RDONLY, UInt32(0)), (O_WRONLY | O_CREAT | O_TRUNC, 0o640), (-1, UInt32.max)] {
-                let general = Result { () throws(ProtocolError) in
-                    try WireCodec.encode(Envelope(requestID: 0xfeed_beef_0000_0001, .open(OpenRequest(path: path, flags: flags, mode: mode))))
-                }
-                let fromParts = Result { () throws(ProtocolError) -> [UInt8] in
-                    var bytes: [UInt8] = []
-                    try WireCodec.withEncodedOpen(requestID: 0xfeed_beef_0000_0001, path: path, flags: flags, mode: mode) { bytes = Array($0) }
-                    return bytes
-                }
-                switch (general, fromParts) {
-                case (.success(let expected), .success(let bytes)): #expect(bytes == expected, "\(path)")
-                case (.failure(let expected), .failure(let error)): #expect(error == expected, "\(path)")
-                default: Issue.record("encoders disagree on \(path.prefix(40)): \(general) against \(fromParts)")
+                Self.encoderFromPartsAgrees(
+                    Envelope(requestID: 0xfeed_beef_0000_0001, .open(OpenRequest(path: path, flags: flags, mode: mode))),
+                    "\(path.prefix(40))") { (body) throws(ProtocolError) in
+                    try WireCodec.withEncodedOpen(requestID: 0xfeed_beef_0000_0001, path: path, flags: flags, mode: mode, body)
                 }
             }
         }
@@ -415,19 +407,26 @@ let everyMessage: [Envelope] = [
             .failure(Errno(rawValue: WireFormat.maximumErrno + 1)), .failure(Errno(rawValue: 0)), .failure(Errno(rawValue: -1)),
         ] + [{ var refusalWithAnFD = Reply.failure(.permissionDenied); refusalWithAnFD.fileDescriptorCount = 1; return refusalWithAnFD }()]
         for reply in replies {
-            let general = Result { () throws(ProtocolError) in
-                try WireCodec.encode(Envelope(requestID: 0xfeed_beef_0000_0002, .reply(reply)))
+            Self.encoderFromPartsAgrees(Envelope(requestID: 0xfeed_beef_0000_0002, .reply(reply)), "\(reply)") { (body) throws(ProtocolError) in
+                try WireCodec.withEncodedReply(requestID: 0xfeed_beef_0000_0002, reply, body)
             }
-            let fromParts = Result { () throws(ProtocolError) -> [UInt8] in
-                var bytes: [UInt8] = []
-                try WireCodec.withEncodedReply(requestID: 0xfeed_beef_0000_0002, reply) { bytes = Array($0) }
-                return bytes
-            }
-            switch (general, fromParts) {
-            case (.success(let expected), .success(let bytes)): #expect(bytes == expected, "\(reply)")
-            case (.failure(let expected), .failure(let error)): #expect(error == expected, "\(reply)")
-            default: Issue.record("encoders disagree on \(reply): \(general) against \(fromParts)")
-            }
+        }
+    }
+
+    /// An encoder from parts (`fromParts`, handing its bytes to a body) agrees with the
+    /// general encoder on `envelope`: the same bytes, or the same error.
+    static func encoderFromPartsAgrees(_ envelope: Envelope, _ label: String,
+                                       _ fromParts: ((UnsafeRawBufferPointer) -> Void) throws(ProtocolError) -> Void) {
+        let general = Result { () throws(ProtocolError) in try WireCodec.encode(envelope) }
+        let parts = Result { () throws(ProtocolError) -> [UInt8] in
+            var bytes: [UInt8] = []
+            try fromParts { bytes = Array($0) }
+            return bytes
+        }
+        switch (general, parts) {
+        case (.success(let expected), .success(let bytes)): #expect(bytes == expected, "\(label)")
+        case (.failure(let expected), .failure(let error)): #expect(error == expected, "\(label)")
+        default: Issue.record("encoders disagree on \(label): \(general) against \(parts)")
         }
     }
 
