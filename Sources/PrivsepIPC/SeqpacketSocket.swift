@@ -248,29 +248,40 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         var fds = OwnedFileDescriptors()
         var unexpected: (level: Int32, type: Int32)? = nil
         var sender: PeerCredentials? = nil
-        if message.msg_controllen > 0, var header = privsep_cmsg_firsthdr(&message) {
-            while true {
-                let dataLength = Int(header.pointee.cmsg_len) - privsep_cmsg_len(0)
-                let level = header.pointee.cmsg_level, type = header.pointee.cmsg_type
-                let data = UnsafeRawPointer(privsep_cmsg_data(header))
-                let isRights = level == SOL_SOCKET && type == privsep_SCM_RIGHTS
-                // SCM_PIDFD carries an fd too: own it so it is closed, then report it as unexpected.
-                if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
-                    fds.reserveCapacity(fds.count + dataLength / MemoryLayout<Int32>.size)
-                    for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
-                        let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
-                        if fd >= 0 { fds.adopt(fd) }
-                    }
-                } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
-                            && dataLength >= MemoryLayout<privsep_peer_credentials>.size {
-                    let credentials = data.loadUnaligned(as: privsep_peer_credentials.self)
-                    sender = PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
-                } else if unexpected == nil {
-                    unexpected = (level, type)
-                }
-                guard let next = privsep_cmsg_nxthdr(&message, header) else { break }
-                header = next
+        // The control messages, walked as CMSG_FIRSTHDR and CMSG_NXTHDR walk them but in
+        // Swift: glibc's CMSG_NXTHDR is a call into libc, one more page of code per receive
+        // (BENCHMARKS.md, sixth round). Each message must lie whole within what the kernel
+        // reported; one that does not (the kernel writes none) ends the walk as unexpected.
+        let controlEnd = Int(message.msg_controllen), dataOffset = Self.controlSpace(0)
+        var offset = 0
+        while offset + MemoryLayout<cmsghdr>.size <= controlEnd {
+            let header = UnsafeRawPointer(control.baseAddress! + offset).load(as: cmsghdr.self)
+            let length = Int(header.cmsg_len)
+            guard length >= dataOffset, length <= controlEnd - offset else {
+                if unexpected == nil { unexpected = (header.cmsg_level, header.cmsg_type) }
+                break
             }
+            let dataLength = length - dataOffset
+            let level = header.cmsg_level, type = header.cmsg_type
+            let data = UnsafeRawPointer(control.baseAddress! + offset + dataOffset)
+            let isRights = level == SOL_SOCKET && type == privsep_SCM_RIGHTS
+            // SCM_PIDFD carries an fd too: own it so it is closed, then report it as unexpected.
+            if (isRights || (level == SOL_SOCKET && type == privsep_SCM_PIDFD)) && dataLength > 0 {
+                fds.reserveCapacity(fds.count + dataLength / MemoryLayout<Int32>.size)
+                for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
+                    let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
+                    if fd >= 0 { fds.adopt(fd) }
+                }
+                if !isRights && unexpected == nil { unexpected = (level, type) }
+            } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
+                        && dataLength >= MemoryLayout<privsep_peer_credentials>.size {
+                let credentials = data.loadUnaligned(as: privsep_peer_credentials.self)
+                sender = PeerCredentials(processID: credentials.pid, userID: credentials.uid, groupID: credentials.gid)
+            } else if unexpected == nil {
+                unexpected = (level, type)
+            }
+            // The next message starts at this one's length rounded up to size_t (CMSG_ALIGN).
+            offset += (length + MemoryLayout<Int>.size - 1) & ~(MemoryLayout<Int>.size - 1)
         }
         if message.msg_flags & privsep_MSG_CTRUNC != 0 {
             throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)

@@ -211,6 +211,19 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         let received = try b.receive(maximumBytes: 8, maximumFileDescriptors: 1)
         #expect(received.senderCredentials == PeerCredentials(processID: getpid(), userID: getuid(), groupID: getgid()))
         #expect(received.fileDescriptors.count == 1)
+        // Credentials first, then the fds: the second control message ends where the
+        // kernel's report ends, short of its CMSG_SPACE padding (an odd count: 3 fds).
+        var three = OwnedFileDescriptors()
+        let inodes = appendDescriptors(3, to: &three)
+        try bytes("who").withUnsafeBytes { try a.send($0, passing: three) }
+        var again = try b.receive(maximumBytes: 8, maximumFileDescriptors: 3)
+        #expect(again.senderCredentials?.processID == getpid())
+        #expect(again.fileDescriptors.count == 3)
+        var arrived: [UInt64] = []
+        for index in 0..<3 {
+            if let fd = again.fileDescriptors.take(at: index) { arrived.append(inode(fd.unsafeRawValue)) }
+        }
+        #expect(arrived == inodes)
     }
 
     @Test func validatedAcceptsOnlyConnectedSeqpacketSockets() throws {
@@ -506,6 +519,32 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             switch consume received {
             case .reply: fail("another request's REPLY came back as the awaited one")
             case .message(let message): require(message.fileDescriptors.count == 2, "\(message.fileDescriptors.count) fds")
+            }
+            require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
+        }
+    }
+
+    @Test func aPidfdControlMessageIsRefusedAndEveryDescriptorClosed() async {
+        await #expect(processExitsWith: .success) {
+            let pair = try! SeqpacketSocket.pair()
+            let a = pair.first, b = pair.second
+            // SO_PASSPIDFD (Linux 6.5): each datagram brings an SCM_PIDFD message, an fd of its own.
+            var on: Int32 = 1
+            require(setsockopt(b.unsafeRawValue, SOL_SOCKET, 76, &on, socklen_t(MemoryLayout<Int32>.size)) == 0, "SO_PASSPIDFD: \(errno)")
+            let before = openFileDescriptorSet()
+            var fds = OwnedFileDescriptors()
+            for _ in 0..<2 { fds.append(makeDescriptor()) }
+            try! [UInt8](repeating: 1, count: 24).withUnsafeBytes { try a.send($0, passing: fds) }
+            fds.closeAll()
+            do {
+                // Room for 8 fds: the pidfd's message (CMSG_SPACE(4)) and the two fds' (CMSG_LEN(8))
+                // fit whole, so the walk meets both rather than the kernel truncating.
+                _ = try b.receive(maximumBytes: 64, maximumFileDescriptors: 8)
+                fail("a datagram with SCM_PIDFD was accepted")
+            } catch let error as ChannelError {
+                require(error == .unexpectedControlMessage(level: SOL_SOCKET, type: privsep_SCM_PIDFD), "\(error)")
+            } catch {
+                fail("\(error)")
             }
             require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
         }

@@ -85,9 +85,8 @@ static inline size_t privsep_cmsg_len(size_t data_length) { return CMSG_LEN(data
 static inline struct cmsghdr *_Nullable privsep_cmsg_firsthdr(struct msghdr *message) {
     return CMSG_FIRSTHDR(message);
 }
-static inline struct cmsghdr *_Nullable privsep_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *cmsg) {
-    return CMSG_NXTHDR(message, cmsg);
-}
+/* No CMSG_NXTHDR: glibc's is a call into libc; SeqpacketSocket walks received control
+   messages in Swift. */
 static inline unsigned char *privsep_cmsg_data(struct cmsghdr *cmsg) { return CMSG_DATA(cmsg); }
 
 /* ---- raw syscalls ---- */
