@@ -1,9 +1,36 @@
-/* All shims are static inline in include/privsep_shims.h; SwiftPM needs one source file.
-   This one also holds the header's written-in constants to the C library's, with the
-   definitions that _GNU_SOURCE shows. */
+/* The shims are static inline in include/privsep_shims.h but for the futex lock's waits,
+   here. This file also holds the header's written-in constants to the C library's, with
+   the definitions that _GNU_SOURCE shows. */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include "privsep_shims.h"
+
+void privsep_monitor_lock_contended(struct privsep_monitor *monitor) {
+    /* Marked 2 by whoever takes it from here on, so its unlock wakes a sleeper. A failed
+       wait (EAGAIN: no longer 2; EINTR) just tries again. */
+    while (__atomic_exchange_n(&monitor->lock, 2, __ATOMIC_ACQUIRE) != 0) {
+        syscall(SYS_futex, &monitor->lock, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+    }
+}
+
+void privsep_monitor_wake_one(struct privsep_monitor *monitor) {
+    syscall(SYS_futex, &monitor->lock, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+void privsep_monitor_wait(struct privsep_monitor *monitor) {
+    uint32_t seen = __atomic_load_n(&monitor->sequence, __ATOMIC_RELAXED);
+    privsep_monitor_unlock(monitor);
+    /* Returns at once (EAGAIN) if a broadcast came between the unlock and here. */
+    syscall(SYS_futex, &monitor->sequence, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+    privsep_monitor_lock(monitor);
+}
+
+void privsep_monitor_broadcast(struct privsep_monitor *monitor) {
+    __atomic_fetch_add(&monitor->sequence, 1, __ATOMIC_RELAXED);
+    syscall(SYS_futex, &monitor->sequence, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
 
 _Static_assert(privsep_O_PATH == O_PATH, "O_PATH");
 _Static_assert(privsep_O_TMPFILE == O_TMPFILE, "O_TMPFILE");

@@ -26,15 +26,16 @@ public final class SupervisorConnection: @unchecked Sendable {
     // The state `lock` guards skips Swift's run-time exclusivity checks: the lock already
     // orders every access, and a check sees only its own thread's accesses, so on the
     // request path they would cost on every call without guarding anything more.
-    private let lock: UnsafeMutablePointer<pthread_mutex_t>
-    private let replied: UnsafeMutablePointer<pthread_cond_t>
+    // A futex lock and condition (privsep_monitor), not pthread's: the uncontended lock and
+    // unlock are inline, where pthread's are calls into libc (BENCHMARKS.md, sixth round).
+    private let lock: UnsafeMutablePointer<privsep_monitor>
     @exclusivity(unchecked) private var nextRequestID: UInt64 = 1
     // Arrays, not a dictionary and a set: they hold one entry per thread waiting
     // (usually one), and keep their storage from request to request.
     @exclusivity(unchecked) private var mailbox: [ReplyBox] = []
     @exclusivity(unchecked) private var waiting: [UInt64] = []
     @exclusivity(unchecked) private var readerActive = false
-    /// Threads asleep on `replied`: the reader wakes them only if there are any.
+    /// Threads asleep in `privsep_monitor_wait`: the reader wakes them only if there are any.
     @exclusivity(unchecked) private var sleepers = 0
     /// Where the reader (whichever thread has `readerActive`) receives.
     private let receiveScratch: UnsafeMutableRawBufferPointer
@@ -69,12 +70,9 @@ public final class SupervisorConnection: @unchecked Sendable {
         channel = socket
         supervisorProcessID = welcome.supervisorProcessID
         workerID = welcome.workerID
-        let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-        pthread_mutex_init(lock, nil)
+        let lock = UnsafeMutablePointer<privsep_monitor>.allocate(capacity: 1)
+        lock.initialize(to: privsep_monitor(lock: 0, sequence: 0))
         self.lock = lock
-        let replied = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-        pthread_cond_init(replied, nil)
-        self.replied = replied
         receiveScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
     }
 
@@ -107,10 +105,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     }
 
     deinit {
-        pthread_mutex_destroy(lock)
-        pthread_cond_destroy(replied)
         lock.deallocate()
-        replied.deallocate()
         receiveScratch.deallocate()
     }
 
@@ -227,7 +222,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     /// Sends a request with `send`, under a fresh id, and waits for the reply with that id.
     @inline(__always)
     private func request(sending send: (UInt64) throws(ChannelError) -> Void) throws(WorkerError) -> OwnedFileDescriptors {
-        pthread_mutex_lock(lock)
+        privsep_monitor_lock(lock)
         let id = nextRequestID
         nextRequestID += 1
         waiting.append(id)
@@ -236,14 +231,14 @@ public final class SupervisorConnection: @unchecked Sendable {
         // A thread that comes meanwhile waits for the role as it would for any reader.
         let readsOwnReply = !readerActive && waiting.count == 1 && failure == nil
         if readsOwnReply { readerActive = true }
-        pthread_mutex_unlock(lock)
+        privsep_monitor_unlock(lock)
         do {
             try send(id)
         } catch {
-            pthread_mutex_lock(lock)
+            privsep_monitor_lock(lock)
             if readsOwnReply { releaseReaderRoleLocked() }
             stopWaiting(for: id)
-            pthread_mutex_unlock(lock)
+            privsep_monitor_unlock(lock)
             throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
         }
         if readsOwnReply {
@@ -256,28 +251,28 @@ public final class SupervisorConnection: @unchecked Sendable {
                                                         maximumFileDescriptors: WireFormat.maximumFileDescriptors)
                 switch consume received {
                 case .reply(let reply, let fds):
-                    pthread_mutex_lock(lock)
+                    privsep_monitor_lock(lock)
                     releaseReaderRoleLocked()
                     stopWaiting(for: id)
-                    pthread_mutex_unlock(lock)
+                    privsep_monitor_unlock(lock)
                     guard let errno = reply.error else { return fds }
                     denied = errno
                 case .message(let message):
-                    pthread_mutex_lock(lock)
+                    privsep_monitor_lock(lock)
                     deliverLocked(Self.incoming(message))
                 }
             } catch .peerClosed {
-                pthread_mutex_lock(lock)
+                privsep_monitor_lock(lock)
                 deliverLocked(.success(.closed))
             } catch {
-                pthread_mutex_lock(lock)
+                privsep_monitor_lock(lock)
                 deliverLocked(.failure(.protocolError("\(error)")))
             }
             if let denied { throw .denied(denied) }
         } else {
-            pthread_mutex_lock(lock)
+            privsep_monitor_lock(lock)
         }
-        defer { pthread_mutex_unlock(lock) }
+        defer { privsep_monitor_unlock(lock) }
         let box: ReplyBox
         do throws(WorkerError) {
             box = try waitLocked {
@@ -313,14 +308,14 @@ public final class SupervisorConnection: @unchecked Sendable {
             if let failure { throw failure }
             if readerActive {
                 sleepers += 1
-                pthread_cond_wait(replied, lock)
+                privsep_monitor_wait(lock)
                 sleepers -= 1
                 continue
             }
             readerActive = true
-            pthread_mutex_unlock(lock)
+            privsep_monitor_unlock(lock)
             let outcome = receiveIncoming()
-            pthread_mutex_lock(lock)
+            privsep_monitor_lock(lock)
             deliverLocked(outcome)
         }
     }
@@ -356,7 +351,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     @inline(__always)
     private func releaseReaderRoleLocked() {
         readerActive = false
-        if sleepers > 0 { pthread_cond_broadcast(replied) }
+        if sleepers > 0 { privsep_monitor_broadcast(lock) }
     }
 
     private enum Incoming {
@@ -395,8 +390,8 @@ public final class SupervisorConnection: @unchecked Sendable {
     ///
     /// Answer each job with ``finish(_:status:output:)`` before asking for the next.
     public func nextJob() throws(WorkerError) -> Job? {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
+        privsep_monitor_lock(lock)
+        defer { privsep_monitor_unlock(lock) }
         let box: JobBox
         do throws(WorkerError) {
             box = try waitLocked { jobInbox.isEmpty ? nil : jobInbox.removeFirst() }

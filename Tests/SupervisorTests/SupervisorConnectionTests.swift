@@ -1,3 +1,4 @@
+import CPrivsepShims
 import Glibc
 import PrivsepIPC
 import Testing
@@ -7,7 +8,7 @@ import Worker
 /// before each request, so a thread that reads its own reply finds them at once.
 @Suite(.timeLimit(.minutes(1))) struct SupervisorConnectionTests {
     /// A connection and the supervisor's end of its channel, past the handshake.
-    final class Channel {
+    final class Channel: @unchecked Sendable { // its supervisor's end is used by one thread at a time
         let connection: SupervisorConnection
         let supervisorEnd: SeqpacketSocket
 
@@ -66,4 +67,116 @@ import Worker
         #expect(throws: WorkerError.self) { _ = try channel.connection.open("/srv/data", .readOnly) }
         #expect(throws: WorkerError.self) { _ = try channel.connection.open("/srv/data", .readOnly) }
     }
+
+    /// Many threads at once, their replies answered two at a time in reverse order: each
+    /// thread gets the fd of its own request, whichever thread reads it off the channel.
+    @Test func manyThreadsEachGetTheirOwnReply() throws {
+        let channel = try Channel()
+        let threads = 16, requestsEach = 200
+        let supervisor = TestThread {
+            var held: [Envelope] = []
+            for _ in 0..<(threads * requestsEach) {
+                guard let received = try? channel.supervisorEnd.receiveMessage() else { return }
+                held.append(received.envelope)
+                // Two at a time, the later first, while any two are waiting.
+                if held.count == 2 || held.count == threads * requestsEach {
+                    for envelope in held.reversed() { try? answer(envelope, over: channel.supervisorEnd) }
+                    held.removeAll()
+                }
+            }
+            for envelope in held.reversed() { try? answer(envelope, over: channel.supervisorEnd) }
+        }
+        let failures = Tally()
+        runThreads(threads) { index in
+            for request in 0..<requestsEach {
+                let path = "/t\(index)/r\(request)"
+                do {
+                    let fd = try channel.connection.open(path, .readOnly)
+                    var bytes = [UInt8](repeating: 0, count: 64)
+                    let count = read(fd.unsafeRawValue, &bytes, bytes.count)
+                    let content = count > 0 ? String(decoding: bytes[..<count], as: UTF8.self) : ""
+                    if content != path { failures.add("\(path) got \(content)") }
+                } catch {
+                    failures.add("\(path): \(error)")
+                }
+            }
+        }
+        supervisor.join()
+        #expect(failures.items.isEmpty, "\(failures.items.prefix(3))")
+    }
+
+    /// The connection's lock and condition alone: increments under the lock from 8 threads
+    /// lose none, and two threads taking turns by waiting and broadcasting never miss a
+    /// turn (a lost wake-up would hang until the suite's time limit).
+    @Test func theMonitorExcludesAndLosesNoWakeUp() {
+        let monitor = UnsafeMutablePointer<privsep_monitor>.allocate(capacity: 1)
+        monitor.initialize(to: privsep_monitor(lock: 0, sequence: 0))
+        defer { monitor.deallocate() }
+        nonisolated(unsafe) var counter = 0
+        let monitorAddress = UInt(bitPattern: monitor)
+        runThreads(8) { _ in
+            let monitor = UnsafeMutablePointer<privsep_monitor>(bitPattern: monitorAddress)!
+            for _ in 0..<20_000 {
+                privsep_monitor_lock(monitor)
+                counter += 1
+                privsep_monitor_unlock(monitor)
+            }
+        }
+        #expect(counter == 160_000)
+        nonisolated(unsafe) var turn = 0
+        runThreads(2) { index in
+            let monitor = UnsafeMutablePointer<privsep_monitor>(bitPattern: monitorAddress)!
+            privsep_monitor_lock(monitor)
+            for _ in 0..<5_000 {
+                while turn % 2 != index { privsep_monitor_wait(monitor) }
+                turn += 1
+                privsep_monitor_broadcast(monitor)
+            }
+            privsep_monitor_unlock(monitor)
+        }
+        #expect(turn == 10_000)
+    }
+}
+
+/// Answers an OPEN with the read end of a pipe that holds the path asked for.
+private func answer(_ envelope: Envelope, over socket: borrowing SeqpacketSocket) throws {
+    guard case .open(let open) = envelope.message else { return }
+    var ends: [Int32] = [-1, -1]
+    guard pipe(&ends) == 0 else { return }
+    _ = open.path.withCString { write(ends[1], $0, strlen($0)) }
+    close(ends[1])
+    var fds = OwnedFileDescriptors()
+    fds.append(OwnedFileDescriptor(adoptingRawValue: ends[0]))
+    try socket.send(Envelope(requestID: envelope.requestID, .reply(.success(fileDescriptorCount: 1))), passing: fds)
+}
+
+/// Failures collected from several threads.
+private final class Tally: @unchecked Sendable {
+    private var lock = pthread_mutex_t()
+    private(set) var items: [String] = []
+    init() { pthread_mutex_init(&lock, nil) }
+    func add(_ item: String) {
+        pthread_mutex_lock(&lock)
+        items.append(item)
+        pthread_mutex_unlock(&lock)
+    }
+}
+
+/// A thread of its own (the cooperative pool is not to be blocked in recvmsg).
+private final class TestThread: @unchecked Sendable {
+    private var thread = pthread_t()
+    init(_ body: @escaping @Sendable () -> Void) {
+        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        pthread_create(&thread, nil, { context in
+            Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(Box(body)).toOpaque())
+    }
+    func join() { pthread_join(thread, nil) }
+}
+
+/// Runs `body(index)` on `count` threads at once and waits for them all.
+private func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let threads = (0..<count).map { index in TestThread { body(index) } }
+    for thread in threads { thread.join() }
 }

@@ -3,7 +3,7 @@
  *
  * Macros (CMSG_*, W*), raw syscalls without a usable libc wrapper, and a few
  * constants that Glibc's module map hides or mistypes. No logic lives here:
- * every function is one call or one expression. Return values follow the C
+ * every function is one call or one expression, but for the futex lock at the end. Return values follow the C
  * convention (-1 and errno); the Swift side turns them into typed errors.
  */
 #ifndef PRIVSEP_SHIMS_H
@@ -335,6 +335,37 @@ static const int privsep_AT_EMPTY_PATH = 0x1000;
 static const int privsep_AT_SYMLINK_NOFOLLOW = 0x100;
 static const int privsep_AT_EACCESS = 0x200;
 static const int privsep_AT_FDCWD = -100;
+
+/* ---- a lock and a condition on futexes (SupervisorConnection's) ----
+   The one exception to "no logic here": C11 atomics do not import into Swift without
+   the Synchronization module, whose atomics have no address to give futex(2). pthread's
+   mutex costs a call into libc for each lock and unlock, two more pages of code on every
+   request (BENCHMARKS.md, sixth round); here the uncontended lock and unlock are one
+   atomic instruction each, inline, and only waiting calls out (shims.c).
+   `lock`: 0 free, 1 held, 2 held and someone may be asleep on it (Drepper, "Futexes Are
+   Tricky", the second mutex). `sequence`: bumped by each broadcast, under the lock; a
+   waiter sleeps while it still holds the value it saw under the lock, so no wake-up
+   between its unlock and its sleep is lost. */
+struct privsep_monitor {
+    uint32_t lock;
+    uint32_t sequence;
+};
+void privsep_monitor_lock_contended(struct privsep_monitor *monitor);
+void privsep_monitor_wake_one(struct privsep_monitor *monitor);
+static inline void privsep_monitor_lock(struct privsep_monitor *monitor) {
+    uint32_t expected = 0;
+    if (!__atomic_compare_exchange_n(&monitor->lock, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        privsep_monitor_lock_contended(monitor);
+    }
+}
+static inline void privsep_monitor_unlock(struct privsep_monitor *monitor) {
+    if (__atomic_exchange_n(&monitor->lock, 0, __ATOMIC_RELEASE) == 2) privsep_monitor_wake_one(monitor);
+}
+/* With the lock held: releases it, sleeps until a broadcast (or spuriously: callers
+   check their condition in a loop), takes it again. */
+void privsep_monitor_wait(struct privsep_monitor *monitor);
+/* With the lock held: wakes every thread in privsep_monitor_wait. */
+void privsep_monitor_broadcast(struct privsep_monitor *monitor);
 
 #pragma clang assume_nonnull end
 
