@@ -74,17 +74,18 @@ import Worker
         let channel = try Channel()
         let threads = 16, requestsEach = 200
         let supervisor = TestThread {
-            var held: [Envelope] = []
-            for _ in 0..<(threads * requestsEach) {
-                guard let received = try? channel.supervisorEnd.receiveMessage() else { return }
-                held.append(received.envelope)
-                // Two at a time, the later first, while any two are waiting.
-                if held.count == 2 || held.count == threads * requestsEach {
-                    for envelope in held.reversed() { try? answer(envelope, over: channel.supervisorEnd) }
-                    held.removeAll()
+            // Each request read, and a second if one is already queued: two are answered
+            // the later first.
+            var answered = 0
+            while answered < threads * requestsEach {
+                guard let first = try? channel.supervisorEnd.receiveMessage() else { return }
+                if let second = try? channel.supervisorEnd.receiveMessage(nonBlocking: true) {
+                    try? answer(second.envelope, over: channel.supervisorEnd)
+                    answered += 1
                 }
+                try? answer(first.envelope, over: channel.supervisorEnd)
+                answered += 1
             }
-            for envelope in held.reversed() { try? answer(envelope, over: channel.supervisorEnd) }
         }
         let failures = Tally()
         runThreads(threads) { index in
