@@ -234,33 +234,40 @@ public enum WireCodec {
         guard bytes.count <= maximum else { throw .stringTooLong(field: field, maximum: maximum, actual: bytes.count) }
         guard bytes[bytes.count - 1] == 0 else { throw .stringUnterminated(field: field) }
         let contentLength = bytes.count - 1
-        guard memchr(bytes.baseAddress!, 0, contentLength) == nil else { throw .stringHasEmbeddedNUL(field: field) }
-        guard allowEmpty || contentLength > 0 else { throw .stringEmpty(field: field) }
         let content = UnsafeBufferPointer(start: bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), count: contentLength)
-        // Strict: a path that is not UTF-8 is refused rather than repaired, because a
-        // repaired string would name a different file than the bytes the worker sent.
-        // ASCII (almost every path) is UTF-8 without further ado; anything else is judged
-        // by the standard library's validating C-string initializer.
-        guard isASCII(content) || String(validatingCString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)) != nil else {
-            throw .stringNotUTF8(field: field)
+        // ASCII without NUL (almost every path) passes in one pass. Anything else is
+        // judged apart: a NUL inside is refused; then, strict, a string that is not UTF-8
+        // is refused rather than repaired, because a repaired string would name a
+        // different file than the bytes the worker sent (the standard library's
+        // validating C-string initializer judges it).
+        if !isASCIIWithoutNUL(content) {
+            guard memchr(bytes.baseAddress!, 0, contentLength) == nil else { throw .stringHasEmbeddedNUL(field: field) }
+            guard String(validatingCString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self)) != nil else {
+                throw .stringNotUTF8(field: field)
+            }
         }
+        guard allowEmpty || contentLength > 0 else { throw .stringEmpty(field: field) }
         return content
     }
 
-    /// Whether every byte is below 0x80, eight at a time.
-    private static func isASCII(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+    /// Whether every byte is below 0x80 and none is zero, eight at a time.
+    private static func isASCIIWithoutNUL(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         let raw = UnsafeRawBufferPointer(bytes)
         var index = 0
         var high: UInt64 = 0
+        var zero = false
         while index + 8 <= raw.count {
-            high |= raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            high |= word
+            zero = zero || hasZeroByte(word)
             index += 8
         }
         while index < raw.count {
             high |= UInt64(raw[index])
+            zero = zero || raw[index] == 0
             index += 1
         }
-        return high & 0x8080_8080_8080_8080 == 0
+        return high & 0x8080_8080_8080_8080 == 0 && !zero
     }
 
     // MARK: Encoding
@@ -558,4 +565,17 @@ extension String {
     fileprivate init(validatedBytes bytes: UnsafeBufferPointer<UInt8>) {
         self.init(decoding: bytes, as: UTF8.self)
     }
+}
+
+/// `byte` in each of a word's eight bytes.
+@inlinable @inline(__always)
+package func repeatedByte(_ byte: UInt8) -> UInt64 { 0x0101_0101_0101_0101 &* UInt64(byte) }
+
+/// Whether any of `word`'s eight bytes is zero. Exact: subtracting 1 from each byte sets
+/// the high bit of a zero byte (and of a byte at 0x81 or above), and `~word` keeps only
+/// the bytes whose high bit was clear; a borrow into a higher byte comes only from a
+/// zero byte below it.
+@inlinable @inline(__always)
+package func hasZeroByte(_ word: UInt64) -> Bool {
+    (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080 != 0
 }

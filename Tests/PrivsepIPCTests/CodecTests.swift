@@ -166,6 +166,24 @@ let everyMessage: [Envelope] = [
         #expect(throws: ProtocolError.stringNotUTF8(field: "open.path")) {
             try WireCodec.decode(openWith([0x2f, 0xff, 0xfe, 0]), fileDescriptorCount: 0)
         }
+        // The NUL and the UTF-8 checks read eight bytes at a time: a bad byte is found
+        // wherever it lies in a path of any length.
+        for length in 2...24 {
+            for position in 1..<length {
+                var path = [UInt8](repeating: 0x61, count: length)
+                path[0] = 0x2f
+                path[position] = 0
+                #expect(throws: ProtocolError.stringHasEmbeddedNUL(field: "open.path")) {
+                    try WireCodec.decode(openWith(path + [0]), fileDescriptorCount: 0)
+                }
+                path[position] = 0xff
+                #expect(throws: ProtocolError.stringNotUTF8(field: "open.path")) {
+                    try WireCodec.decode(openWith(path + [0]), fileDescriptorCount: 0)
+                }
+                path[position] = 0x7f
+                #expect(throws: Never.self) { try WireCodec.decode(openWith(path + [0]), fileDescriptorCount: 0) }
+            }
+        }
         let long = [UInt8](repeating: 0x61, count: WireFormat.maximumPathLength) + [0]
         #expect(throws: ProtocolError.stringTooLong(field: "open.path", maximum: 4096, actual: 4097)) {
             try WireCodec.decode(openWith(long), fileDescriptorCount: 0)

@@ -1,5 +1,5 @@
 import PrivsepIPC
-import Supervisor
+@testable import Supervisor
 import Testing
 
 @Suite struct PolicyFileTests {
@@ -108,6 +108,50 @@ import Testing
     @Test func canonicalPaths() {
         for good in ["/", "/a", "/a/b", "/a.b/..c", "/.x"] { #expect(isCanonicalAbsolutePath(good), "\(good)") }
         for bad in ["", "a", "/a/", "//a", "/a//b", "/./a", "/a/.", "/a/..", "/../a", "/a\0b"] { #expect(!isCanonicalAbsolutePath(bad), "\(bad)") }
+    }
+
+    /// The check reads eight bytes at a time where it can: against a plain reading of the
+    /// rule, on random paths of every length up to 40 made of the bytes that matter, each
+    /// at every offset from a word's start.
+    @Test func canonicalCheckAgreesWithItsDefinition() {
+        func byDefinition(_ bytes: [UInt8]) -> Bool {
+            guard bytes.first == UInt8(ascii: "/"), !bytes.contains(0) else { return false }
+            if bytes == [UInt8(ascii: "/")] { return true }
+            let components = bytes.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            return !components.contains { $0.isEmpty || Array($0) == [0x2e] || Array($0) == [0x2e, 0x2e] }
+        }
+        var generator = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [0x2f, 0x2f, 0x2e, 0x2e, 0x61, 0x61, 0x61, 0x61, 0x61, 0x00, 0xc3, 0xa9]
+        var disagreements: [[UInt8]] = []
+        for _ in 0..<20_000 {
+            let length = Int.random(in: 0...40, using: &generator)
+            var path = (0..<length).map { _ in alphabet.randomElement(using: &generator)! }
+            if !path.isEmpty && Bool.random(using: &generator) { path[0] = 0x2f }
+            let padding = Int.random(in: 0..<8, using: &generator)
+            let fast = ([UInt8](repeating: 0x2f, count: padding) + path).withUnsafeBufferPointer {
+                isCanonicalAbsolutePath(bytes: UnsafeBufferPointer(rebasing: $0[padding...]))
+            }
+            if fast != byDefinition(path) { disagreements.append(path) }
+        }
+        let firstDisagreements = Array(disagreements.prefix(3))
+        #expect(firstDisagreements.isEmpty)
+    }
+
+    /// Rule matching compares eight bytes at a time: a difference at any position, in a
+    /// rule of any length up to 40, is found.
+    @Test func ruleMatchingFindsADifferenceAtAnyByte() {
+        for length in 1...40 {
+            let path = "/" + String(repeating: "d", count: length)
+            let file = PathRule(path: path, kind: .file, permissions: [.read])
+            let directory = PathRule(path: path, kind: .directory, permissions: [.read])
+            #expect(file.matches(path) && directory.matches(path) && directory.matches(path + "/x"))
+            for position in 1...length {
+                var changed = Array(path.utf8)
+                changed[position] = UInt8(ascii: "e")
+                let other = String(decoding: changed, as: UTF8.self)
+                #expect(!file.matches(other) && !directory.matches(other) && !directory.matches(other + "/x"), "\(length) \(position)")
+            }
+        }
     }
 
     @Test func narrowingAddressRules() {
