@@ -65,6 +65,9 @@ final class EventLoop: @unchecked Sendable {
     @exclusivity(unchecked) private var readAgain: [UInt64] = []
     /// Counts the loop's turns, so a channel read in this one is not read again in it.
     @exclusivity(unchecked) private var turn: UInt64 = 0
+    /// The monotonic clock when this turn's events came in: the token buckets refill to
+    /// it, so a turn that serves many workers reads the clock once, not once per request.
+    @exclusivity(unchecked) private var turnStarted: UInt64 = 0
     /// Every channel is read into this one buffer (loop thread only; a decoded message
     /// copies what it keeps).
     private let receiveBuffer: UnsafeMutableRawBufferPointer
@@ -193,6 +196,7 @@ final class EventLoop: @unchecked Sendable {
             case .success(let n): count = n
             case .failure(let errno): fatalError("epoll_wait: \(errno)") // EBADF/EINVAL: a bug, not an environment error
             }
+            turnStarted = system_clock_monotonic()
             for index in 0..<count {
                 let token = events[index].data.u64
                 let flags = events[index].events
@@ -678,7 +682,8 @@ final class EventLoop: @unchecked Sendable {
     @inline(__always) // per request: part of channelReady's one stretch of code
     private func consumeToken(_ record: WorkerRecord) -> Bool {
         let caps = record.configuration.caps
-        let now = system_clock_monotonic()
+        // A worker spawned during this turn has a later lastRefill than the turn's start.
+        let now = max(turnStarted, record.lastRefill)
         let elapsed = Double(now - record.lastRefill) / 1e9
         record.lastRefill = now
         record.tokens = min(Double(caps.messageBurst), record.tokens + elapsed * Double(caps.messagesPerSecond))
