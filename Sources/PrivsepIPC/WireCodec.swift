@@ -250,24 +250,25 @@ public enum WireCodec {
         return content
     }
 
-    /// Whether every byte is below 0x80 and none is zero, eight at a time.
+    /// Whether every byte is below 0x80 and none is zero, eight at a time (the last eight
+    /// bytes overlapping the word before, when the count is not a multiple of eight).
     private static func isASCIIWithoutNUL(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        let raw = UnsafeRawBufferPointer(bytes)
-        var index = 0
+        guard let base = UnsafeRawPointer(bytes.baseAddress), bytes.count >= 8 else {
+            return bytes.allSatisfy { $0 != 0 && $0 < 0x80 }
+        }
         var high: UInt64 = 0
-        var zero = false
-        while index + 8 <= raw.count {
-            let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+        var zero: UInt64 = 0
+        func take(_ word: UInt64) {
             high |= word
-            zero = zero || hasZeroByte(word)
-            index += 8
+            zero |= (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
         }
-        while index < raw.count {
-            high |= UInt64(raw[index])
-            zero = zero || raw[index] == 0
-            index += 1
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            take(base.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+            offset += 8
         }
-        return high & 0x8080_8080_8080_8080 == 0 && !zero
+        if offset < bytes.count { take(base.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self)) }
+        return (high & 0x8080_8080_8080_8080) | zero == 0
     }
 
     // MARK: Encoding

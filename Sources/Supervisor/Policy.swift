@@ -208,8 +208,9 @@ public struct PathRule: Sendable, Equatable {
             let askedRaw = UnsafeRawBufferPointer(asked), ruleRaw = UnsafeRawBufferPointer(rule)
             var index = 0
             while index + 8 <= count {
-                if askedRaw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-                    != ruleRaw.loadUnaligned(fromByteOffset: index, as: UInt64.self) { return false }
+                // In bounds: index + 8 <= count <= both counts.
+                if askedRaw.baseAddress!.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+                    != ruleRaw.baseAddress!.loadUnaligned(fromByteOffset: index, as: UInt64.self) { return false }
                 index += 8
             }
             while index < count {
@@ -402,7 +403,7 @@ func isCanonicalAbsolutePath(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
     while index < count {
         var end = count
         if index + 8 <= count {
-            let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            let word = raw.baseAddress!.loadUnaligned(fromByteOffset: index, as: UInt64.self) // in bounds: index + 8 <= count
             if !hasZeroByte(word) && !hasZeroByte(word ^ repeatedByte(slash)) {
                 componentLength += 8
                 index += 8
