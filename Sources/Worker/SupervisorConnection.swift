@@ -225,19 +225,20 @@ public final class SupervisorConnection: @unchecked Sendable {
         privsep_monitor_lock(lock)
         let id = nextRequestID
         nextRequestID += 1
-        waiting.append(id)
         // Alone (nobody else reading or waiting): take the reader's role before sending,
         // and read the reply straight off the channel, without boxing it for the mailbox.
         // A thread that comes meanwhile waits for the role as it would for any reader.
-        let readsOwnReply = !readerActive && waiting.count == 1 && failure == nil
-        if readsOwnReply { readerActive = true }
+        // Such a thread is not listed in `waiting` (nobody else can read its reply while
+        // it holds the role), sparing the list's upkeep; it lists itself before it gives
+        // the role up without its reply.
+        let readsOwnReply = !readerActive && waiting.isEmpty && failure == nil
+        if readsOwnReply { readerActive = true } else { waiting.append(id) }
         privsep_monitor_unlock(lock)
         do {
             try send(id)
         } catch {
             privsep_monitor_lock(lock)
-            if readsOwnReply { releaseReaderRoleLocked() }
-            stopWaiting(for: id)
+            if readsOwnReply { releaseReaderRoleLocked() } else { stopWaiting(for: id) }
             privsep_monitor_unlock(lock)
             throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
         }
@@ -253,19 +254,21 @@ public final class SupervisorConnection: @unchecked Sendable {
                 case .reply(let reply, let fds):
                     privsep_monitor_lock(lock)
                     releaseReaderRoleLocked()
-                    stopWaiting(for: id)
                     privsep_monitor_unlock(lock)
                     guard let errno = reply.error else { return fds }
                     denied = errno
                 case .message(let message):
                     privsep_monitor_lock(lock)
+                    waiting.append(id)
                     deliverLocked(Self.incoming(message))
                 }
             } catch .peerClosed {
                 privsep_monitor_lock(lock)
+                waiting.append(id)
                 deliverLocked(.success(.closed))
             } catch {
                 privsep_monitor_lock(lock)
+                waiting.append(id)
                 deliverLocked(.failure(.protocolError("\(error)")))
             }
             if let denied { throw .denied(denied) }

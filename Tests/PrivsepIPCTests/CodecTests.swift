@@ -308,6 +308,26 @@ let everyMessage: [Envelope] = [
         #expect(throws: ProtocolError.invalidValue(field: "hello.pid", value: -1)) { try WireCodec.encode(Envelope(.hello(Hello(processID: -1)))) }
     }
 
+    /// The encoder checks a string for NUL and copies it eight bytes at a time when it is
+    /// short (libc's memchr and memmove when long): every length on both sides of each
+    /// threshold round-trips, and a NUL anywhere is refused.
+    @Test func stringsOfEveryLengthRoundTripAndANulAnywhereIsRefused() throws {
+        for length in 1...80 {
+            let path = "/" + String((1..<length).map { Character(UnicodeScalar(UInt8(0x61 + $0 % 26))) })
+            let encoded = try WireCodec.encode(Envelope(requestID: 3, .open(OpenRequest(path: path, flags: 0))))
+            #expect(try WireCodec.decode(encoded, fileDescriptorCount: 0) == Envelope(requestID: 3, .open(OpenRequest(path: path, flags: 0))))
+            // A NUL at each position:
+            for position in 1..<length {
+                var bytes = Array(path.utf8)
+                bytes[position] = 0
+                let withNUL = String(decoding: bytes, as: UTF8.self)
+                #expect(throws: ProtocolError.stringHasEmbeddedNUL(field: "open.path")) {
+                    try WireCodec.encode(Envelope(.open(OpenRequest(path: withNUL, flags: 0))))
+                }
+            }
+        }
+    }
+
     /// The serving loop's in-place OPEN decoder accepts exactly what the full decoder
     /// accepts, with the same error or the same request: over every truncation and byte
     /// flip of every message, and paths whose UTF-8 is valid or not in each way.
