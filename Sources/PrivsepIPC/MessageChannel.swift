@@ -21,7 +21,7 @@ extension SeqpacketSocket {
     /// general path's cost many times over (see BENCHMARKS.md).
     @inline(__always)
     package func sendOpen(requestID: UInt64, path: String, flags: Int32, mode: UInt32) throws(ChannelError) {
-        try sendEncoded(passingRawValues: UnsafeBufferPointer(start: nil, count: 0), flags: 0) { (body) throws(ProtocolError) in
+        try sendEncoded(passing: OwnedFileDescriptors(), flags: 0) { (body) throws(ProtocolError) in
             try WireCodec.withEncodedOpen(requestID: requestID, path: path, flags: flags, mode: mode, body)
         }
     }
@@ -46,19 +46,11 @@ extension SeqpacketSocket {
     @inline(__always)
     private func sendEncoded(passing fds: borrowing OwnedFileDescriptors, flags: Int32,
                              by encode: ((UnsafeRawBufferPointer) -> Void) throws(ProtocolError) -> Void) throws(ChannelError) {
-        try fds.withUnsafeRawValues { (raw) throws(ChannelError) in try sendEncoded(passingRawValues: raw, flags: flags, by: encode) }
-    }
-
-    /// ``sendEncoded(passing:flags:by:)`` with the fds' numbers (none, for a request: no
-    /// empty list is made and destroyed per request).
-    @inline(__always)
-    private func sendEncoded(passingRawValues fds: UnsafeBufferPointer<Int32>, flags: Int32,
-                             by encode: ((UnsafeRawBufferPointer) -> Void) throws(ProtocolError) -> Void) throws(ChannelError) {
         var result: Result<Void, ChannelError> = .success(())
         do throws(ProtocolError) {
             try encode { buffer in
                 do throws(ChannelError) {
-                    try sendRaw(buffer, fileDescriptors: fds, flags: flags)
+                    try fds.withUnsafeRawValues { (raw) throws(ChannelError) in try sendRaw(buffer, fileDescriptors: raw, flags: flags) }
                 } catch {
                     result = .failure(error)
                 }

@@ -3,19 +3,22 @@
 /// Every descriptor still in the list when the list goes away is closed, so a
 /// received fd that nobody claimed cannot leak. Taking one out with
 /// ``take(at:)`` transfers ownership and empties its slot.
-public struct OwnedFileDescriptors: ~Copyable, Sendable {
+public struct OwnedFileDescriptors: ~Copyable, @unchecked Sendable { // its storage is its alone: it cannot be copied
     // Raw numbers; -1 marks a slot already taken. One slot is kept inline: almost every
-    // message carries one fd or none, and an array would cost an allocation (and a
-    // metadata lookup) per message. From two slots on, every slot (the first too) is in
+    // message carries one fd or none. From two slots on, every slot (the first too) is in
     // `slots`, so the numbers are contiguous and go to sendmsg without being copied.
+    // `slots` is memory this list alone owns (it cannot be copied), allocated and freed by
+    // hand: an array would be released, a call into the run-time, each time a list goes
+    // away, even an empty one, two or three times per request (BENCHMARKS.md, sixth round).
     // Its small operations are inlinable: every request and reply passes one list from a
     // module to another, and a call for each was one more page of code per request to
     // fault in when many workers take turns on a CPU (BENCHMARKS.md, fifth round).
     // (No default values: those are out-of-line initializers even for inlined code.)
     /// The only slot, while there are fewer than two.
     @usableFromInline var onlySlot: Int32
-    /// Every slot, once there are two or more.
-    @usableFromInline var slots: [Int32]
+    /// Every slot, once there are two or more (allocated earlier by `reserveCapacity`).
+    @usableFromInline var slots: UnsafeMutablePointer<Int32>?
+    @usableFromInline var slotCapacity: Int
     @usableFromInline var slotCount: Int
     /// How many slots hold -1.
     @usableFromInline var takenCount: Int
@@ -23,7 +26,8 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     /// An empty list.
     @inlinable public init() {
         onlySlot = -1
-        slots = []
+        slots = nil
+        slotCapacity = 0
         slotCount = 0
         takenCount = 0
     }
@@ -32,7 +36,8 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     @inlinable
     public init(_ descriptor: consuming OwnedFileDescriptor) {
         onlySlot = descriptor.releaseUnsafeRawValue()
-        slots = []
+        slots = nil
+        slotCapacity = 0
         slotCount = 1
         takenCount = 0
     }
@@ -47,7 +52,10 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
 
     deinit {
         if onlySlot >= 0 { _ = system_close(onlySlot) }
-        for fd in slots where fd >= 0 { _ = system_close(fd) }
+        if let slots {
+            for index in 0..<slotCount where slots[index] >= 0 { _ = system_close(slots[index]) }
+            slots.deallocate()
+        }
     }
 
     /// How many slots the list has (taken ones included).
@@ -63,7 +71,20 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
 
     /// Makes room for `count` slots in all, so adopting that many allocates once.
     mutating func reserveCapacity(_ count: Int) {
-        if count > 1 { slots.reserveCapacity(count) }
+        if count > 1 { growSlots(toHold: count) }
+    }
+
+    /// Makes `slots` hold at least `count`, keeping what it holds once there are two or more.
+    private mutating func growSlots(toHold count: Int) {
+        guard count > slotCapacity else { return }
+        let capacity = max(count, slotCapacity * 2, 4)
+        let grown = UnsafeMutablePointer<Int32>.allocate(capacity: capacity)
+        if let slots {
+            if slotCount > 1 { grown.initialize(from: slots, count: slotCount) }
+            slots.deallocate()
+        }
+        slots = grown
+        slotCapacity = capacity
     }
 
     /// Appends a raw descriptor the kernel just installed in this process.
@@ -72,11 +93,13 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
         case 0:
             onlySlot = fd
         case 1:
-            slots.append(onlySlot)
-            slots.append(fd)
+            growSlots(toHold: 2)
+            slots![0] = onlySlot
+            slots![1] = fd
             onlySlot = -1
         default:
-            slots.append(fd)
+            growSlots(toHold: slotCount + 1)
+            slots![slotCount] = fd
         }
         slotCount += 1
     }
@@ -86,9 +109,9 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     @inlinable
     public mutating func take(at index: Int) -> OwnedFileDescriptor? {
         precondition((0..<slotCount).contains(index), "fd index \(index) out of range 0..<\(slotCount)")
-        let fd = slotCount == 1 ? onlySlot : slots[index]
+        let fd = slotCount == 1 ? onlySlot : slots![index]
         guard fd >= 0 else { return nil }
-        if slotCount == 1 { onlySlot = -1 } else { slots[index] = -1 }
+        if slotCount == 1 { onlySlot = -1 } else { slots![index] = -1 }
         takenCount += 1
         return OwnedFileDescriptor(adoptingRawValue: fd)
     }
@@ -96,9 +119,13 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     /// Closes every descriptor still owned and empties the list.
     public mutating func closeAll() {
         if onlySlot >= 0 { _ = system_close(onlySlot) }
-        for fd in slots where fd >= 0 { _ = system_close(fd) }
+        if let slots {
+            for index in 0..<slotCount where slots[index] >= 0 { _ = system_close(slots[index]) }
+            slots.deallocate()
+        }
         onlySlot = -1
-        slots.removeAll()
+        slots = nil
+        slotCapacity = 0
         slotCount = 0
         takenCount = 0
     }
@@ -109,7 +136,7 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
         switch slotCount {
         case 0: []
         case 1: onlySlot >= 0 ? [onlySlot] : []
-        default: takenCount == 0 ? slots : slots.filter { $0 >= 0 }
+        default: UnsafeBufferPointer(start: slots, count: slotCount).filter { $0 >= 0 }
         }
     }
 
@@ -118,8 +145,9 @@ public struct OwnedFileDescriptors: ~Copyable, Sendable {
     @inlinable
     public func withUnsafeRawValues<R, E: Error>(_ body: (UnsafeBufferPointer<Int32>) throws(E) -> R) throws(E) -> R {
         if slotCount > 1 {
-            let owned = takenCount == 0 ? slots : slots.filter { $0 >= 0 }
-            return try owned.withUnsafeBufferPointer { (buffer) throws(E) -> R in try body(buffer) }
+            let all = UnsafeBufferPointer(start: slots, count: slotCount)
+            if takenCount == 0 { return try body(all) }
+            return try all.filter { $0 >= 0 }.withUnsafeBufferPointer { (buffer) throws(E) -> R in try body(buffer) }
         }
         guard onlySlot >= 0 else { return try body(UnsafeBufferPointer(start: nil, count: 0)) }
         var only = onlySlot
