@@ -497,8 +497,9 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         guard admitRequest(record, open.requestID) else { return }
+        let result = withoutRetaining(.passUnretained(record.policy)) { policy in policy.open(path: open.path, flags: open.flags) }
         reply(record, open.requestID, event: "OPEN", detail: "\(String(decoding: open.path, as: UTF8.self)) \(describeOpenFlags(open.flags))",
-              request: .open(open.request), record.policy.open(path: open.path, flags: open.flags))
+              request: .open(open.request), result)
     }
 
     private func log(_ line: LogLine, from record: WorkerRecord) {
@@ -600,14 +601,18 @@ final class EventLoop: @unchecked Sendable {
     /// ``send(_:_:fds:)`` for a REPLY, sent from its parts: no `Envelope` is built unless
     /// the reply has to be parked (see BENCHMARKS.md, fifth round).
     private func sendReply(_ record: WorkerRecord, _ requestID: UInt64, _ reply: Reply, fds: consuming OwnedFileDescriptors) {
-        guard let channel = record.channel else { return }
+        guard record.channel != nil else { return }
         if record.parked.isEmpty {
-            do throws(ChannelError) {
-                try channel.socket.sendReply(requestID: requestID, reply, passing: fds, flags: privsep_MSG_DONTWAIT)
-                return
-            } catch {
-                guard mustPark(record, afterFailing: error, Envelope(requestID: requestID, .reply(reply))) else { return }
+            let failure = withoutRetaining(.passUnretained(record.channel.unsafelyUnwrapped)) { (channel) -> ChannelError? in
+                do throws(ChannelError) {
+                    try channel.socket.sendReply(requestID: requestID, reply, passing: fds, flags: privsep_MSG_DONTWAIT)
+                    return nil
+                } catch {
+                    return error
+                }
             }
+            guard let failure else { return }
+            guard mustPark(record, afterFailing: failure, Envelope(requestID: requestID, .reply(reply))) else { return }
         }
         park(record, Envelope(requestID: requestID, .reply(reply)), fds: fds)
     }
@@ -1240,4 +1245,18 @@ func describeOpenFlags(_ flags: Int32) -> String {
 final class WorkerIDSource: Sendable {
     private let counter = Atomic<UInt64>(1)
     func next() -> UInt64 { counter.wrappingAdd(1, ordering: .relaxed).oldValue }
+}
+
+/// Calls `body` with `object`, not retained around the call: for a worker's policy or
+/// channel while a request is served, which only the loop thread replaces and `body`
+/// cannot, because it never calls back into the loop (a policy's checks, one send). Read
+/// from a `var` of a class, each is otherwise retained and released around every call,
+/// two calls into the run-time per request (BENCHMARKS.md, sixth round). Taken as
+/// `Unmanaged` (`.passUnretained(record.policy)` at the call): passed as the object
+/// itself, it would be retained for the call to this function.
+@inline(__always)
+func withoutRetaining<Object: AnyObject, Result: ~Copyable>(_ object: Unmanaged<Object>, _ body: (Object) -> Result) -> Result {
+    var result: Result? = nil
+    object._withUnsafeGuaranteedRef { result = body($0) }
+    return result.take()!
 }
