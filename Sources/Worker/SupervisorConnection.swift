@@ -208,9 +208,8 @@ public final class SupervisorConnection: @unchecked Sendable {
 
     @inline(__always)
     private func onlyFileDescriptor(_ fds: consuming OwnedFileDescriptors) throws(WorkerError) -> OwnedFileDescriptor {
-        guard fds.count == 1, let fd = fds.take(at: 0) else {
-            throw .protocolError("reply carried \(fds.count) fds, expected 1")
-        }
+        let count = fds.count
+        guard let fd = fds.takeOnly() else { throw .protocolError("reply carried \(count) fds, expected 1") }
         return fd
     }
 

@@ -1,6 +1,6 @@
 import CPrivsepShims
 import Glibc
-import PrivsepIPC
+@testable import PrivsepIPC
 import PrivsepTestSupport
 import SystemPackage
 import Testing
@@ -559,6 +559,35 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             } catch {
                 fail("\(error)")
             }
+            require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
+        }
+    }
+
+    /// takeOnly hands over the one fd of a one-fd list and closes everything else.
+    @Test func takeOnlyHandsOverALoneDescriptorAndClosesTheRest() async {
+        await #expect(processExitsWith: .success) {
+            let before = openFileDescriptorSet()
+            let one = makeDescriptor()
+            let number = inode(one.unsafeRawValue)
+            var list = OwnedFileDescriptors()
+            list.append(one)
+            guard let fd = list.takeOnly() else { fail("one fd: nil") }
+            require(inode(fd.unsafeRawValue) == number, "a different fd came back")
+            _ = consume fd
+            require(OwnedFileDescriptors().takeOnly() == nil, "no fd: not nil")
+            var two = OwnedFileDescriptors()
+            two.append(makeDescriptor())
+            two.append(makeDescriptor())
+            require(two.takeOnly() == nil, "two fds: not nil")
+            var taken = OwnedFileDescriptors()
+            taken.append(makeDescriptor())
+            _ = taken.take(at: 0)
+            require(taken.takeOnly() == nil, "a taken fd came back")
+            // Room reserved for more, one fd arrived (as a receive that expected more).
+            var reserved = OwnedFileDescriptors()
+            reserved.reserveCapacity(4)
+            reserved.append(makeDescriptor())
+            require(reserved.takeOnly() != nil, "one fd in reserved room: nil")
             require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
         }
     }
