@@ -134,6 +134,14 @@ public struct OwnedFileDescriptors: ~Copyable, @unchecked Sendable { // its stor
         return OwnedFileDescriptor(adoptingRawValue: fd)
     }
 
+    /// Closes every descriptor still owned and ends the list. Inline, with no call, when
+    /// it owns nothing: a request's empty list ends this way on every send.
+    @inlinable
+    public consuming func close() {
+        if onlySlot >= 0 || slots != nil { closeAll() }
+        discard self
+    }
+
     /// Closes every descriptor still owned and empties the list.
     public mutating func closeAll() {
         if onlySlot >= 0 { _ = system_close(onlySlot) }

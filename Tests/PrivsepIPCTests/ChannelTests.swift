@@ -563,8 +563,9 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
-    /// takeOnly hands over the one fd of a one-fd list and closes everything else.
-    @Test func takeOnlyHandsOverALoneDescriptorAndClosesTheRest() async {
+    /// takeOnly hands over the one fd of a one-fd list and closes everything else; close
+    /// closes everything.
+    @Test func takeOnlyHandsOverALoneDescriptorAndCloseClosesEverything() async {
         await #expect(processExitsWith: .success) {
             let before = openFileDescriptorSet()
             let one = makeDescriptor()
@@ -588,6 +589,15 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             reserved.reserveCapacity(4)
             reserved.append(makeDescriptor())
             require(reserved.takeOnly() != nil, "one fd in reserved room: nil")
+            // close() ends a list, owning nothing or some fds, with every fd closed.
+            OwnedFileDescriptors().close()
+            var closing = OwnedFileDescriptors()
+            closing.append(makeDescriptor())
+            closing.close()
+            var closingTwo = OwnedFileDescriptors()
+            closingTwo.append(makeDescriptor())
+            closingTwo.append(makeDescriptor())
+            closingTwo.close()
             require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
         }
     }
