@@ -457,8 +457,10 @@ if let index = CommandLine.arguments.firstIndex(of: "--intercept-runs"), index +
    let value = Int(CommandLine.arguments[index + 1]), value >= 0 {
     interceptRuns = value
 }
-/// The file every open row opens (beneath a directory the policies grant).
-let openDirectory = "/tmp/privsep-bench-\(getpid())"
+/// The file every open row opens (beneath a directory the policies grant). The pid is
+/// padded to pid_max's 7 digits, so the path's length, and so the work of checking it
+/// (eight bytes at a time), is the same in every run (Benchmarks/footprint).
+let openDirectory = "/tmp/privsep-bench-" + String(repeating: "0", count: max(0, 7 - String(getpid()).count)) + String(getpid())
 let openName = "file.txt"
 
 /// For Benchmarks/footprint: `--serve-for-tracing swift|c` serves one C-code client's
