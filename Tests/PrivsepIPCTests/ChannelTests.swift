@@ -238,6 +238,31 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         #expect(throws: Errno.socketNotConnected) { _ = try SeqpacketSocket.validated(OwnedFileDescriptor(adoptingRawValue: lonely)) }
     }
 
+    /// A scratch buffer holds the largest message and the largest control data (253 fds
+    /// and the sender's credentials) at once, neither overwriting the other.
+    @Test func scratchHoldsTheLargestMessageWithTheMostDescriptors() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        var b = pair.second
+        try b.enableSenderCredentials()
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+        defer { scratch.deallocate() }
+        let input = (0..<(WireFormat.maximumMessageSize - 32)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        var fds = OwnedFileDescriptors()
+        let inodes = appendDescriptors(SeqpacketSocket.maximumFileDescriptorsPerMessage, to: &fds)
+        let job = Envelope(requestID: 9, .job(JobMessage(input: input, fileDescriptorCount: fds.count)))
+        #expect(try WireCodec.encode(job).count == WireFormat.maximumMessageSize)
+        try a.send(job, passing: fds)
+        var received = try b.receiveMessage(using: scratch, maximumFileDescriptors: SeqpacketSocket.maximumFileDescriptorsPerMessage)
+        #expect(received.envelope == job)
+        #expect(received.senderCredentials?.processID == getpid())
+        var arrived: [UInt64] = []
+        for index in 0..<received.fileDescriptors.count {
+            if let fd = received.fileDescriptors.take(at: index) { arrived.append(inode(fd.unsafeRawValue)) }
+        }
+        #expect(arrived == inodes)
+    }
+
     @Test func receiveRequestHandsOverAnOpenInPlaceAndDecodesTheRest() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first, b = pair.second
