@@ -364,11 +364,17 @@ final class EventLoop: @unchecked Sendable {
         record.lastReadTurn = turn
         let reads = othersReady && record.pool == nil ? 1 : max(record.configuration.caps.messagesPerTurn, 1)
         for _ in 0..<reads {
-            guard let channel = record.channel, record.reading else { return }
+            guard record.channel != nil, record.reading else { return }
             let received: ReceivedMessage
             do {
                 // One fd at most (a LISTENER's); the decoder refuses fds on every other type.
-                let request = try channel.socket.receiveRequest(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
+                // The channel is not retained for the receive, which cannot close it (what
+                // follows, which can, no longer uses it).
+                let request = try withoutRetaining(.passUnretained(record.channel.unsafelyUnwrapped)) { channel in
+                    Result { () throws(ChannelError) in
+                        try channel.socket.receiveRequest(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
+                    }
+                }.get()
                 switch consume request {
                 case .open(let open):
                     // Served while its path still lies in the receive buffer (no String, no Envelope).
