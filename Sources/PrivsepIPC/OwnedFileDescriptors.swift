@@ -3,8 +3,11 @@
 /// Every descriptor still in the list when the list goes away is closed, so a
 /// received fd that nobody claimed cannot leak. Taking one out with
 /// ``take(at:)`` transfers ownership and empties its slot.
-@frozen // so that takeOnly can be inlined (`discard self`); its layout is no promise beyond this package
-public struct OwnedFileDescriptors: ~Copyable, @unchecked Sendable { // its storage is its alone: it cannot be copied
+// @frozen: `discard self` in an inlinable method (takeOnly, close) needs it. This package is
+// built from source, never with library evolution, so it fixes no ABI. @unchecked Sendable:
+// the list's storage is its alone (it cannot be copied), so sending the list sends it.
+@frozen
+public struct OwnedFileDescriptors: ~Copyable, @unchecked Sendable {
     // Raw numbers; -1 marks a slot already taken. One slot is kept inline: almost every
     // message carries one fd or none. From two slots on, every slot (the first too) is in
     // `slots`, so the numbers are contiguous and go to sendmsg without being copied.

@@ -428,4 +428,3 @@ func isCanonicalAbsolutePath(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
     }
     return !(componentLength == dots && dots <= 2)
 }
-

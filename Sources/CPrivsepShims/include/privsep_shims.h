@@ -3,8 +3,9 @@
  *
  * Macros (CMSG_*, W*), raw syscalls without a usable libc wrapper, and a few
  * constants that Glibc's module map hides or mistypes. No logic lives here:
- * every function is one call or one expression, but for the futex lock at the end. Return values follow the C
- * convention (-1 and errno); the Swift side turns them into typed errors.
+ * every function is one call or one expression, but for the futex lock at the
+ * end. Return values follow the C convention (-1 and errno); the Swift side
+ * turns them into typed errors.
  */
 #ifndef PRIVSEP_SHIMS_H
 #define PRIVSEP_SHIMS_H
