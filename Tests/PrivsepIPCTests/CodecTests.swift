@@ -46,6 +46,17 @@ let everyMessage: [Envelope] = [
         #expect(Set(everyMessage.map(\.message.type)) == Set(MessageType.allCases))
     }
 
+    /// The header decoder turns a raw type into a MessageType by its tag (the raw value less
+    /// one): that holds only while the types are 1 through 13 in declaration order, the last
+    /// being RESULT.
+    @Test func typesAreNumberedInDeclarationOrder() {
+        #expect(MessageType.allCases.map(\.rawValue) == Array(1...UInt16(MessageType.allCases.count)))
+        #expect(MessageType.allCases.last == .result)
+        for type in MessageType.allCases {
+            #expect(unsafeBitCast(UInt8(type.rawValue - 1), to: MessageType.self) == type)
+        }
+    }
+
     // MARK: Golden bytes: these pin the layout of docs/PROTOCOL.md.
 
     @Test func goldenHello() throws {
@@ -117,6 +128,11 @@ let everyMessage: [Envelope] = [
         }
         #expect(throws: ProtocolError.unknownType(0x8000)) {
             try WireCodec.decode(Self.patch(Self.open, at: 4, UInt16(0x8000)), fileDescriptorCount: 0)
+        }
+        for unknown: UInt16 in [14, 255, 0x0107, 0xFFFF] { // one past RESULT, and values whose low byte is a type
+            #expect(throws: ProtocolError.unknownType(unknown)) {
+                try WireCodec.decode(Self.patch(Self.open, at: 4, unknown), fileDescriptorCount: 0)
+            }
         }
         #expect(throws: ProtocolError.nonZeroReserved(field: "header.flags")) {
             try WireCodec.decode(Self.patch(Self.open, at: 6, UInt16(1)), fileDescriptorCount: 0)
