@@ -264,7 +264,7 @@ public enum WireCodec {
         var zero: UInt64 = 0
         func take(_ word: UInt64) {
             high |= word
-            zero |= (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
+            zero |= zeroByteMask(word)
         }
         var offset = 0
         while offset + 8 <= bytes.count {
@@ -570,7 +570,7 @@ private struct Writer {
         }
         precondition(count + utf8.count + 1 <= buffer.count, "message larger than its encoded size")
         let destination = buffer.baseAddress! + count
-        if utf8.count >= 8 && utf8.count <= 64 {
+        if utf8.count >= 8 && utf8.count <= inlineStringLimit {
             var offset = 0
             while offset + 8 <= utf8.count {
                 destination.storeBytes(of: utf8.baseAddress!.loadUnaligned(fromByteOffset: offset, as: UInt64.self),
@@ -601,21 +601,29 @@ extension String {
 @inlinable @inline(__always)
 package func repeatedByte(_ byte: UInt8) -> UInt64 { 0x0101_0101_0101_0101 &* UInt64(byte) }
 
-/// Whether any of `word`'s eight bytes is zero. Exact: subtracting 1 from each byte sets
-/// the high bit of a zero byte (and of a byte at 0x81 or above), and `~word` keeps only
-/// the bytes whose high bit was clear; a borrow into a higher byte comes only from a
+/// Nonzero exactly when one of `word`'s eight bytes is zero: subtracting 1 from each byte
+/// sets the high bit of a zero byte (and of a byte at 0x81 or above), and `~word` keeps
+/// only the bytes whose high bit was clear; a borrow into a higher byte comes only from a
 /// zero byte below it.
 @inlinable @inline(__always)
-package func hasZeroByte(_ word: UInt64) -> Bool {
-    (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080 != 0
+package func zeroByteMask(_ word: UInt64) -> UInt64 {
+    (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
 }
+
+/// Whether any of `word`'s eight bytes is zero (``zeroByteMask(_:)``).
+@inlinable @inline(__always)
+package func hasZeroByte(_ word: UInt64) -> Bool { zeroByteMask(word) != 0 }
+
+/// Strings up to this many bytes are checked for NUL and copied by the words of a loop
+/// inline; longer ones by memchr and memmove, whose call then costs less than the loop.
+var inlineStringLimit: Int { 64 } // computed: folds into the code, no global to read
 
 /// Whether any byte of `bytes` is zero: eight at a time, the last word overlapping the one
 /// before when the count is not a multiple of eight; memchr for long runs.
 @inline(__always)
 func containsZeroByte(_ bytes: UnsafeRawBufferPointer) -> Bool {
     guard let base = bytes.baseAddress, bytes.count >= 8 else { return bytes.contains(0) }
-    guard bytes.count <= 64 else { return memchr(base, 0, bytes.count) != nil }
+    guard bytes.count <= inlineStringLimit else { return memchr(base, 0, bytes.count) != nil }
     var offset = 0
     while offset + 8 <= bytes.count {
         if hasZeroByte(base.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) { return true }
