@@ -14,6 +14,9 @@
  *   c_unotify resolved N PATH    the same broker doing the kernel work privsep's policy asks for:
  *                                openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
  *                                RESOLVE_NO_SYMLINKS and an fstat of what was opened (its type).
+ *   c_unotify waiting N PATH     resolved, receiving without a poll before each RECV: a RECV
+ *                                that blocks returns once the filter is unused (Linux 6.11),
+ *                                as privsep's serving thread receives there.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -66,7 +69,7 @@ static int open_loop(const char *path, int count) {
     return 0;
 }
 
-static int reference(const char *path, int count, int resolved) {
+static int reference(const char *path, int count, int resolved, int waiting) {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return 1;
     const char *slash = strrchr(path, '/');
@@ -119,12 +122,20 @@ static int reference(const char *path, int count, int resolved) {
     if (write(pair[0], &byte, 1) != 1) return 1;
     char buffer[4096];
     for (;;) {
-        struct pollfd poller = { listener, POLLIN, 0 };
-        if (poll(&poller, 1, -1) < 0) { if (errno == EINTR) continue; return 1; }
-        if (!(poller.revents & POLLIN)) break; /* POLLHUP: the child is gone */
+        if (!waiting) {
+            struct pollfd poller = { listener, POLLIN, 0 };
+            if (poll(&poller, 1, -1) < 0) { if (errno == EINTR) continue; return 1; }
+            if (!(poller.revents & POLLIN)) break; /* POLLHUP: the child is gone */
+        }
         struct seccomp_notif request;
         memset(&request, 0, sizeof request);
-        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &request) != 0) continue;
+        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &request) != 0) {
+            if (waiting) { /* ENOENT: the filter is unused (POLLHUP), or the caller died */
+                struct pollfd poller = { listener, POLLIN, 0 };
+                if (poll(&poller, 1, -1) < 0 || !(poller.revents & POLLIN)) break;
+            }
+            continue;
+        }
         size_t want = 4096 - (request.data.args[1] % 4096);
         struct iovec local = { buffer, want }, remote = { (void *)request.data.args[1], want };
         ssize_t got = process_vm_readv((pid_t)request.pid, &local, 1, &remote, 1, 0);
@@ -169,11 +180,12 @@ static int reference(const char *path, int count, int resolved) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) { dprintf(2, "usage: c_unotify loop|reference|resolved N PATH\n"); return 2; }
+    if (argc != 4) { dprintf(2, "usage: c_unotify loop|reference|resolved|waiting N PATH\n"); return 2; }
     int count = atoi(argv[2]);
     if (count <= 0) return 2;
     if (strcmp(argv[1], "loop") == 0) return open_loop(argv[3], count);
-    if (strcmp(argv[1], "reference") == 0) return reference(argv[3], count, 0);
-    if (strcmp(argv[1], "resolved") == 0) return reference(argv[3], count, 1);
+    if (strcmp(argv[1], "reference") == 0) return reference(argv[3], count, 0, 0);
+    if (strcmp(argv[1], "resolved") == 0) return reference(argv[3], count, 1, 0);
+    if (strcmp(argv[1], "waiting") == 0) return reference(argv[3], count, 1, 1);
     return 2;
 }

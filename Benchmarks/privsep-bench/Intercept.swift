@@ -94,7 +94,7 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
         rmdir(directory)
     }
     print("")
-    print("| open (openat + close) | placement | median µs | p99 µs | vs C user-notification broker |")
+    print("| open (openat + close) | placement | median µs | p99 µs | vs minimal C user-notification broker / vs C doing privsep's kernel work, receiving as privsep |")
     print("|---|---|---:|---:|---:|")
     guard let program = buildUnotifyProgram() else {
         print("| intercepted open: not measured (needs cc) | | | | |")
@@ -109,7 +109,7 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
         let placement = pinned ? "pinned (CPU 0)" : "unpinned"
-        var direct: [Summary] = [], reference: [Summary] = [], resolved: [Summary] = []
+        var direct: [Summary] = [], reference: [Summary] = [], resolved: [Summary] = [], waiting: [Summary] = []
         var intercepted: [Summary] = [], brokered: [Summary] = []
         for _ in 0..<rounds {
             let path = directory + "/file.txt"
@@ -117,6 +117,7 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
             guard let summary = runForSummary(program, ["reference", "\(perRound)", path]) else { break }
             reference.append(summary)
             if let summary = runForSummary(program, ["resolved", "\(perRound)", path]) { resolved.append(summary) }
+            if let summary = runForSummary(program, ["waiting", "\(perRound)", path]) { waiting.append(summary) }
             if helperBuilt, let summary = await measureInterceptedOpens(program: program, helper: helper, directory: directory, runs: perRound) {
                 intercepted.append(summary)
             }
@@ -140,11 +141,20 @@ func runForSummary(_ program: String, _ arguments: [String]) -> Summary? {
             let row = Summary(medianOf: resolved)
             print("| the same C broker with openat2 RESOLVE_BENEATH + fstat (privsep's kernel work) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(ratio(resolved, row)))x |")
         }
+        // The like-for-like reference: on Linux 6.11 and later privsep's serving thread
+        // receives without polling first (InterceptServer.run).
+        let likeForLike = receiveReturnsWhenFilterUnused && !waiting.isEmpty ? waiting : resolved
+        if !waiting.isEmpty {
+            let row = Summary(medianOf: waiting)
+            print("| … receiving without a poll before each RECV (as privsep does on Linux 6.11 and later) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(ratio(waiting, row)))x |")
+        }
         if !helperBuilt {
             print("| privsep intercepted: not measured (build privsep-intercept: swift build -c release) | \(placement) | | | |")
         } else if !intercepted.isEmpty {
             let row = Summary(medianOf: intercepted)
-            print("| privsep --intercept (policy, openat2, fstat, ADDFD, audit) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(ratio(intercepted, row)))x |")
+            let versusLikeForLike = intercepted.count == likeForLike.count && !likeForLike.isEmpty
+                ? " / \(format(pairedRatio(intercepted, likeForLike)))x" : ""
+            print("| privsep --intercept (policy, openat2, fstat, ADDFD, audit) | \(placement) | \(format(row.median)) | \(format(row.p99)) | \(format(ratio(intercepted, row)))x\(versusLikeForLike) |")
         }
         if !brokered.isEmpty {
             let row = Summary(medianOf: brokered)

@@ -254,27 +254,6 @@ public enum WireCodec {
         return content
     }
 
-    /// Whether every byte is below 0x80 and none is zero, eight at a time (the last eight
-    /// bytes overlapping the word before, when the count is not a multiple of eight).
-    private static func isASCIIWithoutNUL(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        guard let base = UnsafeRawPointer(bytes.baseAddress), bytes.count >= 8 else {
-            return bytes.allSatisfy { $0 != 0 && $0 < 0x80 }
-        }
-        var high: UInt64 = 0
-        var zero: UInt64 = 0
-        func take(_ word: UInt64) {
-            high |= word
-            zero |= zeroByteMask(word)
-        }
-        var offset = 0
-        while offset + 8 <= bytes.count {
-            take(base.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
-            offset += 8
-        }
-        if offset < bytes.count { take(base.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self)) }
-        return (high & 0x8080_8080_8080_8080) | zero == 0
-    }
-
     // MARK: Encoding
 
     /// Encodes `envelope` as one datagram. Throws the same ``ProtocolError`` the
@@ -595,6 +574,27 @@ extension String {
     fileprivate init(validatedBytes bytes: UnsafeBufferPointer<UInt8>) {
         self.init(decoding: bytes, as: UTF8.self)
     }
+}
+
+/// Whether every byte is below 0x80 and none is zero, eight at a time (the last eight
+/// bytes overlapping the word before, when the count is not a multiple of eight).
+package func isASCIIWithoutNUL(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+    guard let base = UnsafeRawPointer(bytes.baseAddress), bytes.count >= 8 else {
+        return bytes.allSatisfy { $0 != 0 && $0 < 0x80 }
+    }
+    var high: UInt64 = 0
+    var zero: UInt64 = 0
+    func take(_ word: UInt64) {
+        high |= word
+        zero |= zeroByteMask(word)
+    }
+    var offset = 0
+    while offset + 8 <= bytes.count {
+        take(base.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+        offset += 8
+    }
+    if offset < bytes.count { take(base.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self)) }
+    return (high & 0x8080_8080_8080_8080) | zero == 0
 }
 
 /// `byte` in each of a word's eight bytes.

@@ -114,20 +114,41 @@ final class InterceptServer: @unchecked Sendable {
         // Placement is a scheduling choice: a thread that cannot move serves where it is.
         if let serveOn { _ = system_sched_setaffinity(serveOn) }
         let fd = listener.unsafeRawValue
+        // From Linux 6.11 a receive that blocks returns (ENOENT) once no process uses the
+        // filter, so it can wait by itself: a poll before each receive was one more system
+        // call per notification (BENCHMARKS.md, intercept mode). Before 6.11 such a receive
+        // would wait forever, and only poll sees the filter go unused (POLLHUP).
+        let receiveWaits = interceptReceiveWaits
+        var pending = false // poll has said a notification is waiting
         while !stopped {
+            if !receiveWaits && !pending {
+                guard waitForNotification(fd) else { return }
+            }
+            pending = false
+            switch system_notif_receive_full(fd) {
+            case .success(let notification):
+                serve(notification)
+            case .failure:
+                // ENOENT: the caller died (or took a fatal signal) before its notification was
+                // received, or no process uses the filter any more; poll tells which. Any
+                // other failure waits for poll too, so that it cannot spin.
+                guard waitForNotification(fd) else { return }
+                pending = true
+            }
+        }
+    }
+
+    /// Waits until a notification is pending (true) or no process uses the filter any more
+    /// (POLLHUP) or the listener cannot be polled (false).
+    private func waitForNotification(_ fd: Int32) -> Bool {
+        while true {
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let rc = poll(&poller, 1, -1)
-            if rc < 0 {
+            if poll(&poller, 1, -1) < 0 {
                 if currentErrno() == .interrupted { continue }
-                return
+                return false
             }
-            if poller.revents & Int16(POLLIN) != 0 {
-                // ENOENT: the caller died (or took a fatal signal) between poll and receive.
-                if case .success(let notification) = system_notif_receive_full(fd) { serve(notification) }
-                continue
-            }
-            // POLLHUP: every process that used the filter is gone.
-            if poller.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return }
+            if poller.revents & Int16(POLLIN) != 0 { return true }
+            if poller.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return false }
         }
     }
 
@@ -165,21 +186,35 @@ final class InterceptServer: @unchecked Sendable {
     // MARK: Open
 
     private func serveOpen(_ n: Notification, call: String, dirfd: Int32, path address: UInt64, flags: Int32, mode: UInt32) {
-        let path: String
-        switch targetPath(n, address: address, dirfd: dirfd) {
-        case .absolute(let absolute): path = absolute
-        case .empty: return deny(n, "OPEN", "\(call) \"\"", .noSuchFileOrDirectory, "empty path")
-        case .failed(let errno, let why): return deny(n, "OPEN", "\(call) (unreadable path)", errno, why)
+        let length: Int
+        switch readPath(n, address: address) {
+        case .success(let count): length = count
+        case .failure(let errno): return deny(n, "OPEN", "\(call) (unreadable path)", errno, TargetPath.unreadableReason(errno))
         }
-        guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(path)") }
+        // Most paths are served where they lie; the rest are made absolute and normal first.
+        let inPlace = pathInPlace(length: length)
+        var path = ""
+        if inPlace == nil {
+            switch targetPath(n, length: length, dirfd: dirfd) {
+            case .absolute(let absolute): path = absolute
+            case .empty: return deny(n, "OPEN", "\(call) \"\"", .noSuchFileOrDirectory, "empty path")
+            case .failed(let errno, let why): return deny(n, "OPEN", "\(call) (unreadable path)", errno, why)
+            }
+        }
         // Built only when a record is written: the string costs more than the rest of the answer.
-        let detail = { "\(call) \(path) \(describeOpenFlags(flags))" }
+        func described() -> String {
+            inPlace.map { String(decoding: $0, as: UTF8.self) } ?? path
+        }
+        guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(described())") }
         let active = policy.withLock { $0 }
-        switch active.open(OpenRequest(path: path, flags: flags, mode: mode)) {
+        let result = if let inPlace { active.open(path: inPlace, flags: flags) }
+                     else { active.open(OpenRequest(path: path, flags: flags, mode: mode)) }
+        switch consume result {
         case .granted(let fd, let reason):
-            install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN", detail: detail(), reason: reason)
+            install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN",
+                    detail: "\(call) \(described()) \(describeOpenFlags(flags))", reason: reason)
         case .denied(let errno, let reason):
-            deny(n, "OPEN", detail(), errno, reason)
+            deny(n, "OPEN", "\(call) \(described()) \(describeOpenFlags(flags))", errno, reason)
         }
     }
 
@@ -438,23 +473,48 @@ final class InterceptServer: @unchecked Sendable {
         case absolute(String)
         case empty
         case failed(Errno, String)
+
+        static func unreadable(_ errno: Errno) -> TargetPath { .failed(errno, unreadableReason(errno)) }
+
+        static func unreadableReason(_ errno: Errno) -> String { "cannot read the path in the program's memory (\(errno))" }
     }
 
     /// The path argument made absolute and normalized. Nothing here is trusted until
     /// ``stillWaiting(_:)`` has said the caller is still in the call.
     private func targetPath(_ n: Notification, address: UInt64, dirfd: Int32, raw given: [UInt8]? = nil) -> TargetPath {
-        let tid = pid_t(bitPattern: n.pid)
         let length: Int
         if let given {
             precondition(given.count < pathBuffer.count)
             pathBuffer.copyBytes(from: given)
             length = given.count
         } else {
-            switch readTargetString(tid, address: address, buffer: pathBuffer) {
+            switch readPath(n, address: address) {
             case .success(let count): length = count
-            case .failure(let errno): return .failed(errno, "cannot read the path in the program's memory (\(errno))")
+            case .failure(let errno): return .unreadable(errno)
             }
         }
+        return targetPath(n, length: length, dirfd: dirfd)
+    }
+
+    /// Reads the path argument into `pathBuffer`: its length, a NUL after it.
+    private func readPath(_ n: Notification, address: UInt64) -> Result<Int, Errno> {
+        readTargetString(pid_t(bitPattern: n.pid), address: address, buffer: pathBuffer)
+    }
+
+    /// The `length` bytes at the start of `pathBuffer`, when they can be served where they
+    /// lie: absolute, canonical, ASCII and outside /proc (most paths), so that neither a
+    /// string nor a normalized copy is made, and `ActivePolicy.open(path:flags:)` takes
+    /// them as the serving loop takes a worker's (the NUL after them included).
+    private func pathInPlace(length: Int) -> UnsafeBufferPointer<UInt8>? {
+        let bytes = UnsafeBufferPointer(start: pathBuffer.baseAddress!.assumingMemoryBound(to: UInt8.self), count: length)
+        guard isCanonicalAbsolutePath(bytes: bytes), isASCIIWithoutNUL(bytes) else { return nil }
+        if length >= 6 && memcmp(pathBuffer.baseAddress!, "/proc/", 6) == 0 { return nil } // judged by targetPath
+        return bytes
+    }
+
+    /// ``targetPath(_:address:dirfd:raw:)`` of a path already read into `pathBuffer`.
+    private func targetPath(_ n: Notification, length: Int, dirfd: Int32) -> TargetPath {
+        let tid = pid_t(bitPattern: n.pid)
         if length == 0 { return .empty }
         let raw = UnsafeRawBufferPointer(rebasing: pathBuffer[..<length])
         let text: String
@@ -646,8 +706,8 @@ func readTargetString(_ tid: pid_t, address: UInt64, buffer: UnsafeMutableRawBuf
         let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[length..<(length + want)])
         switch system_process_vm_readv(tid, into: chunk, from: position) {
         case .success(let count) where count > 0:
-            if let nul = chunk[..<count].firstIndex(of: 0) {
-                return .success(length + nul)
+            if let nul = memchr(chunk.baseAddress!, 0, count) {
+                return .success(length + (UnsafeRawPointer(nul) - UnsafeRawPointer(chunk.baseAddress!)))
             }
             length += count
         case .success:

@@ -10,6 +10,33 @@ import SystemPackage
 /// One notification, as the kernel gave it.
 typealias Notification = privsep_notification
 
+/// Whether a receive that blocks returns once no process uses the filter (Linux 6.11,
+/// "seccomp: interrupt SECCOMP_IOCTL_NOTIF_RECV when all users have exited"). Read from
+/// the kernel's release: the behaviour has no flag to ask for, and a distribution kernel
+/// numbered 6.11 or later carries the upstream change. Unknown counts as no.
+package let receiveReturnsWhenFilterUnused: Bool = {
+    guard let (major, minor) = kernelRelease() else { return false }
+    return (major, minor) >= (6, 11)
+}()
+
+/// Whether intercept serving threads receive without polling first: whether
+/// ``receiveReturnsWhenFilterUnused``, unless a test sets it false to run the older
+/// kernels' loop (poll, then receive) on this one. Read as each serving thread starts.
+nonisolated(unsafe) package var interceptReceiveWaits = receiveReturnsWhenFilterUnused
+
+/// The running kernel's major and minor version, from uname's release ("6.18.44-...").
+func kernelRelease() -> (major: Int, minor: Int)? {
+    var names = utsname()
+    guard uname(&names) == 0 else { return nil }
+    let release = withUnsafeBytes(of: &names.release) { raw in
+        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+    }
+    let parts = release.split(separator: ".", maxSplits: 2)
+    guard parts.count >= 2, let major = Int(parts[0]),
+          let minor = Int(parts[1].prefix { $0.isASCII && $0.isNumber }) else { return nil }
+    return (major, minor)
+}
+
 /// Receives one notification. Blocks if none is pending: call it from the listener's own thread.
 func system_notif_receive_full(_ listener: Int32) -> Result<Notification, Errno> {
     var notification = privsep_notification()

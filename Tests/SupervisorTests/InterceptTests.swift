@@ -105,6 +105,52 @@ import Testing
         #expect(result.status != 0)
     }
 
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func everySpellingOfAPathIsJudgedAsTheFileItNames() async throws {
+        // Canonical ASCII paths are judged where they lie in the serving thread's buffer;
+        // every other spelling is made canonical (or refused) first. Both must agree.
+        let tree = Tree()
+        tree.scratch.write("data/\u{e9}t\u{e9}.txt", "accented\n")
+        let audit = tree.path + "/audit.jsonl"
+        let script = """
+        import os, sys
+        root = sys.argv[1].encode()
+        for name in [b'/good.txt', b'//good.txt', b'/./good.txt', b'/data/../good.txt', b'/data/a.txt',
+                     b'/data/\\xc3\\xa9t\\xc3\\xa9.txt', b'/evil.txt', b'/data/../evil.txt', b'/data/\\xff.txt',
+                     b'/data/missing.txt']:
+            try:
+                fd = os.open(root + name, os.O_RDONLY)
+                print(name.decode('utf-8', 'replace'), os.read(fd, 100).decode().splitlines()[0])
+                os.close(fd)
+            except OSError as error:
+                print(name.decode('utf-8', 'replace'), -error.errno)
+        """
+        let result = try await intercepted(tree, [Self.python, "-c", script, tree.path], audit: audit)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+        /good.txt hello from an allowed file
+        //good.txt hello from an allowed file
+        /./good.txt hello from an allowed file
+        /data/../good.txt hello from an allowed file
+        /data/a.txt a
+        /data/\u{e9}t\u{e9}.txt accented
+        /evil.txt -\(EACCES)
+        /data/../evil.txt -\(EACCES)
+        /data/\u{fffd}.txt -\(EACCES)
+        /data/missing.txt -\(ENOENT)
+
+        """, "\(result.stderr)")
+        // The records name what was judged, whichever way it was read.
+        let records = try auditRecords(audit).filter { ($0["event"] as? String) == "OPEN" }
+        func decisions(_ path: String) -> [String] {
+            records.filter { ($0["detail"] as? String)?.hasPrefix("openat \(path) ") == true }.compactMap { $0["decision"] as? String }
+        }
+        #expect(decisions(tree.path + "/good.txt") == ["granted", "granted", "granted", "granted"])
+        #expect(decisions(tree.path + "/data/a.txt") == ["granted"])
+        #expect(decisions(tree.path + "/data/\u{e9}t\u{e9}.txt") == ["granted"])
+        #expect(decisions(tree.path + "/evil.txt") == ["denied", "denied"])
+        #expect(decisions(tree.path + "/data/missing.txt") == ["denied"])
+    }
+
     @Test func fileAndHeadGiveTheSameOutputAsUnsandboxed() async throws {
         let tree = Tree()
         let head = try await intercepted(tree, ["/usr/bin/head", "-n", "1", tree.path + "/good.txt"])
@@ -459,7 +505,20 @@ import Testing
             && (($0["detail"] as? String)?.contains("tool.sh") ?? false) })
     }
 
+    /// Both ways a serving thread waits: receiving straight away (Linux 6.11 and later, where
+    /// a receive returns once the filter is unused) and polling first (older kernels).
+    static let receiveModes = [false] + (receiveReturnsWhenFilterUnused ? [true] : [])
+
     @Test(.enabled(if: hasPython, "python3 is not installed")) func aProgramThatExitsMidNotificationLeavesTheSupervisorClean() async throws {
+        // One mode after the other, not as arguments: the mode is the process's.
+        for receiveWaits in Self.receiveModes {
+            interceptReceiveWaits = receiveWaits
+            defer { interceptReceiveWaits = receiveReturnsWhenFilterUnused }
+            try await exitMidNotification()
+        }
+    }
+
+    func exitMidNotification() async throws {
         let tree = Tree()
         let listenersBefore = seccompListenerCount()
         let supervisor = try Supervisor(logger: quietLogger())
