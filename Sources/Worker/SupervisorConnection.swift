@@ -70,11 +70,26 @@ public final class SupervisorConnection: @unchecked Sendable {
         channel = socket
         supervisorProcessID = welcome.supervisorProcessID
         workerID = welcome.workerID
-        let lock = UnsafeMutablePointer<privsep_monitor>.allocate(capacity: 1)
+        // Storage of its own from the start, beside the rest of the connection: an empty
+        // array is the run-time's shared empty storage, and every request's check that
+        // nobody waits read it, on a page of data no other part of a request touches
+        // (BENCHMARKS.md, seventh round).
+        var waitingIDs: [UInt64] = []
+        waitingIDs.reserveCapacity(4)
+        waiting = waitingIDs
+        // The lock and the receive scratch in one page-aligned block, the lock on a cache
+        // line of its own before the scratch: a request's lock, control data and small reply
+        // then always share one page (apart, where they fell depended on the heap).
+        let block = UnsafeMutableRawPointer.allocate(byteCount: Self.scratchOffset + SeqpacketSocket.receiveScratchSize,
+                                                     alignment: 4096)
+        let lock = block.bindMemory(to: privsep_monitor.self, capacity: 1)
         lock.initialize(to: privsep_monitor(lock: 0, sequence: 0))
         self.lock = lock
-        receiveScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+        receiveScratch = UnsafeMutableRawBufferPointer(start: block + Self.scratchOffset, count: SeqpacketSocket.receiveScratchSize)
     }
+
+    /// Where the receive scratch starts in the block the lock heads.
+    private static var scratchOffset: Int { 64 }
 
     /// HELLO out, WELCOME back, on a worker that will die with its supervisor.
     private static func handshake(over channel: borrowing SeqpacketSocket) throws(WorkerError) -> Welcome {
@@ -105,8 +120,7 @@ public final class SupervisorConnection: @unchecked Sendable {
     }
 
     deinit {
-        lock.deallocate()
-        receiveScratch.deallocate()
+        UnsafeMutableRawPointer(lock).deallocate() // the block the scratch is part of
     }
 
     /// The raw channel fd, for the few things that need it (a seccomp trap handler).
