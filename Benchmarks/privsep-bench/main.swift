@@ -1084,6 +1084,9 @@ if openRuns > 0 {
     // privsep's serving side alone, beside the C broker placed alike.
     print("| opens/s | workers | placement | serving threads | minimal C broker | C with checks | privsep | vs C placed alike | vs C unmanaged | vs C with checks | privsep serving C clients | … vs C placed alike |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    // CPU per open by side, for the rows where both were measured: what the like-for-like
+    // gap is made of (BENCHMARKS.md, seventh round).
+    var cpuBySide: [String] = []
     for workers in throughputWorkers {
         // Split between interleaved rounds (see `rounds`); each row is the median.
         let opens = max(openRuns * 2 / workers / rounds, 200)
@@ -1097,13 +1100,16 @@ if openRuns > 0 {
                 let brokerCPUs = placement == .colocated ? (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] } : []
                 let measureC = placement == .colocated || oneThreadC == nil
                 var cRates: [Double] = [], checkedRates: [Double] = [], swiftRates: [Double] = [], cClientRates: [Double] = []
+                var cRuns: [OpenRun] = [], swiftRuns: [OpenRun] = []
                 for _ in 0..<rounds {
                     if measureC {
-                        cRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, colocatedOn: brokerCPUs).rate)
+                        cRuns.append(measureCOpens(workers: workers, opens: opens, placement: placement, colocatedOn: brokerCPUs))
+                        cRates.append(cRuns.last!.rate)
                         checkedRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true,
                                                           colocatedOn: brokerCPUs).rate)
                     }
-                    swiftRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads).rate)
+                    swiftRuns.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads))
+                    swiftRates.append(swiftRuns.last!.rate)
                     cClientRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads,
                                                                 batch: 1).rate)
                 }
@@ -1114,9 +1120,18 @@ if openRuns > 0 {
                 let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
                 let cClientRate = median(cClientRates)
                 print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x | \(Int(cClientRate)) | \(format(cClientRate / cRate))x |")
+                if !cRuns.isEmpty {
+                    let c = OpenRun(medianOf: cRuns), swift = OpenRun(medianOf: swiftRuns)
+                    let cClient = c.latency.cpuPerRequest ?? .nan, swiftClient = swift.latency.cpuPerRequest ?? .nan
+                    cpuBySide.append("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(format(c.servingCPUPerRequest)) | \(format(swift.servingCPUPerRequest)) | \(format(swift.servingCPUPerRequest - c.servingCPUPerRequest)) | \(format(cClient)) | \(format(swiftClient)) | \(format(swiftClient - cClient)) |")
+                }
             }
         }
     }
+    print("")
+    print("| CPU µs per open, by side (medians of the rounds) | workers | placement | serving threads | minimal C broker, serving | privsep, serving | privsep − C | C client 0 | privsep worker 0 | privsep − C |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in cpuBySide { print(row) }
     removeOpenTarget()
 }
 
