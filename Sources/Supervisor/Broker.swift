@@ -139,16 +139,25 @@ public final class ActivePolicy: Sendable {
         // NUL after them, copying only a string that is not already contiguous.
         var result: BrokerResult? = nil
         request.path.withCString { cString in
-            result = open(path: UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self), count: count),
-                          flags: request.flags)
+            switch open(path: UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self), count: count),
+                        flags: request.flags) {
+            case .granted(let fd, let rule): result = .granted(fd, grantReason(rule: rule))
+            case .denied(let errno, let reason): result = .denied(errno, reason)
+            }
         }
         return result.take()!
     }
 
+    /// Why an open under path rule `rule` was granted, for the audit log.
+    func grantReason(rule: Int) -> String { anchors[rule].grantReason }
+
     /// ``open(_:)`` on the path's bytes, as the serving loop has them in the datagram
     /// (``InPlaceOpenRequest``). A NUL must follow them in memory: the part beneath the
     /// rule goes to openat2 from where it lies.
-    func open(path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> BrokerResult {
+    /// A grant names its rule rather than carrying the rule's reason: the serving loop reads
+    /// the reason (``grantReason(rule:)``) only when it writes a record, so an OPEN costs no
+    /// reference counting for a string it does not use (BENCHMARKS.md, seventh round).
+    func open(path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> OpenDecision {
         guard isCanonicalAbsolutePath(bytes: path) else {
             return .denied(.permissionDenied, "path is not absolute and canonical")
         }
@@ -218,7 +227,7 @@ public final class ActivePolicy: Sendable {
             case .failure(let errno): return .denied(errno, "fcntl failed")
             }
         }
-        return .granted(fd, anchors[index].grantReason)
+        return .granted(fd, rule: index)
     }
 
     func mostSpecificRule(for path: String) -> Int? {
@@ -414,6 +423,13 @@ public enum BrokerResult: ~Copyable, Sendable {
     /// The fd to hand to the worker, and why it was granted (for the audit log).
     case granted(OwnedFileDescriptor, String)
     /// The errno to answer with, and why (for the audit log).
+    case denied(Errno, String)
+}
+
+/// What ``ActivePolicy/open(path:flags:)`` decided: a ``BrokerResult`` whose grant names
+/// the rule that granted it.
+enum OpenDecision: ~Copyable {
+    case granted(OwnedFileDescriptor, rule: Int)
     case denied(Errno, String)
 }
 

@@ -503,9 +503,15 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         guard admitRequest(record, open.requestID) else { return }
-        let result = withoutRetaining(.passUnretained(record.policy)) { policy in policy.open(path: open.path, flags: open.flags) }
-        reply(record, open.requestID, event: "OPEN", detail: "\(String(decoding: open.path, as: UTF8.self)) \(describeOpenFlags(open.flags))",
-              request: .open(open.request), result)
+        let decision = withoutRetaining(.passUnretained(record.policy)) { policy in policy.open(path: open.path, flags: open.flags) }
+        func detail() -> String { "\(String(decoding: open.path, as: UTF8.self)) \(describeOpenFlags(open.flags))" }
+        switch consume decision {
+        case .granted(let fd, let rule):
+            replyGranted(record, open.requestID, event: "OPEN", detail: detail(), request: .open(open.request), fd,
+                         reason: record.policy.grantReason(rule: rule))
+        case .denied(let errno, let reason):
+            replyDenied(record, open.requestID, event: "OPEN", detail: detail(), request: .open(open.request), errno, reason: reason)
+        }
     }
 
     private func log(_ line: LogLine, from record: WorkerRecord) {
@@ -538,21 +544,33 @@ final class EventLoop: @unchecked Sendable {
                        request: @autoclosure () -> Message? = nil, _ result: consuming BrokerResult) {
         switch consume result {
         case .granted(let fd, let reason):
-            guard record.fileDescriptorsHandedOut < record.configuration.caps.fileDescriptorsHandedOut else {
-                audit(record, event: event, detail: detail(), decision: "denied", errno: .tooManyOpenFiles,
-                      reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached", request: request())
-                sendReply(record, requestID, .failure(.tooManyOpenFiles), fds: OwnedFileDescriptors())
-                return
-            }
-            record.fileDescriptorsHandedOut += 1
-            if auditor.wants(.debug) {
-                audit(record, event: event, detail: detail(), decision: "granted", reason: reason, request: request())
-            }
-            sendReply(record, requestID, .success(fileDescriptorCount: 1), fds: OwnedFileDescriptors(fd))
+            replyGranted(record, requestID, event: event, detail: detail(), request: request(), fd, reason: reason)
         case .denied(let errno, let reason):
-            audit(record, event: event, detail: detail(), decision: "denied", errno: errno, reason: reason, request: request())
-            sendReply(record, requestID, .failure(errno), fds: OwnedFileDescriptors())
+            replyDenied(record, requestID, event: event, detail: detail(), request: request(), errno, reason: reason)
         }
+    }
+
+    /// Hands `fd` to the worker, within its cap; `reason` is read only for a record.
+    private func replyGranted(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: @autoclosure () -> String,
+                              request: @autoclosure () -> Message?, _ fd: consuming OwnedFileDescriptor,
+                              reason: @autoclosure () -> String) {
+        guard record.fileDescriptorsHandedOut < record.configuration.caps.fileDescriptorsHandedOut else {
+            audit(record, event: event, detail: detail(), decision: "denied", errno: .tooManyOpenFiles,
+                  reason: "cap of \(record.configuration.caps.fileDescriptorsHandedOut) fds handed out reached", request: request())
+            sendReply(record, requestID, .failure(.tooManyOpenFiles), fds: OwnedFileDescriptors())
+            return
+        }
+        record.fileDescriptorsHandedOut += 1
+        if auditor.wants(.debug) {
+            audit(record, event: event, detail: detail(), decision: "granted", reason: reason(), request: request())
+        }
+        sendReply(record, requestID, .success(fileDescriptorCount: 1), fds: OwnedFileDescriptors(fd))
+    }
+
+    private func replyDenied(_ record: WorkerRecord, _ requestID: UInt64, event: String, detail: @autoclosure () -> String,
+                             request: @autoclosure () -> Message?, _ errno: Errno, reason: String) {
+        audit(record, event: event, detail: detail(), decision: "denied", errno: errno, reason: reason, request: request())
+        sendReply(record, requestID, .failure(errno), fds: OwnedFileDescriptors())
     }
 
     private func startConnect(_ record: WorkerRecord, _ requestID: UInt64, _ request: AddressRequest) {

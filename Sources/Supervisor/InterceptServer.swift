@@ -207,8 +207,18 @@ final class InterceptServer: @unchecked Sendable {
         }
         guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(described())") }
         let active = policy.withLock { $0 }
-        let result = if let inPlace { active.open(path: inPlace, flags: flags) }
-                     else { active.open(OpenRequest(path: path, flags: flags, mode: mode)) }
+        let result: BrokerResult
+        if let inPlace {
+            switch active.open(path: inPlace, flags: flags) {
+            case .granted(let fd, let rule):
+                return install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN",
+                               detail: "\(call) \(described()) \(describeOpenFlags(flags))", reason: active.grantReason(rule: rule))
+            case .denied(let errno, let reason):
+                result = .denied(errno, reason)
+            }
+        } else {
+            result = active.open(OpenRequest(path: path, flags: flags, mode: mode))
+        }
         switch consume result {
         case .granted(let fd, let reason):
             install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN",

@@ -68,6 +68,9 @@ import Testing
         let audit = try String(contentsOfFile: tree + "/audit.jsonl", encoding: .utf8).split(separator: "\n").filter { $0.contains("\"event\":\"OPEN\"") }
         #expect(audit.count == 5)
         #expect(audit.filter { $0.contains("\"decision\":\"granted\"") }.count == 2)
+        // Each grant names the rule that granted it (read from the rule only when a record is written).
+        #expect(audit.contains { $0.contains("hello.txt") && $0.contains("\"reason\":\"rule \(tree)/public\"") })
+        #expect(audit.contains { $0.contains("notes.txt") && $0.contains("\"reason\":\"rule \(tree)/notes.txt\"") })
     }
 
     @Test func privilegedPortIsBoundByTheSupervisorAndServed() async throws {

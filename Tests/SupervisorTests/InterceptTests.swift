@@ -149,6 +149,11 @@ import Testing
         #expect(decisions(tree.path + "/data/\u{e9}t\u{e9}.txt") == ["granted"])
         #expect(decisions(tree.path + "/evil.txt") == ["denied", "denied"])
         #expect(decisions(tree.path + "/data/missing.txt") == ["denied"])
+        // A grant names its rule, whichever way the path was read.
+        #expect(records.contains { ($0["detail"] as? String)?.hasPrefix("openat \(tree.path)/data/a.txt ") == true
+            && ($0["reason"] as? String) == "rule \(tree.path)/data" })
+        #expect(records.filter { ($0["detail"] as? String)?.hasPrefix("openat \(tree.path)/good.txt ") == true }
+            .allSatisfy { ($0["reason"] as? String) == "rule \(tree.path)/good.txt" })
     }
 
     @Test func fileAndHeadGiveTheSameOutputAsUnsandboxed() async throws {
