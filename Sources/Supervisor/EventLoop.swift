@@ -37,8 +37,7 @@ final class EventLoop: @unchecked Sendable {
     // overlap, and a check, which sees only its own thread's accesses, would guard nothing
     // more for its cost: four calls into the run-time per request (BENCHMARKS.md, fifth round).
     @exclusivity(unchecked) private var workers: [UInt64: WorkerRecord] = [:]
-    @exclusivity(unchecked) private var registrations: [UInt64: Registration] = [:]
-    private var nextToken: UInt64 = 1
+    @exclusivity(unchecked) private var registrations = TokenTable<Registration>()
     /// Worker ids, unique across every loop of the supervisor.
     private let workerIDs: WorkerIDSource
     /// Workers spawned here and not yet reaped, and places reserved for spawns not yet
@@ -74,12 +73,16 @@ final class EventLoop: @unchecked Sendable {
     /// Where the loop thread and the workers it spawns run.
     private let placement: PlacementPlan
 
-    private enum Registration {
+    /// What an epoll token stands for. A registration names its worker's record itself, not
+    /// its id: every registration of a worker is removed when its record leaves `workers`
+    /// (``reap(_:)``, and a spawn that cannot watch it), so an event reaches its record
+    /// without a second lookup, and ``WorkerRecord/isGone`` says if that ever did not hold.
+    fileprivate enum Registration {
         case wakeup
-        case channel(UInt64)
-        case pidfd(UInt64)
-        case connect(UInt64, PendingConnectState)
-        case listener(UInt64)
+        case channel(WorkerRecord)
+        case pidfd(WorkerRecord)
+        case connect(WorkerRecord, PendingConnectState)
+        case listener(WorkerRecord)
     }
 
     init(auditor: Auditor, placement: PlacementPlan = .unmanaged, workerIDs: WorkerIDSource = WorkerIDSource(),
@@ -93,7 +96,8 @@ final class EventLoop: @unchecked Sendable {
         try system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_ADD, wakeup.unsafeRawValue, events: EPOLLIN.rawValue, data: 0).get()
         // Last, after everything that can throw: deinit frees it.
         receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
-        registrations[0] = .wakeup
+        let wakeupToken = registrations.insert(.wakeup)
+        precondition(wakeupToken == 0, "the wake-up fd is registered with token 0")
     }
 
     deinit { receiveBuffer.deallocate() }
@@ -200,13 +204,14 @@ final class EventLoop: @unchecked Sendable {
             for index in 0..<count {
                 let token = events[index].data.u64
                 let flags = events[index].events
+                // nil: removed earlier in this batch (the token's generation is gone).
                 guard let registration = registrations[token] else { continue }
                 switch registration {
                 case .wakeup: drainCommands()
-                case .channel(let id): if let record = workers[id] { channelReady(record, flags: flags, othersReady: count > 1) }
-                case .pidfd(let id): if let record = workers[id] { reap(record) }
-                case .connect(let id, let pending): if let record = workers[id] { connectReady(record, pending, token: token) }
-                case .listener(let id): if let record = workers[id] { listenerReady(record, flags: flags) }
+                case .channel(let record): if !record.isGone { channelReady(record, flags: flags, othersReady: count > 1) }
+                case .pidfd(let record): if !record.isGone { reap(record) }
+                case .connect(let record, let pending): if !record.isGone { connectReady(record, pending, token: token) }
+                case .listener(let record): if !record.isGone { listenerReady(record, flags: flags) }
                 }
             }
             for id in rereads {
@@ -277,19 +282,18 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func register(_ fd: Int32, _ registration: Registration, events: UInt32) -> UInt64? {
-        let token = nextToken
-        nextToken += 1
+        let token = registrations.insert(registration)
         guard case .success = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_ADD, fd, events: events, data: token) else {
+            registrations.remove(token)
             return nil
         }
-        registrations[token] = registration
         return token
     }
 
     private func unregister(_ fd: Int32, token: UInt64) {
         precondition(token != 0, "token 0 is the wake-up fd's")
         _ = system_epoll_ctl(epoll.unsafeRawValue, EPOLL_CTL_DEL, fd, events: 0, data: 0)
-        registrations[token] = nil
+        registrations.remove(token)
     }
 
     // MARK: Spawning
@@ -321,8 +325,8 @@ final class EventLoop: @unchecked Sendable {
         // Read after the spawn returned, so after the child's exec: an upper bound of what it inherited.
         record.inheritedPeakBound = system_own_peak_resident_bytes()
         workers[id] = record
-        record.channelToken = register(record.channel!.socket.unsafeRawValue, .channel(id), events: EPOLLIN.rawValue)
-        record.pidfdToken = register(record.pidfd.unsafeRawValue, .pidfd(id), events: EPOLLIN.rawValue)
+        record.channelToken = register(record.channel!.socket.unsafeRawValue, .channel(record), events: EPOLLIN.rawValue)
+        record.pidfdToken = register(record.pidfd.unsafeRawValue, .pidfd(record), events: EPOLLIN.rawValue)
         guard record.channelToken != nil, record.pidfdToken != nil else {
             // Without both registrations the worker could be neither served nor reaped: end it here.
             record.killReason = .spawnFailed("cannot watch the worker (epoll_ctl failed)")
@@ -331,6 +335,7 @@ final class EventLoop: @unchecked Sendable {
             closeChannel(record)
             if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
             workers[id] = nil
+            record.isGone = true
             handle.finish(record.killReason!)
             return .failure(.spawnFailed("cannot watch the worker (epoll_ctl failed)"))
         }
@@ -583,7 +588,7 @@ final class EventLoop: @unchecked Sendable {
             let deadline = system_clock_monotonic() + nanoseconds(record.configuration.caps.connectTimeoutSeconds)
             let pending = PendingConnectState(requestID: requestID, detail: detail, deadline: deadline, socket: socket,
                                               requestedType: request.type, address: request.address)
-            guard let token = register(raw, .connect(record.id, pending), events: EPOLLOUT.rawValue) else {
+            guard let token = register(raw, .connect(record, pending), events: EPOLLOUT.rawValue) else {
                 reply(record, requestID, event: "CONNECT", detail: detail, .denied(.noMemory, "epoll registration failed"))
                 return
             }
@@ -767,7 +772,7 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         let box = ListenerBox(listener)
-        guard let token = register(box.fd.unsafeRawValue, .listener(record.id), events: EPOLLIN.rawValue) else {
+        guard let token = register(box.fd.unsafeRawValue, .listener(record), events: EPOLLIN.rawValue) else {
             kill(record, .protocolViolation("cannot watch the seccomp listener"))
             return
         }
@@ -976,6 +981,7 @@ final class EventLoop: @unchecked Sendable {
         if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }
         record.pidfdToken = nil
         workers[record.id] = nil
+        record.isGone = true
         load.subtract(1, ordering: .relaxed)
         let reason: ExitReason
         if let killed = record.killReason {
@@ -1109,6 +1115,9 @@ final class WorkerRecord {
     let pid: pid_t
     let pidfd: OwnedFileDescriptor
     @exclusivity(unchecked) var channel: ChannelBox?
+    /// Set when the record leaves the loop's `workers` (reaped): an event that still names
+    /// it is dropped.
+    @exclusivity(unchecked) var isGone = false
     /// epoll tokens; nil until registered (token 0 is the loop's own wake-up fd).
     var channelToken: UInt64?
     var pidfdToken: UInt64?
