@@ -134,18 +134,23 @@ public final class ActivePolicy: Sendable {
     /// same errno as a path that exists but is denied, so the broker is no
     /// oracle of what exists outside the policy.
     public func open(_ request: OpenRequest) -> BrokerResult {
-        let count = request.path.utf8.count
+        switch open(path: request.path, flags: request.flags) {
+        case .granted(let fd, let rule): .granted(fd, grantReason(rule: rule))
+        case .denied(let errno, let reason): .denied(errno, reason)
+        }
+    }
+
+    /// ``open(path:flags:)`` on a string's bytes.
+    func open(path: String, flags: Int32) -> OpenDecision {
+        let count = path.utf8.count
         // withCString hands over every byte (a NUL inside too, which the checks refuse) and a
         // NUL after them, copying only a string that is not already contiguous.
-        var result: BrokerResult? = nil
-        request.path.withCString { cString in
-            switch open(path: UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self), count: count),
-                        flags: request.flags) {
-            case .granted(let fd, let rule): result = .granted(fd, grantReason(rule: rule))
-            case .denied(let errno, let reason): result = .denied(errno, reason)
-            }
+        var decision: OpenDecision? = nil
+        path.withCString { cString in
+            decision = open(path: UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self), count: count),
+                            flags: flags)
         }
-        return result.take()!
+        return decision.take()!
     }
 
     /// Why an open under path rule `rule` was granted, for the audit log.

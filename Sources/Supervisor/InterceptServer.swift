@@ -70,6 +70,8 @@ final class InterceptServer: @unchecked Sendable {
         case .some(let fd): self.programPidfd = fd.releaseUnsafeRawValue()
         case .none: self.programPidfd = -1
         }
+        // Bytes, for the paths judged where they lie (pathInPlace).
+        _ = pathBuffer.bindMemory(to: UInt8.self)
     }
 
     deinit {
@@ -118,7 +120,7 @@ final class InterceptServer: @unchecked Sendable {
         // filter, so it can wait by itself: a poll before each receive was one more system
         // call per notification (BENCHMARKS.md, intercept mode). Before 6.11 such a receive
         // would wait forever, and only poll sees the filter go unused (POLLHUP).
-        let receiveWaits = interceptReceiveWaits
+        let receiveWaits = interceptReceiveWaits.load(ordering: .relaxed)
         var pending = false // poll has said a notification is waiting
         while !stopped {
             if !receiveWaits && !pending {
@@ -162,9 +164,10 @@ final class InterceptServer: @unchecked Sendable {
         let a = n.args
         func int(_ value: UInt64) -> Int32 { Int32(truncatingIfNeeded: value) }
         switch n.nr {
-        case 2: serveOpen(n, call: "open", dirfd: AT_FDCWD, path: a.0, flags: int(a.1), mode: UInt32(truncatingIfNeeded: a.2))
-        case 257: serveOpen(n, call: "openat", dirfd: int(a.0), path: a.1, flags: int(a.2), mode: UInt32(truncatingIfNeeded: a.3))
-        case 85: serveOpen(n, call: "creat", dirfd: AT_FDCWD, path: a.0, flags: O_CREAT | O_WRONLY | O_TRUNC, mode: UInt32(truncatingIfNeeded: a.1))
+        // The calls' mode argument is not used: a rule that allows creating names the mode.
+        case 2: serveOpen(n, call: "open", dirfd: AT_FDCWD, path: a.0, flags: int(a.1))
+        case 257: serveOpen(n, call: "openat", dirfd: int(a.0), path: a.1, flags: int(a.2))
+        case 85: serveOpen(n, call: "creat", dirfd: AT_FDCWD, path: a.0, flags: O_CREAT | O_WRONLY | O_TRUNC)
         case 437: serveOpenat2(n, dirfd: int(a.0), path: a.1, how: a.2, size: a.3)
         case 4: serveStat(n, call: "stat", dirfd: AT_FDCWD, path: a.0, buffer: a.1, flags: 0, statxMask: nil)
         case 6: serveStat(n, call: "lstat", dirfd: AT_FDCWD, path: a.0, buffer: a.1, flags: privsep_AT_SYMLINK_NOFOLLOW, statxMask: nil)
@@ -185,7 +188,7 @@ final class InterceptServer: @unchecked Sendable {
 
     // MARK: Open
 
-    private func serveOpen(_ n: Notification, call: String, dirfd: Int32, path address: UInt64, flags: Int32, mode: UInt32) {
+    private func serveOpen(_ n: Notification, call: String, dirfd: Int32, path address: UInt64, flags: Int32) {
         let length: Int
         switch readPath(n, address: address) {
         case .success(let count): length = count
@@ -207,22 +210,11 @@ final class InterceptServer: @unchecked Sendable {
         }
         guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(described())") }
         let active = policy.withLock { $0 }
-        let result: BrokerResult
-        if let inPlace {
-            switch active.open(path: inPlace, flags: flags) {
-            case .granted(let fd, let rule):
-                return install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN",
-                               detail: "\(call) \(described()) \(describeOpenFlags(flags))", reason: active.grantReason(rule: rule))
-            case .denied(let errno, let reason):
-                result = .denied(errno, reason)
-            }
-        } else {
-            result = active.open(OpenRequest(path: path, flags: flags, mode: mode))
-        }
-        switch consume result {
-        case .granted(let fd, let reason):
+        let decision = if let inPlace { active.open(path: inPlace, flags: flags) } else { active.open(path: path, flags: flags) }
+        switch consume decision {
+        case .granted(let fd, let rule):
             install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN",
-                    detail: "\(call) \(described()) \(describeOpenFlags(flags))", reason: reason)
+                    detail: "\(call) \(described()) \(describeOpenFlags(flags))", reason: active.grantReason(rule: rule))
         case .denied(let errno, let reason):
             deny(n, "OPEN", "\(call) \(described()) \(describeOpenFlags(flags))", errno, reason)
         }
@@ -246,7 +238,7 @@ final class InterceptServer: @unchecked Sendable {
             return deny(n, "OPEN", "openat2 with RESOLVE_* 0x\(String(resolve, radix: 16))", .permissionDenied,
                         "intercept mode serves openat2 without RESOLVE_* flags only")
         }
-        serveOpen(n, call: "openat2", dirfd: dirfd, path: path, flags: Int32(truncatingIfNeeded: flags), mode: UInt32(mode))
+        serveOpen(n, call: "openat2", dirfd: dirfd, path: path, flags: Int32(truncatingIfNeeded: flags))
     }
 
     // MARK: stat, access, readlink

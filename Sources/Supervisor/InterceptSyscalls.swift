@@ -5,6 +5,7 @@
 import CPrivsepShims
 import Glibc
 import PrivsepIPC
+package import Synchronization
 import SystemPackage
 
 /// One notification, as the kernel gave it.
@@ -20,9 +21,9 @@ package let receiveReturnsWhenFilterUnused: Bool = {
 }()
 
 /// Whether intercept serving threads receive without polling first: whether
-/// ``receiveReturnsWhenFilterUnused``, unless a test sets it false to run the older
+/// ``receiveReturnsWhenFilterUnused``, unless a test stores false to run the older
 /// kernels' loop (poll, then receive) on this one. Read as each serving thread starts.
-nonisolated(unsafe) package var interceptReceiveWaits = receiveReturnsWhenFilterUnused
+package let interceptReceiveWaits = Atomic<Bool>(receiveReturnsWhenFilterUnused)
 
 /// The running kernel's major and minor version, from uname's release ("6.18.44-...").
 func kernelRelease() -> (major: Int, minor: Int)? {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PrivsepTestSupport
 import Supervisor
+import Synchronization
 import Testing
 
 /// Intercept mode end to end: unmodified Debian programs (cat, head, sh, file, python3)
@@ -517,8 +518,8 @@ import Testing
     @Test(.enabled(if: hasPython, "python3 is not installed")) func aProgramThatExitsMidNotificationLeavesTheSupervisorClean() async throws {
         // One mode after the other, not as arguments: the mode is the process's.
         for receiveWaits in Self.receiveModes {
-            interceptReceiveWaits = receiveWaits
-            defer { interceptReceiveWaits = receiveReturnsWhenFilterUnused }
+            interceptReceiveWaits.store(receiveWaits, ordering: .relaxed)
+            defer { interceptReceiveWaits.store(receiveReturnsWhenFilterUnused, ordering: .relaxed) }
             try await exitMidNotification()
         }
     }
