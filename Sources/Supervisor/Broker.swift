@@ -159,6 +159,7 @@ public final class ActivePolicy: Sendable {
     /// ``open(_:)`` on the path's bytes, as the serving loop has them in the datagram
     /// (``InPlaceOpenRequest``). A NUL must follow them in memory: the part beneath the
     /// rule goes to openat2 from where it lies.
+    ///
     /// A grant names its rule rather than carrying the rule's reason: the serving loop reads
     /// the reason (``grantReason(rule:)``) only when it writes a record, so an OPEN costs no
     /// reference counting for a string it does not use (BENCHMARKS.md, seventh round).
