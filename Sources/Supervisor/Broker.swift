@@ -167,6 +167,18 @@ public final class ActivePolicy: Sendable {
         guard isCanonicalAbsolutePath(bytes: path) else {
             return .denied(.permissionDenied, "path is not absolute and canonical")
         }
+        return open(checkedPath: path, flags: requestFlags)
+    }
+
+    /// ``open(path:flags:)`` of a path the caller has already found absolute and canonical
+    /// (the intercept thread, which chose by it how to read the path), so it is not walked
+    /// twice. Each entry point inlines the body: neither pays for the other.
+    func open(canonicalPath path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> OpenDecision {
+        open(checkedPath: path, flags: requestFlags)
+    }
+
+    @inline(__always)
+    private func open(checkedPath path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> OpenDecision {
         guard let index = mostSpecificRule(forPath: path) else {
             return .denied(.permissionDenied, "no rule grants this path")
         }

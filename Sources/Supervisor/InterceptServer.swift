@@ -210,7 +210,7 @@ final class InterceptServer: @unchecked Sendable {
         }
         guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(described())") }
         let active = policy.withLock { $0 }
-        let decision = if let inPlace { active.open(path: inPlace, flags: flags) } else { active.open(path: path, flags: flags) }
+        let decision = if let inPlace { active.open(canonicalPath: inPlace, flags: flags) } else { active.open(path: path, flags: flags) }
         switch consume decision {
         case .granted(let fd, let rule):
             install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN",
