@@ -15,6 +15,19 @@ public final class ActivePolicy: Sendable {
     let anchors: [Anchor]
     /// Per unix address rule: the O_PATH fd of the socket's directory and its name.
     private let unixAnchors: [String: Anchor]
+    /// Every path rule's path, one after another, for ``mostSpecificRule(forPath:)``.
+    private let rulePathBytes: [UInt8]
+    /// The path rules, longest path first (equal lengths in the policy's order): the first
+    /// that matches a path is its most specific.
+    private let rulesLongestFirst: [RuleSpan]
+
+    /// Where a path rule's path lies in ``rulePathBytes``.
+    struct RuleSpan: Sendable {
+        let start: Int
+        let count: Int
+        let index: Int
+        let kind: PathRule.Kind
+    }
 
     struct Anchor: Sendable {
         let directory: Int32
@@ -83,6 +96,15 @@ public final class ActivePolicy: Sendable {
         self.policy = policy
         self.anchors = anchors
         self.unixAnchors = unixAnchors
+        var bytes: [UInt8] = []
+        var spans: [RuleSpan] = []
+        for (index, rule) in policy.paths.enumerated() {
+            spans.append(RuleSpan(start: bytes.count, count: rule.path.utf8.count, index: index, kind: rule.kind))
+            bytes.append(contentsOf: rule.path.utf8)
+        }
+        rulePathBytes = bytes
+        // Swift's sort is stable: of two rules as long, the earlier stays first.
+        rulesLongestFirst = spans.sorted { $0.count > $1.count }
     }
 
     /// Whether every directory this policy opened is the one the same path reaches
@@ -253,21 +275,21 @@ public final class ActivePolicy: Sendable {
         return path.withUTF8 { mostSpecificRule(forPath: $0) }
     }
 
-    /// ``mostSpecificRule(for:)`` on the bytes of a path.
+    /// ``mostSpecificRule(for:)`` on the bytes of a path: the matching rule with the
+    /// longest path, the first in the policy of two as long.
+    ///
+    /// Walks the rules longest first over their bytes copied at activation, and stops at
+    /// the first match: no rule's `String` is read on a request (each read checked the
+    /// string's representation first), and the rules shorter than the match are not
+    /// tried.
     func mostSpecificRule(forPath path: UnsafeBufferPointer<UInt8>) -> Int? {
-        // Indexed, not enumerated: enumerating copies every rule (its strings retained
-        // and released) on every request.
-        let paths = policy.paths
-        var best: Int? = nil
-        var bestLength = -1
-        for index in paths.indices where paths[index].matches(bytes: path) {
-            let length = paths[index].path.utf8.count
-            if length > bestLength {
-                best = index
-                bestLength = length
+        rulePathBytes.withUnsafeBufferPointer { all in
+            for span in rulesLongestFirst where span.count <= path.count {
+                let rule = UnsafeBufferPointer(rebasing: all[span.start..<(span.start + span.count)])
+                if PathRule.matches(asked: path, rule: rule, kind: span.kind) { return span.index }
             }
+            return nil
         }
-        return best
     }
 
     // MARK: SOCKET, CONNECT, BIND

@@ -137,6 +137,83 @@ import Testing
         #expect(firstDisagreements.isEmpty)
     }
 
+    /// Paths of 9 bytes or more are first tested a word at a time, for a "/" before "/" or
+    /// "." and for NUL, and walked only when that finds one: against the definition, on
+    /// random paths up to 64 bytes whose components are mostly long (so that most are
+    /// canonical and pass the word test alone), each also with a byte that matters dropped in
+    /// at every position: "/", ".", NUL, their neighbours "-" and "0", and "/" and "." with
+    /// the high bit set.
+    @Test func wordAtATimeCanonicalCheckAgreesWithItsDefinition() {
+        func byDefinition(_ bytes: [UInt8]) -> Bool {
+            guard bytes.first == UInt8(ascii: "/"), !bytes.contains(0) else { return false }
+            if bytes == [UInt8(ascii: "/")] { return true }
+            let components = bytes.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+            return !components.contains { $0.isEmpty || Array($0) == [0x2e] || Array($0) == [0x2e, 0x2e] }
+        }
+        func checked(_ path: [UInt8], padding: Int) -> Bool {
+            ([UInt8](repeating: 0x2f, count: padding) + path + [0x2e, 0x2f]).withUnsafeBufferPointer {
+                isCanonicalAbsolutePath(bytes: UnsafeBufferPointer(rebasing: $0[padding..<(padding + path.count)]))
+            }
+        }
+        var generator = SystemRandomNumberGenerator()
+        var disagreements: [[UInt8]] = []
+        var canonicalAndLong = 0
+        for _ in 0..<400 {
+            var path: [UInt8] = []
+            let length = Int.random(in: 9...64, using: &generator)
+            while path.count < length {
+                path.append(0x2f)
+                path += (0..<Int.random(in: 1...12, using: &generator)).map { _ in UInt8.random(in: 0x61...0x7a, using: &generator) }
+            }
+            if byDefinition(path) { canonicalAndLong += 1 }
+            if checked(path, padding: Int.random(in: 0..<8, using: &generator)) != byDefinition(path) { disagreements.append(path) }
+            for byte: UInt8 in [0x2f, 0x2e, 0x00, 0x2d, 0x30, 0x80, 0xaf, 0xae] {
+                for position in 1..<path.count {
+                    var changed = path
+                    changed[position] = byte
+                    if checked(changed, padding: position % 8) != byDefinition(changed) { disagreements.append(changed) }
+                }
+            }
+        }
+        let firstDisagreements = Array(disagreements.prefix(3))
+        #expect(firstDisagreements.isEmpty)
+        #expect(canonicalAndLong == 400, "the generator makes canonical paths")
+    }
+
+    /// The most specific rule (the longest that matches) is found whatever the rules'
+    /// order in the policy: nested directories, a file rule inside them, a sibling whose
+    /// name begins with another rule's ("/ab" beside "/a") and "/" itself, in many orders,
+    /// against the longest rule whose `matches(_:)` is true.
+    @Test func mostSpecificRuleIsTheLongestMatchInAnyOrder() throws {
+        let scratch = ScratchDirectory()
+        for directory in ["a", "a/b", "a/b/c", "ab"] { scratch.mkdir(directory) }
+        scratch.write("a/b/file.txt", "x")
+        let root = scratch.path
+        let rules = [
+            PathRule(path: "/", kind: .directory, permissions: [.read]),
+            PathRule(path: root + "/a", kind: .directory, permissions: [.read]),
+            PathRule(path: root + "/a/b", kind: .directory, permissions: [.read]),
+            PathRule(path: root + "/a/b/c", kind: .directory, permissions: [.read]),
+            PathRule(path: root + "/a/b/file.txt", kind: .file, permissions: [.read]),
+            PathRule(path: root + "/ab", kind: .directory, permissions: [.read]),
+        ]
+        let asked = ["/", "/etc/hostname", root, root + "/a", root + "/a/x", root + "/ab", root + "/ab/x", root + "/abc",
+                     root + "/a/b", root + "/a/bc", root + "/a/b/c", root + "/a/b/c/d/e", root + "/a/b/file.txt",
+                     root + "/a/b/file.txt/x", root + "/a/b/file.txtx", root + "/a/b/file.tx"]
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<24 {
+            // Every rule but one, in a random order: each rule is missing from some rounds.
+            var chosen = rules.shuffled(using: &generator)
+            chosen.remove(at: round % chosen.count)
+            let policy = try ActivePolicy(Policy(paths: chosen))
+            for path in asked {
+                let expected = chosen.filter { $0.matches(path) }.max { $0.path.utf8.count < $1.path.utf8.count }?.path
+                let found = policy.mostSpecificRule(for: path).map { chosen[$0].path }
+                #expect(found == expected, "\(path) with rules \(chosen.map(\.path))")
+            }
+        }
+    }
+
     /// Rule matching compares eight bytes at a time: a difference at any position, in a
     /// rule of any length up to 40, is found.
     @Test func ruleMatchingFindsADifferenceAtAnyByte() {
