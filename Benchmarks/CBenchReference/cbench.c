@@ -392,6 +392,7 @@ struct cbench_brokers {
 
 static void *serve_broker_thread(void *argument) {
     struct broker_thread *broker = argument;
+    pthread_setname_np(pthread_self(), "c-broker"); /* for profiles: privsep's are "privsep-loop" */
     if (broker->cpu >= 0 && cbench_pin_thread(broker->cpu) != 0) { broker->result = -1; return NULL; }
     uint64_t before = cbench_thread_cpu_ns();
     switch (broker->kind) {

@@ -1102,14 +1102,23 @@ if openRuns > 0 {
                 var cRates: [Double] = [], checkedRates: [Double] = [], swiftRates: [Double] = [], cClientRates: [Double] = []
                 var cRuns: [OpenRun] = [], swiftRuns: [OpenRun] = []
                 for _ in 0..<rounds {
+                    // Threads take the CPUs of the thread that creates them (C brokers, privsep's serving
+                    // threads), and Supervisor's placement divides the CPUs of the thread that creates it. A
+                    // thread that was missed while every thread was unpinned (started meanwhile, by a thread
+                    // pinned then) kept CPU 0 alone, and where the main actor ran on it, a colocated
+                    // supervisor put both its serving threads on CPU 0 (seen once under perf: 0.44x). So the
+                    // thread that measures is given every CPU before each measurement.
+                    check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
                     if measureC {
                         cRuns.append(measureCOpens(workers: workers, opens: opens, placement: placement, colocatedOn: brokerCPUs))
                         cRates.append(cRuns.last!.rate)
                         checkedRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true,
                                                           colocatedOn: brokerCPUs).rate)
                     }
+                    check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
                     swiftRuns.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads))
                     swiftRates.append(swiftRuns.last!.rate)
+                    check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
                     cClientRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads,
                                                                 batch: 1).rate)
                 }
