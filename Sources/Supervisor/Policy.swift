@@ -394,10 +394,10 @@ func isCanonicalAbsolutePath(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
 }
 
 /// The word-at-a-time test of ``isCanonicalAbsolutePath(bytes:)``, for 9 bytes or more
-/// starting with "/": true when no byte is NUL and no "/" is followed by "/" or ".". Byte k of the word at
-/// `offset + 1` sits where byte k of the word at `offset` does, so their masks line up a
-/// byte with the one after it. The last pair overlaps the one before it, which only
-/// tests some bytes twice.
+/// starting with "/": true when no byte is NUL and no "/" is followed by "/" or ".".
+/// Byte k of the word at `offset + 1` sits where byte k of the word at `offset` does, so
+/// their masks line up a byte with the one after it. The last pair overlaps the one
+/// before it, which only tests some bytes twice.
 @inline(__always)
 private func hasNoSlashBeforeSlashOrDotNorNUL(_ raw: UnsafeRawBufferPointer) -> Bool {
     let base = raw.baseAddress!, count = raw.count

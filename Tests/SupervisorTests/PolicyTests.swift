@@ -114,12 +114,6 @@ import Testing
     /// rule, on random paths of every length up to 40 made of the bytes that matter, each
     /// at every offset from a word's start.
     @Test func canonicalCheckAgreesWithItsDefinition() {
-        func byDefinition(_ bytes: [UInt8]) -> Bool {
-            guard bytes.first == UInt8(ascii: "/"), !bytes.contains(0) else { return false }
-            if bytes == [UInt8(ascii: "/")] { return true }
-            let components = bytes.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-            return !components.contains { $0.isEmpty || Array($0) == [0x2e] || Array($0) == [0x2e, 0x2e] }
-        }
         var generator = SystemRandomNumberGenerator()
         let alphabet: [UInt8] = [0x2f, 0x2f, 0x2e, 0x2e, 0x61, 0x61, 0x61, 0x61, 0x61, 0x00, 0xc3, 0xa9]
         var disagreements: [[UInt8]] = []
@@ -131,7 +125,7 @@ import Testing
             let fast = ([UInt8](repeating: 0x2f, count: padding) + path).withUnsafeBufferPointer {
                 isCanonicalAbsolutePath(bytes: UnsafeBufferPointer(rebasing: $0[padding...]))
             }
-            if fast != byDefinition(path) { disagreements.append(path) }
+            if fast != isCanonicalByDefinition(path) { disagreements.append(path) }
         }
         let firstDisagreements = Array(disagreements.prefix(3))
         #expect(firstDisagreements.isEmpty)
@@ -144,12 +138,6 @@ import Testing
     /// at every position: "/", ".", NUL, their neighbours "-" and "0", and "/" and "." with
     /// the high bit set.
     @Test func wordAtATimeCanonicalCheckAgreesWithItsDefinition() {
-        func byDefinition(_ bytes: [UInt8]) -> Bool {
-            guard bytes.first == UInt8(ascii: "/"), !bytes.contains(0) else { return false }
-            if bytes == [UInt8(ascii: "/")] { return true }
-            let components = bytes.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-            return !components.contains { $0.isEmpty || Array($0) == [0x2e] || Array($0) == [0x2e, 0x2e] }
-        }
         func checked(_ path: [UInt8], padding: Int) -> Bool {
             ([UInt8](repeating: 0x2f, count: padding) + path + [0x2e, 0x2f]).withUnsafeBufferPointer {
                 isCanonicalAbsolutePath(bytes: UnsafeBufferPointer(rebasing: $0[padding..<(padding + path.count)]))
@@ -165,13 +153,13 @@ import Testing
                 path.append(0x2f)
                 path += (0..<Int.random(in: 1...12, using: &generator)).map { _ in UInt8.random(in: 0x61...0x7a, using: &generator) }
             }
-            if byDefinition(path) { canonicalAndLong += 1 }
-            if checked(path, padding: Int.random(in: 0..<8, using: &generator)) != byDefinition(path) { disagreements.append(path) }
+            if isCanonicalByDefinition(path) { canonicalAndLong += 1 }
+            if checked(path, padding: Int.random(in: 0..<8, using: &generator)) != isCanonicalByDefinition(path) { disagreements.append(path) }
             for byte: UInt8 in [0x2f, 0x2e, 0x00, 0x2d, 0x30, 0x80, 0xaf, 0xae] {
                 for position in 1..<path.count {
                     var changed = path
                     changed[position] = byte
-                    if checked(changed, padding: position % 8) != byDefinition(changed) { disagreements.append(changed) }
+                    if checked(changed, padding: position % 8) != isCanonicalByDefinition(changed) { disagreements.append(changed) }
                 }
             }
         }
@@ -280,4 +268,13 @@ import Testing
             _ = try ActivePolicy(Policy(paths: [PathRule(path: "/nonexistent-privsep-dir", kind: .directory, permissions: [.read])]))
         }
     }
+}
+
+/// The canonical-path rule read plainly, for the tests of the word-at-a-time check: "/",
+/// then components that are neither empty, "." nor "..", and no NUL.
+private func isCanonicalByDefinition(_ bytes: [UInt8]) -> Bool {
+    guard bytes.first == UInt8(ascii: "/"), !bytes.contains(0) else { return false }
+    if bytes == [UInt8(ascii: "/")] { return true }
+    let components = bytes.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+    return !components.contains { $0.isEmpty || Array($0) == [0x2e] || Array($0) == [0x2e, 0x2e] }
 }
