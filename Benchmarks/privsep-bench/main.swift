@@ -1079,11 +1079,14 @@ if openRuns > 0 {
     // compares with the one-thread minimal C broker left to the kernel, the reference as
     // the issue states it. "C with checks": the C pair making privsep's checks (see
     // measureCOpens), placed the same way.
+    // "C on privsep's loop": that C pair again, the broker serving from an epoll set and
+    // reading a lone ready client on until EAGAIN, as privsep's loop does (the open rows'
+    // third C reference): what is left between it and privsep is privsep's code, not its design.
     // "privsep serving C clients": the same supervisor serving clients whose request loop is
     // C (the serving-side row's client, one request at a time) under the worker's lockdown:
     // privsep's serving side alone, beside the C broker placed alike.
-    print("| opens/s | workers | placement | serving threads | minimal C broker | C with checks | privsep | vs C placed alike | vs C unmanaged | vs C with checks | privsep serving C clients | … vs C placed alike |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| opens/s | workers | placement | serving threads | minimal C broker | C with checks | C with checks on privsep's loop | privsep | vs C placed alike | vs C unmanaged | vs C with checks | vs C on privsep's loop | privsep serving C clients | … vs C placed alike |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     // CPU per open by side, for the rows where both were measured: what the like-for-like
     // gap is made of (BENCHMARKS.md, seventh round).
     var cpuBySide: [String] = []
@@ -1093,14 +1096,15 @@ if openRuns > 0 {
         var unmanagedCRate: Double? = nil
         for placement in throughputPlacements {
             // One-thread C brokers are the same for every thread count of privsep's: measured once.
-            var oneThreadC: (Double, Double)? = nil
+            var oneThreadC: (Double, Double, Double)? = nil
             for threads in throughputServingThreads {
                 if placement == .dedicatedServingCPU && threads >= allowedCPUs.count { continue }
                 // Colocated C brokers take the CPUs in turn, as colocated serving threads do.
                 let brokerCPUs = placement == .colocated ? (0..<threads).map { allowedCPUs[$0 % allowedCPUs.count] } : []
                 let measureC = placement == .colocated || oneThreadC == nil
                 var cRates: [Double] = [], checkedRates: [Double] = [], swiftRates: [Double] = [], cClientRates: [Double] = []
-                var cRuns: [OpenRun] = [], swiftRuns: [OpenRun] = []
+                var loopRates: [Double] = []
+                var cRuns: [OpenRun] = [], loopRuns: [OpenRun] = [], swiftRuns: [OpenRun] = []
                 for _ in 0..<rounds {
                     // Threads take the CPUs of the thread that creates them (C brokers, privsep's serving
                     // threads), and Supervisor's placement divides the CPUs of the thread that creates it. A
@@ -1114,6 +1118,10 @@ if openRuns > 0 {
                         cRates.append(cRuns.last!.rate)
                         checkedRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true,
                                                           colocatedOn: brokerCPUs).rate)
+                        check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
+                        loopRuns.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true, onEpoll: true,
+                                                      colocatedOn: brokerCPUs))
+                        loopRates.append(loopRuns.last!.rate)
                     }
                     check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
                     swiftRuns.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads))
@@ -1122,24 +1130,25 @@ if openRuns > 0 {
                     cClientRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads,
                                                                 batch: 1).rate)
                 }
-                let (cRate, checkedRate) = measureC ? (median(cRates), median(checkedRates)) : oneThreadC!
-                if placement != .colocated { oneThreadC = (cRate, checkedRate) }
+                let (cRate, checkedRate, loopRate) = measureC ? (median(cRates), median(checkedRates), median(loopRates)) : oneThreadC!
+                if placement != .colocated { oneThreadC = (cRate, checkedRate, loopRate) }
                 let swiftRate = median(swiftRates)
                 if placement == .unmanaged && unmanagedCRate == nil { unmanagedCRate = cRate }
                 let versusUnmanaged = unmanagedCRate.map { format(swiftRate / $0) + "x" } ?? "–"
                 let cClientRate = median(cClientRates)
-                print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x | \(Int(cClientRate)) | \(format(cClientRate / cRate))x |")
+                print("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(Int(cRate)) | \(Int(checkedRate)) | \(Int(loopRate)) | \(Int(swiftRate)) | \(format(swiftRate / cRate))x | \(versusUnmanaged) | \(format(swiftRate / checkedRate))x | \(format(swiftRate / loopRate))x | \(Int(cClientRate)) | \(format(cClientRate / cRate))x |")
                 if !cRuns.isEmpty {
-                    let c = OpenRun(medianOf: cRuns), swift = OpenRun(medianOf: swiftRuns)
-                    let cClient = c.latency.cpuPerRequest ?? .nan, swiftClient = swift.latency.cpuPerRequest ?? .nan
-                    cpuBySide.append("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(format(c.servingCPUPerRequest)) | \(format(swift.servingCPUPerRequest)) | \(format(swift.servingCPUPerRequest - c.servingCPUPerRequest)) | \(format(cClient)) | \(format(swiftClient)) | \(format(swiftClient - cClient)) |")
+                    let c = OpenRun(medianOf: cRuns), loop = OpenRun(medianOf: loopRuns), swift = OpenRun(medianOf: swiftRuns)
+                    let cClient = c.latency.cpuPerRequest ?? .nan, loopClient = loop.latency.cpuPerRequest ?? .nan
+                    let swiftClient = swift.latency.cpuPerRequest ?? .nan
+                    cpuBySide.append("| one supervisor, \(workers) workers | \(workers) | \(placement) | \(threads) | \(format(c.servingCPUPerRequest)) | \(format(loop.servingCPUPerRequest)) | \(format(swift.servingCPUPerRequest)) | \(format(swift.servingCPUPerRequest - c.servingCPUPerRequest)) | \(format(cClient)) | \(format(loopClient)) | \(format(swiftClient)) | \(format(swiftClient - cClient)) |")
                 }
             }
         }
     }
     print("")
-    print("| CPU µs per open, by side (medians of the rounds) | workers | placement | serving threads | minimal C broker, serving | privsep, serving | privsep − C | C client 0 | privsep worker 0 | privsep − C |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| CPU µs per open, by side (medians of the rounds) | workers | placement | serving threads | minimal C broker, serving | C with checks on privsep's loop, serving | privsep, serving | privsep − minimal C | C client 0 | … of C on privsep's loop | privsep worker 0 | privsep − minimal C |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in cpuBySide { print(row) }
     removeOpenTarget()
 }
