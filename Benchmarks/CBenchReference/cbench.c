@@ -161,9 +161,8 @@ int cbench_echo_loop(int fd) {
                 for (int i = 0; i < count; i++) close(fds[i]);
             }
         }
-        struct iovec out = { reply, sizeof reply };
-        struct msghdr rmsg = { .msg_iov = &out, .msg_iovlen = 1 };
-        while (sendmsg(fd, &rmsg, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
+        /* Nothing to attach: send, as privsep's echo replies. */
+        while (send(fd, reply, sizeof reply, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
     }
 }
 
@@ -188,8 +187,11 @@ int cbench_round_trips(int fd, int fd_count, int fd_to_send, int iterations, uin
         if (fd_count > 0) {
             msg.msg_control = control.buf;
             msg.msg_controllen = CMSG_SPACE((size_t)fd_count * sizeof(int));
+            while (sendmsg(fd, &msg, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
+        } else {
+            /* Nothing to attach: send, as privsep sends a message without fds. */
+            while (send(fd, request, sizeof request, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
         }
-        while (sendmsg(fd, &msg, MSG_NOSIGNAL) < 0) { if (errno != EINTR) return -1; }
         struct iovec riov = { reply, sizeof reply };
         struct msghdr rmsg = { .msg_iov = &riov, .msg_iovlen = 1 };
         for (;;) {
@@ -617,9 +619,8 @@ int cbench_drain_request(int peer) {
 static int request_and_reply(int mine, const void *request, size_t request_length) {
     union { struct cmsghdr align; unsigned char buf[CMSG_SPACE(sizeof(int))]; } control;
     unsigned char received[8192];
-    struct iovec out = { (void *)request, request_length };
-    struct msghdr sent = { .msg_iov = &out, .msg_iovlen = 1 };
-    if (sendmsg(mine, &sent, MSG_NOSIGNAL) < 0) return -1;
+    /* send, not sendmsg: nothing to attach (as privsep's worker sends a request). */
+    if (send(mine, request, request_length, MSG_NOSIGNAL) < 0) return -1;
     struct iovec in = { received, sizeof received };
     struct msghdr message = { .msg_iov = &in, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
     if (recvmsg(mine, &message, MSG_CMSG_CLOEXEC) < 0) return -1;

@@ -36,6 +36,10 @@ internal func system_socketpair(_ domain: Int32, _ type: Int32, _ proto: Int32) 
     return rc == 0 ? .success(fds) : .failure(currentErrno())
 }
 
+internal func system_send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, _ flags: Int32) -> Result<Int, Errno> {
+    retryingOnInterrupt { Glibc.send(fd, bytes.baseAddress, bytes.count, flags) }
+}
+
 internal func system_sendmsg(_ fd: Int32, _ message: UnsafePointer<msghdr>, _ flags: Int32) -> Result<Int, Errno> {
     retryingOnInterrupt { Glibc.sendmsg(fd, message, flags) }
 }
