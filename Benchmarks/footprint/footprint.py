@@ -33,7 +33,7 @@ def lackey(log, marker):
             continue
         if current is not None:
             (segment[0] if kind == "I" else segment[1]).append(address)
-    row("worker side: C (sendmsg, recvmsg, close), its reply queued", *last["c"])
+    row("worker side: C (send, recvmsg, close), its reply queued", *last["c"])
     row("worker side: SupervisorConnection.open, its reply queued", *last["swift"])
 
 

@@ -1049,7 +1049,7 @@ if openRuns > 0 {
     }
     let cPath = median(workerPathRounds.map(\.c)), swiftPath = median(workerPathRounds.map(\.swift))
     let pathRatio = median(workerPathRounds.map { $0.swift / $0.c })
-    print("| SupervisorConnection.open vs sendmsg + recvmsg + close in C | pinned (CPU 0) | \(Int(cPath)) | \(Int(swiftPath)) | \(Int(swiftPath - cPath)) ns | \(format(pathRatio))x |")
+    print("| SupervisorConnection.open vs send + recvmsg + close in C | pinned (CPU 0) | \(Int(cPath)) | \(Int(swiftPath)) | \(Int(swiftPath - cPath)) ns | \(format(pathRatio))x |")
     let coldCPath = median(workerPathRounds.map(\.coldC)), coldSwiftPath = median(workerPathRounds.map(\.coldSwift))
     let coldRatio = median(workerPathRounds.map { $0.coldSwift / $0.coldC })
     print("| … caches and TLB evicted before each request (as when many workers take turns on a CPU) | pinned (CPU 0) | \(Int(coldCPath)) | \(Int(coldSwiftPath)) | \(Int(coldSwiftPath - coldCPath)) ns | \(format(coldRatio))x |")
