@@ -19,7 +19,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
 
     /// What every Swift program on this toolchain needs after start-up: memory,
     /// signals, time, futexes, reading and writing fds it already holds, and
-    /// the channel (sendmsg/recvmsg). No call here names a path.
+    /// the channel (send or sendmsg, recvmsg). No call here names a path.
     ///
     /// `newfstatat` is allowed because glibc implements `fstat` with it; with a
     /// non-empty path it would also stat a path, so a worker can learn whether a
