@@ -913,6 +913,16 @@ struct StartGate {
 /// and privsep is privsep's own code, not the price of the checks. `onEpoll` (with
 /// `checked`): served as privsep's loop serves, from an epoll set, a client alone
 /// ready read on until EAGAIN, so what is left is privsep's code, not its design.
+/// Threads take the CPUs of the thread that creates them (C brokers, privsep's serving
+/// threads), and Supervisor's placement divides the CPUs of the thread that creates it. A
+/// thread missed while every thread was unpinned (started meanwhile by a thread pinned then)
+/// keeps CPU 0 alone, and where the main actor ran on it, a colocated supervisor put both its
+/// serving threads on CPU 0 (seen once under perf: 0.44x). So the opens/s rows give the
+/// measuring thread every CPU before each measurement.
+func giveMeasuringThreadEveryCPU() {
+    check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
+}
+
 @MainActor func measureCOpens(workers: Int, opens: Int, placement: Placement = .unmanaged, checked: Bool = false,
                               onEpoll: Bool = false, batch: Int? = nil, colocatedOn colocatedCPUs: [Int] = []) -> OpenRun {
     precondition(placement != .colocated || !colocatedCPUs.isEmpty, "colocated brokers need their CPUs")
@@ -1106,27 +1116,21 @@ if openRuns > 0 {
                 var loopRates: [Double] = []
                 var cRuns: [OpenRun] = [], loopRuns: [OpenRun] = [], swiftRuns: [OpenRun] = []
                 for _ in 0..<rounds {
-                    // Threads take the CPUs of the thread that creates them (C brokers, privsep's serving
-                    // threads), and Supervisor's placement divides the CPUs of the thread that creates it. A
-                    // thread that was missed while every thread was unpinned (started meanwhile, by a thread
-                    // pinned then) kept CPU 0 alone, and where the main actor ran on it, a colocated
-                    // supervisor put both its serving threads on CPU 0 (seen once under perf: 0.44x). So the
-                    // thread that measures is given every CPU before each measurement.
-                    check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
+                    giveMeasuringThreadEveryCPU()
                     if measureC {
                         cRuns.append(measureCOpens(workers: workers, opens: opens, placement: placement, colocatedOn: brokerCPUs))
                         cRates.append(cRuns.last!.rate)
                         checkedRates.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true,
                                                           colocatedOn: brokerCPUs).rate)
-                        check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
+                        giveMeasuringThreadEveryCPU()
                         loopRuns.append(measureCOpens(workers: workers, opens: opens, placement: placement, checked: true, onEpoll: true,
                                                       colocatedOn: brokerCPUs))
                         loopRates.append(loopRuns.last!.rate)
                     }
-                    check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
+                    giveMeasuringThreadEveryCPU()
                     swiftRuns.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads))
                     swiftRates.append(swiftRuns.last!.rate)
-                    check(cbench_pin_thread(-1) == 0, "sched_setaffinity")
+                    giveMeasuringThreadEveryCPU()
                     cClientRates.append(await measureSwiftOpens(workers: workers, opens: opens, placement: placement, servingThreads: threads,
                                                                 batch: 1).rate)
                 }
