@@ -19,6 +19,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     private let descriptor: OwnedFileDescriptor
     /// Whether SO_PASSCRED is on, so each datagram brings its sender's credentials.
     private var receivesSenderCredentials = false
+    /// Whether the kernel refuses fds sent to this end (SO_PASSRIGHTS off).
+    private var refusesFileDescriptors = false
 
     /// Wraps a descriptor that is already a connected SOCK_SEQPACKET socket.
     /// Use ``validated(_:)`` for a descriptor of unknown origin.
@@ -45,6 +47,22 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         var off: Int32 = 0
         try system_setsockopt(descriptor.unsafeRawValue, SOL_SOCKET, SO_PASSCRED, &off).get()
         receivesSenderCredentials = false
+    }
+
+    /// Has the kernel refuse every fd sent to this end (SO_PASSRIGHTS off, Linux 6.16+):
+    /// the peer's `sendmsg` with SCM_RIGHTS fails with EPERM, so no fd of the peer's is
+    /// ever in flight to this process, and the peer learns at once that fds are not taken.
+    ///
+    /// For an end that never accepts fds. Once sender credentials are off too, nothing
+    /// but bytes can arrive, so a receive is `recv(2)`: the kernel need not copy in and
+    /// check a msghdr and an iovec (about 0.2 µs a receive here: BENCHMARKS.md, ninth
+    /// round). Fails with ENOPROTOOPT on older kernels, and receiving stays as it was:
+    /// fds that arrive are never installed, and the receive reports them
+    /// (``ChannelError/controlTruncated(acceptedFileDescriptors:)``).
+    public mutating func refuseFileDescriptors() throws(Errno) {
+        var off: Int32 = 0
+        try system_setsockopt(descriptor.unsafeRawValue, SOL_SOCKET, privsep_SO_PASSRIGHTS, &off).get()
+        refusesFileDescriptors = true
     }
 
     /// Wraps `descriptor` after checking that it is a connected AF_UNIX
@@ -238,6 +256,9 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         maximumFileDescriptors: Int,
         nonBlocking: Bool
     ) throws(ChannelError) -> ReceivedDatagram {
+        if refusesFileDescriptors && !receivesSenderCredentials {
+            return try receiveBytesOnly(into: buffer, nonBlocking: nonBlocking)
+        }
         let controlLength = controlLength(maximumFileDescriptors)
         precondition(scratch.count >= controlLength, "control buffer too small")
         let control = UnsafeMutableRawBufferPointer(rebasing: scratch[..<max(controlLength, 1)])
@@ -310,6 +331,23 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
                                 senderCredentials: sender)
     }
 
+    /// A receive on an end that takes neither fds nor credentials (the kernel attaches
+    /// no control data for it to deliver): `recv` with MSG_TRUNC, which reports the
+    /// datagram's whole length, so one that did not fit is still refused.
+    @inline(__always)
+    private func receiveBytesOnly(into buffer: UnsafeMutableRawBufferPointer, nonBlocking: Bool) throws(ChannelError) -> ReceivedDatagram {
+        let flags = privsep_MSG_TRUNC | (nonBlocking ? privsep_MSG_DONTWAIT : 0)
+        let byteCount: Int
+        switch system_recv(descriptor.unsafeRawValue, buffer, flags) {
+        case .success(let count): byteCount = count
+        case .failure(.connectionReset): throw .peerClosed
+        case .failure(let errno): throw .system(errno)
+        }
+        if byteCount > buffer.count { throw .messageTruncated(capacity: buffer.count) }
+        if byteCount == 0 { throw .peerClosed }
+        return ReceivedDatagram(byteCount: byteCount, fileDescriptors: OwnedFileDescriptors(), flags: 0, senderCredentials: nil)
+    }
+
     /// Receives one datagram of at most `maximumBytes` bytes as an array.
     public func receive(maximumBytes: Int, maximumFileDescriptors: Int) throws(ChannelError) -> ReceivedBytes {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumBytes, alignment: 8)
@@ -378,7 +416,8 @@ public struct ReceivedDatagram: ~Copyable, Sendable {
     public var byteCount: Int
     /// The fds that arrived, owned; any left unclaimed close with this value.
     public var fileDescriptors: OwnedFileDescriptors
-    /// The `msg_flags` recvmsg returned (MSG_EOR and so on; never MSG_TRUNC or MSG_CTRUNC).
+    /// The `msg_flags` recvmsg returned (MSG_EOR and so on; never MSG_TRUNC or MSG_CTRUNC);
+    /// 0 on an end that refuses fds and credentials, which receives with `recv`.
     public var flags: Int32
     /// Who sent the datagram, as the kernel saw it; only after ``SeqpacketSocket/enableSenderCredentials()``.
     public var senderCredentials: PeerCredentials?

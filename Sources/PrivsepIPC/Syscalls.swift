@@ -44,6 +44,10 @@ internal func system_sendmsg(_ fd: Int32, _ message: UnsafePointer<msghdr>, _ fl
     retryingOnInterrupt { Glibc.sendmsg(fd, message, flags) }
 }
 
+internal func system_recv(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, _ flags: Int32) -> Result<Int, Errno> {
+    retryingOnInterrupt { Glibc.recv(fd, buffer.baseAddress, buffer.count, flags) }
+}
+
 internal func system_recvmsg(_ fd: Int32, _ message: UnsafeMutablePointer<msghdr>, _ flags: Int32) -> Result<Int, Errno> {
     retryingOnInterrupt { Glibc.recvmsg(fd, message, flags) }
 }

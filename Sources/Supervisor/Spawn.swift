@@ -37,6 +37,15 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
     // Sender credentials identify the HELLO's sender: SO_PEERCRED on a pair names
     // the supervisor itself on both ends.
     do { try supervisorEnd.enableSenderCredentials() } catch { throw SpawnError(step: "SO_PASSCRED", errno: error) }
+    // Only a learning or intercept worker hands the supervisor an fd (its LISTENER): every
+    // other worker's fds are refused by the kernel, before the worker runs. Without
+    // SO_PASSRIGHTS (before Linux 6.16) the receive still installs none and reports them.
+    if !configuration.learning && !configuration.intercept {
+        switch Result(catching: { () throws(Errno) in try supervisorEnd.refuseFileDescriptors() }) {
+        case .success, .failure(.protocolNotAvailable): break
+        case .failure(let errno): throw SpawnError(step: "SO_PASSRIGHTS", errno: errno)
+        }
+    }
     // Every source fd the child's dup2 actions read is moved to 10 or above first, so
     // no action's target (0...3) can clobber another action's source, whatever
     // numbers the supervisor's fds happen to have (the case where the child's

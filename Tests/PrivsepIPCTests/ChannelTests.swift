@@ -226,6 +226,50 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         #expect(arrived == inodes)
     }
 
+    @Test func anEndThatRefusesDescriptorsTakesBytesOnly() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first
+        var b = pair.second
+        guard kernelRefusesFileDescriptors else {
+            #expect(throws: Errno.protocolNotAvailable) { try b.refuseFileDescriptors() }
+            return
+        }
+        try b.refuseFileDescriptors()
+        // The kernel refuses the fd at the sender, and nothing of that message arrives.
+        let fd = makeDescriptor()
+        #expect(throws: ChannelError.system(.notPermitted)) { try bytes("fd").withUnsafeBytes { try a.send($0, passing: fd) } }
+        try b.setNonBlocking(true)
+        #expect(throws: ChannelError.system(.resourceTemporarilyUnavailable)) {
+            _ = try b.receive(maximumBytes: 8, maximumFileDescriptors: 1)
+        }
+        try b.setNonBlocking(false)
+        // Bytes arrive whole, with their boundaries, through recv.
+        try bytes("first").withUnsafeBytes { try a.send($0) }
+        try bytes("second").withUnsafeBytes { try a.send($0) }
+        let first = try b.receive(maximumBytes: 16, maximumFileDescriptors: 1)
+        #expect(first.bytes == bytes("first") && first.fileDescriptors.isEmpty && first.flags == 0 && first.senderCredentials == nil)
+        #expect(try b.receive(maximumBytes: 16, maximumFileDescriptors: 0).bytes == bytes("second"))
+        // A datagram longer than the buffer is refused, not cut short.
+        try [UInt8](repeating: 7, count: 100).withUnsafeBytes { try a.send($0) }
+        #expect(throws: ChannelError.messageTruncated(capacity: 99)) { _ = try b.receive(maximumBytes: 99, maximumFileDescriptors: 0) }
+        // A message in place, as the serving loop receives one.
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+        defer { scratch.deallocate() }
+        try a.send(Envelope(requestID: 9, .open(OpenRequest(path: "/srv/data.csv", flags: O_RDONLY))))
+        let request = try b.receiveRequest(using: scratch, maximumFileDescriptors: 1, nonBlocking: true)
+        switch consume request {
+        case .open(let open): #expect(open.requestID == 9 && Array(open.path) == Array("/srv/data.csv".utf8))
+        case .message(let message): Issue.record("OPEN came back decoded: \(message.envelope)")
+        }
+        // Sender credentials, while on, still come (by recvmsg).
+        try b.enableSenderCredentials()
+        try bytes("who").withUnsafeBytes { try a.send($0) }
+        #expect(try b.receive(maximumBytes: 8, maximumFileDescriptors: 0).senderCredentials?.processID == getpid())
+        try b.disableSenderCredentials()
+        try a.shutdown(.writing)
+        #expect(throws: ChannelError.peerClosed) { _ = try b.receive(maximumBytes: 8, maximumFileDescriptors: 0) }
+    }
+
     @Test func validatedAcceptsOnlyConnectedSeqpacketSockets() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first

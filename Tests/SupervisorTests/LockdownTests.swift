@@ -1,5 +1,6 @@
 import Glibc
 import PrivsepIPC
+import PrivsepTestSupport
 import Supervisor
 import Testing
 
@@ -172,13 +173,32 @@ import Testing
     }
 
     @Test func aListenerIsRefusedOutsideLearningMode() async throws {
-        // The fixture cannot send a real listener without learning mode; any fd with
-        // a LISTENER message is a protocol violation for a supervisor not learning.
+        // The fixture cannot send a real listener without learning mode. A worker neither
+        // learning nor intercepted cannot send the supervisor an fd at all where the
+        // kernel refuses them (SO_PASSRIGHTS); elsewhere, any fd with a LISTENER message
+        // is a protocol violation for a supervisor not learning.
         let listener = try WireCodec.encode(Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))))
-        let run = try await runWorker(["handshake", "rawfds:1:" + listener.map { String(format2: $0) }.joined(), "sleep:5"])
-        #expect(run.reason == .protocolViolation("LISTENER sent, but this worker is not in learning mode"))
-        let fake = try await runWorker(["handshake", "rawfds:1:" + listener.map { String(format2: $0) }.joined(), "sleep:5"],
-                                       configure: { $0.learning = true })
+        let hex = listener.map { String(format2: $0) }.joined()
+        if kernelRefusesFileDescriptors {
+            let scratch = ScratchDirectory()
+            scratch.write("data.txt", "still served\n")
+            var policy = Policy()
+            policy.allow(path: scratch.path + "/data.txt", .file, [.read])
+            let run = try await runWorker(["handshake", "rawfds:1:" + hex, "read:\(scratch.path)/data.txt", "exit:0"], policy: policy)
+            #expect(run.reason == .exited(code: 0))
+            #expect(run.lines.dropFirst().first == "raw failed \(ChannelError.system(.notPermitted))")
+            #expect(run.lines.dropFirst(2).first?.hasSuffix("still served") == true, "\(run.lines)")
+            // Without its fd the LISTENER is malformed.
+            let bare = try await runWorker(["handshake", "raw:" + hex, "sleep:5"])
+            #expect(bare.reason == .protocolViolation("LISTENER carries 0 fds, expected 1"))
+        } else {
+            let run = try await runWorker(["handshake", "rawfds:1:" + hex, "sleep:5"])
+            #expect(run.reason == .protocolViolation("LISTENER sent, but this worker is not in learning mode"))
+        }
+        let fake = try await runWorker(["handshake", "rawfds:1:" + hex, "sleep:5"], configure: { $0.learning = true })
         #expect(fake.reason == .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
+        // A learning worker's channel still takes an fd, so too many are reported by the receive.
+        let flood = try await runWorker(["handshake", "rawfds:253:" + hex, "sleep:5"], configure: { $0.learning = true })
+        #expect(flood.reason == .protocolViolation("control data truncated: more than 1 fds sent, or fd table full"))
     }
 }

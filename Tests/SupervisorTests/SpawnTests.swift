@@ -1,5 +1,6 @@
 import Glibc
 import PrivsepIPC
+import PrivsepTestSupport
 import Supervisor
 import Synchronization
 import Testing
@@ -39,13 +40,24 @@ import Testing
         #expect(run.reason == .protocolViolation("header.length says 255 payload bytes, datagram has 19"))
     }
 
-    @Test func fdsAttachedToARequestKillTheWorker() async throws {
+    @Test func fdsAttachedToARequestAreRefusedOrKillTheWorker() async throws {
         let open = try WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/etc/hosts", flags: 0))))
-        // More fds than any message may carry: the kernel installs at most one, then truncates.
-        let run = try await runWorker(["handshake", "rawfds:3:" + open.map { String(format2: $0) }.joined(), "sleep:5"])
+        let hex = open.map { String(format2: $0) }.joined()
+        // A worker that hands over no LISTENER: the kernel refuses its fds at the send
+        // (SO_PASSRIGHTS), where it can.
+        if kernelRefusesFileDescriptors {
+            let run = try await runWorker(["handshake", "rawfds:3:" + hex, "rawfds:1:" + hex, "exit:0"])
+            #expect(run.reason == .exited(code: 0))
+            #expect(Array(run.lines.dropFirst()) == Array(repeating: "raw failed \(ChannelError.system(.notPermitted))", count: 2))
+        }
+        // Elsewhere, and for a learning worker (whose channel takes its LISTENER's fd), the
+        // receive refuses them. More fds than any message may carry: the kernel installs at
+        // most one, then truncates.
+        let learning: (inout WorkerConfiguration) -> Void = kernelRefusesFileDescriptors ? { $0.learning = true } : { _ in }
+        let run = try await runWorker(["handshake", "rawfds:3:" + hex, "sleep:5"], configure: learning)
         #expect(run.reason == .protocolViolation("control data truncated: more than 1 fds sent, or fd table full"))
         // One fd on a request that takes none: the decoder refuses it (and it is closed).
-        let one = try await runWorker(["handshake", "rawfds:1:" + open.map { String(format2: $0) }.joined(), "sleep:5"])
+        let one = try await runWorker(["handshake", "rawfds:1:" + hex, "sleep:5"], configure: learning)
         #expect(one.reason == .protocolViolation("OPEN carries 1 fds, expected 0"))
     }
 

@@ -52,6 +52,8 @@ static const int privsep_SCM_CREDENTIALS = 0x02; /* hidden without _GNU_SOURCE *
 /* Linux 6.5+; older uapi headers lack them. */
 static const int privsep_SO_PEERPIDFD = 77;
 static const int privsep_SCM_PIDFD = 0x04;
+/* Linux 6.16+: off, the kernel refuses SCM_RIGHTS sent to the socket (EPERM to the sender). */
+static const int privsep_SO_PASSRIGHTS = 83;
 /* The kernel's SCM_MAX_FD. */
 static const int privsep_SCM_MAX_FD = 253;
 /* Hidden without _GNU_SOURCE, or (O_LARGEFILE) not what the kernel sets: the kernel's
