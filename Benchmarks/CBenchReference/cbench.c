@@ -25,7 +25,7 @@
 
 extern char **environ;
 
-pid_t cbench_spawn(const char *path, char *const *argv, int channel_fd, int stdin_fd) {
+pid_t cbench_spawn(const char *path, char *const *argv, int channel_fd, int stdin_fd, int new_session) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     if (stdin_fd >= 0) posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0);
@@ -37,8 +37,14 @@ pid_t cbench_spawn(const char *path, char *const *argv, int channel_fd, int stdi
         posix_spawn_file_actions_adddup2(&actions, channel_fd, 3);
     }
     posix_spawn_file_actions_addclosefrom_np(&actions, 4);
+    /* In its own session, as privsep spawns its workers: where the kernel groups tasks
+       by session for scheduling (autogroup), that is one scheduling group per client. */
+    posix_spawnattr_t attributes;
+    posix_spawnattr_init(&attributes);
+    if (new_session) posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSID);
     pid_t pid = -1;
-    int rc = posix_spawn(&pid, path, &actions, NULL, argv, environ);
+    int rc = posix_spawn(&pid, path, &actions, &attributes, argv, environ);
+    posix_spawnattr_destroy(&attributes);
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) { errno = rc; return -1; }
     return pid;

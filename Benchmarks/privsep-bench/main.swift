@@ -513,7 +513,7 @@ func spawnChild(_ mode: String, arguments: [String] = []) -> Child {
     let path = selfPath()
     var argv: [UnsafeMutablePointer<CChar>?] = ([path, "--child", mode] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
-    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, -1) }
+    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, -1, 0) }
     check(pid > 0, "spawn failed: \(errno)")
     _ = consume child
     return Child(channel: parent, pid: pid)
@@ -614,7 +614,10 @@ func pad(_ text: String, _ width: Int) -> String {
 var uts = utsname()
 uname(&uts)
 let release = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-print("privsep-bench: \(iterations) round trips per row in \(rounds) rounds (each after \(warmup) warm-up), Linux \(release), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) CPUs")
+// Autogroup puts every session in a scheduling group of its own, so each worker (and each
+// client of the C brokers making privsep's checks) is one: waking it costs more (BENCHMARKS.md, ninth round).
+let autogroup = ((try? readProcFile("/proc/sys/kernel/sched_autogroup_enabled")) ?? "").hasPrefix("1") ? "on" : "off"
+print("privsep-bench: \(iterations) round trips per row in \(rounds) rounds (each after \(warmup) warm-up), Linux \(release), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) CPUs, scheduler autogroup \(autogroup)")
 print("times in microseconds (medians of the rounds); ratio = the median over rounds of Swift median / C median, each pair measured back to back")
 print("")
 print("| row | placement | C median | C p99 | Swift median | Swift p99 | ratio |")
@@ -946,7 +949,11 @@ func giveMeasuringThreadEveryCPU() {
         var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         // Colocated: client i is born on the CPU of the broker thread that serves it.
         if placement == .colocated { check(cbench_pin_thread(Int32(colocatedCPUs[index % colocatedCPUs.count])) == 0, "sched_setaffinity") }
-        let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read) }
+        // The clients of the brokers making privsep's checks are privsep's workers in C:
+        // under their lockdown, and in a session of their own.
+        let pid = argv.withUnsafeMutableBufferPointer {
+            cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read, checked || onEpoll ? 1 : 0)
+        }
         for pointer in argv { free(pointer) }
         check(pid > 0, "spawn")
         pids.append(pid)
@@ -1197,7 +1204,7 @@ if openRuns > 0 {
     let path = selfPath()
     let arguments = [path, "--child", "c-connect-client", "\(count)", "\(port)", output]
     var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read) }
+    let pid = argv.withUnsafeMutableBufferPointer { cbench_spawn(path, $0.baseAddress!, child.unsafeRawValue, gate.read, 0) }
     for pointer in argv { free(pointer) }
     check(pid > 0, "spawn")
     _ = consume child

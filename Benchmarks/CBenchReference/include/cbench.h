@@ -9,9 +9,10 @@
 #pragma clang assume_nonnull begin
 
 /* Spawns `path` with `argv` (NULL-terminated), with `channel_fd` at fd 3,
-   `stdin_fd` as its stdin (unless -1) and every other fd above 2 closed.
+   `stdin_fd` as its stdin (unless -1) and every other fd above 2 closed; with
+   `new_session`, in a session of its own (setsid), as privsep's workers are.
    Returns the pid, or -1 with errno set. */
-pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int channel_fd, int stdin_fd);
+pid_t cbench_spawn(const char *path, char *_Nullable const *_Nonnull argv, int channel_fd, int stdin_fd, int new_session);
 
 /* Pins every thread of this process (and threads and children started after) to
    `cpu`, or to every CPU when cpu < 0. Returns 0 or -1 with errno set. */
