@@ -9,9 +9,11 @@ public import SystemPackage
 /// framing code to get wrong) and, unlike SOCK_DGRAM, it is connection-oriented:
 /// when the peer dies its end closes and a receive sees end-of-file.
 ///
-/// The socket owns its descriptor and closes it exactly once. Every receive uses
-/// MSG_CMSG_CLOEXEC, so a received fd is never inherited by an `exec` that races
-/// with it; every send uses MSG_NOSIGNAL, so a dead peer is an error, never SIGPIPE.
+/// The socket owns its descriptor and closes it exactly once. Every receive that can
+/// take fds uses MSG_CMSG_CLOEXEC, so a received fd is never inherited by an `exec` that
+/// races with it (an end that refuses fds receives with `recv`: see
+/// ``refuseFileDescriptors()``); every send uses MSG_NOSIGNAL, so a dead peer is an
+/// error, never SIGPIPE.
 public struct SeqpacketSocket: ~Copyable, Sendable {
     /// The most fds one message can carry (the kernel's SCM_MAX_FD).
     public static let maximumFileDescriptorsPerMessage = 253
@@ -53,17 +55,27 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     /// the peer's `sendmsg` with SCM_RIGHTS fails with EPERM, so no fd of the peer's is
     /// ever in flight to this process, and the peer learns at once that fds are not taken.
     ///
-    /// For an end that never accepts fds. Once sender credentials are off too, nothing
-    /// but bytes can arrive, so a receive is `recv(2)`: the kernel need not copy in and
-    /// check a msghdr and an iovec (about 0.2 µs a receive here: BENCHMARKS.md, ninth
-    /// round). Fails with ENOPROTOOPT on older kernels, and receiving stays as it was:
-    /// fds that arrive are never installed, and the receive reports them
+    /// For an end that never accepts fds, called before the peer can send anything: a
+    /// datagram queued earlier with fds attached would have them dropped by the kernel
+    /// unseen. Once sender credentials are off too, nothing but bytes can arrive, so a
+    /// receive is `recv(2)`: the kernel need not copy in and check a msghdr and an iovec
+    /// (about 0.2 µs a receive here: BENCHMARKS.md, ninth round). Fails with ENOPROTOOPT
+    /// on older kernels, and receiving stays as it was: a receive installs at most the
+    /// fds it allows (closed if the datagram is refused) and reports more
     /// (``ChannelError/controlTruncated(acceptedFileDescriptors:)``).
     public mutating func refuseFileDescriptors() throws(Errno) {
         var off: Int32 = 0
         try system_setsockopt(descriptor.unsafeRawValue, SOL_SOCKET, privsep_SO_PASSRIGHTS, &off).get()
         refusesFileDescriptors = true
     }
+
+    /// Whether this kernel can refuse fds sent to a socket (SO_PASSRIGHTS, Linux 6.16+),
+    /// as ``refuseFileDescriptors()`` asks: probed once, on a pair of its own.
+    public static let kernelCanRefuseFileDescriptors: Bool = {
+        guard let sockets = try? SeqpacketSocket.pair() else { return false }
+        var end = sockets.second
+        return (try? end.refuseFileDescriptors()) != nil
+    }()
 
     /// Wraps `descriptor` after checking that it is a connected AF_UNIX
     /// SOCK_SEQPACKET socket; fails with ENOTSOCK, EPROTOTYPE, EAFNOSUPPORT or ENOTCONN.
@@ -208,6 +220,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     /// arrived, or a control message other than SCM_RIGHTS came with it. The
     /// control buffer is sized for `maximumFileDescriptors`, so a peer that sends
     /// more cannot make this process install them. End-of-file is ``ChannelError/peerClosed``.
+    /// On an end that refuses fds with sender credentials off, the receive is `recv`, and
+    /// only a datagram that did not fit can fail it.
     public func receive(
         into buffer: UnsafeMutableRawBufferPointer,
         maximumFileDescriptors: Int,

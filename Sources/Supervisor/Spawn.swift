@@ -38,8 +38,9 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
     // the supervisor itself on both ends.
     do { try supervisorEnd.enableSenderCredentials() } catch { throw SpawnError(step: "SO_PASSCRED", errno: error) }
     // Only a learning or intercept worker hands the supervisor an fd (its LISTENER): every
-    // other worker's fds are refused by the kernel, before the worker runs. Without
-    // SO_PASSRIGHTS (before Linux 6.16) the receive still installs none and reports them.
+    // other worker's fds are refused by the kernel, from before the worker runs. Without
+    // SO_PASSRIGHTS (before Linux 6.16) the serving loop's receive installs at most one,
+    // closes it with the refused message and reports more, as for every worker.
     if !configuration.learning && !configuration.intercept {
         switch Result(catching: { () throws(Errno) in try supervisorEnd.refuseFileDescriptors() }) {
         case .success, .failure(.protocolNotAvailable): break

@@ -183,9 +183,9 @@ struct Attack {
     enum Expectation: CustomStringConvertible {
         /// Killed for a protocol violation or a failed handshake.
         case killedForProtocol
-        /// Fds the kernel refused to send (a supervisor's end takes none where the kernel
-        /// can refuse them), or, where it cannot, killed for a protocol violation.
-        case fdsRefusedOrKilledForProtocol
+        /// Fds the kernel refused to send, where it can refuse them (a supervisor's end
+        /// takes none); where it cannot, killed for a protocol violation.
+        case fdsRefused
         /// Killed by the filter.
         case killedBySeccomp
         /// Refused with this errno.
@@ -194,7 +194,8 @@ struct Attack {
         var description: String {
             switch self {
             case .killedForProtocol: "killed for a protocol violation"
-            case .fdsRefusedOrKilledForProtocol: "fds refused by the kernel, or killed for a protocol violation"
+            case .fdsRefused: SeqpacketSocket.kernelCanRefuseFileDescriptors
+                ? "fds refused by the kernel" : "killed for a protocol violation"
             case .killedBySeccomp: "killed by seccomp"
             case .refused(let errno): "refused with \(Errno(rawValue: errno))"
             }
@@ -204,8 +205,8 @@ struct Attack {
         func isMet(by reason: ExitReason, output: String) -> Bool {
             switch (self, reason) {
             case (.killedForProtocol, .protocolViolation), (.killedForProtocol, .handshakeFailed): true
-            case (.fdsRefusedOrKilledForProtocol, .protocolViolation): true
-            case (.fdsRefusedOrKilledForProtocol, .exited(code: 0)): output == "fds refused"
+            case (.fdsRefused, .protocolViolation): !SeqpacketSocket.kernelCanRefuseFileDescriptors
+            case (.fdsRefused, .exited(code: 0)): SeqpacketSocket.kernelCanRefuseFileDescriptors && output == "fds refused"
             case (.killedBySeccomp, .seccompViolation): !output.hasPrefix("survived")
             case (.refused(let errno), _): output == "errno \(errno)"
             default: false
@@ -232,7 +233,7 @@ struct Attack {
             Attack(name: "protocol-reserved", arguments: [], summary: "non-zero reserved field", expectation: .killedForProtocol),
             Attack(name: "protocol-unterminated", arguments: [], summary: "path without its NUL", expectation: .killedForProtocol),
             Attack(name: "protocol-nul", arguments: [], summary: "NUL inside a path", expectation: .killedForProtocol),
-            Attack(name: "protocol-fds", arguments: [], summary: "3 fds attached to an OPEN", expectation: .fdsRefusedOrKilledForProtocol),
+            Attack(name: "protocol-fds", arguments: [], summary: "3 fds attached to an OPEN", expectation: .fdsRefused),
             Attack(name: "protocol-hello", arguments: [], summary: "a second HELLO", expectation: .killedForProtocol),
         ]
         let eacces = EACCES

@@ -230,11 +230,25 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         let pair = try SeqpacketSocket.pair()
         let a = pair.first
         var b = pair.second
-        guard kernelRefusesFileDescriptors else {
+        // Queued before the refusal (which belongs before the peer can send): the fd is
+        // dropped by the kernel, never installed here.
+        let early = makeDescriptor()
+        try bytes("early").withUnsafeBytes { try a.send($0, passing: early) }
+        guard SeqpacketSocket.kernelCanRefuseFileDescriptors else {
             #expect(throws: Errno.protocolNotAvailable) { try b.refuseFileDescriptors() }
+            // The receive, as before: one fd installed at most, more reported.
+            #expect(try b.receive(maximumBytes: 8, maximumFileDescriptors: 1).fileDescriptors.count == 1)
+            var two = OwnedFileDescriptors()
+            _ = appendDescriptors(2, to: &two)
+            try bytes("two").withUnsafeBytes { try a.send($0, passing: two) }
+            #expect(throws: ChannelError.controlTruncated(acceptedFileDescriptors: 1)) {
+                _ = try b.receive(maximumBytes: 8, maximumFileDescriptors: 1)
+            }
             return
         }
         try b.refuseFileDescriptors()
+        let dropped = try b.receive(maximumBytes: 8, maximumFileDescriptors: 1)
+        #expect(dropped.bytes == bytes("early") && dropped.fileDescriptors.isEmpty)
         // The kernel refuses the fd at the sender, and nothing of that message arrives.
         let fd = makeDescriptor()
         #expect(throws: ChannelError.system(.notPermitted)) { try bytes("fd").withUnsafeBytes { try a.send($0, passing: fd) } }

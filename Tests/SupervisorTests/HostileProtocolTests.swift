@@ -36,7 +36,7 @@ import Testing
             (["raw:" + hex(tooLongPath)], .protocolViolation("open.path is 4097 bytes, at most 4096 allowed")),
             // Fds from a worker that hands over none: refused by the kernel where it can
             // (the worker's send fails, and it carries on), else by the receive.
-            kernelRefusesFileDescriptors
+            SeqpacketSocket.kernelCanRefuseFileDescriptors
                 ? (["rawfds:253:" + hex(open), "rawfds:1:" + hex(open), "exit:0"], .exited(code: 0))
                 : (["rawfds:253:" + hex(open)], .protocolViolation("control data truncated: more than 1 fds sent, or fd table full")),
             // Lifecycle: gone before the reply (the reply meets a closed socket), and flooding.

@@ -1,6 +1,5 @@
 import Glibc
 import PrivsepIPC
-import PrivsepTestSupport
 import Supervisor
 import Testing
 
@@ -179,7 +178,7 @@ import Testing
         // is a protocol violation for a supervisor not learning.
         let listener = try WireCodec.encode(Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))))
         let hex = listener.map { String(format2: $0) }.joined()
-        if kernelRefusesFileDescriptors {
+        if SeqpacketSocket.kernelCanRefuseFileDescriptors {
             let scratch = ScratchDirectory()
             scratch.write("data.txt", "still served\n")
             var policy = Policy()

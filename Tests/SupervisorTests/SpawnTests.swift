@@ -1,6 +1,5 @@
 import Glibc
 import PrivsepIPC
-import PrivsepTestSupport
 import Supervisor
 import Synchronization
 import Testing
@@ -45,7 +44,7 @@ import Testing
         let hex = open.map { String(format2: $0) }.joined()
         // A worker that hands over no LISTENER: the kernel refuses its fds at the send
         // (SO_PASSRIGHTS), where it can.
-        if kernelRefusesFileDescriptors {
+        if SeqpacketSocket.kernelCanRefuseFileDescriptors {
             let run = try await runWorker(["handshake", "rawfds:3:" + hex, "rawfds:1:" + hex, "exit:0"])
             #expect(run.reason == .exited(code: 0))
             #expect(Array(run.lines.dropFirst()) == Array(repeating: "raw failed \(ChannelError.system(.notPermitted))", count: 2))
@@ -53,7 +52,7 @@ import Testing
         // Elsewhere, and for a learning worker (whose channel takes its LISTENER's fd), the
         // receive refuses them. More fds than any message may carry: the kernel installs at
         // most one, then truncates.
-        let learning: (inout WorkerConfiguration) -> Void = kernelRefusesFileDescriptors ? { $0.learning = true } : { _ in }
+        let learning: (inout WorkerConfiguration) -> Void = SeqpacketSocket.kernelCanRefuseFileDescriptors ? { $0.learning = true } : { _ in }
         let run = try await runWorker(["handshake", "rawfds:3:" + hex, "sleep:5"], configure: learning)
         #expect(run.reason == .protocolViolation("control data truncated: more than 1 fds sent, or fd table full"))
         // One fd on a request that takes none: the decoder refuses it (and it is closed).

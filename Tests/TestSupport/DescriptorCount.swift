@@ -45,12 +45,3 @@ public func newFileDescriptors(since before: Set<String>, within seconds: Double
     return added
 }
 
-/// Whether this kernel can refuse fds sent to a socket (SO_PASSRIGHTS, Linux 6.16+): the
-/// tests expect the kernel's refusal where it can, the receive's report where it cannot.
-public let kernelRefusesFileDescriptors: Bool = {
-    var fds: [Int32] = [-1, -1]
-    guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds) == 0 else { return false }
-    defer { close(fds[0]); close(fds[1]) }
-    var off: Int32 = 0
-    return setsockopt(fds[1], SOL_SOCKET, 83, &off, socklen_t(MemoryLayout<Int32>.size)) == 0
-}()
