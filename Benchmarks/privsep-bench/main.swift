@@ -1283,8 +1283,8 @@ if connectRuns > 0 {
 let poolInput = [UInt8](repeating: 7, count: 16)
 
 /// One warm worker, jobs one after another: the time of each `run`.
-@MainActor func measurePoolRoundTrips(_ count: Int) async -> Summary {
-    let (supervisor, pool) = await makeBenchPool(size: 1, jobsPerWorker: Int.max)
+@MainActor func measurePoolRoundTrips(_ count: Int, placement: Placement = .unmanaged) async -> Summary {
+    let (supervisor, pool) = await makeBenchPool(size: 1, jobsPerWorker: Int.max, placement: placement)
     usleep(200_000) // quiet first, as before the brokered opens it is paired with (see measureSwiftOpens)
     var samples: [UInt64] = []
     samples.reserveCapacity(count)
@@ -1348,14 +1348,20 @@ if poolJobs > 0 {
         if openRuns > 0 { prepareOpenTarget() }
         defer { if openRuns > 0 { removeOpenTarget() } }
         let perRound = max(poolJobs / rounds, 500)
-        var poolRounds: [Summary] = [], openRounds: [Summary] = []
-        for _ in 0..<rounds {
-            poolRounds.append(await measurePoolRoundTrips(perRound))
-            if openRuns > 0 { openRounds.append(await measureSwiftOpens(workers: 1, opens: perRound).latency) }
+        // Unpinned, also with the worker born on its serving thread's CPU, beside a brokered
+        // open placed the same way: what the supervisor can do about cross-CPU wake-ups.
+        for choice in pinned ? [Placement.unmanaged] : [.unmanaged, .colocated] {
+            var poolRounds: [Summary] = [], openRounds: [Summary] = []
+            for _ in 0..<rounds {
+                poolRounds.append(await measurePoolRoundTrips(perRound, placement: choice))
+                if openRuns > 0 { openRounds.append(await measureSwiftOpens(workers: 1, opens: perRound, placement: choice).latency) }
+            }
+            let pooled = Summary(medianOf: poolRounds)
+            let ratio = openRuns > 0 ? format(pairedRatio(poolRounds, openRounds)) + "x" : "(open rows not run)"
+            let label = choice == .colocated ? "pool.run, placement colocated (worker born on its serving thread's CPU)"
+                : "pool.run on 1 warm worker, one job at a time"
+            print("| \(label) | \(placement) | \(format(pooled.median)) | \(format(pooled.p99)) | \(ratio) |")
         }
-        let pooled = Summary(medianOf: poolRounds)
-        let ratio = openRuns > 0 ? format(pairedRatio(poolRounds, openRounds)) + "x" : "(open rows not run)"
-        print("| pool.run on 1 warm worker, one job at a time | \(placement) | \(format(pooled.median)) | \(format(pooled.p99)) | \(ratio) |")
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     let fresh = await measureStartup(executable: selfPath(), arguments: ["--child", "ready-worker"], runs: 100)
