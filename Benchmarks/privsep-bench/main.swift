@@ -1341,9 +1341,9 @@ if poolJobs > 0 {
     print("|---|---|---:|---:|---:|")
     for pinned in [true, false] {
         check(cbench_pin(pinned ? 0 : -1) == 0, "sched_setaffinity")
-        let placement = pinned ? "pinned (CPU 0)" : "unpinned"
+        let pinning = pinned ? "pinned (CPU 0)" : "unpinned"
         let local = measureInProcessJobs(poolJobs)
-        print("| the handler called in process (reference) | \(placement) | \(format(local.median)) | \(format(local.p99)) | |")
+        print("| the handler called in process (reference) | \(pinning) | \(format(local.median)) | \(format(local.p99)) | |")
         // In rounds, each beside a brokered open on the same placement (see `rounds`).
         if openRuns > 0 { prepareOpenTarget() }
         defer { if openRuns > 0 { removeOpenTarget() } }
@@ -1360,7 +1360,7 @@ if poolJobs > 0 {
             let ratio = openRuns > 0 ? format(pairedRatio(poolRounds, openRounds)) + "x" : "(open rows not run)"
             let label = choice == .colocated ? "pool.run, placement colocated (worker born on its serving thread's CPU)"
                 : "pool.run on 1 warm worker, one job at a time"
-            print("| \(label) | \(placement) | \(format(pooled.median)) | \(format(pooled.p99)) | \(ratio) |")
+            print("| \(label) | \(pinning) | \(format(pooled.median)) | \(format(pooled.p99)) | \(ratio) |")
         }
     }
     check(cbench_pin(-1) == 0, "sched_setaffinity")

@@ -220,8 +220,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     /// arrived, or a control message other than SCM_RIGHTS came with it. The
     /// control buffer is sized for `maximumFileDescriptors`, so a peer that sends
     /// more cannot make this process install them. End-of-file is ``ChannelError/peerClosed``.
-    /// On an end that refuses fds with sender credentials off, the receive is `recv`, and
-    /// only a datagram that did not fit can fail it.
+    /// On an end that refuses fds with sender credentials off, the receive is `recv`: no
+    /// control data can arrive there, so of these only a datagram that did not fit fails it.
     public func receive(
         into buffer: UnsafeMutableRawBufferPointer,
         maximumFileDescriptors: Int,

@@ -34,8 +34,9 @@ import Testing
             (["raw:" + hex(patched(open, at: open.count - 1, [0x41]))], .protocolViolation("open.path is not NUL-terminated")),
             (["raw:" + hex(patched(open, at: 36, [0]))], .protocolViolation("open.path contains a NUL byte")),
             (["raw:" + hex(tooLongPath)], .protocolViolation("open.path is 4097 bytes, at most 4096 allowed")),
-            // Fds from a worker that hands over none: refused by the kernel where it can
-            // (the worker's send fails, and it carries on), else by the receive.
+            // Fds from a worker neither learning nor intercepted (which hands over none):
+            // refused by the kernel where it can (the worker's send fails, and it carries
+            // on), else by the receive.
             SeqpacketSocket.kernelCanRefuseFileDescriptors
                 ? (["rawfds:253:" + hex(open), "rawfds:1:" + hex(open), "exit:0"], .exited(code: 0))
                 : (["rawfds:253:" + hex(open)], .protocolViolation("control data truncated: more than 1 fds sent, or fd table full")),
