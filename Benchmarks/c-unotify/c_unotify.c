@@ -156,7 +156,8 @@ static int reference(const char *path, int count, int resolved, int waiting) {
                                     .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS };
             fd = (int)syscall(SYS_openat2, directory, name ? name + 1 : buffer, &how, sizeof how);
             struct stat info;
-            if (fd >= 0 && (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode))) { close(fd); fd = -1; errno = EACCES; }
+            /* fstat(2) itself, as privsep calls it (glibc's fstat is newfstatat). */
+            if (fd >= 0 && (syscall(SYS_fstat, fd, &info) != 0 || !S_ISREG(info.st_mode))) { close(fd); fd = -1; errno = EACCES; }
         } else {
             fd = openat(directory, name ? name + 1 : buffer, O_RDONLY | O_CLOEXEC);
         }

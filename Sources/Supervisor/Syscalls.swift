@@ -77,7 +77,7 @@ func system_fcntl(_ fd: Int32, _ command: Int32, _ argument: Int32) -> Result<In
 
 func system_fstat(_ fd: Int32) -> Result<stat, Errno> {
     var info = stat()
-    return Glibc.fstat(fd, &info) == 0 ? .success(info) : .failure(currentErrno())
+    return privsep_fstat(fd, &info) == 0 ? .success(info) : .failure(currentErrno())
 }
 
 func system_socket(_ domain: Int32, _ type: Int32, _ proto: Int32) -> Result<Int32, Errno> {
