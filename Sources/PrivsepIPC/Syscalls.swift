@@ -72,10 +72,11 @@ internal func system_getsockopt<Value>(
     return rc == 0 ? .success(Int(length)) : .failure(currentErrno())
 }
 
-/// fstat into the caller's `info`: a `stat` is 144 bytes, and returned in a Result it
-/// was copied three times on every brokered OPEN.
+/// fstat(2) into the caller's `info`: a `stat` is 144 bytes, and returned in a Result it
+/// was copied three times on every brokered OPEN. The system call itself, as the
+/// supervisor's is (`privsep_fstat`: glibc's fstat is newfstatat with an empty path).
 internal func system_fstat(_ fd: Int32, into info: inout stat) -> Errno? {
-    Glibc.fstat(fd, &info) == 0 ? nil : currentErrno()
+    privsep_fstat(fd, &info) == 0 ? nil : currentErrno()
 }
 
 internal func system_setsockopt<Value>(

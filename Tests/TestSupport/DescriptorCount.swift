@@ -44,4 +44,3 @@ public func newFileDescriptors(since before: Set<String>, within seconds: Double
     }
     return added
 }
-
