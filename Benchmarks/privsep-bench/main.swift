@@ -1282,10 +1282,21 @@ if connectRuns > 0 {
 
 let poolInput = [UInt8](repeating: 7, count: 16)
 
-/// One warm worker, jobs one after another: the time of each `run`.
-@MainActor func measurePoolRoundTrips(_ count: Int, placement: Placement = .unmanaged) async -> Summary {
+/// One warm worker, jobs one after another: the time of each `run`. `onPoolExecutor`: the
+/// caller is a task on the pool's executor, its serving thread, rather than the main actor.
+@MainActor func measurePoolRoundTrips(_ count: Int, placement: Placement = .unmanaged, onPoolExecutor: Bool = false) async -> Summary {
     let (supervisor, pool) = await makeBenchPool(size: 1, jobsPerWorker: Int.max, placement: placement)
     usleep(200_000) // quiet first, as before the brokered opens it is paired with (see measureSwiftOpens)
+    let samples = onPoolExecutor
+        ? await withTaskExecutorPreference(pool.executor) { await timePoolJobs(pool, count) }
+        : await timePoolJobs(pool, count)
+    await pool.shutdown()
+    await supervisor.shutdown()
+    return Summary(samples)
+}
+
+/// Not isolated to the main actor, so it runs where the calling task prefers.
+nonisolated func timePoolJobs(_ pool: WorkerPool, _ count: Int) async -> [UInt64] {
     var samples: [UInt64] = []
     samples.reserveCapacity(count)
     for index in 0..<(count + count / 10) {
@@ -1294,9 +1305,7 @@ let poolInput = [UInt8](repeating: 7, count: 16)
         if index >= count / 10 { samples.append(cbench_now_ns() - start) }
         check(output.bytes == poolInput, "pool output")
     }
-    await pool.shutdown()
-    await supervisor.shutdown()
-    return Summary(samples)
+    return samples
 }
 
 /// The same job as a function call in this process.
@@ -1350,16 +1359,23 @@ if poolJobs > 0 {
         let perRound = max(poolJobs / rounds, 500)
         // Unpinned, also with the worker born on its serving thread's CPU, beside a brokered
         // open placed the same way: what the supervisor can do about cross-CPU wake-ups.
-        for choice in pinned ? [Placement.unmanaged] : [.unmanaged, .colocated] {
+        // Then the caller on the pool's executor (its serving thread), under each placement.
+        let choices: [(Placement, Bool)] = pinned ? [(.unmanaged, false), (.unmanaged, true)]
+            : [(.unmanaged, false), (.colocated, false), (.unmanaged, true), (.colocated, true)]
+        for (choice, onPoolExecutor) in choices {
             var poolRounds: [Summary] = [], openRounds: [Summary] = []
             for _ in 0..<rounds {
-                poolRounds.append(await measurePoolRoundTrips(perRound, placement: choice))
+                poolRounds.append(await measurePoolRoundTrips(perRound, placement: choice, onPoolExecutor: onPoolExecutor))
                 if openRuns > 0 { openRounds.append(await measureSwiftOpens(workers: 1, opens: perRound, placement: choice).latency) }
             }
             let pooled = Summary(medianOf: poolRounds)
             let ratio = openRuns > 0 ? format(pairedRatio(poolRounds, openRounds)) + "x" : "(open rows not run)"
-            let label = choice == .colocated ? "pool.run, placement colocated (worker born on its serving thread's CPU)"
-                : "pool.run on 1 warm worker, one job at a time"
+            let label = switch (choice == .colocated, onPoolExecutor) {
+            case (false, false): "pool.run on 1 warm worker, one job at a time"
+            case (true, false): "pool.run, placement colocated (worker born on its serving thread's CPU)"
+            case (false, true): "pool.run from a task on pool.executor (the serving thread)"
+            case (true, true): "pool.run from a task on pool.executor, placement colocated"
+            }
             print("| \(label) | \(pinning) | \(format(pooled.median)) | \(format(pooled.p99)) | \(ratio) |")
         }
     }

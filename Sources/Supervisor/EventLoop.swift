@@ -56,6 +56,10 @@ final class EventLoop: @unchecked Sendable {
     /// Run after the current batch of events, when the records they name are gone
     /// (so a worker's pidfd is closed before anyone learns it has exited).
     @exclusivity(unchecked) private var afterEvents: [() -> Void] = []
+    /// Jobs of tasks that run on this loop as their executor, enqueued from this thread (a
+    /// pool resuming its caller, say): run at the end of the turn, the batch there when it
+    /// ends, so a task that keeps yielding cannot keep the loop from its events.
+    @exclusivity(unchecked) private var taskJobs: [UnownedJob] = []
     /// Pool workers whose channels are read on the next turn even if epoll does not report
     /// them: their reading stopped short of EAGAIN (at the cap, or paused by back-pressure
     /// since lifted). A pool hands a worker its next job only once a read has found its
@@ -142,15 +146,30 @@ final class EventLoop: @unchecked Sendable {
         return true
     }
 
-    /// Runs `body` on the loop thread and returns its result, or nil if the loop
-    /// has ended. Must not be called from a loop thread (this one would deadlock;
-    /// another would stall its own workers while it waits).
-    func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T? {
+    /// Whether this is the loop thread, while the loop runs. Code other than the loop's own
+    /// runs here only between events: commands, and the jobs of tasks on the loop's executor.
+    private var isLoopThread: Bool {
         // A pthread_t is reused once its thread has ended, so a thread that matches an ended
-        // loop's is another thread (seen: a new dispatch thread after shutdown); and there,
-        // `submit` refuses, so nothing waits.
-        precondition(pthread_equal(pthread_self(), threadID) == 0 || commands.withLock({ $0.finished }),
-                     "EventLoop.call from the loop thread would deadlock")
+        // loop's is another thread (seen: a new dispatch thread after shutdown).
+        pthread_equal(pthread_self(), threadID) != 0 && !commands.withLock { $0.finished }
+    }
+
+    /// Runs `body` now when called on the loop thread (by a task on the loop's executor),
+    /// or queues it as ``submit(_:)`` does. False if the loop has ended.
+    @discardableResult
+    func perform(_ body: @escaping @Sendable (EventLoop) -> Void) -> Bool {
+        if isLoopThread {
+            body(self)
+            return true
+        }
+        return submit(.run(body))
+    }
+
+    /// Runs `body` on the loop thread and returns its result, or nil if the loop
+    /// has ended. On the loop thread itself (a task on its executor) `body` runs at once;
+    /// from another loop's thread it stalls that loop's workers while it waits.
+    func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T? {
+        if isLoopThread { return body(self) }
         let result = Mutex<T?>(nil)
         let done = DispatchSemaphore(value: 0)
         guard submit(.run { loop in
@@ -189,6 +208,8 @@ final class EventLoop: @unchecked Sendable {
                 // Cleared first: a cap met in this turn's reads queues the worker for the next.
                 for id in rereads { workers[id]?.queuedToReadAgain = false }
                 timeout = 0
+            } else if !taskJobs.isEmpty {
+                timeout = 0
             } else if nextDeadlineCheck != .max {
                 // The clock is read only while a deadline is pending: a running worker
                 // without one costs no clock reads per request here.
@@ -218,10 +239,10 @@ final class EventLoop: @unchecked Sendable {
                 guard let record = workers[id], record.lastReadTurn != turn else { continue }
                 channelReady(record, flags: EPOLLIN.rawValue, othersReady: false)
             }
-            while !afterEvents.isEmpty {
-                let actions = afterEvents
-                afterEvents = []
-                for action in actions { action() }
+            runAfterEvents()
+            if !taskJobs.isEmpty {
+                runTaskJobs()
+                runAfterEvents()
             }
             if nextDeadlineCheck != .max {
                 let after = system_clock_monotonic()
@@ -252,6 +273,25 @@ final class EventLoop: @unchecked Sendable {
             case .shutdown(_, let done): done()
             }
         }
+        // Tasks resumed here in the last turn; what they enqueue from now on goes to Swift's
+        // global executor (see `enqueue`).
+        runTaskJobs()
+    }
+
+    private func runAfterEvents() {
+        while !afterEvents.isEmpty {
+            let actions = afterEvents
+            afterEvents = []
+            for action in actions { action() }
+        }
+    }
+
+    /// Runs the task jobs queued when this is called; those they queue wait for the next turn.
+    private func runTaskJobs() {
+        let executor = asUnownedTaskExecutor()
+        let batch = taskJobs.count
+        for index in 0..<batch { taskJobs[index].runSynchronously(on: executor) }
+        taskJobs.removeFirst(batch)
     }
 
     private func drainCommands() {
@@ -1100,6 +1140,20 @@ final class EventLoop: @unchecked Sendable {
         auditor.record(AuditRecord(time: wallClockSeconds(), workerID: record.id, workerName: record.configuration.name,
                                    pid: record.pid, event: event, detail: detail, decision: decision,
                                    errno: errno?.rawValue ?? 0, reason: reason, request: request))
+    }
+}
+
+/// The loop thread as a task executor (``WorkerPool/executor``): a task that prefers it runs
+/// between the loop's events, so a pool's caller there is resumed without waking a thread.
+extension EventLoop: TaskExecutor {
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        if isLoopThread {
+            taskJobs.append(job)
+        } else if !submit(.run { loop in job.runSynchronously(on: loop.asUnownedTaskExecutor()) }) {
+            // The loop has ended. A task is never dropped: it goes on, on Swift's global executor.
+            globalConcurrentExecutor.enqueue(ExecutorJob(job))
+        }
     }
 }
 

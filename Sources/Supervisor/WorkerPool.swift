@@ -98,7 +98,8 @@ public final class WorkerPool: Sendable {
         let result: Result<JobOutput, JobFailure> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 pending.continuation = continuation
-                if !loop.submit(.run { _ in core.submit(pending) }) {
+                // On the pool's own executor this submits now, between the loop's events.
+                if !loop.perform({ _ in core.submit(pending) }) {
                     // The supervisor's loop has ended: nothing will ever serve this job.
                     pending.continuation = nil
                     pending.dropDescriptors()
@@ -115,6 +116,22 @@ public final class WorkerPool: Sendable {
     public func run(input: [UInt8]) async throws(JobFailure) -> JobOutput {
         try await run(PoolJob(input: input))
     }
+
+    /// The thread that serves this pool, as a task executor.
+    ///
+    /// A pool's job crosses from the caller's thread to the serving thread and back; when
+    /// the two are on different CPUs, each crossing wakes a thread on the other one. A
+    /// task that submits jobs under `withTaskExecutorPreference(pool.executor)` runs on
+    /// the serving thread, between its events: `run` hands the job to a worker at once,
+    /// and the RESULT resumes the caller without waking another thread, so a job costs
+    /// two context switches (the worker's, then the serving thread's), as a brokered
+    /// request does, where it costs four from the cooperative pool.
+    ///
+    /// What runs there delays every worker of the serving thread while it runs: keep it
+    /// to submitting jobs and handling their outputs, never block in it (a read of a
+    /// slow file, `WorkerHandle.waitForExit()`, `Supervisor.spawnBlocking`), and run
+    /// heavy work elsewhere. Other threads' tasks may call `run` at the same time.
+    public var executor: any TaskExecutor { loop }
 
     /// Counters for the embedder; cheap to read from any thread.
     public var metrics: PoolMetrics {
