@@ -564,4 +564,86 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         await pool.shutdown()
         await supervisor.shutdown()
     }
+
+    /// The pool's executor: its caller runs on the serving thread, between the loop's events.
+    /// Everything a caller does on the cooperative pool works the same there.
+    @Test func tasksOnThePoolsExecutorRunJobsOnItsServingThread() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 2) {
+            $0.jobsPerWorker = 1_000
+            $0.recycleAfterRejection = false
+        }
+        let outcome = await withTaskExecutorPreference(pool.executor) { () async -> (thread: String, echoed: Int, concurrent: Int, failures: [JobFailure?], workers: Int) in
+            let thread = currentThreadName()
+            var echoed = 0
+            for index in 0..<200 {
+                await Task.yield() // a yield comes back here too, after the loop's events
+                if let output = try? await pool.run(input: Array("echo:\(index)".utf8)), text(output) == "\(index)" { echoed += 1 }
+            }
+            // Child tasks inherit the preference: jobs from many tasks at once, two running.
+            let concurrent = await withTaskGroup(of: Bool.self) { group in
+                for index in 0..<40 {
+                    group.addTask { (try? await pool.run(input: Array("echo:c\(index)".utf8))).map(text) == "c\(index)" }
+                }
+                return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            let failures = [await failure(of: "crash", in: pool), await failure(of: "reject:3:no", in: pool)]
+            // A supervisor call that waits for its loop answers from the loop itself, at once.
+            let workers = supervisor.workers().count
+            return (thread, echoed, concurrent, failures, workers)
+        }
+        #expect(outcome.thread == "privsep-loop")
+        #expect(outcome.echoed == 200)
+        #expect(outcome.concurrent == 40)
+        #expect(outcome.failures == [.crashed(signal: SIGSEGV), .rejected(code: 3, message: Array("no".utf8))])
+        #expect(outcome.workers >= 2)
+        #expect(pool.metrics.jobsSucceeded == 240)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    /// Cancelling a task on the pool's executor cancels its job as anywhere else.
+    @Test func aTaskOnThePoolsExecutorCanBeCancelled() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 10 }
+        let running = Task(executorPreference: pool.executor) { await failure(of: "spin", in: pool) }
+        try await waitFor(pool) { $0.jobsRunning == 1 }
+        running.cancel()
+        #expect(await within(30) { await running.value } == .some(.cancelled))
+        let after = Task(executorPreference: pool.executor) { try? await text(pool.run(input: Array("echo:after".utf8))) }
+        #expect(await within(30) { await after.value } == .some("after"))
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    /// A task on the executor of a loop that has ended goes on, on Swift's global executor:
+    /// its job fails with poolClosed and nothing it awaits afterwards hangs.
+    @Test func aTaskOnThePoolsExecutorOutlivesItsLoop() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
+        let held = HeldJob()
+        let task = Task(executorPreference: pool.executor) { () async -> (JobFailure?, JobFailure?) in
+            let first = await held.run(in: pool)
+            await Task.yield()
+            try? await Task.sleep(for: .milliseconds(1))
+            return (first, await failure(of: "echo:late", in: pool))
+        }
+        try await waitFor(pool) { $0.jobsRunning == 1 }
+        await supervisor.shutdown()
+        let outcome = await within(30) { await task.value }
+        #expect(outcome?.0 == .poolClosed)
+        #expect(outcome?.1 == .poolClosed)
+        await pool.shutdown()
+    }
+}
+
+/// The calling thread's name, as the kernel knows it (15 characters at most).
+private func currentThreadName() -> String {
+    let fd = Glibc.open("/proc/thread-self/comm", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return "" }
+    defer { Glibc.close(fd) }
+    var bytes = [UInt8](repeating: 0, count: 32)
+    let count = Glibc.read(fd, &bytes, bytes.count)
+    guard count > 0 else { return "" }
+    return String(decoding: bytes[..<count].filter { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
 }
