@@ -1322,14 +1322,25 @@ nonisolated func timePoolJobs(_ pool: WorkerPool, _ count: Int) async -> [UInt64
     return Summary(samples)
 }
 
-/// Jobs per second through a pool of `size`, with 2 × size jobs in flight.
-@MainActor func measurePoolThroughput(size: Int, jobsPerWorker: Int, jobs: Int, placement: Placement = .unmanaged) async -> Double {
+/// Jobs per second through a pool of `size`, with 2 × size jobs in flight; `onPoolExecutor`:
+/// submitted by tasks on the pool's executor rather than the cooperative pool's.
+@MainActor func measurePoolThroughput(size: Int, jobsPerWorker: Int, jobs: Int, placement: Placement = .unmanaged,
+                                      onPoolExecutor: Bool = false) async -> Double {
     let (supervisor, pool) = await makeBenchPool(size: size, jobsPerWorker: jobsPerWorker, placement: placement)
     let start = cbench_now_ns()
+    await withTaskExecutorPreference(onPoolExecutor ? pool.executor : nil) { await runPoolJobs(pool, jobs, inFlight: 2 * size) }
+    let seconds = Double(cbench_now_ns() - start) / 1e9
+    await pool.shutdown()
+    await supervisor.shutdown()
+    return Double(jobs) / seconds
+}
+
+/// Not isolated to the main actor, so it and its child tasks run where the calling task prefers.
+nonisolated func runPoolJobs(_ pool: WorkerPool, _ jobs: Int, inFlight window: Int) async {
     await withTaskGroup(of: Void.self) { group in
         var submitted = 0, inFlight = 0
         while submitted < jobs || inFlight > 0 {
-            while inFlight < 2 * size && submitted < jobs {
+            while inFlight < window && submitted < jobs {
                 group.addTask { _ = try! await pool.run(input: poolInput) }
                 submitted += 1
                 inFlight += 1
@@ -1338,10 +1349,6 @@ nonisolated func timePoolJobs(_ pool: WorkerPool, _ count: Int) async -> [UInt64
             inFlight -= 1
         }
     }
-    let seconds = Double(cbench_now_ns() - start) / 1e9
-    await pool.shutdown()
-    await supervisor.shutdown()
-    return Double(jobs) / seconds
 }
 
 if poolJobs > 0 {
@@ -1382,14 +1389,15 @@ if poolJobs > 0 {
     check(cbench_pin(-1) == 0, "sched_setaffinity")
     let fresh = await measureStartup(executable: selfPath(), arguments: ["--child", "ready-worker"], runs: 100)
     print("")
-    print("| jobs/s, unpinned | pool size | warm workers (never recycled) | a fresh process per job (jobsPerWorker 1) |")
-    print("|---|---:|---:|---:|")
+    print("| jobs/s, unpinned | pool size | warm workers (never recycled) | warm, tasks on pool.executor | a fresh process per job (jobsPerWorker 1) |")
+    print("|---|---:|---:|---:|---:|")
     for size in [1, 2, 4] {
         let warm = await measurePoolThroughput(size: size, jobsPerWorker: Int.max, jobs: poolJobs)
+        let onExecutor = await measurePoolThroughput(size: size, jobsPerWorker: Int.max, jobs: poolJobs, onPoolExecutor: true)
         let recycled = await measurePoolThroughput(size: size, jobsPerWorker: 1, jobs: max(poolJobs / 10, 100))
-        print("| WorkerPool | \(size) | \(Int(warm)) | \(Int(recycled)) |")
+        print("| WorkerPool | \(size) | \(Int(warm)) | \(Int(onExecutor)) | \(Int(recycled)) |")
     }
-    print("| no pool: spawn → lockdown → exit per job, one at a time | 1 | | \(Int(1e6 / fresh.median)) |")
+    print("| no pool: spawn → lockdown → exit per job, one at a time | 1 | | | \(Int(1e6 / fresh.median)) |")
     if throughputPlacements.count > 1 {
         print("")
         print("| warm jobs/s by placement, unpinned | pool size | jobs/s |")

@@ -290,7 +290,11 @@ final class EventLoop: @unchecked Sendable {
     private func runTaskJobs() {
         let executor = asUnownedTaskExecutor()
         let batch = taskJobs.count
-        for index in 0..<batch { taskJobs[index].runSynchronously(on: executor) }
+        for index in 0..<batch {
+            // Copied out first: the job may append to the list while it runs.
+            let job = taskJobs[index]
+            job.runSynchronously(on: executor)
+        }
         taskJobs.removeFirst(batch)
     }
 

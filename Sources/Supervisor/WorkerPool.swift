@@ -122,15 +122,16 @@ public final class WorkerPool: Sendable {
     /// A pool's job crosses from the caller's thread to the serving thread and back; when
     /// the two are on different CPUs, each crossing wakes a thread on the other one. A
     /// task that submits jobs under `withTaskExecutorPreference(pool.executor)` runs on
-    /// the serving thread, between its events: `run` hands the job to a worker at once,
-    /// and the RESULT resumes the caller without waking another thread, so a job costs
-    /// two context switches (the worker's, then the serving thread's), as a brokered
-    /// request does, where it costs four from the cooperative pool.
+    /// the serving thread (all but its actor-isolated code), between the thread's events:
+    /// `run` hands the job to a worker at once, and the RESULT resumes the caller without
+    /// waking another thread, so a job costs two context switches (the worker's, then the
+    /// serving thread's), as a brokered request does, where it costs four from the
+    /// cooperative pool.
     ///
-    /// What runs there delays every worker of the serving thread while it runs: keep it
-    /// to submitting jobs and handling their outputs, never block in it (a read of a
-    /// slow file, `WorkerHandle.waitForExit()`, `Supervisor.spawnBlocking`), and run
-    /// heavy work elsewhere. Other threads' tasks may call `run` at the same time.
+    /// What runs there delays every worker of the serving thread, and its deadlines and
+    /// limit checks, while it runs: keep it to submitting jobs and handling their outputs,
+    /// and never block in it (there, `WorkerHandle.waitForExit()` on a worker of the same
+    /// thread would wait forever). Other threads' tasks may call `run` at the same time.
     public var executor: any TaskExecutor { loop }
 
     /// Counters for the embedder; cheap to read from any thread.
