@@ -29,7 +29,6 @@ final class EventLoop: @unchecked Sendable {
     private let commands = Mutex(CommandQueue())
     private let auditor: Auditor
     private let supervisorPID = getpid()
-    private var threadID = pthread_t()
 
     // Loop-thread state. What the loop reads and writes for every request skips Swift's
     // run-time exclusivity checks (`@exclusivity(unchecked)`, here and in WorkerRecord and
@@ -60,6 +59,18 @@ final class EventLoop: @unchecked Sendable {
     /// pool resuming its caller, say): run at the end of the turn, the batch there when it
     /// ends, so a task that keeps yielding cannot keep the loop from its events.
     @exclusivity(unchecked) private var taskJobs: [UnownedJob] = []
+    /// Whether a task job is running on the loop thread: only such code, which runs between
+    /// events, may have ``perform(_:)`` and ``call(_:)`` act at once (a log handler, which
+    /// runs in the middle of an event, may not).
+    @exclusivity(unchecked) private var runningTaskJob = false
+    /// Names the loop whose thread is the current one, from the start of its run to its end:
+    /// the thread-specific value is the loop's address. Unlike a `pthread_t`, which the
+    /// system reuses once a thread has ended, it never names an ended loop.
+    private static let threadKey: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create")
+        return key
+    }()
     /// Pool workers whose channels are read on the next turn even if epoll does not report
     /// them: their reading stopped short of EAGAIN (at the cap, or paused by back-pressure
     /// since lifted). A pool hands a worker its next job only once a read has found its
@@ -115,7 +126,8 @@ final class EventLoop: @unchecked Sendable {
         defer { pthread_attr_destroy(&attributes) }
         // Nobody joins the loop thread: detached, its stack goes when it ends.
         pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        let rc = pthread_create(&threadID, &attributes, { context in
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, &attributes, { context in
             let loop = Unmanaged<EventLoop>.fromOpaque(context!).takeRetainedValue()
             loop.run()
             return nil
@@ -146,30 +158,34 @@ final class EventLoop: @unchecked Sendable {
         return true
     }
 
-    /// Whether this is the loop thread, while the loop runs. Code other than the loop's own
-    /// runs here only between events: commands, and the jobs of tasks on the loop's executor.
+    /// Whether this is the loop thread, while the loop runs (before its last commands).
     private var isLoopThread: Bool {
-        // A pthread_t is reused once its thread has ended, so a thread that matches an ended
-        // loop's is another thread (seen: a new dispatch thread after shutdown).
-        pthread_equal(pthread_self(), threadID) != 0 && !commands.withLock { $0.finished }
+        pthread_getspecific(Self.threadKey) == Unmanaged.passUnretained(self).toOpaque()
     }
 
-    /// Runs `body` now when called on the loop thread (by a task on the loop's executor),
-    /// or queues it as ``submit(_:)`` does. False if the loop has ended.
+    /// Runs `body` now when called by a task on this loop's executor (between events), or
+    /// queues it as ``submit(_:)`` does. False if the loop has ended.
     @discardableResult
     func perform(_ body: @escaping @Sendable (EventLoop) -> Void) -> Bool {
-        if isLoopThread {
+        if isLoopThread && runningTaskJob {
             body(self)
             return true
         }
         return submit(.run(body))
     }
 
-    /// Runs `body` on the loop thread and returns its result, or nil if the loop
-    /// has ended. On the loop thread itself (a task on its executor) `body` runs at once;
-    /// from another loop's thread it stalls that loop's workers while it waits.
+    /// Runs `body` on the loop thread and returns its result, or nil if the loop has ended.
+    /// Called by a task on this loop's executor, `body` runs at once. Must not be called from
+    /// any other code on a loop thread: another loop's would stall its workers while it
+    /// waits, and two loops waiting on each other would never wake; a log handler on this
+    /// one would act in the middle of an event.
     func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T? {
-        if isLoopThread { return body(self) }
+        if let current = pthread_getspecific(Self.threadKey) {
+            precondition(current == Unmanaged.passUnretained(self).toOpaque() && runningTaskJob,
+                         "a blocking Supervisor call (workers(), narrowPolicy, spawnBlocking) from a serving thread: "
+                         + "from a task on a pool's executor it may only reach that pool's own serving thread")
+            return body(self)
+        }
         let result = Mutex<T?>(nil)
         let done = DispatchSemaphore(value: 0)
         guard submit(.run { loop in
@@ -196,6 +212,7 @@ final class EventLoop: @unchecked Sendable {
     private func run() {
         // Named so operators (top -H, perf) can tell the supervisor's serving threads apart.
         system_set_thread_name(threadName)
+        pthread_setspecific(Self.threadKey, Unmanaged.passUnretained(self).toOpaque())
         let capacity = 128
         let events = UnsafeMutableBufferPointer<epoll_event>.allocate(capacity: capacity)
         defer { events.deallocate() }
@@ -257,7 +274,9 @@ final class EventLoop: @unchecked Sendable {
                 done()
             }
         }
-        // Commands that came in before the end still run, here, so no caller waits forever.
+        // Commands that came in before the end still run, here, so no caller waits forever;
+        // from now on nothing runs inline or joins `taskJobs` (see `enqueue`).
+        pthread_setspecific(Self.threadKey, nil)
         let late = commands.withLock { queue in
             queue.finished = true
             defer { queue.pending = [] }
@@ -274,8 +293,15 @@ final class EventLoop: @unchecked Sendable {
             }
         }
         // Tasks resumed here in the last turn; what they enqueue from now on goes to Swift's
-        // global executor (see `enqueue`).
+        // global executor.
         runTaskJobs()
+    }
+
+    private func runTask(_ job: UnownedJob, on executor: UnownedTaskExecutor) {
+        let outer = runningTaskJob
+        runningTaskJob = true
+        job.runSynchronously(on: executor)
+        runningTaskJob = outer
     }
 
     private func runAfterEvents() {
@@ -293,7 +319,7 @@ final class EventLoop: @unchecked Sendable {
         for index in 0..<batch {
             // Copied out first: the job may append to the list while it runs.
             let job = taskJobs[index]
-            job.runSynchronously(on: executor)
+            runTask(job, on: executor)
         }
         taskJobs.removeFirst(batch)
     }
@@ -1154,7 +1180,7 @@ extension EventLoop: TaskExecutor {
         let job = UnownedJob(job)
         if isLoopThread {
             taskJobs.append(job)
-        } else if !submit(.run { loop in job.runSynchronously(on: loop.asUnownedTaskExecutor()) }) {
+        } else if !submit(.run { loop in loop.runTask(job, on: loop.asUnownedTaskExecutor()) }) {
             // The loop has ended. A task is never dropped: it goes on, on Swift's global executor.
             globalConcurrentExecutor.enqueue(ExecutorJob(job))
         }

@@ -107,7 +107,9 @@ public final class WorkerPool: Sendable {
                 }
             }
         } onCancel: {
-            loop.submit(.run { _ in core.cancel(pending) })
+            // As the submission: a task cancelled before it called `run` on the pool's own
+            // executor has its cancel seen first, so the job never reaches a worker.
+            loop.perform { _ in core.cancel(pending) }
         }
         return try result.get()
     }
@@ -122,7 +124,8 @@ public final class WorkerPool: Sendable {
     /// A pool's job crosses from the caller's thread to the serving thread and back; when
     /// the two are on different CPUs, each crossing wakes a thread on the other one. A
     /// task that submits jobs under `withTaskExecutorPreference(pool.executor)` runs on
-    /// the serving thread (all but its actor-isolated code), between the thread's events:
+    /// the serving thread (all but code isolated to the main actor or to an actor with an
+    /// executor of its own), between the thread's events:
     /// `run` hands the job to a worker at once, and the RESULT resumes the caller without
     /// waking another thread, so a job costs two context switches (the worker's, then the
     /// serving thread's), as a brokered request does, where it costs four from the
@@ -131,7 +134,10 @@ public final class WorkerPool: Sendable {
     /// What runs there delays every worker of the serving thread, and its deadlines and
     /// limit checks, while it runs: keep it to submitting jobs and handling their outputs,
     /// and never block in it (there, `WorkerHandle.waitForExit()` on a worker of the same
-    /// thread would wait forever). Other threads' tasks may call `run` at the same time.
+    /// thread would wait forever). `Supervisor.workers()`, `spawnBlocking` and
+    /// `WorkerHandle.narrowPolicy` answer there at once when they reach only this serving
+    /// thread, and trap when they would wait for another (two threads waiting on each other
+    /// would never wake). Other threads' tasks may call `run` at the same time.
     public var executor: any TaskExecutor { loop }
 
     /// Counters for the embedder; cheap to read from any thread.

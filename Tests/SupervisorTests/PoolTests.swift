@@ -573,26 +573,41 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
             $0.jobsPerWorker = 1_000
             $0.recycleAfterRejection = false
         }
-        let outcome = await withTaskExecutorPreference(pool.executor) { () async -> (thread: String, echoed: Int, concurrent: Int, failures: [JobFailure?], workers: Int) in
-            let thread = currentThreadName()
+        let task = Task(executorPreference: pool.executor) { () async -> (threads: Set<String>, echoed: Int, concurrent: Int, failures: [JobFailure?], workers: Int) in
+            var threads: Set<String> = [currentThreadName()]
             var echoed = 0
             for index in 0..<200 {
                 await Task.yield() // a yield comes back here too, after the loop's events
+                threads.insert(currentThreadName())
                 if let output = try? await pool.run(input: Array("echo:\(index)".utf8)), text(output) == "\(index)" { echoed += 1 }
+                threads.insert(currentThreadName())
             }
             // Child tasks inherit the preference: jobs from many tasks at once, two running.
-            let concurrent = await withTaskGroup(of: Bool.self) { group in
+            let concurrent = await withTaskGroup(of: (Bool, String).self) { group in
                 for index in 0..<40 {
-                    group.addTask { (try? await pool.run(input: Array("echo:c\(index)".utf8))).map(text) == "c\(index)" }
+                    group.addTask {
+                        let echoed = (try? await pool.run(input: Array("echo:c\(index)".utf8))).map(text) == "c\(index)"
+                        return (echoed, currentThreadName())
+                    }
                 }
-                return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+                var count = 0
+                for await (echoed, thread) in group {
+                    if echoed { count += 1 }
+                    threads.insert(thread)
+                }
+                return count
             }
+            threads.insert(currentThreadName())
             let failures = [await failure(of: "crash", in: pool), await failure(of: "reject:3:no", in: pool)]
             // A supervisor call that waits for its loop answers from the loop itself, at once.
             let workers = supervisor.workers().count
-            return (thread, echoed, concurrent, failures, workers)
+            return (threads, echoed, concurrent, failures, workers)
         }
-        #expect(outcome.thread == "privsep-loop")
+        guard let outcome = await within(60, { await task.value }) else {
+            Issue.record("the task on the pool's executor never finished")
+            return
+        }
+        #expect(outcome.threads == ["privsep-loop"])
         #expect(outcome.echoed == 200)
         #expect(outcome.concurrent == 40)
         #expect(outcome.failures == [.crashed(signal: SIGSEGV), .rejected(code: 3, message: Array("no".utf8))])
@@ -612,8 +627,28 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         #expect(await within(30) { await running.value } == .some(.cancelled))
         let after = Task(executorPreference: pool.executor) { try? await text(pool.run(input: Array("echo:after".utf8))) }
         #expect(await within(30) { await after.value } == .some("after"))
+        // A task cancelled before it calls `run` there: its cancel is seen before the job is
+        // submitted, so no worker gets the job and none is killed and replaced for it.
+        let spawned = pool.metrics.workersSpawned
+        let cancelledFirst = Task(executorPreference: pool.executor) { () async -> JobFailure? in
+            withUnsafeCurrentTask { $0?.cancel() }
+            return await failure(of: "echo:never", in: pool)
+        }
+        #expect(await within(30) { await cancelledFirst.value } == .some(.cancelled))
+        #expect(try await text(pool.run(input: Array("echo:still".utf8))) == "still")
+        #expect(pool.metrics.workersSpawned == spawned)
         await pool.shutdown()
         await supervisor.shutdown()
+    }
+
+    /// A blocking supervisor call from a task on a pool's executor that would wait for another
+    /// serving thread traps, rather than risk two threads waiting on each other for ever.
+    @Test func aBlockingCallToAnotherServingThreadFromThePoolsExecutorTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let supervisor = try! Supervisor(logger: quietLogger(), servingThreads: 2)
+            let pool = try! await makePool(supervisor, size: 1)
+            await Task(executorPreference: pool.executor) { _ = supervisor.workers() }.value
+        }
     }
 
     /// A task on the executor of a loop that has ended goes on, on Swift's global executor:
