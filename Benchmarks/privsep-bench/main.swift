@@ -1283,7 +1283,8 @@ if connectRuns > 0 {
 let poolInput = [UInt8](repeating: 7, count: 16)
 
 /// One warm worker, jobs one after another: the time of each `run`. `onPoolExecutor`: the
-/// caller is a task on the pool's executor, its serving thread, rather than the main actor.
+/// caller is a task on the pool's executor, its serving thread, rather than one on Swift's
+/// cooperative pool.
 @MainActor func measurePoolRoundTrips(_ count: Int, placement: Placement = .unmanaged, onPoolExecutor: Bool = false) async -> Summary {
     let (supervisor, pool) = await makeBenchPool(size: 1, jobsPerWorker: Int.max, placement: placement)
     usleep(200_000) // quiet first, as before the brokered opens it is paired with (see measureSwiftOpens)

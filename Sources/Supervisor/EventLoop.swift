@@ -178,13 +178,15 @@ final class EventLoop: @unchecked Sendable {
     /// Called by a task on this loop's executor, `body` runs at once. Must not be called from
     /// any other code on a loop thread: another loop's would stall its workers while it
     /// waits, and two loops waiting on each other would never wake; a log handler on this
-    /// one would act in the middle of an event.
-    func call<T: Sendable>(_ body: @escaping @Sendable (EventLoop) -> T) -> T? {
+    /// one would act in the middle of an event. `fromAnyThread`: the caller knows this loop
+    /// waits on nothing (it has just started), so another loop's thread may wait for it.
+    func call<T: Sendable>(fromAnyThread: Bool = false, _ body: @escaping @Sendable (EventLoop) -> T) -> T? {
         if let current = pthread_getspecific(Self.threadKey) {
-            precondition(current == Unmanaged.passUnretained(self).toOpaque() && runningTaskJob,
+            let here = current == Unmanaged.passUnretained(self).toOpaque()
+            precondition(here ? runningTaskJob : fromAnyThread,
                          "a blocking Supervisor call (workers(), narrowPolicy, spawnBlocking) from a serving thread: "
                          + "from a task on a pool's executor it may only reach that pool's own serving thread")
-            return body(self)
+            if here { return body(self) }
         }
         let result = Mutex<T?>(nil)
         let done = DispatchSemaphore(value: 0)

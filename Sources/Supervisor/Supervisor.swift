@@ -72,7 +72,9 @@ public final class Supervisor: Sendable {
         self.loops = loops
         for loop in loops where loop.hasServingCPU {
             // On the loop thread, before anything is spawned; on failure every loop ends here.
-            switch loop.call({ $0.moveOntoServingCPU() }) {
+            // A loop just started waits on nothing, so a supervisor made by a task on another
+            // supervisor's serving thread may wait for it too.
+            switch loop.call(fromAnyThread: true, { $0.moveOntoServingCPU() }) {
             case .success?:
                 continue
             case .failure(let errno)?:

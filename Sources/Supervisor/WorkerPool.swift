@@ -125,11 +125,10 @@ public final class WorkerPool: Sendable {
     /// the two are on different CPUs, each crossing wakes a thread on the other one. A
     /// task that submits jobs under `withTaskExecutorPreference(pool.executor)` runs on
     /// the serving thread (all but code isolated to the main actor or to an actor with an
-    /// executor of its own), between the thread's events:
-    /// `run` hands the job to a worker at once, and the RESULT resumes the caller without
-    /// waking another thread, so a job costs two context switches (the worker's, then the
-    /// serving thread's), as a brokered request does, where it costs four from the
-    /// cooperative pool.
+    /// executor of its own), between the thread's events: `run` hands the job to a worker
+    /// at once, and the RESULT resumes the caller without waking another thread, so a job
+    /// costs two context switches (the worker's, then the serving thread's), as a brokered
+    /// request does, where it costs four from the cooperative pool.
     ///
     /// What runs there delays every worker of the serving thread, and its deadlines and
     /// limit checks, while it runs: keep it to submitting jobs and handling their outputs,

@@ -651,6 +651,23 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         }
     }
 
+    /// What a new supervisor waits for while it starts (its loops taking their CPUs) waits on
+    /// nothing else, so a task on another supervisor's serving thread may create one.
+    @Test func aTaskOnThePoolsExecutorCanStartAnotherSupervisor() async {
+        await #expect(processExitsWith: .success) {
+            let supervisor = try! Supervisor(logger: quietLogger())
+            let pool = try! await makePool(supervisor, size: 1)
+            let started = await Task(executorPreference: pool.executor) { () async -> Bool in
+                guard let other = try? Supervisor(logger: quietLogger(), placement: .colocated, servingThreads: 2) else { return false }
+                await other.shutdown()
+                return true
+            }.value
+            require(started, "the second supervisor did not start")
+            await pool.shutdown()
+            await supervisor.shutdown()
+        }
+    }
+
     /// A task on the executor of a loop that has ended goes on, on Swift's global executor:
     /// its job fails with poolClosed and nothing it awaits afterwards hangs.
     @Test func aTaskOnThePoolsExecutorOutlivesItsLoop() async throws {
