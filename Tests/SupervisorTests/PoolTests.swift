@@ -641,6 +641,24 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         await supervisor.shutdown()
     }
 
+    /// A task on the pool's executor may shut the pool and its supervisor down: the loop it
+    /// runs on ends under it, and it is resumed all the same.
+    @Test func aTaskOnThePoolsExecutorCanShutEverythingDown() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 2)
+        let task = Task(executorPreference: pool.executor) { () async -> (String?, JobFailure?) in
+            let echoed = (try? await pool.run(input: Array("echo:last".utf8))).map(text)
+            await pool.shutdown()
+            await supervisor.shutdown()
+            await Task.yield()
+            return (echoed, await failure(of: "echo:after", in: pool))
+        }
+        let outcome = await within(30) { await task.value }
+        #expect(outcome?.0 == "last")
+        #expect(outcome?.1 == .poolClosed)
+        #expect(supervisor.workers().isEmpty)
+    }
+
     /// A blocking supervisor call from a task on a pool's executor that would wait for another
     /// serving thread traps, rather than risk two threads waiting on each other for ever.
     @Test func aBlockingCallToAnotherServingThreadFromThePoolsExecutorTraps() async {
