@@ -55,6 +55,74 @@ import Testing
         }
     }
 
+    /// The supervisor out of file descriptors (its RLIMIT_NOFILE reached): a spawn fails with
+    /// a typed error, a running worker's OPEN is answered EMFILE, and once fds are free again
+    /// both work as before, with no fd leaked. In a child process of its own: the limit is
+    /// the process's.
+    @Test func aSupervisorOutOfDescriptorsFailsCleanlyAndRecovers() async {
+        await #expect(processExitsWith: .success) {
+            let scratch = ScratchDirectory()
+            scratch.write("data.txt", "payload\n")
+            // Renamed into place while no fd can be opened: a rename needs none.
+            scratch.write("first.pending", "")
+            scratch.write("second.pending", "")
+            var policy = Policy()
+            policy.allow(path: scratch.path + "/data.txt", .file, [.read])
+            let audit = AuditLog(collectingUpTo: 1_000)
+            let supervisor = try! Supervisor(logger: quietLogger(), auditLog: audit)
+            _ = try! await runWorker(["handshake"], supervisor: supervisor) // the loop's own fds, the fixture's first run
+            let before = openFileDescriptorSet()
+            let read = "read:\(scratch.path)/data.txt"
+            // Bounded, so that a supervisor that never answers fails the test rather than hangs it.
+            func waitUntil(_ what: String, _ condition: () -> Bool) {
+                for _ in 0..<3_000 where !condition() { usleep(10_000) }
+                require(condition(), "30 s and still not: \(what)")
+            }
+            async let running = runWorker(["handshake", "waitfile:\(scratch.path)/first", read, "waitfile:\(scratch.path)/second", read],
+                                          policy: policy, supervisor: supervisor)
+            waitUntil("the worker's handshake") { supervisor.workers().contains(where: { $0.isHandshakeDone }) }
+
+            // Every fd number below the limit is taken: the next open, socket or dup fails.
+            var saved = rlimit()
+            require(getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved) == 0, "getrlimit")
+            let highest = openFileDescriptorSet().compactMap { Int32($0.prefix { $0 != "-" }) }.max() ?? 2
+            var lowered = saved
+            lowered.rlim_cur = rlim_t(highest + 1)
+            require(setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lowered) == 0, "setrlimit")
+            var fillers: [Int32] = []
+            while true {
+                let fd = dup(2)
+                if fd < 0 { break }
+                fillers.append(fd)
+            }
+            require(errno == EMFILE, "dup failed with \(errno), not EMFILE")
+
+            do throws(SupervisorError) {
+                _ = try await supervisor.spawn(WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake"]))
+                require(false, "a spawn succeeded with no fd to spare")
+            } catch .spawnFailed(let why) {
+                require(why.contains(String(cString: strerror(EMFILE))), "spawn failed with \(why)")
+            } catch {
+                require(false, "spawn failed with \(error)")
+            }
+            require(rename(scratch.path + "/first.pending", scratch.path + "/first") == 0, "rename")
+            waitUntil("an OPEN answered EMFILE") { audit.records.contains(where: { $0.event == "OPEN" && $0.errno == EMFILE }) }
+
+            for fd in fillers { close(fd) }
+            require(setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved) == 0, "setrlimit")
+            require(rename(scratch.path + "/second.pending", scratch.path + "/second") == 0, "rename")
+            let run = try! await running
+            require(run.reason == .exited(code: 0), "\(run.reason)")
+            require(run.lines.dropFirst() == ["read \(scratch.path)/data.txt errno \(EMFILE)", "read \(scratch.path)/data.txt payload"],
+                    "\(run.lines)")
+            let after = try! await runWorker(["handshake", read], policy: policy, supervisor: supervisor)
+            require(after.lines.last == "read \(scratch.path)/data.txt payload", "\(after.lines)")
+            let leaked = newFileDescriptors(since: before)
+            require(leaked.isEmpty, "supervisor fds leaked: \(leaked.sorted())")
+            await supervisor.shutdown()
+        }
+    }
+
     @Test func aFloodingWorkerIsKilledAndOthersAreStillServed() async throws {
         let scratch = ScratchDirectory()
         scratch.write("data.txt", "payload\n")
