@@ -269,6 +269,9 @@ final class EventLoop: @unchecked Sendable {
                     // Deadlines set while checking (a reply parked, say) lower it again through noteDeadline.
                     nextDeadlineCheck = .max
                     noteDeadline(checkDeadlines(now: after))
+                    // What the checks left for after events (a pool's JOB that found its
+                    // worker's channel closed, say) runs now, not a turn later.
+                    runAfterEvents()
                 }
             }
             if let done = shuttingDown, workers.isEmpty {
@@ -425,7 +428,7 @@ final class EventLoop: @unchecked Sendable {
         if !record.reading && flags & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
             // Hang-up is level-triggered even with reading paused: the peer is gone.
             scanLastMessages(record)
-            closeChannel(record)
+            channelClosedByWorker(record)
             return
         }
         // At most a few messages per wake-up, so one busy worker cannot starve the others;
@@ -468,7 +471,7 @@ final class EventLoop: @unchecked Sendable {
                 if record.phase == .handshake && record.killReason == nil {
                     kill(record, .handshakeFailed("closed its channel before HELLO"))
                 } else {
-                    closeChannel(record)
+                    channelClosedByWorker(record)
                 }
                 return
             } catch .malformed(let error) {
@@ -725,7 +728,7 @@ final class EventLoop: @unchecked Sendable {
         case .system(.resourceTemporarilyUnavailable):
             return true
         case .peerClosed:
-            closeChannel(record)
+            channelClosedByWorker(record)
         case .malformed(let error):
             refuseOwnMessage(record, envelope(), error)
         default:
@@ -776,7 +779,7 @@ final class EventLoop: @unchecked Sendable {
             switch result {
             case .success: record.parked.removeFirst()
             case .failure(.system(.resourceTemporarilyUnavailable)): return
-            case .failure(.peerClosed): closeChannel(record); return
+            case .failure(.peerClosed): channelClosedByWorker(record); return
             case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
             }
         }
@@ -953,6 +956,10 @@ final class EventLoop: @unchecked Sendable {
             if let deadline = record.stopDeadline {
                 if now >= deadline {
                     record.stopDeadline = nil
+                    if let reason = record.stopDeadlineReason {
+                        kill(record, reason)
+                        continue
+                    }
                     _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
                     signalInterceptedGroup(record, SIGKILL)
                 } else {
@@ -1017,6 +1024,23 @@ final class EventLoop: @unchecked Sendable {
         let deadline = system_clock_monotonic() + nanoseconds(grace)
         record.stopDeadline = deadline
         noteDeadline(deadline)
+    }
+
+    /// The worker closed its end of the channel, or sent an empty datagram, which on
+    /// SOCK_SEQPACKET reads the same. Any other worker may go on without the supervisor.
+    /// A pool worker lives only to serve its channel, though: one that closed it and stayed
+    /// would hold its slot with nothing to end it, and its pool would stall. So it gets the
+    /// grace of a retired worker (it may just be exiting, and then its exit says how) and
+    /// is killed after it. Its pool stops counting it at once and starts a replacement.
+    private func channelClosedByWorker(_ record: WorkerRecord) {
+        closeChannel(record)
+        guard let pool = record.pool, record.killReason == nil, record.stopDeadline == nil else { return }
+        let deadline = system_clock_monotonic() + nanoseconds(2)
+        record.stopDeadline = deadline
+        record.stopDeadlineReason = .protocolViolation("closed its channel while serving a pool, and did not exit")
+        noteDeadline(deadline)
+        let id = record.id
+        afterEvents.append { pool.channelLost(id) }
     }
 
     /// Closes the channel and drops everything waiting on it (pending connects, parked replies).
@@ -1211,6 +1235,9 @@ final class WorkerRecord {
     let handshakeDeadline: UInt64
     let wallClockDeadline: UInt64?
     var stopDeadline: UInt64?
+    /// Why the worker is killed if it outlives ``stopDeadline``, when that is not a plain
+    /// retirement (which needs no reason: the worker has no job).
+    var stopDeadlineReason: ExitReason?
     @exclusivity(unchecked) var killReason: ExitReason?
     var violation: Violation?
     @exclusivity(unchecked) var sandbox: SandboxStatus?

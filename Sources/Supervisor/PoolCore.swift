@@ -157,6 +157,23 @@ final class PoolCore: @unchecked Sendable {
         dispatch()
     }
 
+    /// The worker closed its channel (or sent an empty datagram) and may still be running:
+    /// it can take no more jobs, and the loop kills it if it does not exit. A worker that
+    /// has served stops counting now, so its replacement starts now, as for a worker on its
+    /// last job; its job, if it had one, fails when it exits. One that never served is left
+    /// to its exit, which counts as a failed start and delays the next: a worker that closes
+    /// its channel as soon as it starts must not make the pool spawn without pause.
+    func channelLost(_ workerID: UInt64) {
+        guard let slot = slots[workerID], slot.jobsRun > 0 || slot.job != nil else { return }
+        switch slot.state {
+        case .idle: slot.state = .retiring
+        case .busy: slot.state = .lastJob
+        case .starting, .lastJob, .retiring: return
+        }
+        replenish()
+        dispatch()
+    }
+
     /// The worker is gone (reaped). Its job, if it had one, fails.
     /// `peakResidentBytes`: the worker's peak resident bytes when the kernel's figure is
     /// known to be its own (nil otherwise; see `WorkerRecord.inheritedPeakBound`).

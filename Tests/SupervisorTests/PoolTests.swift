@@ -353,6 +353,45 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
 
 /// Lifecycle corners found in review: every caller gets an answer, and the pool stays within its size.
 @Suite(.serialized) struct PoolLifecycleTests {
+    /// A worker that answers, then leaves its channel (closes it, or sends an empty datagram,
+    /// which reads the same) and stays alive: it takes no more jobs and does not hold its slot.
+    /// A replacement serves the next job, and the worker is killed after a retired worker's
+    /// grace, with the reason in its exit.
+    @Test(arguments: ["hangup", "empty"]) func aWorkerThatLeavesItsChannelIsReplacedAndKilled(command: String) async throws {
+        let audit = AuditLog(collectingUpTo: 1_000)
+        let supervisor = try Supervisor(logger: quietLogger(), auditLog: audit)
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
+        let pid = try await text(pool.run(input: Array("pid".utf8)))
+        #expect(try await text(pool.run(input: Array(command.utf8))) == "bye")
+        let next = await within(30) { (try? await pool.run(input: Array("echo:after".utf8))).map(text) }
+        #expect(next == .some("after"), "the next job never ran: the slot is still held")
+        #expect(pool.metrics.workersSpawned == 2)
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !audit.records.contains(where: { $0.event == "EXIT" && $0.pid == Int32(pid) }) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let exit = audit.records.first { $0.event == "EXIT" && $0.pid == Int32(pid) }
+        #expect(exit?.reason.contains("closed its channel while serving a pool") == true, "\(String(describing: exit))")
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    /// A worker that leaves its channel in the middle of a job, without answering, and stays
+    /// alive: with no job timeout, the job still fails, once the worker's grace is over.
+    @Test func aWorkerThatLeavesItsChannelMidJobFailsTheJob() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
+        let failed = await within(30) { await failure(of: "hangupmidjob", in: pool) }
+        guard case .protocolViolation(let why)?? = failed else {
+            Issue.record("expected a protocol violation, got \(String(describing: failed))")
+            return
+        }
+        #expect(why.contains("closed its channel"))
+        #expect(try await text(pool.run(input: Array("echo:after".utf8))) == "after")
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
     @Test func cancellingAQueuedJobLetsTheOverflowThrough() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 1) {

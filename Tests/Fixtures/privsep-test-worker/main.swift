@@ -33,7 +33,8 @@
 //                        reject:CODE:TEXT, crash (SIGSEGV), spin (busy loop), sleep:S, alloc:MIB (touch
 //                        and hold), syscall (openat: a seccomp violation), exit:CODE, big:BYTES (output of
 //                        that size), wrongid (a RESULT for another job), twice (two RESULTs), pid,
-//                        open:PATH (mid-job request)
+//                        open:PATH (mid-job request), hangup / empty (answers, then closes its channel /
+//                        sends an empty datagram, and stays alive), hangupmidjob (closes it unanswered)
 import CPrivsepShims
 import CPrivsepAttacks
 import Glibc
@@ -150,6 +151,20 @@ func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
         while true { usleep(100_000) }
     case "pid":
         return Array("\(getpid())".utf8)
+    case "hangup", "empty":
+        // Answers, then leaves the channel (closes it, or sends an empty datagram, which
+        // reads the same) and stays alive: a worker that would hold its pool slot idle.
+        try? requireConnection().finish(job.id, output: Array("bye".utf8))
+        if parts[0] == "hangup" {
+            close(WireFormat.channelFileDescriptor)
+        } else {
+            _ = send(WireFormat.channelFileDescriptor, nil, 0, 0)
+        }
+        while true { usleep(100_000) }
+    case "hangupmidjob":
+        // Leaves the channel without answering, and stays alive.
+        close(WireFormat.channelFileDescriptor)
+        while true { usleep(100_000) }
     case "twice":
         // Answers, then serveJobs answers again: a RESULT for a job it no longer runs.
         try? requireConnection().finish(job.id, output: Array("first".utf8))
