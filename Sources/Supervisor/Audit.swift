@@ -44,8 +44,7 @@ public struct AuditRecord: Sendable, Equatable {
 /// collector (for tests and embedders), or both.
 public final class AuditLog: Sendable {
     private let fd: Int32?
-    private let collected: Mutex<[AuditRecord]>?
-    private let collectLimit: Int
+    private let collected: Mutex<RecentRecords>?
 
     /// Appends JSON lines to `path` (created 0600 if missing).
     public init(path: String) throws(Errno) {
@@ -53,22 +52,22 @@ public final class AuditLog: Sendable {
         guard fd >= 0 else { throw Errno(rawValue: Glibc.errno) }
         self.fd = fd
         self.collected = nil
-        self.collectLimit = 0
     }
 
-    /// Keeps the latest `limit` records in memory; read them with ``records``.
+    /// Keeps the latest `limit` records in memory (none if `limit` is 0 or less); read them
+    /// with ``records``. Each record costs the same whatever the limit: a full log
+    /// overwrites its oldest record in place.
     public init(collectingUpTo limit: Int) {
         self.fd = nil
-        self.collected = Mutex([])
-        self.collectLimit = limit
+        self.collected = Mutex(RecentRecords(limit: limit))
     }
 
     deinit {
         if let fd { Glibc.close(fd) }
     }
 
-    /// The records collected so far (in-memory logs only).
-    public var records: [AuditRecord] { collected?.withLock { $0 } ?? [] }
+    /// The records collected so far, oldest first (in-memory logs only).
+    public var records: [AuditRecord] { collected?.withLock { $0.inOrder } ?? [] }
 
     func write(_ record: AuditRecord) {
         if let fd {
@@ -76,11 +75,30 @@ public final class AuditLog: Sendable {
             var line = record.jsonLine + "\n"
             line.withUTF8 { bytes in _ = Glibc.write(fd, bytes.baseAddress, bytes.count) }
         }
-        collected?.withLock { records in
-            if records.count >= collectLimit { records.removeFirst(records.count - collectLimit + 1) }
-            records.append(record)
+        collected?.withLock { $0.add(record) }
+    }
+}
+
+/// The latest records, up to a limit, in a ring: a worker whose every request is audited
+/// (denials are) must not cost the serving thread a shift of the whole log per record.
+struct RecentRecords {
+    private let limit: Int
+    private var ring: [AuditRecord] = []
+    /// Where the next record goes once the ring is full: the oldest record.
+    private var oldest = 0
+
+    init(limit: Int) { self.limit = max(limit, 0) }
+
+    mutating func add(_ record: AuditRecord) {
+        if ring.count < limit {
+            ring.append(record)
+        } else if limit > 0 {
+            ring[oldest] = record
+            oldest = (oldest + 1) % limit
         }
     }
+
+    var inOrder: [AuditRecord] { Array(ring[oldest...] + ring[..<oldest]) }
 }
 
 /// Audits through swift-log and an optional ``AuditLog``.
