@@ -363,8 +363,20 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
         let pid = try await text(pool.run(input: Array("pid".utf8)))
         #expect(try await text(pool.run(input: Array(command.utf8))) == "bye")
-        let next = await within(30) { (try? await pool.run(input: Array("echo:after".utf8))).map(text) }
-        #expect(next == .some("after"), "the next job never ran: the slot is still held")
+        // The next job can reach the worker before the loop reads that it left (the loop read
+        // the RESULT, found the channel empty, and dispatched): that job fails with the
+        // worker's exit. The one after it runs on the replacement.
+        for attempt in 1...2 {
+            let outcome = await within(30) { () -> Result<String, JobFailure> in
+                do throws(JobFailure) { return .success(text(try await pool.run(input: Array("echo:after".utf8)))) } catch { return .failure(error) }
+            }
+            switch outcome {
+            case .success("after")?: break
+            case .failure(.protocolViolation(let why))? where attempt == 1 && why.contains("closed its channel"): continue
+            default: Issue.record("job \(attempt) after the worker left: \(String(describing: outcome))")
+            }
+            break
+        }
         #expect(pool.metrics.workersSpawned == 2)
         let deadline = ContinuousClock.now + .seconds(30)
         while !audit.records.contains(where: { $0.event == "EXIT" && $0.pid == Int32(pid) }) && ContinuousClock.now < deadline {
