@@ -166,7 +166,11 @@ final class PoolCore: @unchecked Sendable {
     func channelLost(_ workerID: UInt64) {
         guard let slot = slots[workerID], slot.jobsRun > 0 || slot.job != nil else { return }
         switch slot.state {
-        case .idle: slot.state = .retiring
+        case .idle:
+            slot.state = .retiring
+            // Counted here: as retiring, its exit is not (a worker that crashed while idle
+            // is seen first as its channel's hang-up).
+            if !isClosing { metrics.withLock { $0.workerRestarts += 1 } }
         case .busy: slot.state = .lastJob
         case .starting, .lastJob, .retiring: return
         }
@@ -290,8 +294,11 @@ final class PoolCore: @unchecked Sendable {
         while !queue.isEmpty && jobsRunning < configuration.size {
             guard let slot = slots.values.first(where: { $0.state == .idle && $0.drained }) else { break }
             guard loop.canSendForPool(slot.workerID) else {
-                // Killed or closed, not reaped yet: it takes no job.
-                slot.state = .retiring
+                // Killed or its channel closed, not reaped yet: it takes no job. Its state
+                // is left for `channelLost` or `workerExited` to decide (a worker that never
+                // served must still count as a failed start); a closed channel is never
+                // drained again, so this keeps it out of the choice.
+                slot.drained = false
                 continue
             }
             let job = queue.removeFirst()
@@ -341,7 +348,8 @@ final class PoolCore: @unchecked Sendable {
 
     /// Spawns workers until `size` are serving or starting. A worker on its last job,
     /// or retiring, does not count: its replacement starts now. At most `2 × size`
-    /// processes live, as at most `size` jobs run at once.
+    /// serve or run a job, as at most `size` jobs run at once; retired workers that
+    /// linger (up to 2 s each, then killed) come on top.
     private func replenish() {
         guard let loop, !closed, !isClosing, respawnAt == nil else { return }
         var serving = slots.values.filter { $0.state == .starting || $0.state == .idle || $0.state == .busy }.count

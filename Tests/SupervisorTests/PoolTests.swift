@@ -378,6 +378,8 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
             break
         }
         #expect(pool.metrics.workersSpawned == 2)
+        // Once, whether it left while idle or while holding the job that failed.
+        #expect(pool.metrics.workerRestarts == 1)
         let deadline = ContinuousClock.now + .seconds(30)
         while !audit.records.contains(where: { $0.event == "EXIT" && $0.pid == Int32(pid) }) && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
@@ -520,6 +522,33 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         // or it goes to one about to exit (exited).
         let kind = await within(30) { await failure(of: "echo:x", in: pool)?.kind }
         #expect(kind == .some(.workerUnavailable) || kind == .some(.exited), "\(String(describing: kind))")
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    /// A job submitted in the same turn as the loop reads that an idle worker left its
+    /// channel finds that worker out of the choice, and its replacement starts at once: the
+    /// job runs on it without waiting for the leaving worker's grace (2 s) to end. The loop
+    /// is held by a task on its executor so that both events land in one turn.
+    @Test func aJobSubmittedAsAWorkerLeavesRunsOnItsReplacementAtOnce() async throws {
+        let audit = AuditLog(collectingUpTo: 1_000)
+        let supervisor = try Supervisor(logger: quietLogger(), auditLog: audit)
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
+        let pid = try await text(pool.run(input: Array("pid".utf8)))
+        #expect(try await text(pool.run(input: Array("hangupafter:0.3".utf8))) == "bye")
+        // Created on the loop thread, the holder is a task job there, not a command: the
+        // wake-up fd is then not on epoll's ready list ahead of the channel when it ends.
+        // Its yields let the turn that read the command end first.
+        let executor = pool.executor
+        let holder = await withTaskExecutorPreference(executor) {
+            Task(executorPreference: executor) { await Task.yield(); await Task.yield(); usleep(1_000_000) }
+        }
+        try await Task.sleep(for: .milliseconds(600)) // the worker has left; the loop has not looked
+        let output = try await text(pool.run(input: Array("echo:after".utf8)))
+        let exited = audit.records.contains { $0.event == "EXIT" && $0.pid == Int32(pid) }
+        #expect(output == "after")
+        #expect(!exited, "the job waited for the leaving worker to be killed before a replacement started")
+        _ = await holder.value
         await pool.shutdown()
         await supervisor.shutdown()
     }

@@ -34,7 +34,8 @@
 //                        and hold), syscall (openat: a seccomp violation), exit:CODE, big:BYTES (output of
 //                        that size), wrongid (a RESULT for another job), twice (two RESULTs), pid,
 //                        open:PATH (mid-job request), hangup / empty (answers, then closes its channel /
-//                        sends an empty datagram, and stays alive), hangupmidjob (closes it unanswered)
+//                        sends an empty datagram, and stays alive), hangupafter:S (closes it S s after
+//                        answering), hangupmidjob (closes it unanswered)
 import CPrivsepShims
 import CPrivsepAttacks
 import Glibc
@@ -151,11 +152,13 @@ func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
         while true { usleep(100_000) }
     case "pid":
         return Array("\(getpid())".utf8)
-    case "hangup", "empty":
+    case "hangup", "empty", "hangupafter":
         // Answers, then leaves the channel (closes it, or sends an empty datagram, which
         // reads the same) and stays alive: a worker that would hold its pool slot idle.
+        // hangupafter:S closes it S seconds after answering.
         try? requireConnection().finish(job.id, output: Array("bye".utf8))
-        if parts[0] == "hangup" {
+        if parts[0] == "hangupafter" { usleep(UInt32(Double(parts[1])! * 1e6)) }
+        if parts[0] != "empty" {
             close(WireFormat.channelFileDescriptor)
         } else {
             _ = send(WireFormat.channelFileDescriptor, nil, 0, 0)
