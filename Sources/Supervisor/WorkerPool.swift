@@ -35,16 +35,19 @@ public final class WorkerPool: Sendable {
 
     /// Starts `configuration.size` workers and returns once every one has said
     /// HELLO (and reported its sandbox, when the worker configuration requires
-    /// layers). Fails if a worker cannot be started or dies before it is ready.
+    /// layers). Fails if a worker cannot be started or dies before it is ready, and
+    /// before starting any if the configuration is one no pool can run (a size, job count
+    /// or queue below 1, intercept mode, an invalid policy).
     public init(supervisor: Supervisor, configuration: WorkerPoolConfiguration) async throws(JobFailure) {
         guard configuration.size >= 1, configuration.jobsPerWorker >= 1, configuration.queueCapacity >= 1 else {
             throw .workerUnavailable("a pool needs size, jobsPerWorker and queueCapacity of at least 1")
         }
-        let policy: ActivePolicy
-        // Intercepted pool workers: the same refusal as Supervisor.spawn (see Policy.interceptProblem()).
-        if configuration.worker.intercept, let problem = configuration.worker.policy.interceptProblem() {
-            throw .workerUnavailable("invalid policy: \(problem)")
+        // An intercepted program does not speak the protocol: its helper closes the channel
+        // at exec, so such a worker could never take a job, only start, leave and be killed.
+        guard !configuration.worker.intercept else {
+            throw .workerUnavailable("a pool's workers take their jobs over the channel, which an intercepted program does not have")
         }
+        let policy: ActivePolicy
         do { policy = try ActivePolicy(configuration.worker.policy) } catch {
             throw .workerUnavailable("invalid policy: \(error)")
         }
@@ -161,7 +164,8 @@ public final class WorkerPool: Sendable {
 public struct WorkerPoolConfiguration: Sendable {
     /// The program every worker runs, its policy and its sandbox requirements.
     /// Its `wallClockTimeout` should be nil: a pool worker lives for many jobs;
-    /// ``jobTimeout`` limits each job instead.
+    /// ``jobTimeout`` limits each job instead. Not in intercept mode: an intercepted program
+    /// has no channel to take jobs over, and the pool refuses it.
     public var worker: WorkerConfiguration
     /// Workers kept serving, and the most jobs that run at once. Replacements for
     /// workers on their last job start early, so `2 × size` processes can be serving or

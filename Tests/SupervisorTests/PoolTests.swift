@@ -553,6 +553,26 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         await supervisor.shutdown()
     }
 
+    /// Intercept mode runs programs that do not speak the protocol: a pool of them is refused
+    /// before anything is spawned.
+    @Test func aPoolOfInterceptedProgramsIsRefused() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        var worker = WorkerConfiguration(executable: "/bin/cat", arguments: [], policy: Policy())
+        worker.intercept = true
+        do throws(JobFailure) {
+            _ = try await WorkerPool(supervisor: supervisor, configuration: WorkerPoolConfiguration(worker: worker, size: 1))
+            Issue.record("a pool of intercepted programs was started")
+        } catch {
+            if case .workerUnavailable(let why) = error {
+                #expect(why.contains("intercepted program"))
+            } else {
+                Issue.record("refused with \(error)")
+            }
+        }
+        #expect(supervisor.workers().isEmpty)
+        await supervisor.shutdown()
+    }
+
     @Test func oneJobPerWorkerStillRunsAtMostSizeJobsAtOnce() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 2) {
