@@ -1035,7 +1035,7 @@ final class EventLoop: @unchecked Sendable {
     private func channelClosedByWorker(_ record: WorkerRecord) {
         closeChannel(record)
         guard let pool = record.pool, record.killReason == nil, record.stopDeadline == nil else { return }
-        let deadline = system_clock_monotonic() + nanoseconds(2)
+        let deadline = system_clock_monotonic() + nanoseconds(Self.poolWorkerExitGrace)
         record.stopDeadline = deadline
         record.stopDeadlineReason = .protocolViolation("closed its channel while serving a pool, and did not exit")
         noteDeadline(deadline)
@@ -1162,11 +1162,16 @@ final class EventLoop: @unchecked Sendable {
         kill(record, reason)
     }
 
-    /// Closes the worker's channel, which tells a pool worker to exit; SIGKILL if it has not within 2 s.
+    /// Seconds a pool worker without a channel has to exit before it is killed: one retired,
+    /// or one that closed its channel itself.
+    static let poolWorkerExitGrace = 2.0
+
+    /// Closes the worker's channel, which tells a pool worker to exit; SIGKILL if it has not
+    /// within ``poolWorkerExitGrace``.
     func retireForPool(_ workerID: UInt64) {
         guard let record = workers[workerID], record.killReason == nil else { return }
         closeChannel(record)
-        let deadline = system_clock_monotonic() + nanoseconds(2)
+        let deadline = system_clock_monotonic() + nanoseconds(Self.poolWorkerExitGrace)
         record.stopDeadline = deadline
         noteDeadline(deadline)
     }
