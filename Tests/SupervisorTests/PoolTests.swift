@@ -69,6 +69,13 @@ private final class HeldJob: Sendable {
     func release() { writeEnd.withLock { $0 = nil } }
 }
 
+/// A flag one thread sets and another polls.
+private final class Flag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
+
 /// Runs each job in turn, `pause` after the one before; each must finish within 30 s with
 /// output of the size given. Stops at the first that does not: the rest would wait behind it.
 private func expectEachRuns(_ jobs: [(command: String, outputBytes: Int)], in pool: WorkerPool,
@@ -527,28 +534,52 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
     }
 
     /// A job submitted in the same turn as the loop reads that an idle worker left its
-    /// channel finds that worker out of the choice, and its replacement starts at once: the
-    /// job runs on it without waiting for the leaving worker's grace (2 s) to end. The loop
-    /// is held by a task on its executor so that both events land in one turn.
+    /// channel finds that worker out of the choice, and its replacement starts at once: it is
+    /// spawned before the leaving worker's grace (2 s) ends and that worker is killed. The
+    /// loop is held by a task on its executor so that both events land in one turn.
     @Test func aJobSubmittedAsAWorkerLeavesRunsOnItsReplacementAtOnce() async throws {
         let audit = AuditLog(collectingUpTo: 1_000)
         let supervisor = try Supervisor(logger: quietLogger(), auditLog: audit)
         let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
-        let pid = try await text(pool.run(input: Array("pid".utf8)))
-        #expect(try await text(pool.run(input: Array("hangupafter:0.3".utf8))) == "bye")
+        let pid = Int32(try await text(pool.run(input: Array("pid".utf8))))!
+        // It closes its channel 1 s after answering, once the loop has found the channel
+        // empty (drained) and the holder below is in place.
+        #expect(try await text(pool.run(input: Array("hangupafter:1".utf8))) == "bye")
         // Created on the loop thread, the holder is a task job there, not a command: the
         // wake-up fd is then not on epoll's ready list ahead of the channel when it ends.
         // Its yields let the turn that read the command end first.
+        let release = Flag()
         let executor = pool.executor
         let holder = await withTaskExecutorPreference(executor) {
-            Task(executorPreference: executor) { await Task.yield(); await Task.yield(); usleep(1_000_000) }
+            Task(executorPreference: executor) {
+                await Task.yield()
+                await Task.yield()
+                for _ in 0..<3_000 where !release.isSet { usleep(10_000) }
+            }
         }
-        try await Task.sleep(for: .milliseconds(600)) // the worker has left; the loop has not looked
-        let output = try await text(pool.run(input: Array("echo:after".utf8)))
-        let exited = audit.records.contains { $0.event == "EXIT" && $0.pid == Int32(pid) }
-        #expect(output == "after")
-        #expect(!exited, "the job waited for the leaving worker to be killed before a replacement started")
+        // The worker has left (its fd 3 is gone); the held loop has not looked yet.
+        var left = false
+        for _ in 0..<3_000 where !left {
+            var info = stat()
+            left = lstat("/proc/\(pid)/fd/3", &info) != 0
+            if !left { usleep(10_000) }
+        }
+        #expect(left, "the worker never closed its channel")
+        let job = Task { try await text(pool.run(input: Array("echo:after".utf8))) }
+        try await Task.sleep(for: .milliseconds(200)) // the submission is queued behind the hang-up
+        release.set()
+        #expect(try await job.value == "after")
         _ = await holder.value
+        // The order of the audit records, not a time: the replacement was spawned before the
+        // leaving worker was killed and reaped (with the old dispatch, only after).
+        for _ in 0..<3_000 where !audit.records.contains(where: { $0.event == "EXIT" && $0.pid == pid }) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let records = audit.records
+        let exit = records.firstIndex { $0.event == "EXIT" && $0.pid == pid }
+        let replacement = records.firstIndex { $0.event == "SPAWN" && $0.pid != pid }
+        #expect(exit != nil && replacement != nil && replacement! < exit!,
+                "replacement spawned at record \(String(describing: replacement)), the leaving worker's exit at \(String(describing: exit))")
         await pool.shutdown()
         await supervisor.shutdown()
     }
