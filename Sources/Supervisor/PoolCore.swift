@@ -347,13 +347,14 @@ final class PoolCore: @unchecked Sendable {
     }
 
     /// Spawns workers until `size` are serving or starting. A worker on its last job,
-    /// or retiring, does not count: its replacement starts now. At most `2 × size`
-    /// serve or run a job, as at most `size` jobs run at once; retired workers that
-    /// linger (up to 2 s each, then killed) come on top.
+    /// or retiring, does not count: its replacement starts now. But never more than
+    /// `2 × size` processes, whatever their state: a retired worker that does not exit
+    /// lingers until it is killed (2 s), and hostile inputs that each left one behind
+    /// would otherwise pile up processes as fast as jobs came. A worker's exit makes room.
     private func replenish() {
         guard let loop, !closed, !isClosing, respawnAt == nil else { return }
         var serving = slots.values.filter { $0.state == .starting || $0.state == .idle || $0.state == .busy }.count
-        while serving < configuration.size {
+        while serving < configuration.size && slots.count < 2 * configuration.size {
             switch loop.spawnForPool(configuration.worker, policy, pool: self) {
             case .success(let (workerID, pid)):
                 let slot = PoolSlot(workerID: workerID, pid: pid, watchMemory: configuration.memoryLimit != nil)

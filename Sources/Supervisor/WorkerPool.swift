@@ -168,10 +168,9 @@ public struct WorkerPoolConfiguration: Sendable {
     /// has no channel to take jobs over, and the pool refuses it.
     public var worker: WorkerConfiguration
     /// Workers kept serving, and the most jobs that run at once. Replacements for
-    /// workers on their last job start early, so `2 × size` processes can be serving or
-    /// on their last job. A retired worker that does not exit when its channel closes
-    /// lives up to 2 s more (then it is killed), so with fast jobs and workers that linger
-    /// there can briefly be more.
+    /// workers on their last job start early, so up to `2 × size` processes live. A
+    /// retired worker that does not exit when its channel closes is killed 2 s later;
+    /// until then it counts, and a replacement may wait for it.
     public var size: Int
     /// Jobs a worker runs before it is replaced. 1: no state carries from one
     /// untrusted input to the next.

@@ -584,6 +584,32 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         await supervisor.shutdown()
     }
 
+    /// Workers that linger after their last job (here each answers, closes its channel and
+    /// sleeps until killed) never make the pool hold more than `2 × size` processes: a
+    /// replacement waits for one of them to go, rather than piling up one per job.
+    @Test func workersThatLingerAfterTheirLastJobNeverExceedTwiceTheSize() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 1 }
+        let done = Flag()
+        let watcher = Task.detached {
+            var most = 0
+            while !done.isSet {
+                most = max(most, supervisor.workers().count)
+                usleep(2_000)
+            }
+            return most
+        }
+        for _ in 0..<3 {
+            #expect(try await text(pool.run(input: Array("hangup".utf8))) == "bye")
+        }
+        done.set()
+        let most = await watcher.value
+        #expect(most <= 2, "\(most) worker processes at once for a pool of size 1")
+        #expect(pool.metrics.workersSpawned >= 3) // one per job at least (the fourth may still wait)
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
     /// Intercept mode runs programs that do not speak the protocol: a pool of them is refused
     /// before anything is spawned.
     @Test func aPoolOfInterceptedProgramsIsRefused() async throws {
