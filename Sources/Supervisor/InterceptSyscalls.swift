@@ -279,6 +279,32 @@ func withThreadIdentity(uid: UInt32, gid: UInt32, _ body: () -> Void) -> ThreadI
 /// progress is waited for with poll; a unix connect to a full backlog (EAGAIN) is retried.
 /// ETIMEDOUT when the deadline passes. A socket the program made non-blocking gets the
 /// kernel's own answer (EINPROGRESS, EAGAIN).
+/// A one-shot timer that sends a signal, with a handler that does nothing, to the thread
+/// that made it, so that a blocking call it lands in returns EINTR. The handler is
+/// installed once per process, for ``privsep_interrupt_signal()``.
+final class ThreadInterrupter {
+    /// The kernel's timer id as glibc's `timer_t`: nil for the process's first timer.
+    private let timer: timer_t?
+    private static let handlerInstalled: Bool = privsep_install_interrupt_handler(privsep_interrupt_signal()) == 0
+
+    /// nil if the handler, the signal mask or the timer cannot be set up.
+    init?() {
+        guard Self.handlerInstalled, privsep_unblock_signal(privsep_interrupt_signal()) == 0 else { return nil }
+        var timer: timer_t? = nil
+        guard privsep_thread_timer_create(privsep_interrupt_signal(), &timer) == 0 else { return nil }
+        self.timer = timer
+    }
+
+    deinit { _ = privsep_thread_timer_delete(timer) }
+
+    /// Interrupts this thread once, `nanoseconds` from now.
+    func arm(nanoseconds: UInt64) -> Bool {
+        privsep_thread_timer_arm(timer, Int64(min(nanoseconds, UInt64(Int64.max)))) == 0
+    }
+
+    func disarm() { _ = privsep_thread_timer_arm(timer, 0) }
+}
+
 func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Result<Void, Errno>) -> Result<Void, Errno> {
     let flags: Int32
     switch system_fcntl(fd, F_GETFL, 0) {
@@ -286,19 +312,35 @@ func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Resul
     case .failure(let errno): return .failure(errno)
     }
     if flags & O_NONBLOCK != 0 { return connect() }
+    // O_NONBLOCK lives on the open file description, which the program shares: another of
+    // its threads can clear it between this call and a connect, which then blocks as long
+    // as the kernel lets it (a full unix backlog: for ever). So each connect also runs
+    // under a timer that interrupts this thread at the deadline, which the program cannot
+    // touch. Without one the connect is not made: the deadline would not hold.
+    guard let interrupter = ThreadInterrupter() else { return .failure(.resourceTemporarilyUnavailable) }
     if case .failure(let errno) = system_fcntl(fd, F_SETFL, flags | O_NONBLOCK) { return .failure(errno) }
     defer { _ = system_fcntl(fd, F_SETFL, flags) }
     let start = system_clock_monotonic()
     let limit = UInt64(max(0, timeout) * 1_000_000_000)
-    func remainingMilliseconds() -> Int32 {
+    func remainingNanoseconds() -> UInt64 {
         let now = system_clock_monotonic()
         let elapsed = now >= start ? now - start : limit
-        return elapsed >= limit ? 0 : Int32(min(UInt64(Int32.max), (limit - elapsed + 999_999) / 1_000_000))
+        return elapsed >= limit ? 0 : limit - elapsed
+    }
+    func remainingMilliseconds() -> Int32 {
+        Int32(min(UInt64(Int32.max), (remainingNanoseconds() + 999_999) / 1_000_000))
     }
     while true {
-        switch connect() {
+        let left = remainingNanoseconds()
+        guard left > 0, interrupter.arm(nanoseconds: left) else { return .failure(.timedOut) }
+        let result = connect()
+        interrupter.disarm()
+        switch result {
         case .success:
             return .success(())
+        case .failure(.interrupted):
+            // The deadline's signal (or another): the loop's check decides.
+            continue
         case .failure(.resourceTemporarilyUnavailable):
             // A unix listener's backlog is full: try again shortly, until the deadline.
             let left = remainingMilliseconds()

@@ -65,6 +65,20 @@ extension InterceptTests {
     }
 
     @Test(.enabled(if: hasPython, "python3 is not installed")) func aBlockingConnectThatNeverCompletesTimesOutAndServingGoesOn() async throws {
+        try await connectToAFullBacklog(clearingNonBlocking: false)
+    }
+
+    /// The same, while another thread of the program keeps clearing O_NONBLOCK on the socket
+    /// (the open file description the supervisor's duplicate shares): the supervisor's own
+    /// connect would then block until the listener accepts, which it never does. A timer that
+    /// interrupts the serving thread at the deadline bounds it all the same.
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func aConnectWhoseSocketTheProgramMakesBlockingStillTimesOut() async throws {
+        try await connectToAFullBacklog(clearingNonBlocking: true)
+    }
+
+    /// A program connects to a unix listener whose backlog is full, and is answered ETIMEDOUT
+    /// after the 1 s connect timeout; then an open of its is still served.
+    private func connectToAFullBacklog(clearingNonBlocking: Bool) async throws {
         let tree = Tree()
         tree.scratch.mkdir("sock")
         let path = tree.path + "/sock/full"
@@ -90,8 +104,13 @@ extension InterceptTests {
         policy.allowConnect(to: AddressRule(network: .unix(path: path)))
         // Exit status: the connect's errno, plus 100 if the next served call (an open) still works.
         let script = """
-        import os, socket, sys
+        import fcntl, os, socket, sys, threading
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if sys.argv[3] == 'clear':
+            def clear():
+                while True:
+                    fcntl.fcntl(s.fileno(), fcntl.F_SETFL, 0)
+            threading.Thread(target=clear, daemon=True).start()
         try:
             s.connect(sys.argv[1]); code = 1
         except OSError as e:
@@ -99,12 +118,16 @@ extension InterceptTests {
         ok = open(sys.argv[2]).read().startswith('hello')
         os._exit(code + (100 if ok else 0))
         """
-        var configuration = WorkerConfiguration.intercepting(program: Self.python, arguments: ["-c", script, path, tree.path + "/good.txt"],
+        let arguments = ["-c", script, path, tree.path + "/good.txt", clearingNonBlocking ? "clear" : "keep"]
+        var configuration = WorkerConfiguration.intercepting(program: Self.python, arguments: arguments,
                                                              policy: policy, helper: Self.binDirectory + "/privsep-intercept")
         configuration.caps.connectTimeoutSeconds = 1
+        // Without a bound on the connect, the program would be killed here instead.
+        configuration.wallClockTimeout = 30
         let started = Date()
         let handle = try await supervisor.spawn(configuration)
-        #expect(await handle.exit() == .exited(code: 100 + ETIMEDOUT))
+        let reason = await handle.exit()
+        #expect(reason == .exited(code: 100 + ETIMEDOUT), "\(reason)")
         #expect(Date().timeIntervalSince(started) < 20)
         await supervisor.shutdown()
     }

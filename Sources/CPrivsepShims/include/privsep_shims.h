@@ -32,6 +32,8 @@
 #include <linux/seccomp.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <pthread.h>
+#include <time.h>
 
 #pragma clang assume_nonnull begin
 
@@ -375,6 +377,45 @@ static inline void privsep_monitor_unlock(struct privsep_monitor *monitor) {
 void privsep_monitor_wait(struct privsep_monitor *monitor);
 /* With the lock held: wakes every thread in privsep_monitor_wait. */
 void privsep_monitor_broadcast(struct privsep_monitor *monitor);
+
+/* ---- a timer that interrupts one thread's blocking call ---- */
+
+/* The signal: one glibc leaves to applications (SIGRTMAX is a call in glibc). */
+static inline int privsep_interrupt_signal(void) { return SIGRTMAX - 3; }
+static void privsep_interrupt_handler(int signo) { (void)signo; }
+/* Without SA_RESTART, so the call the signal lands in returns EINTR. */
+static inline int privsep_install_interrupt_handler(int signo) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = privsep_interrupt_handler;
+    sigemptyset(&action.sa_mask);
+    return sigaction(signo, &action, NULL);
+}
+static inline int privsep_unblock_signal(int signo) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+/* A CLOCK_MONOTONIC timer that sends `signo` to the calling thread alone (SIGEV_THREAD_ID).
+   glibc's timer_t is then the kernel's timer id: the process's first timer is NULL. */
+static inline int privsep_thread_timer_create(int signo, timer_t _Nullable * _Nonnull timer) {
+    struct sigevent event;
+    memset(&event, 0, sizeof event);
+    event.sigev_notify = 4; /* SIGEV_THREAD_ID */
+    event.sigev_signo = signo;
+    event._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    return timer_create(CLOCK_MONOTONIC, &event, timer);
+}
+/* Fires once after `nanoseconds`; 0 disarms. */
+static inline int privsep_thread_timer_arm(timer_t _Nullable timer, long long nanoseconds) {
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.it_value.tv_sec = (time_t)(nanoseconds / 1000000000LL);
+    spec.it_value.tv_nsec = (long)(nanoseconds % 1000000000LL);
+    return timer_settime(timer, 0, &spec, NULL);
+}
+static inline int privsep_thread_timer_delete(timer_t _Nullable timer) { return timer_delete(timer); }
 
 #pragma clang assume_nonnull end
 
