@@ -273,15 +273,11 @@ func withThreadIdentity(uid: UInt32, gid: UInt32, _ body: () -> Void) -> ThreadI
 
 // MARK: Bounded connect
 
-/// connect(2) of `fd` (a duplicate of the program's socket, so it shares the program's file
-/// status flags) done by `connect`, but never blocking past `timeout` seconds: a blocking
-/// socket is made non-blocking for the call and put back after. A TCP connect still in
-/// progress is waited for with poll; a unix connect to a full backlog (EAGAIN) is retried.
-/// ETIMEDOUT when the deadline passes. A socket the program made non-blocking gets the
-/// kernel's own answer (EINPROGRESS, EAGAIN).
-/// A one-shot timer that sends a signal, with a handler that does nothing, to the thread
-/// that made it, so that a blocking call it lands in returns EINTR. The handler is
-/// installed once per process, for ``privsep_interrupt_signal()``.
+/// A timer that sends a signal, with a handler that does nothing, to the thread that made
+/// it, so that a blocking call it lands in returns EINTR. Once due, it fires again every
+/// 2 ms until disarmed: a signal that came before the call began to wait was spent, and the
+/// next one still ends the wait. The handler is installed once per process, for
+/// ``privsep_interrupt_signal()``.
 final class ThreadInterrupter {
     /// The kernel's timer id as glibc's `timer_t`: nil for the process's first timer.
     private let timer: timer_t?
@@ -297,14 +293,20 @@ final class ThreadInterrupter {
 
     deinit { _ = privsep_thread_timer_delete(timer) }
 
-    /// Interrupts this thread once, `nanoseconds` from now.
+    /// Interrupts this thread `nanoseconds` from now, and every 2 ms after that.
     func arm(nanoseconds: UInt64) -> Bool {
-        privsep_thread_timer_arm(timer, Int64(min(nanoseconds, UInt64(Int64.max)))) == 0
+        privsep_thread_timer_arm(timer, Int64(min(nanoseconds, UInt64(Int64.max))), 2_000_000) == 0
     }
 
-    func disarm() { _ = privsep_thread_timer_arm(timer, 0) }
+    func disarm() { _ = privsep_thread_timer_arm(timer, 0, 0) }
 }
 
+/// connect(2) of `fd` (a duplicate of the program's socket, so it shares the program's file
+/// status flags) done by `connect`, but never blocking past `timeout` seconds: a blocking
+/// socket is made non-blocking for the call and put back after. A TCP connect still in
+/// progress is waited for with poll; a unix connect to a full backlog (EAGAIN) is retried.
+/// ETIMEDOUT when the deadline passes. A socket the program made non-blocking gets the
+/// kernel's own answer (EINPROGRESS, EAGAIN).
 func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Result<Void, Errno>) -> Result<Void, Errno> {
     let flags: Int32
     switch system_fcntl(fd, F_GETFL, 0) {
@@ -330,6 +332,7 @@ func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Resul
     func remainingMilliseconds() -> Int32 {
         Int32(min(UInt64(Int32.max), (remainingNanoseconds() + 999_999) / 1_000_000))
     }
+    var interrupted = false
     while true {
         let left = remainingNanoseconds()
         guard left > 0, interrupter.arm(nanoseconds: left) else { return .failure(.timedOut) }
@@ -339,8 +342,13 @@ func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Resul
         case .success:
             return .success(())
         case .failure(.interrupted):
-            // The deadline's signal (or another): the loop's check decides.
+            // The deadline's signal (or another): the loop's check decides. An interrupted
+            // TCP connect goes on in the kernel; the next call finds it (EALREADY, or
+            // EISCONN once it is done).
+            interrupted = true
             continue
+        case .failure(.socketIsConnected) where interrupted:
+            return .success(())
         case .failure(.resourceTemporarilyUnavailable):
             // A unix listener's backlog is full: try again shortly, until the deadline.
             let left = remainingMilliseconds()

@@ -407,12 +407,14 @@ static inline int privsep_thread_timer_create(int signo, timer_t _Nullable * _No
     event._sigev_un._tid = (pid_t)syscall(SYS_gettid);
     return timer_create(CLOCK_MONOTONIC, &event, timer);
 }
-/* Fires once after `nanoseconds`; 0 disarms. */
-static inline int privsep_thread_timer_arm(timer_t _Nullable timer, long long nanoseconds) {
+/* Fires after `nanoseconds`, then every `interval` nanoseconds (0: once); 0, 0 disarms. */
+static inline int privsep_thread_timer_arm(timer_t _Nullable timer, long long nanoseconds, long long interval) {
     struct itimerspec spec;
     memset(&spec, 0, sizeof spec);
     spec.it_value.tv_sec = (time_t)(nanoseconds / 1000000000LL);
     spec.it_value.tv_nsec = (long)(nanoseconds % 1000000000LL);
+    spec.it_interval.tv_sec = (time_t)(interval / 1000000000LL);
+    spec.it_interval.tv_nsec = (long)(interval % 1000000000LL);
     return timer_settime(timer, 0, &spec, NULL);
 }
 static inline int privsep_thread_timer_delete(timer_t _Nullable timer) { return timer_delete(timer); }
