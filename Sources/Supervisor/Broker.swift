@@ -378,10 +378,24 @@ public final class ActivePolicy: Sendable {
             _ = system_setsockopt(socket.unsafeRawValue, SOL_SOCKET, SO_REUSEADDR, 1)
         }
         let raw = socket.unsafeRawValue
+        if case .failure(let errno) = keepIPv4Out(raw, binding: request.address, type: baseType) {
+            return .denied(errno, "setsockopt(IPV6_V6ONLY) failed")
+        }
         switch withSocketAddress(request.address, binding: true, { system_bind(raw, $0, $1) }) {
         case .success: return .granted(socket, "bound \(request.address)")
         case .failure(let errno): return .denied(errno, "bind failed")
         }
+    }
+
+    /// Makes a socket about to be bound at `::` IPv6-only, unless the policy would also let
+    /// it bind 0.0.0.0 at that port. Linux's sockets are dual-stack by default
+    /// (IPV6_V6ONLY off), and one bound at `::` then takes IPv4 connections and datagrams
+    /// too, which only IPv4 rules decide. Any other IPv6 address reaches no IPv4 traffic
+    /// (a mapped address is matched by IPv4 rules already). Fails if the socket is bound.
+    func keepIPv4Out(_ raw: Int32, binding address: SocketAddress, type: Int32) -> Result<Void, Errno> {
+        guard case .ipv6(let ip, let port, _) = address, ip == .any,
+              !policy.bind.contains(where: { $0.allows(.ipv4(.any, port: port), type: type) }) else { return .success(()) }
+        return system_setsockopt(raw, 41 /* IPPROTO_IPV6 */, 26 /* IPV6_V6ONLY */, 1)
     }
 
     func family(of address: SocketAddress) -> Int32 {

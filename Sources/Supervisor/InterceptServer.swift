@@ -446,6 +446,9 @@ final class InterceptServer: @unchecked Sendable {
         if let refusal = active.allowsAddress(parsed, domain: domain, type: type, protocol: proto, binding: binding) {
             return deny(n, event, detail, .permissionDenied, refusal)
         }
+        if binding, case .failure(let errno) = active.keepIPv4Out(raw, binding: parsed, type: type) {
+            return deny(n, event, detail, errno, "setsockopt(IPV6_V6ONLY) failed")
+        }
         // As the program (--user), so the kernel checks the unix socket's permissions, the
         // privileged ports and SO_PEERCRED against it, not against the supervisor; and never
         // longer than the connect timeout, so a listener that does not accept cannot hold

@@ -64,6 +64,16 @@ public struct Policy: Sendable, Equatable {
                 throw .invalidPath(rule.path, "a file rule cannot follow symlinks: the link could name any file of its directory")
             }
         }
+        // A request is decided by the rule its path names, but a symlink followed beneath
+        // that rule can land in a narrower rule's territory: its permissions, file types and
+        // create mode would be those of the outer rule. So nothing may be nested there.
+        for outer in paths where outer.kind == .directory && outer.symlinks == .followBeneath {
+            if let inner = paths.first(where: { $0.path != outer.path && outer.matches($0.path) }) {
+                throw .invalidPath(inner.path, "cannot be nested beneath \(outer.path), which follows symlinks: a link there "
+                                   + "could reach \(inner.path) under \(outer.path)'s permissions; use symlinks \"refuse\" "
+                                   + "for \(outer.path) or split it into rules that do not contain \(inner.path)")
+            }
+        }
         for rule in connect + bind { try rule.validate() }
     }
 

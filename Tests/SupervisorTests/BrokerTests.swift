@@ -306,6 +306,44 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
         await supervisor.shutdown()
     }
 
+    /// Linux sockets are dual-stack by default: one bound at `::` also takes IPv4 traffic at
+    /// 0.0.0.0, which only an IPv4 rule may grant.
+    @Test func anIPv6WildcardBindTakesIPv4TrafficOnlyIfAnIPv4RuleAllowsIt() throws {
+        func v6Only(_ active: ActivePolicy, port: UInt16) -> (v6Only: Int32, ipv4Reaches: Bool)? {
+            switch active.bind(AddressRequest(type: privsep_SOCK_STREAM, address: .ipv6(.any, port: port))) {
+            case .denied(let errno, let reason):
+                Issue.record("bind denied: \(errno) \(reason)")
+                return nil
+            case .granted(let bound, _):
+                #expect(listen(bound.unsafeRawValue, 4) == 0)
+                var value: Int32 = -1
+                var length = socklen_t(4)
+                #expect(getsockopt(bound.unsafeRawValue, 41 /* IPPROTO_IPV6 */, 26 /* IPV6_V6ONLY */, &value, &length) == 0)
+                let client = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
+                defer { close(client) }
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = port.bigEndian
+                address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+                let connected = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                return (value, connected == 0)
+            }
+        }
+        let (unused, port) = boundLoopbackSocket()
+        close(unused)
+        var policy = Policy()
+        policy.allowBind(to: AddressRule(network: .ipv6(.any, prefixLength: 0), ports: port...port))
+        let ipv6Only = try #require(v6Only(try ActivePolicy(policy), port: port))
+        #expect(ipv6Only.v6Only == 1)
+        #expect(!ipv6Only.ipv4Reaches, "127.0.0.1 must not reach a socket only an IPv6 rule granted")
+        policy.allowBind(to: AddressRule(network: .ipv4(.any, prefixLength: 32), ports: port...port))
+        let dualStack = try #require(v6Only(try ActivePolicy(policy), port: port))
+        #expect(dualStack.v6Only == 0)
+        #expect(dualStack.ipv4Reaches)
+    }
+
     @Test func unixSocketsOnlyAtListedPaths() async throws {
         let scratch = ScratchDirectory()
         var policy = Policy()

@@ -105,6 +105,35 @@ import Testing
         #expect(current.contains(Policy(paths: [PathRule(path: "/srv/rw", kind: .directory, permissions: [.write])])))
     }
 
+    /// A symlink beneath a rule that follows them could name a file under a narrower rule
+    /// nested there, and the request would be decided by the outer rule: refused outright.
+    @Test func nothingMayBeNestedBeneathARuleThatFollowsSymlinks() throws {
+        for inner in [PathRule(path: "/srv/data/locked", kind: .directory, permissions: [.read]),
+                      PathRule(path: "/srv/data/app.log", kind: .file, permissions: [.append])] {
+            let policy = Policy(paths: [PathRule(path: "/srv/data", kind: .directory, permissions: [.read, .write, .create],
+                                                 symlinks: .followBeneath), inner])
+            #expect(throws: PolicyError.self) { try policy.validate() }
+        }
+        for root in ["/", "/srv"] {
+            let policy = Policy(paths: [PathRule(path: root, kind: .directory, permissions: [.read], symlinks: .followBeneath),
+                                        PathRule(path: "/srv/data", kind: .directory, permissions: [.read])])
+            #expect(throws: PolicyError.self) { try policy.validate() }
+        }
+        // Siblings, rules above it, and nesting beneath a rule that refuses symlinks are fine.
+        try Policy(paths: [
+            PathRule(path: "/srv", kind: .directory, permissions: [.read]),
+            PathRule(path: "/srv/data", kind: .directory, permissions: [.read, .write], symlinks: .followBeneath),
+            PathRule(path: "/srv/database", kind: .directory, permissions: [.read], symlinks: .followBeneath),
+            PathRule(path: "/srv/other/x", kind: .file, permissions: [.read]),
+        ]).validate()
+        #expect(throws: PolicyFileError.self) {
+            try PolicyFile.parse("""
+                {"paths": [{"path": "/srv", "kind": "directory", "allow": ["read"], "symlinks": "follow-beneath"},
+                           {"path": "/srv/in", "kind": "directory", "allow": ["read"]}]}
+                """)
+        }
+    }
+
     @Test func canonicalPaths() {
         for good in ["/", "/a", "/a/b", "/a.b/..c", "/.x"] { #expect(isCanonicalAbsolutePath(good), "\(good)") }
         for bad in ["", "a", "/a/", "//a", "/a//b", "/./a", "/a/.", "/a/..", "/../a", "/a\0b"] { #expect(!isCanonicalAbsolutePath(bad), "\(bad)") }
