@@ -82,3 +82,27 @@ long attack_prlimit_other(void) {
     long limits[2];
     return raw(SYS_prlimit64, 1, 7 /* RLIMIT_NOFILE */, 0, (long)limits, 0, 0);
 }
+
+long attack_leave_process_group(long results[3]) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -errno;
+    long child = raw(SYS_clone, 17 /* SIGCHLD */, 0, 0, 0, 0, 0);
+    if (child < 0) return child;
+    if (child == 0) {
+        long tried[3];
+        tried[0] = raw(SYS_setsid, 0, 0, 0, 0, 0, 0);
+        tried[1] = raw(SYS_setpgid, 0, 0, 0, 0, 0, 0);
+        /* A child of the supervisor's own, if the filter let it. */
+        tried[2] = raw(SYS_clone, 0x8000 /* CLONE_PARENT */ | 17, 0, 0, 0, 0, 0);
+        if (tried[2] != 0) (void)!write(fds[1], tried, sizeof tried);
+        /* Holding no stdio, so nothing waiting for the worker's output waits for it. */
+        close(0);
+        close(1);
+        close(2);
+        for (;;) sleep(1000);
+    }
+    close(fds[1]);
+    long got = read(fds[0], results, 3 * sizeof(long));
+    close(fds[0]);
+    return got == 3 * sizeof(long) ? child : -EIO;
+}

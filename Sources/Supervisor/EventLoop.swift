@@ -924,10 +924,12 @@ final class EventLoop: @unchecked Sendable {
         sendReply(record, requestID, .success(fileDescriptorCount: 0), fds: OwnedFileDescriptors())
     }
 
-    /// An intercepted program runs in its own session and process group (its pid): the
-    /// processes it forked are signalled with it. Called only while the worker is unreaped.
-    private func signalInterceptedGroup(_ record: WorkerRecord, _ signal: Int32) {
-        guard record.configuration.intercept else { return }
+    /// Every worker is spawned in its own session, so its process group's id is its pid, and
+    /// what it forks (with the `proc` group, or an intercepted program) stays in that group:
+    /// neither profile allows setsid or setpgid. Those processes are signalled with it, so
+    /// none outlives it unsupervised. Called only while the worker is unreaped: until then
+    /// its pid, which is the group's id, cannot name another group.
+    private func signalProcessGroup(_ record: WorkerRecord, _ signal: Int32) {
         _ = system_kill_process_group(record.pid, signal)
     }
 
@@ -961,7 +963,7 @@ final class EventLoop: @unchecked Sendable {
                         continue
                     }
                     _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
-                    signalInterceptedGroup(record, SIGKILL)
+                    signalProcessGroup(record, SIGKILL)
                 } else {
                     consider(deadline)
                 }
@@ -1013,14 +1015,14 @@ final class EventLoop: @unchecked Sendable {
             audit(record, event: "KILL", reason: reason.description)
         }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
-        signalInterceptedGroup(record, SIGKILL)
+        signalProcessGroup(record, SIGKILL)
         closeChannel(record)
     }
 
     private func stop(_ record: WorkerRecord, grace: Double) {
         if record.killReason == nil { record.killReason = .stoppedBySupervisor }
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGTERM)
-        signalInterceptedGroup(record, SIGTERM)
+        signalProcessGroup(record, SIGTERM)
         let deadline = system_clock_monotonic() + nanoseconds(grace)
         record.stopDeadline = deadline
         noteDeadline(deadline)
@@ -1060,9 +1062,8 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func reap(_ record: WorkerRecord) {
-        // What an intercepted program left running ends with it (while it is unreaped, its
-        // pid, which is its process group's id, cannot be reused).
-        signalInterceptedGroup(record, SIGKILL)
+        // What the worker left running ends with it.
+        signalProcessGroup(record, SIGKILL)
         defer { dropListener(record) }
         let status: (code: Int32, status: Int32, peakResidentBytes: Int)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {

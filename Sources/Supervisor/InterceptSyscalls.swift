@@ -165,12 +165,6 @@ func system_getsockopt_value(_ fd: Int32, _ option: Int32) -> Result<Int32, Errn
     system_getsockopt_int(fd, SOL_SOCKET, option)
 }
 
-/// kill(-group, signal): every process of a process group.
-func system_kill_process_group(_ group: pid_t, _ signal: Int32) -> Result<Void, Errno> {
-    guard group > 1 else { return .failure(.invalidArgument) }
-    return Glibc.kill(-group, signal) == 0 ? .success(()) : .failure(currentErrno())
-}
-
 // Non-generic forms of PrivsepIPC's `retryingOnInterrupt`, preferred by overload resolution
 // for every call in this module: the generic one is not specialized across the module
 // boundary, and its runtime metadata lookups cost each served request (one per system call)

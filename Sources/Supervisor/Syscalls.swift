@@ -16,6 +16,12 @@ func system_pidfd_send_signal(_ pidfd: Int32, _ signal: Int32) -> Result<Void, E
     privsep_pidfd_send_signal(pidfd, signal, 0) == 0 ? .success(()) : .failure(currentErrno())
 }
 
+/// kill(-group, signal): every process of a process group.
+func system_kill_process_group(_ group: pid_t, _ signal: Int32) -> Result<Void, Errno> {
+    guard group > 1 else { return .failure(.invalidArgument) }
+    return Glibc.kill(-group, signal) == 0 ? .success(()) : .failure(currentErrno())
+}
+
 /// Reaps the exited process behind `pidfd` (non-blocking with WNOHANG).
 /// Returns nil if it has not exited yet.
 func system_waitid_pidfd(_ pidfd: Int32, nonBlocking: Bool) -> Result<(code: Int32, status: Int32, peakResidentBytes: Int)?, Errno> {

@@ -141,10 +141,11 @@ public struct InterceptLockdown: Sendable {
             let rc = privsep_seccomp_rule_add_always(filter, action, number)
             if rc != 0 && rc != -EEXIST { try check(rc, "refuse \(number)") }
         }
-        // clone: never a new namespace (one rule per flag: "any of these bits" is not one comparison).
+        // clone: never a new namespace, nor CLONE_PARENT, whose child would be the supervisor's
+        // own (one rule per flag: "any of these bits" is not one comparison).
         let clone = seccomp_syscall_resolve_name("clone")
-        for flag in cloneNewNamespaceFlags {
-            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, clone, 0, flag, flag), "clone namespace flag")
+        for flag in cloneNewNamespaceFlags + [cloneParent] {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, clone, 0, flag, flag), "clone flag")
         }
         // clone3 passes its flags in memory: ENOSYS makes glibc fall back to clone.
         try check(privsep_seccomp_rule_add_always(filter, privsep_scmp_act_errno(UInt16(ENOSYS)), seccomp_syscall_resolve_name("clone3")), "clone3")

@@ -119,12 +119,14 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         "timer_create", "timer_settime", "timer_gettime", "timer_delete", "timer_getoverrun",
         "timerfd_create", "timerfd_settime", "timerfd_gettime", "alarm", "setitimer", "getitimer",
     ], conditional: [])
-    /// Creating and managing child processes (no new namespaces).
+    /// Creating and managing child processes: no new namespaces, and no way out of the
+    /// worker's process group, which the supervisor kills with the worker (no setsid or
+    /// setpgid; no CLONE_PARENT, which would make the child the supervisor's own).
     public static let proc = SyscallGroup(name: "proc", syscalls: [
-        "fork", "vfork", "wait4", "waitid", "kill", "tgkill", "tkill", "setpgid", "getpgid", "getpgrp", "setsid", "getsid",
+        "fork", "vfork", "wait4", "waitid", "kill", "tgkill", "tkill", "getpgid", "getpgrp", "getsid",
         "sched_setaffinity", "setpriority", "getpriority",
     ], conditional: [
-        ConditionalRule(syscall: "clone", argument: 0, mask: namespaceFlags, value: 0),
+        ConditionalRule(syscall: "clone", argument: 0, mask: namespaceFlags | cloneParent, value: 0),
     ])
     /// Running programs (execve only; execveat, which runs fileless memfds, never).
     public static let exec = SyscallGroup(name: "exec", syscalls: ["execve"], conditional: [])
@@ -190,6 +192,7 @@ let cloneNewNamespaceFlags: [UInt64] = [
     0x0000_0080, // CLONE_NEWTIME
 ]
 let namespaceFlags: UInt64 = cloneNewNamespaceFlags.reduce(0, |)
+let cloneParent: UInt64 = 0x0000_8000
 let cloneThread: UInt64 = 0x0001_0000
 let cloneVM: UInt64 = 0x0000_0100
 let cloneSighand: UInt64 = 0x0000_0800

@@ -132,10 +132,25 @@ import Testing
         let count = read(fd, &buffer, 32)
         close(fd)
         let pid = try #require(Int32(String(decoding: buffer[..<max(count, 0)], as: UTF8.self)))
-        var gone = false
+        #expect(try await processEnds(pid), "worker \(pid) outlived its supervisor")
+    }
+
+    /// A worker granted `proc` may fork, but what it forks cannot leave the worker's process
+    /// group (no setsid, setpgid or CLONE_PARENT), and the supervisor ends the group with it.
+    @Test func whatAWorkerForksCannotLeaveItsGroupAndEndsWithIt() async throws {
+        let run = try await runWorker(["handshake", "lockdown:proc", "attack:leave_group", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        let fields = try #require(run.lines.last).split(separator: " ").map(String.init)
+        #expect(fields.count == 9 && fields[1] == "leave_group", "\(run.lines)")
+        let child = try #require(Int32(fields[2]), "\(run.lines)")
+        #expect(Array(fields.dropFirst(3)) == ["setsid", "-\(EACCES)", "setpgid", "-\(EACCES)", "clone_parent", "-\(EACCES)"])
+        #expect(try await processEnds(child), "the worker's child \(child) outlived it")
+    }
+
+    /// Whether `pid` is gone, or a zombie waiting for its new parent to reap it, within 30 s.
+    func processEnds(_ pid: Int32) async throws -> Bool {
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            // Gone, or a zombie waiting for its new parent to reap it.
             var state = ""
             if let file = fopen("/proc/\(pid)/stat", "r") {
                 var line = [CChar](repeating: 0, count: 512)
@@ -144,10 +159,10 @@ import Testing
                 let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 state = text.split(separator: ")").last?.split(separator: " ").first.map(String.init) ?? ""
             }
-            if state.isEmpty || state == "Z" { gone = true; break }
+            if state.isEmpty || state == "Z" { return true }
             try await Task.sleep(for: .milliseconds(20))
         }
-        #expect(gone, "worker \(pid) outlived its supervisor")
+        return false
     }
 }
 

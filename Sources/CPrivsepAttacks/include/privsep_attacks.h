@@ -26,5 +26,9 @@ long attack_sendto_address(void);
 long attack_sendto_fastopen(void);
 long attack_prlimit_other(void);
 long attack_fcntl_keep_append(void);
+/* Forks a child that tries to leave the process group (setsid, setpgid) and to start a
+   sibling with CLONE_PARENT, reports the three results, then sleeps for ever. Returns
+   the child's pid. */
+long attack_leave_process_group(long results[3]);
 
 #endif

@@ -25,9 +25,11 @@
 //   threads:N:PATH       N threads each open and read PATH 50 times through one connection
 //                                                                       -> "threads ok N*50" / "threads failed ..."
 //   limits               print RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE soft limits
-//   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), ro=PATH
+//   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), proc (+proc
+//                        group, refusals EACCES), ro=PATH
 //                        (Landlock read-only PATH), ns (new namespaces)   -> "lockdown <active layer bits>"
 //   attack:NAME[:ARG]    a raw syscall a hostile worker would try      -> "attack NAME <result>"
+//                        (leave_group: "attack leave_group CHILD setsid R setpgid R clone_parent R")
 //   serve                serve pool jobs until retired                  -> "serve done N" (jobs served)
 //                        Each job's input is a command: echo:TEXT, readfd (contents of its fd), fdcount,
 //                        reject:CODE:TEXT, crash (SIGSEGV), spin (busy loop), sleep:S, alloc:MIB (touch
@@ -371,6 +373,10 @@ for step in CommandLine.arguments.dropFirst() {
         if mode == "kill" { lockdown.onViolation = .killProcess }
         if mode == "errno" { lockdown.onViolation = .fail(.permissionDenied) }
         if mode == "threads" { lockdown.groups.insert(.thread) }
+        if mode == "proc" {
+            lockdown.groups.insert(.proc)
+            lockdown.onViolation = .fail(.permissionDenied)
+        }
         if mode == "ns" { lockdown.newNamespaces = true }
         if mode.hasPrefix("ro=") {
             // Landlock alone decides: the filter lets openat through.
@@ -401,6 +407,13 @@ for step in CommandLine.arguments.dropFirst() {
     case "attack":
         let name = String(parts[1])
         let argument = parts.count > 2 ? String(parts[2]) : "/etc/hostname"
+        if name == "leave_group" {
+            // The child, and what its three tries returned.
+            var tried = [Int](repeating: 0, count: 3)
+            let child = attack_leave_process_group(&tried)
+            say("attack leave_group \(child) setsid \(tried[0]) setpgid \(tried[1]) clone_parent \(tried[2])")
+            continue
+        }
         let result: Int = switch name {
         case "openat": attack_openat(argument)
         case "openat2": attack_openat2(argument)
