@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "privsep",
             dependencies: [
-                "Supervisor", "Worker", "PrivsepIPC", "CPrivsepAttacks",
+                "Supervisor", "Worker", "PrivsepIPC", "CPrivsepAttacks", "CPrivsepShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

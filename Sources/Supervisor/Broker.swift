@@ -523,6 +523,11 @@ let knownOpenFlags: Int32 = O_ACCMODE | O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC | 
     | O_SYNC | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | privsep_O_LARGEFILE_KERNEL | privsep_O_PATH | privsep_O_TMPFILE
     | privsep_O_NOATIME | privsep_O_DIRECT | 0o20000 /* FASYNC */
 
+/// Flags of a vetted request that reach the open as the worker gave them. The rest of
+/// ``knownOpenFlags`` is refused (``refusedOpenFlags``), forced (O_CLOEXEC, O_NOCTTY),
+/// dropped (O_LARGEFILE, which the kernel sets itself) or applied after the open (O_NONBLOCK).
+let passedOpenFlags: Int32 = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_DSYNC | O_SYNC | O_DIRECTORY | O_NOFOLLOW
+
 /// Flags a worker may never have honoured, whatever the rule: they bypass the
 /// broker's checks (O_PATH, O_TMPFILE) or are not the worker's business.
 let refusedOpenFlags: [(Int32, String)] = [
@@ -576,11 +581,15 @@ func vetOpenFlags(_ requested: Int32, permissions: PathPermissions) -> Result<In
     if requested & O_CREAT != 0 && !permissions.contains(.create) {
         return .failure(FlagDenial(errno: .permissionDenied, reason: "creating is not granted"))
     }
+    // `list` passes O_RDONLY for directories, but O_CREAT makes a regular file, which the
+    // type check would refuse only once it exists.
+    if requested & O_CREAT != 0 && accessMode == O_RDONLY && !permissions.contains(.read) {
+        return .failure(FlagDenial(errno: .permissionDenied, reason: "reading is not granted (list opens directories only)"))
+    }
     if requested & O_TRUNC != 0 && (!permissions.contains(.truncate) || accessMode == O_RDONLY) {
         return .failure(FlagDenial(errno: .permissionDenied, reason: "truncating is not granted"))
     }
-    let passed = requested & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_DSYNC | O_SYNC | O_DIRECTORY | O_NOFOLLOW)
-    return .success(passed | O_CLOEXEC | O_NOCTTY)
+    return .success(requested & passedOpenFlags | O_CLOEXEC | O_NOCTTY)
 }
 
 func splitParent(_ path: String) -> (parent: String, name: String) {

@@ -1360,10 +1360,10 @@ public struct WorkerInfo: Sendable, Equatable {
     public var sandbox: SandboxStatus?
 }
 
-/// Seconds as nanoseconds, clamped to 0...~31 years: a negative, NaN or huge
-/// setting never traps the supervisor.
+/// Seconds as nanoseconds, clamped to 0...~31 years: a negative, NaN or huge setting never
+/// traps the supervisor, and infinity is the longest wait, not none.
 func nanoseconds(_ seconds: Double) -> UInt64 {
-    guard seconds.isFinite, seconds > 0 else { return 0 }
+    guard seconds > 0 else { return 0 } // NaN included
     return UInt64(min(seconds, 1e9) * 1e9)
 }
 

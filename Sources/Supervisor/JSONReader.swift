@@ -172,7 +172,9 @@ struct JSONReader {
                 case UInt8(ascii: "r"): scalars.append("\r")
                 case UInt8(ascii: "t"): scalars.append("\t")
                 case UInt8(ascii: "u"):
-                    guard bytes.count - index >= 4, let code = UInt32(String(decoding: bytes[index..<(index + 4)], as: UTF8.self), radix: 16),
+                    // Four hex digits exactly: UInt32(_:radix:) alone would take a sign ("+02f").
+                    guard bytes.count - index >= 4, bytes[index..<(index + 4)].allSatisfy({ isHexDigit($0) }),
+                          let code = UInt32(String(decoding: bytes[index..<(index + 4)], as: UTF8.self), radix: 16),
                           let scalar = Unicode.Scalar(code), code != 0 else {
                         throw error("\\u must be followed by four hex digits naming a non-NUL, non-surrogate character")
                     }
@@ -214,5 +216,12 @@ struct JSONReader {
         let text = String(decoding: bytes[start..<index], as: UTF8.self)
         guard let value = Double(text) else { throw error("invalid number") }
         return .number(value, text: text)
+    }
+}
+
+private func isHexDigit(_ byte: UInt8) -> Bool {
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"): true
+    default: false
     }
 }

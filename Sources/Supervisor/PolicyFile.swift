@@ -201,8 +201,8 @@ private struct Parser {
             if let v = fields["core_size"] { result.resourceLimits.coreSize = try size(v, "\"core_size\"") }
         }
         if let timeout = top["timeout"] {
-            guard case .number(let seconds, _) = timeout.kind, seconds > 0 else {
-                throw fail(timeout.location, "\"timeout\" must be a number of seconds greater than 0")
+            guard case .number(let seconds, _) = timeout.kind, seconds > 0, seconds.isFinite else {
+                throw fail(timeout.location, "\"timeout\" must be a finite number of seconds greater than 0")
             }
             result.timeout = seconds
         }

@@ -53,10 +53,17 @@ extension Supervisor {
             onStart(handle)
             let reason = await handle.exit()
             guard restart.restarts(after: reason), restarts < restart.maximumRestarts, !Task.isCancelled else { return reason }
-            if ContinuousClock.now - started >= .seconds(restart.resetAfter) { backoff = restart.initialBackoff }
-            try? await Task.sleep(for: .seconds(backoff))
+            if ContinuousClock.now - started >= clampedDuration(restart.resetAfter) { backoff = restart.initialBackoff }
+            try? await Task.sleep(for: clampedDuration(backoff))
             backoff = min(backoff * 2, restart.maximumBackoff)
             restarts += 1
         }
     }
+}
+
+/// `seconds` as a Duration, as the event loop reads its timeouts (``nanoseconds(_:)``): NaN
+/// or not positive is zero, and anything past 10^9 s (infinity included) is 10^9 s. `Duration.seconds`
+/// traps on a value it cannot represent, and these are the embedder's numbers.
+func clampedDuration(_ seconds: Double) -> Duration {
+    .nanoseconds(Int64(nanoseconds(seconds)))
 }

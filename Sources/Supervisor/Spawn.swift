@@ -31,6 +31,11 @@ struct SpawnError: Error, CustomStringConvertible {
 /// Must run on a thread that outlives the worker: a worker's PR_SET_PDEATHSIG
 /// fires when the thread that spawned it exits, not the process.
 func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan = .unmanaged) throws(SpawnError) -> SpawnedProcess {
+    // The child changes to its working directory before exec, so a relative path would be
+    // looked up there, not where the embedder meant.
+    guard configuration.executable.utf8.first == UInt8(ascii: "/") else {
+        throw SpawnError(step: "executable \"\(configuration.executable)\" must be an absolute path", errno: .invalidArgument)
+    }
     let pair: SeqpacketSocketPair
     do { pair = try SeqpacketSocket.pair() } catch { throw SpawnError(step: "socketpair", errno: error) }
     var supervisorEnd = pair.first

@@ -1,3 +1,4 @@
+import CPrivsepShims
 public import Logging
 import PrivsepIPC
 import Synchronization
@@ -23,6 +24,10 @@ public final class Supervisor: Sendable {
     private let nextLoop = Atomic<Int>(0)
 
     /// Starts the supervisor's serving threads.
+    ///
+    /// The process must leave its children to be reaped by their parent: with SIGCHLD
+    /// ignored (SIG_IGN or SA_NOCLDWAIT) this throws, and nothing else in the process may
+    /// reap the supervisor's workers (`waitpid(-1)`), or their exit status is lost.
     /// - Parameters:
     ///   - logger: receives every decision (grants at debug, denials at notice) and lifecycle events.
     ///     Its level is read here, once: set it before, not after.
@@ -38,6 +43,13 @@ public final class Supervisor: Sendable {
             throw .systemError("servingThreads must be 1...256, not \(servingThreads)")
         }
         reserveStandardStreams()
+        // A worker's pid is safe to use (prlimit, a pidfd, its process group) only while it
+        // is an unreaped child; and an exit the kernel reaped leaves waitid nothing to say.
+        guard privsep_children_reaped_by_kernel() == 0 else {
+            throw .systemError("SIGCHLD is ignored in this process (SIG_IGN or SA_NOCLDWAIT), so the kernel reaps "
+                               + "workers as they exit: their exit status would be lost and their pids reusable; "
+                               + "restore its default disposition (SIG_DFL) before creating a Supervisor")
+        }
         // The loop threads start with this thread's CPUs and scheduling policy: they are the ones to divide.
         let plans: [PlacementPlan]
         if placement == .unmanaged {

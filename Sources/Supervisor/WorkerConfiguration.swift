@@ -2,7 +2,8 @@ public import PrivsepIPC
 
 /// Everything the supervisor needs to start and serve one worker.
 public struct WorkerConfiguration: Sendable {
-    /// Absolute path of the program to run.
+    /// Absolute path of the program to run (a relative one fails the spawn: the worker
+    /// changes to ``workingDirectory`` before exec).
     public var executable: String
     /// argv[1...]; argv[0] is ``argv0`` or the executable path.
     public var arguments: [String]

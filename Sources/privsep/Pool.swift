@@ -104,6 +104,8 @@ struct Pool: AsyncParsableCommand {
             printError("privsep: \(error)")
             throw ExitCode(1)
         }
+        let signals = shutDownOnTerminationSignals(supervisor)
+        defer { _ = signals }
         let pool: WorkerPool
         do { pool = try await WorkerPool(supervisor: supervisor, configuration: configuration) } catch {
             printError("privsep: \(error)")

@@ -1,4 +1,5 @@
 public import ArgumentParser
+import CPrivsepShims
 import Dispatch
 import Glibc
 import Logging
@@ -20,11 +21,36 @@ enum Entry {
             AttackWorker.main(Array(arguments.dropFirst())) // exits itself on an error
             return
         }
+        // Inherited dispositions and closed stdio are the parent's choices, not ours: workers
+        // must stay our children until we reap them, and no file of ours (an audit log) may
+        // take fd 0, 1 or 2 and receive what is meant for stdio.
+        _ = privsep_default_sigchld()
+        for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) == -1 {
+            _ = open("/dev/null", O_RDWR) // takes the lowest free number: fd
+        }
         Task {
             await Privsep.main(arguments)
             exit(0)
         }
         dispatchMain()
+    }
+}
+
+/// Until the returned sources are released, SIGINT, SIGTERM and SIGHUP shut `supervisor` down
+/// (its workers stopped, what they forked killed) and exit with 128 + the signal, rather
+/// than end this process and leave the workers to their PR_SET_PDEATHSIG.
+func shutDownOnTerminationSignals(_ supervisor: Supervisor) -> [any DispatchSourceSignal] {
+    [SIGINT, SIGTERM, SIGHUP].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number)
+        source.setEventHandler {
+            Task {
+                await supervisor.shutdown()
+                exit(128 + number)
+            }
+        }
+        source.resume()
+        return source
     }
 }
 
@@ -264,6 +290,8 @@ struct Learn: AsyncParsableCommand {
         logger.logLevel = .critical
         let audit = AuditLog(collectingUpTo: 1_000_000)
         let supervisor = try Supervisor(logger: logger, auditLog: audit)
+        let signals = shutDownOnTerminationSignals(supervisor)
+        defer { _ = signals }
         configuration.wallClockTimeout = timeout
         configuration.learning = true
         let handle = try await supervisor.spawn(configuration)

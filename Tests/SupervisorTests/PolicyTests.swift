@@ -1,3 +1,5 @@
+import CPrivsepShims
+import Glibc
 import PrivsepIPC
 @testable import Supervisor
 import Testing
@@ -47,7 +49,8 @@ import Testing
         ("{\"paths\": [{\"path\": \"srv\", \"kind\": \"file\", \"allow\": [\"read\"]}]}", "policy:1:21: \"path\" must be absolute and canonical (no '.', '..', '//' or trailing '/'): srv"),
         ("{\"paths\": [{\"path\": \"/a/../b\", \"kind\": \"file\", \"allow\": [\"read\"]}]}", "policy:1:21: \"path\" must be absolute and canonical (no '.', '..', '//' or trailing '/'): /a/../b"),
         ("{\"paths\": [{\"path\": \"/srv\", \"allow\": [\"read\"]}]}", "policy:1:12: a path rule needs \"kind\": \"file\" (exactly this file) or \"directory\" (it and everything beneath)"),
-        ("{\n  \"timeout\": -1\n}", "policy:2:14: \"timeout\" must be a number of seconds greater than 0"),
+        ("{\n  \"timeout\": -1\n}", "policy:2:14: \"timeout\" must be a finite number of seconds greater than 0"),
+        ("{\"timeout\": 1e999}", "policy:1:13: \"timeout\" must be a finite number of seconds greater than 0"),
         ("{\"connect\": [{\"address\": \"10.0.0.0/33\", \"ports\": \"1\"}]}", "policy:1:26: \"10.0.0.0/33\" is not an IPv4 or IPv6 address with an optional /prefix"),
         ("{\"connect\": [{\"address\": \"10.0.0.1\", \"ports\": \"90-80\"}]}", "policy:1:47: \"ports\" must be a port such as \"443\" or a range such as \"8000-8080\""),
         ("{\"require\": [\"selinux\"]}", "policy:1:14: unknown sandbox layer \"selinux\"; expected one of: no_new_privs, seccomp, landlock, user-namespace, network-namespace, rlimits"),
@@ -74,6 +77,14 @@ import Testing
         #expect(parseByteSize("18446744073709551615") == .max)
         #expect(parseByteSize("18446744073709551616") == nil)
         #expect(parseByteSize("12X") == nil)
+    }
+
+    /// RFC 8259: `\u` and exactly four hex digits; a sign is not a digit.
+    @Test func unicodeEscapesTakeFourHexDigits() throws {
+        #expect(try PolicyFile.parse(#"{"environment": {"A": "\u0041\u00e9"}}"#).environment == ["A": "Aé"])
+        for bad in [#"\u+041"#, #"\u-041"#, #"\u 041"#, #"\u41"#, #"\u0x41"#] {
+            #expect(throws: PolicyFileError.self, "\(bad)") { try PolicyFile.parse(#"{"environment": {"A": ""# + bad + #""}}"#) }
+        }
     }
 
     @Test func emptyPolicyGrantsNothing() throws {
@@ -306,4 +317,35 @@ private func isCanonicalByDefinition(_ bytes: [UInt8]) -> Bool {
     if bytes == [UInt8(ascii: "/")] { return true }
     let components = bytes.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
     return !components.contains { $0.isEmpty || Array($0) == [0x2e] || Array($0) == [0x2e, 0x2e] }
+}
+
+@Suite struct OpenFlagTests {
+    static let everyPermission: PathPermissions = [.read, .write, .create, .truncate, .append, .listDirectory]
+
+    /// Every bit the broker knows is refused, passed to the open as given, forced (O_CLOEXEC,
+    /// O_NOCTTY), dropped (O_LARGEFILE) or applied after the open (O_NONBLOCK): none is let
+    /// through by omission, and a vetted request never carries a bit outside those passed.
+    @Test func everyKnownFlagHasADecision() {
+        let forcedDroppedOrAfter: Int32 = O_CLOEXEC | O_NOCTTY | privsep_O_LARGEFILE_KERNEL | O_NONBLOCK
+        #expect(knownOpenFlags & ~(passedOpenFlags | refusedOpenFlagBits | forcedDroppedOrAfter) == 0)
+        for bit in (0..<32).map({ Int32(bitPattern: 1 << $0) }) where knownOpenFlags & bit != 0 && O_ACCMODE & bit == 0 {
+            for mode in [O_RDONLY, O_WRONLY, O_RDWR] {
+                if case .success(let flags) = vetOpenFlags(mode | bit, permissions: Self.everyPermission) {
+                    #expect(flags & ~(passedOpenFlags | O_CLOEXEC | O_NOCTTY) == 0, "bit 0x\(String(bit, radix: 16))")
+                }
+            }
+        }
+        for (flag, name) in refusedOpenFlags {
+            #expect(throws: FlagDenial.self, "\(name)") { try vetOpenFlags(O_RDONLY | flag, permissions: Self.everyPermission).get() }
+        }
+    }
+
+    /// `list` opens directories read-only; it must not let O_CREAT make a file the type check
+    /// would refuse only after it exists.
+    @Test func creatingNeedsTheAccessModesPermission() throws {
+        #expect(throws: FlagDenial.self) { try vetOpenFlags(O_RDONLY | O_CREAT, permissions: [.listDirectory, .create]).get() }
+        #expect(throws: FlagDenial.self) { try vetOpenFlags(O_WRONLY | O_CREAT, permissions: [.read, .create]).get() }
+        #expect(try vetOpenFlags(O_RDONLY | O_CREAT, permissions: [.read, .create]).get() == O_RDONLY | O_CREAT | O_CLOEXEC | O_NOCTTY)
+        #expect(try vetOpenFlags(O_RDONLY | O_DIRECTORY, permissions: [.listDirectory]).get() == O_DIRECTORY | O_CLOEXEC | O_NOCTTY)
+    }
 }

@@ -1,6 +1,6 @@
 import Glibc
 import PrivsepIPC
-import Supervisor
+@testable import Supervisor
 import Synchronization
 import Testing
 
@@ -74,7 +74,25 @@ import Testing
         await #expect(throws: SupervisorError.spawnFailed("posix_spawn /nonexistent/program: No such file or directory")) {
             _ = try await supervisor.spawn(WorkerConfiguration(executable: "/nonexistent/program"))
         }
+        // Relative to the worker's working directory, not the supervisor's: refused.
+        await #expect(throws: SupervisorError.spawnFailed("executable \"bin/true\" must be an absolute path: Invalid argument")) {
+            _ = try await supervisor.spawn(WorkerConfiguration(executable: "bin/true"))
+        }
         await supervisor.shutdown()
+    }
+
+    /// With SIGCHLD ignored the kernel reaps workers itself: their exit status is lost and
+    /// their pids, which prlimit and the process-group kill use, could name other processes.
+    @Test func aSupervisorRefusesAProcessThatIgnoresSIGCHLD() async {
+        await #expect(processExitsWith: .exitCode(0)) {
+            signal(SIGCHLD, SIG_IGN)
+            guard case .failure(.systemError(let message)) = Result(catching: { () throws(SupervisorError) in try Supervisor() }),
+                  message.hasPrefix("SIGCHLD is ignored") else { exit(1) }
+            signal(SIGCHLD, SIG_DFL)
+            guard let supervisor = try? Supervisor(logger: quietLogger()) else { exit(2) }
+            await supervisor.shutdown()
+            exit(0)
+        }
     }
 
     @Test func resourceLimitsAreAppliedBeforeTheWorkerIsLetGo() async throws {
@@ -163,6 +181,21 @@ extension String {
             onStart: { _ in starts.increment() })
         #expect(reason == .exited(code: 0))
         #expect(starts.value == 1)
+        await supervisor.shutdown()
+    }
+
+    /// `Duration.seconds` traps on infinity, NaN and values past Int64 nanoseconds.
+    @Test func backOffsThatDurationCannotHoldDoNotTrap() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let reason = try await supervisor.run(
+            WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "exit:3"]),
+            restart: RestartPolicy(mode: .onFailure, maximumRestarts: 2, initialBackoff: .nan,
+                                   maximumBackoff: .infinity, resetAfter: .infinity))
+        #expect(reason == .exited(code: 3))
+        #expect(clampedDuration(.infinity) == .seconds(1_000_000_000))
+        #expect(clampedDuration(1e21) == .seconds(1_000_000_000))
+        #expect(clampedDuration(-1) == .zero && clampedDuration(.nan) == .zero)
+        #expect(clampedDuration(0.25) == .milliseconds(250))
         await supervisor.shutdown()
     }
 

@@ -13,7 +13,17 @@ guard arguments.count == 3 else {
     print("usage: embedding-example CSV_PARSER FILE.csv")
     exit(2)
 }
-let parser = arguments[1], input = arguments[2]
+/// The absolute, canonical form of a path from the command line: a worker's executable and
+/// a policy's paths must be absolute.
+func absolute(_ path: String) -> String {
+    guard let resolved = realpath(path, nil) else {
+        print("embedding-example: \(path): \(String(cString: strerror(errno)))")
+        exit(2)
+    }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}
+let parser = absolute(arguments[1]), input = absolute(arguments[2])
 let directory = String(input[..<(input.lastIndex(of: "/") ?? input.startIndex)])
 
 var policy = Policy()

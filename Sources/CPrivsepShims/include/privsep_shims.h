@@ -419,6 +419,22 @@ static inline int privsep_thread_timer_arm(timer_t _Nullable timer, long long na
 }
 static inline int privsep_thread_timer_delete(timer_t _Nullable timer) { return timer_delete(timer); }
 
+/* 1 if this process's children are reaped by the kernel as they exit (SIGCHLD ignored,
+   or handled with SA_NOCLDWAIT), 0 if not, -1 if it cannot tell. */
+static inline int privsep_children_reaped_by_kernel(void) {
+    struct sigaction current;
+    if (sigaction(SIGCHLD, NULL, &current) != 0) return -1;
+    return (!(current.sa_flags & SA_SIGINFO) && current.sa_handler == SIG_IGN) || (current.sa_flags & SA_NOCLDWAIT) ? 1 : 0;
+}
+/* SIGCHLD back to its default disposition (ignored, but children stay until reaped). */
+static inline int privsep_default_sigchld(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = SIG_DFL;
+    sigemptyset(&action.sa_mask);
+    return sigaction(SIGCHLD, &action, NULL);
+}
+
 #pragma clang assume_nonnull end
 
 
