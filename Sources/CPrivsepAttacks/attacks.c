@@ -106,3 +106,13 @@ long attack_leave_process_group(long results[3]) {
     close(fds[0]);
     return got == 3 * sizeof(long) ? child : -EIO;
 }
+
+long attack_kill_parent(void) { return raw(SYS_kill, getppid(), 23 /* SIGURG: ignored by default */, 0, 0, 0, 0); }
+long attack_fiosetown(void) {
+    int owner = getppid();
+    return raw(SYS_ioctl, 3, 0x8901 /* FIOSETOWN */, (long)&owner, 0, 0, 0);
+}
+long attack_tcgets(void) {
+    char termios[64];
+    return raw(SYS_ioctl, 1, 0x5401 /* TCGETS */, (long)termios, 0, 0, 0);
+}

@@ -305,8 +305,12 @@ public struct SandboxLayers: OptionSet, Sendable, Hashable {
     public static let userNamespace = SandboxLayers(rawValue: 0x08)
     public static let networkNamespace = SandboxLayers(rawValue: 0x10)
     public static let resourceLimits = SandboxLayers(rawValue: 0x20)
+    /// Landlock's scoping (ABI 6+): no signal, and no abstract unix socket connection, to a
+    /// process outside the worker's sandbox. Also in force without filesystem rules.
+    public static let landlockScopes = SandboxLayers(rawValue: 0x40)
     /// Every layer this protocol version knows.
-    public static let known: SandboxLayers = [.noNewPrivileges, .seccomp, .landlock, .userNamespace, .networkNamespace, .resourceLimits]
+    public static let known: SandboxLayers = [.noNewPrivileges, .seccomp, .landlock, .userNamespace, .networkNamespace,
+                                              .resourceLimits, .landlockScopes]
 }
 
 /// SANDBOX_STATUS: which layers the worker asked for and which are in force.

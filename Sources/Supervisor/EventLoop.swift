@@ -1371,6 +1371,7 @@ func layerNames(_ layers: SandboxLayers) -> String {
     let names: [(SandboxLayers, String)] = [
         (.noNewPrivileges, "no_new_privs"), (.seccomp, "seccomp"), (.landlock, "landlock"),
         (.userNamespace, "user-namespace"), (.networkNamespace, "network-namespace"), (.resourceLimits, "rlimits"),
+        (.landlockScopes, "landlock-scopes"),
     ]
     let present = names.filter { layers.contains($0.0) }.map(\.1)
     return present.isEmpty ? "none" : present.joined(separator: ", ")

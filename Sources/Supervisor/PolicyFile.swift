@@ -97,6 +97,7 @@ private let socketTypes: [(String, Int32)] = [("stream", 1), ("dgram", 2), ("raw
 private let layerTable: [(String, SandboxLayers)] = [
     ("no_new_privs", .noNewPrivileges), ("seccomp", .seccomp), ("landlock", .landlock),
     ("user-namespace", .userNamespace), ("network-namespace", .networkNamespace), ("rlimits", .resourceLimits),
+    ("landlock-scopes", .landlockScopes),
 ]
 
 /// The policy-file name of a socket domain ("inet", "unix"...), or its number.

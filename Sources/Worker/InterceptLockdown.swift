@@ -86,6 +86,13 @@ public struct InterceptLockdown: Sendable {
         "file_getattr",
     ]
 
+    /// x86_64 numbers of the calls above newer than some libseccomp 2.5 builds know (Debian's
+    /// knows Linux 6.7's; fchmodat2 came in 6.6, the others later).
+    static let newerSyscallNumbers: [String: Int32] = [
+        "fchmodat2": 452, "statmount": 457, "listmount": 458, "setxattrat": 463, "getxattrat": 464,
+        "listxattrat": 465, "removexattrat": 466, "open_tree_attr": 467, "file_getattr": 468, "file_setattr": 469,
+    ]
+
     /// Applies no_new_privs, Landlock and the filter, reports SANDBOX_STATUS, hands the
     /// listener to `supervisor` (LISTENER, purpose intercept) and waits for its go-ahead.
     /// The caller then execs the program; nothing may run in between that makes a
@@ -116,10 +123,15 @@ public struct InterceptLockdown: Sendable {
         // A binary tree of syscall numbers: every call of the program runs this filter, and a
         // linear chain of ~130 rules costs each of them (openat, read, close...) several hundred ns.
         try check(seccomp_attr_set(filter, SCMP_FLTATR_CTL_OPTIMIZE, 2), "binary-tree optimization")
+        // This filter allows by default, so a name it cannot place would be a call let through:
+        // every name must resolve, by libseccomp or by the table of newer calls.
         func each(_ names: [String], _ body: (Int32) throws(WorkerError) -> Void) throws(WorkerError) {
             for name in names {
-                let number = seccomp_syscall_resolve_name(name)
-                guard number != __NR_SCMP_ERROR else { continue } // not a syscall this libseccomp knows on x86_64
+                var number = seccomp_syscall_resolve_name(name)
+                if number == __NR_SCMP_ERROR, let known = Self.newerSyscallNumbers[name] { number = known }
+                guard number != __NR_SCMP_ERROR else {
+                    throw .lockdownFailed("libseccomp does not know the system call \(name), which intercept mode must filter")
+                }
                 try body(number)
             }
         }
@@ -132,14 +144,6 @@ public struct InterceptLockdown: Sendable {
         }
         try each(Self.refusedAsDenied) { (number) throws(WorkerError) in
             try check(privsep_seccomp_rule_add_always(filter, eacces, number), "refuse \(number)")
-        }
-        // Newer calls libseccomp 2.5 cannot name, by their x86_64 numbers: file_getattr 468,
-        // file_setattr 469, listmount 458, statmount 457, setxattrat 463, removexattrat 466,
-        // getxattrat 464, listxattrat 465, open_tree_attr 467.
-        for (number, action) in [(457, eperm), (458, eperm), (463, eperm), (466, eperm), (467, eperm), (469, eperm),
-                                 (464, eacces), (465, eacces), (468, eacces)] as [(Int32, UInt32)] {
-            let rc = privsep_seccomp_rule_add_always(filter, action, number)
-            if rc != 0 && rc != -EEXIST { try check(rc, "refuse \(number)") }
         }
         // clone: never a new namespace, nor CLONE_PARENT, whose child would be the supervisor's
         // own (one rule per flag: "any of these bits" is not one comparison).
@@ -176,9 +180,12 @@ public struct InterceptLockdown: Sendable {
         }
         // socketpair(SOCK_DGRAM): an unnamed datagram socket could sendto any pathname unix
         // socket without the connect the supervisor checks (stream and seqpacket pairs ignore
-        // or refuse a destination address). The type's low 4 bits are the socket type.
-        try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, seccomp_syscall_resolve_name("socketpair"), 1, 0xf, UInt64(2)),
-                  "socketpair SOCK_DGRAM")
+        // or refuse a destination address). The type's low 4 bits are the socket type;
+        // SOCK_RAW counts too, as AF_UNIX makes it a datagram socket.
+        for type: UInt64 in [2 /* SOCK_DGRAM */, 3 /* SOCK_RAW */] {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, seccomp_syscall_resolve_name("socketpair"), 1, 0xf, type),
+                      "socketpair type \(type)")
+        }
         let program = try exportProgram(filter)
         let flags = privsep_SECCOMP_FILTER_FLAG_NEW_LISTENER | privsep_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
         let listener = program.withUnsafeBytes { bytes in

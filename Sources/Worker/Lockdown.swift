@@ -51,10 +51,13 @@ public struct Lockdown: Sendable {
     public var onViolation: Violation
     /// Landlock, if wanted; nil to not apply it.
     public var landlock: FilesystemAccess?
-    /// Whether Landlock also scopes signals and abstract unix sockets to the sandbox (ABI 6+).
+    /// Whether Landlock scopes signals and abstract unix sockets to the sandbox (ABI 6+), with
+    /// or without ``landlock``'s filesystem rules.
     public enum Scoping: Sendable, Equatable {
         case off
-        /// When the kernel's ABI has it (SANDBOX_STATUS reports the ABI in force).
+        /// When the kernel's ABI has it (SANDBOX_STATUS reports it as a layer of its own),
+        /// and required when a granted group can signal (``SyscallGroup/proc``,
+        /// ``SyscallGroup/tty``, ``SyscallGroup/fcntl``).
         case ifAvailable
         /// An error on a kernel without it.
         case required
@@ -125,13 +128,24 @@ public struct Lockdown: Sendable {
         }
         active.insert(.noNewPrivileges)
 
+        // kill, F_SETOWN and FIOSETOWN can signal any process of the worker's user, the
+        // supervisor (whose pid getppid gives away) included: only Landlock's scoping stops
+        // that, so a group that grants one of them needs it.
+        let scopesRequired = landlockScopes == .required
+            || (landlockScopes == .ifAvailable && !groups.isDisjoint(with: SyscallGroup.signalling))
+        if scopesRequired { requested.insert(.landlockScopes) }
         var landlockABI: UInt32 = 0
-        if let landlock {
-            guard threadCount() == 1 else {
+        // A ruleset binds only the calling thread, so a process with threads cannot have one:
+        // scoping that is only wanted where available is then left out.
+        let singleThreaded = threadCount() == 1
+        if landlock != nil || scopesRequired || (landlockScopes != .off && singleThreaded) {
+            guard singleThreaded else {
                 throw .lockdownFailed("Landlock binds only the calling thread; apply the lockdown before starting threads")
             }
-            landlockABI = try applyLandlock(landlock, scopes: landlockScopes)
-            active.insert(.landlock)
+            let applied = try applyLandlock(landlock, scopes: landlockScopes != .off, scopesRequired: scopesRequired)
+            landlockABI = applied.abi
+            if landlock != nil { active.insert(.landlock) }
+            if applied.scoped { active.insert(.landlockScopes) }
         }
 
         let onViolation = WorkerEnvironment.learningRequested ? Violation.learn : self.onViolation
@@ -219,20 +233,29 @@ public struct Lockdown: Sendable {
 
     // MARK: Landlock
 
-    private func applyLandlock(_ access: FilesystemAccess, scopes: Scoping) throws(WorkerError) -> UInt32 {
+    /// Applies a ruleset for `access` (none: scoping alone), scoping signals and abstract
+    /// unix sockets when `scopes` and the ABI allow. Returns the ABI in force (0 if no ruleset
+    /// was applied: scoping alone was wanted, not required, and the kernel lacks it).
+    private func applyLandlock(_ access: FilesystemAccess?, scopes: Bool,
+                               scopesRequired: Bool) throws(WorkerError) -> (abi: UInt32, scoped: Bool) {
         let abi = privsep_landlock_create_ruleset(nil, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
-        guard abi >= 1 else { throw .lockdownFailed("Landlock is not available: \(currentErrno())") }
-        // Every filesystem right the running kernel's ABI knows is handled, so none is left open by omission.
-        var handledFS: UInt64 = (1 << 13) - 1                    // ABI 1: execute ... make_sym
-        if abi >= 2 { handledFS |= 1 << 13 }                      // REFER
-        if abi >= 3 { handledFS |= 1 << 14 }                      // TRUNCATE
-        if abi >= 5 { handledFS |= 1 << 15 }                      // IOCTL_DEV
-        var attributes = privsep_landlock_ruleset_attr(handled_access_fs: handledFS, handled_access_net: 0, scoped: 0)
-        if abi >= 4 { attributes.handled_access_net = 0b11 }      // BIND_TCP | CONNECT_TCP: direct TCP needs the broker
-        if scopes == .required && abi < 6 {
-            throw .lockdownFailed("Landlock ABI \(abi) cannot scope signals and abstract unix sockets (needs ABI 6)")
+        if scopesRequired && abi < 6 {
+            throw .lockdownFailed(abi < 1 ? "Landlock is not available (\(currentErrno())) to scope signals and abstract unix sockets"
+                                  : "Landlock ABI \(abi) cannot scope signals and abstract unix sockets (needs ABI 6)")
         }
-        if scopes != .off && abi >= 6 { attributes.scoped = 0b11 } // ABSTRACT_UNIX_SOCKET | SIGNAL
+        if access == nil && abi < 6 { return (0, false) }
+        guard abi >= 1 else { throw .lockdownFailed("Landlock is not available: \(currentErrno())") }
+        var attributes = privsep_landlock_ruleset_attr(handled_access_fs: 0, handled_access_net: 0, scoped: 0)
+        if access != nil {
+            // Every filesystem right the running kernel's ABI knows is handled, so none is left open by omission.
+            var handledFS: UInt64 = (1 << 13) - 1                    // ABI 1: execute ... make_sym
+            if abi >= 2 { handledFS |= 1 << 13 }                      // REFER
+            if abi >= 3 { handledFS |= 1 << 14 }                      // TRUNCATE
+            if abi >= 5 { handledFS |= 1 << 15 }                      // IOCTL_DEV
+            attributes.handled_access_fs = handledFS
+            if abi >= 4 { attributes.handled_access_net = 0b11 }      // BIND_TCP | CONNECT_TCP: direct TCP needs the broker
+        }
+        if scopes && abi >= 6 { attributes.scoped = 0b11 }            // ABSTRACT_UNIX_SOCKET | SIGNAL
         let size = abi >= 6 ? 24 : (abi >= 4 ? 16 : 8)
         let ruleset = privsep_landlock_create_ruleset(&attributes, size, 0)
         guard ruleset >= 0 else { throw .lockdownFailed("landlock_create_ruleset: \(currentErrno())") }
@@ -255,7 +278,7 @@ public struct Lockdown: Sendable {
         guard privsep_landlock_restrict_self(owned.unsafeRawValue) == 0 else {
             throw .lockdownFailed("landlock_restrict_self: \(currentErrno())")
         }
-        return UInt32(abi)
+        return (UInt32(abi), attributes.scoped != 0)
     }
 
     private func threadCount() -> Int {

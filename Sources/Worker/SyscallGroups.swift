@@ -130,8 +130,15 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     ])
     /// Running programs (execve only; execveat, which runs fileless memfds, never).
     public static let exec = SyscallGroup(name: "exec", syscalls: ["execve"], conditional: [])
-    /// Terminal ioctls.
-    public static let tty = SyscallGroup(name: "tty", syscalls: ["ioctl"], conditional: [])
+    /// Terminal ioctls: reading and setting termios, the window size, flushing and draining,
+    /// bytes queued. Not TIOCSTI (typing into the terminal), TIOCLINUX, TIOCSCTTY, TIOCSETD,
+    /// TIOCCONS, TIOCSPGRP, nor FIOSETOWN/FIOASYNC, which make the kernel signal another process.
+    public static let tty = SyscallGroup(name: "tty", syscalls: [], conditional: [
+        0x5401, 0x5402, 0x5403, 0x5404, // TCGETS, TCSETS, TCSETSW, TCSETSF
+        0x5409, 0x540A, 0x540B,         // TCSBRK (tcdrain), TCXONC, TCFLSH
+        0x540F, 0x5411, 0x5413, 0x5414, // TIOCGPGRP, TIOCOUTQ, TIOCGWINSZ, TIOCSWINSZ
+        0x541B, 0x5429, 0x5450,         // FIONREAD, TIOCGSID, FIONCLEX
+    ].map { ConditionalRule(syscall: "ioctl", argument: 1, value: $0) })
     /// Every fcntl command, F_SETFL without O_APPEND and F_SETOWN/F_SETSIG included:
     /// an append-only grant can then be rewritten, and the kernel can be made to
     /// signal processes of the worker's user.
@@ -143,6 +150,10 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     public static let dispatch = SyscallGroup(name: "dispatch", syscalls: ["openat", "sched_getaffinity", "getcpu"], conditional: [
         ConditionalRule(syscall: "clone", argument: 0, mask: cloneThreadMask, value: cloneThreadFlags),
     ])
+
+    /// The groups that can signal another process (kill; F_SETOWN; FIOSETOWN): with any of
+    /// them, a lockdown needs Landlock's scoping unless it turns scoping off.
+    public static let signalling: Set<SyscallGroup> = [proc, tty, fcntl]
 
     /// Every group, by name (for policy files and the learning mode).
     public static let all: [SyscallGroup] = [rpath, wpath, cpath, fattr, inet, unix, serve, thread, time, proc, exec, tty, fcntl, memlock, dispatch]

@@ -256,8 +256,8 @@ let everyMessage: [Envelope] = [
             try WireCodec.decode(Self.patch(Self.valid(.log(LogLine(level: .info, message: "x"))), at: 24, UInt32(4)), fileDescriptorCount: 0)
         }
         let status = Self.valid(.sandboxStatus(SandboxStatus(requested: [.seccomp], active: [.seccomp])))
-        #expect(throws: ProtocolError.invalidValue(field: "sandbox_status.active", value: 0x42)) {
-            try WireCodec.decode(Self.patch(status, at: 28, UInt32(0x42)), fileDescriptorCount: 0)
+        #expect(throws: ProtocolError.invalidValue(field: "sandbox_status.active", value: 0x82)) {
+            try WireCodec.decode(Self.patch(status, at: 28, UInt32(0x82)), fileDescriptorCount: 0)
         }
     }
 

@@ -216,6 +216,12 @@ extension InterceptTests {
             socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); print('dgram pair made')
         except OSError as e:
             print('dgram pair', e.errno)
+        pair = (ctypes.c_int * 2)()
+        print('raw pair', raw(53, 1, 3, 0, pair))  # AF_UNIX SOCK_RAW: the kernel makes it SOCK_DGRAM
+        r = libc.syscall(56, ctypes.c_long(0x8000 | 17), 0, 0, 0, 0)  # clone(CLONE_PARENT | SIGCHLD)
+        if r == 0:
+            os._exit(0)
+        print('clone_parent', ctypes.get_errno() if r < 0 else 'made')
         a, b = socket.socketpair(); a.send(b'ok'); print('stream pair', b.recv(2).decode())
         """
         let result = try await intercepted(tree, [Self.python, "-c", script])
@@ -228,6 +234,8 @@ extension InterceptTests {
         setsid \(EPERM)
         setpgid \(EPERM)
         dgram pair \(EPERM)
+        raw pair \(EPERM)
+        clone_parent \(EPERM)
         stream pair ok
 
         """)

@@ -5,7 +5,7 @@ import Testing
 
 /// Lockdown is exercised in spawned workers only, never in the test runner.
 @Suite struct LockdownTests {
-    static let allLayers = 1 | 2 | 4 // no_new_privs, seccomp, Landlock
+    static let allLayers = 1 | 2 | 4 | 0x40 // no_new_privs, seccomp, Landlock, Landlock's scopes
 
     func violation(_ run: WorkerRun) -> SyscallViolation? {
         if case .seccompViolation(let violation) = run.reason { return violation }
@@ -22,7 +22,7 @@ import Testing
         #expect(run.reason == .exited(code: 0))
         #expect(run.lines.dropFirst() == ["lockdown \(Self.allLayers) abi 7", "read \(scratch.path)/in.txt through the broker"])
         let sandbox = run.audit.first { $0.event == "SANDBOX" }
-        #expect(sandbox?.detail == "no_new_privs, seccomp, landlock (Landlock ABI 7)")
+        #expect(sandbox?.detail == "no_new_privs, seccomp, landlock, landlock-scopes (Landlock ABI 7)")
     }
 
     @Test(arguments: [
@@ -145,6 +145,27 @@ import Testing
         let child = try #require(Int32(fields[2]), "\(run.lines)")
         #expect(Array(fields.dropFirst(3)) == ["setsid", "-\(EACCES)", "setpgid", "-\(EACCES)", "clone_parent", "-\(EACCES)"])
         #expect(try await processEnds(child), "the worker's child \(child) outlived it")
+    }
+
+    /// kill with the `proc` group reaches processes of the worker's user, the supervisor among
+    /// them: Landlock's scoping refuses it, with or without filesystem rules.
+    @Test(arguments: ["proc", "procnolandlock"])
+    func aWorkerThatMaySignalCannotSignalItsSupervisor(mode: String) async throws {
+        let run = try await runWorker(["handshake", "lockdown:\(mode)", "attack:kill_parent", "exit:0"],
+                                      configure: { $0.requiredLayers = [.landlockScopes] })
+        #expect(run.reason == .exited(code: 0))
+        let scopes = Int(SandboxLayers.landlockScopes.rawValue)
+        let layers = mode == "proc" ? Self.allLayers : 1 | 2 | scopes
+        #expect(run.lines.dropFirst() == ["lockdown \(layers) abi 7", "attack kill_parent -\(EPERM)"])
+    }
+
+    /// The tty group is terminal ioctls only: FIOSETOWN (with FIOASYNC the kernel would send
+    /// the supervisor SIGIO, which ends it) is refused by the filter.
+    @Test func theTTYGroupIsTerminalIoctlsOnly() async throws {
+        let run = try await runWorker(["handshake", "lockdown:tty", "attack:fiosetown", "attack:tcgets", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        // TCGETS reaches the kernel, which says stdout (a pipe) is not a terminal.
+        #expect(run.lines.dropFirst(2) == ["attack fiosetown -\(EACCES)", "attack tcgets -\(ENOTTY)"])
     }
 
     /// Whether `pid` is gone, or a zombie waiting for its new parent to reap it, within 30 s.

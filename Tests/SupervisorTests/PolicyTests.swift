@@ -53,7 +53,7 @@ import Testing
         ("{\"timeout\": 1e999}", "policy:1:13: \"timeout\" must be a finite number of seconds greater than 0"),
         ("{\"connect\": [{\"address\": \"10.0.0.0/33\", \"ports\": \"1\"}]}", "policy:1:26: \"10.0.0.0/33\" is not an IPv4 or IPv6 address with an optional /prefix"),
         ("{\"connect\": [{\"address\": \"10.0.0.1\", \"ports\": \"90-80\"}]}", "policy:1:47: \"ports\" must be a port such as \"443\" or a range such as \"8000-8080\""),
-        ("{\"require\": [\"selinux\"]}", "policy:1:14: unknown sandbox layer \"selinux\"; expected one of: no_new_privs, seccomp, landlock, user-namespace, network-namespace, rlimits"),
+        ("{\"require\": [\"selinux\"]}", "policy:1:14: unknown sandbox layer \"selinux\"; expected one of: no_new_privs, seccomp, landlock, user-namespace, network-namespace, rlimits, landlock-scopes"),
         ("{\"paths\": [], \"paths\": []}", "policy:1:15: duplicate key \"paths\""),
         ("{\"paths\": [],}", "policy:1:14: expected a key in double quotes"),
         ("[1, 2]", "policy:1:1: the policy must be an object, not an array"),

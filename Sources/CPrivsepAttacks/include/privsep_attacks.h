@@ -30,5 +30,11 @@ long attack_fcntl_keep_append(void);
    sibling with CLONE_PARENT, reports the three results, then sleeps for ever. Returns
    the child's pid. */
 long attack_leave_process_group(long results[3]);
+/* SIGURG (harmless) to the parent, the supervisor. */
+long attack_kill_parent(void);
+/* FIOSETOWN on the channel naming the supervisor: with FIOASYNC, the kernel would signal it. */
+long attack_fiosetown(void);
+/* TCGETS on stdout: a terminal ioctl the tty group allows. */
+long attack_tcgets(void);
 
 #endif

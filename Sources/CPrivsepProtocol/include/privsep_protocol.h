@@ -220,6 +220,7 @@ struct privsep_result {
 #define PRIVSEP_LAYER_USER_NAMESPACE 0x08u
 #define PRIVSEP_LAYER_NET_NAMESPACE 0x10u
 #define PRIVSEP_LAYER_RLIMITS 0x20u
-#define PRIVSEP_LAYER_ALL 0x3fu
+#define PRIVSEP_LAYER_LANDLOCK_SCOPES 0x40u /* signals and abstract unix sockets scoped (Landlock ABI 6+) */
+#define PRIVSEP_LAYER_ALL 0x7fu
 
 #endif /* PRIVSEP_PROTOCOL_H */

@@ -25,8 +25,8 @@
 //   threads:N:PATH       N threads each open and read PATH 50 times through one connection
 //                                                                       -> "threads ok N*50" / "threads failed ..."
 //   limits               print RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE soft limits
-//   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), proc (+proc
-//                        group, refusals EACCES), ro=PATH
+//   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), proc / tty (+that
+//                        group, refusals EACCES), procnolandlock (proc, no filesystem rules), ro=PATH
 //                        (Landlock read-only PATH), ns (new namespaces)   -> "lockdown <active layer bits>"
 //   attack:NAME[:ARG]    a raw syscall a hostile worker would try      -> "attack NAME <result>"
 //                        (leave_group: "attack leave_group CHILD setsid R setpgid R clone_parent R")
@@ -373,9 +373,10 @@ for step in CommandLine.arguments.dropFirst() {
         if mode == "kill" { lockdown.onViolation = .killProcess }
         if mode == "errno" { lockdown.onViolation = .fail(.permissionDenied) }
         if mode == "threads" { lockdown.groups.insert(.thread) }
-        if mode == "proc" {
-            lockdown.groups.insert(.proc)
+        if mode == "proc" || mode == "tty" || mode == "procnolandlock" {
+            lockdown.groups.insert(mode == "tty" ? .tty : .proc)
             lockdown.onViolation = .fail(.permissionDenied)
+            if mode == "procnolandlock" { lockdown.landlock = nil }
         }
         if mode == "ns" { lockdown.newNamespaces = true }
         if mode.hasPrefix("ro=") {
@@ -436,6 +437,9 @@ for step in CommandLine.arguments.dropFirst() {
         case "sendto_address": attack_sendto_address()
         case "sendto_fastopen": attack_sendto_fastopen()
         case "prlimit_other": attack_prlimit_other()
+        case "kill_parent": attack_kill_parent()
+        case "fiosetown": attack_fiosetown()
+        case "tcgets": attack_tcgets()
         default: fatalError("unknown attack \(name)")
         }
         say("attack \(name) \(result)")
