@@ -295,9 +295,19 @@ public final class ActivePolicy: Sendable {
     // MARK: SOCKET, CONNECT, BIND
 
     /// Serves a SOCKET: only (domain, type) pairs the policy lists. The socket is close-on-exec.
-    public func socket(_ request: SocketRequest) -> BrokerResult {
+    ///
+    /// An Internet stream socket is refused unless `checkedLater` (intercept mode, which
+    /// serves the program's connect, bind and listen on it): a worker holding an unbound one
+    /// could listen on it, which binds it to every interface at an ephemeral port with no
+    /// BIND rule asked, or connect it where no CONNECT rule reaches. A brokered worker gets
+    /// its TCP sockets from CONNECT and BIND.
+    public func socket(_ request: SocketRequest, checkedLater: Bool = false) -> BrokerResult {
         let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
         guard baseType & ~0xf == 0 else { return .denied(.invalidArgument, "unknown socket type bits") }
+        if !checkedLater, request.domain == AF_INET || request.domain == AF_INET6, baseType == privsep_SOCK_STREAM {
+            return .denied(.permissionDenied, "an unbound TCP socket could listen on every interface or connect past the "
+                           + "rules: ask CONNECT or BIND for a TCP socket")
+        }
         guard policy.sockets.contains(where: { $0.allows(domain: request.domain, type: baseType, protocol: request.protocol) }) else {
             return .denied(.permissionDenied, "no rule allows socket(\(request.domain), \(baseType), \(request.protocol))")
         }

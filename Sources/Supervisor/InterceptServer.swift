@@ -182,6 +182,7 @@ final class InterceptServer: @unchecked Sendable {
         case 41: serveSocket(n, domain: int(a.0), type: int(a.1), protocol: int(a.2))
         case 42: serveAddress(n, binding: false, fd: int(a.0), address: a.1, length: int(a.2))
         case 49: serveAddress(n, binding: true, fd: int(a.0), address: a.1, length: int(a.2))
+        case 50: serveListen(n, fd: int(a.0), backlog: int(a.1))
         default: answer(n, error: .noFunction)
         }
     }
@@ -404,7 +405,7 @@ final class InterceptServer: @unchecked Sendable {
         // Made as the program (--user): the socket's owner and credentials are its own.
         var made: Int32 = -1, refusal: (Errno, String) = (.permissionDenied, "not made"), why = ""
         if let failure = asProgram({
-            switch active.socket(SocketRequest(domain: domain, type: type, protocol: `protocol`)) {
+            switch active.socket(SocketRequest(domain: domain, type: type, protocol: `protocol`), checkedLater: true) {
             case .granted(let fd, let reason): made = fd.releaseUnsafeRawValue(); why = reason
             case .denied(let errno, let reason): refusal = (errno, reason)
             }
@@ -468,6 +469,28 @@ final class InterceptServer: @unchecked Sendable {
         case .failure(let errno):
             // EINPROGRESS on a non-blocking socket is the answer the program expects.
             audit(n, event, detail, decision: errno == .nowInProgress ? "granted" : "denied", errno: errno, reason: "\(event.lowercased()) returned \(errno)")
+            answer(n, error: errno)
+        }
+    }
+
+    /// listen(2) on the program's socket, made here on the socket itself (not let through
+    /// after a check, when the program could have put another socket at that number). On an
+    /// unbound Internet socket listen binds it to every interface at an ephemeral port, which
+    /// no BIND rule was asked about: refused. A bound one was bound by ``serveAddress``.
+    private func serveListen(_ n: Notification, fd targetFD: Int32, backlog: Int32) {
+        let detail = "listen fd \(targetFD)"
+        let socket: OwnedFileDescriptor
+        switch fetchTargetDescriptor(n, targetFD) { // validates the notification first
+        case .success(let fetched): socket = fetched
+        case .failure(let errno): return deny(n, "LISTEN", detail, errno, "the program's descriptor")
+        }
+        if case .success(let port?) = system_getsockname_port(socket.unsafeRawValue), port == 0 {
+            return deny(n, "LISTEN", detail, .permissionDenied, "the socket is not bound: listen would bind it to every interface")
+        }
+        switch system_listen(socket.unsafeRawValue, backlog) {
+        case .success:
+            answer(n, value: 0)
+        case .failure(let errno):
             answer(n, error: errno)
         }
     }

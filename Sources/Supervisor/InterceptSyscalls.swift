@@ -369,3 +369,20 @@ func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Resul
         }
     }
 }
+
+/// The local port of an Internet socket (0 while unbound); nil for another family.
+func system_getsockname_port(_ fd: Int32) -> Result<UInt16?, Errno> {
+    var address = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let rc = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.getsockname(fd, $0, &length) }
+    }
+    guard rc == 0 else { return .failure(currentErrno()) }
+    // sin_port and sin6_port both lie at offset 2.
+    guard Int32(address.ss_family) == AF_INET || Int32(address.ss_family) == AF_INET6 else { return .success(nil) }
+    return .success(withUnsafeBytes(of: &address) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) })
+}
+
+func system_listen(_ fd: Int32, _ backlog: Int32) -> Result<Void, Errno> {
+    Glibc.listen(fd, backlog) == 0 ? .success(()) : .failure(currentErrno())
+}

@@ -47,7 +47,7 @@ public struct InterceptLockdown: Sendable {
     /// System calls the supervisor serves (x86_64 names).
     static let notified = [
         "open", "openat", "openat2", "creat", "stat", "lstat", "newfstatat", "statx",
-        "access", "faccessat", "faccessat2", "readlink", "readlinkat", "socket", "connect", "bind", "execve",
+        "access", "faccessat", "faccessat2", "readlink", "readlinkat", "socket", "connect", "bind", "listen", "execve",
     ]
 
     /// Refused with EPERM: ways out of the sandbox, and changes to the system a root

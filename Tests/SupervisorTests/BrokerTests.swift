@@ -364,6 +364,23 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
         ], policy: policy)
         #expect(run.lines.dropFirst() == ["socket ok", "socket errno \(EACCES)", "socket errno \(EACCES)", "socket errno \(EACCES)"])
     }
+
+    /// An unbound TCP socket would let a worker listen on every interface (listen binds it)
+    /// or connect it where no rule reaches: a brokered worker gets TCP sockets from CONNECT
+    /// and BIND, whatever SOCKET rule the policy lists.
+    @Test func noUnboundTCPSocketsForABrokeredWorker() async throws {
+        var policy = Policy()
+        policy.allowSocket(domain: AF_INET, type: privsep_SOCK_STREAM)
+        policy.allowSocket(domain: AF_INET6, type: privsep_SOCK_STREAM)
+        policy.allowSocket(domain: AF_UNIX, type: privsep_SOCK_STREAM)
+        let run = try await runWorker([
+            "handshake", "socket:\(AF_INET):\(privsep_SOCK_STREAM)", "socket:\(AF_INET6):\(privsep_SOCK_STREAM | privsep_SOCK_NONBLOCK)",
+            "socket:\(AF_UNIX):\(privsep_SOCK_STREAM)",
+        ], policy: policy)
+        #expect(run.lines.dropFirst() == ["socket errno \(EACCES)", "socket errno \(EACCES)", "socket ok"])
+        let refusal = run.audit.first { $0.event == "SOCKET" && $0.decision == "denied" }
+        #expect(refusal?.reason.contains("ask CONNECT or BIND") == true)
+    }
 }
 
 /// A detached pthread, for test helpers that block.

@@ -338,10 +338,14 @@ import Testing
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         except PermissionError as e:
             print('udp denied', e.errno)
+        try:
+            socket.socket().listen(1)  # unbound: would bind every interface at an ephemeral port
+        except PermissionError as e:
+            print('unbound listen denied', e.errno)
         """
         let result = try await intercepted(tree, [Self.python, "-c", script, "\(port)"], policy: tree.policy(sockets: sockets))
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout == "pong\nconnect denied 13\nconnect denied 13\nbind denied 13\nudp denied 13\n")
+        #expect(result.stdout == "pong\nconnect denied 13\nconnect denied 13\nbind denied 13\nudp denied 13\nunbound listen denied 13\n")
     }
 
     // MARK: Hostile programs
