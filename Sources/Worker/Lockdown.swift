@@ -24,6 +24,11 @@ public struct Lockdown: Sendable {
     public enum Violation: Sendable, Equatable {
         /// SIGSYS: the worker reports the call to the supervisor (VIOLATION) and exits.
         /// The supervisor names the call in the exit reason. The default.
+        ///
+        /// The report and the exit are the worker's own code (a signal handler): a worker
+        /// whose code has been taken over can replace or rewrite the handler, and then go on
+        /// after a refused call (which stays refused). Where the first refused call must end
+        /// the worker whatever it runs, use ``killProcess``.
         case reportAndExit
         /// The kernel kills the process at once (SECCOMP_RET_KILL_PROCESS); the
         /// supervisor learns only that seccomp killed it.
@@ -221,7 +226,8 @@ public struct Lockdown: Sendable {
         // clone3 passes its flags in memory, where a filter cannot look: ENOSYS makes
         // glibc fall back to clone, whose flags the rules above do check.
         let clone3 = seccomp_syscall_resolve_name("clone3")
-        if clone3 != __NR_SCMP_ERROR {
+        // (libseccomp refuses a rule whose action is the default's: .fail(ENOSYS) has it already.)
+        if clone3 != __NR_SCMP_ERROR && defaultAction != privsep_scmp_act_errno(UInt16(ENOSYS)) {
             try check(privsep_seccomp_rule_add_always(filter, privsep_scmp_act_errno(UInt16(ENOSYS)), clone3), "clone3 ENOSYS")
         }
         try check(seccomp_load(filter), "seccomp_load")

@@ -30,7 +30,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait", "rt_sigsuspend", "sigaltstack",
         "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "getgroups",
-        "futex", "set_robust_list", "get_robust_list", "rseq", "set_tid_address", "sched_yield", "sched_getaffinity",
+        "futex", "set_robust_list", "rseq", "set_tid_address", "sched_yield", "sched_getaffinity",
         "exit", "exit_group", "restart_syscall",
         "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time",
         "getrandom", "uname", "arch_prctl", "getrlimit", "getrusage", "sysinfo", "membarrier",
@@ -76,15 +76,16 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         ConditionalRule(syscall: "sendto", [Comparison(argument: 3, mask: msgFastOpen, value: 0), Comparison(argument: 4, value: 0)]),
     ])
 
-    /// Opening, reading and inspecting paths directly (not through the broker).
+    /// Opening, reading and inspecting paths directly (not through the broker): open and
+    /// openat read-only, without O_CREAT, O_TRUNC or O_TMPFILE.
     public static let rpath = SyscallGroup(name: "rpath", syscalls: [
-        "open", "openat", "stat", "lstat", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
+        "stat", "lstat", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
         "getdents64", "getcwd", "chdir", "fchdir", "statfs", "fstatfs",
-    ], conditional: [])
-    /// Writing files directly.
+    ], conditional: opens(refusing: openAccessMode | openCreate | openTruncate | openTemporary))
+    /// Writing files directly: open and openat of files that exist (no O_CREAT or O_TMPFILE).
     public static let wpath = SyscallGroup(name: "wpath", syscalls: [
-        "open", "openat", "truncate", "ftruncate", "fallocate", "utimensat",
-    ], conditional: [])
+        "truncate", "ftruncate", "fallocate", "utimensat",
+    ], conditional: opens(refusing: openCreate | openTemporary))
     /// Creating and removing paths directly.
     public static let cpath = SyscallGroup(name: "cpath", syscalls: [
         "open", "openat", "creat", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
@@ -146,9 +147,10 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     /// Locking memory (mlock): unbounded for a worker with CAP_IPC_LOCK, so never in the baseline.
     public static let memlock = SyscallGroup(name: "memlock", syscalls: ["mlock", "mlock2", "munlock", "mlockall", "munlockall"], conditional: [])
     /// What libdispatch and Swift concurrency need after lockdown: reading /proc
-    /// (openat) and thread creation. Grants direct opens: pair it with Landlock.
-    public static let dispatch = SyscallGroup(name: "dispatch", syscalls: ["openat", "sched_getaffinity", "getcpu"], conditional: [
+    /// (openat, read-only) and thread creation. Grants direct opens: pair it with Landlock.
+    public static let dispatch = SyscallGroup(name: "dispatch", syscalls: ["sched_getaffinity", "getcpu"], conditional: [
         ConditionalRule(syscall: "clone", argument: 0, mask: cloneThreadMask, value: cloneThreadFlags),
+        ConditionalRule(syscall: "openat", argument: 2, mask: openAccessMode | openCreate | openTruncate | openTemporary, value: 0),
     ])
 
     /// The groups that can signal another process (kill; F_SETOWN; FIOSETOWN): with any of
@@ -191,6 +193,17 @@ struct ConditionalRule: Hashable, Sendable {
 }
 
 let msgFastOpen: UInt64 = 0x2000_0000
+
+let openAccessMode: UInt64 = 0o3        // O_WRONLY, O_RDWR
+let openCreate: UInt64 = 0o100          // O_CREAT
+let openTruncate: UInt64 = 0o1000       // O_TRUNC (which truncates under O_RDONLY too)
+let openTemporary: UInt64 = 0o20000000  // __O_TMPFILE
+
+/// open and openat allowed when their flags have none of `refused`.
+func opens(refusing refused: UInt64) -> [ConditionalRule] {
+    [ConditionalRule(syscall: "open", argument: 1, mask: refused, value: 0),
+     ConditionalRule(syscall: "openat", argument: 2, mask: refused, value: 0)]
+}
 
 let cloneNewNamespaceFlags: [UInt64] = [
     0x0002_0000, // CLONE_NEWNS

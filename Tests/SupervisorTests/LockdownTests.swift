@@ -72,6 +72,10 @@ import Testing
         let run = try await runWorker(["handshake", "lockdown:errno", "attack:openat", "attack:execve:/bin/sh", "exit:0"])
         #expect(run.reason == .exited(code: 0))
         #expect(run.lines.dropFirst(2) == ["attack openat -\(EACCES)", "attack execve -\(EACCES)"])
+        // ENOSYS is also clone3's own answer: one rule for both, not a lockdown that fails.
+        let enosys = try await runWorker(["handshake", "lockdown:enosys", "attack:openat", "attack:clone3", "exit:0"])
+        #expect(enosys.reason == .exited(code: 0))
+        #expect(enosys.lines.dropFirst(2) == ["attack openat -\(ENOSYS)", "attack clone3 -\(ENOSYS)"])
     }
 
     @Test func landlockLimitsDirectOpensToTheListedPaths() async throws {
@@ -166,6 +170,18 @@ import Testing
         #expect(run.reason == .exited(code: 0))
         // TCGETS reaches the kernel, which says stdout (a pipe) is not a terminal.
         #expect(run.lines.dropFirst(2) == ["attack fiosetown -\(EACCES)", "attack tcgets -\(ENOTTY)"])
+    }
+
+    /// rpath opens for reading only, even with no Landlock rules behind it.
+    @Test func rpathOpensReadOnly() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("file.txt", "x\n")
+        let file = scratch.path + "/file.txt"
+        let run = try await runWorker(["handshake", "lockdown:rpath", "attack:openat:\(file)", "attack:openat_write:\(file)", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        let results = run.lines.dropFirst(2).map { $0.split(separator: " ").last.flatMap { Int($0) } ?? 0 }
+        #expect(results.count == 2 && results[0] >= 0, "\(run.lines)")
+        #expect(results.last == -Int(EACCES), "\(run.lines)")
     }
 
     /// Whether `pid` is gone, or a zombie waiting for its new parent to reap it, within 30 s.

@@ -6,6 +6,7 @@
 
 long attack_openat(const char *path);
 long attack_openat2(const char *path);
+long attack_openat_write(const char *path);
 long attack_execve(const char *path);
 long attack_socket_inet(void);
 long attack_ptrace_attach(int pid);

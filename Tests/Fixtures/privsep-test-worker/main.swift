@@ -25,7 +25,7 @@
 //   threads:N:PATH       N threads each open and read PATH 50 times through one connection
 //                                                                       -> "threads ok N*50" / "threads failed ..."
 //   limits               print RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE soft limits
-//   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, threads (+thread group), proc / tty (+that
+//   lockdown[:MODE]      Lockdown.brokered(); MODE: kill, errno, enosys, rpath (no Landlock), threads (+thread group), proc / tty (+that
 //                        group, refusals EACCES), procnolandlock (proc, no filesystem rules), ro=PATH
 //                        (Landlock read-only PATH), ns (new namespaces)   -> "lockdown <active layer bits>"
 //   attack:NAME[:ARG]    a raw syscall a hostile worker would try      -> "attack NAME <result>"
@@ -372,6 +372,13 @@ for step in CommandLine.arguments.dropFirst() {
         let mode = parts.count > 1 ? parts[1] : ""
         if mode == "kill" { lockdown.onViolation = .killProcess }
         if mode == "errno" { lockdown.onViolation = .fail(.permissionDenied) }
+        if mode == "enosys" { lockdown.onViolation = .fail(.noFunction) }
+        if mode == "rpath" {
+            // The filter alone decides: no Landlock filesystem rules.
+            lockdown.groups.insert(.rpath)
+            lockdown.landlock = nil
+            lockdown.onViolation = .fail(.permissionDenied)
+        }
         if mode == "threads" { lockdown.groups.insert(.thread) }
         if mode == "proc" || mode == "tty" || mode == "procnolandlock" {
             lockdown.groups.insert(mode == "tty" ? .tty : .proc)
@@ -418,6 +425,7 @@ for step in CommandLine.arguments.dropFirst() {
         let result: Int = switch name {
         case "openat": attack_openat(argument)
         case "openat2": attack_openat2(argument)
+        case "openat_write": attack_openat_write(argument)
         case "execve": attack_execve(argument)
         case "socket": attack_socket_inet()
         case "ptrace": attack_ptrace_attach(getppid())
