@@ -24,6 +24,10 @@ public struct AuditRecord: Sendable, Equatable {
     /// The request decided on, for OPEN, SOCKET, CONNECT and BIND (not written to the JSON line: `detail` says it).
     public var request: Message? = nil
 
+    /// The most bytes of escaped `detail` or `reason` a JSON line holds (a PATH_MAX path of
+    /// printable bytes fits); past it the string ends with how long it was.
+    public static let maximumFieldBytes = 4200
+
     /// The record as one line of JSON (no trailing newline).
     public var jsonLine: String {
         var fields: [String] = []
@@ -32,10 +36,11 @@ public struct AuditRecord: Sendable, Equatable {
         fields.append("\"name\":\(jsonString(workerName))")
         fields.append("\"pid\":\(pid)")
         fields.append("\"event\":\(jsonString(event))")
-        if !detail.isEmpty { fields.append("\"detail\":\(jsonString(detail))") }
+        // What the worker wrote is capped: escaped, a path of control bytes would grow six-fold.
+        if !detail.isEmpty { fields.append("\"detail\":\(jsonString(detail, maximumBytes: Self.maximumFieldBytes))") }
         if !decision.isEmpty { fields.append("\"decision\":\(jsonString(decision))") }
         if errno != 0 { fields.append("\"errno\":\(errno)"); fields.append("\"error\":\(jsonString(Errno(rawValue: errno).description))") }
-        if !reason.isEmpty { fields.append("\"reason\":\(jsonString(reason))") }
+        if !reason.isEmpty { fields.append("\"reason\":\(jsonString(reason, maximumBytes: Self.maximumFieldBytes))") }
         return "{" + fields.joined(separator: ",") + "}"
     }
 }
@@ -69,13 +74,24 @@ public final class AuditLog: Sendable {
     /// The records collected so far, oldest first (in-memory logs only).
     public var records: [AuditRecord] { collected?.withLock { $0.inOrder } ?? [] }
 
-    func write(_ record: AuditRecord) {
-        if let fd {
-            // One write(2) per line on an O_APPEND fd: lines from concurrent writers never interleave.
-            var line = record.jsonLine + "\n"
-            line.withUTF8 { bytes in _ = Glibc.write(fd, bytes.baseAddress, bytes.count) }
-        }
+    /// Records that could not be written whole (a full disk, a closed pipe), since the log
+    /// was opened. The logger says when the first of a run of them is lost.
+    public var lostRecords: Int { lost.load(ordering: .relaxed) }
+    private let lost = Atomic<Int>(0)
+
+    /// Writes `record`; says why if its line could not be written whole.
+    func write(_ record: AuditRecord) -> String? {
         collected?.withLock { $0.add(record) }
+        guard let fd else { return nil }
+        // One write(2) per line on an O_APPEND fd: lines from concurrent writers never interleave.
+        var line = record.jsonLine + "\n"
+        let problem: String? = line.withUTF8 { bytes in
+            let written = Glibc.write(fd, bytes.baseAddress, bytes.count)
+            if written == bytes.count { return nil }
+            return written < 0 ? "\(Errno(rawValue: Glibc.errno))" : "\(written) of \(bytes.count) bytes written"
+        }
+        if problem != nil { lost.add(1, ordering: .relaxed) }
+        return problem
     }
 }
 
@@ -101,6 +117,14 @@ struct RecentRecords {
     var inOrder: [AuditRecord] { Array(ring[oldest...] + ring[..<oldest]) }
 }
 
+/// A flag shared by copies of a struct (relaxed: it only decides whether to log).
+final class SharedFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    /// Sets it; whether it was set already.
+    func set() -> Bool { value.exchange(true, ordering: .relaxed) }
+    func clear() { if value.load(ordering: .relaxed) { value.store(false, ordering: .relaxed) } }
+}
+
 /// Audits through swift-log and an optional ``AuditLog``.
 struct Auditor: Sendable {
     let logger: Logger
@@ -109,6 +133,8 @@ struct Auditor: Sendable {
     /// handler each time, which cost the serving thread more per grant than the
     /// check saved. A level the handler changes later is not seen.
     let loggerLevel: Logger.Level
+    /// Whether the last write to the audit log failed, so a run of failures is reported once.
+    private let lastWriteFailed = SharedFlag()
 
     init(logger: Logger, log: AuditLog?) {
         self.logger = logger
@@ -127,7 +153,15 @@ struct Auditor: Sendable {
     }
 
     func record(_ record: AuditRecord) {
-        log?.write(record)
+        if let log {
+            if let problem = log.write(record) {
+                if !lastWriteFailed.set() {
+                    logger.error("the audit log could not be written (\(problem)); records are being lost")
+                }
+            } else {
+                lastWriteFailed.clear() // a load, while it is clear: no store to a line other threads read
+            }
+        }
         let level = Self.level(ofDecision: record.decision)
         guard loggerLevel <= level else { return }
         var metadata: Logger.Metadata = [
@@ -155,10 +189,15 @@ public func printable(_ text: String) -> String {
     return String(quoted.dropFirst().dropLast())
 }
 
-/// `text` as a JSON string literal, quotes included.
-public func jsonString(_ text: String) -> String {
+/// `text` as a JSON string literal, quotes included; with `maximumBytes`, at most that many
+/// bytes of it, then "… (N bytes in all)".
+public func jsonString(_ text: String, maximumBytes: Int = .max) -> String {
     var out = "\""
     for scalar in text.unicodeScalars {
+        if out.utf8.count > maximumBytes {
+            out += "… (\(text.utf8.count) bytes in all)"
+            break
+        }
         switch scalar {
         case "\"": out += "\\\""
         case "\\": out += "\\\\"
