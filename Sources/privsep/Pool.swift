@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPrivsepShims
 import Glibc
 import Logging
 import PrivsepIPC
@@ -11,8 +12,9 @@ struct Pool: AsyncParsableCommand {
         discussion: """
         Each input file is opened here, with this command's authority, read-only, and \
         handed to a free worker as the job's fd; the job's input bytes are the file's \
-        path. Only regular files are sent, and a symlink as the last component of a path \
-        is not followed (name its target). The workers' stdout goes to /dev/null (their \
+        path. Only regular files are sent, reached by a path with no symlink in it (give \
+        resolved paths: a directory swapped for a link after the listing would lead \
+        anywhere); a FIFO or device is refused before it is opened. The workers' stdout goes to /dev/null (their \
         stderr too, unless --worker-stderr), so they cannot forge result lines. PROGRAM is a pool worker: it serves jobs with SupervisorConnection.serveJobs \
         (Swift) or answers JOB messages with RESULT (privsep_protocol.h).
 
@@ -214,18 +216,10 @@ private struct Outcome: Sendable {
 }
 
 private func runOne(_ path: String, pool: WorkerPool) async -> Outcome {
-    // This command's authority opens the input, so: no symlink at the end of the path
-    // (a file swapped for a link after it was listed), nothing that blocks (a FIFO), and
-    // nothing but a regular file (a directory would give the worker a base for openat).
-    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
-    guard fd >= 0 else {
-        // Not a job failure: the input could not be opened here.
-        return Outcome(path: path, failure: ("unreadable", "cannot open: \(Errno(rawValue: errno))"))
-    }
-    var status = stat()
-    guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
-        close(fd)
-        return Outcome(path: path, failure: ("unreadable", "not a regular file"))
+    let fd: Int32
+    switch openInput(path) {
+    case .success(let opened): fd = opened
+    case .failure(let refusal): return Outcome(path: path, failure: ("unreadable", refusal.why)) // not a job failure
     }
     do {
         let output = try await pool.run(PoolJob(input: Array(path.utf8.prefix(WireFormat.maximumJobBytes)),
@@ -234,6 +228,33 @@ private func runOne(_ path: String, pool: WorkerPool) async -> Outcome {
     } catch {
         return Outcome(path: path, failure: (error.kind.rawValue, error.description))
     }
+}
+
+/// Opens an input with this command's authority, read-only, for a worker. The inputs may
+/// lie where others write (an upload directory), so the path may hold no symlink at all (a
+/// directory of it swapped for a link after it was listed would lead anywhere), and only a
+/// regular file is opened: the path is first taken as O_PATH, which opens nothing (a
+/// device's open has effects, a FIFO's blocks), then reopened through that descriptor.
+private func openInput(_ path: String) -> Result<Int32, InputRefusal> {
+    var how = open_how()
+    how.flags = UInt64(privsep_O_PATH | O_CLOEXEC) // no O_NOFOLLOW: it would open a final link itself, not refuse it
+    how.resolve = privsep_RESOLVE_NO_SYMLINKS | privsep_RESOLVE_NO_MAGICLINKS
+    let located = privsep_openat2(AT_FDCWD, path, &how, MemoryLayout<open_how>.size)
+    guard located >= 0 else {
+        let error = errno
+        return .failure(InputRefusal(why: error == ELOOP ? "the path has a symlink in it (give the resolved path)"
+                                     : "cannot open: \(Errno(rawValue: error))"))
+    }
+    defer { close(located) }
+    var status = stat()
+    guard fstat(located, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { return .failure(InputRefusal(why: "not a regular file")) }
+    let fd = open("/proc/self/fd/\(located)", O_RDONLY | O_CLOEXEC | O_NOCTTY)
+    guard fd >= 0 else { return .failure(InputRefusal(why: "cannot open: \(Errno(rawValue: errno))")) }
+    return .success(fd)
+}
+
+private struct InputRefusal: Error {
+    var why: String
 }
 
 private struct OutcomePrinter {

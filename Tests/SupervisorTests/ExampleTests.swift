@@ -152,6 +152,34 @@ import Testing
         #expect(result.stderr.contains("succeeded: 40"), "\(result.stderr)")
     }
 
+    /// `privsep pool` opens its inputs with its own authority, so only regular files, by a
+    /// path with no symlink in it (a directory swapped for a link after the listing would
+    /// lead anywhere); a FIFO or a device is refused before it is opened.
+    @Test func poolInputsAreRegularFilesReachedWithoutSymlinks() async throws {
+        let tree = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        try FileManager.default.createDirectory(atPath: tree + "/real", withIntermediateDirectories: false)
+        try "[s]\nk = v\n".write(toFile: tree + "/real/in.rec", atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: tree + "/linked", withDestinationPath: tree + "/real")
+        try FileManager.default.createSymbolicLink(atPath: tree + "/link.rec", withDestinationPath: tree + "/real/in.rec")
+        #expect(mkfifo(tree + "/fifo", 0o600) == 0)
+        let inputs = [tree + "/real/in.rec", tree + "/linked/in.rec", tree + "/link.rec", tree + "/fifo", "/dev/zero"]
+        let result = try await Self.run(Self.bin + "/privsep", ["pool", "--policy", Self.examples + "/parser-pool/policy.json", "--json"]
+            + inputs.flatMap { ["--input", $0] } + ["--", Self.bin + "/record-parser"])
+        var details: [String: String] = [:]
+        for line in result.stdout.split(separator: "\n") {
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+            details[object["input"]!] = object["status"] == "ok" ? "ok" : object["detail"] ?? object["status"]
+        }
+        #expect(details == [
+            tree + "/real/in.rec": "ok",
+            tree + "/linked/in.rec": "the path has a symlink in it (give the resolved path)",
+            tree + "/link.rec": "the path has a symlink in it (give the resolved path)",
+            tree + "/fifo": "not a regular file",
+            "/dev/zero": "not a regular file",
+        ], "\(result.stdout)")
+    }
+
     /// `privsep pool --placement`: every placement serves the same jobs; a dedicated
     /// CPU on a one-CPU machine, or an unknown name, is refused before anything runs.
     @Test func poolRunsUnderEveryPlacement() async throws {
