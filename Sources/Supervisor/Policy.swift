@@ -162,7 +162,8 @@ public struct PathRule: Sendable, Equatable {
     public var kind: Kind
     public var permissions: PathPermissions
     public var symlinks: SymlinkPolicy
-    /// Mode of files this rule lets the worker create (the request's mode is ignored).
+    /// Mode of files this rule lets the worker create (the request's mode is ignored), less
+    /// the supervisor process's umask, as for any open.
     public var createMode: UInt32
     /// File types that may be handed out: regular files and directories unless the rule says more.
     public var allowedFileTypes: Set<FileType>

@@ -99,7 +99,9 @@ public struct ResourceLimits: Sendable, Equatable {
     public var cpuSeconds: UInt64?
     /// RLIMIT_FSIZE, bytes.
     public var fileSize: UInt64?
-    /// RLIMIT_NPROC. Counted per user: it limits every process of the worker's uid.
+    /// RLIMIT_NPROC. Counted per user: it limits every process of the worker's uid. The
+    /// kernel does not enforce it on root or on a process with CAP_SYS_ADMIN or
+    /// CAP_SYS_RESOURCE: it binds a worker that has dropped its identity.
     public var processes: UInt64?
     /// RLIMIT_CORE, bytes: 0 by default, so a crashing worker leaves no core with its secrets.
     public var coreSize: UInt64? = 0

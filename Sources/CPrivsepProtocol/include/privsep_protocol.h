@@ -39,6 +39,11 @@
  *                                            the last has PRIVSEP_RESULT_MORE)
  *   While a job runs the worker may send requests of its own as usual. The
  *   supervisor never sends a second JOB before the last RESULT of the first.
+ *
+ * Outside the protocol, a worker in C must do what the Swift Worker library does
+ * for it: prctl(PR_SET_PDEATHSIG, SIGKILL) first thing, then check getppid() is
+ * still the supervisor (it may have died before the prctl), so the worker dies with
+ * its supervisor; then lock itself down before it reads untrusted input.
  */
 #ifndef PRIVSEP_PROTOCOL_H
 #define PRIVSEP_PROTOCOL_H
