@@ -127,6 +127,8 @@ struct AttackWorker: ParsableCommand {
             answer { () throws(WorkerError) in try supervisor.socket(domain: AF_INET, type: 3, protocol: 1) }
         case "socket-packet":
             answer { () throws(WorkerError) in try supervisor.socket(domain: AF_PACKET, type: 3) }
+        case "socket-tcp":
+            answer { () throws(WorkerError) in try supervisor.socket(domain: AF_INET, type: 1) }
         case "connect":
             let address = parseAddress(argument)
             answer { () throws(WorkerError) in try supervisor.connect(to: address) }
@@ -269,6 +271,8 @@ struct Attack {
         if !policy.sockets.contains(where: { $0.domain == AF_PACKET }) {
             attacks.append(Attack(name: "socket-packet", arguments: [], summary: "a packet socket", expectation: .refused(eacces)))
         }
+        // Whatever the rules: an unbound TCP socket could listen on every interface.
+        attacks.append(Attack(name: "socket-tcp", arguments: [], summary: "an unbound TCP socket", expectation: .refused(eacces)))
         let testNet = IPv4Address(192, 0, 2, 1)
         if !policy.connect.contains(where: { $0.allows(.ipv4(testNet, port: 9), type: 1) }) {
             attacks.append(Attack(name: "connect", arguments: ["192.0.2.1:9"], summary: "connect to a denied address", expectation: .refused(eacces)))
