@@ -117,3 +117,7 @@ long attack_tcgets(void) {
     return raw(SYS_ioctl, 1, 0x5401 /* TCGETS */, (long)termios, 0, 0, 0);
 }
 long attack_openat_write(const char *path) { return raw(SYS_openat, AT_FDCWD, (long)path, O_WRONLY | O_CLOEXEC, 0, 0, 0); }
+long attack_tcgets2(void) {
+    char termios2[64];
+    return raw(SYS_ioctl, 1, 0x802C542A /* TCGETS2 */, (long)termios2, 0, 0, 0);
+}

@@ -86,7 +86,8 @@ public final class AuditLog: Sendable {
         // One write(2) per line on an O_APPEND fd: lines from concurrent writers never interleave.
         var line = record.jsonLine + "\n"
         let problem: String? = line.withUTF8 { bytes in
-            let written = Glibc.write(fd, bytes.baseAddress, bytes.count)
+            var written = Glibc.write(fd, bytes.baseAddress, bytes.count)
+            while written < 0 && Glibc.errno == EINTR { written = Glibc.write(fd, bytes.baseAddress, bytes.count) }
             if written == bytes.count { return nil }
             return written < 0 ? "\(Errno(rawValue: Glibc.errno))" : "\(written) of \(bytes.count) bytes written"
         }

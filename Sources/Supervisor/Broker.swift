@@ -296,7 +296,7 @@ public final class ActivePolicy: Sendable {
 
     /// Serves a SOCKET: only (domain, type) pairs the policy lists. The socket is close-on-exec.
     ///
-    /// An Internet stream socket is refused unless `checkedLater` (intercept mode, which
+    /// An Internet stream or seqpacket socket is refused unless `checkedLater` (intercept mode, which
     /// serves the program's connect, bind and listen on it): a worker holding an unbound one
     /// could listen on it, which binds it to every interface at an ephemeral port with no
     /// BIND rule asked, or connect it where no CONNECT rule reaches. A brokered worker gets
@@ -304,9 +304,10 @@ public final class ActivePolicy: Sendable {
     public func socket(_ request: SocketRequest, checkedLater: Bool = false) -> BrokerResult {
         let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
         guard baseType & ~0xf == 0 else { return .denied(.invalidArgument, "unknown socket type bits") }
-        if !checkedLater, request.domain == AF_INET || request.domain == AF_INET6, baseType == privsep_SOCK_STREAM {
-            return .denied(.permissionDenied, "an unbound TCP socket could listen on every interface or connect past the "
-                           + "rules: ask CONNECT or BIND for a TCP socket")
+        if !checkedLater, request.domain == AF_INET || request.domain == AF_INET6,
+           baseType == privsep_SOCK_STREAM || baseType == privsep_SOCK_SEQPACKET {
+            return .denied(.permissionDenied, "an unbound TCP (or SCTP) socket could listen on every interface or connect "
+                           + "past the rules: ask CONNECT or BIND for a TCP socket")
         }
         guard policy.sockets.contains(where: { $0.allows(domain: request.domain, type: baseType, protocol: request.protocol) }) else {
             return .denied(.permissionDenied, "no rule allows socket(\(request.domain), \(baseType), \(request.protocol))")
@@ -403,9 +404,14 @@ public final class ActivePolicy: Sendable {
     /// too, which only IPv4 rules decide. Any other IPv6 address reaches no IPv4 traffic
     /// (a mapped address is matched by IPv4 rules already). Fails if the socket is bound.
     func keepIPv4Out(_ raw: Int32, binding address: SocketAddress, type: Int32) -> Result<Void, Errno> {
-        guard case .ipv6(let ip, let port, _) = address, ip == .any,
-              !policy.bind.contains(where: { $0.allows(.ipv4(.any, port: port), type: type) }) else { return .success(()) }
+        guard keepsIPv4Out(address, type: type) else { return .success(()) }
         return system_setsockopt(raw, 41 /* IPPROTO_IPV6 */, 26 /* IPV6_V6ONLY */, 1)
+    }
+
+    /// Whether a socket bound at `address` must be IPv6-only (``keepIPv4Out(_:binding:type:)``).
+    func keepsIPv4Out(_ address: SocketAddress, type: Int32) -> Bool {
+        guard case .ipv6(let ip, let port, _) = address, ip == .any else { return false }
+        return !policy.bind.contains(where: { $0.allows(.ipv4(.any, port: port), type: type) })
     }
 
     func family(of address: SocketAddress) -> Int32 {

@@ -462,6 +462,15 @@ final class InterceptServer: @unchecked Sendable {
         }) {
             return deny(n, event, detail, .permissionDenied, failure)
         }
+        // IPV6_V6ONLY stays changeable until the bind: a thread of the program that cleared it
+        // in between has made a socket that takes IPv4 traffic no rule granted. Only a
+        // hostile program races so, and the socket is bound now: the program is ended.
+        if binding, case .success = result, active.keepsIPv4Out(parsed, type: type),
+           system_getsockopt_int(raw, 41 /* IPPROTO_IPV6 */, 26 /* IPV6_V6ONLY */) != .success(1) {
+            if programPidfd >= 0 { _ = system_pidfd_send_signal(programPidfd, SIGKILL) }
+            auditor.logger.critical("intercept: the program cleared IPV6_V6ONLY while its socket was bound at \(parsed); killing it")
+            return deny(n, event, detail, .permissionDenied, "IPV6_V6ONLY was cleared during the bind: the program is killed")
+        }
         switch result {
         case .success:
             grant(n, event, detail, reason: binding ? "bound" : "connected")
@@ -487,8 +496,16 @@ final class InterceptServer: @unchecked Sendable {
         if case .success(let port?) = system_getsockname_port(socket.unsafeRawValue), port == 0 {
             return deny(n, "LISTEN", detail, .permissionDenied, "the socket is not bound: listen would bind it to every interface")
         }
-        switch system_listen(socket.unsafeRawValue, backlog) {
+        // As the program (--user): a unix socket records its listener's credentials, which
+        // its clients read (SO_PEERCRED), and they must not be the supervisor's.
+        var result: Result<Void, Errno> = .failure(.permissionDenied)
+        let raw = socket.unsafeRawValue
+        if let failure = asProgram({ result = system_listen(raw, backlog) }) {
+            return deny(n, "LISTEN", detail, .permissionDenied, failure)
+        }
+        switch result {
         case .success:
+            grant(n, "LISTEN", detail, reason: "listening")
             answer(n, value: 0)
         case .failure(let errno):
             answer(n, error: errno)

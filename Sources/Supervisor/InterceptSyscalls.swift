@@ -317,7 +317,7 @@ func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Resul
     if case .failure(let errno) = system_fcntl(fd, F_SETFL, flags | O_NONBLOCK) { return .failure(errno) }
     defer { _ = system_fcntl(fd, F_SETFL, flags) }
     let start = system_clock_monotonic()
-    let limit = UInt64(max(0, timeout) * 1_000_000_000)
+    let limit = nanoseconds(timeout)
     func remainingNanoseconds() -> UInt64 {
         let now = system_clock_monotonic()
         let elapsed = now >= start ? now - start : limit

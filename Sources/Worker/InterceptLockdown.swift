@@ -19,7 +19,7 @@ import SystemPackage
 ///   process_vm_*, bpf, io_uring, open_by_handle_at, mount and the new mount API,
 ///   namespaces, modules, kexec, keyrings, loading another seccomp filter, chmod and
 ///   chown and xattr changes, timestamps, device nodes, TIOCSTI, the inode-flag ioctls
-///   (chattr), SysV/POSIX IPC, setsid/setpgid, SOCK_DGRAM socketpairs, memfd_create,
+///   (chattr), SysV/POSIX IPC, setsid/setpgid, CLONE_PARENT, datagram (SOCK_DGRAM or SOCK_RAW) socketpairs, memfd_create,
 ///   prlimit64 on another process, MSG_FASTOPEN...);
 /// - kills i386 and x32 entries;
 /// - and Landlock handles every filesystem right, granting only READ_FILE|EXECUTE
@@ -107,7 +107,7 @@ public struct InterceptLockdown: Sendable {
         }
         let abi = try applyLandlock()
         let listener = try loadFilter()
-        let layers: SandboxLayers = [.noNewPrivileges, .landlock, .seccomp]
+        let layers: SandboxLayers = [.noNewPrivileges, .landlock, .landlockScopes, .seccomp]
         let status = SandboxStatus(requested: layers, active: layers, landlockABI: abi)
         try supervisor.reportSandbox(status)
         try supervisor.handOverInterceptListener(listener)

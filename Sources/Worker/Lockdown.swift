@@ -61,8 +61,7 @@ public struct Lockdown: Sendable {
     public enum Scoping: Sendable, Equatable {
         case off
         /// When the kernel's ABI has it (SANDBOX_STATUS reports it as a layer of its own),
-        /// and required when a granted group can signal (``SyscallGroup/proc``,
-        /// ``SyscallGroup/tty``, ``SyscallGroup/fcntl``).
+        /// and required when a granted group needs it (``SyscallGroup/needingScopes``).
         case ifAvailable
         /// An error on a kernel without it.
         case required
@@ -133,11 +132,11 @@ public struct Lockdown: Sendable {
         }
         active.insert(.noNewPrivileges)
 
-        // kill, F_SETOWN and FIOSETOWN can signal any process of the worker's user, the
-        // supervisor (whose pid getppid gives away) included: only Landlock's scoping stops
-        // that, so a group that grants one of them needs it.
+        // kill and F_SETOWN can signal any process of the worker's user, the supervisor (whose
+        // pid getppid gives away) included, and a unix socket can reach any abstract one: only
+        // Landlock's scoping stops those, so a group that grants one of them needs it.
         let scopesRequired = landlockScopes == .required
-            || (landlockScopes == .ifAvailable && !groups.isDisjoint(with: SyscallGroup.signalling))
+            || (landlockScopes == .ifAvailable && !groups.isDisjoint(with: SyscallGroup.needingScopes))
         if scopesRequired { requested.insert(.landlockScopes) }
         var landlockABI: UInt32 = 0
         // A ruleset binds only the calling thread, so a process with threads cannot have one:

@@ -44,6 +44,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         ConditionalRule(syscall: "prlimit64", [Comparison(argument: 0, value: 0), Comparison(argument: 2, value: 0)]),
         // The ioctls isatty() and non-blocking mode need, nothing else.
         ConditionalRule(syscall: "ioctl", argument: 1, value: 0x5401), // TCGETS
+        ConditionalRule(syscall: "ioctl", argument: 1, value: 0x802C_542A), // TCGETS2 (glibc 2.42's isatty and tcgetattr)
         ConditionalRule(syscall: "ioctl", argument: 1, value: 0x5421), // FIONBIO
         ConditionalRule(syscall: "ioctl", argument: 1, value: 0x5451), // FIOCLEX
         // prctl: naming threads, nothing that changes privileges or the filter.
@@ -131,14 +132,16 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     ])
     /// Running programs (execve only; execveat, which runs fileless memfds, never).
     public static let exec = SyscallGroup(name: "exec", syscalls: ["execve"], conditional: [])
-    /// Terminal ioctls: reading and setting termios, the window size, flushing and draining,
-    /// bytes queued. Not TIOCSTI (typing into the terminal), TIOCLINUX, TIOCSCTTY, TIOCSETD,
-    /// TIOCCONS, TIOCSPGRP, nor FIOSETOWN/FIOASYNC, which make the kernel signal another process.
+    /// Terminal ioctls: reading and setting termios, reading the window size, flushing and
+    /// draining, bytes queued. Not TIOCSTI (typing into the terminal), TIOCLINUX, TIOCSCTTY,
+    /// TIOCSETD, TIOCCONS, TIOCSPGRP, TIOCSWINSZ (it sends SIGWINCH to the terminal's
+    /// foreground group), nor FIOSETOWN/FIOASYNC, which make the kernel signal another process.
     public static let tty = SyscallGroup(name: "tty", syscalls: [], conditional: [
-        0x5401, 0x5402, 0x5403, 0x5404, // TCGETS, TCSETS, TCSETSW, TCSETSF
-        0x5409, 0x540A, 0x540B,         // TCSBRK (tcdrain), TCXONC, TCFLSH
-        0x540F, 0x5411, 0x5413, 0x5414, // TIOCGPGRP, TIOCOUTQ, TIOCGWINSZ, TIOCSWINSZ
-        0x541B, 0x5429, 0x5450,         // FIONREAD, TIOCGSID, FIONCLEX
+        0x5401, 0x5402, 0x5403, 0x5404,             // TCGETS, TCSETS, TCSETSW, TCSETSF
+        0x802C_542A, 0x402C_542B, 0x402C_542C, 0x402C_542D, // TCGETS2, TCSETS2, TCSETSW2, TCSETSF2 (glibc 2.42+)
+        0x5409, 0x540A, 0x540B,                     // TCSBRK (tcdrain), TCXONC, TCFLSH
+        0x540F, 0x5411, 0x5413,                     // TIOCGPGRP, TIOCOUTQ, TIOCGWINSZ
+        0x541B, 0x5429, 0x5450,                     // FIONREAD, TIOCGSID, FIONCLEX
     ].map { ConditionalRule(syscall: "ioctl", argument: 1, value: $0) })
     /// Every fcntl command, F_SETFL without O_APPEND and F_SETOWN/F_SETSIG included:
     /// an append-only grant can then be rewritten, and the kernel can be made to
@@ -153,9 +156,10 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         ConditionalRule(syscall: "openat", argument: 2, mask: openAccessMode | openCreate | openTruncate | openTemporary, value: 0),
     ])
 
-    /// The groups that can signal another process (kill; F_SETOWN; FIOSETOWN): with any of
-    /// them, a lockdown needs Landlock's scoping unless it turns scoping off.
-    public static let signalling: Set<SyscallGroup> = [proc, tty, fcntl]
+    /// The groups that reach past the sandbox where only Landlock's scoping stops them: they
+    /// signal (proc's kill, fcntl's F_SETOWN) or connect to abstract unix sockets (unix).
+    /// With any of them, a lockdown needs scoping unless it turns scoping off.
+    public static let needingScopes: Set<SyscallGroup> = [proc, fcntl, unix]
 
     /// Every group, by name (for policy files and the learning mode).
     public static let all: [SyscallGroup] = [rpath, wpath, cpath, fattr, inet, unix, serve, thread, time, proc, exec, tty, fcntl, memlock, dispatch]

@@ -248,7 +248,9 @@ private func openInput(_ path: String) -> Result<Int32, InputRefusal> {
     defer { close(located) }
     var status = stat()
     guard fstat(located, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { return .failure(InputRefusal(why: "not a regular file")) }
-    let fd = open("/proc/self/fd/\(located)", O_RDONLY | O_CLOEXEC | O_NOCTTY)
+    // O_NONBLOCK: a file under a lease fails at once rather than holding the pool for the
+    // lease's break time (it means nothing to a regular file's reads).
+    let fd = open("/proc/self/fd/\(located)", O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)
     guard fd >= 0 else { return .failure(InputRefusal(why: "cannot open: \(Errno(rawValue: errno))")) }
     return .success(fd)
 }

@@ -372,12 +372,13 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
         var policy = Policy()
         policy.allowSocket(domain: AF_INET, type: privsep_SOCK_STREAM)
         policy.allowSocket(domain: AF_INET6, type: privsep_SOCK_STREAM)
+        policy.allowSocket(domain: AF_INET, type: privsep_SOCK_SEQPACKET) // SCTP: listen binds it too
         policy.allowSocket(domain: AF_UNIX, type: privsep_SOCK_STREAM)
         let run = try await runWorker([
             "handshake", "socket:\(AF_INET):\(privsep_SOCK_STREAM)", "socket:\(AF_INET6):\(privsep_SOCK_STREAM | privsep_SOCK_NONBLOCK)",
-            "socket:\(AF_UNIX):\(privsep_SOCK_STREAM)",
+            "socket:\(AF_INET):\(privsep_SOCK_SEQPACKET)", "socket:\(AF_UNIX):\(privsep_SOCK_STREAM)",
         ], policy: policy)
-        #expect(run.lines.dropFirst() == ["socket errno \(EACCES)", "socket errno \(EACCES)", "socket ok"])
+        #expect(run.lines.dropFirst() == ["socket errno \(EACCES)", "socket errno \(EACCES)", "socket errno \(EACCES)", "socket ok"])
         let refusal = run.audit.first { $0.event == "SOCKET" && $0.decision == "denied" }
         #expect(refusal?.reason.contains("ask CONNECT or BIND") == true)
     }

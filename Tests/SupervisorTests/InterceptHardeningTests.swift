@@ -64,6 +64,52 @@ extension InterceptTests {
         #expect(accept(privateListener, nil, nil) < 0, "nothing reached the root-only socket")
     }
 
+    /// A unix socket records who called listen, and its clients read that (SO_PEERCRED): the
+    /// supervisor listens on the program's behalf as the program's user.
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func unixServersListenAsTheProgramsUser() async throws {
+        let tree = Tree()
+        tree.scratch.mkdir("sock")
+        #expect(chmod(tree.path + "/sock", 0o777) == 0)
+        let path = tree.path + "/sock/server"
+        let sockets = """
+        ,
+          "sockets": [ { "domain": "unix", "type": "stream" } ],
+          "bind": [ { "unix": "\(path)" } ]
+        """
+        let script = """
+        import signal, socket, sys
+        signal.alarm(20)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(sys.argv[1]); s.listen(1)
+        conn, _ = s.accept(); conn.close(); print('served')
+        """
+        async let run = privsep(["run", "--intercept", "--user", "65534:65534", "--policy", tree.policy(sockets: sockets), "--",
+                                 Self.python, "-c", script, path])
+        var listener: [UInt32]? = nil // struct ucred of the server, as its client sees it
+        let deadline = ContinuousClock.now + .seconds(15)
+        while listener == nil && ContinuousClock.now < deadline {
+            let client = socket(AF_UNIX, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { bytes in
+                for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }
+            }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            if connected == 0 {
+                var credentials: [UInt32] = [0, 0, 0]
+                var length = socklen_t(12)
+                if getsockopt(client, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 { listener = credentials }
+            }
+            close(client)
+            if listener == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let result = try await run
+        #expect(result.stdout == "served\n", "\(result.stderr)")
+        #expect(listener?[1] == 65534 && listener?[2] == 65534, "SO_PEERCRED of the server \(String(describing: listener))")
+    }
+
     @Test(.enabled(if: hasPython, "python3 is not installed")) func aBlockingConnectThatNeverCompletesTimesOutAndServingGoesOn() async throws {
         try await connectToAFullBacklog(clearingNonBlocking: false)
     }

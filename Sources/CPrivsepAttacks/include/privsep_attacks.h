@@ -37,5 +37,7 @@ long attack_kill_parent(void);
 long attack_fiosetown(void);
 /* TCGETS on stdout: a terminal ioctl the tty group allows. */
 long attack_tcgets(void);
+/* TCGETS2 on stdout: what glibc 2.42's isatty uses; in the baseline. */
+long attack_tcgets2(void);
 
 #endif

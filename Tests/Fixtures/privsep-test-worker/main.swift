@@ -448,6 +448,7 @@ for step in CommandLine.arguments.dropFirst() {
         case "kill_parent": attack_kill_parent()
         case "fiosetown": attack_fiosetown()
         case "tcgets": attack_tcgets()
+        case "tcgets2": attack_tcgets2()
         default: fatalError("unknown attack \(name)")
         }
         say("attack \(name) \(result)")
