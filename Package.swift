@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "PrivsepIPC", "CPrivsepShims", "CSeccomp",
+                "PrivsepIPC", "Worker", "CPrivsepShims", "CSeccomp",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],

@@ -859,13 +859,12 @@ final class EventLoop: @unchecked Sendable {
     private func listenerReady(_ record: WorkerRecord, flags: UInt32) {
         guard let box = record.listener else { return }
         if flags & EPOLLIN.rawValue != 0 {
-            switch system_notif_receive(box.fd.unsafeRawValue) {
+            switch system_notif_receive_full(box.fd.unsafeRawValue) {
             case .success(let notification):
-                let call = SyscallViolation(number: notification.number, architecture: notification.architecture, instructionPointer: nil)
-                if !record.handle.learnedSyscalls.contains(where: { $0.number == call.number && $0.architecture == call.architecture }) {
-                    audit(record, event: "LEARN", detail: call.description)
-                }
-                record.handle.recordLearned(call)
+                let a = notification.args
+                let call = SyscallViolation(number: notification.nr, architecture: notification.arch, instructionPointer: nil,
+                                            arguments: [a.0, a.1, a.2, a.3, a.4, a.5])
+                if record.handle.recordLearned(call) { audit(record, event: "LEARN", detail: call.description) }
                 _ = system_notif_continue(box.fd.unsafeRawValue, notification.id) // ENOENT: the caller is gone
             case .failure:
                 break // the notifying thread died meanwhile

@@ -1,6 +1,7 @@
 import CSeccomp
 import Glibc
 import PrivsepIPC
+public import Worker
 
 /// Why a worker is gone: a typed result, never a thrown error.
 public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
@@ -53,12 +54,22 @@ public struct SyscallViolation: Sendable, Equatable, CustomStringConvertible {
     public var instructionPointer: UInt64?
     /// The name, e.g. "openat"; nil if the number is unknown for the architecture.
     public var name: String?
+    /// The call's six arguments, where known (learning mode): the groups that allow a call
+    /// may depend on them (`rpath` allows openat read-only).
+    public var arguments: [UInt64]?
 
-    public init(number: Int32, architecture: UInt32, instructionPointer: UInt64?) {
+    public init(number: Int32, architecture: UInt32, instructionPointer: UInt64?, arguments: [UInt64]? = nil) {
         self.number = number
         self.architecture = architecture
         self.instructionPointer = instructionPointer
         self.name = syscallName(number, architecture: architecture)
+        self.arguments = arguments
+    }
+
+    /// The syscall groups that allow this call (with its arguments, where known), the ones
+    /// that allow it whatever its arguments first.
+    public var allowingGroups: [SyscallGroup] {
+        name.map { SyscallGroup.groups(allowing: $0, arguments: arguments) } ?? []
     }
 
     init(_ report: Violation) {

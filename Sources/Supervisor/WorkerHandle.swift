@@ -25,6 +25,8 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         var semaphores: [DispatchSemaphore] = []
         var sandbox: SandboxStatus?
         var learned: [SyscallViolation] = []
+        /// Each learned call's number, architecture and the groups that allow it.
+        var learnedKeys: Set<String> = []
     }
 
     init(id: UInt64, pid: Int32, name: String, policy: Policy, loop: EventLoop) {
@@ -99,14 +101,18 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         for semaphore in semaphores { semaphore.signal() }
     }
 
-    /// In learning mode: each system call the worker's filter did not allow, once, in order.
+    /// In learning mode: each system call the worker's filter did not allow, in order, once
+    /// for each set of groups that would allow it (openat read-only and openat creating are
+    /// two: `rpath` allows the first, only `cpath` the second).
     public var learnedSyscalls: [SyscallViolation] { state.withLock { $0.learned } }
 
-    func recordLearned(_ call: SyscallViolation) {
-        state.withLock { state in
-            if !state.learned.contains(where: { $0.number == call.number && $0.architecture == call.architecture }) {
-                state.learned.append(call)
-            }
+    /// Records `call` unless one alike is recorded; whether it was new.
+    func recordLearned(_ call: SyscallViolation) -> Bool {
+        let key = "\(call.number) \(call.architecture) " + call.allowingGroups.map(\.name).joined(separator: ",")
+        return state.withLock { state in
+            guard state.learnedKeys.insert(key).inserted else { return false }
+            state.learned.append(call)
+            return true
         }
     }
 

@@ -167,9 +167,27 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     /// The group named `name`, if there is one.
     public static func named(_ name: String) -> SyscallGroup? { all.first { $0.name == name } }
 
-    /// The groups that allow `syscall` (by name), for telling a user what to grant.
-    public static func groups(allowing syscall: String) -> [SyscallGroup] {
-        all.filter { $0.syscalls.contains(syscall) || $0.conditional.contains { $0.syscall == syscall } }
+    /// The groups that allow `syscall` (by name), for telling a user what to grant: with
+    /// `arguments` (the call's six), those that allow it so called; without, those that allow
+    /// it called somehow, the ones that allow it whatever its arguments first.
+    public static func groups(allowing syscall: String, arguments: [UInt64]? = nil) -> [SyscallGroup] {
+        let allowing = all.filter { $0.allows(syscall, arguments: arguments) }
+        return allowing.filter { $0.allowsAlways(syscall) } + allowing.filter { !$0.allowsAlways(syscall) }
+    }
+
+    /// Whether this group allows `syscall` whatever its arguments.
+    public func allowsAlways(_ syscall: String) -> Bool { syscalls.contains(syscall) }
+
+    /// Whether this group allows `syscall` called with `arguments` (nil: with some arguments).
+    func allows(_ syscall: String, arguments: [UInt64]?) -> Bool {
+        if syscalls.contains(syscall) { return true }
+        return conditional.contains { rule in
+            guard rule.syscall == syscall else { return false }
+            guard let arguments else { return true }
+            return rule.comparisons.allSatisfy { comparison in
+                Int(comparison.argument) < arguments.count && arguments[Int(comparison.argument)] & comparison.mask == comparison.value
+            }
+        }
     }
 }
 

@@ -215,11 +215,18 @@ struct Run: AsyncParsableCommand {
         case .seccompViolation(let violation):
             var message = "privsep: worker \(pid) killed: seccomp violation: \(violation)"
             if let name = violation.name {
-                let groups = SyscallGroup.groups(allowing: name).map { "\"\($0.name)\"" }
-                if !groups.isEmpty {
-                    message += groups.count == 1 ? "; the \(groups[0]) group would allow it" : "; the groups \(groups.joined(separator: ", ")) would allow it"
-                } else {
+                // Its arguments are not reported: a group that allows the call only with some is
+                // named apart, as it may not allow this one.
+                let groups = violation.allowingGroups
+                let always = groups.filter { $0.allowsAlways(name) }.map { "\"\($0.name)\"" }
+                let some = groups.filter { !$0.allowsAlways(name) }.map { "\"\($0.name)\"" }
+                if groups.isEmpty {
                     message += "; no syscall group allows it"
+                } else if some.isEmpty {
+                    message += always.count == 1 ? "; the \(always[0]) group would allow it" : "; the groups \(always.joined(separator: ", ")) would allow it"
+                } else {
+                    let named = always.isEmpty ? "" : "the group\(always.count == 1 ? "" : "s") \(always.joined(separator: ", ")) would allow it, and "
+                    message += "; \(named)\(some.joined(separator: ", ")) with some arguments"
                 }
             }
             printError(message)
@@ -305,11 +312,16 @@ struct Learn: AsyncParsableCommand {
             print("No system call beyond the baseline was made (or the program never locked down: it must call Lockdown.apply).")
         } else {
             print("System calls beyond the baseline:")
-            var groups: [String] = []
             for call in calls {
-                let allowing = call.name.map { SyscallGroup.groups(allowing: $0).map(\.name) } ?? []
+                let allowing = call.allowingGroups.map(\.name)
                 print("  \(call)\(allowing.isEmpty ? ": no group allows it; it cannot be granted" : ": groups \(allowing.joined(separator: ", "))")")
-                if let first = allowing.first, !groups.contains(first) { groups.append(first) }
+            }
+            // The calls with the fewest choices pick first, so a group one of them needs (cpath
+            // for a creating openat) also covers the calls it allows (a read-only openat).
+            var groups: [String] = []
+            for allowing in calls.map({ $0.allowingGroups.map(\.name) }).sorted(by: { $0.count < $1.count })
+            where !allowing.isEmpty && !allowing.contains(where: groups.contains) {
+                groups.append(allowing[0])
             }
             print("Lockdown groups to grant: \(groups.isEmpty ? "none" : groups.joined(separator: ", "))")
         }

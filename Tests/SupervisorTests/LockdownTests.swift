@@ -224,6 +224,22 @@ import Testing
         await supervisor.shutdown()
     }
 
+    /// Which groups allow a call can depend on its arguments: a read-only openat and one that
+    /// writes are learned apart, and only groups that allow each are named for it.
+    @Test func callsAreLearnedWithTheGroupsTheirArgumentsNeed() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: [
+            "handshake", "lockdown", "attack:openat:/etc/hostname", "attack:openat_write:/dev/null",
+            "attack:openat:/etc/hosts", "exit:0",
+        ])
+        configuration.learning = true
+        configuration.standardOutput = .null
+        let handle = try await supervisor.spawn(configuration)
+        #expect(await handle.exit() == .exited(code: 0))
+        #expect(handle.learnedSyscalls.map { $0.allowingGroups.map(\.name) } == [["cpath", "rpath", "wpath", "dispatch"], ["cpath", "wpath"]])
+        await supervisor.shutdown()
+    }
+
     @Test func aListenerIsRefusedOutsideLearningMode() async throws {
         // The fixture cannot send a real listener without learning mode. A worker neither
         // learning nor intercepted cannot send the supervisor an fd at all where the

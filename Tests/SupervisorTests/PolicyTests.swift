@@ -2,6 +2,7 @@ import CPrivsepShims
 import Glibc
 import PrivsepIPC
 @testable import Supervisor
+import Worker
 import Testing
 
 @Suite struct PolicyFileTests {
@@ -347,5 +348,23 @@ private func isCanonicalByDefinition(_ bytes: [UInt8]) -> Bool {
         #expect(throws: FlagDenial.self) { try vetOpenFlags(O_WRONLY | O_CREAT, permissions: [.read, .create]).get() }
         #expect(try vetOpenFlags(O_RDONLY | O_CREAT, permissions: [.read, .create]).get() == O_RDONLY | O_CREAT | O_CLOEXEC | O_NOCTTY)
         #expect(try vetOpenFlags(O_RDONLY | O_DIRECTORY, permissions: [.listDirectory]).get() == O_DIRECTORY | O_CLOEXEC | O_NOCTTY)
+    }
+}
+
+@Suite struct SyscallGroupHintTests {
+    /// The groups named for a call are those that allow it so called; without its arguments,
+    /// those that allow it whatever they are come first.
+    @Test func groupsAreNamedForACallsArguments() {
+        let names = { (groups: [SyscallGroup]) in groups.map(\.name) }
+        #expect(names(SyscallGroup.groups(allowing: "openat")) == ["cpath", "rpath", "wpath", "dispatch"])
+        let readOnly: [UInt64] = [UInt64(bitPattern: -100), 0, UInt64(O_RDONLY | O_CLOEXEC), 0, 0, 0]
+        let creating: [UInt64] = [UInt64(bitPattern: -100), 0, UInt64(O_WRONLY | O_CREAT | O_CLOEXEC), 0, 0, 0]
+        let writing: [UInt64] = [UInt64(bitPattern: -100), 0, UInt64(O_RDWR), 0, 0, 0]
+        #expect(names(SyscallGroup.groups(allowing: "openat", arguments: readOnly)) == ["cpath", "rpath", "wpath", "dispatch"])
+        #expect(names(SyscallGroup.groups(allowing: "openat", arguments: creating)) == ["cpath"])
+        #expect(names(SyscallGroup.groups(allowing: "openat", arguments: writing)) == ["cpath", "wpath"])
+        #expect(names(SyscallGroup.groups(allowing: "ioctl", arguments: [1, 0x5412, 0, 0, 0, 0])).isEmpty, "TIOCSTI")
+        #expect(names(SyscallGroup.groups(allowing: "ioctl", arguments: [1, 0x5402, 0, 0, 0, 0])) == ["tty"])
+        #expect(names(SyscallGroup.groups(allowing: "setsid")).isEmpty)
     }
 }
