@@ -171,7 +171,9 @@ struct Auditor: Sendable {
         if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
         if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
         // Paths and reasons come from the worker: escaped, so a newline cannot forge a log line.
-        let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(printable(record.detail))\(record.reason.isEmpty ? "" : ": \(printable(record.reason))")"
+        let detail = printable(record.detail, maximumBytes: AuditRecord.maximumFieldBytes)
+        let reason = printable(record.reason, maximumBytes: AuditRecord.maximumFieldBytes)
+        let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(detail)\(reason.isEmpty ? "" : ": \(reason)")"
         logger.log(level: level, message, metadata: metadata)
     }
 }
@@ -184,9 +186,11 @@ func wallClockSeconds() -> Double {
 
 /// `text` with control characters escaped (\n, \u001b...), for log lines that
 /// carry what a worker wrote.
-public func printable(_ text: String) -> String {
-    guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else { return text }
-    let quoted = jsonString(text)
+public func printable(_ text: String, maximumBytes: Int = .max) -> String {
+    guard text.utf8.count > maximumBytes || text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+        return text
+    }
+    let quoted = jsonString(text, maximumBytes: maximumBytes)
     return String(quoted.dropFirst().dropLast())
 }
 

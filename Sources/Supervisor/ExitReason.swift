@@ -54,8 +54,8 @@ public struct SyscallViolation: Sendable, Equatable, CustomStringConvertible {
     public var instructionPointer: UInt64?
     /// The name, e.g. "openat"; nil if the number is unknown for the architecture.
     public var name: String?
-    /// The call's six arguments, where known (learning mode): the groups that allow a call
-    /// may depend on them (`rpath` allows openat read-only).
+    /// The call's six arguments, where known (a VIOLATION report, learning mode): the groups
+    /// that allow a call may depend on them (`rpath` allows openat read-only).
     public var arguments: [UInt64]?
 
     public init(number: Int32, architecture: UInt32, instructionPointer: UInt64?, arguments: [UInt64]? = nil) {
@@ -73,7 +73,8 @@ public struct SyscallViolation: Sendable, Equatable, CustomStringConvertible {
     }
 
     init(_ report: Violation) {
-        self.init(number: report.syscallNumber, architecture: report.architecture, instructionPointer: report.instructionPointer)
+        self.init(number: report.syscallNumber, architecture: report.architecture, instructionPointer: report.instructionPointer,
+                  arguments: report.arguments)
     }
 
     /// "x86_64", "i386", "x32", "aarch64", or the number in hex.

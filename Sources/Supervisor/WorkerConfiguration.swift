@@ -37,7 +37,7 @@ public struct WorkerConfiguration: Sendable {
     /// Intercept mode: `executable` is the `privsep-intercept` helper, which hands the
     /// supervisor a seccomp listener and then execs an unmodified program whose file and
     /// socket calls the supervisor serves under ``policy``. See
-    /// ``WorkerConfiguration/intercepting(program:arguments:argv0:policy:helper:)``.
+    /// ``WorkerConfiguration/intercepting(program:arguments:argv0:policy:helper:identity:)``.
     public var intercept: Bool
     /// Intercept mode: the identity (uid, gid) the program runs as, if not the supervisor's.
     /// The supervisor makes, connects and binds the program's sockets with these effective

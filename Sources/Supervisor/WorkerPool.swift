@@ -182,7 +182,7 @@ public struct WorkerPoolConfiguration: Sendable {
     /// a worker dies. That peak starts at the supervisor's own (the kernel carries a
     /// parent's peak into its child, through exec), so it tells only for a worker that
     /// grew past the supervisor's peak; one that died between checks below it fails
-    /// with its exit reason. Set ``WorkerConfiguration/limits`` `addressSpace` too for
+    /// with its exit reason. Set ``WorkerConfiguration/resourceLimits`` `addressSpace` too for
     /// a hard ceiling the kernel enforces between checks.
     public var memoryLimit: Int?
     /// CPU seconds a job may use (user + system, all threads).

@@ -14,7 +14,7 @@ import SystemPackage
 /// - sends every call that names a path or makes a socket to the supervisor
 ///   (seccomp user notification): `open`, `openat`, `openat2`, `creat`, the stat
 ///   family, `access`/`faccessat`/`faccessat2`, `readlink`/`readlinkat`, `socket`,
-///   `connect`, `bind` and `execve`. The supervisor serves them under the policy;
+///   `connect`, `bind`, `listen` and `execve`. The supervisor serves them under the policy;
 /// - refuses calls that would leave the sandbox or change the system (ptrace,
 ///   process_vm_*, bpf, io_uring, open_by_handle_at, mount and the new mount API,
 ///   namespaces, modules, kexec, keyrings, loading another seccomp filter, chmod and

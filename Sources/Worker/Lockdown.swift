@@ -14,8 +14,8 @@ public import SystemPackage
 /// let input = try supervisor.open("/srv/input.csv", .readOnly)
 /// ```
 ///
-/// The order is fixed: namespaces (if asked), resource limits, no_new_privs,
-/// Landlock, then the seccomp filter, loaded with TSYNC so it binds every
+/// The order is fixed: identity (if set), namespaces (if asked), resource limits,
+/// no_new_privs, Landlock, then the seccomp filter, loaded with TSYNC so it binds every
 /// thread. Each layer that was asked for and cannot be applied throws; nothing
 /// is skipped with a warning. Finally the worker reports to the supervisor
 /// which layers are in force (SANDBOX_STATUS).

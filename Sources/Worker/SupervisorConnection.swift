@@ -138,7 +138,9 @@ public final class SupervisorConnection: @unchecked Sendable {
         })
     }
 
-    /// A new socket; SOCK_CLOEXEC is always set.
+    /// A new socket; SOCK_CLOEXEC is always set. Internet stream and seqpacket sockets are
+    /// refused (EACCES) whatever the policy: ask ``connect(to:type:protocol:)`` or ``listen(at:backlog:)``
+    /// (BIND) for a TCP socket.
     public func socket(domain: Int32, type: Int32, protocol: Int32 = 0) throws(WorkerError) -> OwnedFileDescriptor {
         try singleFileDescriptor(.socket(SocketRequest(domain: domain, type: type, protocol: `protocol`)))
     }

@@ -157,9 +157,10 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     ])
 
     /// The groups that reach past the sandbox where only Landlock's scoping stops them: they
-    /// signal (proc's kill, fcntl's F_SETOWN) or connect to abstract unix sockets (unix).
+    /// signal (proc's kill, fcntl's F_SETOWN) or connect to abstract unix sockets (unix, and
+    /// inet, whose connect and sendto work on any socket, a brokered unix one included).
     /// With any of them, a lockdown needs scoping unless it turns scoping off.
-    public static let needingScopes: Set<SyscallGroup> = [proc, fcntl, unix]
+    public static let needingScopes: Set<SyscallGroup> = [proc, fcntl, unix, inet]
 
     /// Every group, by name (for policy files and the learning mode).
     public static let all: [SyscallGroup] = [rpath, wpath, cpath, fattr, inet, unix, serve, thread, time, proc, exec, tty, fcntl, memlock, dispatch]
@@ -168,10 +169,11 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     public static func named(_ name: String) -> SyscallGroup? { all.first { $0.name == name } }
 
     /// The groups that allow `syscall` (by name), for telling a user what to grant: with
-    /// `arguments` (the call's six), those that allow it so called; without, those that allow
-    /// it called somehow, the ones that allow it whatever its arguments first.
+    /// `arguments` (the call's six), those that allow it so called, narrowest first; without,
+    /// those that allow it called somehow, the ones that allow it whatever its arguments first.
     public static func groups(allowing syscall: String, arguments: [UInt64]? = nil) -> [SyscallGroup] {
         let allowing = all.filter { $0.allows(syscall, arguments: arguments) }
+        guard arguments == nil else { return allowing }
         return allowing.filter { $0.allowsAlways(syscall) } + allowing.filter { !$0.allowsAlways(syscall) }
     }
 

@@ -150,7 +150,7 @@ struct Run: AsyncParsableCommand {
         let audit = try openAuditLog(auditLog)
 
         var configuration = try workerConfiguration(command: command, file: file)
-        if user != nil && !intercept { throw ValidationError("--user is for --intercept (a worker drops its identity with Lockdown(identity:))") }
+        if user != nil && !intercept { throw ValidationError("--user is for --intercept (a worker drops its own identity: set Lockdown.identity before apply)") }
         if intercept { configuration = try interceptConfiguration(configuration, user: user) }
         configuration.inheritedEnvironment += passEnvironment
         for pair in environment {
@@ -215,11 +215,12 @@ struct Run: AsyncParsableCommand {
         case .seccompViolation(let violation):
             var message = "privsep: worker \(pid) killed: seccomp violation: \(violation)"
             if let name = violation.name {
-                // Its arguments are not reported: a group that allows the call only with some is
-                // named apart, as it may not allow this one.
+                // Without the call's arguments (a kill-process filter reports none), a group that
+                // allows it only with some is named apart, as it may not allow this one.
                 let groups = violation.allowingGroups
-                let always = groups.filter { $0.allowsAlways(name) }.map { "\"\($0.name)\"" }
-                let some = groups.filter { !$0.allowsAlways(name) }.map { "\"\($0.name)\"" }
+                let known = violation.arguments != nil
+                let always = groups.filter { known || $0.allowsAlways(name) }.map { "\"\($0.name)\"" }
+                let some = groups.filter { !known && !$0.allowsAlways(name) }.map { "\"\($0.name)\"" }
                 if groups.isEmpty {
                     message += "; no syscall group allows it"
                 } else if some.isEmpty {
@@ -366,7 +367,11 @@ struct Learn: AsyncParsableCommand {
                 if open.flags & O_TRUNC != 0 { permissions.insert("truncate") }
                 add(open.path, permissions)
             case .socket(let socket):
-                let rule = "{ \"domain\": \"\(socketDomainName(socket.domain))\", \"type\": \"\(socketTypeName(socket.type & 0xf))\" }"
+                // The broker never gives an Internet stream or seqpacket socket from SOCKET, so
+                // no rule would make such a request work (the worker needs CONNECT or BIND).
+                let type = socket.type & 0xf
+                if (socket.domain == AF_INET || socket.domain == AF_INET6) && (type == 1 || type == 5) { continue }
+                let rule = "{ \"domain\": \"\(socketDomainName(socket.domain))\", \"type\": \"\(socketTypeName(type))\" }"
                 if !sockets.contains(rule) { sockets.append(rule) }
             case .connect(let request):
                 let rule = addressRule(request)

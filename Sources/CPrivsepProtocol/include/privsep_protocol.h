@@ -31,7 +31,8 @@
  *   supervisor -> worker   WELCOME          (the worker waits for it before anything else)
  *   worker -> supervisor   OPEN | SOCKET | CONNECT | BIND      -> REPLY with the same request_id
  *   worker -> supervisor   LOG | VIOLATION | SANDBOX_STATUS     (no reply)
- *   worker -> supervisor   LISTENER         (learning mode only; no reply)
+ *   worker -> supervisor   LISTENER         (learning mode: no reply; intercept mode: a REPLY,
+ *                                            the go-ahead to exec)
  *
  * Pool workers (started by a WorkerPool) also serve jobs, one at a time:
  *   supervisor -> worker   JOB              (request_id names the job)
@@ -96,7 +97,8 @@ struct privsep_header {
     uint64_t request_id; /* chosen by the requester; echoed by its REPLY */
 };
 
-/* HELLO: the worker introduces itself. pid must equal the peer's SO_PEERCRED pid. */
+/* HELLO: the worker introduces itself. pid must equal the sender's pid as the kernel reports
+   it with the datagram (SCM_CREDENTIALS): the worker the supervisor spawned. */
 struct privsep_hello {
     uint32_t pid;
     uint32_t flags; /* none defined: 0 */
@@ -117,7 +119,9 @@ struct privsep_open {
     uint32_t mode;
 };
 
-/* SOCKET: create a socket. type may include SOCK_NONBLOCK; SOCK_CLOEXEC is forced. */
+/* SOCKET: create a socket. type may include SOCK_NONBLOCK; SOCK_CLOEXEC is forced.
+   Internet stream and seqpacket sockets are refused (EACCES) whatever the policy: CONNECT
+   and BIND give TCP sockets (an unbound one could listen on every interface). */
 struct privsep_socket {
     int32_t domain;
     int32_t type;
