@@ -51,6 +51,14 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         receivesSenderCredentials = false
     }
 
+    /// Bounds the bytes this end's sent datagrams may occupy until the peer reads them
+    /// (SO_SNDBUF; the kernel doubles the value for its bookkeeping). Past it a send waits,
+    /// or fails with EAGAIN when non-blocking. A datagram must fit whole.
+    public func setSendBufferSize(_ bytes: Int32) throws(Errno) {
+        var size = bytes
+        try system_setsockopt(descriptor.unsafeRawValue, SOL_SOCKET, SO_SNDBUF, &size).get()
+    }
+
     /// Has the kernel refuse every fd sent to this end (SO_PASSRIGHTS off, Linux 6.16+):
     /// the peer's `sendmsg` with SCM_RIGHTS fails with EPERM, so no fd of the peer's is
     /// ever in flight to this process, and the peer learns at once that fds are not taken.

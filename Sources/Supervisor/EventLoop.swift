@@ -716,9 +716,33 @@ final class EventLoop: @unchecked Sendable {
                 }
             }
             guard let failure else { return }
+            if reply.fileDescriptorCount > 0, Self.kernelRefusedToPassFileDescriptors(failure) {
+                // Not the worker's doing (it may be others' unread replies, all charged to this
+                // process): the request fails, its fd is closed here, and the worker goes on.
+                auditor.logger.warning("worker \(record.id): a reply's fd could not be passed (\(failure)); answered EMFILE")
+                _ = consume fds
+                return sendReply(record, requestID, .failure(.tooManyOpenFiles), fds: OwnedFileDescriptors())
+            }
             guard mustPark(record, afterFailing: failure, Envelope(requestID: requestID, .reply(reply))) else { return }
         }
         park(record, Envelope(requestID: requestID, .reply(reply)), fds: fds)
+    }
+
+    /// Whether a send failed because the kernel would not take its fds now: every fd in a
+    /// worker's unread receive queue is charged to this process's user, and past its
+    /// RLIMIT_NOFILE (without CAP_SYS_RESOURCE) any send with fds fails ETOOMANYREFS; memory
+    /// for the control data can run short too.
+    static func kernelRefusedToPassFileDescriptors(_ error: ChannelError) -> Bool {
+        switch error {
+        case .system(.tooManyReferences), .system(.noBufferSpace), .system(.noMemory): true
+        default: false
+        }
+    }
+
+    /// Why a worker whose JOB or parked reply could not carry its fds is ended: not its fault.
+    static func fileDescriptorsNotPassed(_ error: ChannelError) -> ExitReason {
+        .resourceCapExceeded("a message's fds could not be passed to it (\(error)): the supervisor's fds in flight "
+                             + "to workers are at its RLIMIT_NOFILE")
     }
 
     /// Deals with a failed send of `envelope`: true if the queue was full and the message
@@ -731,6 +755,10 @@ final class EventLoop: @unchecked Sendable {
             channelClosedByWorker(record)
         case .malformed(let error):
             refuseOwnMessage(record, envelope(), error)
+        case let error where Self.kernelRefusedToPassFileDescriptors(error):
+            // A JOB's fds (a REPLY's are answered EMFILE instead): the worker cannot be given
+            // its job, through no fault of its own.
+            kill(record, Self.fileDescriptorsNotPassed(error))
         default:
             kill(record, .protocolViolation("reply could not be sent: \(error)"))
         }
@@ -780,6 +808,8 @@ final class EventLoop: @unchecked Sendable {
             case .success: record.parked.removeFirst()
             case .failure(.system(.resourceTemporarilyUnavailable)): return
             case .failure(.peerClosed): channelClosedByWorker(record); return
+            case .failure(let error) where Self.kernelRefusedToPassFileDescriptors(error):
+                kill(record, Self.fileDescriptorsNotPassed(error)); return
             case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
             }
         }

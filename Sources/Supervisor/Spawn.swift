@@ -42,6 +42,12 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
     // Sender credentials identify the HELLO's sender: SO_PEERCRED on a pair names
     // the supervisor itself on both ends.
     do { try supervisorEnd.enableSenderCredentials() } catch { throw SpawnError(step: "SO_PASSCRED", errno: error) }
+    // Replies a worker leaves unread stay charged to this end, and so do their fds, to this
+    // process's user (past its RLIMIT_NOFILE no send can carry an fd). With the default
+    // 208 KiB a worker that never reads holds ~280 fds in flight for as long as it lives;
+    // with this, ~80, after which replies are parked and the worker is killed once it has
+    // left them unread for replyStallSeconds. It holds several largest messages.
+    do { try supervisorEnd.setSendBufferSize(32 << 10) } catch { throw SpawnError(step: "SO_SNDBUF", errno: error) }
     // Only a learning or intercept worker hands the supervisor an fd (its LISTENER): every
     // other worker's fds are refused by the kernel, from before the worker runs. Without
     // SO_PASSRIGHTS (before Linux 6.16) the serving loop's receive installs at most one,

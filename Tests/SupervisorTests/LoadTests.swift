@@ -59,6 +59,36 @@ import Testing
     /// a typed error, a running worker's OPEN is answered EMFILE, and once fds are free again
     /// both work as before, with no fd leaked. In a child process of its own: the limit is
     /// the process's.
+    /// Every fd in a worker's unread replies is charged to the supervisor's user: past its
+    /// RLIMIT_NOFILE (without CAP_SYS_RESOURCE) no reply can carry an fd (ETOOMANYREFS). A
+    /// worker that hoards them must not get another killed: that one's OPEN fails EMFILE and
+    /// it goes on. Run as nobody, with a low limit, in a process of its own.
+    @Test func aWorkerThatLeavesRepliesUnreadCannotGetAnotherKilled() async {
+        await #expect(processExitsWith: .success) {
+            require(setgroups(0, nil) == 0 && setgid(65534) == 0 && setuid(65534) == 0,
+                    "dropping to nobody")
+            var limit = rlimit(rlim_cur: 48, rlim_max: 48)
+            require(setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, "setrlimit")
+            var policy = Policy()
+            policy.allow(path: "/etc/hostname", .file, [.read])
+            let audit = AuditLog(collectingUpTo: 1_000)
+            let supervisor = try! Supervisor(logger: quietLogger(), auditLog: audit)
+            let hoarder = try! await supervisor.spawn(WorkerConfiguration(
+                executable: testWorkerPath, arguments: ["handshake", "hoard:60:/etc/hostname", "sleep:30"], policy: policy))
+            for _ in 0..<3_000 where audit.records.filter({ $0.workerID == hoarder.id && $0.event == "OPEN" }).count < 60 {
+                usleep(10_000)
+            }
+            require(audit.records.filter({ $0.workerID == hoarder.id && $0.event == "OPEN" }).count == 60, "the hoard served")
+            let honest = try! await runWorker(["handshake", "read:/etc/hostname", "exit:0"], policy: policy, supervisor: supervisor)
+            require(honest.reason == .exited(code: 0), "the other worker ended \(honest.reason)")
+            require(honest.lines.last == "read /etc/hostname errno \(EMFILE)", "\(honest.lines)")
+            hoarder.stop(grace: 0)
+            _ = await hoarder.exit()
+            await supervisor.shutdown()
+            exit(0)
+        }
+    }
+
     @Test func aSupervisorOutOfDescriptorsFailsCleanlyAndRecovers() async {
         await #expect(processExitsWith: .success) {
             let scratch = ScratchDirectory()
@@ -139,6 +169,22 @@ import Testing
         switch flooded.reason {
         case .resourceCapExceeded(let why): #expect(why.contains("not reading its replies"))
         default: Issue.record("flooding worker ended with \(flooded.reason)")
+        }
+        await supervisor.shutdown()
+    }
+
+    /// A worker's unread replies, each with an fd in flight, are bounded by its channel's
+    /// send buffer: past about 80 they are parked, and a worker that leaves them is killed,
+    /// rather than holding a few hundred fds for as long as it lives.
+    @Test func aWorkerCannotHoardFileDescriptorsInUnreadReplies() async throws {
+        var policy = Policy()
+        policy.allow(path: "/etc/hostname", .file, [.read])
+        let supervisor = try Supervisor(logger: quietLogger())
+        let run = try await runWorker(["handshake", "hoard:200:/etc/hostname", "sleep:30"], policy: policy, supervisor: supervisor,
+                                      configure: { $0.caps.replyStallSeconds = 1 })
+        switch run.reason {
+        case .resourceCapExceeded(let why): #expect(why.contains("not reading its replies"))
+        default: Issue.record("the hoarding worker ended with \(run.reason)")
         }
         await supervisor.shutdown()
     }

@@ -21,6 +21,7 @@
 //   waitfile:PATH        wait (up to 60 s) until PATH exists
 //   exit:CODE            exit with CODE
 //   flood:N              send N OPEN requests without reading replies
+//   hoard:N:PATH         send N OPEN requests for PATH without reading replies (fds left in flight)
 //   pdeathsig            print the parent-death signal
 //   threads:N:PATH       N threads each open and read PATH 50 times through one connection
 //                                                                       -> "threads ok N*50" / "threads failed ..."
@@ -305,6 +306,17 @@ for step in CommandLine.arguments.dropFirst() {
             do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
         }
         say("flood sent \(sent)")
+    case "hoard":
+        // N OPENs of PATH whose replies (each with an fd, if granted) are never read.
+        let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(3)))
+        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: String(parts[2]), flags: 0))))
+        var sent = 0
+        for index in 0..<Int(parts[1])! {
+            var message = request
+            withUnsafeBytes(of: UInt64(index + 1)) { for (i, byte) in $0.enumerated() { message[16 + i] = byte } }
+            do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
+        }
+        say("hoard sent \(sent)")
     case "pdeathsig":
         var signal: Int32 = 0
         _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
