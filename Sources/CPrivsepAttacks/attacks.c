@@ -121,3 +121,10 @@ long attack_tcgets2(void) {
     char termios2[64];
     return raw(SYS_ioctl, 1, 0x802C542A /* TCGETS2 */, (long)termios2, 0, 0, 0);
 }
+long attack_unknown_syscalls(long count) {
+    long failed = 0;
+    for (long i = 0; i < count; i++) {
+        if (raw(1000 + i, 0, 0, 0, 0, 0, 0) == -ENOSYS) failed++;
+    }
+    return failed;
+}

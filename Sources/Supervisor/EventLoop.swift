@@ -97,7 +97,6 @@ final class EventLoop: @unchecked Sendable {
         case channel(WorkerRecord)
         case pidfd(WorkerRecord)
         case connect(WorkerRecord, PendingConnectState)
-        case listener(WorkerRecord)
     }
 
     init(auditor: Auditor, placement: PlacementPlan = .unmanaged, workerIDs: WorkerIDSource = WorkerIDSource(),
@@ -251,7 +250,6 @@ final class EventLoop: @unchecked Sendable {
                 case .channel(let record): if !record.isGone { channelReady(record, flags: flags, othersReady: count > 1) }
                 case .pidfd(let record): if !record.isGone { reap(record) }
                 case .connect(let record, let pending): if !record.isGone { connectReady(record, pending, token: token) }
-                case .listener(let record): if !record.isGone { listenerReady(record, flags: flags) }
                 }
             }
             for id in rereads {
@@ -868,7 +866,7 @@ final class EventLoop: @unchecked Sendable {
             kill(record, .protocolViolation("LISTENER sent, but this worker is not in learning mode"))
             return
         }
-        guard record.listener == nil else {
+        guard !record.learning else {
             kill(record, .protocolViolation("second LISTENER"))
             return
         }
@@ -876,37 +874,13 @@ final class EventLoop: @unchecked Sendable {
             kill(record, .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
             return
         }
-        let box = ListenerBox(listener)
-        guard let token = register(box.fd.unsafeRawValue, .listener(record), events: EPOLLIN.rawValue) else {
-            kill(record, .protocolViolation("cannot watch the seccomp listener"))
+        let server = LearningServer(listener: listener, handle: record.handle, auditor: auditor)
+        guard server.start(on: placement.helperThreadCPUs) else {
+            kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
             return
         }
-        box.token = token
-        record.listener = box
+        record.learning = true
         audit(record, event: "LEARN", reason: "learning mode: calls outside the filter are recorded and allowed")
-    }
-
-    private func listenerReady(_ record: WorkerRecord, flags: UInt32) {
-        guard let box = record.listener else { return }
-        if flags & EPOLLIN.rawValue != 0 {
-            switch system_notif_receive_full(box.fd.unsafeRawValue) {
-            case .success(let notification):
-                let a = notification.args
-                let call = SyscallViolation(number: notification.nr, architecture: notification.arch, instructionPointer: nil,
-                                            arguments: [a.0, a.1, a.2, a.3, a.4, a.5])
-                if record.handle.recordLearned(call) { audit(record, event: "LEARN", detail: call.description) }
-                _ = system_notif_continue(box.fd.unsafeRawValue, notification.id) // ENOENT: the caller is gone
-            case .failure:
-                break // the notifying thread died meanwhile
-            }
-        }
-        if flags & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { dropListener(record) }
-    }
-
-    private func dropListener(_ record: WorkerRecord) {
-        guard let box = record.listener else { return }
-        unregister(box.fd.unsafeRawValue, token: box.token)
-        record.listener = nil
     }
 
     // MARK: Intercept mode
@@ -1093,7 +1067,6 @@ final class EventLoop: @unchecked Sendable {
     private func reap(_ record: WorkerRecord) {
         // What the worker left running ends with it.
         signalProcessGroup(record, SIGKILL)
-        defer { dropListener(record) }
         let status: (code: Int32, status: Int32, peakResidentBytes: Int)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
         case .success(let result?): status = result
@@ -1293,7 +1266,8 @@ final class WorkerRecord {
     @exclusivity(unchecked) var queuedToReadAgain = false
     /// The loop's turn when the channel was last read.
     @exclusivity(unchecked) var lastReadTurn: UInt64 = 0
-    var listener: ListenerBox?
+    /// Whether its learning-mode listener is being served (by a ``LearningServer``).
+    var learning = false
     /// The pool this worker serves, if any.
     @exclusivity(unchecked) var pool: PoolCore?
     /// This process's peak resident bytes just after the spawn. The kernel's peak for a
@@ -1326,13 +1300,6 @@ final class ChannelBox {
     func disableSenderCredentials() {
         _ = try? socket.disableSenderCredentials()
     }
-}
-
-/// A learning-mode worker's seccomp listener.
-final class ListenerBox {
-    let fd: OwnedFileDescriptor
-    var token: UInt64 = 0
-    init(_ fd: consuming OwnedFileDescriptor) { self.fd = fd }
 }
 
 /// A reply that found the worker's queue full.

@@ -54,8 +54,6 @@ final class InterceptServer: @unchecked Sendable {
     private let programPidfd: Int32
     /// Set when this thread must stop serving: its next loop iteration ends it.
     private var stopped = false
-    /// The CPUs the serving thread moves onto when it starts (set before it starts).
-    private var serveOn: CPUSet?
 
     init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String,
          identity: (uid: UInt32, gid: UInt32)? = nil, connectTimeout: Double = 30, programPidfd: consuming OwnedFileDescriptor? = nil) {
@@ -88,69 +86,11 @@ final class InterceptServer: @unchecked Sendable {
     }
 
     /// Starts the serving thread (detached; it ends when no process uses the filter any
-    /// more), on `cpus` when given: a thread starts on its creator's CPUs, which for the
-    /// loop thread may be the one CPU it keeps to itself.
+    /// more), on `cpus` when given. Named like the loop threads ("privsep-loop") so
+    /// operators (top -H, perf) can tell them apart.
     func start(on cpus: CPUSet? = nil) -> Bool {
-        serveOn = cpus
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        let rc = pthread_create(&thread, &attributes, { context in
-            let server = Unmanaged<InterceptServer>.fromOpaque(context!).takeRetainedValue()
-            server.run()
-            return nil
-        }, box.toOpaque())
-        if rc != 0 {
-            box.release()
-            return false
-        }
-        return true
-    }
-
-    private func run() {
-        // Named like the loop threads ("privsep-loop") so operators (top -H, perf) can tell them apart.
-        system_set_thread_name("privsep-notify")
-        // Placement is a scheduling choice: a thread that cannot move serves where it is.
-        if let serveOn { _ = system_sched_setaffinity(serveOn) }
-        let fd = listener.unsafeRawValue
-        // From Linux 6.11 a receive that blocks returns (ENOENT) once no process uses the
-        // filter, so it can wait by itself: a poll before each receive was one more system
-        // call per notification (BENCHMARKS.md, intercept mode). Before 6.11 such a receive
-        // would wait forever, and only poll sees the filter go unused (POLLHUP).
-        let receiveWaits = interceptReceiveWaits.load(ordering: .relaxed)
-        var pending = false // poll has said a notification is waiting
-        while !stopped {
-            if !receiveWaits && !pending {
-                guard waitForNotification(fd) else { return }
-            }
-            pending = false
-            switch system_notif_receive_full(fd) {
-            case .success(let notification):
-                serve(notification)
-            case .failure:
-                // ENOENT: the caller died (or took a fatal signal) before its notification was
-                // received, or no process uses the filter any more; poll tells which. Any
-                // other failure waits for poll too, so that it cannot spin.
-                guard waitForNotification(fd) else { return }
-                pending = true
-            }
-        }
-    }
-
-    /// Waits until a notification is pending (true) or no process uses the filter any more
-    /// (POLLHUP) or the listener cannot be polled (false).
-    private func waitForNotification(_ fd: Int32) -> Bool {
-        while true {
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&poller, 1, -1) < 0 {
-                if currentErrno() == .interrupted { continue }
-                return false
-            }
-            if poller.revents & Int16(POLLIN) != 0 { return true }
-            if poller.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return false }
+        startDetachedThread(named: "privsep-notify", on: cpus) {
+            receiveNotifications(self.listener.unsafeRawValue, stopped: { self.stopped }) { self.serve($0) }
         }
     }
 

@@ -106,13 +106,21 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
     /// two: `rpath` allows the first, only `cpath` the second).
     public var learnedSyscalls: [SyscallViolation] { state.withLock { $0.learned } }
 
-    /// Records `call` unless one alike is recorded; whether it was new.
-    func recordLearned(_ call: SyscallViolation) -> Bool {
+    /// The most distinct calls learned from one worker: a hostile one could make a
+    /// notification of every 32-bit syscall number.
+    public static let maximumLearnedSyscalls = 4096
+
+    enum Learned { case recorded, known, full }
+
+    /// Records `call` unless one alike is recorded or the record is full.
+    func recordLearned(_ call: SyscallViolation) -> Learned {
         let key = "\(call.number) \(call.architecture) " + call.allowingGroups.map(\.name).joined(separator: ",")
         return state.withLock { state in
-            guard state.learnedKeys.insert(key).inserted else { return false }
+            guard !state.learnedKeys.contains(key) else { return .known }
+            guard state.learned.count < Self.maximumLearnedSyscalls else { return .full }
+            state.learnedKeys.insert(key)
             state.learned.append(call)
-            return true
+            return .recorded
         }
     }
 

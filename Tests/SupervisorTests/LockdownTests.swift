@@ -225,6 +225,25 @@ import Testing
         await supervisor.shutdown()
     }
 
+    /// A learning worker can make a notification of every syscall number: the calls learned
+    /// are capped, and the cap is said once.
+    @Test func learnedCallsAreCapped() async throws {
+        let audit = AuditLog(collectingUpTo: 10_000)
+        let supervisor = try Supervisor(logger: quietLogger(), auditLog: audit)
+        let count = WorkerHandle.maximumLearnedSyscalls + 100
+        var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: [
+            "handshake", "lockdown", "attack:unknown_syscalls:\(count)", "exit:0",
+        ])
+        configuration.learning = true
+        configuration.standardOutput = .null
+        let handle = try await supervisor.spawn(configuration)
+        #expect(await handle.exit() == .exited(code: 0))
+        #expect(handle.learnedSyscalls.count == WorkerHandle.maximumLearnedSyscalls)
+        let capped = audit.records.filter { $0.event == "LEARN" && $0.reason.contains("no more are recorded") }
+        #expect(capped.count == 1)
+        await supervisor.shutdown()
+    }
+
     /// Which groups allow a call can depend on its arguments: a read-only openat and one that
     /// writes are learned apart, and only groups that allow each are named for it.
     @Test func callsAreLearnedWithTheGroupsTheirArgumentsNeed() async throws {

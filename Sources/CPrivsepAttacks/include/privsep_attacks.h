@@ -39,5 +39,7 @@ long attack_fiosetown(void);
 long attack_tcgets(void);
 /* TCGETS2 on stdout: what glibc 2.42's isatty uses; in the baseline. */
 long attack_tcgets2(void);
+/* `count` system calls no kernel has (1000, 1001, ...): how many failed ENOSYS. */
+long attack_unknown_syscalls(long count);
 
 #endif

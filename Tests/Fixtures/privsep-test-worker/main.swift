@@ -461,6 +461,7 @@ for step in CommandLine.arguments.dropFirst() {
         case "fiosetown": attack_fiosetown()
         case "tcgets": attack_tcgets()
         case "tcgets2": attack_tcgets2()
+        case "unknown_syscalls": attack_unknown_syscalls(Int(argument)!)
         default: fatalError("unknown attack \(name)")
         }
         say("attack \(name) \(result)")

@@ -1,0 +1,124 @@
+import CPrivsepShims
+import Glibc
+import PrivsepIPC
+import Synchronization
+import SystemPackage
+
+/// Starts a detached thread named `name` that runs `body`, on `cpus` when given (a thread
+/// starts on its creator's CPUs, which for a loop thread may be the one it keeps to itself;
+/// placement is a scheduling choice, so a thread that cannot move runs where it is).
+func startDetachedThread(named name: String, on cpus: CPUSet?, _ body: @escaping () -> Void) -> Bool {
+    final class Start {
+        let name: String, cpus: CPUSet?, body: () -> Void
+        init(_ name: String, _ cpus: CPUSet?, _ body: @escaping () -> Void) { (self.name, self.cpus, self.body) = (name, cpus, body) }
+    }
+    let box = Unmanaged.passRetained(Start(name, cpus, body))
+    var thread = pthread_t()
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    let rc = pthread_create(&thread, &attributes, { context in
+        let start = Unmanaged<Start>.fromOpaque(context!).takeRetainedValue()
+        system_set_thread_name(start.name)
+        if let cpus = start.cpus { _ = system_sched_setaffinity(cpus) }
+        start.body()
+        return nil
+    }, box.toOpaque())
+    if rc != 0 {
+        box.release()
+        return false
+    }
+    return true
+}
+
+/// Receives the notifications of seccomp listener `fd`, on the calling thread (its only
+/// reader), and hands each to `serve`, until no process uses the filter any more or
+/// `stopped` says so.
+///
+/// Not on an event loop: SECCOMP_IOCTL_NOTIF_RECV can block even after poll said a
+/// notification was ready (its caller died meanwhile, or another holder of the listener
+/// took it), and it would block the loop's every worker with it.
+func receiveNotifications(_ fd: Int32, stopped: () -> Bool, _ serve: (Notification) -> Void) {
+    // From Linux 6.11 a receive that blocks returns (ENOENT) once no process uses the
+    // filter, so it can wait by itself: a poll before each receive was one more system
+    // call per notification (BENCHMARKS.md, intercept mode). Before 6.11 such a receive
+    // would wait forever, and only poll sees the filter go unused (POLLHUP).
+    let receiveWaits = interceptReceiveWaits.load(ordering: .relaxed)
+    var pending = false // poll has said a notification is waiting
+    while !stopped() {
+        if !receiveWaits && !pending {
+            guard waitForNotification(fd) else { return }
+        }
+        pending = false
+        switch system_notif_receive_full(fd) {
+        case .success(let notification):
+            serve(notification)
+        case .failure:
+            // ENOENT: the caller died (or took a fatal signal) before its notification was
+            // received, or no process uses the filter any more; poll tells which. Any
+            // other failure waits for poll too, so that it cannot spin.
+            guard waitForNotification(fd) else { return }
+            pending = true
+        }
+    }
+}
+
+/// Waits until a notification is pending (true) or no process uses the filter any more
+/// (POLLHUP) or the listener cannot be polled (false).
+private func waitForNotification(_ fd: Int32) -> Bool {
+    while true {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        if poll(&poller, 1, -1) < 0 {
+            if currentErrno() == .interrupted { continue }
+            return false
+        }
+        if poller.revents & Int16(POLLIN) != 0 { return true }
+        if poller.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0 { return false }
+    }
+}
+
+/// Serves a learning-mode worker's seccomp listener on a thread of its own: each call the
+/// worker's filter does not allow is recorded (``WorkerHandle/learnedSyscalls``, an audit
+/// record the first time) and let run. The worker may keep a copy of the listener, so
+/// receiving can block: on the event loop that would stall every worker it serves.
+final class LearningServer: @unchecked Sendable {
+    private let listener: OwnedFileDescriptor
+    private let handle: WorkerHandle
+    private let auditor: Auditor
+
+    init(listener: consuming OwnedFileDescriptor, handle: WorkerHandle, auditor: Auditor) {
+        self.listener = listener
+        self.handle = handle
+        self.auditor = auditor
+    }
+
+    /// Starts the thread (detached; it ends, closing the listener, when no process uses the filter).
+    func start(on cpus: CPUSet?) -> Bool {
+        startDetachedThread(named: "privsep-learn", on: cpus) { self.run() }
+    }
+
+    private func run() {
+        let fd = listener.unsafeRawValue
+        var full = false
+        receiveNotifications(fd, stopped: { false }) { n in
+            let a = n.args
+            let call = SyscallViolation(number: n.nr, architecture: n.arch, instructionPointer: nil, arguments: [a.0, a.1, a.2, a.3, a.4, a.5])
+            switch handle.recordLearned(call) {
+            case .recorded:
+                audit(detail: call.description, reason: "")
+            case .full where !full:
+                full = true
+                audit(detail: call.description, reason: "more than \(WorkerHandle.maximumLearnedSyscalls) distinct calls: no more are recorded")
+            case .known, .full:
+                break
+            }
+            _ = system_notif_continue(fd, n.id) // ENOENT: the caller is gone
+        }
+    }
+
+    private func audit(detail: String, reason: String) {
+        auditor.record(AuditRecord(time: wallClockSeconds(), workerID: handle.id, workerName: handle.name, pid: handle.pid,
+                                   event: "LEARN", detail: detail, decision: "", errno: 0, reason: reason))
+    }
+}
