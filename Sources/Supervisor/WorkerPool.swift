@@ -151,7 +151,8 @@ public final class WorkerPool: Sendable {
 
     /// Fails every queued job with ``JobFailure/poolClosed``, lets running jobs
     /// finish, retires every worker and returns once all have exited. Later
-    /// `run` calls fail with ``JobFailure/poolClosed``.
+    /// `run` calls fail with ``JobFailure/poolClosed``. Without a ``WorkerPoolConfiguration/jobTimeout``
+    /// a job whose worker never answers holds this: `Supervisor.shutdown` stops every worker.
     public func shutdown() async {
         let core = self.core
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

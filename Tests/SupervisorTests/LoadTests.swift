@@ -96,6 +96,7 @@ import Testing
             // Renamed into place while no fd can be opened: a rename needs none.
             scratch.write("first.pending", "")
             scratch.write("second.pending", "")
+            scratch.write("learn.pending", "")
             var policy = Policy()
             policy.allow(path: scratch.path + "/data.txt", .file, [.read])
             let audit = AuditLog(collectingUpTo: 1_000)
@@ -110,7 +111,12 @@ import Testing
             }
             async let running = runWorker(["handshake", "waitfile:\(scratch.path)/first", read, "waitfile:\(scratch.path)/second", read],
                                           policy: policy, supervisor: supervisor)
-            waitUntil("the worker's handshake") { supervisor.workers().contains(where: { $0.isHandshakeDone }) }
+            // A learning worker whose LISTENER will come while no fd number is free.
+            var learning = WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "waitfile:\(scratch.path)/learn", "lockdown"])
+            learning.learning = true
+            learning.standardOutput = .null
+            let learner = try! await supervisor.spawn(learning)
+            waitUntil("the workers' handshakes") { supervisor.workers().filter(\.isHandshakeDone).count == 2 }
 
             // Every fd number below the limit is taken: the next open, socket or dup fails.
             var saved = rlimit()
@@ -137,6 +143,11 @@ import Testing
             }
             require(rename(scratch.path + "/first.pending", scratch.path + "/first") == 0, "rename")
             waitUntil("an OPEN answered EMFILE") { audit.records.contains(where: { $0.event == "OPEN" && $0.errno == EMFILE }) }
+            // Its listener cannot be received: the supervisor's shortage, said as such.
+            require(rename(scratch.path + "/learn.pending", scratch.path + "/learn") == 0, "rename")
+            waitUntil("the learning worker killed") { audit.records.contains(where: { $0.workerID == learner.id && $0.event == "KILL" }) }
+            let killed = audit.records.first(where: { $0.workerID == learner.id && $0.event == "KILL" })?.reason ?? ""
+            require(killed.contains("no free file descriptor to receive its seccomp listener"), "learning worker killed: \(killed)")
 
             for fd in fillers { close(fd) }
             require(setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &saved) == 0, "setrlimit")
