@@ -128,3 +128,30 @@ long attack_unknown_syscalls(long count) {
     }
     return failed;
 }
+long attack_escape_and_call(long seconds) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -errno;
+    long child = raw(SYS_clone, 17 /* SIGCHLD */, 0, 0, 0, 0, 0);
+    if (child != 0) {
+        /* Returns once the child has left the group, so the worker cannot end first. */
+        char left;
+        close(fds[1]);
+        long got = read(fds[0], &left, 1);
+        close(fds[0]);
+        return got == 1 ? child : -EIO;
+    }
+    raw(SYS_setsid, 0, 0, 0, 0, 0, 0);
+    (void)!write(fds[1], "x", 1);
+    close(fds[0]);
+    close(fds[1]);
+    close(0);
+    close(1);
+    close(2);
+    for (long i = 0; i < seconds * 100; i++) {
+        long fd = raw(SYS_socket, 1 /* AF_UNIX */, 1, 0, 0, 0, 0);
+        if (fd >= 0) close((int)fd);
+        usleep(10000);
+    }
+    syscall(SYS_exit_group, 0);
+    return 0;
+}

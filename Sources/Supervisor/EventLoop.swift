@@ -700,7 +700,7 @@ final class EventLoop: @unchecked Sendable {
                 try channel.socket.send(envelope, passing: fds, flags: privsep_MSG_DONTWAIT)
                 return
             } catch {
-                guard mustPark(record, afterFailing: error, envelope) else { return }
+                guard mustPark(record, afterFailing: error, carryingFileDescriptors: !fds.isEmpty, envelope) else { return }
             }
         }
         park(record, envelope, fds: fds)
@@ -723,13 +723,27 @@ final class EventLoop: @unchecked Sendable {
             if reply.fileDescriptorCount > 0, Self.kernelRefusedToPassFileDescriptors(failure) {
                 // Not the worker's doing (it may be others' unread replies, all charged to this
                 // process): the request fails, its fd is closed here, and the worker goes on.
-                auditor.logger.warning("worker \(record.id): a reply's fd could not be passed (\(failure)); answered EMFILE")
                 _ = consume fds
-                return sendReply(record, requestID, .failure(.tooManyOpenFiles), fds: OwnedFileDescriptors())
+                return answerUnpassable(record, requestID, failure)
             }
-            guard mustPark(record, afterFailing: failure, Envelope(requestID: requestID, .reply(reply))) else { return }
+            guard mustPark(record, afterFailing: failure, carryingFileDescriptors: reply.fileDescriptorCount > 0,
+                           Envelope(requestID: requestID, .reply(reply))) else { return }
         }
         park(record, Envelope(requestID: requestID, .reply(reply)), fds: fds)
+    }
+
+    /// Answers request `requestID` EMFILE in place of a reply whose fd the kernel would not
+    /// pass (its fd already closed), with the fd no longer counted as handed out.
+    private func answerUnpassable(_ record: WorkerRecord, _ requestID: UInt64, _ failure: ChannelError) {
+        noteUnpassable(record, requestID, failure)
+        sendReply(record, requestID, .failure(.tooManyOpenFiles), fds: OwnedFileDescriptors())
+    }
+
+    /// Records that request `requestID`'s fd was not passed after all, and counts it no more.
+    private func noteUnpassable(_ record: WorkerRecord, _ requestID: UInt64, _ failure: ChannelError) {
+        record.fileDescriptorsHandedOut -= 1
+        audit(record, event: "REPLY", detail: "request \(requestID)", decision: "denied", errno: .tooManyOpenFiles,
+              reason: "its fd could not be passed (\(failure)): the supervisor's fds in flight to workers are at its limit")
     }
 
     /// Whether a send failed because the kernel would not take its fds now: every fd in a
@@ -751,7 +765,8 @@ final class EventLoop: @unchecked Sendable {
 
     /// Deals with a failed send of `envelope`: true if the queue was full and the message
     /// is to be parked; otherwise the worker's channel is closed or the worker stopped.
-    private func mustPark(_ record: WorkerRecord, afterFailing error: ChannelError, _ envelope: @autoclosure () -> Envelope) -> Bool {
+    private func mustPark(_ record: WorkerRecord, afterFailing error: ChannelError, carryingFileDescriptors: Bool,
+                          _ envelope: @autoclosure () -> Envelope) -> Bool {
         switch error {
         case .system(.resourceTemporarilyUnavailable):
             return true
@@ -759,7 +774,7 @@ final class EventLoop: @unchecked Sendable {
             channelClosedByWorker(record)
         case .malformed(let error):
             refuseOwnMessage(record, envelope(), error)
-        case let error where Self.kernelRefusedToPassFileDescriptors(error):
+        case let error where carryingFileDescriptors && Self.kernelRefusedToPassFileDescriptors(error):
             // A JOB's fds (a REPLY's are answered EMFILE instead): the worker cannot be given
             // its job, through no fault of its own.
             kill(record, Self.fileDescriptorsNotPassed(error))
@@ -786,7 +801,8 @@ final class EventLoop: @unchecked Sendable {
             record.parkedSince = now
             noteDeadline(now + nanoseconds(record.configuration.caps.replyStallSeconds))
         }
-        record.parked.append(ParkedReply(bytes: bytes, fds: fds))
+        let replyTo: UInt64? = if case .reply = envelope.message { envelope.requestID } else { nil }
+        record.parked.append(ParkedReply(bytes: bytes, fds: fds, replyTo: replyTo))
         updateInterest(record)
     }
 
@@ -812,8 +828,15 @@ final class EventLoop: @unchecked Sendable {
             case .success: record.parked.removeFirst()
             case .failure(.system(.resourceTemporarilyUnavailable)): return
             case .failure(.peerClosed): channelClosedByWorker(record); return
-            case .failure(let error) where Self.kernelRefusedToPassFileDescriptors(error):
-                kill(record, Self.fileDescriptorsNotPassed(error)); return
+            case .failure(let error) where !first.fds.isEmpty && Self.kernelRefusedToPassFileDescriptors(error):
+                guard let requestID = first.replyTo,
+                      let failure = try? WireCodec.encode(Envelope(requestID: requestID, .reply(.failure(.tooManyOpenFiles)))) else {
+                    kill(record, Self.fileDescriptorsNotPassed(error)); return
+                }
+                // As for a reply sent at once: EMFILE in its place, its fd closed, and try again.
+                first.bytes = failure
+                first.fds = OwnedFileDescriptors()
+                noteUnpassable(record, requestID, error)
             case .failure(let error): kill(record, .protocolViolation("reply could not be sent: \(error)")); return
             }
         }
@@ -872,7 +895,7 @@ final class EventLoop: @unchecked Sendable {
             kill(record, .protocolViolation("LISTENER sent, but this worker is not in learning mode"))
             return
         }
-        guard !record.learning else {
+        guard record.learning == nil else {
             kill(record, .protocolViolation("second LISTENER"))
             return
         }
@@ -885,7 +908,7 @@ final class EventLoop: @unchecked Sendable {
             kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
             return
         }
-        record.learning = true
+        record.learning = server
         audit(record, event: "LEARN", reason: "learning mode: calls outside the filter are recorded and allowed")
     }
 
@@ -1071,8 +1094,10 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func reap(_ record: WorkerRecord) {
-        // What the worker left running ends with it.
+        // What the worker left running ends with it; what left its group (learning mode lets
+        // setsid through) is no longer learned from.
         signalProcessGroup(record, SIGKILL)
+        record.learning?.stop()
         let status: (code: Int32, status: Int32, peakResidentBytes: Int)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
         case .success(let result?): status = result
@@ -1272,8 +1297,8 @@ final class WorkerRecord {
     @exclusivity(unchecked) var queuedToReadAgain = false
     /// The loop's turn when the channel was last read.
     @exclusivity(unchecked) var lastReadTurn: UInt64 = 0
-    /// Whether its learning-mode listener is being served (by a ``LearningServer``).
-    var learning = false
+    /// The thread serving its learning-mode listener, stopped when the worker is reaped.
+    var learning: LearningServer?
     /// The pool this worker serves, if any.
     @exclusivity(unchecked) var pool: PoolCore?
     /// This process's peak resident bytes just after the spawn. The kernel's peak for a
@@ -1310,11 +1335,14 @@ final class ChannelBox {
 
 /// A reply that found the worker's queue full.
 final class ParkedReply {
-    let bytes: [UInt8]
+    var bytes: [UInt8]
     var fds: OwnedFileDescriptors
-    init(bytes: [UInt8], fds: consuming OwnedFileDescriptors) {
+    /// The request a REPLY answers; nil for other messages (a JOB).
+    let replyTo: UInt64?
+    init(bytes: [UInt8], fds: consuming OwnedFileDescriptors, replyTo: UInt64?) {
         self.bytes = bytes
         self.fds = fds
+        self.replyTo = replyTo
     }
 }
 

@@ -86,6 +86,10 @@ final class LearningServer: @unchecked Sendable {
     private let listener: OwnedFileDescriptor
     private let handle: WorkerHandle
     private let auditor: Auditor
+    /// Set when the worker is reaped: a process it left outside its process group (learning
+    /// mode lets setsid through) is then answered ENOSYS, not learned from, and the thread
+    /// ends at its next call, closing the listener (later calls fail ENOSYS in the kernel).
+    private let stopped = Atomic<Bool>(false)
 
     init(listener: consuming OwnedFileDescriptor, handle: WorkerHandle, auditor: Auditor) {
         self.listener = listener
@@ -93,15 +97,22 @@ final class LearningServer: @unchecked Sendable {
         self.auditor = auditor
     }
 
-    /// Starts the thread (detached; it ends, closing the listener, when no process uses the filter).
+    /// Starts the thread (detached; it ends, closing the listener, when no process uses the
+    /// filter, or at the first call after ``stop()``).
     func start(on cpus: CPUSet?) -> Bool {
         startDetachedThread(named: "privsep-learn", on: cpus) { self.run() }
     }
 
+    func stop() { stopped.store(true, ordering: .relaxed) }
+
     private func run() {
         let fd = listener.unsafeRawValue
         var full = false
-        receiveNotifications(fd, stopped: { false }) { n in
+        receiveNotifications(fd, stopped: { stopped.load(ordering: .relaxed) }) { n in
+            guard !stopped.load(ordering: .relaxed) else {
+                _ = system_notif_respond(fd, n.id, value: 0, error: .noFunction)
+                return
+            }
             let a = n.args
             let call = SyscallViolation(number: n.nr, architecture: n.arch, instructionPointer: nil, arguments: [a.0, a.1, a.2, a.3, a.4, a.5])
             switch handle.recordLearned(call) {

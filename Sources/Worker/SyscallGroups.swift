@@ -169,8 +169,9 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     public static func named(_ name: String) -> SyscallGroup? { all.first { $0.name == name } }
 
     /// The groups that allow `syscall` (by name), for telling a user what to grant: with
-    /// `arguments` (the call's six), those that allow it so called, narrowest first; without,
-    /// those that allow it called somehow, the ones that allow it whatever its arguments first.
+    /// `arguments` (the call's six), those that allow it so called, in the order of ``all``
+    /// (rpath before wpath before cpath); without, those that allow it called somehow, the
+    /// ones that allow it whatever its arguments first.
     public static func groups(allowing syscall: String, arguments: [UInt64]? = nil) -> [SyscallGroup] {
         let allowing = all.filter { $0.allows(syscall, arguments: arguments) }
         guard arguments == nil else { return allowing }

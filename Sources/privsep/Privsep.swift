@@ -215,19 +215,12 @@ struct Run: AsyncParsableCommand {
         case .seccompViolation(let violation):
             var message = "privsep: worker \(pid) killed: seccomp violation: \(violation)"
             if let name = violation.name {
-                // Without the call's arguments (a kill-process filter reports none), a group that
-                // allows it only with some is named apart, as it may not allow this one.
-                let groups = violation.allowingGroups
-                let known = violation.arguments != nil
-                let always = groups.filter { known || $0.allowsAlways(name) }.map { "\"\($0.name)\"" }
-                let some = groups.filter { !known && !$0.allowsAlways(name) }.map { "\"\($0.name)\"" }
+                // The groups that allow the call with the arguments its report carries.
+                let groups = violation.allowingGroups.map { "\"\($0.name)\"" }
                 if groups.isEmpty {
                     message += "; no syscall group allows it"
-                } else if some.isEmpty {
-                    message += always.count == 1 ? "; the \(always[0]) group would allow it" : "; the groups \(always.joined(separator: ", ")) would allow it"
                 } else {
-                    let named = always.isEmpty ? "" : "the group\(always.count == 1 ? "" : "s") \(always.joined(separator: ", ")) would allow it, and "
-                    message += "; \(named)\(some.joined(separator: ", ")) with some arguments"
+                    message += groups.count == 1 ? "; the \(groups[0]) group would allow it" : "; the groups \(groups.joined(separator: ", ")) would allow it"
                 }
             }
             printError(message)

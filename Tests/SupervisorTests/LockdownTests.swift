@@ -225,6 +225,45 @@ import Testing
         await supervisor.shutdown()
     }
 
+    /// Learning mode lets setsid through, so what a learning worker forks can leave its
+    /// process group and outlive it. Once the worker is reaped its listener is no longer
+    /// served: the thread answers that process ENOSYS and ends, closing the listener.
+    @Test func aLearningWorkersListenerEndsWithIt() async throws {
+        let audit = AuditLog(collectingUpTo: 1_000)
+        let supervisor = try Supervisor(logger: quietLogger(), auditLog: audit)
+        let pipe = Pipe()
+        var configuration = WorkerConfiguration(executable: testWorkerPath, arguments: [
+            "handshake", "lockdown", "attack:escape_and_call:20", "exit:0",
+        ])
+        configuration.learning = true
+        configuration.standardOutput = .descriptor(SharedFileDescriptor(pipe.write))
+        let handle = try await supervisor.spawn(configuration)
+        #expect(await handle.exit() == .exited(code: 0))
+        let line = readAvailable(pipe.read).split(separator: "\n").last.map(String.init) ?? ""
+        let child = try #require(Int32(line.split(separator: " ").last ?? ""), "\(line)")
+        defer { kill(child, SIGKILL) }
+        #expect(kill(child, 0) == 0, "the escaped child lives on")
+        func learningThreads() -> Int {
+            guard let directory = opendir("/proc/self/task") else { return -1 }
+            defer { closedir(directory) }
+            var count = 0
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                guard !name.hasPrefix("."), let file = fopen("/proc/self/task/\(name)/comm", "r") else { continue }
+                var comm = [CChar](repeating: 0, count: 32)
+                fgets(&comm, 32, file)
+                fclose(file)
+                if String(decoding: comm.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).hasPrefix("privsep-learn") { count += 1 }
+            }
+            return count
+        }
+        for _ in 0..<300 where learningThreads() > 0 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(learningThreads() == 0, "the learning thread still serves a worker that is gone")
+        let exit = try #require(audit.records.firstIndex { $0.workerID == handle.id && $0.event == "EXIT" })
+        #expect(!audit.records[(exit + 1)...].contains { $0.event == "LEARN" }, "learned from after the worker's exit")
+        await supervisor.shutdown()
+    }
+
     /// A learning worker can make a notification of every syscall number: the calls learned
     /// are capped, and the cap is said once.
     @Test func learnedCallsAreCapped() async throws {

@@ -462,6 +462,7 @@ for step in CommandLine.arguments.dropFirst() {
         case "tcgets": attack_tcgets()
         case "tcgets2": attack_tcgets2()
         case "unknown_syscalls": attack_unknown_syscalls(Int(argument)!)
+        case "escape_and_call": attack_escape_and_call(Int(argument)!)
         default: fatalError("unknown attack \(name)")
         }
         say("attack \(name) \(result)")
