@@ -282,22 +282,13 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
         var answer = ""
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            let client = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            if connected == 0 {
+            if let client = connectedToLoopback(port: port) {
                 var buffer = [UInt8](repeating: 0, count: 64)
                 let count = read(client, &buffer, 64)
                 answer = String(decoding: buffer[..<max(count, 0)], as: UTF8.self)
                 close(client)
                 break
             }
-            close(client)
             try await Task.sleep(for: .milliseconds(20))
         }
         #expect(answer == "hello\n")
@@ -319,16 +310,9 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
                 var value: Int32 = -1
                 var length = socklen_t(4)
                 #expect(getsockopt(bound.unsafeRawValue, 41 /* IPPROTO_IPV6 */, 26 /* IPV6_V6ONLY */, &value, &length) == 0)
-                let client = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
-                defer { close(client) }
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = port.bigEndian
-                address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-                let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                return (value, connected == 0)
+                let client = connectedToLoopback(port: port)
+                if let client { close(client) }
+                return (value, client != nil)
             }
         }
         let (unused, port) = boundLoopbackSocket()

@@ -209,10 +209,9 @@ import Testing
     }
 }
 
-/// One HTTP/1.0 GET to 127.0.0.1:port, the whole response.
-func httpGet(port: UInt16) throws -> String {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
+/// A TCP socket connected to 127.0.0.1:port, or nil (the socket closed) if the connect failed.
+func connectedToLoopback(port: UInt16) -> Int32? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = port.bigEndian
@@ -220,7 +219,17 @@ func httpGet(port: UInt16) throws -> String {
     let connected = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
-    guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
+    guard connected == 0 else {
+        close(fd)
+        return nil
+    }
+    return fd
+}
+
+/// One HTTP/1.0 GET to 127.0.0.1:port, the whole response.
+func httpGet(port: UInt16) throws -> String {
+    guard let fd = connectedToLoopback(port: port) else { throw POSIXError(.ECONNREFUSED) }
+    defer { close(fd) }
     let request = "GET / HTTP/1.0\r\n\r\n"
     _ = write(fd, request, request.utf8.count)
     var bytes: [UInt8] = []

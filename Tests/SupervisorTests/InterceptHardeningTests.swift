@@ -11,16 +11,21 @@ extension InterceptTests {
     func unixListener(_ path: String, mode: mode_t, backlog: Int32 = 8) -> Int32 {
         let fd = socket(AF_UNIX, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
         precondition(fd >= 0)
+        let bound = withUnixAddress(path) { bind(fd, $0, $1) }
+        precondition(bound == 0 && listen(fd, backlog) == 0 && chmod(path, mode) == 0)
+        return fd
+    }
+
+    /// Calls `body` with `path` as a sockaddr_un and its length.
+    func withUnixAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { bytes in
             for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }
         }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        precondition(bound == 0 && listen(fd, backlog) == 0 && chmod(path, mode) == 0)
-        return fd
     }
 
     @Test(.enabled(if: hasPython, "python3 is not installed")) func unixConnectsAreMadeAsTheProgramsUser() async throws {
@@ -89,15 +94,7 @@ extension InterceptTests {
         let deadline = ContinuousClock.now + .seconds(15)
         while listener == nil && ContinuousClock.now < deadline {
             let client = socket(AF_UNIX, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { bytes in
-                for (index, byte) in path.utf8.enumerated() { bytes[index] = byte }
-            }
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            if connected == 0 {
+            if withUnixAddress(path, { connect(client, $0, $1) }) == 0 {
                 var credentials: [UInt32] = [0, 0, 0]
                 var length = socklen_t(12)
                 if getsockopt(client, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 { listener = credentials }

@@ -584,15 +584,7 @@ import Testing
 
 /// Open seccomp listeners in this process (the supervisor's copies).
 func seccompListenerCount() -> Int {
-    guard let directory = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(directory) }
-    var count = 0
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard let fd = Int32(name) else { continue }
-        if descriptorTarget(fd) == "anon_inode:seccomp notify" { count += 1 }
-    }
-    return count
+    directoryEntries("/proc/self/fd").filter { Int32($0).flatMap(descriptorTarget) == "anon_inode:seccomp notify" }.count
 }
 
 /// What a dynamically linked program under /usr needs to start: its binaries and

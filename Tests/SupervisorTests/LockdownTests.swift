@@ -1,5 +1,6 @@
 import Glibc
 import PrivsepIPC
+import PrivsepTestSupport
 import Supervisor
 import Testing
 
@@ -244,18 +245,13 @@ import Testing
         defer { kill(child, SIGKILL) }
         #expect(kill(child, 0) == 0, "the escaped child lives on")
         func learningThreads() -> Int {
-            guard let directory = opendir("/proc/self/task") else { return -1 }
-            defer { closedir(directory) }
-            var count = 0
-            while let entry = readdir(directory) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                guard !name.hasPrefix("."), let file = fopen("/proc/self/task/\(name)/comm", "r") else { continue }
+            directoryEntries("/proc/self/task").filter { task in
+                guard let file = fopen("/proc/self/task/\(task)/comm", "r") else { return false }
+                defer { fclose(file) }
                 var comm = [CChar](repeating: 0, count: 32)
                 fgets(&comm, 32, file)
-                fclose(file)
-                if String(decoding: comm.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).hasPrefix("privsep-learn") { count += 1 }
-            }
-            return count
+                return String(decoding: comm.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).hasPrefix("privsep-learn")
+            }.count
         }
         for _ in 0..<300 where learningThreads() > 0 { try await Task.sleep(for: .milliseconds(10)) }
         #expect(learningThreads() == 0, "the learning thread still serves a worker that is gone")

@@ -13,17 +13,27 @@ public func descriptorTarget(_ fd: Int32) -> String? {
     return text.hasSuffix(deleted) ? String(text.dropLast(deleted.count)) : text
 }
 
+/// The names in directory `path` ("." and ".." left out; the fd reading it too, under
+/// /proc/self/fd); empty if it cannot be read.
+public func directoryEntries(_ path: String) -> [String] {
+    guard let directory = opendir(path) else { return [] }
+    defer { closedir(directory) }
+    let own = "\(dirfd(directory))"
+    var names: [String] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." && !(path == "/proc/self/fd" && name == own) { names.append(name) }
+    }
+    return names
+}
+
 /// This process's open pipes, sockets and files as "N->target": every kind of fd the tests
 /// pass around. anon_inode fds are left out because libdispatch creates its timerfd and
 /// eventfd lazily, at moments no test controls.
 public func openFileDescriptorSet() -> Set<String> {
-    guard let directory = opendir("/proc/self/fd") else { return [] }
-    defer { closedir(directory) }
-    let own = dirfd(directory)
     var result: Set<String> = []
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard let fd = Int32(name), fd != own, let target = descriptorTarget(fd), !target.hasPrefix("anon_inode:") else { continue }
+    for name in directoryEntries("/proc/self/fd") {
+        guard let fd = Int32(name), let target = descriptorTarget(fd), !target.hasPrefix("anon_inode:") else { continue }
         result.insert("\(fd)->\(target)")
     }
     return result

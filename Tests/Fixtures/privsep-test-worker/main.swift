@@ -296,27 +296,19 @@ for step in CommandLine.arguments.dropFirst() {
         usleep(UInt32(Double(parts[1])! * 1_000_000))
     case "exit":
         exit(Int32(parts[1])!)
-    case "flood":
+    case "flood", "hoard":
+        // N OPENs whose replies are never read: of a path no policy grants, or (hoard) of PATH,
+        // whose replies then each leave an fd in flight.
         let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(3)))
-        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: "/nonexistent", flags: 0))))
+        let path = parts[0] == "hoard" ? String(parts[2]) : "/nonexistent"
+        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: path, flags: 0))))
         var sent = 0
         for index in 0..<Int(parts[1])! {
             var message = request
             withUnsafeBytes(of: UInt64(index + 1)) { for (i, byte) in $0.enumerated() { message[16 + i] = byte } }
             do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
         }
-        say("flood sent \(sent)")
-    case "hoard":
-        // N OPENs of PATH whose replies (each with an fd, if granted) are never read.
-        let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(3)))
-        let request = try! WireCodec.encode(Envelope(requestID: 1, .open(OpenRequest(path: String(parts[2]), flags: 0))))
-        var sent = 0
-        for index in 0..<Int(parts[1])! {
-            var message = request
-            withUnsafeBytes(of: UInt64(index + 1)) { for (i, byte) in $0.enumerated() { message[16 + i] = byte } }
-            do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
-        }
-        say("hoard sent \(sent)")
+        say("\(parts[0]) sent \(sent)")
     case "pdeathsig":
         var signal: Int32 = 0
         _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
