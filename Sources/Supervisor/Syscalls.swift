@@ -171,15 +171,6 @@ func system_clock_monotonic() -> UInt64 {
     return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
 }
 
-/// Receives one seccomp notification: (id, syscall number, arch, pid).
-func system_notif_receive(_ listener: Int32) -> Result<(id: UInt64, number: Int32, architecture: UInt32, pid: UInt32), Errno> {
-    var id: UInt64 = 0, number: Int32 = 0, architecture: UInt32 = 0, pid: UInt32 = 0
-    switch retryingOnInterrupt({ privsep_notif_receive(listener, &id, &number, &architecture, &pid) }) {
-    case .success: return .success((id, number, architecture, pid))
-    case .failure(let errno): return .failure(errno)
-    }
-}
-
 /// Lets a notified system call run as if the filter had allowed it.
 func system_notif_continue(_ listener: Int32, _ id: UInt64) -> Result<Void, Errno> {
     privsep_notif_continue(listener, id) == 0 ? .success(()) : .failure(currentErrno())

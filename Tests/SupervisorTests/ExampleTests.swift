@@ -1,3 +1,4 @@
+import CPrivsepShims
 import Foundation
 import Testing
 @testable import Supervisor
@@ -211,7 +212,7 @@ import Testing
 
 /// A TCP socket connected to 127.0.0.1:port, or nil (the socket closed) if the connect failed.
 func connectedToLoopback(port: UInt16) -> Int32? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+    let fd = socket(AF_INET, privsep_SOCK_STREAM | privsep_SOCK_CLOEXEC, 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = port.bigEndian

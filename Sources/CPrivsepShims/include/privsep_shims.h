@@ -184,15 +184,7 @@ static inline int privsep_setrlimit(int resource, uint64_t soft, uint64_t hard) 
 static inline long privsep_raw_syscall6(long number, long a, long b, long c, long d, long e, long f) {
     return syscall(number, a, b, c, d, e, f);
 }
-/* seccomp user notification: receive one notification (the struct must be zeroed),
-   answer one with "let the call run". */
-static inline int privsep_notif_receive(int listener, uint64_t *id, int32_t *nr, uint32_t *arch, uint32_t *pid) {
-    struct seccomp_notif notification;
-    memset(&notification, 0, sizeof notification);
-    int rc = ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &notification);
-    if (rc == 0) { *id = notification.id; *nr = notification.data.nr; *arch = notification.data.arch; *pid = notification.pid; }
-    return rc;
-}
+/* seccomp user notification: answer one with "let the call run". */
 static inline int privsep_notif_continue(int listener, uint64_t id) {
     struct seccomp_notif_resp response;
     memset(&response, 0, sizeof response);
