@@ -25,9 +25,10 @@ import SystemPackage
 ///   fstat) stats the caller's own fd, fetched with pidfd_getfd.
 /// - access, faccessat, faccessat2: the rule's permissions and the file's mode bits.
 /// - readlink, readlinkat: the link read here, its text written into the caller's buffer.
-/// - socket: the broker's ``ActivePolicy/socket(_:)``, installed like an open.
+/// - socket: the broker's ``ActivePolicy/socket(_:checkedLater:)``, installed like an open.
 /// - connect, bind: the address read from the caller, checked, and the caller's own socket
 ///   (pidfd_getfd) connected or bound here, so the checked address is the one used.
+/// - listen: on the caller's own socket, here, refused while an Internet socket is unbound.
 /// - execve: checked (an `execute` permission, a regular file), then let run with
 ///   SECCOMP_USER_NOTIF_FLAG_CONTINUE: the one call that cannot be emulated. The kernel
 ///   rereads the path; the program's Landlock ruleset, built from the same execute rules,

@@ -19,8 +19,8 @@ import SystemPackage
 ///   process_vm_*, bpf, io_uring, open_by_handle_at, mount and the new mount API,
 ///   namespaces, modules, kexec, keyrings, loading another seccomp filter, chmod and
 ///   chown and xattr changes, timestamps, device nodes, TIOCSTI, the inode-flag ioctls
-///   (chattr), SysV/POSIX IPC, setsid/setpgid, CLONE_PARENT, datagram (SOCK_DGRAM or SOCK_RAW) socketpairs, memfd_create,
-///   prlimit64 on another process, MSG_FASTOPEN...);
+///   (chattr), SysV/POSIX IPC, setsid/setpgid, CLONE_PARENT, datagram (SOCK_DGRAM or
+///   SOCK_RAW) socketpairs, memfd_create, prlimit64 on another process, MSG_FASTOPEN...);
 /// - kills i386 and x32 entries;
 /// - and Landlock handles every filesystem right, granting only READ_FILE|EXECUTE
 ///   beneath the paths the policy lets the program execute (so a path swapped after
