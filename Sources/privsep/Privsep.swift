@@ -214,7 +214,7 @@ struct Run: AsyncParsableCommand {
             return 128 + signal
         case .seccompViolation(let violation):
             var message = "privsep: worker \(pid) killed: seccomp violation: \(violation)"
-            if let name = violation.name {
+            if violation.name != nil {
                 // The groups that allow the call with the arguments its report carries.
                 let groups = violation.allowingGroups.map { "\"\($0.name)\"" }
                 if groups.isEmpty {
