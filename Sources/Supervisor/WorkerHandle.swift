@@ -2,6 +2,7 @@ import Dispatch
 import Glibc
 public import PrivsepIPC
 import Synchronization
+import Worker
 
 /// A running (or finished) worker, as the embedder sees it.
 ///
