@@ -88,6 +88,13 @@ import Testing
         }
     }
 
+    /// `privsep check` says that an Internet stream socket rule serves intercept mode only.
+    @Test func theSummarySaysWhereATCPSocketRuleApplies() throws {
+        let summary = try PolicyFile.parse(#"{"sockets": [{"domain": "inet", "type": "stream"}, {"domain": "inet", "type": "dgram"}]}"#).summary
+        #expect(summary.contains("create sockets of domain inet, type stream (in intercept mode only: a brokered worker gets TCP sockets from connect and bind rules)"))
+        #expect(summary.contains("create sockets of domain inet, type dgram"))
+    }
+
     @Test func emptyPolicyGrantsNothing() throws {
         #expect(try PolicyFile.parse("{}").summary == ["nothing: every request is refused"])
     }
