@@ -476,7 +476,7 @@ final class EventLoop: @unchecked Sendable {
                 kill(record, .protocolViolation("\(error)"))
                 return
             } catch .controlTruncated where (record.configuration.learning || record.configuration.intercept)
-                        && system_descriptor_table_full() {
+                        && system_descriptor_table_full(probing: epoll.unsafeRawValue) {
                 // Its LISTENER's fd found no free number here: the supervisor's shortage, not a
                 // malformed message (the worker still cannot go on without its listener served).
                 kill(record, .resourceCapExceeded("the supervisor had no free file descriptor to receive its seccomp listener"))
@@ -903,8 +903,8 @@ final class EventLoop: @unchecked Sendable {
             kill(record, .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
             return
         }
-        let server = LearningServer(listener: listener, handle: record.handle, auditor: auditor)
-        guard server.start(on: placement.helperThreadCPUs) else {
+        guard let server = try? LearningServer(listener: listener, handle: record.handle, auditor: auditor),
+              server.start(on: placement.helperThreadCPUs) else {
             kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
             return
         }
@@ -1094,10 +1094,8 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func reap(_ record: WorkerRecord) {
-        // What the worker left running ends with it; what left its group (learning mode lets
-        // setsid through) is no longer learned from.
+        // What the worker left running ends with it.
         signalProcessGroup(record, SIGKILL)
-        record.learning?.stop()
         let status: (code: Int32, status: Int32, peakResidentBytes: Int)
         switch system_waitid_pidfd(record.pidfd.unsafeRawValue, nonBlocking: true) {
         case .success(let result?): status = result
@@ -1106,6 +1104,8 @@ final class EventLoop: @unchecked Sendable {
             auditor.logger.error("waitid on worker \(record.id)'s pidfd failed: \(errno)")
             status = (0, 0, 0)
         }
+        // What left its group (learning mode lets setsid through) is no longer learned from.
+        record.learning?.stop()
         scanLastMessages(record)
         closeChannel(record)
         if let token = record.pidfdToken { unregister(record.pidfd.unsafeRawValue, token: token) }

@@ -28,6 +28,8 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         var learned: [SyscallViolation] = []
         /// Each learned call's number, architecture and the groups that allow it.
         var learnedKeys: Set<String> = []
+        /// Whether a thread serves its learning-mode listener.
+        var learningServed = false
     }
 
     init(id: UInt64, pid: Int32, name: String, policy: Policy, loop: EventLoop) {
@@ -106,6 +108,12 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
     /// for each set of groups that would allow it (openat read-only and openat creating are
     /// two: `rpath` allows the first, only `cpath` the second).
     public var learnedSyscalls: [SyscallViolation] { state.withLock { $0.learned } }
+
+    /// Whether a thread still serves the worker's learning-mode listener (for the tests).
+    var isLearningListenerServed: Bool {
+        get { state.withLock { $0.learningServed } }
+        set { state.withLock { $0.learningServed = newValue } }
+    }
 
     /// The most distinct calls learned from one worker: a hostile one could make a
     /// notification of every 32-bit syscall number.

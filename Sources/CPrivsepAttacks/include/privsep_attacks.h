@@ -41,8 +41,9 @@ long attack_tcgets(void);
 long attack_tcgets2(void);
 /* `count` system calls no kernel has (1000, 1001, ...): how many failed ENOSYS. */
 long attack_unknown_syscalls(long count);
-/* Forks a child that leaves the process group (setsid), closes its stdio and makes a
-   socket call every 10 ms for `seconds`; returns the child's pid. */
-long attack_escape_and_call(long seconds);
+/* Forks a child that leaves the process group (setsid), then after `pause_seconds` makes
+   a socket call every 10 ms (20 s at most) until one fails ENOSYS, which it says on its
+   stdout ("escaped enosys") before it sleeps 30 s; returns the child's pid. */
+long attack_escape_and_call(long pause_seconds);
 
 #endif
