@@ -79,6 +79,12 @@ import Testing
             let honest = try! await runWorker(["handshake", "read:/etc/hostname", "exit:0"], policy: policy, supervisor: supervisor)
             require(honest.reason == .exited(code: 0), "the other worker ended \(honest.reason)")
             require(honest.lines.last == "read /etc/hostname errno \(EMFILE)", "\(honest.lines)")
+            // Replies parked because a worker had not read them yet are refused their fds when
+            // sent later too: answered EMFILE as well, and that worker goes on.
+            let late = try! await runWorker(["handshake", "hoard:100:/etc/hostname", "sleep:1", "drain:100", "exit:0"],
+                                            policy: policy, supervisor: supervisor)
+            require(late.reason == .exited(code: 0), "the late reader ended \(late.reason)")
+            require(late.lines.last == "drain fds 0 errnos \(EMFILE):100", "\(late.lines)")
             hoarder.stop(grace: 0)
             _ = await hoarder.exit()
             await supervisor.shutdown()

@@ -22,6 +22,7 @@
 //   exit:CODE            exit with CODE
 //   flood:N              send N OPEN requests without reading replies
 //   hoard:N:PATH         send N OPEN requests for PATH without reading replies (fds left in flight)
+//   drain:N              read N replies left unread -> "drain fds K errnos E:COUNT,..."
 //   pdeathsig            print the parent-death signal
 //   threads:N:PATH       N threads each open and read PATH 50 times through one connection
 //                                                                       -> "threads ok N*50" / "threads failed ..."
@@ -296,6 +297,17 @@ for step in CommandLine.arguments.dropFirst() {
         usleep(UInt32(Double(parts[1])! * 1_000_000))
     case "exit":
         exit(Int32(parts[1])!)
+    case "drain":
+        // Reads N replies left unread (by flood or hoard): how many carried an fd, and each errno's count.
+        let socket = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(3)))
+        var withFd = 0, errnos: [Int32: Int] = [:]
+        for _ in 0..<Int(parts[1])! {
+            guard let received = try? socket.receive(maximumBytes: 8192, maximumFileDescriptors: 1),
+                  case .reply(let reply)? = try? WireCodec.decode(received.bytes, fileDescriptorCount: received.fileDescriptors.count).message
+            else { break }
+            if let error = reply.error { errnos[error.rawValue, default: 0] += 1 } else { withFd += 1 }
+        }
+        say("drain fds \(withFd) errnos " + errnos.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))
     case "flood", "hoard":
         // N OPENs whose replies are never read: of a path no policy grants, or (hoard) of PATH,
         // whose replies then each leave an fd in flight.
