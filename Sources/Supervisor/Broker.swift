@@ -304,8 +304,7 @@ public final class ActivePolicy: Sendable {
     public func socket(_ request: SocketRequest, checkedLater: Bool = false) -> BrokerResult {
         let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
         guard baseType & ~0xf == 0 else { return .denied(.invalidArgument, "unknown socket type bits") }
-        if !checkedLater, request.domain == AF_INET || request.domain == AF_INET6,
-           baseType == privsep_SOCK_STREAM || baseType == privsep_SOCK_SEQPACKET {
+        if !checkedLater && SocketRule.refusedToBrokeredWorkers(domain: request.domain, type: baseType) {
             return .denied(.permissionDenied, "an unbound TCP (or SCTP) socket could listen on every interface or connect "
                            + "past the rules: ask CONNECT or BIND for a TCP socket")
         }

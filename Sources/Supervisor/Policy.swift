@@ -1,3 +1,5 @@
+import CPrivsepShims
+import Glibc
 public import PrivsepIPC
 
 /// What a worker may ask the supervisor for: paths it may open, sockets it may
@@ -254,6 +256,14 @@ public struct SocketRule: Sendable, Hashable {
     func allows(domain: Int32, type: Int32, protocol: Int32) -> Bool {
         domain == self.domain && type == self.type
             && (protocols.contains(`protocol`) || isDefaultProtocol(`protocol`, domain: domain, type: type))
+    }
+
+    /// Whether SOCKET refuses a brokered worker this (domain, type), whatever the rules: an
+    /// Internet stream or seqpacket socket (TCP, SCTP), which unbound could listen on every
+    /// interface (listen binds it) or connect past the rules. Intercept mode, which serves the
+    /// program's connect, bind and listen, still makes them. `type` without SOCK_* flags.
+    public static func refusedToBrokeredWorkers(domain: Int32, type: Int32) -> Bool {
+        (domain == AF_INET || domain == AF_INET6) && (type == privsep_SOCK_STREAM || type == privsep_SOCK_SEQPACKET)
     }
 }
 

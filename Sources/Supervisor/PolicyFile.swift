@@ -55,9 +55,9 @@ public struct PolicyFile: Sendable, Equatable {
             lines.append(line)
         }
         for rule in policy.sockets {
-            let internetStream = (rule.domain == 2 || rule.domain == 10) && (rule.type == 1 || rule.type == 5)
+            let interceptOnly = SocketRule.refusedToBrokeredWorkers(domain: rule.domain, type: rule.type)
             lines.append("create sockets of domain \(socketDomainName(rule.domain)), type \(socketTypeName(rule.type))"
-                         + (internetStream ? " (in intercept mode only: a brokered worker gets TCP sockets from connect and bind rules)" : ""))
+                         + (interceptOnly ? " (in intercept mode only: a brokered worker gets TCP sockets from connect and bind rules)" : ""))
         }
         for (verb, rules) in [("connect to", policy.connect), ("bind", policy.bind)] {
             for rule in rules { lines.append("\(verb) \(describe(rule))") }

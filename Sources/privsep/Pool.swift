@@ -14,8 +14,9 @@ struct Pool: AsyncParsableCommand {
         handed to a free worker as the job's fd; the job's input bytes are the file's \
         path. Only regular files are sent, reached by a path with no symlink in it (give \
         resolved paths: a directory swapped for a link after the listing would lead \
-        anywhere); a FIFO or device is refused before it is opened. The workers' stdout goes to /dev/null (their \
-        stderr too, unless --worker-stderr), so they cannot forge result lines. PROGRAM is a pool worker: it serves jobs with SupervisorConnection.serveJobs \
+        anywhere); a FIFO or device is refused before it is opened. The workers' stdout \
+        goes to /dev/null (their stderr too, unless --worker-stderr), so they cannot forge \
+        result lines. PROGRAM is a pool worker: it serves jobs with SupervisorConnection.serveJobs \
         (Swift) or answers JOB messages with RESULT (privsep_protocol.h).
 
         Inputs come from --input, else from standard input, one path per line:

@@ -360,10 +360,9 @@ struct Learn: AsyncParsableCommand {
                 if open.flags & O_TRUNC != 0 { permissions.insert("truncate") }
                 add(open.path, permissions)
             case .socket(let socket):
-                // The broker never gives an Internet stream or seqpacket socket from SOCKET, so
-                // no rule would make such a request work (the worker needs CONNECT or BIND).
+                // No rule would make such a request work (the worker needs CONNECT or BIND).
                 let type = socket.type & 0xf
-                if (socket.domain == AF_INET || socket.domain == AF_INET6) && (type == 1 || type == 5) { continue }
+                if SocketRule.refusedToBrokeredWorkers(domain: socket.domain, type: type) { continue }
                 let rule = "{ \"domain\": \"\(socketDomainName(socket.domain))\", \"type\": \"\(socketTypeName(type))\" }"
                 if !sockets.contains(rule) { sockets.append(rule) }
             case .connect(let request):
