@@ -266,6 +266,19 @@ func childMain(_ mode: String) -> Never {
             fatalError("pool-worker: \(error)")
         }
         exit(0)
+    case "flood-worker":
+        // Asks for a file no policy grants, as fast as it is answered, until its channel
+        // goes: a worker kept throttled by its message cap.
+        do {
+            let connection = try SupervisorConnection.connect()
+            try Lockdown.brokered().apply(reportingTo: connection)
+            while true {
+                do { _ = try connection.open("/nonexistent", .readOnly) } catch .denied { continue } catch { break }
+            }
+        } catch {
+            fatalError("flood-worker: \(error)")
+        }
+        exit(0)
     case "idle-worker":
         // A real worker: handshake, brokered lockdown, then idle until the supervisor goes.
         do {
@@ -670,13 +683,34 @@ func readProcFile(_ path: String) throws -> String {
     return String(decoding: bytes, as: UTF8.self)
 }
 
-@MainActor func measureIdleWorkers(_ count: Int) async -> (perWorkerKiB: Double, totalMiB: Double, seconds: Double) {
+/// The serving threads' CPU, in ms per second of a one-second window, while one worker
+/// floods the supervisor and is kept throttled at 1,000 messages a second (its deadline,
+/// the end of its pause, comes round about every millisecond). What the other workers of
+/// the loop add to it is the cost of finding the due deadlines among them.
+@MainActor func servingCPUWithAThrottledWorker(_ supervisor: Supervisor) async -> Double {
+    var configuration = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "flood-worker"])
+    configuration.caps.messagesPerSecond = 1_000
+    configuration.caps.messageBurst = 10
+    configuration.caps.floodKillSeconds = 60
+    let flood = try! await supervisor.spawn(configuration)
+    usleep(300_000) // locked down, its burst spent, throttled
+    let before = cbench_named_threads_cpu_ns("privsep-loop"), start = cbench_now_ns()
+    usleep(1_000_000)
+    let cpu = Double(cbench_named_threads_cpu_ns("privsep-loop") - before) / Double(cbench_now_ns() - start) * 1000
+    flood.stop(grace: 0)
+    let reason = await flood.exit()
+    check(reason == .stoppedBySupervisor, "flood-worker: \(reason)")
+    return cpu
+}
+
+@MainActor func measureIdleWorkers(_ count: Int) async -> (perWorkerKiB: Double, totalMiB: Double, seconds: Double, throttledCPU: (alone: Double, amongIdle: Double)) {
     var logger = Logger(label: "bench")
     logger.logLevel = .critical
     let supervisor = try! Supervisor(logger: logger)
     // Warm the supervisor up with one worker so its own start-up is not counted.
     let warm = try! await supervisor.spawn(WorkerConfiguration(executable: selfPath(), arguments: ["--child", "idle-worker"]))
     while supervisor.workers().first?.sandbox == nil { usleep(1000) }
+    let alone = await servingCPUWithAThrottledWorker(supervisor)
     let before = residentKiB()
     let start = cbench_now_ns()
     var configuration = WorkerConfiguration(executable: selfPath(), arguments: ["--child", "idle-worker"])
@@ -685,9 +719,10 @@ func readProcFile(_ path: String) throws -> String {
     while supervisor.workers().filter({ $0.sandbox != nil }).count < count + 1 { usleep(10_000) }
     let seconds = Double(cbench_now_ns() - start) / 1e9
     let after = residentKiB()
+    let amongIdle = await servingCPUWithAThrottledWorker(supervisor)
     warm.stop(grace: 0)
     await supervisor.shutdown(grace: 1)
-    return (Double(after - before) / Double(count), Double(after - before) / 1024, seconds)
+    return (Double(after - before) / Double(count), Double(after - before) / 1024, seconds, (alone, amongIdle))
 }
 
 // MARK: Spawn to locked down
@@ -793,6 +828,11 @@ if idleWorkers > 0 {
     print("| supervisor memory | workers | RSS growth | per idle worker | spawn to locked down, all |")
     print("|---|---:|---:|---:|---:|")
     print("| one supervisor thread serving locked-down Swift workers | \(idleWorkers) | \(format(result.totalMiB)) MiB | \(format(result.perWorkerKiB)) KiB | \(format(result.seconds)) s |")
+    print("")
+    print("| one worker throttled at 1,000 messages/s | other workers on the loop | serving CPU, ms per s |")
+    print("|---|---:|---:|")
+    print("| beside one idle worker | 1 | \(format(result.throttledCPU.alone)) |")
+    print("| beside the idle workers above | \(idleWorkers + 1) | \(format(result.throttledCPU.amongIdle)) |")
 }
 
 // MARK: Brokered opens

@@ -48,8 +48,13 @@ final class EventLoop: @unchecked Sendable {
     private let threadName: String
     @exclusivity(unchecked) private var shuttingDown: (@Sendable () -> Void)? = nil
     @exclusivity(unchecked) private var running = true
-    /// When ``checkDeadlines(now:)`` must next run; lowered by whatever sets a new deadline.
-    @exclusivity(unchecked) private var nextDeadlineCheck: UInt64 = .max
+    /// Workers by their earliest deadline (handshake, wall clock, stop, throttle, parked
+    /// replies, connects), so a due check looks only at the workers whose time has come.
+    @exclusivity(unchecked) private var deadlines = DeadlineQueue<WorkerRecord>()
+    /// When the pools' deadlines must next be checked; lowered by ``notePoolDeadline(_:)``.
+    @exclusivity(unchecked) private var nextPoolCheck: UInt64 = .max
+    /// When ``checkDeadlines(now:)`` must next run; `.max` while nothing is pending.
+    private var nextDeadlineCheck: UInt64 { min(nextPoolCheck, deadlines.earliest) }
     /// Worker pools served by this loop.
     private var pools: [ObjectIdentifier: PoolCore] = [:]
     /// Run after the current batch of events, when the records they name are gone
@@ -228,11 +233,11 @@ final class EventLoop: @unchecked Sendable {
                 timeout = 0
             } else if !taskJobs.isEmpty {
                 timeout = 0
-            } else if nextDeadlineCheck != .max {
+            } else if case let next = nextDeadlineCheck, next != .max {
                 // The clock is read only while a deadline is pending: a running worker
                 // without one costs no clock reads per request here.
                 let now = system_clock_monotonic()
-                timeout = nextDeadlineCheck <= now ? 0 : Int32(min((nextDeadlineCheck - now + 999_999) / 1_000_000, 60_000))
+                timeout = next <= now ? 0 : Int32(min((next - now + 999_999) / 1_000_000, 60_000))
             }
             let count: Int
             switch system_epoll_wait(epoll.unsafeRawValue, events, timeoutMilliseconds: timeout) {
@@ -261,12 +266,10 @@ final class EventLoop: @unchecked Sendable {
                 runTaskJobs()
                 runAfterEvents()
             }
-            if nextDeadlineCheck != .max {
+            if case let next = nextDeadlineCheck, next != .max {
                 let after = system_clock_monotonic()
-                if after >= nextDeadlineCheck {
-                    // Deadlines set while checking (a reply parked, say) lower it again through noteDeadline.
-                    nextDeadlineCheck = .max
-                    noteDeadline(checkDeadlines(now: after))
+                if after >= next {
+                    checkDeadlines(now: after)
                     // What the checks left for after events (a pool's JOB that found its
                     // worker's channel closed, say) runs now, not a turn later.
                     runAfterEvents()
@@ -350,8 +353,11 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
-    private func noteDeadline(_ deadline: UInt64) {
-        nextDeadlineCheck = min(nextDeadlineCheck, deadline)
+    /// Makes sure the worker is looked at by `deadline` (see ``DeadlineQueue``).
+    private func noteDeadline(_ record: WorkerRecord, _ deadline: UInt64) {
+        // A reaped worker has nothing left to wait for, and would only sit in the queue.
+        guard !record.isGone else { return }
+        deadlines.schedule(record, at: deadline)
     }
 
     private func register(_ fd: Int32, _ registration: Registration, events: UInt32) -> UInt64? {
@@ -412,8 +418,8 @@ final class EventLoop: @unchecked Sendable {
             handle.finish(record.killReason!)
             return .failure(.spawnFailed("cannot watch the worker (epoll_ctl failed)"))
         }
-        noteDeadline(record.handshakeDeadline)
-        if let deadline = record.wallClockDeadline { noteDeadline(deadline) }
+        noteDeadline(record, record.handshakeDeadline)
+        if let deadline = record.wallClockDeadline { noteDeadline(record, deadline) }
         audit(record, event: "SPAWN", detail: ([configuration.executable] + configuration.arguments).joined(separator: " "))
         return .success(handle)
     }
@@ -673,7 +679,7 @@ final class EventLoop: @unchecked Sendable {
             }
             pending.token = token
             record.pending[token] = pending
-            noteDeadline(deadline)
+            noteDeadline(record, deadline)
             record.pendingRequestIDs.insert(requestID)
             updateInterest(record)
         }
@@ -799,7 +805,7 @@ final class EventLoop: @unchecked Sendable {
         if record.parked.isEmpty {
             let now = system_clock_monotonic()
             record.parkedSince = now
-            noteDeadline(now + nanoseconds(record.configuration.caps.replyStallSeconds))
+            noteDeadline(record, now + nanoseconds(record.configuration.caps.replyStallSeconds))
         }
         let replyTo: UInt64? = if case .reply = envelope.message { envelope.requestID } else { nil }
         record.parked.append(ParkedReply(bytes: bytes, fds: fds, replyTo: replyTo))
@@ -863,7 +869,7 @@ final class EventLoop: @unchecked Sendable {
         if record.throttledSince == nil { record.throttledSince = now }
         let until = now + nanoseconds((1 - record.tokens) / Double(max(caps.messagesPerSecond, 1)))
         record.throttledUntil = until
-        noteDeadline(until)
+        noteDeadline(record, until)
         updateInterest(record)
         return true
     }
@@ -967,71 +973,83 @@ final class EventLoop: @unchecked Sendable {
 
     // MARK: Deadlines
 
-    /// Acts on every deadline that has passed; returns when to look again.
-    private func checkDeadlines(now: UInt64) -> UInt64 {
+    /// Acts on every deadline that has passed: the pools' when theirs is due, and those of
+    /// the workers whose queued deadline has come (no other worker is looked at).
+    private func checkDeadlines(now: UInt64) {
+        if now >= nextPoolCheck {
+            nextPoolCheck = .max
+            for pool in pools.values { notePoolDeadline(pool.checkDeadlines(now: now)) }
+        }
+        // Taken out first, then looked at: a deadline set meanwhile (a reply parked, say)
+        // queues its worker again, and this turn does not loop on it.
+        for record in deadlines.takeDue(now: now) where !record.isGone {
+            noteDeadline(record, checkDeadlines(of: record, now: now))
+        }
+    }
+
+    /// Acts on the worker's deadlines that have passed; returns its next one (`.max` when
+    /// none is left, or once it is killed).
+    private func checkDeadlines(of record: WorkerRecord, now: UInt64) -> UInt64 {
         var next: UInt64 = .max
         func consider(_ deadline: UInt64) { next = min(next, deadline) }
-        for pool in pools.values { consider(pool.checkDeadlines(now: now)) }
-        for record in workers.values {
-            if record.phase == .handshake, record.killReason == nil {
-                if now >= record.handshakeDeadline {
-                    kill(record, .handshakeFailed("no HELLO within \(record.configuration.handshakeTimeout) s"))
-                    continue
-                }
-                consider(record.handshakeDeadline)
+        if record.phase == .handshake, record.killReason == nil {
+            if now >= record.handshakeDeadline {
+                kill(record, .handshakeFailed("no HELLO within \(record.configuration.handshakeTimeout) s"))
+                return .max
             }
-            if let deadline = record.wallClockDeadline, record.killReason == nil {
-                if now >= deadline {
-                    kill(record, .timedOut(seconds: record.configuration.wallClockTimeout ?? 0))
-                    continue
+            consider(record.handshakeDeadline)
+        }
+        if let deadline = record.wallClockDeadline, record.killReason == nil {
+            if now >= deadline {
+                kill(record, .timedOut(seconds: record.configuration.wallClockTimeout ?? 0))
+                return .max
+            }
+            consider(deadline)
+        }
+        if let deadline = record.stopDeadline {
+            if now >= deadline {
+                record.stopDeadline = nil
+                if let reason = record.stopDeadlineReason {
+                    kill(record, reason)
+                    return .max
                 }
+                _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
+                signalProcessGroup(record, SIGKILL)
+            } else {
                 consider(deadline)
             }
-            if let deadline = record.stopDeadline {
-                if now >= deadline {
-                    record.stopDeadline = nil
-                    if let reason = record.stopDeadlineReason {
-                        kill(record, reason)
-                        continue
-                    }
-                    _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGKILL)
-                    signalProcessGroup(record, SIGKILL)
-                } else {
-                    consider(deadline)
-                }
+        }
+        if let until = record.throttledUntil {
+            if let since = record.throttledSince, Double(now - since) / 1e9 > record.configuration.caps.floodKillSeconds {
+                kill(record, .resourceCapExceeded("flooding: over \(record.configuration.caps.messagesPerSecond) messages/s for \(record.configuration.caps.floodKillSeconds) s"))
+                return .max
             }
-            if let until = record.throttledUntil {
-                if let since = record.throttledSince, Double(now - since) / 1e9 > record.configuration.caps.floodKillSeconds {
-                    kill(record, .resourceCapExceeded("flooding: over \(record.configuration.caps.messagesPerSecond) messages/s for \(record.configuration.caps.floodKillSeconds) s"))
-                    continue
-                }
-                if now >= until {
-                    record.throttledUntil = nil
-                    updateInterest(record)
-                } else {
-                    consider(until)
-                }
+            if now >= until {
+                record.throttledUntil = nil
+                updateInterest(record)
+            } else {
+                consider(until)
             }
-            if let since = record.parkedSince {
-                let deadline = since + nanoseconds(record.configuration.caps.replyStallSeconds)
-                if now >= deadline {
-                    kill(record, .resourceCapExceeded("not reading its replies for \(record.configuration.caps.replyStallSeconds) s"))
-                    continue
-                }
-                consider(deadline)
+        }
+        if let since = record.parkedSince {
+            let deadline = since + nanoseconds(record.configuration.caps.replyStallSeconds)
+            if now >= deadline {
+                kill(record, .resourceCapExceeded("not reading its replies for \(record.configuration.caps.replyStallSeconds) s"))
+                return .max
             }
-            for (token, pending) in record.pending {
-                if now >= pending.deadline {
-                    if let connect = pending.take() {
-                        unregister(connect.socket.unsafeRawValue, token: token)
-                    }
-                    record.pending[token] = nil
-                    record.pendingRequestIDs.remove(pending.requestID)
-                    reply(record, pending.requestID, event: "CONNECT", detail: pending.detail, .denied(.timedOut, "connect timed out"))
-                    updateInterest(record)
-                } else {
-                    consider(pending.deadline)
+            consider(deadline)
+        }
+        for (token, pending) in record.pending {
+            if now >= pending.deadline {
+                if let connect = pending.take() {
+                    unregister(connect.socket.unsafeRawValue, token: token)
                 }
+                record.pending[token] = nil
+                record.pendingRequestIDs.remove(pending.requestID)
+                reply(record, pending.requestID, event: "CONNECT", detail: pending.detail, .denied(.timedOut, "connect timed out"))
+                updateInterest(record)
+            } else {
+                consider(pending.deadline)
             }
         }
         return next
@@ -1057,7 +1075,7 @@ final class EventLoop: @unchecked Sendable {
         signalProcessGroup(record, SIGTERM)
         let deadline = system_clock_monotonic() + nanoseconds(grace)
         record.stopDeadline = deadline
-        noteDeadline(deadline)
+        noteDeadline(record, deadline)
     }
 
     /// The worker closed its end of the channel, or sent an empty datagram, which on
@@ -1072,7 +1090,7 @@ final class EventLoop: @unchecked Sendable {
         let deadline = system_clock_monotonic() + nanoseconds(Self.poolWorkerExitGrace)
         record.stopDeadline = deadline
         record.stopDeadlineReason = .protocolViolation("closed its channel while serving a pool, and did not exit")
-        noteDeadline(deadline)
+        noteDeadline(record, deadline)
         let id = record.id
         afterEvents.append { pool.channelLost(id) }
     }
@@ -1112,6 +1130,7 @@ final class EventLoop: @unchecked Sendable {
         record.pidfdToken = nil
         workers[record.id] = nil
         record.isGone = true
+        deadlines.remove(record)
         load.subtract(1, ordering: .relaxed)
         let reason: ExitReason
         if let killed = record.killReason {
@@ -1167,7 +1186,7 @@ final class EventLoop: @unchecked Sendable {
 
     func adoptPool(_ pool: PoolCore) { pools[ObjectIdentifier(pool)] = pool }
     func abandonPool(_ pool: PoolCore) { pools[ObjectIdentifier(pool)] = nil }
-    func notePoolDeadline(_ deadline: UInt64) { noteDeadline(deadline) }
+    func notePoolDeadline(_ deadline: UInt64) { nextPoolCheck = min(nextPoolCheck, deadline) }
 
     func spawnForPool(_ configuration: WorkerConfiguration, _ policy: ActivePolicy, pool: PoolCore) -> Result<(UInt64, pid_t), SupervisorError> {
         load.add(1, ordering: .relaxed)
@@ -1207,7 +1226,7 @@ final class EventLoop: @unchecked Sendable {
         closeChannel(record)
         let deadline = system_clock_monotonic() + nanoseconds(Self.poolWorkerExitGrace)
         record.stopDeadline = deadline
-        noteDeadline(deadline)
+        noteDeadline(record, deadline)
     }
 
     // MARK: Policy
@@ -1254,7 +1273,7 @@ extension EventLoop: TaskExecutor {
 
 /// What the loop knows of one worker. Loop-thread only: what a request touches skips the
 /// run-time exclusivity checks (see EventLoop's loop-thread state).
-final class WorkerRecord {
+final class WorkerRecord: DeadlineQueued {
     enum Phase { case handshake, running }
 
     let id: UInt64
@@ -1271,6 +1290,9 @@ final class WorkerRecord {
     var channelToken: UInt64?
     var pidfdToken: UInt64?
     @exclusivity(unchecked) var phase = Phase.handshake
+    /// Its place in the loop's ``DeadlineQueue``.
+    @exclusivity(unchecked) var queuedDeadline: UInt64 = .max
+    @exclusivity(unchecked) var deadlineQueueIndex = -1
     let handshakeDeadline: UInt64
     let wallClockDeadline: UInt64?
     var stopDeadline: UInt64?

@@ -272,6 +272,28 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
         #expect(nonBlocking.errno == nil && nonBlocking.nonBlocking == true)
     }
 
+    /// A connect that neither succeeds nor fails is answered ETIMEDOUT at the worker's
+    /// `connectTimeoutSeconds`, while the loop goes on serving: the worker's later request
+    /// is answered too.
+    @Test func aConnectThatHangsIsAnsweredTimedOutAtTheCap() async throws {
+        // A listener whose accept queue is full drops further SYNs, so a connect to it
+        // hangs (retransmitting) rather than being refused. Backlog 0 holds one connection.
+        let (listening, port) = boundLoopbackSocket()
+        defer { close(listening) }
+        precondition(listen(listening, 0) == 0)
+        let queued = try #require(connectedToLoopback(port: port), "the one connection the queue holds")
+        defer { close(queued) }
+        var policy = Policy()
+        policy.allowConnect(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: port...port))
+        let started = ContinuousClock.now
+        let run = try await runWorker(["handshake", "connect:127.0.0.1:\(port)", "connect:127.0.0.1:\(port &+ 1)"],
+                                      policy: policy, configure: { $0.caps.connectTimeoutSeconds = 0.4 })
+        #expect(ContinuousClock.now - started >= .milliseconds(400), "not answered before the cap")
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.dropFirst() == ["connect errno \(ETIMEDOUT)", "connect errno \(EACCES)"])
+        #expect(run.audit.contains { $0.event == "CONNECT" && $0.reason == "connect timed out" })
+    }
+
     @Test func bindsAPrivilegedPortForTheWorker() async throws {
         var policy = Policy()
         policy.allowBind(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: 80...80))

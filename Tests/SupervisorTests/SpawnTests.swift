@@ -21,6 +21,55 @@ import Testing
         #expect(killed.reason == .timedOut(seconds: 0.3))
     }
 
+    /// Many workers on one loop, each with deadlines of its own, set at different moments
+    /// and coming due in another order than they were set: every one fires, none early,
+    /// and workers without a deadline are left alone.
+    @Test func everyWorkersDeadlineFiresAmongMany() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        enum Expectation: Sendable, Equatable { case timedOut(Double), handshake(Double), exits }
+        var plan: [Expectation] = []
+        for index in 0..<6 {
+            plan.append(.timedOut(1.5 - 0.12 * Double(index)))
+            plan.append(.handshake(0.25 + 0.1 * Double(index)))
+            plan.append(.exits)
+        }
+        try await withThrowingTaskGroup(of: (Expectation, ExitReason, Duration).self) { group in
+            for expectation in plan {
+                group.addTask {
+                    let started = ContinuousClock.now
+                    let run: WorkerRun
+                    switch expectation {
+                    case .timedOut(let seconds):
+                        // The handshake's deadline comes first and passes met: the wall clock's must still fire.
+                        run = try await runWorker(["handshake", "sleep:30"], supervisor: supervisor, configure: {
+                            $0.wallClockTimeout = seconds
+                            $0.handshakeTimeout = 0.6
+                        })
+                    case .handshake(let seconds):
+                        run = try await runWorker(["nohello"], supervisor: supervisor, configure: { $0.handshakeTimeout = seconds })
+                    case .exits:
+                        run = try await runWorker(["handshake", "sleep:1.2"], supervisor: supervisor, configure: { $0.wallClockTimeout = 60 })
+                    }
+                    return (expectation, run.reason, ContinuousClock.now - started)
+                }
+                try await Task.sleep(for: .milliseconds(15))
+            }
+            for try await (expectation, reason, elapsed) in group {
+                switch expectation {
+                case .timedOut(let seconds):
+                    #expect(reason == .timedOut(seconds: seconds))
+                    #expect(elapsed >= .milliseconds(Int(seconds * 1000)), "not before its deadline")
+                case .handshake(let seconds):
+                    #expect(reason == .handshakeFailed("no HELLO within \(seconds) s"))
+                    #expect(elapsed >= .milliseconds(Int(seconds * 1000)), "not before its deadline")
+                case .exits:
+                    #expect(reason == .exited(code: 0))
+                }
+            }
+        }
+        await supervisor.shutdown()
+    }
+
     @Test func missingHelloIsAHandshakeFailure() async throws {
         let run = try await runWorker(["nohello"], configure: { $0.handshakeTimeout = 0.3 })
         #expect(run.reason == .handshakeFailed("no HELLO within 0.3 s"))
