@@ -1156,15 +1156,17 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// Reads what a worker that is gone left in its channel (bounded) for a VIOLATION
-    /// report, which names the call in its exit reason, and its last LOG lines. Nothing
-    /// else is served: requests of a dead worker are not carried out. Its exit and its last
-    /// messages can come in one batch of events, and with other channels ready the loop
-    /// reads one message each, so they may still be waiting here.
+    /// report, which names the call in its exit reason, its last LOG lines, and a pool
+    /// job's RESULT: a worker may answer and exit at once (a one-shot worker), and the
+    /// answer is its job's even if the exit was handled first. Requests of a dead worker
+    /// are not carried out. Its exit and its last messages can come in one batch of
+    /// events, and the loop reads a few messages per worker and turn (one each with other
+    /// channels ready), so they may still be waiting here.
     private func scanLastMessages(_ record: WorkerRecord) {
         // Before HELLO nothing it sent is believed (a live worker is killed for it); closing
         // the channel discards those messages and any fds in them.
         guard record.phase != .handshake else { return }
-        for _ in 0..<64 {
+        for _ in 0..<Self.lastMessagesRead {
             guard let channel = record.channel else { return }
             let received: ReceivedMessage
             do {
@@ -1177,10 +1179,23 @@ final class EventLoop: @unchecked Sendable {
             switch received.envelope.message {
             case .violation(let report): record.violation = report
             case .log(let line): log(line, from: record)
+            case .result(let chunk):
+                // Not once the supervisor has ended it (a timed-out job has failed already),
+                // nor after a RESULT that broke the protocol (what follows is not believed).
+                guard record.killReason == nil, let pool = record.pool else { break }
+                if let reason = pool.received(chunk, requestID: received.envelope.requestID, from: record.id) {
+                    record.killReason = reason
+                }
             default: break // its fds close here
             }
         }
     }
+
+    /// The most messages read from a gone worker's channel: more than the worker's send
+    /// buffer holds (about 280 small ones at Linux's default 208 KiB), so all an exited
+    /// worker can have left, while one whose copy of the channel lives on in another
+    /// process cannot keep the loop reading.
+    static let lastMessagesRead = 1024
 
     // MARK: Pools (called by PoolCore, on this thread)
 
@@ -1235,7 +1250,10 @@ final class EventLoop: @unchecked Sendable {
         guard let record = workers[workerID] else { return nil }
         guard record.policy.policy.contains(narrower.policy), narrower.isAnchored(beneath: record.policy) else { return .wouldWiden }
         // The program's Landlock ruleset was fixed at start: a narrower policy must still match it.
-        if record.configuration.intercept, let problem = narrower.policy.interceptProblem() { return problem }
+        if record.configuration.intercept,
+           let problem = narrower.policy.interceptProblem() ?? narrower.policy.executeRulesProblem(startedWith: record.configuration.policy) {
+            return problem
+        }
         record.policy = narrower
         record.intercept?.replacePolicy(narrower)
         audit(record, event: "POLICY", reason: "narrowed")

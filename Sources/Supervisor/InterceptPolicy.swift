@@ -97,4 +97,20 @@ extension Policy {
         }
         return nil
     }
+
+    /// Intercept mode: why `self` cannot replace `started`, the policy the program started
+    /// with, when it executes elsewhere. execve is the one call checked and then let run,
+    /// so the kernel reads its path again; what keeps a path swapped after the check
+    /// within the execute rules is the program's Landlock ruleset, which was built from
+    /// `started`'s rules and cannot be narrowed later. Only a restart changes them.
+    public func executeRulesProblem(startedWith started: Policy) -> PolicyError? {
+        func executable(_ policy: Policy) -> Set<String> {
+            Set(policy.paths.filter { $0.permissions.contains(.execute) }.map { "\($0.kind.rawValue) \($0.path)" })
+        }
+        let before = executable(started), after = executable(self)
+        guard let changed = before.symmetricDifference(after).sorted().first else { return nil }
+        return .invalidPath(String(changed.drop { $0 != " " }.dropFirst()),
+                            "in intercept mode the execute rules are fixed when the program starts (its Landlock ruleset "
+                            + "cannot be narrowed): keep them as they are, or restart the program with the new policy")
+    }
 }

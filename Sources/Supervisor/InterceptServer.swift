@@ -200,7 +200,7 @@ final class InterceptServer: @unchecked Sendable {
             if dirfd != AT_FDCWD {
                 // fstat of the caller's own descriptor: no path, no policy decision.
                 let fd: OwnedFileDescriptor
-                switch fetchTargetDescriptor(n, dirfd) {
+                switch targetDescriptorPath(n, dirfd) {
                 case .success(let fetched): fd = fetched
                 case .failure(let errno): return answer(n, error: errno)
                 }
@@ -246,7 +246,7 @@ final class InterceptServer: @unchecked Sendable {
         case .empty:
             // faccessat2(fd, "", mode, AT_EMPTY_PATH): the caller's own descriptor, checked as is.
             guard flags & privsep_AT_EMPTY_PATH != 0, dirfd != AT_FDCWD else { return answer(n, error: .noSuchFileOrDirectory) }
-            switch fetchTargetDescriptor(n, dirfd) {
+            switch targetDescriptorPath(n, dirfd) {
             case .success(let fd):
                 if case .failure(let errno) = system_faccessat2_fd(fd.unsafeRawValue, mode: mode) { return answer(n, error: errno) }
                 return answer(n, value: 0)
@@ -586,6 +586,20 @@ final class InterceptServer: @unchecked Sendable {
         }
         guard stillWaiting(n) else { return .failure(.noSuchProcess) }
         return system_pidfd_getfd(pidfd.unsafeRawValue, fd)
+    }
+
+    /// An O_PATH descriptor of what the caller's descriptor `fd` names, through its
+    /// /proc/TID/fd link: enough to stat it or check access to it, without holding the
+    /// caller's open file. A duplicate of that (``fetchTargetDescriptor(_:_:)``) would make
+    /// this thread's close the last one if the program dropped its own meanwhile, and the
+    /// last close of a socket with SO_LINGER set waits out the linger time, which the
+    /// program chooses (the review held a serving thread in `tcp_close` that way).
+    private func targetDescriptorPath(_ n: Notification, _ fd: Int32) -> Result<OwnedFileDescriptor, Errno> {
+        guard fd >= 0 else { return .failure(.badFileDescriptor) }
+        let opened = system_open_descriptor_link(tid: pid_t(bitPattern: n.pid), fd: fd)
+        // Checked after the open: the link followed was the caller's, not a process's that took its id.
+        guard stillWaiting(n) else { return .failure(.noSuchProcess) }
+        return opened.mapError { $0 == .noSuchFileOrDirectory ? .badFileDescriptor : $0 }
     }
 
     // MARK: Answers

@@ -137,6 +137,13 @@ func system_faccessat2_fd(_ fd: Int32, mode: Int32) -> Result<Void, Errno> {
     privsep_faccessat2(fd, "", mode, privsep_AT_EMPTY_PATH) == 0 ? .success(()) : .failure(currentErrno())
 }
 
+/// An O_PATH descriptor of what task `tid`'s descriptor `fd` names (its /proc/TID/fd link
+/// followed): a new open file, not a reference to the task's.
+func system_open_descriptor_link(tid: pid_t, fd: Int32) -> Result<OwnedFileDescriptor, Errno> {
+    let raw = Glibc.open("/proc/\(tid)/fd/\(fd)", privsep_O_PATH | O_CLOEXEC)
+    return raw >= 0 ? .success(OwnedFileDescriptor(adoptingRawValue: raw)) : .failure(currentErrno())
+}
+
 /// Writes `bytes` at `address` in the memory of the task that made notification `id`.
 /// The task's /proc/TID/mem is opened first and the notification checked valid after: the
 /// open file is bound to that task's address space, so even if the task dies and its id is

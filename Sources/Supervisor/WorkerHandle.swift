@@ -81,7 +81,9 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
     }
 
     /// Replaces the worker's policy with `narrower`, which must grant nothing the
-    /// current policy does not (a policy can be narrowed, never widened).
+    /// current policy does not (a policy can be narrowed, never widened). In intercept
+    /// mode its execute rules must be the ones the program started with (see
+    /// ``Policy/executeRulesProblem(startedWith:)``).
     public func narrowPolicy(to narrower: Policy) throws(PolicyError) {
         try narrower.validate()
         guard policy.withLock({ $0.contains(narrower) }) else { throw .wouldWiden }

@@ -36,12 +36,10 @@ public final class WorkerPool: Sendable {
     /// Starts `configuration.size` workers and returns once every one has said
     /// HELLO (and reported its sandbox, when the worker configuration requires
     /// layers). Fails if a worker cannot be started or dies before it is ready, and
-    /// before starting any if the configuration is one no pool can run (a size, job count
-    /// or queue below 1, intercept mode, an invalid policy).
+    /// before starting any if the configuration is one no pool can run (see
+    /// ``WorkerPoolConfiguration/problem``; intercept mode; an invalid policy).
     public init(supervisor: Supervisor, configuration: WorkerPoolConfiguration) async throws(JobFailure) {
-        guard configuration.size >= 1, configuration.jobsPerWorker >= 1, configuration.queueCapacity >= 1 else {
-            throw .workerUnavailable("a pool needs size, jobsPerWorker and queueCapacity of at least 1")
-        }
+        if let problem = configuration.problem { throw .workerUnavailable(problem) }
         // An intercepted program does not speak the protocol: its helper closes the channel
         // at exec, so such a worker could never take a job, only start, leave and be killed.
         guard !configuration.worker.intercept else {
@@ -213,7 +211,29 @@ public struct WorkerPoolConfiguration: Sendable {
         self.jobTimeout = jobTimeout
         self.memoryLimit = memoryLimit
         self.cpuTimeLimit = cpuTimeLimit
-        self.queueCapacity = queueCapacity ?? max(16, 4 * size)
+        let (fourTimes, overflow) = size.multipliedReportingOverflow(by: 4)
+        self.queueCapacity = queueCapacity ?? max(16, overflow ? .max : fourTimes)
+    }
+
+    /// The most workers a pool keeps (each holds a process, two descriptors here, and
+    /// a second process while its replacement starts).
+    public static let maximumSize = 1 << 16
+
+    /// Why no pool can run this configuration, or nil. Every number is checked, so a
+    /// setting no one meant (a NaN interval, a negative timeout) fails at start rather
+    /// than spinning the serving thread or failing jobs later.
+    public var problem: String? {
+        func positiveSeconds(_ value: Double?) -> Bool { value.map { $0 > 0 && $0.isFinite } ?? true }
+        guard (1...Self.maximumSize).contains(size) else { return "size must be 1 to \(Self.maximumSize), not \(size)" }
+        guard jobsPerWorker >= 1 else { return "jobsPerWorker must be at least 1, not \(jobsPerWorker)" }
+        guard queueCapacity >= 1 else { return "queueCapacity must be at least 1, not \(queueCapacity)" }
+        guard startupFailureLimit >= 1 else { return "startupFailureLimit must be at least 1, not \(startupFailureLimit)" }
+        guard maximumOutputBytes >= 0 else { return "maximumOutputBytes must not be negative" }
+        guard positiveSeconds(jobTimeout) else { return "jobTimeout must be a positive, finite number of seconds" }
+        guard positiveSeconds(cpuTimeLimit) else { return "cpuTimeLimit must be a positive, finite number of seconds" }
+        guard positiveSeconds(limitCheckInterval) else { return "limitCheckInterval must be a positive, finite number of seconds" }
+        guard memoryLimit.map({ $0 > 0 }) ?? true else { return "memoryLimit must be a positive number of bytes" }
+        return nil
     }
 }
 

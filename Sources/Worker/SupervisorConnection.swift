@@ -1,6 +1,7 @@
 import CPrivsepShims
 import Glibc
 public import PrivsepIPC
+import Synchronization
 public import SystemPackage
 
 /// The worker's line to its supervisor: find the inherited channel, say HELLO,
@@ -47,13 +48,20 @@ public final class SupervisorConnection: @unchecked Sendable {
     /// Checks that the fd is a connected AF_UNIX SOCK_SEQPACKET socket, sets
     /// PR_SET_PDEATHSIG so the worker dies with its supervisor, sends HELLO and
     /// waits for WELCOME: a worker does nothing else before the supervisor has
-    /// applied its resource limits and let it go.
+    /// applied its resource limits and let it go. Once per process: a later call throws
+    /// ``WorkerError/noChannel(_:)``.
     public static func connect() throws(WorkerError) -> SupervisorConnection {
         guard let text = getenv(WireFormat.channelEnvironmentVariable) else {
             throw .noChannel("\(WireFormat.channelEnvironmentVariable) is not set: this program must be started by a privsep supervisor")
         }
         guard let fd = Int32(String(cString: text)), fd >= 0 else {
             throw .noChannel("\(WireFormat.channelEnvironmentVariable)=\(String(cString: text)) is not a file descriptor number")
+        }
+        // The inherited fd gets one owner. A second connection would close the same number
+        // when it went, perhaps by then another descriptor's, and its HELLO would get the
+        // worker killed. Kept claimed after a failure too: the fd is closed by then.
+        guard !channelClaimed.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw .noChannel("the channel is already taken by an earlier connect(): a process has one connection, which its threads share")
         }
         let socket: SeqpacketSocket
         do {
@@ -63,6 +71,9 @@ public final class SupervisorConnection: @unchecked Sendable {
         }
         return try SupervisorConnection(handshakeOver: socket)
     }
+
+    /// Whether ``connect()`` has taken the inherited channel.
+    private static let channelClaimed = Atomic<Bool>(false)
 
     /// Connects over a channel the caller already holds (for tests and embedders).
     public init(handshakeOver socket: consuming SeqpacketSocket) throws(WorkerError) {
@@ -170,23 +181,14 @@ public final class SupervisorConnection: @unchecked Sendable {
     /// caller exec the program whose calls the supervisor now serves. Our copy of the
     /// listener is closed before this returns, so the program never holds it.
     public func handOverInterceptListener(_ listener: consuming OwnedFileDescriptor) throws(WorkerError) {
-        let id = nextRequestID
-        nextRequestID += 1
-        do {
-            try channel.send(Envelope(requestID: id, .listener(ListenerAnnouncement(purpose: .intercept))),
-                             passing: OwnedFileDescriptors(listener))
-            let received = try channel.receiveMessage()
-            guard received.envelope.requestID == id, case .reply(let reply) = received.envelope.message,
-                  reply.fileDescriptorCount == 0 else {
-                throw WorkerError.protocolError("expected the go-ahead REPLY to LISTENER, got \(received.envelope.message.type)")
-            }
-            if let errno = reply.error { throw WorkerError.denied(errno) }
-        } catch let error as ChannelError {
-            throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
-        } catch let error as WorkerError {
-            throw error
-        } catch {
-            throw .protocolError("\(error)")
+        // A request like any other (its id, its reply through the mailbox), so another
+        // thread's request in flight meanwhile neither takes the go-ahead nor is taken for it.
+        let listener = OwnedFileDescriptors(listener)
+        let unexpected = try request { (id) throws(ChannelError) in
+            try channel.send(Envelope(requestID: id, .listener(ListenerAnnouncement(purpose: .intercept))), passing: listener)
+        }
+        guard unexpected.isEmpty else {
+            throw .protocolError("the go-ahead REPLY to LISTENER carried \(unexpected.count) fds")
         }
     }
 

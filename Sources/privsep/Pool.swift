@@ -26,8 +26,8 @@ struct Pool: AsyncParsableCommand {
         the failure's kind, and the job's output or the failure's detail. A summary \
         (throughput, failures by kind) goes to stderr.
 
-        Exit status: 0 if every job succeeded, 1 if any failed, 2 for bad usage or policy, \
-        3 if the workers could not be started.
+        Exit status: 0 if every job succeeded, 1 if any failed, 2 for a bad policy or audit \
+        log, 3 if the workers could not be started, 64 for bad options.
         """
     )
 
@@ -74,9 +74,14 @@ struct Pool: AsyncParsableCommand {
     var command: [String] = []
 
     mutating func validate() throws {
-        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        guard (1...WorkerPoolConfiguration.maximumSize).contains(workers) else {
+            throw ValidationError("--workers must be 1 to \(WorkerPoolConfiguration.maximumSize)")
+        }
         guard jobsPerWorker >= 1 else { throw ValidationError("--jobs-per-worker must be at least 1") }
-        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
+        if let timeout, !(timeout > 0 && timeout.isFinite) { throw ValidationError("--timeout must be a positive number of seconds") }
+        if let cpuSeconds, !(cpuSeconds > 0 && cpuSeconds.isFinite) { throw ValidationError("--cpu must be a positive number of seconds") }
+        if let memory { _ = try parseIntSize(memory, "--memory") }
+        _ = try parseIntSize(maxOutput, "--max-output")
         // A pool lives on one serving thread; colocated would put every worker on its one CPU.
         if placement == .colocated {
             throw ValidationError("--placement colocated would run every worker of the pool on one CPU; use unmanaged, batch-workers or dedicated-cpu")
@@ -98,9 +103,9 @@ struct Pool: AsyncParsableCommand {
         worker.requiredLayers = file.requiredLayers
         var configuration = WorkerPoolConfiguration(worker: worker, size: workers, jobsPerWorker: jobsPerWorker,
                                                     jobTimeout: timeout ?? file.timeout ?? 30)
-        if let memory { configuration.memoryLimit = Int(try parseSize(memory)) }
+        if let memory { configuration.memoryLimit = try parseIntSize(memory, "--memory") }
         configuration.cpuTimeLimit = cpuSeconds
-        configuration.maximumOutputBytes = Int(try parseSize(maxOutput))
+        configuration.maximumOutputBytes = try parseIntSize(maxOutput, "--max-output")
 
         let supervisor: Supervisor
         do { supervisor = try Supervisor(logger: logger, auditLog: audit, placement: placement) } catch {

@@ -448,6 +448,12 @@ func parseSize(_ text: String) throws -> UInt64 {
     return bytes
 }
 
+/// A size option (64K, 512M...) that fits an Int, for the settings counted in Int.
+func parseIntSize(_ text: String, _ option: String) throws -> Int {
+    guard let bytes = Int(exactly: try parseSize(text)) else { throw ValidationError("\(option) \(text) is too large") }
+    return bytes
+}
+
 /// An absolute path for `program`: as given if it has a slash, else found on PATH.
 func resolveProgram(_ program: String) -> String? {
     func executable(_ path: String) -> Bool { access(path, X_OK) == 0 }

@@ -65,6 +65,26 @@ import Testing
         #expect(invalid.stderr == "\(bad):2:53: unknown key \"alow\" in a path rule (did you mean \"allow\"?); expected one of: path, kind, allow, symlinks, create_mode, file_types\n")
     }
 
+    /// Numbers a pool cannot take are usage errors (64, with the option named), never a
+    /// crash of the command: sizes past Int, a worker count past the pool's maximum,
+    /// a CPU limit that is not a positive number.
+    @Test func poolOptionsOutOfRangeAreUsageErrors() async throws {
+        let policy = try examplePolicy()
+        defer { try? FileManager.default.removeItem(atPath: policy) }
+        for (options, message) in [
+            (["--memory", "18446744073709551615"], "--memory 18446744073709551615 is too large"),
+            (["--max-output", "16777216T"], "16777216T is not a size"),
+            (["--workers", "4611686018427387904"], "--workers must be 1 to 65536"),
+            (["--cpu", "nan"], "--cpu must be a positive number"),
+            (["--cpu=-1"], "--cpu must be a positive number"),
+            (["--timeout", "inf"], "--timeout must be a positive number"),
+        ] {
+            let run = try await privsep(["pool", "--policy", policy] + options + ["--input", "/etc/hostname", "--", "/bin/true"])
+            #expect(run.status == 64, "\(options): \(run.stderr)")
+            #expect(run.stderr.contains(message), "\(options): \(run.stderr)")
+        }
+    }
+
     @Test func timeoutAndExitStatusesFollowTheWorker() async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }

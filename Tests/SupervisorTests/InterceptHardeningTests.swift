@@ -211,6 +211,34 @@ extension InterceptTests {
         #expect(appendRefused.stderr.contains("append-only"), "\(appendRefused.stderr)")
     }
 
+    /// execve is checked, then let run (the kernel reads the path again): a path swapped
+    /// meanwhile is held to the execute rules by the program's Landlock ruleset, built at
+    /// start. A narrowing that changed those rules would leave Landlock wider than the
+    /// policy (proved by a racing program in the review), so it is refused; one that
+    /// keeps them and narrows the rest is taken.
+    @Test func aNarrowingOfAnInterceptedProgramKeepsItsExecuteRules() async throws {
+        var started = dynamicProgramPolicy()
+        started.allow(path: "/bin", .directory, [.read, .listDirectory, .execute], symlinks: .followBeneath)
+        let supervisor = try Supervisor(logger: quietLogger())
+        let handle = try await supervisor.spawn(WorkerConfiguration.intercepting(
+            program: "/usr/bin/sleep", arguments: ["60"], policy: started, helper: Self.binDirectory + "/privsep-intercept"))
+        var fewerExecutables = dynamicProgramPolicy()
+        fewerExecutables.allow(path: "/bin", .directory, [.read, .listDirectory], symlinks: .followBeneath)
+        #expect(throws: PolicyError.self) { try handle.narrowPolicy(to: fewerExecutables) }
+        #expect(fewerExecutables.executeRulesProblem(startedWith: started)?.description.contains("path rule /bin: in intercept mode the execute rules are fixed") == true)
+        var narrowerFile = started
+        narrowerFile.paths.removeAll { $0.path == "/usr" }
+        narrowerFile.allow(path: "/usr/bin/sleep", .file, [.read, .execute])
+        #expect(narrowerFile.executeRulesProblem(startedWith: started) != nil, "a file rule in place of its directory")
+        var sameExecutables = dynamicProgramPolicy()
+        sameExecutables.paths.removeAll { $0.path == "/etc/ld.so.cache" }
+        sameExecutables.allow(path: "/bin", .directory, [.read, .listDirectory, .execute], symlinks: .followBeneath)
+        try handle.narrowPolicy(to: sameExecutables)
+        handle.stop(grace: 0)
+        #expect(await handle.exit() == .stoppedBySupervisor)
+        await supervisor.shutdown()
+    }
+
     @Test(.enabled(if: hasPython, "python3 is not installed")) func inodeFlagIoctlsAreRefusedToARootProgram() async throws {
         let tree = Tree()
         tree.scratch.write("flags.txt", "x\n")

@@ -142,6 +142,18 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         await supervisor.shutdown()
     }
 
+    /// A worker may answer and exit at once. Its RESULT still answers its job when the
+    /// exit is handled before the loop has read that far (here, behind hundreds of LOGs).
+    @Test func anAnswerLeftBehindByAWorkerThatExitedIsItsJobs() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 2) { $0.jobsPerWorker = 1 }
+        for lines in [0, 100, 250, 0, 100, 250] {
+            #expect(try await text(pool.run(input: Array("logthenexit:\(lines)".utf8))) == "done")
+        }
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
     @Test func eachFailureHasItsTypedReasonAndOnlyItsJobFails() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let pool = try await makePool(supervisor, size: 2) {
@@ -269,6 +281,40 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         }
         #expect(outputs == Set((0..<16).map(String.init)))
         await waiting.shutdown()
+        await supervisor.shutdown()
+    }
+
+    /// Settings no pool can run are refused before any worker starts, each with its
+    /// reason: a NaN check interval (which spun the serving thread), a zero start-up
+    /// failure limit (which failed every job that found its workers busy), a size whose
+    /// default queue overflowed.
+    @Test func settingsNoPoolCanRunAreRefusedAtStart() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let cases: [(String, (inout WorkerPoolConfiguration) -> Void)] = [
+            ("size must be 1 to 65536", { $0.size = 0 }),
+            ("size must be 1 to 65536", { $0.size = .max / 2 }),
+            ("jobsPerWorker must be at least 1", { $0.jobsPerWorker = 0 }),
+            ("queueCapacity must be at least 1", { $0.queueCapacity = 0 }),
+            ("startupFailureLimit must be at least 1", { $0.startupFailureLimit = 0 }),
+            ("maximumOutputBytes must not be negative", { $0.maximumOutputBytes = -1 }),
+            ("jobTimeout must be a positive, finite", { $0.jobTimeout = -1 }),
+            ("jobTimeout must be a positive, finite", { $0.jobTimeout = .infinity }),
+            ("cpuTimeLimit must be a positive, finite", { $0.cpuTimeLimit = .nan }),
+            ("limitCheckInterval must be a positive, finite", { $0.limitCheckInterval = .nan }),
+            ("memoryLimit must be a positive", { $0.memoryLimit = 0 }),
+        ]
+        for (reason, configure) in cases {
+            do {
+                let pool = try await makePool(supervisor, size: 1, configure: configure)
+                Issue.record("a pool started despite \(reason)")
+                await pool.shutdown()
+            } catch {
+                #expect(error.description.contains(reason), "\(error)")
+            }
+        }
+        #expect(WorkerPoolConfiguration(worker: WorkerConfiguration(executable: "/bin/true"), size: .max).queueCapacity == .max,
+                "the default queue of a huge size does not overflow")
+        #expect(supervisor.workers().isEmpty, "nothing was spawned")
         await supervisor.shutdown()
     }
 

@@ -15,6 +15,18 @@ import Testing
         #expect(run.lines.last == "pdeathsig 9", "the worker dies with its supervisor")
     }
 
+    /// The inherited channel has one owner: a second connect() in the worker is refused
+    /// before it adopts the fd (two owners would close it twice, the second time perhaps
+    /// another descriptor) or says HELLO again (which would get the worker killed).
+    @Test func aSecondConnectIsRefusedAndTheFirstConnectionGoesOn() async throws {
+        var policy = Policy()
+        policy.allow(path: "/etc/hostname", .file, .read)
+        let run = try await runWorker(["handshake", "connectagain", "fds", "open:/etc/hostname"], policy: policy)
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.dropFirst().first?.hasPrefix("connectagain no supervisor channel: the channel is already taken") == true, "\(run.lines)")
+        #expect(Array(run.lines.dropFirst(2)) == ["fds 0,1,2,3", "open /etc/hostname ok"])
+    }
+
     @Test func exitStatusAndSignalsAreReported() async throws {
         #expect(try await runWorker(["handshake", "exit:7"]).reason == .exited(code: 7))
         let killed = try await runWorker(["handshake", "sleep:30"], configure: { $0.wallClockTimeout = 0.3 })

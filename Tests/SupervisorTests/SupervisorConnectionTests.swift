@@ -68,6 +68,40 @@ import Worker
         #expect(throws: WorkerError.self) { _ = try channel.connection.open("/srv/data", .readOnly) }
     }
 
+    /// Intercept mode's hand-over is a request like the others: made while another thread
+    /// waits for its reply, the go-ahead reaches the hand-over (whoever reads it) and the
+    /// other reply its own thread.
+    @Test func theInterceptHandOverSharesTheConnectionWithOtherThreads() throws {
+        let channel = try Channel()
+        let outcomes = Tally()
+        let opener = TestThread {
+            do {
+                _ = try channel.connection.open("/srv/a", .readOnly)
+                outcomes.add("open ok")
+            } catch {
+                outcomes.add("open \(error)")
+            }
+        }
+        let open = try channel.supervisorEnd.receiveMessage() // the opener now holds the reader's role
+        let handOver = TestThread {
+            do {
+                try channel.connection.handOverInterceptListener(OwnedFileDescriptor(adoptingRawValue: Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)))
+                outcomes.add("hand-over ok")
+            } catch {
+                outcomes.add("hand-over \(error)")
+            }
+        }
+        let listener = try channel.supervisorEnd.receiveMessage(maximumFileDescriptors: 1)
+        #expect(listener.envelope.message == .listener(ListenerAnnouncement(purpose: .intercept)))
+        #expect(listener.envelope.requestID != open.envelope.requestID)
+        // The go-ahead first: the opener, reading, finds it before its own reply.
+        try channel.supervisorEnd.send(Envelope(requestID: listener.envelope.requestID, .reply(.success(fileDescriptorCount: 0))))
+        try channel.queueGrant(open.envelope.requestID)
+        opener.join()
+        handOver.join()
+        #expect(outcomes.items.sorted() == ["hand-over ok", "open ok"])
+    }
+
     /// Many threads at once, their replies answered two at a time in reverse order: each
     /// thread gets the fd of its own request, whichever thread reads it off the channel.
     @Test func manyThreadsEachGetTheirOwnReply() throws {

@@ -156,6 +156,12 @@ func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
         while true { usleep(100_000) }
     case "pid":
         return Array("\(getpid())".utf8)
+    case "logthenexit":
+        // A one-shot worker's end: N LOG lines, the RESULT, and exit at once, leaving more
+        // in its channel than the loop reads from a worker in one turn.
+        for index in 0..<Int(parts[1])! { try? requireConnection().log("line \(index)") }
+        try? requireConnection().finish(job.id, output: Array("done".utf8))
+        _exit(0)
     case "hangup", "empty", "hangupafter":
         // Answers, then leaves the channel (closes it, or sends an empty datagram, which
         // reads the same) and stays alive: a worker that would hold its pool slot idle.
@@ -205,6 +211,14 @@ for step in CommandLine.arguments.dropFirst() {
         } catch {
             say("handshake failed: \(error)")
             exit(3)
+        }
+    case "connectagain":
+        // A second connect() in one process: refused, and the first connection unharmed.
+        do {
+            _ = try SupervisorConnection.connect()
+            say("connectagain connected")
+        } catch {
+            say("connectagain \(error)")
         }
     case "fds":
         var fds: [Int32] = []
