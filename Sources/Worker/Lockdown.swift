@@ -33,7 +33,8 @@ public struct Lockdown: Sendable {
         /// The kernel kills the process at once (SECCOMP_RET_KILL_PROCESS); the
         /// supervisor learns only that seccomp killed it.
         case killProcess
-        /// The call fails with this errno and the worker carries on.
+        /// The call fails with this errno (1 to 4095; others fail the lockdown) and the
+        /// worker carries on.
         case fail(Errno)
         /// The call is allowed and logged by the kernel (SECCOMP_RET_LOG): for learning, never for production.
         case allowAndLog
@@ -176,6 +177,12 @@ public struct Lockdown: Sendable {
 
     /// Loads the filter; in learning mode returns its user-notification listener.
     private func loadSeccompFilter(_ onViolation: Violation) throws(WorkerError) -> OwnedFileDescriptor? {
+        // The filter's errno is 16 bits and 0 means success: .fail(0), or a number past
+        // 4095 that its low bits would make 0 or a value the kernel reads as a pointer,
+        // would let every refused call "succeed". Fail closed.
+        if case .fail(let errno) = onViolation, !(1...4095).contains(errno.rawValue) {
+            throw .lockdownFailed("Violation.fail(\(errno.rawValue)): the errno must be 1 to 4095")
+        }
         let defaultAction: UInt32 = switch onViolation {
         case .reportAndExit: privsep_SCMP_ACT_TRAP
         case .killProcess: privsep_SCMP_ACT_KILL_PROCESS

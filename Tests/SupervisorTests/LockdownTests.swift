@@ -81,6 +81,14 @@ import Testing
         #expect(enosys.lines.dropFirst(2) == ["attack openat -\(ENOSYS)", "attack clone3 -\(ENOSYS)"])
     }
 
+    /// The filter's errno is 16 bits, and 0 is success: an errno the filter cannot carry
+    /// as asked would make refused calls "succeed", so the lockdown fails instead.
+    @Test(arguments: [0, 65536, 4096]) func anErrnoTheFilterCannotCarryFailsTheLockdown(errno: Int) async throws {
+        let run = try await runWorker(["handshake", "lockdown:errno=\(errno)", "attack:openat", "exit:0"])
+        #expect(run.reason == .exited(code: 4))
+        #expect(run.lines.dropFirst().first == "lockdown failed: lockdown failed: Violation.fail(\(errno)): the errno must be 1 to 4095", "\(run.lines)")
+    }
+
     @Test func landlockLimitsDirectOpensToTheListedPaths() async throws {
         let scratch = ScratchDirectory()
         scratch.write("visible.txt", "v\n")

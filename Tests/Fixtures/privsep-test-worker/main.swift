@@ -403,6 +403,7 @@ for step in CommandLine.arguments.dropFirst() {
         if mode == "kill" { lockdown.onViolation = .killProcess }
         if mode == "errno" { lockdown.onViolation = .fail(.permissionDenied) }
         if mode == "enosys" { lockdown.onViolation = .fail(.noFunction) }
+        if mode.hasPrefix("errno=") { lockdown.onViolation = .fail(Errno(rawValue: Int32(mode.dropFirst(6))!)) }
         if mode == "rpath" {
             // The filter alone decides: no Landlock filesystem rules.
             lockdown.groups.insert(.rpath)
