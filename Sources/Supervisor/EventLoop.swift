@@ -1166,23 +1166,29 @@ final class EventLoop: @unchecked Sendable {
         // Before HELLO nothing it sent is believed (a live worker is killed for it); closing
         // the channel discards those messages and any fds in them.
         guard record.phase != .handshake else { return }
+        // What the live loop would have killed the worker for (a VIOLATION, a malformed
+        // message) ends what is believed: a RESULT after it is not its job's answer.
+        var believed = true
         for _ in 0..<Self.lastMessagesRead {
             guard let channel = record.channel else { return }
             let received: ReceivedMessage
             do {
                 received = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 1, nonBlocking: true)
             } catch .malformed {
+                believed = false
                 continue // its fds are closed; the next message may still be the report
             } catch {
                 return
             }
             switch received.envelope.message {
-            case .violation(let report): record.violation = report
+            case .violation(let report):
+                record.violation = report
+                believed = false
             case .log(let line): log(line, from: record)
             case .result(let chunk):
                 // Not once the supervisor has ended it (a timed-out job has failed already),
                 // nor after a RESULT that broke the protocol (what follows is not believed).
-                guard record.killReason == nil, let pool = record.pool else { break }
+                guard believed, record.killReason == nil, let pool = record.pool else { break }
                 if let reason = pool.received(chunk, requestID: received.envelope.requestID, from: record.id) {
                     record.killReason = reason
                 }

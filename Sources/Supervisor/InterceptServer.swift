@@ -596,10 +596,20 @@ final class InterceptServer: @unchecked Sendable {
     /// program chooses (the review held a serving thread in `tcp_close` that way).
     private func targetDescriptorPath(_ n: Notification, _ fd: Int32) -> Result<OwnedFileDescriptor, Errno> {
         guard fd >= 0 else { return .failure(.badFileDescriptor) }
-        let opened = system_open_descriptor_link(tid: pid_t(bitPattern: n.pid), fd: fd)
+        let opened: OwnedFileDescriptor
+        switch system_open_descriptor_link(tid: pid_t(bitPattern: n.pid), fd: fd) {
+        case .success(let descriptor): opened = descriptor
+        case .failure(.permissionDenied):
+            // A supervisor without DAC rights over the caller's /proc/TID/fd (not root, or a
+            // hidepid /proc) may still hold ptrace access: the duplicate, as before, then.
+            return fetchTargetDescriptor(n, fd)
+        case .failure(let errno):
+            guard stillWaiting(n) else { return .failure(.noSuchProcess) }
+            return .failure(errno == .noSuchFileOrDirectory ? .badFileDescriptor : errno)
+        }
         // Checked after the open: the link followed was the caller's, not a process's that took its id.
         guard stillWaiting(n) else { return .failure(.noSuchProcess) }
-        return opened.mapError { $0 == .noSuchFileOrDirectory ? .badFileDescriptor : $0 }
+        return .success(opened)
     }
 
     // MARK: Answers

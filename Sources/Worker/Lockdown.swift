@@ -102,6 +102,13 @@ public struct Lockdown: Sendable {
     /// only the calling thread, so a multi-threaded caller is refused.
     @discardableResult
     public func apply(reportingTo supervisor: SupervisorConnection? = nil) throws(WorkerError) -> SandboxStatus {
+        // Checked before any layer is applied, so a caller that goes on after the error is
+        // not left half locked down. The filter's errno is 16 bits and 0 means success:
+        // .fail(0), or a number past 4095 that its low bits would make 0 or a value the
+        // kernel reads as a pointer, would let every refused call "succeed". Fail closed.
+        if case .fail(let errno) = onViolation, !(1...4095).contains(errno.rawValue) {
+            throw .lockdownFailed("Violation.fail(\(errno.rawValue)): the errno must be 1 to 4095")
+        }
         var requested: SandboxLayers = [.noNewPrivileges, .seccomp]
         var active: SandboxLayers = []
         if newNamespaces { requested.formUnion([.userNamespace, .networkNamespace]) }
@@ -177,12 +184,6 @@ public struct Lockdown: Sendable {
 
     /// Loads the filter; in learning mode returns its user-notification listener.
     private func loadSeccompFilter(_ onViolation: Violation) throws(WorkerError) -> OwnedFileDescriptor? {
-        // The filter's errno is 16 bits and 0 means success: .fail(0), or a number past
-        // 4095 that its low bits would make 0 or a value the kernel reads as a pointer,
-        // would let every refused call "succeed". Fail closed.
-        if case .fail(let errno) = onViolation, !(1...4095).contains(errno.rawValue) {
-            throw .lockdownFailed("Violation.fail(\(errno.rawValue)): the errno must be 1 to 4095")
-        }
         let defaultAction: UInt32 = switch onViolation {
         case .reportAndExit: privsep_SCMP_ACT_TRAP
         case .killProcess: privsep_SCMP_ACT_KILL_PROCESS

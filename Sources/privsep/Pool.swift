@@ -80,7 +80,7 @@ struct Pool: AsyncParsableCommand {
         guard jobsPerWorker >= 1 else { throw ValidationError("--jobs-per-worker must be at least 1") }
         if let timeout, !(timeout > 0 && timeout.isFinite) { throw ValidationError("--timeout must be a positive number of seconds") }
         if let cpuSeconds, !(cpuSeconds > 0 && cpuSeconds.isFinite) { throw ValidationError("--cpu must be a positive number of seconds") }
-        if let memory { _ = try parseIntSize(memory, "--memory") }
+        if let memory, try parseIntSize(memory, "--memory") == 0 { throw ValidationError("--memory must be more than 0") }
         _ = try parseIntSize(maxOutput, "--max-output")
         // A pool lives on one serving thread; colocated would put every worker on its one CPU.
         if placement == .colocated {

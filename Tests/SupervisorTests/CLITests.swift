@@ -73,6 +73,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: policy) }
         for (options, message) in [
             (["--memory", "18446744073709551615"], "--memory 18446744073709551615 is too large"),
+            (["--memory", "0"], "--memory must be more than 0"),
             (["--max-output", "16777216T"], "16777216T is not a size"),
             (["--workers", "4611686018427387904"], "--workers must be 1 to 65536"),
             (["--cpu", "nan"], "--cpu must be a positive number"),

@@ -150,6 +150,16 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         for lines in [0, 100, 250, 0, 100, 250] {
             #expect(try await text(pool.run(input: Array("logthenexit:\(lines)".utf8))) == "done")
         }
+        // Unless the live loop would have killed the worker before reading the answer: a
+        // RESULT after a VIOLATION fails its job whichever reads it, the loop or the reap.
+        for lines in [0, 250, 250, 0, 250, 250] {
+            do {
+                let output = try await pool.run(input: Array("violationthenresult:\(lines)".utf8))
+                Issue.record("a RESULT sent after a VIOLATION answered its job: \(text(output))")
+            } catch {
+                #expect(error.kind == .seccompViolation, "\(error)")
+            }
+        }
         await pool.shutdown()
         await supervisor.shutdown()
     }

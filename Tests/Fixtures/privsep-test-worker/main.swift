@@ -156,6 +156,15 @@ func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
         while true { usleep(100_000) }
     case "pid":
         return Array("\(getpid())".utf8)
+    case "violationthenresult":
+        // N LOG lines (so the exit may be handled before the rest is read), a VIOLATION
+        // report (as a thread's SIGSYS handler would send it), the job's RESULT (as another
+        // thread would), and the exit: the answer must not be believed.
+        for index in 0..<Int(parts[1])! { try? requireConnection().log("line \(index)") }
+        let report = try! WireCodec.encode(Envelope(requestID: 0, .violation(Violation(syscallNumber: 257, architecture: 0xC000_003E, instructionPointer: 0))))
+        _ = report.withUnsafeBytes { send(WireFormat.channelFileDescriptor, $0.baseAddress, $0.count, 0) }
+        try? requireConnection().finish(job.id, output: Array("done".utf8))
+        _exit(0)
     case "logthenexit":
         // A one-shot worker's end: N LOG lines, the RESULT, and exit at once, leaving more
         // in its channel than the loop reads from a worker in one turn.
