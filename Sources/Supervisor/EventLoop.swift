@@ -1156,8 +1156,8 @@ final class EventLoop: @unchecked Sendable {
     }
 
     /// Reads what a worker that is gone left in its channel (bounded) for a VIOLATION
-    /// report, which names the call in its exit reason, its last LOG lines, and a pool
-    /// job's RESULT: a worker may answer and exit at once (a one-shot worker), and the
+    /// report, which names the call in its exit reason, LOG lines (the first 64), and a
+    /// pool job's RESULT: a worker may answer and exit at once (a one-shot worker), and the
     /// answer is its job's even if the exit was handled first. Requests of a dead worker
     /// are not carried out. Its exit and its last messages can come in one batch of
     /// events, and the loop reads a few messages per worker and turn (one each with other
@@ -1169,6 +1169,9 @@ final class EventLoop: @unchecked Sendable {
         // What the live loop would have killed the worker for (a VIOLATION, a malformed
         // message) ends what is believed: a RESULT after it is not its job's answer.
         var believed = true
+        // At most 64 LOG lines (this scan's whole bound before it read RESULTs): the rest are
+        // dropped rather than logged past the rate a live worker is held to.
+        var linesLeft = 64
         for _ in 0..<Self.lastMessagesRead {
             guard let channel = record.channel else { return }
             let received: ReceivedMessage
@@ -1184,7 +1187,9 @@ final class EventLoop: @unchecked Sendable {
             case .violation(let report):
                 record.violation = report
                 believed = false
-            case .log(let line): log(line, from: record)
+            case .log(let line) where linesLeft > 0:
+                linesLeft -= 1
+                log(line, from: record)
             case .result(let chunk):
                 // Not once the supervisor has ended it (a timed-out job has failed already),
                 // nor after a RESULT that broke the protocol (what follows is not believed).

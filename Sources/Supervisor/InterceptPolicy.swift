@@ -104,12 +104,13 @@ extension Policy {
     /// within the execute rules is the program's Landlock ruleset, which was built from
     /// `started`'s rules and cannot be narrowed later. Only a restart changes them.
     public func executeRulesProblem(startedWith started: Policy) -> PolicyError? {
-        func executable(_ policy: Policy) -> Set<String> {
-            Set(policy.paths.filter { $0.permissions.contains(.execute) }.map { "\($0.kind.rawValue) \($0.path)" })
+        // By path: a valid policy has one rule per path.
+        func executable(_ policy: Policy) -> [String: PathRule.Kind] {
+            Dictionary(policy.paths.filter { $0.permissions.contains(.execute) }.map { ($0.path, $0.kind) }) { first, _ in first }
         }
         let before = executable(started), after = executable(self)
-        guard let changed = before.symmetricDifference(after).sorted().first else { return nil }
-        return .invalidPath(String(changed.drop { $0 != " " }.dropFirst()),
+        guard let changed = Set(before.keys).union(after.keys).sorted().first(where: { before[$0] != after[$0] }) else { return nil }
+        return .invalidPath(changed,
                             "in intercept mode the execute rules are fixed when the program starts (its Landlock ruleset "
                             + "cannot be narrowed): keep them as they are, or restart the program with the new policy")
     }
