@@ -23,6 +23,11 @@ public struct AuditRecord: Sendable, Equatable {
     public var reason: String
     /// The request decided on, for OPEN, SOCKET, CONNECT and BIND (not written to the JSON line: `detail` says it).
     public var request: Message? = nil
+    /// For an "AUDIT" record: how many of the worker's records were left out since the last
+    /// such record, over its cap (``WorkerCaps/auditRecordsPerSecond``), and how many of
+    /// those were denials.
+    public var recordsLeftOut = 0
+    public var denialsLeftOut = 0
 
     /// The most bytes of escaped `detail` or `reason` a JSON line holds (a PATH_MAX path of
     /// printable bytes fits); past it the string ends with how long it was.
@@ -41,6 +46,7 @@ public struct AuditRecord: Sendable, Equatable {
         if !decision.isEmpty { fields.append("\"decision\":\(jsonString(decision))") }
         if errno != 0 { fields.append("\"errno\":\(errno)"); fields.append("\"error\":\(jsonString(Errno(rawValue: errno).description))") }
         if !reason.isEmpty { fields.append("\"reason\":\(jsonString(reason, maximumBytes: Self.maximumFieldBytes))") }
+        if recordsLeftOut != 0 { fields.append("\"left_out\":\(recordsLeftOut)"); fields.append("\"denials_left_out\":\(denialsLeftOut)") }
         return "{" + fields.joined(separator: ",") + "}"
     }
 }
@@ -118,6 +124,77 @@ struct RecentRecords {
     var inOrder: [AuditRecord] { Array(ring[oldest...] + ring[..<oldest]) }
 }
 
+/// A worker's allowance of audit records for what it asks: a token bucket over its decisions
+/// (granted and denied) and its LOG lines, all of which a hostile worker chooses how often
+/// to cause. Without it, a worker looping on refused requests writes a record per request,
+/// tens of thousands a second, filling the log's disk and burying other workers' records.
+/// Past the allowance records are counted, not written, and an "AUDIT" record says how many
+/// were left out: at once when the first is (so a flood is seen when it starts), then at most
+/// once a second while records are left out, and when the worker's serving ends. Lifecycle
+/// records (SPAWN, EXIT, KILL...) are never left out. Owned by the thread serving the worker.
+struct AuditBudget {
+    /// Records counted, not written, since the last "AUDIT" record.
+    struct LeftOut: Equatable {
+        var records = 0
+        var denials = 0
+    }
+
+    private let perSecond: Double
+    private let burst: Double
+    private var tokens: Double
+    private var lastRefill: UInt64
+    private var leftOut = LeftOut()
+    /// When the last "AUDIT" record was made; nil before the first.
+    private var lastReport: UInt64?
+
+    /// `perSecond` 0 or less: every record is written.
+    init(perSecond: Int, burst: Int, now: UInt64) {
+        self.perSecond = Double(perSecond)
+        self.burst = Double(max(burst, 1))
+        self.tokens = self.burst
+        self.lastRefill = now
+    }
+
+    init(caps: WorkerCaps, now: UInt64) {
+        self.init(perSecond: caps.auditRecordsPerSecond, burst: caps.auditRecordBurst, now: now)
+    }
+
+    /// Whether a record made at `now` is written, and the count of records left out to
+    /// report first (nil when no report is due). `now` is monotonic nanoseconds.
+    mutating func admit(now: UInt64, isDenial: Bool) -> (write: Bool, report: LeftOut?) {
+        guard perSecond > 0 else { return (true, nil) }
+        if now > lastRefill {
+            tokens = min(burst, tokens + Double(now - lastRefill) / 1e9 * perSecond)
+            lastRefill = now
+        }
+        let write = tokens >= 1
+        if write {
+            tokens -= 1
+        } else {
+            leftOut.records += 1
+            if isDenial { leftOut.denials += 1 }
+        }
+        guard leftOut.records > 0, lastReport.map({ now &- $0 >= 1_000_000_000 }) ?? true else { return (write, nil) }
+        lastReport = now
+        defer { leftOut = LeftOut() }
+        return (write, leftOut)
+    }
+
+    /// The count not yet reported, when the worker's serving ends.
+    mutating func remainder() -> LeftOut? {
+        defer { leftOut = LeftOut() }
+        return leftOut.records > 0 ? leftOut : nil
+    }
+
+    /// The "AUDIT" record that reports `leftOut`.
+    func report(_ leftOut: LeftOut, time: Double, workerID: UInt64, workerName: String, pid: Int32) -> AuditRecord {
+        AuditRecord(time: time, workerID: workerID, workerName: workerName, pid: pid, event: "AUDIT",
+                    detail: "\(leftOut.records) records left out (\(leftOut.denials) denials)", decision: "", errno: 0,
+                    reason: "over the worker's cap of \(Int(perSecond)) audit records a second (burst \(Int(burst))): counted, not written",
+                    recordsLeftOut: leftOut.records, denialsLeftOut: leftOut.denials)
+    }
+}
+
 /// A flag shared by copies of a struct (relaxed: it only decides whether to log).
 final class SharedFlag: Sendable {
     private let value = Atomic<Bool>(false)
@@ -149,6 +226,11 @@ struct Auditor: Sendable {
         log != nil || loggerLevel <= level
     }
 
+    /// The level a record is logged at: a report of records left out is a warning.
+    static func level(of record: AuditRecord) -> Logger.Level {
+        record.recordsLeftOut > 0 ? .warning : level(ofDecision: record.decision)
+    }
+
     static func level(ofDecision decision: String) -> Logger.Level {
         decision == "denied" ? .notice : (decision == "granted" ? .debug : .info)
     }
@@ -163,7 +245,7 @@ struct Auditor: Sendable {
                 lastWriteFailed.clear() // a load, while it is clear: no store to a line other threads read
             }
         }
-        let level = Self.level(ofDecision: record.decision)
+        let level = Self.level(of: record)
         guard loggerLevel <= level else { return }
         var metadata: Logger.Metadata = [
             "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",

@@ -611,6 +611,8 @@ final class EventLoop: @unchecked Sendable {
         case .warning: .warning
         case .error: .error
         }
+        // The worker chooses how often it logs: its lines share its audit budget.
+        guard auditor.loggerLevel <= level, admitAudit(record, isDenial: false) else { return }
         auditor.logger.log(level: level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))",
                            metadata: ["worker": "\(record.id)"])
     }
@@ -949,9 +951,10 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         let server = InterceptServer(listener: listener, policy: record.policy, auditor: auditor,
-                                     workerID: record.id, workerName: record.configuration.name,
+                                     workerID: record.id, workerName: record.configuration.name, workerPid: record.pid,
                                      identity: record.configuration.interceptIdentity,
                                      connectTimeout: record.configuration.caps.connectTimeoutSeconds,
+                                     auditBudget: AuditBudget(caps: record.configuration.caps, now: system_clock_monotonic()),
                                      programPidfd: OwnedFileDescriptor(adoptingRawValue: pidfd))
         guard server.start(on: placement.helperThreadCPUs) else {
             kill(record, .resourceCapExceeded("cannot start the thread serving the seccomp listener"))
@@ -1145,6 +1148,8 @@ final class EventLoop: @unchecked Sendable {
         } else {
             reason = .signaled(signal: status.status, coreDumped: status.code == privsep_CLD_DUMPED)
         }
+        if let leftOut = record.auditBudget.remainder() { reportLeftOut(record, leftOut) }
+        record.intercept?.reportRecordsLeftOut()
         audit(record, event: "EXIT", reason: reason.description)
         // Only a peak above what it could have inherited from this process is the worker's own.
         let peak = status.peakResidentBytes > record.inheritedPeakBound ? status.peakResidentBytes : nil
@@ -1278,11 +1283,28 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
+    /// Records an event of `record`'s; a decision only within the worker's audit budget.
     private func audit(_ record: WorkerRecord, event: String, detail: String = "", decision: String = "",
                        errno: Errno? = nil, reason: String = "", request: Message? = nil) {
+        if !decision.isEmpty {
+            guard auditor.wants(Auditor.level(ofDecision: decision)), admitAudit(record, isDenial: decision == "denied") else { return }
+        }
         auditor.record(AuditRecord(time: wallClockSeconds(), workerID: record.id, workerName: record.configuration.name,
                                    pid: record.pid, event: event, detail: detail, decision: decision,
                                    errno: errno?.rawValue ?? 0, reason: reason, request: request))
+    }
+
+    /// Whether a record the worker caused is written now (its ``AuditBudget``); first writes
+    /// the count of records left out, when a report of it is due.
+    private func admitAudit(_ record: WorkerRecord, isDenial: Bool) -> Bool {
+        let (write, leftOut) = record.auditBudget.admit(now: system_clock_monotonic(), isDenial: isDenial)
+        if let leftOut { reportLeftOut(record, leftOut) }
+        return write
+    }
+
+    private func reportLeftOut(_ record: WorkerRecord, _ leftOut: AuditBudget.LeftOut) {
+        auditor.record(record.auditBudget.report(leftOut, time: wallClockSeconds(), workerID: record.id,
+                                                 workerName: record.configuration.name, pid: record.pid))
     }
 }
 
@@ -1338,6 +1360,7 @@ final class WorkerRecord: DeadlineQueued {
     @exclusivity(unchecked) var lastRefill: UInt64
     @exclusivity(unchecked) var throttledSince: UInt64?
     @exclusivity(unchecked) var throttledUntil: UInt64?
+    @exclusivity(unchecked) var auditBudget: AuditBudget
     @exclusivity(unchecked) var parked: [ParkedReply] = []
     var parkedSince: UInt64?
     var pending: [UInt64: PendingConnectState] = [:]
@@ -1371,6 +1394,7 @@ final class WorkerRecord: DeadlineQueued {
         self.wallClockDeadline = configuration.wallClockTimeout.map { now + nanoseconds($0) }
         self.tokens = Double(configuration.caps.messageBurst)
         self.lastRefill = now
+        self.auditBudget = AuditBudget(caps: configuration.caps, now: now)
     }
 }
 

@@ -42,6 +42,8 @@ final class InterceptServer: @unchecked Sendable {
     private let auditor: Auditor
     private let workerID: UInt64
     private let workerName: String
+    /// The helper's pid: the program's first process.
+    private let workerPid: Int32
     /// PATH_MAX bytes for reading paths, reused by every notification (this thread only).
     private let pathBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
     /// The program's identity (`--user`), if it is not the supervisor's: sockets are made,
@@ -55,16 +57,22 @@ final class InterceptServer: @unchecked Sendable {
     private let programPidfd: Int32
     /// Set when this thread must stop serving: its next loop iteration ends it.
     private var stopped = false
+    /// What the program's calls may write to the audit log: this thread's, but the loop
+    /// reports what is left out when it reaps the program, before its EXIT record.
+    private let auditBudget: Mutex<AuditBudget>
 
-    init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String,
-         identity: (uid: UInt32, gid: UInt32)? = nil, connectTimeout: Double = 30, programPidfd: consuming OwnedFileDescriptor? = nil) {
+    init(listener: consuming OwnedFileDescriptor, policy: ActivePolicy, auditor: Auditor, workerID: UInt64, workerName: String, workerPid: Int32,
+         identity: (uid: UInt32, gid: UInt32)? = nil, connectTimeout: Double = 30, auditBudget: AuditBudget,
+         programPidfd: consuming OwnedFileDescriptor? = nil) {
         self.listener = listener
         self.policy = Mutex(policy)
         self.auditor = auditor
         self.workerID = workerID
         self.workerName = workerName
+        self.workerPid = workerPid
         self.identity = identity
         self.connectTimeout = connectTimeout
+        self.auditBudget = Mutex(auditBudget)
         switch consume programPidfd {
         case .some(let fd): self.programPidfd = fd.releaseUnsafeRawValue()
         case .none: self.programPidfd = -1
@@ -92,6 +100,8 @@ final class InterceptServer: @unchecked Sendable {
     func start(on cpus: CPUSet? = nil) -> Bool {
         startDetachedThread(named: "privsep-notify", on: cpus) {
             receiveNotifications(self.listener.unsafeRawValue, stopped: { self.stopped }) { self.serve($0) }
+            // Calls served after the program was reaped.
+            self.reportRecordsLeftOut()
         }
     }
 
@@ -692,15 +702,29 @@ final class InterceptServer: @unchecked Sendable {
     private func audit(_ n: Notification, _ event: String, _ detail: @autoclosure () -> String, decision: String, errno: Errno?,
                        reason: @autoclosure () -> String) {
         guard auditor.wants(Auditor.level(ofDecision: decision)) else { return }
+        let (write, leftOut) = auditBudget.withLock { $0.admit(now: system_clock_monotonic(), isDenial: decision == "denied") }
+        if let leftOut { reportLeftOut(leftOut, pid: Int32(bitPattern: n.pid)) }
+        guard write else { return }
         auditor.record(AuditRecord(time: wallClockSeconds(), workerID: workerID, workerName: workerName, pid: Int32(bitPattern: n.pid),
                                    event: event, detail: detail(), decision: decision, errno: errno?.rawValue ?? 0, reason: reason()))
+    }
+
+    /// Reports the records left out since the last report, if any: when the program is reaped
+    /// (before its EXIT record) and when this thread ends.
+    func reportRecordsLeftOut() {
+        if let leftOut = auditBudget.withLock({ $0.remainder() }) { reportLeftOut(leftOut, pid: workerPid) }
+    }
+
+    private func reportLeftOut(_ leftOut: AuditBudget.LeftOut, pid: Int32) {
+        let record = auditBudget.withLock {
+            $0.report(leftOut, time: wallClockSeconds(), workerID: workerID, workerName: workerName, pid: pid)
+        }
+        auditor.record(record)
     }
 }
 
 // MARK: Helpers
 
-/// The NUL-terminated string at `address` in `tid`'s memory, without the NUL: at most
-/// PATH_MAX (4096) bytes with the NUL, else ENAMETOOLONG; EFAULT where memory ends first.
 /// Reads the NUL-terminated string at `address` in `tid`'s memory into `buffer` and returns its
 /// length (without the NUL): at most PATH_MAX (4096) bytes with the NUL, else ENAMETOOLONG;
 /// EFAULT where readable memory ends first.

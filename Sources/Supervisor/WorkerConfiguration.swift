@@ -134,6 +134,13 @@ public struct WorkerCaps: Sendable, Equatable {
     public var replyStallSeconds = 10.0
     /// A CONNECT still in progress after this long fails with ETIMEDOUT.
     public var connectTimeoutSeconds = 30.0
+    /// Audit records of the worker's decisions (granted and denied, brokered or intercepted)
+    /// and of its LOG lines, per second, and the burst allowed above it. Past them records
+    /// are counted, not written, and an "AUDIT" record says how many were left out (at
+    /// most one a second), so that a worker looping on refused calls cannot fill the log's
+    /// disk. The requests themselves are decided as ever. 0 writes every record.
+    public var auditRecordsPerSecond = 1_000
+    public var auditRecordBurst = 10_000
     /// At most this many messages are read from the worker each time its serving thread
     /// turns to it (one when other workers' channels are ready too, unless it is a pool
     /// worker), so that one busy worker cannot starve the others. Internal: tests lower it

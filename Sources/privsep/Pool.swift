@@ -64,8 +64,7 @@ struct Pool: AsyncParsableCommand {
     @Flag(help: "Let the workers write to this command's stderr (their stdout always goes to /dev/null, so they cannot forge result lines).")
     var workerStderr = false
 
-    @Option(help: ArgumentHelp("Append every decision to this file as JSON lines.", valueName: "file"))
-    var auditLog: String?
+    @OptionGroup var audit: AuditOptions
 
     @Option(help: ArgumentHelp("Where the serving thread and the workers run: unmanaged (the kernel decides), batch-workers (a woken worker does not preempt the serving thread) or dedicated-cpu (the serving thread gets a CPU of its own). See BENCHMARKS.md.", valueName: "placement"))
     var placement: Placement = .unmanaged
@@ -92,8 +91,9 @@ struct Pool: AsyncParsableCommand {
         let file = try loadPolicy(policy)
         var logger = Logger(label: "privsep")
         logger.logLevel = .error
-        let audit = try openAuditLog(auditLog)
+        let auditLog = try audit.open()
         var worker = try workerConfiguration(command: command, file: file)
+        audit.apply(to: &worker.caps)
         // Jobs arrive on the channel; the workers' stdin is not the list of inputs, and
         // what they print must not mix with the results.
         worker.standardInput = .null
@@ -108,7 +108,7 @@ struct Pool: AsyncParsableCommand {
         configuration.maximumOutputBytes = try parseIntSize(maxOutput, "--max-output")
 
         let supervisor: Supervisor
-        do { supervisor = try Supervisor(logger: logger, auditLog: audit, placement: placement) } catch {
+        do { supervisor = try Supervisor(logger: logger, auditLog: auditLog, placement: placement) } catch {
             printError("privsep: \(error)")
             throw ExitCode(1)
         }
@@ -166,11 +166,32 @@ struct Pool: AsyncParsableCommand {
 }
 
 /// The audit log at `path` (appended to), nil without a path; exit status 2 if it cannot be opened.
-func openAuditLog(_ path: String?) throws -> AuditLog? {
-    guard let path else { return nil }
-    do { return try AuditLog(path: path) } catch {
-        printError("privsep: cannot open the audit log \(path): \(error)")
-        throw ExitCode(2)
+/// The audit options of `run` and `pool`.
+struct AuditOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Append decisions to this file as JSON lines (see --audit-rate).", valueName: "file"))
+    var auditLog: String?
+
+    @Option(help: ArgumentHelp("Records of decisions and LOG lines a worker may cause per second, with bursts of ten times as many; past it they are counted in an AUDIT record, not written, so a worker looping on refused calls cannot fill the disk. 0: every one.", valueName: "records"))
+    var auditRate = WorkerCaps().auditRecordsPerSecond
+
+    func validate() throws {
+        guard (0...Self.maximumRate).contains(auditRate) else { throw ValidationError("--audit-rate must be 0 to \(Self.maximumRate)") }
+    }
+
+    /// Ten times it is still an Int on every platform Swift runs on.
+    static let maximumRate = 100_000_000
+
+    func open() throws -> AuditLog? {
+        guard let auditLog else { return nil }
+        do { return try AuditLog(path: auditLog) } catch {
+            printError("privsep: cannot open the audit log \(auditLog): \(error)")
+            throw ExitCode(2)
+        }
+    }
+
+    func apply(to caps: inout WorkerCaps) {
+        caps.auditRecordsPerSecond = auditRate
+        caps.auditRecordBurst = auditRate * 10
     }
 }
 

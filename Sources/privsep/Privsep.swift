@@ -122,10 +122,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: ArgumentHelp("How many restarts at most.", valueName: "count"))
     var maxRestarts: Int = 5
 
-    @Option(help: ArgumentHelp("Append every decision to this file as JSON lines.", valueName: "file"))
-    var auditLog: String?
+    @OptionGroup var audit: AuditOptions
 
-    @Flag(name: .shortAndLong, help: "Log every decision (grants and denials) to stderr.")
+    @Flag(name: .shortAndLong, help: "Log decisions (grants and denials) to stderr (see --audit-rate).")
     var verbose = false
 
     @Flag(help: "Intercept mode: run an unmodified PROGRAM; its file, socket and exec calls are served under the policy (seccomp user notification).")
@@ -147,9 +146,10 @@ struct Run: AsyncParsableCommand {
         }
         var logger = Logger(label: "privsep")
         logger.logLevel = verbose ? .debug : .warning
-        let audit = try openAuditLog(auditLog)
+        let auditLog = try audit.open()
 
         var configuration = try workerConfiguration(command: command, file: file)
+        audit.apply(to: &configuration.caps)
         if user != nil && !intercept { throw ValidationError("--user is for --intercept (a worker drops its own identity: set Lockdown.identity before apply)") }
         if intercept { configuration = try interceptConfiguration(configuration, user: user) }
         configuration.inheritedEnvironment += passEnvironment
@@ -167,7 +167,7 @@ struct Run: AsyncParsableCommand {
         configuration.requiredLayers = file.requiredLayers
 
         let supervisor: Supervisor
-        do { supervisor = try Supervisor(logger: logger, auditLog: audit) } catch {
+        do { supervisor = try Supervisor(logger: logger, auditLog: auditLog) } catch {
             printError("privsep: \(error)")
             throw ExitCode(1)
         }
@@ -295,6 +295,8 @@ struct Learn: AsyncParsableCommand {
         defer { _ = signals }
         configuration.wallClockTimeout = timeout
         configuration.learning = true
+        // What is learned is read back from the records: none may be left out.
+        configuration.caps.auditRecordsPerSecond = 0
         let handle = try await supervisor.spawn(configuration)
         let reason = await handle.exit()
         await supervisor.shutdown()

@@ -55,3 +55,84 @@ import Testing
         #expect(log.records.isEmpty)
     }
 }
+
+@Suite struct AuditBudgetTests {
+    private static let second: UInt64 = 1_000_000_000
+
+    /// The burst is written, the first record past it is reported at once (a flood is seen
+    /// when it starts), later ones at most once a second, and the rest when serving ends.
+    @Test func recordsPastTheBurstAreCountedAndReportedAtMostOnceASecond() {
+        var budget = AuditBudget(perSecond: 10, burst: 5, now: 0)
+        for _ in 0..<5 { #expect(budget.admit(now: 0, isDenial: true) == (true, nil)) }
+        let first = budget.admit(now: 0, isDenial: true)
+        #expect(!first.write && first.report == AuditBudget.LeftOut(records: 1, denials: 1))
+        // 0.05 s later half a token has come back: still left out, and no report yet.
+        #expect(budget.admit(now: Self.second / 20, isDenial: false) == (false, nil))
+        #expect(budget.admit(now: Self.second / 100 * 12, isDenial: true) == (true, nil))
+        for _ in 0..<3 { #expect(budget.admit(now: Self.second / 100 * 12, isDenial: true) == (false, nil)) }
+        // A second after the first report, the next record carries the count since.
+        let later = budget.admit(now: Self.second, isDenial: true)
+        #expect(later.write)
+        #expect(later.report == AuditBudget.LeftOut(records: 4, denials: 3))
+        #expect(budget.remainder() == nil)
+        for _ in 0..<20 { _ = budget.admit(now: Self.second, isDenial: false) }
+        #expect(budget.remainder()?.records ?? 0 > 0)
+        #expect(budget.remainder() == nil)
+    }
+
+    /// Over any stretch of time no more than the burst plus the rate is written, and every
+    /// record is either written or counted in exactly one report.
+    @Test func everyRecordIsWrittenOrCountedOnceAndTheRateHolds() {
+        var generator = SystemRandomNumberGenerator()
+        let perSecond = 200, burst = 50
+        var budget = AuditBudget(perSecond: perSecond, burst: burst, now: 0)
+        var now: UInt64 = 0
+        var written: [UInt64] = [], writtenDenials = 0, reported = AuditBudget.LeftOut(), denials = 0, total = 0
+        var reports: [UInt64] = []
+        for _ in 0..<100_000 {
+            now += UInt64.random(in: 0...200_000, using: &generator) // 0–0.2 ms apart: mostly faster than the rate
+            let isDenial = Bool.random(using: &generator)
+            total += 1
+            if isDenial { denials += 1 }
+            let (write, report) = budget.admit(now: now, isDenial: isDenial)
+            if write {
+                written.append(now)
+                if isDenial { writtenDenials += 1 }
+            }
+            if let report {
+                reported.records += report.records
+                reported.denials += report.denials
+                reports.append(now)
+            }
+        }
+        let rest = budget.remainder() ?? AuditBudget.LeftOut()
+        #expect(written.count + reported.records + rest.records == total)
+        #expect(writtenDenials + reported.denials + rest.denials == denials)
+        #expect(reported.records > 0)
+        // Reports: at most one a second.
+        #expect(zip(reports, reports.dropFirst()).allSatisfy { $1 - $0 >= Self.second })
+        // Any window of one second holds at most burst + rate written records.
+        var start = 0
+        for end in written.indices {
+            while written[end] - written[start] > Self.second { start += 1 }
+            #expect(end - start + 1 <= burst + perSecond)
+        }
+    }
+
+    /// A rate of 0 writes every record and never reports.
+    @Test func aRateOfZeroWritesEveryRecord() {
+        var budget = AuditBudget(perSecond: 0, burst: 0, now: 0)
+        for _ in 0..<100_000 { #expect(budget.admit(now: 0, isDenial: true) == (true, nil)) }
+        #expect(budget.remainder() == nil)
+    }
+
+    /// A report names its counts in the JSON line, and is a warning in the logger.
+    @Test func aReportSaysHowManyWereLeftOut() {
+        let budget = AuditBudget(perSecond: 10, burst: 100, now: 0)
+        let record = budget.report(AuditBudget.LeftOut(records: 7, denials: 5), time: 1, workerID: 2, workerName: "w", pid: 3)
+        #expect(record.jsonLine.contains("\"event\":\"AUDIT\""))
+        #expect(record.jsonLine.contains("\"left_out\":7,\"denials_left_out\":5"))
+        #expect(record.reason.contains("10 audit records a second (burst 100)"))
+        #expect(Auditor.level(of: record) == .warning)
+    }
+}

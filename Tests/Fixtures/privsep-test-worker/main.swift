@@ -250,6 +250,13 @@ for step in CommandLine.arguments.dropFirst() {
         } catch {
             say("open \(path) \(errnoText(error))")
         }
+    case "opens":
+        // N opens of PATH in a row, each reply read: a worker looping on its requests.
+        var granted = 0, refused = 0
+        for _ in 0..<Int(parts[1])! {
+            do { _ = try requireConnection().open(String(parts[2]), .readOnly); granted += 1 } catch { refused += 1 }
+        }
+        say("opens granted \(granted) refused \(refused)")
     case "read":
         let path = String(parts[1])
         do {
