@@ -149,9 +149,9 @@ struct Run: AsyncParsableCommand {
         let auditLog = try audit.open()
 
         var configuration = try workerConfiguration(command: command, file: file)
-        audit.apply(to: &configuration.caps)
         if user != nil && !intercept { throw ValidationError("--user is for --intercept (a worker drops its own identity: set Lockdown.identity before apply)") }
         if intercept { configuration = try interceptConfiguration(configuration, user: user) }
+        audit.apply(to: &configuration.caps)
         configuration.inheritedEnvironment += passEnvironment
         for pair in environment {
             guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {

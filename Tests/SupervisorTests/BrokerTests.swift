@@ -413,3 +413,61 @@ enum Thread {
         pthread_detach(start(body))
     }
 }
+
+/// A worker chooses how many records its requests cause: past its audit budget they are
+/// counted in AUDIT records, not written, and every one is accounted for.
+@Suite struct AuditBudgetWorkerTests {
+    static func counts(_ records: [AuditRecord]) -> (written: Int, leftOut: Int, denialsLeftOut: Int, reports: Int) {
+        let reports = records.filter { $0.event == "AUDIT" }
+        return (records.filter { $0.event == "OPEN" }.count, reports.map(\.recordsLeftOut).reduce(0, +),
+                reports.map(\.denialsLeftOut).reduce(0, +), reports.count)
+    }
+
+    @Test func aWorkerLoopingOnRefusedOpensIsAuditedWithinItsBudget() async throws {
+        let run = try await runWorker(["handshake", "opens:500:/nonexistent"]) { configuration in
+            configuration.caps.auditRecordsPerSecond = 20
+            configuration.caps.auditRecordBurst = 40
+        }
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.last == "opens granted 0 refused 500")
+        let (written, leftOut, denialsLeftOut, reports) = Self.counts(run.audit)
+        #expect(written + leftOut == 500)
+        #expect(denialsLeftOut == leftOut)
+        #expect(reports >= 1)
+        // No more than the burst and the rate over the time the records span.
+        let times = run.audit.filter { $0.event == "OPEN" }.map(\.time)
+        let span = (times.max() ?? 0) - (times.min() ?? 0)
+        #expect(written >= 40 && Double(written) <= 40 + 20 * span + 1, "\(written) records over \(span) s")
+        // Lifecycle records are never left out, and the count comes before the EXIT.
+        #expect(run.audit.first?.event == "SPAWN")
+        #expect(run.audit.last?.event == "EXIT")
+        #expect(run.audit.dropLast().last?.event == "AUDIT")
+    }
+
+    @Test func theDefaultBudgetRecordsAnOrdinaryBurstWhole() async throws {
+        let run = try await runWorker(["handshake", "opens:2000:/nonexistent"])
+        #expect(run.lines.last == "opens granted 0 refused 2000")
+        let (written, leftOut, _, reports) = Self.counts(run.audit)
+        #expect(written == 2000 && leftOut == 0 && reports == 0)
+    }
+
+    /// A worker's LOG lines share its budget, so they cannot flood the logger either.
+    @Test func logLinesShareTheBudget() async throws {
+        let (logger, messages) = CollectingLogHandler.logger(at: .info)
+        let audit = AuditLog(collectingUpTo: 1_000)
+        let supervisor = try Supervisor(logger: logger, auditLog: audit)
+        let steps = ["handshake"] + Array(repeating: "log:flooding", count: 30)
+        let run = try await runWorker(steps, supervisor: supervisor) { configuration in
+            configuration.caps.auditRecordsPerSecond = 1
+            configuration.caps.auditRecordBurst = 10
+        }
+        await supervisor.shutdown()
+        #expect(run.reason == .exited(code: 0))
+        let lines = messages.all.filter { $0.message.hasSuffix(": flooding") }
+        let reports = audit.records.filter { $0.event == "AUDIT" }
+        #expect(lines.count >= 10 && lines.count < 30)
+        #expect(lines.count + reports.map(\.recordsLeftOut).reduce(0, +) == 30)
+        #expect(reports.allSatisfy { $0.denialsLeftOut == 0 })
+        #expect(messages.all.contains { $0.level == .warning && $0.message.contains("records left out") })
+    }
+}

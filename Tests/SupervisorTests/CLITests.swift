@@ -79,6 +79,8 @@ import Testing
             (["--cpu", "nan"], "--cpu must be a positive number"),
             (["--cpu=-1"], "--cpu must be a positive number"),
             (["--timeout", "inf"], "--timeout must be a positive number"),
+            (["--audit-rate=-1"], "--audit-rate must be 0 to 100000000"),
+            (["--audit-rate", "922337203685477580"], "--audit-rate must be 0 to 100000000"),
         ] {
             let run = try await privsep(["pool", "--policy", policy] + options + ["--input", "/etc/hostname", "--", "/bin/true"])
             #expect(run.status == 64, "\(options): \(run.stderr)")

@@ -97,6 +97,34 @@ import Testing
         #expect(records.last?["event"] as? String == "EXIT")
     }
 
+    /// An intercepted program looping on refused calls is held to its audit budget
+    /// (--audit-rate): past it its records are counted, not written, every one accounted for.
+    @Test func aProgramLoopingOnRefusedCallsIsAuditedWithinItsBudget() async throws {
+        let tree = Tree()
+        let audit = tree.path + "/audit.jsonl"
+        let evil = Array(repeating: tree.path + "/evil.txt", count: 300)
+        let result = try await privsep(["run", "--intercept", "--policy", tree.policy(), "--audit-log", audit, "--audit-rate", "5",
+                                        "--", "/bin/cat"] + evil)
+        #expect(result.status == 1)
+        #expect(result.stderr.components(separatedBy: "evil.txt: Permission denied").count == 301, "\(result.stderr.prefix(500))")
+        let records = try auditRecords(audit)
+        let deniedEvil = records.filter {
+            ($0["decision"] as? String) == "denied" && (($0["detail"] as? String)?.contains("/evil.txt") ?? false)
+        }
+        let reports = records.filter { ($0["event"] as? String) == "AUDIT" }
+        let deniedLeftOut = reports.compactMap { $0["denials_left_out"] as? Int }.reduce(0, +)
+        let allDenied = records.filter { ($0["decision"] as? String) == "denied" }.count
+        // Every refused open of evil.txt is written or counted (other refusals, if any, counted too).
+        #expect(deniedEvil.count + deniedLeftOut >= 300)
+        #expect(allDenied + deniedLeftOut >= 300)
+        let decided = records.filter { !(($0["decision"] as? String) ?? "").isEmpty }
+        let times = decided.compactMap { $0["time"] as? Double }
+        let span = (times.max() ?? 0) - (times.min() ?? 0)
+        #expect(Double(decided.count) <= 50 + 5 * span + 1, "\(decided.count) decisions over \(span) s")
+        #expect(!reports.isEmpty)
+        #expect(records.last?["event"] as? String == "EXIT")
+    }
+
     @Test func relativePathsAreResolvedAgainstTheProgramsDirectory() async throws {
         let tree = Tree()
         // --intercept runs the program in our working directory; sh changes it and opens relative paths.

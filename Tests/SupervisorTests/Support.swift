@@ -6,6 +6,7 @@ import Testing
 import PrivsepIPC
 import Supervisor
 import SystemPackage
+import Synchronization
 
 /// The fixture worker built beside this test bundle.
 let testWorkerPath: String = {
@@ -147,5 +148,35 @@ func require(_ condition: Bool, _ message: @autoclosure () -> String) {
         Issue.record(Comment(rawValue: text))
         _ = (text + "\n").withCString { write(2, $0, strlen($0)) }
         exit(1)
+    }
+}
+
+/// A log handler that keeps every message, for tests of what reaches the logger.
+struct CollectingLogHandler: LogHandler {
+    final class Messages: Sendable {
+        private let lines = Mutex<[(Logger.Level, String)]>([])
+        func append(_ level: Logger.Level, _ message: String) { lines.withLock { $0.append((level, message)) } }
+        var all: [(level: Logger.Level, message: String)] { lines.withLock { $0 } }
+    }
+
+    let messages: Messages
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        messages.append(level, "\(message)")
+    }
+
+    /// A logger at `level` whose messages land in the returned collection.
+    static func logger(at level: Logger.Level) -> (Logger, Messages) {
+        let messages = Messages()
+        var logger = Logger(label: "privsep.test", factory: { _ in CollectingLogHandler(messages: messages) })
+        logger.logLevel = level
+        return (logger, messages)
     }
 }
