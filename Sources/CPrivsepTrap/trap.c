@@ -5,16 +5,24 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <ucontext.h>
 #include <unistd.h>
 
 static volatile int violation_channel = -1;
+/* The channel's identity when the reporter was installed. The fd number alone is not
+   the channel: if the worker frees its connection, the number is reused by whatever it
+   opens next (an accepted client, say), and a report sent there would hand that peer
+   the call's instruction pointer and arguments (addresses). */
+static volatile dev_t violation_channel_device;
+static volatile ino_t violation_channel_inode;
 
-/* Only raw syscalls (sendmsg, exit_group) and stack memory: async-signal-safe,
-   and both calls are in every lockdown profile's baseline. */
+/* Only raw syscalls (newfstatat, sendmsg, exit_group) and stack memory: async-signal-safe,
+   and all three are in every lockdown profile's baseline. */
 static void report_violation(int signal, siginfo_t *info, void *context) {
     (void)signal;
     struct {
@@ -46,11 +54,19 @@ static void report_violation(int signal, siginfo_t *info, void *context) {
 #endif
     struct iovec iov = { &message, sizeof message };
     struct msghdr header = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (violation_channel >= 0) syscall(SYS_sendmsg, violation_channel, &header, MSG_NOSIGNAL);
+    struct stat now;
+    if (violation_channel >= 0
+        && syscall(SYS_newfstatat, violation_channel, "", &now, AT_EMPTY_PATH) == 0
+        && now.st_dev == violation_channel_device && now.st_ino == violation_channel_inode)
+        syscall(SYS_sendmsg, violation_channel, &header, MSG_NOSIGNAL);
     syscall(SYS_exit_group, 128 + SIGSYS);
 }
 
 int privsep_install_violation_reporter(int channel_fd) {
+    struct stat channel;
+    if (fstat(channel_fd, &channel) != 0) return -1;
+    violation_channel_device = channel.st_dev;
+    violation_channel_inode = channel.st_ino;
     violation_channel = channel_fd;
     struct sigaction action;
     memset(&action, 0, sizeof action);

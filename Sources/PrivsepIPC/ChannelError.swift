@@ -12,9 +12,14 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
     case peerClosed
     /// The datagram was longer than the receive buffer (MSG_TRUNC).
     case messageTruncated(capacity: Int)
-    /// The kernel could not deliver all ancillary data (MSG_CTRUNC): more fds were
-    /// sent than this receive accepts, or this process's fd table is full.
+    /// The kernel could not deliver all ancillary data (MSG_CTRUNC): more fds were sent
+    /// than this receive accepts.
     case controlTruncated(acceptedFileDescriptors: Int)
+    /// The kernel could not install the fds that came with a datagram in this process (its
+    /// fd table is full: RLIMIT_NOFILE or the system's limit). The datagram was consumed: its
+    /// `byteCount` bytes are in the receive buffer, and the fds that were installed before
+    /// the table filled are closed. Not the sender's fault, unlike ``controlTruncated(acceptedFileDescriptors:)``.
+    case fileDescriptorsNotInstalled(byteCount: Int)
     /// More fds arrived than this receive accepts.
     case tooManyFileDescriptors(received: Int, limit: Int)
     /// A control message other than SCM_RIGHTS arrived.
@@ -29,7 +34,8 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
         case .system(let errno): "\(errno)"
         case .peerClosed: "peer closed the channel"
         case .messageTruncated(let capacity): "message longer than \(capacity) bytes (truncated)"
-        case .controlTruncated(let limit): "control data truncated: more than \(limit) fds sent, or fd table full"
+        case .controlTruncated(let limit): "control data truncated: more than \(limit) fds sent"
+        case .fileDescriptorsNotInstalled: "no room in this process's fd table for the fds sent (EMFILE)"
         case .tooManyFileDescriptors(let received, let limit): "\(received) fds received, at most \(limit) allowed"
         case .unexpectedControlMessage(let level, let type): "unexpected control message (level \(level), type \(type))"
         case .tooManyFileDescriptorsToSend(let count): "cannot send \(count) fds in one message (at most 253)"

@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 extension SeqpacketSocket {
     /// Encodes and sends `envelope` with exactly the fds its type requires.
@@ -66,11 +67,19 @@ extension SeqpacketSocket {
     /// Receives and decodes one message, accepting at most `maximumFileDescriptors` fds.
     ///
     /// A datagram that is not a valid message fails with ``ChannelError/malformed(_:)``
-    /// and every fd it carried is closed.
+    /// and every fd it carried is closed. A REPLY whose fds this process had no free fd
+    /// number for comes back as the failure EMFILE, without fds, as the system call would
+    /// have failed; any other message whose fds could not be installed fails with
+    /// ``ChannelError/fileDescriptorsNotInstalled(byteCount:)``.
     public func receiveMessage(maximumFileDescriptors: Int = 0, nonBlocking: Bool = false) throws(ChannelError) -> ReceivedMessage {
         try withUnsafeTemporaryAllocation(byteCount: WireFormat.maximumMessageSize, alignment: 8) {
             (buffer) throws(ChannelError) -> ReceivedMessage in
-            let datagram = try receive(into: buffer, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
+            let datagram: ReceivedDatagram
+            do throws(ChannelError) {
+                datagram = try receive(into: buffer, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
+            } catch .fileDescriptorsNotInstalled(let byteCount) {
+                return try Self.replyFailedForWantOfRoom(UnsafeRawBufferPointer(rebasing: buffer[..<byteCount])).message
+            }
             return try decoded(datagram, from: UnsafeRawBufferPointer(buffer))
         }
     }
@@ -87,7 +96,12 @@ extension SeqpacketSocket {
     public func receiveMessage(
         using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int = 0, nonBlocking: Bool = false
     ) throws(ChannelError) -> ReceivedMessage {
-        let datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
+        let datagram: ReceivedDatagram
+        do throws(ChannelError) {
+            datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
+        } catch .fileDescriptorsNotInstalled(let byteCount) {
+            return try Self.replyFailedForWantOfRoom(in: scratch, byteCount: byteCount).message
+        }
         return try decoded(datagram, from: UnsafeRawBufferPointer(Self.messageWindow(of: scratch)))
     }
 
@@ -124,7 +138,13 @@ extension SeqpacketSocket {
     package func receiveReply(
         to requestID: UInt64, using scratch: UnsafeMutableRawBufferPointer, maximumFileDescriptors: Int
     ) throws(ChannelError) -> ReceivedReply {
-        let datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: false)
+        let datagram: ReceivedDatagram
+        do throws(ChannelError) {
+            datagram = try receive(intoScratch: scratch, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: false)
+        } catch .fileDescriptorsNotInstalled(let byteCount) {
+            let failed = try Self.replyFailedForWantOfRoom(in: scratch, byteCount: byteCount)
+            return failed.requestID == requestID ? .reply(failed.reply, OwnedFileDescriptors()) : .message(failed.message)
+        }
         let bytes = UnsafeRawBufferPointer(rebasing: Self.messageWindow(of: scratch)[..<datagram.byteCount])
         if bytes.count >= WireFormat.headerSize,
            bytes.loadUnaligned(fromByteOffset: WireFormat.typeOffset, as: UInt16.self) == MessageType.reply.rawValue {
@@ -157,6 +177,29 @@ extension SeqpacketSocket {
         let control = UnsafeMutableRawBufferPointer(rebasing: scratch[..<Self.maximumControlLength])
         return try receive(into: Self.messageWindow(of: scratch), control: control, maximumFileDescriptors: maximumFileDescriptors,
                            nonBlocking: nonBlocking)
+    }
+
+    /// A REPLY that carried fds this process had no free fd number for (the datagram lies
+    /// in `scratch`, its fds already closed): the answer to its request is EMFILE, as the
+    /// system call would have given. Any other message, or a malformed one, still fails.
+    private static func replyFailedForWantOfRoom(_ bytes: UnsafeRawBufferPointer) throws(ChannelError) -> FailedReply {
+        let decoded: (requestID: UInt64, reply: Reply)?
+        do throws(ProtocolError) { decoded = try WireCodec.decodeReplyInPlace(bytes) } catch { throw .malformed(error) }
+        guard let decoded, decoded.reply.fileDescriptorCount > 0 else { throw .fileDescriptorsNotInstalled(byteCount: bytes.count) }
+        return FailedReply(requestID: decoded.requestID, reply: .failure(.tooManyOpenFiles))
+    }
+
+    private static func replyFailedForWantOfRoom(in scratch: UnsafeMutableRawBufferPointer, byteCount: Int) throws(ChannelError) -> FailedReply {
+        try replyFailedForWantOfRoom(UnsafeRawBufferPointer(rebasing: messageWindow(of: scratch)[..<byteCount]))
+    }
+
+    private struct FailedReply {
+        let requestID: UInt64
+        let reply: Reply
+        var message: ReceivedMessage {
+            ReceivedMessage(envelope: Envelope(requestID: requestID, .reply(reply)), fileDescriptors: OwnedFileDescriptors(),
+                            senderCredentials: nil)
+        }
     }
 
     /// Where in a scratch buffer the message lands: after the largest control data (a

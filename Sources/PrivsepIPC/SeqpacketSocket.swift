@@ -224,7 +224,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     /// Receives one datagram into `buffer`, accepting at most `maximumFileDescriptors` fds.
     ///
     /// Fails, with every fd that arrived already closed, if the datagram did not
-    /// fit (MSG_TRUNC), ancillary data was cut (MSG_CTRUNC), more fds than allowed
+    /// fit (MSG_TRUNC), ancillary data was cut (MSG_CTRUNC; ``ChannelError/fileDescriptorsNotInstalled(byteCount:)``
+    /// when this process had no free fd number for them), more fds than allowed
     /// arrived, or a control message other than SCM_RIGHTS came with it. The
     /// control buffer is sized for `maximumFileDescriptors`, so a peer that sends
     /// more cannot make this process install them. End-of-file is ``ChannelError/peerClosed``.
@@ -341,6 +342,12 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
             offset += (length + MemoryLayout<Int>.size - 1) & ~(MemoryLayout<Int>.size - 1)
         }
         if message.msg_flags & privsep_MSG_CTRUNC != 0 {
+            // The kernel installs fds until the room offered is full or an install fails: fewer
+            // than the room, whole bytes and nothing unexpected mean this process had no free
+            // fd number (EMFILE), not that the sender sent too many.
+            if fds.count < maximumFileDescriptors && message.msg_flags & privsep_MSG_TRUNC == 0 && unexpected == nil {
+                throw .fileDescriptorsNotInstalled(byteCount: byteCount)
+            }
             throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)
         }
         if message.msg_flags & privsep_MSG_TRUNC != 0 { throw .messageTruncated(capacity: buffer.count) }

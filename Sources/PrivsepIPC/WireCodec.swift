@@ -48,13 +48,20 @@ public enum WireCodec {
     /// the full decoder applies to a REPLY applies here, through the same code.
     @inline(__always)
     package static func decodeReplyInPlace(_ bytes: UnsafeRawBufferPointer, fileDescriptorCount: Int) throws(ProtocolError) -> (requestID: UInt64, reply: Reply)? {
-        let header = try decodeHeader(bytes)
-        guard header.type == .reply else { return nil }
-        let reply = try decodeReply(Reader(bytes, base: WireFormat.headerSize))
+        guard let (requestID, reply) = try decodeReplyInPlace(bytes) else { return nil }
         guard fileDescriptorCount == reply.fileDescriptorCount else {
             throw .wrongFileDescriptorCount(.reply, expected: reply.fileDescriptorCount, actual: fileDescriptorCount)
         }
-        return (header.requestID, reply)
+        return (requestID, reply)
+    }
+
+    /// ``decodeReplyInPlace(_:fileDescriptorCount:)`` without the fd count's check: for a
+    /// REPLY whose fds this process had no room to receive.
+    @inline(__always)
+    package static func decodeReplyInPlace(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> (requestID: UInt64, reply: Reply)? {
+        let header = try decodeHeader(bytes)
+        guard header.type == .reply else { return nil }
+        return (header.requestID, try decodeReply(Reader(bytes, base: WireFormat.headerSize)))
     }
 
     /// The header's checks, shared by every decoder: what they return is the type

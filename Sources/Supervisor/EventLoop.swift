@@ -481,8 +481,7 @@ final class EventLoop: @unchecked Sendable {
             } catch .malformed(let error) {
                 kill(record, .protocolViolation("\(error)"))
                 return
-            } catch .controlTruncated where (record.configuration.learning || record.configuration.intercept)
-                        && system_descriptor_table_full(probing: epoll.unsafeRawValue) {
+            } catch .fileDescriptorsNotInstalled where record.configuration.learning || record.configuration.intercept {
                 // Its LISTENER's fd found no free number here: the supervisor's shortage, not a
                 // malformed message (the worker still cannot go on without its listener served).
                 kill(record, .resourceCapExceeded("the supervisor had no free file descriptor to receive its seccomp listener"))

@@ -16,17 +16,6 @@ func system_pidfd_send_signal(_ pidfd: Int32, _ signal: Int32) -> Result<Void, E
     privsep_pidfd_send_signal(pidfd, signal, 0) == 0 ? .success(()) : .failure(currentErrno())
 }
 
-/// Whether this process's fd table is full (EMFILE): probed with a duplicate of `fd` (one
-/// known to be open), closed at once.
-func system_descriptor_table_full(probing fd: Int32) -> Bool {
-    let probe = Glibc.fcntl(fd, F_DUPFD_CLOEXEC, 0)
-    if probe >= 0 {
-        Glibc.close(probe)
-        return false
-    }
-    return Glibc.errno == EMFILE
-}
-
 /// kill(-group, signal): every process of a process group.
 func system_kill_process_group(_ group: pid_t, _ signal: Int32) -> Result<Void, Errno> {
     guard group > 1 else { return .failure(.invalidArgument) }

@@ -536,6 +536,67 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
+    /// With no free fd number here, a datagram's fds cannot be installed: that is not the
+    /// sender's fault. A REPLY comes back as EMFILE for its request (as the system call would
+    /// fail), anything else as fileDescriptorsNotInstalled; fds installed before the table
+    /// filled are closed, and once numbers are free again fds arrive as before.
+    @Test func descriptorsThatFindNoRoomFailTheirReplyWithEMFILE() async {
+        await #expect(processExitsWith: .success) {
+            let pair = try! SeqpacketSocket.pair()
+            let a = pair.first, b = pair.second
+            func send(_ envelope: Envelope, fds count: Int) {
+                var fds = OwnedFileDescriptors()
+                for _ in 0..<count { fds.append(makeDescriptor()) }
+                do { try a.send(envelope, passing: fds) } catch { fail("send: \(error)") }
+            }
+            send(Envelope(requestID: 7, .reply(.success(fileDescriptorCount: 2))), fds: 2)
+            send(Envelope(requestID: 8, .reply(.success(fileDescriptorCount: 1))), fds: 1)
+            send(Envelope(requestID: 9, .job(JobMessage(input: [1], fileDescriptorCount: 1))), fds: 1)
+            send(Envelope(requestID: 10, .reply(.success(fileDescriptorCount: 1))), fds: 1)
+            // Fill the table but for one number: the first of REPLY 7's two fds is installed.
+            var limit = rlimit()
+            let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+            getrlimit(resource, &limit)
+            limit.rlim_cur = 64
+            require(setrlimit(resource, &limit) == 0, "setrlimit")
+            var filler: [Int32] = []
+            while case let fd = dup(0), fd >= 0 { filler.append(fd) }
+            require(errno == EMFILE, "dup: \(errno)")
+            close(filler.removeLast())
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
+            defer { scratch.deallocate() }
+            do {
+                let seven = try b.receiveMessage(using: scratch, maximumFileDescriptors: 253)
+                require(seven.envelope == Envelope(requestID: 7, .reply(.failure(.tooManyOpenFiles))) && seven.fileDescriptors.isEmpty,
+                        "REPLY 7: \(seven.envelope)")
+                // The fd installed before the table filled was closed: its number is free again.
+                let probe = dup(0)
+                require(probe >= 0, "the partly installed fd was not closed")
+                filler.append(probe)
+                let eight = try b.receiveMessage(maximumFileDescriptors: 1)
+                require(eight.envelope == Envelope(requestID: 8, .reply(.failure(.tooManyOpenFiles))), "REPLY 8: \(eight.envelope)")
+            } catch {
+                fail("\(error)")
+            }
+            do {
+                _ = try b.receiveMessage(using: scratch, maximumFileDescriptors: 1)
+                fail("a JOB whose fd was not installed was accepted")
+            } catch let error as ChannelError {
+                guard case .fileDescriptorsNotInstalled = error else { fail("JOB: \(error)") }
+            } catch {
+                fail("\(error)")
+            }
+            for fd in filler { close(fd) }
+            do {
+                let ten = try b.receiveMessage(using: scratch, maximumFileDescriptors: 1)
+                require(ten.envelope == Envelope(requestID: 10, .reply(.success(fileDescriptorCount: 1))) && ten.fileDescriptors.count == 1,
+                        "REPLY 10: \(ten.envelope)")
+            } catch {
+                fail("\(error)")
+            }
+        }
+    }
+
     @Test func surplusDescriptorsAreRefusedAndClosed() async {
         await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()

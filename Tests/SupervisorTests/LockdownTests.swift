@@ -71,6 +71,24 @@ import Testing
         #expect(violation(run) != nil)
     }
 
+    /// The SIGSYS reporter remembers which socket the channel was: a worker that freed its
+    /// connection, so that the channel's fd number went to something else (here its stdout,
+    /// a socket the test reads), does not send the report (the call's instruction pointer and
+    /// arguments) to whatever took the number. It still ends with 159.
+    @Test func aViolationIsNotReportedToWhateverReusedTheChannelsNumber() async throws {
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | O_CLOEXEC /* SOCK_CLOEXEC */, 0, &pair) == 0)
+        let reader = OwnedFileDescriptor(adoptingRawValue: pair[0])
+        let writer = SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: pair[1]))
+        let run = try await runWorker(["stalereporter"]) { $0.standardOutput = .descriptor(writer) }
+        #expect(run.reason == .exited(code: 128 + SIGSYS))
+        _ = consume writer
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while case let count = read(reader.unsafeRawValue, &chunk, chunk.count), count > 0 { output += chunk[..<count] }
+        #expect(String(decoding: output, as: UTF8.self) == "stalereporter reused 3\n")
+    }
+
     @Test func errnoModeFailsTheCallAndCarriesOn() async throws {
         let run = try await runWorker(["handshake", "lockdown:errno", "attack:openat", "attack:execve:/bin/sh", "exit:0"])
         #expect(run.reason == .exited(code: 0))
@@ -329,6 +347,6 @@ import Testing
         #expect(fake.reason == .protocolViolation("the fd sent with LISTENER is not a seccomp listener"))
         // A learning worker's channel still takes an fd, so too many are reported by the receive.
         let flood = try await runWorker(["handshake", "rawfds:253:" + hex, "sleep:5"], configure: { $0.learning = true })
-        #expect(flood.reason == .protocolViolation("control data truncated: more than 1 fds sent, or fd table full"))
+        #expect(flood.reason == .protocolViolation("control data truncated: more than 1 fds sent"))
     }
 }

@@ -115,7 +115,7 @@ import Testing
         // most one, then truncates.
         let learning: (inout WorkerConfiguration) -> Void = SeqpacketSocket.kernelCanRefuseFileDescriptors ? { $0.learning = true } : { _ in }
         let run = try await runWorker(["handshake", "rawfds:3:" + hex, "sleep:5"], configure: learning)
-        #expect(run.reason == .protocolViolation("control data truncated: more than 1 fds sent, or fd table full"))
+        #expect(run.reason == .protocolViolation("control data truncated: more than 1 fds sent"))
         // One fd on a request that takes none: the decoder refuses it (and it is closed).
         let one = try await runWorker(["handshake", "rawfds:1:" + hex, "sleep:5"], configure: learning)
         #expect(one.reason == .protocolViolation("OPEN carries 1 fds, expected 0"))
@@ -162,6 +162,21 @@ import Testing
         })
         #expect(run.reason == .exited(code: 0))
         #expect(run.lines.last == "limits 64 10 1048576 0", "core size 0 by default")
+    }
+
+    /// A worker at its own fd limit gets EMFILE for a reply's fd, as openat would give it,
+    /// and its connection goes on: the kernel could not install the fd, nothing was forged.
+    @Test func aWorkerAtItsFileDescriptorLimitGetsEMFILEAndKeepsItsConnection() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("a.txt", "a\n")
+        var policy = Policy()
+        policy.allow(path: scratch.path + "/a.txt", .file, [.read])
+        let run = try await runWorker(["handshake", "keep:40:\(scratch.path)/a.txt"], policy: policy, configure: {
+            $0.resourceLimits = ResourceLimits(openFiles: 24)
+        })
+        #expect(run.reason == .exited(code: 0))
+        let line = run.lines.last ?? ""
+        #expect(line.hasPrefix("keep ") && line.hasSuffix(" errno \(EMFILE):\(40 - (Int(line.split(separator: " ")[1]) ?? 0)) then ok"), "\(line)")
     }
 
     @Test func helloMustNameTheSpawnedProcess() async throws {

@@ -13,7 +13,9 @@
 /* Installs a SIGSYS handler that, when the seccomp filter traps a system call
    (SECCOMP_RET_TRAP), sends a VIOLATION message (syscall number, arch,
    instruction pointer, arguments) on `channel_fd` and ends the process with
-   status 159 (128 + SIGSYS). Returns 0, or -1 with errno set. */
+   status 159 (128 + SIGSYS). The report is sent only while `channel_fd` is still
+   the socket it was at install (same device and inode). Returns 0, or -1 with
+   errno set. */
 int privsep_install_violation_reporter(int channel_fd);
 
 #pragma clang assume_nonnull end

@@ -257,6 +257,36 @@ for step in CommandLine.arguments.dropFirst() {
             do { _ = try requireConnection().open(String(parts[2]), .readOnly); granted += 1 } catch { refused += 1 }
         }
         say("opens granted \(granted) refused \(refused)")
+    case "stalereporter":
+        // The connection freed after the lockdown, its fd number reused (dup of stdout, a
+        // socket in the test), then a refused call: the report must not go to the reuser.
+        do {
+            let own = try SupervisorConnection.connect()
+            _ = try Lockdown.brokered().apply(reportingTo: own)
+        } catch {
+            say("stalereporter \(error)")
+            exit(4)
+        }
+        say("stalereporter reused \(dup(1))")
+        _ = attack_openat("/etc/passwd")
+        say("stalereporter survived")
+    case "keep":
+        // N opens of PATH whose fds are all kept (a worker reaching its fd limit), then all
+        // closed and one more open: whether the connection outlived the limit.
+        var kept: [Int32] = [], errors: [String: Int] = [:]
+        for _ in 0..<Int(parts[1])! {
+            do {
+                let fd = try requireConnection().open(String(parts[2]), .readOnly)
+                kept.append(fd.releaseUnsafeRawValue())
+            } catch {
+                errors[errnoText(error), default: 0] += 1
+            }
+        }
+        let count = kept.count
+        for fd in kept { close(fd) }
+        let after: String
+        do { _ = try requireConnection().open(String(parts[2]), .readOnly); after = "ok" } catch { after = errnoText(error) }
+        say("keep \(count) " + errors.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",") + " then \(after)")
     case "read":
         let path = String(parts[1])
         do {
