@@ -108,6 +108,24 @@ long attack_leave_process_group(long results[3]) {
 }
 
 long attack_kill_parent(void) { return raw(SYS_kill, getppid(), 23 /* SIGURG: ignored by default */, 0, 0, 0, 0); }
+/* Priority and affinity, each set to what it already is (harmless if it went through):
+   of the supervisor (refused), of every process of the user (refused), of the worker itself. */
+static long renice(int which, int who) {
+    long current = raw(SYS_getpriority, which, who, 0, 0, 0, 0); /* 20 - nice, or -errno */
+    if (current < 0) return current;
+    return raw(SYS_setpriority, which, who, 20 - current, 0, 0, 0);
+}
+static long pin(int pid) {
+    unsigned long mask[16];
+    long size = raw(SYS_sched_getaffinity, pid, sizeof mask, (long)mask, 0, 0, 0);
+    if (size < 0) return size;
+    return raw(SYS_sched_setaffinity, pid, size, (long)mask, 0, 0, 0);
+}
+long attack_renice_parent(void) { return renice(0 /* PRIO_PROCESS */, getppid()); }
+long attack_renice_user(void) { return renice(2 /* PRIO_USER */, 0); }
+long attack_renice_self(void) { return renice(0, 0); }
+long attack_pin_parent(void) { return pin(getppid()); }
+long attack_pin_self(void) { return pin(0); }
 long attack_fiosetown(void) {
     int owner = getppid();
     return raw(SYS_ioctl, 3, 0x8901 /* FIOSETOWN */, (long)&owner, 0, 0, 0);

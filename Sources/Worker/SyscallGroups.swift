@@ -124,11 +124,16 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     /// Creating and managing child processes: no new namespaces, and no way out of the
     /// worker's process group, which the supervisor kills with the worker (no setsid or
     /// setpgid; no CLONE_PARENT, which would make the child the supervisor's own).
+    /// Priority and CPU affinity only of the calling process itself (`setpriority(PRIO_PROCESS,
+    /// 0, n)`, `sched_setaffinity(0, ...)`): Landlock's scoping stops signals, not these, and
+    /// with another pid (or PRIO_USER) a worker could renice the supervisor or pin it to one
+    /// CPU beside its own busy children.
     public static let proc = SyscallGroup(name: "proc", syscalls: [
-        "fork", "vfork", "wait4", "waitid", "kill", "tgkill", "tkill", "getpgid", "getpgrp", "getsid",
-        "sched_setaffinity", "setpriority", "getpriority",
+        "fork", "vfork", "wait4", "waitid", "kill", "tgkill", "tkill", "getpgid", "getpgrp", "getsid", "getpriority",
     ], conditional: [
         ConditionalRule(syscall: "clone", argument: 0, mask: namespaceFlags | cloneParent, value: 0),
+        ConditionalRule(syscall: "setpriority", [Comparison(argument: 0, value: 0), Comparison(argument: 1, value: 0)]),
+        ConditionalRule(syscall: "sched_setaffinity", argument: 0, value: 0),
     ])
     /// Running programs (execve only; execveat, which runs fileless memfds, never).
     public static let exec = SyscallGroup(name: "exec", syscalls: ["execve"], conditional: [])
@@ -164,6 +169,16 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
 
     /// Every group, by name (for policy files and the learning mode).
     public static let all: [SyscallGroup] = [rpath, wpath, cpath, fattr, inet, unix, serve, thread, time, proc, exec, tty, fcntl, memlock, dispatch]
+
+    /// Every group, those that reach least beyond the worker first: its own time, terminal,
+    /// threads and brokered sockets; then files (Landlock's rules bound them), reading before
+    /// writing before creating; then what reaches other processes or the network. When
+    /// several groups allow a call, the learning mode recommends the first of them here: a
+    /// `listen` on a brokered socket needs `serve`, not `inet` (which also makes sockets
+    /// and connects or sends anywhere).
+    public static let leastReachFirst: [SyscallGroup] = [
+        time, tty, thread, serve, memlock, rpath, dispatch, wpath, fattr, cpath, fcntl, exec, proc, unix, inet,
+    ]
 
     /// The group named `name`, if there is one.
     public static func named(_ name: String) -> SyscallGroup? { all.first { $0.name == name } }

@@ -313,11 +313,13 @@ struct Learn: AsyncParsableCommand {
                 print("  \(call)\(allowing.isEmpty ? ": no group allows it; it cannot be granted" : ": groups \(allowing.joined(separator: ", "))")")
             }
             // The calls with the fewest choices pick first, so a group one of them needs (cpath
-            // for a creating openat) also covers the calls it allows (a read-only openat).
+            // for a creating openat) also covers the calls it allows (a read-only openat); each
+            // picks the group that reaches least (serve, not inet, for a listen).
+            let reach = Dictionary(uniqueKeysWithValues: SyscallGroup.leastReachFirst.enumerated().map { ($1.name, $0) })
             var groups: [String] = []
             for allowing in calls.map({ $0.allowingGroups.map(\.name) }).sorted(by: { $0.count < $1.count })
             where !allowing.isEmpty && !allowing.contains(where: groups.contains) {
-                groups.append(allowing[0])
+                groups.append(allowing.min { reach[$0, default: .max] < reach[$1, default: .max] }!)
             }
             print("Lockdown groups to grant: \(groups.isEmpty ? "none" : groups.joined(separator: ", "))")
         }

@@ -110,6 +110,18 @@ import Testing
         #expect(result.stdout.contains("{ \"path\": \"/etc/hosts\", \"kind\": \"file\", \"allow\": [\"read\"] }"))
     }
 
+    /// Of the groups that allow a call, learn recommends the one that reaches least: a worker
+    /// that listens and accepts on a socket the broker bound needs `serve`, not `inet`.
+    @Test func learnRecommendsTheGroupThatReachesLeast() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [], "bind": [ { "address": "127.0.0.1", "ports": "18473" } ] }"#)
+        let result = try await privsep(["learn", "--policy", scratch.path + "/policy.json", "--", testWorkerPath,
+                                         "handshake", "lockdown", "listen:127.0.0.1:18473", "exit:0"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("  listen (x86_64): groups inet, unix, serve\n"), "\(result.stdout)")
+        #expect(result.stdout.contains("Lockdown groups to grant: serve\n"), "\(result.stdout)")
+    }
+
     @Test func selftestAttacksAPolicyAndEverythingHolds() async throws {
         let policy = try examplePolicy()
         defer { try? FileManager.default.removeItem(atPath: policy) }

@@ -192,6 +192,19 @@ import Testing
         #expect(run.lines.dropFirst() == ["lockdown \(layers) abi 7", "attack kill_parent -\(EPERM)"])
     }
 
+    /// Landlock's scoping does not cover priority and affinity: the `proc` group allows them
+    /// for the worker itself only, so it cannot renice the supervisor (or every process of
+    /// its user) or pin it to one CPU.
+    @Test func aWorkerThatMayForkCannotReniceOrPinItsSupervisor() async throws {
+        let attacks = ["renice_parent", "renice_user", "pin_parent", "renice_self", "pin_self"]
+        let run = try await runWorker(["handshake", "lockdown:proc"] + attacks.map { "attack:" + $0 } + ["exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.dropFirst(2) == [
+            "attack renice_parent -\(EACCES)", "attack renice_user -\(EACCES)", "attack pin_parent -\(EACCES)",
+            "attack renice_self 0", "attack pin_self 0",
+        ])
+    }
+
     /// The tty group is terminal ioctls only: FIOSETOWN (with FIOASYNC the kernel would send
     /// the supervisor SIGIO, which ends it) is refused by the filter.
     @Test func theTTYGroupIsTerminalIoctlsOnly() async throws {

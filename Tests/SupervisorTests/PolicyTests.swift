@@ -373,5 +373,16 @@ private func isCanonicalByDefinition(_ bytes: [UInt8]) -> Bool {
         #expect(names(SyscallGroup.groups(allowing: "ioctl", arguments: [1, 0x5412, 0, 0, 0, 0])).isEmpty, "TIOCSTI")
         #expect(names(SyscallGroup.groups(allowing: "ioctl", arguments: [1, 0x5402, 0, 0, 0, 0])) == ["tty"])
         #expect(names(SyscallGroup.groups(allowing: "setsid")).isEmpty)
+        // Priority and affinity: of the worker itself only.
+        #expect(names(SyscallGroup.groups(allowing: "setpriority", arguments: [0, 0, 5, 0, 0, 0])) == ["proc"])
+        #expect(names(SyscallGroup.groups(allowing: "setpriority", arguments: [0, 1, 5, 0, 0, 0])).isEmpty)
+        #expect(names(SyscallGroup.groups(allowing: "setpriority", arguments: [2, 0, 5, 0, 0, 0])).isEmpty, "PRIO_USER")
+        #expect(names(SyscallGroup.groups(allowing: "sched_setaffinity", arguments: [1, 8, 0, 0, 0, 0])).isEmpty)
+    }
+
+    /// The order learn recommends groups in names every group once.
+    @Test func leastReachFirstNamesEveryGroupOnce() {
+        #expect(SyscallGroup.leastReachFirst.count == SyscallGroup.all.count)
+        #expect(Set(SyscallGroup.leastReachFirst) == Set(SyscallGroup.all))
     }
 }

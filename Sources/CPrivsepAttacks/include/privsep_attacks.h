@@ -33,6 +33,11 @@ long attack_fcntl_keep_append(void);
 long attack_leave_process_group(long results[3]);
 /* SIGURG (harmless) to the parent, the supervisor. */
 long attack_kill_parent(void);
+long attack_renice_parent(void);
+long attack_renice_user(void);
+long attack_renice_self(void);
+long attack_pin_parent(void);
+long attack_pin_self(void);
 /* FIOSETOWN on the channel naming the supervisor: with FIOASYNC, the kernel would signal it. */
 long attack_fiosetown(void);
 /* TCGETS on stdout: a terminal ioctl the tty group allows. */

@@ -206,7 +206,7 @@ func serveJob(_ job: consuming Job) throws(JobRejection) -> [UInt8] {
 
 for step in CommandLine.arguments.dropFirst() {
     var parts = step.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
-    if parts[0] == "connect" || parts[0] == "bind" {
+    if parts[0] == "connect" || parts[0] == "bind" || parts[0] == "listen" {
         // HOST may be an IPv6 literal: the port is after the last colon.
         let rest = step[step.index(after: step.firstIndex(of: ":")!)...]
         let colon = rest.lastIndex(of: ":")!
@@ -319,13 +319,17 @@ for step in CommandLine.arguments.dropFirst() {
         } catch {
             say("connect \(errnoText(error))")
         }
-    case "bind":
+    case "bind", "listen":
+        // bind: listen, then accept one client and greet it; listen: only listen.
         do {
             let listener = try requireConnection().listen(at: address(parts[1], parts[2]))
             say("bind ok")
-            let client = accept(listener.unsafeRawValue, nil, nil)
-            _ = write(client, "hello\n", 6)
-            close(client)
+            // (An early `break` here, with the move-only listener in scope, hangs Swift 6.3's compiler.)
+            if parts[0] == "bind" {
+                let client = accept(listener.unsafeRawValue, nil, nil)
+                _ = write(client, "hello\n", 6)
+                close(client)
+            }
         } catch {
             say("bind \(errnoText(error))")
         }
@@ -523,6 +527,11 @@ for step in CommandLine.arguments.dropFirst() {
         case "sendto_fastopen": attack_sendto_fastopen()
         case "prlimit_other": attack_prlimit_other()
         case "kill_parent": attack_kill_parent()
+        case "renice_parent": attack_renice_parent()
+        case "renice_user": attack_renice_user()
+        case "renice_self": attack_renice_self()
+        case "pin_parent": attack_pin_parent()
+        case "pin_self": attack_pin_self()
         case "fiosetown": attack_fiosetown()
         case "tcgets": attack_tcgets()
         case "tcgets2": attack_tcgets2()
