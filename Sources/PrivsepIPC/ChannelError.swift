@@ -15,8 +15,9 @@ public enum ChannelError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The kernel could not deliver all ancillary data (MSG_CTRUNC): more fds were sent
     /// than this receive accepts.
     case controlTruncated(acceptedFileDescriptors: Int)
-    /// The kernel could not install the fds that came with a datagram in this process (its
-    /// fd table is full: RLIMIT_NOFILE or the system's limit). The datagram was consumed: its
+    /// The kernel could not install the fds that came with a datagram in this process: no
+    /// free fd number under its RLIMIT_NOFILE (EMFILE; in principle also a security module
+    /// refusing the fd, which Linux reports the same way). The datagram was consumed: its
     /// `byteCount` bytes are in the receive buffer, and the fds that were installed before
     /// the table filled are closed. Not the sender's fault, unlike ``controlTruncated(acceptedFileDescriptors:)``.
     case fileDescriptorsNotInstalled(byteCount: Int)

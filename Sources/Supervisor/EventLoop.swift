@@ -560,13 +560,17 @@ final class EventLoop: @unchecked Sendable {
             record.violation = report
             kill(record, .seccompViolation(SyscallViolation(report)))
         case .sandboxStatus(let status):
+            // The first report is part of the worker's start; it may send more (a tighter
+            // lockdown applied later), as often as it likes, so those share its audit budget.
+            let repeated = record.sandbox != nil
             record.sandbox = status
             record.handle.recordSandbox(status)
             let missing = SandboxLayers(rawValue: (status.requested.rawValue | record.configuration.requiredLayers.rawValue) & ~status.active.rawValue)
             if !missing.isEmpty {
                 kill(record, .sandboxIncomplete("layers \(layerNames(missing)) requested but not active"))
             } else {
-                audit(record, event: "SANDBOX", detail: layerNames(status.active) + (status.landlockABI > 0 ? " (Landlock ABI \(status.landlockABI))" : ""))
+                audit(record, event: "SANDBOX", detail: layerNames(status.active) + (status.landlockABI > 0 ? " (Landlock ABI \(status.landlockABI))" : ""),
+                      budgeted: repeated)
                 if !record.configuration.requiredLayers.isEmpty { record.pool?.workerReady(record.id) }
             }
         case .listener:
@@ -1282,15 +1286,17 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
-    /// Records an event of `record`'s; a decision only within the worker's audit budget.
-    private func audit(_ record: WorkerRecord, event: String, detail: String = "", decision: String = "",
-                       errno: Errno? = nil, reason: String = "", request: Message? = nil) {
-        if !decision.isEmpty {
+    /// Records an event of `record`'s. A decision, or an event the worker may repeat at will
+    /// (`budgeted`), only within the worker's audit budget; its text is built only if written.
+    private func audit(_ record: WorkerRecord, event: String, detail: @autoclosure () -> String = "", decision: String = "",
+                       errno: Errno? = nil, reason: @autoclosure () -> String = "", request: @autoclosure () -> Message? = nil,
+                       budgeted: Bool = false) {
+        if budgeted || !decision.isEmpty {
             guard auditor.wants(Auditor.level(ofDecision: decision)), admitAudit(record, isDenial: decision == "denied") else { return }
         }
         auditor.record(AuditRecord(time: wallClockSeconds(), workerID: record.id, workerName: record.configuration.name,
-                                   pid: record.pid, event: event, detail: detail, decision: decision,
-                                   errno: errno?.rawValue ?? 0, reason: reason, request: request))
+                                   pid: record.pid, event: event, detail: detail(), decision: decision,
+                                   errno: errno?.rawValue ?? 0, reason: reason(), request: request()))
     }
 
     /// Whether a record the worker caused is written now (its ``AuditBudget``); first writes
@@ -1393,7 +1399,8 @@ final class WorkerRecord: DeadlineQueued {
         self.wallClockDeadline = configuration.wallClockTimeout.map { now + nanoseconds($0) }
         self.tokens = Double(configuration.caps.messageBurst)
         self.lastRefill = now
-        self.auditBudget = AuditBudget(caps: configuration.caps, now: now)
+        // What learning mode learns is read back from the records: none may be left out.
+        self.auditBudget = configuration.learning ? AuditBudget(perSecond: 0, burst: 0, now: now) : AuditBudget(caps: configuration.caps, now: now)
     }
 }
 

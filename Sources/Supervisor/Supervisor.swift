@@ -29,9 +29,11 @@ public final class Supervisor: Sendable {
     /// ignored (SIG_IGN or SA_NOCLDWAIT) this throws, and nothing else in the process may
     /// reap the supervisor's workers (`waitpid(-1)`), or their exit status is lost.
     /// - Parameters:
-    ///   - logger: receives every decision (grants at debug, denials at notice) and lifecycle events.
-    ///     Its level is read here, once: set it before, not after.
-    ///   - auditLog: also receives every decision, as JSON lines or in memory.
+    ///   - logger: receives decisions (grants at debug, denials at notice) and lifecycle events;
+    ///     past a worker's audit budget (``WorkerCaps/auditRecordsPerSecond``) its decisions and
+    ///     LOG lines are counted in an "AUDIT" warning instead. Its level is read here, once:
+    ///     set it before, not after.
+    ///   - auditLog: also receives them, as JSON lines or in memory.
     ///   - placement: where the serving threads and the workers run (see ``Placement``).
     ///     One that cannot be had here (a dedicated CPU on a one-CPU machine) is an error.
     ///   - servingThreads: how many threads serve workers (1...256). One is enough for

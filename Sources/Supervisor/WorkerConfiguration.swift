@@ -138,7 +138,9 @@ public struct WorkerCaps: Sendable, Equatable {
     /// and of its LOG lines, per second, and the burst allowed above it. Past them records
     /// are counted, not written, and an "AUDIT" record says how many were left out (at
     /// most one a second), so that a worker looping on refused calls cannot fill the log's
-    /// disk. The requests themselves are decided as ever. 0 writes every record.
+    /// disk. The requests themselves are decided as ever. 0 writes every record; a
+    /// learning worker's records are never left out (what it learns is read from them).
+    /// The budget is each worker's: a pool's fresh workers each start with a full burst.
     public var auditRecordsPerSecond = 1_000
     public var auditRecordBurst = 10_000
     /// At most this many messages are read from the worker each time its serving thread

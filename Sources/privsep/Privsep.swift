@@ -295,8 +295,6 @@ struct Learn: AsyncParsableCommand {
         defer { _ = signals }
         configuration.wallClockTimeout = timeout
         configuration.learning = true
-        // What is learned is read back from the records: none may be left out.
-        configuration.caps.auditRecordsPerSecond = 0
         let handle = try await supervisor.spawn(configuration)
         let reason = await handle.exit()
         await supervisor.shutdown()

@@ -553,6 +553,8 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             send(Envelope(requestID: 8, .reply(.success(fileDescriptorCount: 1))), fds: 1)
             send(Envelope(requestID: 9, .job(JobMessage(input: [1], fileDescriptorCount: 1))), fds: 1)
             send(Envelope(requestID: 10, .reply(.success(fileDescriptorCount: 1))), fds: 1)
+            send(Envelope(requestID: 11, .reply(.success(fileDescriptorCount: 1))), fds: 1)
+            send(Envelope(requestID: 12, .reply(.success(fileDescriptorCount: 1))), fds: 1)
             // Fill the table but for one number: the first of REPLY 7's two fds is installed.
             var limit = rlimit()
             let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
@@ -586,11 +588,25 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             } catch {
                 fail("\(error)")
             }
+            // A worker waiting for its reply: its own, and another thread's, become EMFILE alike.
+            do {
+                switch try b.receiveReply(to: 11, using: scratch, maximumFileDescriptors: 253) {
+                case .reply(let reply, let fds): fail("REPLY 10 taken for 11: \(reply), \(fds.count) fds")
+                case .message(let other):
+                    require(other.envelope == Envelope(requestID: 10, .reply(.failure(.tooManyOpenFiles))), "REPLY 10: \(other.envelope)")
+                }
+                switch try b.receiveReply(to: 11, using: scratch, maximumFileDescriptors: 253) {
+                case .reply(let reply, let fds): require(reply == .failure(.tooManyOpenFiles) && fds.isEmpty, "REPLY 11: \(reply)")
+                case .message(let other): fail("REPLY 11 not recognized: \(other.envelope)")
+                }
+            } catch {
+                fail("\(error)")
+            }
             for fd in filler { close(fd) }
             do {
-                let ten = try b.receiveMessage(using: scratch, maximumFileDescriptors: 1)
-                require(ten.envelope == Envelope(requestID: 10, .reply(.success(fileDescriptorCount: 1))) && ten.fileDescriptors.count == 1,
-                        "REPLY 10: \(ten.envelope)")
+                let twelve = try b.receiveMessage(using: scratch, maximumFileDescriptors: 1)
+                require(twelve.envelope == Envelope(requestID: 12, .reply(.success(fileDescriptorCount: 1))) && twelve.fileDescriptors.count == 1,
+                        "REPLY 12: \(twelve.envelope)")
             } catch {
                 fail("\(error)")
             }

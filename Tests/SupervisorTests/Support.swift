@@ -154,9 +154,10 @@ func require(_ condition: Bool, _ message: @autoclosure () -> String) {
 /// A log handler that keeps every message, for tests of what reaches the logger.
 struct CollectingLogHandler: LogHandler {
     final class Messages: Sendable {
-        private let lines = Mutex<[(Logger.Level, String)]>([])
-        func append(_ level: Logger.Level, _ message: String) { lines.withLock { $0.append((level, message)) } }
-        var all: [(level: Logger.Level, message: String)] { lines.withLock { $0 } }
+        private let lines = Mutex<[(Logger.Level, String, String?)]>([])
+        func append(_ level: Logger.Level, _ message: String, event: String?) { lines.withLock { $0.append((level, message, event)) } }
+        /// Each message, with its "event" metadata (an audit record's event).
+        var all: [(level: Logger.Level, message: String, event: String?)] { lines.withLock { $0 } }
     }
 
     let messages: Messages
@@ -169,7 +170,7 @@ struct CollectingLogHandler: LogHandler {
 
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
              file: String, function: String, line: UInt) {
-        messages.append(level, "\(message)")
+        messages.append(level, "\(message)", event: metadata?["event"].map { "\($0)" })
     }
 
     /// A logger at `level` whose messages land in the returned collection.
