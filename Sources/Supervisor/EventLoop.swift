@@ -46,7 +46,8 @@ final class EventLoop: @unchecked Sendable {
     /// The thread's name: privsep-loop for the first, privsep-loop1... for the others
     /// (15 characters at most, the kernel's limit).
     private let threadName: String
-    @exclusivity(unchecked) private var shuttingDown: (@Sendable () -> Void)? = nil
+    /// Who waits for the end of a shutdown: every caller, however many asked (nonempty once one has).
+    @exclusivity(unchecked) private var shutdownWaiters: [@Sendable () -> Void] = []
     @exclusivity(unchecked) private var running = true
     /// Workers by their earliest deadline (handshake, wall clock, stop, throttle, parked
     /// replies, connects), so a due check looks only at the workers whose time has come.
@@ -275,9 +276,9 @@ final class EventLoop: @unchecked Sendable {
                     runAfterEvents()
                 }
             }
-            if let done = shuttingDown, workers.isEmpty {
+            if !shutdownWaiters.isEmpty, workers.isEmpty {
                 running = false
-                done()
+                for done in shutdownWaiters { done() }
             }
         }
         // Commands that came in before the end still run, here, so no caller waits forever;
@@ -346,7 +347,7 @@ final class EventLoop: @unchecked Sendable {
             case .run(let body):
                 body(self)
             case .shutdown(let grace, let done):
-                shuttingDown = done
+                shutdownWaiters.append(done)
                 for pool in pools.values { pool.supervisorShuttingDown() }
                 for record in workers.values { stop(record, grace: grace) }
             }
@@ -388,7 +389,7 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private func startWorker(_ configuration: WorkerConfiguration, _ policy: ActivePolicy) -> Result<WorkerHandle, SupervisorError> {
-        if shuttingDown != nil { return .failure(.shuttingDown) }
+        if !shutdownWaiters.isEmpty { return .failure(.shuttingDown) }
         let process: SpawnedProcess
         do { process = try spawnWorker(configuration, placement: placement) } catch {
             return .failure(.spawnFailed(error.description))
@@ -1077,9 +1078,12 @@ final class EventLoop: @unchecked Sendable {
 
     private func stop(_ record: WorkerRecord, grace: Double) {
         if record.killReason == nil { record.killReason = .stoppedBySupervisor }
+        // Asked to stop, it is not restarted, whatever it does in its grace period.
+        record.handle.noteStopRequested()
         _ = system_pidfd_send_signal(record.pidfd.unsafeRawValue, SIGTERM)
         signalProcessGroup(record, SIGTERM)
-        let deadline = system_clock_monotonic() + nanoseconds(grace)
+        // A later stop with a longer grace does not put off the kill an earlier one set.
+        let deadline = min(system_clock_monotonic() + nanoseconds(grace), record.stopDeadline ?? .max)
         record.stopDeadline = deadline
         noteDeadline(record, deadline)
     }

@@ -52,7 +52,10 @@ extension Supervisor {
             let handle = try await spawn(configuration)
             onStart(handle)
             let reason = await handle.exit()
-            guard restart.restarts(after: reason), restarts < restart.maximumRestarts, !Task.isCancelled else { return reason }
+            // A worker asked to stop is not started again, whatever its exit reason says.
+            guard !handle.wasStopped, restart.restarts(after: reason), restarts < restart.maximumRestarts, !Task.isCancelled else {
+                return reason
+            }
             if ContinuousClock.now - started >= clampedDuration(restart.resetAfter) { backoff = restart.initialBackoff }
             try? await Task.sleep(for: clampedDuration(backoff))
             backoff = min(backoff * 2, restart.maximumBackoff)

@@ -30,6 +30,8 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         var learnedKeys: Set<String> = []
         /// Whether a thread serves its learning-mode listener.
         var learningServed = false
+        /// Whether the supervisor was asked to stop it (``stop(grace:)``, a shutdown).
+        var stopRequested = false
     }
 
     init(id: UInt64, pid: Int32, name: String, policy: Policy, loop: EventLoop) {
@@ -79,6 +81,13 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
     public func stop(grace: Double = 2) {
         loop?.submit(.stop(id: id, grace: grace))
     }
+
+    /// Whether the worker was asked to stop: then ``Supervisor/run(_:restart:onStart:)``
+    /// does not start it again, whatever its exit reason says (a worker that misbehaves in
+    /// its grace period is killed for that, and must not earn a restart by it).
+    var wasStopped: Bool { state.withLock { $0.stopRequested } }
+
+    func noteStopRequested() { state.withLock { $0.stopRequested = true } }
 
     /// Replaces the worker's policy with `narrower`, which must grant nothing the
     /// current policy does not (a policy can be narrowed, never widened). In intercept

@@ -228,6 +228,39 @@ import Testing
     }
 }
 
+/// A worker that ignores SIGTERM, so that only the grace period's SIGKILL ends it.
+func termIgnoringWorker(seconds: Int = 30) -> WorkerConfiguration {
+    var configuration = WorkerConfiguration(executable: "/bin/sh", arguments: ["-c", "trap '' TERM; sleep \(seconds)"])
+    configuration.handshakeTimeout = 60
+    return configuration
+}
+
+@Suite struct ShutdownTests {
+    /// Two callers of shutdown (a signal handler and the main path, say) both return.
+    @Test func concurrentShutdownsBothReturn() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let handle = try await supervisor.spawn(termIgnoringWorker())
+        async let first: Void = supervisor.shutdown(grace: 1)
+        try await Task.sleep(for: .milliseconds(200))
+        await supervisor.shutdown(grace: 1)
+        await first
+        #expect(handle.exitReason == .stoppedBySupervisor)
+    }
+
+    /// A later stop with a longer grace does not put off the kill an earlier one set.
+    @Test func aLaterStopDoesNotExtendTheGrace() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let handle = try await supervisor.spawn(termIgnoringWorker())
+        let started = ContinuousClock.now
+        async let shutdown: Void = supervisor.shutdown(grace: 0.5)
+        try await Task.sleep(for: .milliseconds(100))
+        handle.stop(grace: 30)
+        await shutdown
+        #expect(handle.exitReason == .stoppedBySupervisor)
+        #expect(ContinuousClock.now - started < .seconds(20), "the kill came at the first grace's end, not the second's")
+    }
+}
+
 extension String {
     init(format2 byte: UInt8) {
         let hex = String(byte, radix: 16)
@@ -272,6 +305,24 @@ extension String {
         #expect(clampedDuration(1e21) == .seconds(1_000_000_000))
         #expect(clampedDuration(-1) == .zero && clampedDuration(.nan) == .zero)
         #expect(clampedDuration(0.25) == .milliseconds(250))
+        await supervisor.shutdown()
+    }
+
+    /// A worker asked to stop is not started again, even if it misbehaves in its grace
+    /// period and is killed for that (here it writes garbage to its channel on SIGTERM).
+    @Test func aStoppedWorkerIsNotRestartedWhateverItDoesInItsGrace() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let starts = Counter()
+        var configuration = WorkerConfiguration(executable: "/bin/sh",
+                                                arguments: ["-c", "trap 'printf garbage >&3; sleep 5' TERM; sleep 30 & wait"])
+        configuration.handshakeTimeout = 60
+        let reason = try await supervisor.run(configuration, restart: RestartPolicy(mode: .onFailure, maximumRestarts: 3, initialBackoff: 0.01),
+                                              onStart: { handle in
+                                                  starts.increment()
+                                                  Thread.detach { usleep(300_000); handle.stop(grace: 2) }
+                                              })
+        #expect(starts.value == 1)
+        #expect(reason != .stoppedBySupervisor, "killed for the garbage, which its reason still says: \(reason)")
         await supervisor.shutdown()
     }
 
