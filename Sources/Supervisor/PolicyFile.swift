@@ -214,14 +214,19 @@ private struct Parser {
                 throw fail(environment.location, "\"environment\" must be an object of names to strings")
             }
             for pair in pairs {
-                guard !pair.key.isEmpty, !pair.key.contains("="), !pair.key.utf8.contains(0) else {
+                guard isEnvironmentName(pair.key) else {
                     throw fail(pair.keyLocation, "environment variable names may not be empty or contain '=' or NUL")
                 }
                 result.environment[pair.key] = try string(pair.value, "environment variable \(pair.key)")
             }
         }
-        for (name, _) in try top["inherit_environment"].map({ v throws(PolicyFileError) in try strings(v, "\"inherit_environment\"") }) ?? [] {
-            result.inheritedEnvironment.append(name)
+        if let inherited = top["inherit_environment"] {
+            for (name, location) in try strings(inherited, "\"inherit_environment\"") {
+                guard isEnvironmentName(name) else {
+                    throw fail(location, "environment variable names may not be empty or contain '=' or NUL")
+                }
+                result.inheritedEnvironment.append(name)
+            }
         }
         do { try result.policy.validate() } catch {
             throw fail(root.location, "\(error)")
@@ -366,4 +371,11 @@ public func parseByteSize(_ text: String) -> UInt64? {
         return overflow ? nil : bytes
     }
     return UInt64(text)
+}
+
+/// Whether `name` can name an environment variable: not empty, and no '=' or NUL byte. Bytes,
+/// not Characters: "=" followed by a combining accent is one Character that is not "=", yet
+/// its bytes still end the name where execve's reader sees them.
+func isEnvironmentName(_ name: String) -> Bool {
+    !name.isEmpty && !name.utf8.contains(UInt8(ascii: "=")) && !name.utf8.contains(0)
 }

@@ -171,6 +171,11 @@ public final class Supervisor: Sendable {
     }
 
     private func activate(_ configuration: WorkerConfiguration) throws(SupervisorError) -> ActivePolicy {
+        // A name with '=' would be split there by the worker's libc: "A=B" set to "x" is A set to "B=x".
+        if let bad = configuration.environment.keys.first(where: { !isEnvironmentName($0) })
+            ?? configuration.inheritedEnvironment.first(where: { !isEnvironmentName($0) }) {
+            throw .invalidConfiguration("environment variable name \"\(printable(bad))\" is empty or contains '=' or NUL")
+        }
         // Intercept mode refuses, before anything runs, policies its lockdown cannot enforce as written.
         if configuration.intercept, let problem = configuration.policy.interceptProblem() { throw .invalidPolicy(problem) }
         do { return try ActivePolicy(configuration.policy) } catch { throw .invalidPolicy(error) }
@@ -181,6 +186,8 @@ public final class Supervisor: Sendable {
 public enum SupervisorError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidPolicy(PolicyError)
     case spawnFailed(String)
+    /// The worker's configuration cannot be spawned as written (an environment variable's name, say).
+    case invalidConfiguration(String)
     case shuttingDown
     case systemError(String)
 
@@ -188,6 +195,7 @@ public enum SupervisorError: Error, Sendable, Equatable, CustomStringConvertible
         switch self {
         case .invalidPolicy(let error): "invalid policy: \(error)"
         case .spawnFailed(let why): "spawn failed: \(why)"
+        case .invalidConfiguration(let why): "invalid configuration: \(why)"
         case .shuttingDown: "the supervisor is shutting down"
         case .systemError(let why): why
         }

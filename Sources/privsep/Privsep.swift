@@ -417,8 +417,11 @@ extension RestartPolicy.Mode: ExpressibleByArgument {}
 extension Placement: ExpressibleByArgument {}
 
 func loadPolicy(_ path: String) throws -> PolicyFile {
-    guard let text = readTextFile(path) else {
-        printError("privsep: cannot read the policy file \(path): \(Errno(rawValue: errno))")
+    let text: String
+    switch readTextFile(path) {
+    case .success(let read): text = read
+    case .failure(let problem):
+        printError("privsep: cannot read the policy file \(path): \(problem)")
         throw ExitCode(2)
     }
     do {
@@ -429,20 +432,42 @@ func loadPolicy(_ path: String) throws -> PolicyFile {
     }
 }
 
-func readTextFile(_ path: String) -> String? {
+/// Why a text file could not be read.
+enum TextFileProblem: Error, CustomStringConvertible {
+    case unreadable(Errno)
+    case tooLarge
+    /// Not UTF-8 at this line: decoding it anyway would put U+FFFD in place of its bytes, and
+    /// a rule would name another path than the one written.
+    case notUTF8(line: Int)
+
+    var description: String {
+        switch self {
+        case .unreadable(let errno): "\(errno)"
+        case .tooLarge: "larger than 16 MiB"
+        case .notUTF8(let line): "line \(line) is not valid UTF-8"
+        }
+    }
+}
+
+/// The whole file as UTF-8 text, refused if it is not (see ``TextFileProblem/notUTF8(line:)``).
+func readTextFile(_ path: String) -> Result<String, TextFileProblem> {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
+    guard fd >= 0 else { return .failure(.unreadable(Errno(rawValue: errno))) }
     defer { close(fd) }
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
         let count = read(fd, &chunk, chunk.count)
         if count < 0 && errno == EINTR { continue }
-        if count <= 0 { break }
+        if count < 0 { return .failure(.unreadable(Errno(rawValue: errno))) }
+        if count == 0 { break }
         bytes += chunk[..<count]
-        if bytes.count > 16 << 20 { return nil }
+        if bytes.count > 16 << 20 { return .failure(.tooLarge) }
     }
-    return String(decoding: bytes, as: UTF8.self)
+    if let text = String(validating: bytes, as: UTF8.self) { return .success(text) }
+    let lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+    let bad = lines.firstIndex { String(validating: $0, as: UTF8.self) == nil } ?? 0
+    return .failure(.notUTF8(line: bad + 1))
 }
 
 func parseSize(_ text: String) throws -> UInt64 {

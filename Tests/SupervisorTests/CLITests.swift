@@ -63,6 +63,12 @@ import Testing
         let invalid = try await privsep(["check", bad])
         #expect(invalid.status == 2)
         #expect(invalid.stderr == "\(bad):2:53: unknown key \"alow\" in a path rule (did you mean \"allow\"?); expected one of: path, kind, allow, symlinks, create_mode, file_types\n")
+        // A byte that is not UTF-8 is refused, not read as U+FFFD (a rule would name another path).
+        try Data(Array("{\n  \"paths\": [ { \"path\": \"/srv/a".utf8) + [0xFF] + Array("\" } ]\n}\n".utf8))
+            .write(to: URL(fileURLWithPath: bad))
+        let notUTF8 = try await privsep(["check", bad])
+        #expect(notUTF8.status == 2)
+        #expect(notUTF8.stderr == "privsep: cannot read the policy file \(bad): line 2 is not valid UTF-8\n", "\(notUTF8.stderr)")
     }
 
     /// Numbers a pool cannot take are usage errors (64, with the option named), never a

@@ -56,6 +56,9 @@ import Testing
         ("{\"connect\": [{\"address\": \"10.0.0.1\", \"ports\": \"90-80\"}]}", "policy:1:47: \"ports\" must be a port such as \"443\" or a range such as \"8000-8080\""),
         ("{\"require\": [\"selinux\"]}", "policy:1:14: unknown sandbox layer \"selinux\"; expected one of: no_new_privs, seccomp, landlock, user-namespace, network-namespace, rlimits, landlock-scopes"),
         ("{\"paths\": [], \"paths\": []}", "policy:1:15: duplicate key \"paths\""),
+        // "=" and a combining accent are one Character that is not "=": the bytes are checked.
+        ("{\"environment\": {\"LD_PRELOAD=\u{301}\": \"/tmp/x.so\"}}", "policy:1:18: environment variable names may not be empty or contain '=' or NUL"),
+        ("{\"inherit_environment\": [\"HOME\", \"A=B\"]}", "policy:1:34: environment variable names may not be empty or contain '=' or NUL"),
         ("{\"paths\": [],}", "policy:1:14: expected a key in double quotes"),
         ("[1, 2]", "policy:1:1: the policy must be an object, not an array"),
         ("{\"paths\": [{\"path\": \"/x\", \"kind\": \"file\", \"allow\": [\"read\"], \"create_mode\": \"4755\"}]}", "policy:1:77: \"create_mode\" must be octal permission bits within \"0777\", such as \"0640\""),
@@ -68,6 +71,18 @@ import Testing
         } catch {
             #expect(error.description == message)
         }
+    }
+
+    /// Duplicate keys are found with a set: an object of many keys parses in linear time (a
+    /// search per key took 2.5 s for 40,000 keys, in a release build), and a duplicate at the
+    /// end is still found.
+    @Test func anObjectOfManyKeysParsesAndItsDuplicateIsFound() throws {
+        let keys = (0..<100_000).map { "\"K\($0)\": \"v\"" }
+        let text = "{\"environment\": {" + keys.joined(separator: ", ") + "}}"
+        #expect(try PolicyFile.parse(text).environment.count == 100_000)
+        #expect(throws: PolicyFileError.self) { try PolicyFile.parse("{\"environment\": {" + keys.joined(separator: ", ") + ", \"K0\": \"w\"}}") }
+        // Canonically equivalent spellings are still one key, as before.
+        #expect(throws: PolicyFileError.self) { try PolicyFile.parse("{\"environment\": {\"\u{e9}\": \"a\", \"e\u{301}\": \"b\"}}") }
     }
 
     /// Found by the policy fuzzer: a size whose count times its unit passes 2^64 trapped.

@@ -139,6 +139,17 @@ import Testing
         await #expect(throws: SupervisorError.spawnFailed("executable \"bin/true\" must be an absolute path: Invalid argument")) {
             _ = try await supervisor.spawn(WorkerConfiguration(executable: "bin/true"))
         }
+        // An environment name the worker's libc would split at its '=' (whatever Character it is part of).
+        var equals = WorkerConfiguration(executable: testWorkerPath)
+        equals.environment["LD_PRELOAD=\u{301}"] = "/tmp/x.so"
+        await #expect(throws: SupervisorError.invalidConfiguration("environment variable name \"LD_PRELOAD=\u{301}\" is empty or contains '=' or NUL")) {
+            _ = try await supervisor.spawn(equals)
+        }
+        var inherited = WorkerConfiguration(executable: testWorkerPath)
+        inherited.inheritedEnvironment = ["PATH", ""]
+        await #expect(throws: SupervisorError.invalidConfiguration("environment variable name \"\" is empty or contains '=' or NUL")) {
+            _ = try await supervisor.spawn(inherited)
+        }
         await supervisor.shutdown()
     }
 
