@@ -125,8 +125,8 @@ struct RecentRecords {
 }
 
 /// A worker's allowance of audit records for what it asks: a token bucket over its decisions
-/// (granted and denied) and its LOG lines, all of which a hostile worker chooses how often
-/// to cause. Without it, a worker looping on refused requests writes a record per request,
+/// (granted and denied), its LOG lines and its SANDBOX reports after the first, all of which
+/// a hostile worker chooses how often to cause. Without it, a worker looping on refused requests writes a record per request,
 /// tens of thousands a second, filling the log's disk and burying other workers' records.
 /// Past the allowance records are counted, not written, and an "AUDIT" record says how many
 /// were left out: at once when the first is (so a flood is seen when it starts), then at most
