@@ -42,7 +42,10 @@ public struct RestartPolicy: Sendable, Equatable {
 extension Supervisor {
     /// Runs a worker under `restart`: spawns it, waits for it to end, and starts
     /// it again while the policy and the budget allow, with exponential back-off.
-    /// Returns how the last run ended. `onStart` sees each new worker (to stop it, say).
+    /// Returns how the last run ended: a worker stopped (``WorkerHandle/stop(grace:)``) or a
+    /// task cancelled is not started again. `onStart` sees each new worker (to stop it, say).
+    /// Throws if a spawn fails, `.shuttingDown` included when the supervisor shuts down
+    /// during a back-off.
     public func run(_ configuration: WorkerConfiguration, restart: RestartPolicy = .never,
                     onStart: @Sendable (WorkerHandle) -> Void = { _ in }) async throws(SupervisorError) -> ExitReason {
         var restarts = 0
@@ -57,7 +60,8 @@ extension Supervisor {
                 return reason
             }
             if ContinuousClock.now - started >= clampedDuration(restart.resetAfter) { backoff = restart.initialBackoff }
-            try? await Task.sleep(for: clampedDuration(backoff))
+            // Cancelled during the back-off: no new worker.
+            do { try await Task.sleep(for: clampedDuration(backoff)) } catch { return reason }
             backoff = min(backoff * 2, restart.maximumBackoff)
             restarts += 1
         }

@@ -171,11 +171,7 @@ public final class Supervisor: Sendable {
     }
 
     private func activate(_ configuration: WorkerConfiguration) throws(SupervisorError) -> ActivePolicy {
-        // A name with '=' would be split there by the worker's libc: "A=B" set to "x" is A set to "B=x".
-        if let bad = configuration.environment.keys.first(where: { !isEnvironmentName($0) })
-            ?? configuration.inheritedEnvironment.first(where: { !isEnvironmentName($0) }) {
-            throw .invalidConfiguration("environment variable name \"\(printable(bad))\" is empty or contains '=' or NUL")
-        }
+        if let problem = configuration.environmentProblem { throw .invalidConfiguration(problem) }
         // Intercept mode refuses, before anything runs, policies its lockdown cannot enforce as written.
         if configuration.intercept, let problem = configuration.policy.interceptProblem() { throw .invalidPolicy(problem) }
         do { return try ActivePolicy(configuration.policy) } catch { throw .invalidPolicy(error) }

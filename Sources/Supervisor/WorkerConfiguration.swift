@@ -117,6 +117,16 @@ public struct ResourceLimits: Sendable, Equatable {
     }
 }
 
+extension WorkerConfiguration {
+    /// Why the environment cannot be given to a worker as written, or nil: a name with '='
+    /// would be split there by the worker's libc ("A=B" set to "x" is A set to "B=x").
+    var environmentProblem: String? {
+        guard let bad = environment.keys.first(where: { !isEnvironmentName($0) })
+            ?? inheritedEnvironment.first(where: { !isEnvironmentName($0) }) else { return nil }
+        return "environment variable name \"\(printable(bad))\" is empty or contains '=' or NUL"
+    }
+}
+
 /// Per-worker caps that keep a hostile worker from exhausting the supervisor.
 public struct WorkerCaps: Sendable, Equatable {
     /// Requests being served at once (a CONNECT in progress counts until it completes).

@@ -77,8 +77,12 @@ public final class WorkerHandle: Sendable, CustomStringConvertible {
         return state.withLock { $0.reason! }
     }
 
-    /// Stops the worker: SIGTERM, then SIGKILL after `grace` seconds.
+    /// Stops the worker: SIGTERM, then SIGKILL after `grace` seconds (or at an earlier stop's
+    /// deadline, which a later one never puts off). A stopped worker is not restarted by
+    /// ``Supervisor/run(_:restart:onStart:)``, even if it exits before the stop reaches it.
     public func stop(grace: Double = 2) {
+        // Here, not only when the loop reads the command: the worker may be reaped first.
+        noteStopRequested()
         loop?.submit(.stop(id: id, grace: grace))
     }
 

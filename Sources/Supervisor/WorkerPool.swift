@@ -233,7 +233,7 @@ public struct WorkerPoolConfiguration: Sendable {
         guard positiveSeconds(cpuTimeLimit) else { return "cpuTimeLimit must be a positive, finite number of seconds" }
         guard positiveSeconds(limitCheckInterval) else { return "limitCheckInterval must be a positive, finite number of seconds" }
         guard memoryLimit.map({ $0 > 0 }) ?? true else { return "memoryLimit must be a positive number of bytes" }
-        return nil
+        return worker.environmentProblem
     }
 }
 

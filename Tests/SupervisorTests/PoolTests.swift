@@ -312,6 +312,8 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
             ("cpuTimeLimit must be a positive, finite", { $0.cpuTimeLimit = .nan }),
             ("limitCheckInterval must be a positive, finite", { $0.limitCheckInterval = .nan }),
             ("memoryLimit must be a positive", { $0.memoryLimit = 0 }),
+            // As for a single worker's spawn: a name the worker's libc would split at its '='.
+            ("environment variable name \"LD_PRELOAD=\u{301}\" is empty or contains '='", { $0.worker.environment["LD_PRELOAD=\u{301}"] = "x" }),
         ]
         for (reason, configure) in cases {
             do {

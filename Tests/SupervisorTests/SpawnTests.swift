@@ -239,18 +239,23 @@ import Testing
     }
 }
 
-/// A worker that ignores SIGTERM, so that only the grace period's SIGKILL ends it.
-func termIgnoringWorker(seconds: Int = 30) -> WorkerConfiguration {
-    var configuration = WorkerConfiguration(executable: "/bin/sh", arguments: ["-c", "trap '' TERM; sleep \(seconds)"])
+/// A worker that ignores SIGTERM, so that only the grace period's SIGKILL ends it; spawned,
+/// and returned once its shell has set the trap (before, SIGTERM would still end it).
+func spawnTermIgnoringWorker(_ supervisor: Supervisor) async throws -> WorkerHandle {
+    let scratch = ScratchDirectory()
+    var configuration = WorkerConfiguration(executable: "/bin/sh", arguments: ["-c", "trap '' TERM; : > \(scratch.path)/ready; sleep 30"])
     configuration.handshakeTimeout = 60
-    return configuration
+    let handle = try await supervisor.spawn(configuration)
+    for _ in 0..<1_000 where access(scratch.path + "/ready", F_OK) != 0 { try await Task.sleep(for: .milliseconds(10)) }
+    #expect(access(scratch.path + "/ready", F_OK) == 0, "the worker's trap was not set within 10 s")
+    return handle
 }
 
-@Suite struct ShutdownTests {
+@Suite(.timeLimit(.minutes(1))) struct ShutdownTests {
     /// Two callers of shutdown (a signal handler and the main path, say) both return.
     @Test func concurrentShutdownsBothReturn() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
-        let handle = try await supervisor.spawn(termIgnoringWorker())
+        let handle = try await spawnTermIgnoringWorker(supervisor)
         async let first: Void = supervisor.shutdown(grace: 1)
         try await Task.sleep(for: .milliseconds(200))
         await supervisor.shutdown(grace: 1)
@@ -261,7 +266,7 @@ func termIgnoringWorker(seconds: Int = 30) -> WorkerConfiguration {
     /// A later stop with a longer grace does not put off the kill an earlier one set.
     @Test func aLaterStopDoesNotExtendTheGrace() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
-        let handle = try await supervisor.spawn(termIgnoringWorker())
+        let handle = try await spawnTermIgnoringWorker(supervisor)
         let started = ContinuousClock.now
         async let shutdown: Void = supervisor.shutdown(grace: 0.5)
         try await Task.sleep(for: .milliseconds(100))
@@ -334,6 +339,35 @@ extension String {
                                               })
         #expect(starts.value == 1)
         #expect(reason != .stoppedBySupervisor, "killed for the garbage, which its reason still says: \(reason)")
+        await supervisor.shutdown()
+    }
+
+    /// A stop that comes as the worker exits (before the loop reads it) still counts.
+    @Test func aStopMadeAsTheWorkerExitsStillCounts() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let starts = Counter()
+        let reason = try await supervisor.run(
+            WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "exit:3"]),
+            restart: RestartPolicy(mode: .onFailure, maximumRestarts: 3, initialBackoff: 0.01),
+            onStart: { handle in starts.increment(); handle.stop() })
+        #expect(starts.value == 1, "\(reason)")
+        await supervisor.shutdown()
+    }
+
+    /// A task cancelled during the back-off starts no new worker.
+    @Test(.timeLimit(.minutes(1))) func cancellingDuringTheBackOffStartsNoWorker() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let starts = Counter()
+        let task = Task {
+            try await supervisor.run(WorkerConfiguration(executable: testWorkerPath, arguments: ["handshake", "exit:3"]),
+                                     restart: RestartPolicy(mode: .onFailure, maximumRestarts: 3, initialBackoff: 30),
+                                     onStart: { _ in starts.increment() })
+        }
+        for _ in 0..<1_000 where starts.value == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(300)) // its first run over, it waits out the back-off
+        task.cancel()
+        #expect(try await task.value == .exited(code: 3))
+        #expect(starts.value == 1)
         await supervisor.shutdown()
     }
 
