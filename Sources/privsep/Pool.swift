@@ -165,7 +165,6 @@ struct Pool: AsyncParsableCommand {
     }
 }
 
-/// The audit log at `path` (appended to), nil without a path; exit status 2 if it cannot be opened.
 /// The audit options of `run` and `pool`.
 struct AuditOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Append decisions to this file as JSON lines (see --audit-rate).", valueName: "file"))
@@ -181,6 +180,7 @@ struct AuditOptions: ParsableArguments {
     /// Ten times it is still an Int on every platform Swift runs on.
     static let maximumRate = 100_000_000
 
+    /// The audit log (appended to), nil without `--audit-log`; exit status 2 if it cannot be opened.
     func open() throws -> AuditLog? {
         guard let auditLog else { return nil }
         do { return try AuditLog(path: auditLog) } catch {
@@ -211,28 +211,74 @@ private func format(_ value: Double, _ decimals: Int) -> String {
     return decimals == 0 ? "\(Int(rounded))" : "\(rounded)"
 }
 
-/// Input paths from the command line, else from stdin one per line.
+/// Input paths from the command line, else from stdin one per line. A path is its bytes:
+/// Linux file names need not be UTF-8, and decoding one (as `readLine` does) would put
+/// U+FFFD in place of a byte and name another file.
 private struct InputSource {
     private var paths: [String]
     private var index = 0
     private let fromStandardInput: Bool
+    private var buffered: [UInt8] = []
+    private var start = 0
+    private var atEnd = false
 
     init(paths: [String]) {
         self.paths = paths
         fromStandardInput = paths.isEmpty
     }
 
-    mutating func next() -> String? {
-        if fromStandardInput {
-            while let line = readLine(strippingNewline: true) {
-                if !line.isEmpty { return line }
-            }
-            return nil
+    mutating func next() -> [UInt8]? {
+        guard fromStandardInput else {
+            guard index < paths.count else { return nil }
+            defer { index += 1 }
+            return Array(paths[index].utf8)
         }
-        guard index < paths.count else { return nil }
-        defer { index += 1 }
-        return paths[index]
+        while true {
+            if let newline = buffered[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                defer { start = newline + 1 }
+                if newline > start { return Array(buffered[start..<newline]) }
+                continue
+            }
+            if atEnd {
+                defer { start = buffered.count }
+                return start < buffered.count ? Array(buffered[start...]) : nil
+            }
+            buffered.removeFirst(start)
+            start = 0
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let count = read(0, &chunk, chunk.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { atEnd = true } else { buffered += chunk[..<count] }
+        }
     }
+}
+
+/// A path's bytes for people and JSON: a UTF-8 path as it is; in one that is not, each byte
+/// that is not part of a character as "\xHH", and a backslash doubled.
+func displayPath(_ bytes: [UInt8]) -> String {
+    if let text = String(validating: bytes, as: UTF8.self) { return text }
+    var out = ""
+    var index = 0
+    while index < bytes.count {
+        // The character of 1 to 4 bytes that starts here, if one does.
+        var decoded: String? = nil
+        var length = 1
+        for candidate in 1...min(4, bytes.count - index) {
+            if let text = String(validating: bytes[index..<(index + candidate)], as: UTF8.self) {
+                decoded = text
+                length = candidate
+                break
+            }
+        }
+        if let decoded {
+            out += decoded == "\\" ? "\\\\" : decoded
+        } else {
+            let hex = String(bytes[index], radix: 16)
+            out += "\\x" + (hex.count == 1 ? "0" : "") + hex
+        }
+        index += length
+    }
+    return out
 }
 
 private struct Outcome: Sendable {
@@ -242,14 +288,15 @@ private struct Outcome: Sendable {
     var failure: (kind: String, detail: String)?
 }
 
-private func runOne(_ path: String, pool: WorkerPool) async -> Outcome {
+private func runOne(_ bytes: [UInt8], pool: WorkerPool) async -> Outcome {
+    let path = displayPath(bytes)
     let fd: Int32
-    switch openInput(path) {
+    switch openInput(bytes) {
     case .success(let opened): fd = opened
     case .failure(let refusal): return Outcome(path: path, failure: ("unreadable", refusal.why)) // not a job failure
     }
     do {
-        let output = try await pool.run(PoolJob(input: Array(path.utf8.prefix(WireFormat.maximumJobBytes)),
+        let output = try await pool.run(PoolJob(input: Array(bytes.prefix(WireFormat.maximumJobBytes)),
                                                 fileDescriptors: OwnedFileDescriptors(OwnedFileDescriptor(adoptingRawValue: fd))))
         return Outcome(path: path, output: output.bytes, failure: nil)
     } catch {
@@ -262,11 +309,14 @@ private func runOne(_ path: String, pool: WorkerPool) async -> Outcome {
 /// directory of it swapped for a link after it was listed would lead anywhere), and only a
 /// regular file is opened: the path is first taken as O_PATH, which opens nothing (a
 /// device's open has effects, a FIFO's blocks), then reopened through that descriptor.
-private func openInput(_ path: String) -> Result<Int32, InputRefusal> {
+private func openInput(_ path: [UInt8]) -> Result<Int32, InputRefusal> {
+    guard !path.contains(0) else { return .failure(InputRefusal(why: "the path has a NUL byte in it")) }
     var how = open_how()
     how.flags = UInt64(privsep_O_PATH | O_CLOEXEC) // no O_NOFOLLOW: it would open a final link itself, not refuse it
     how.resolve = privsep_RESOLVE_NO_SYMLINKS | privsep_RESOLVE_NO_MAGICLINKS
-    let located = privsep_openat2(AT_FDCWD, path, &how, MemoryLayout<open_how>.size)
+    let located = (path + [0]).withUnsafeBufferPointer { bytes in
+        bytes.withMemoryRebound(to: CChar.self) { privsep_openat2(AT_FDCWD, $0.baseAddress!, &how, MemoryLayout<open_how>.size) }
+    }
     guard located >= 0 else {
         let error = errno
         return .failure(InputRefusal(why: error == ELOOP ? "the path has a symlink in it (give the resolved path)"

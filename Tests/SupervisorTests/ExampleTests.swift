@@ -181,6 +181,23 @@ import Testing
         ], "\(result.stdout)")
     }
 
+    /// A path read from stdin is its bytes: a name that is not UTF-8 is opened as it is (not
+    /// with U+FFFD in place of its byte), and shown with that byte as \xff.
+    @Test func poolInputsFromStandardInputAreTheirBytes() async throws {
+        let tree = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: tree) }
+        let name = Array((tree + "/bad").utf8) + [0xFF] + Array(".rec".utf8)
+        let fd = (name + [0]).withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644) } }
+        #expect(fd >= 0)
+        _ = write(fd, "[s]\nk = v\n", 10)
+        close(fd)
+        let result = try await Self.run("/bin/sh", ["-c", "printf '\(tree)/bad\\377.rec\\n\\n' | \"$0\" pool --policy \"$1\" --json -- \"$2\"",
+                                                   Self.bin + "/privsep", Self.examples + "/parser-pool/policy.json", Self.bin + "/record-parser"])
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String], "\(result.stdout) \(result.stderr)")
+        #expect(object["input"] == tree + "/bad\\xff.rec")
+        #expect(object["status"] == "ok", "\(object)")
+    }
+
     /// `privsep pool --placement`: every placement serves the same jobs; a dedicated
     /// CPU on a one-CPU machine, or an unknown name, is refused before anything runs.
     @Test func poolRunsUnderEveryPlacement() async throws {
