@@ -211,14 +211,18 @@ import Testing
     @Test func aWorkerOverItsMessageRateIsHeldBackThenKilled() async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let run = try await runWorker(["handshake", "flood:100000", "sleep:30"], supervisor: supervisor, configure: {
-            // Slow enough that the worker's reply queue (512 datagrams) does not fill
-            // first: that would be the other cap, "not reading its replies".
-            $0.caps.messagesPerSecond = 100
-            $0.caps.messageBurst = 10
+            // Slow enough that the worker's reply queue (about 80 replies) does not fill
+            // first: that would be the other cap, "not reading its replies". Under a loaded
+            // test run a serving thread kept from its CPU for a few burst's worth of time
+            // finds the bucket refilled and restarts the flood's clock (it was not served
+            // faster than the rate then); at 100 a second, 80 replies came within those
+            // restarts once in a full run. At 20, they take 4 s of serving.
+            $0.caps.messagesPerSecond = 20
+            $0.caps.messageBurst = 4
             $0.caps.floodKillSeconds = 0.5
             $0.caps.replyStallSeconds = 60
         })
-        #expect(run.reason == .resourceCapExceeded("flooding: over 100 messages/s for 0.5 s"))
+        #expect(run.reason == .resourceCapExceeded("flooding: over 20 messages/s for 0.5 s"))
         await supervisor.shutdown()
     }
 
