@@ -92,9 +92,20 @@ public struct Lockdown: Sendable {
 
     /// The profile for a brokered worker: the baseline and nothing else. No
     /// open, openat, socket, connect or execve: everything comes through the supervisor.
-    /// Landlock denies every path as a second wall.
+    /// Landlock denies every path as a second wall. A worker running as root (spawned by a
+    /// root supervisor) becomes `nobody` first (``nobodyIfRoot``): it needs no privilege of
+    /// its own, and seccomp and Landlock should not be all that stands between a hijacked
+    /// worker and root. Set ``identity`` to nil to keep root, or to another user.
     public static func brokered(onViolation: Violation = .reportAndExit) -> Lockdown {
-        Lockdown(groups: [], onViolation: onViolation, landlock: Lockdown.FilesystemAccess.none)
+        var lockdown = Lockdown(groups: [], onViolation: onViolation, landlock: Lockdown.FilesystemAccess.none)
+        lockdown.identity = nobodyIfRoot
+        return lockdown
+    }
+
+    /// `nobody` (65534:65534) if this process runs as root, else nil: an ``identity`` that gives
+    /// up root in a worker a root supervisor spawned, and keeps a non-root worker's user.
+    public static var nobodyIfRoot: (uid: UInt32, gid: UInt32)? {
+        system_getuid() == 0 ? (65534, 65534) : nil
     }
 
     /// Applies every layer, then reports them to `supervisor` (if given).

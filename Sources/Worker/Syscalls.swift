@@ -11,6 +11,7 @@ func system_prctl(_ option: Int32, _ argument: UInt) -> Result<Int32, Errno> {
 }
 
 func system_getppid() -> pid_t { getppid() }
+func system_getuid() -> uid_t { getuid() }
 func system_getpid() -> pid_t { getpid() }
 
 func system_listen(_ fd: Int32, _ backlog: Int32) -> Result<Void, Errno> {

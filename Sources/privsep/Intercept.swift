@@ -7,9 +7,16 @@ import Supervisor
 func interceptConfiguration(_ plain: WorkerConfiguration, user: String? = nil) throws -> WorkerConfiguration {
     var identity: (uid: UInt32, gid: UInt32)? = nil
     if let user {
+        // Digits only (UInt32("+5") is 5); not 0, which keeps root (and skips the check that
+        // root cannot be regained), nor 4294967295, which set*id calls read as "no change".
+        func id(_ text: Substring) -> UInt32? {
+            guard !text.isEmpty, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+                  let value = UInt32(text), value != 0, value != .max else { return nil }
+            return value
+        }
         let parts = user.split(separator: ":", omittingEmptySubsequences: false)
-        guard (1...2).contains(parts.count), let uid = UInt32(parts[0]), let gid = UInt32(parts.count == 2 ? parts[1] : parts[0]) else {
-            throw ValidationError("--user takes UID or UID:GID (numbers), not \(user)")
+        guard (1...2).contains(parts.count), let uid = id(parts[0]), let gid = id(parts.count == 2 ? parts[1] : parts[0]) else {
+            throw ValidationError("--user takes UID or UID:GID, numbers from 1 to 4294967294 (not root's 0), not \(user)")
         }
         identity = (uid, gid)
     }

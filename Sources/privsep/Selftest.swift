@@ -206,7 +206,10 @@ struct Attack {
         /// Whether the worker's end (and its one line of output) is what this expects.
         func isMet(by reason: ExitReason, output: String) -> Bool {
             switch (self, reason) {
-            case (.killedForProtocol, .protocolViolation), (.killedForProtocol, .handshakeFailed): true
+            case (.killedForProtocol, .protocolViolation): true
+            // A HELLO refused is a handshake failure; a handshake that timed out is not the
+            // attack being stopped (the attack worker would have been ignored, not caught).
+            case (.killedForProtocol, .handshakeFailed(let why)): !why.hasPrefix("no HELLO within")
             case (.fdsRefused, .protocolViolation): !SeqpacketSocket.kernelCanRefuseFileDescriptors
             case (.fdsRefused, .exited(code: 0)): SeqpacketSocket.kernelCanRefuseFileDescriptors && output == "fds refused"
             case (.killedBySeccomp, .seccompViolation): !output.hasPrefix("survived")
@@ -240,7 +243,11 @@ struct Attack {
         ]
         let eacces = EACCES
         func granted(_ path: String) -> Bool { policy.paths.contains { $0.matches(path) } }
-        var paths: [(String, String)] = [("relative/path", "a relative path"), ("/proc/self/root/etc/shadow", "a magic link to /")]
+        // The magic link tests the magic-link defence only under a rule that grants /proc;
+        // otherwise it is refused as a path outside every rule, and says so.
+        let grantsProc = policy.paths.contains { $0.path == "/proc" || $0.path.hasPrefix("/proc/") }
+        var paths: [(String, String)] = [("relative/path", "a relative path"),
+                                         ("/proc/self/root/etc/shadow", grantsProc ? "a magic link to /" : "a magic link to / (outside every rule)")]
         for rule in policy.paths {
             let (parent, _) = splitLast(rule.path)
             if rule.kind == .directory {

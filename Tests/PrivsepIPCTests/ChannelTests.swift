@@ -555,25 +555,27 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             send(Envelope(requestID: 10, .reply(.success(fileDescriptorCount: 1))), fds: 1)
             send(Envelope(requestID: 11, .reply(.success(fileDescriptorCount: 1))), fds: 1)
             send(Envelope(requestID: 12, .reply(.success(fileDescriptorCount: 1))), fds: 1)
-            // Fill the table but for one number: the first of REPLY 7's two fds is installed.
+            // One free number: 0, under a limit of 3 (stdout and stderr stay open). Not a table
+            // filled up to a higher limit: the test harness's threads in this process open and
+            // close fds of their own, and one closing would free a second number.
+            require(fcntl(1, F_GETFD) >= 0 && fcntl(2, F_GETFD) >= 0, "stdout and stderr are open")
+            close(0)
             var limit = rlimit()
             let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
             getrlimit(resource, &limit)
-            limit.rlim_cur = 64
+            let saved = limit
+            limit.rlim_cur = 3
             require(setrlimit(resource, &limit) == 0, "setrlimit")
             var filler: [Int32] = []
-            while case let fd = dup(0), fd >= 0 { filler.append(fd) }
-            require(errno == EMFILE, "dup: \(errno)")
-            close(filler.removeLast())
             let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: SeqpacketSocket.receiveScratchSize, alignment: 8)
             defer { scratch.deallocate() }
             do {
                 let seven = try b.receiveMessage(using: scratch, maximumFileDescriptors: 253)
                 require(seven.envelope == Envelope(requestID: 7, .reply(.failure(.tooManyOpenFiles))) && seven.fileDescriptors.isEmpty,
                         "REPLY 7: \(seven.envelope)")
-                // The fd installed before the table filled was closed: its number is free again.
-                let probe = dup(0)
-                require(probe >= 0, "the partly installed fd was not closed")
+                // The fd installed before the table filled (as 0) was closed: its number is free again.
+                let probe = dup(1)
+                require(probe == 0, "the partly installed fd was not closed: dup gave \(probe)")
                 filler.append(probe)
                 let eight = try b.receiveMessage(maximumFileDescriptors: 1)
                 require(eight.envelope == Envelope(requestID: 8, .reply(.failure(.tooManyOpenFiles))), "REPLY 8: \(eight.envelope)")
@@ -603,6 +605,8 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
                 fail("\(error)")
             }
             for fd in filler { close(fd) }
+            limit = saved
+            require(setrlimit(resource, &limit) == 0, "setrlimit back")
             do {
                 let twelve = try b.receiveMessage(using: scratch, maximumFileDescriptors: 1)
                 require(twelve.envelope == Envelope(requestID: 12, .reply(.success(fileDescriptorCount: 1))) && twelve.fileDescriptors.count == 1,

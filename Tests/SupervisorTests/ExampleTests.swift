@@ -98,7 +98,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let repository = String(Self.examples.dropLast("/examples".count))
         let compile = try await Self.run("/usr/bin/cc", ["-O2", "-Wall", "-Werror", "-I", repository + "/Sources/CPrivsepProtocol/include",
-                                                   Self.examples + "/c-worker/worker.c", "-o", directory + "/c-worker"])
+                                                   Self.examples + "/c-worker/worker.c", "-lseccomp", "-o", directory + "/c-worker"])
         #expect(compile.status == 0, "\(compile.stderr)")
         let result = try await Self.run(Self.bin + "/privsep", ["run", "--policy", Self.examples + "/c-worker/policy.json", "--",
                                                           directory + "/c-worker", "/etc/hostname", "/etc/passwd"])

@@ -270,6 +270,12 @@ import Testing
         #expect(result.stdout == "65534 65534 []\nhello from an allowed file\nsecond line\n")
         let misuse = try await privsep(["run", "--user", "65534", "--policy", policy, "--", "/bin/true"])
         #expect(misuse.status != 0)
+        // Digits only, never root's 0, never 4294967295 (which set*id reads as "no change").
+        for user in ["0", "0:0", "65534:0", "+5", "4294967295", "5:4294967295", "abc", "5:", ":5", "1:2:3"] {
+            let refused = try await privsep(["run", "--intercept", "--user", user, "--policy", policy, "--", "/bin/true"])
+            #expect(refused.status == 64, "--user \(user): \(refused.stderr)")
+            #expect(refused.stderr.contains("--user takes UID or UID:GID"), "--user \(user): \(refused.stderr)")
+        }
     }
 
     @Test func anExecOutsideTheExecuteRulesIsRefused() async throws {

@@ -89,6 +89,14 @@ import Testing
         #expect(String(decoding: output, as: UTF8.self) == "stalereporter reused 3\n")
     }
 
+    /// The brokered profile gives up root: a worker a root supervisor spawned becomes nobody.
+    @Test func theBrokeredProfileGivesUpRoot() async throws {
+        let run = try await runWorker(["handshake", "lockdown:brokered", "ids", "exit:0"])
+        #expect(run.reason == .exited(code: 0))
+        let expected = getuid() == 0 ? "ids uid 65534 euid 65534 gid 65534 groups 0" : "ids uid \(getuid()) euid \(geteuid()) gid \(getgid())"
+        #expect(run.lines.last?.hasPrefix(expected) == true, "\(run.lines)")
+    }
+
     @Test func errnoModeFailsTheCallAndCarriesOn() async throws {
         let run = try await runWorker(["handshake", "lockdown:errno", "attack:openat", "attack:execve:/bin/sh", "exit:0"])
         #expect(run.reason == .exited(code: 0))

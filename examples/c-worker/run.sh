@@ -8,5 +8,5 @@ swift build -c release --product privsep >/dev/null
 bin=$(swift build -c release --show-bin-path)
 worker=$(mktemp)
 trap 'rm -f "$worker"' EXIT
-cc -O2 -Wall -I "$root/Sources/CPrivsepProtocol/include" "$here/worker.c" -o "$worker"
+cc -O2 -Wall -I "$root/Sources/CPrivsepProtocol/include" "$here/worker.c" -lseccomp -o "$worker"
 "$bin/privsep" run --policy "$here/policy.json" -- "$worker" /etc/hostname /etc/passwd

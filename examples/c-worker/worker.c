@@ -1,11 +1,16 @@
-/* A worker written in C with nothing but the protocol header: it says HELLO,
-   waits for WELCOME, asks the supervisor to OPEN each file named on its command
-   line, and prints the first line of each (or the errno it got back).
+/* A worker written in C with the protocol header and libseccomp: it says HELLO,
+   waits for WELCOME, locks itself down (root given up, no_new_privs, a seccomp
+   filter with no open, socket or exec) and reports it in SANDBOX_STATUS, which
+   the policy's "require" holds it to; then it asks the supervisor to OPEN each
+   file named on its command line, and prints the first line of each (or the
+   errno it got back).
 
-   cc -I Sources/CPrivsepProtocol/include examples/c-worker/worker.c -o c-worker
+   cc -I Sources/CPrivsepProtocol/include examples/c-worker/worker.c -lseccomp -o c-worker
    privsep run --policy policy.json -- ./c-worker /etc/hostname */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
+#include <seccomp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +54,43 @@ static struct privsep_header receive_message(void *payload, size_t capacity, int
     return header;
 }
 
+static void fail(const char *what) { fprintf(stderr, "c-worker: %s: %s\n", what, strerror(errno)); exit(3); }
+
+/* Everything the loop below calls after the lockdown, and nothing else. */
+static const char *const allowed[] = {
+    "read", "write", "close", "fstat", "newfstatat", "brk", "mmap", "munmap",
+    "sendto", "sendmsg", "recvmsg", "exit_group", "exit", "rt_sigreturn",
+};
+
+static void lock_down(void) {
+    /* Spawned by a root supervisor, it is root until it gives that up: nobody. Changing
+       credentials clears the death signal, so it is set again. */
+    if (getuid() == 0) {
+        if (setgroups(0, NULL) != 0) fail("setgroups");
+        if (setresgid(65534, 65534, 65534) != 0) fail("setresgid");
+        if (setresuid(65534, 65534, 65534) != 0) fail("setresuid");
+        if (setresuid(0, 0, 0) == 0) { fprintf(stderr, "c-worker: root could be regained\n"); exit(3); }
+        if (prctl(PR_SET_PDEATHSIG, 9) != 0) fail("PR_SET_PDEATHSIG");
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("PR_SET_NO_NEW_PRIVS");
+    scmp_filter_ctx filter = seccomp_init(SCMP_ACT_KILL_PROCESS);
+    if (!filter) { fprintf(stderr, "c-worker: seccomp_init failed\n"); exit(3); }
+    if (seccomp_attr_set(filter, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS) != 0) { fprintf(stderr, "c-worker: seccomp_attr_set failed\n"); exit(3); }
+    for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++) {
+        int number = seccomp_syscall_resolve_name(allowed[i]);
+        if (number != __NR_SCMP_ERROR && seccomp_rule_add(filter, SCMP_ACT_ALLOW, number, 0) != 0) {
+            fprintf(stderr, "c-worker: seccomp_rule_add %s failed\n", allowed[i]);
+            exit(3);
+        }
+    }
+    int loaded = seccomp_load(filter);
+    seccomp_release(filter);
+    if (loaded != 0) { fprintf(stderr, "c-worker: seccomp_load failed: %s\n", strerror(-loaded)); exit(3); }
+    struct privsep_sandbox_status status = { PRIVSEP_LAYER_NO_NEW_PRIVS | PRIVSEP_LAYER_SECCOMP,
+                                             PRIVSEP_LAYER_NO_NEW_PRIVS | PRIVSEP_LAYER_SECCOMP, 0, 0 };
+    send_message(PRIVSEP_SANDBOX_STATUS, 0, &status, sizeof status, NULL);
+}
+
 int main(int argc, char **argv) {
     /* Die with the supervisor, and check it did not die before this line. */
     pid_t parent = getppid();
@@ -62,6 +104,7 @@ int main(int argc, char **argv) {
     struct privsep_header header = receive_message(&welcome, sizeof welcome, &fd);
     if (header.type != PRIVSEP_WELCOME) { fprintf(stderr, "expected WELCOME\n"); return 2; }
     printf("c-worker: welcomed as worker %llu by supervisor %u\n", (unsigned long long)welcome.worker_id, welcome.supervisor_pid);
+    lock_down();
 
     for (int i = 1; i < argc; i++) {
         struct privsep_open request = { 0 /* O_RDONLY */, 0 };

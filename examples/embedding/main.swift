@@ -24,10 +24,11 @@ func absolute(_ path: String) -> String {
     return String(cString: resolved)
 }
 let parser = absolute(arguments[1]), input = absolute(arguments[2])
-let directory = String(input[..<(input.lastIndex(of: "/") ?? input.startIndex)])
 
+// Exactly the file the worker is for: not its directory (for a file in /, that would be
+// every file on the machine).
 var policy = Policy()
-policy.allow(path: directory.isEmpty ? "/" : directory, .directory, [.read])
+policy.allow(path: input, .file, [.read])
 
 var worker = WorkerConfiguration(executable: parser, arguments: [input], policy: policy)
 worker.requiredLayers = [.seccomp, .landlock]

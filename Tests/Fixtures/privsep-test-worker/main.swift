@@ -450,6 +450,9 @@ for step in CommandLine.arguments.dropFirst() {
     case "lockdown":
         var lockdown = Lockdown.brokered()
         let mode = parts.count > 1 ? parts[1] : ""
+        // The tests' files are the runner's (root's, in 0700 directories): the fixture keeps the
+        // runner's user unless a mode says otherwise ("brokered": the profile's own default).
+        if mode != "brokered" { lockdown.identity = nil }
         if mode == "kill" { lockdown.onViolation = .killProcess }
         if mode == "errno" { lockdown.onViolation = .fail(.permissionDenied) }
         if mode == "enosys" { lockdown.onViolation = .fail(.noFunction) }

@@ -14,7 +14,10 @@ func say(_ line: String) {
 let port = CommandLine.arguments.count > 1 ? UInt16(CommandLine.arguments[1]) ?? 80 : 80
 do {
     let supervisor = try SupervisorConnection.connect()
-    try Lockdown(groups: [.serve], landlock: Lockdown.FilesystemAccess.none).apply(reportingTo: supervisor)
+    // Spawned by a root supervisor (to bind port 80), it gives up root: the port is bound already.
+    var lockdown = Lockdown(groups: [.serve], landlock: Lockdown.FilesystemAccess.none)
+    lockdown.identity = Lockdown.nobodyIfRoot
+    try lockdown.apply(reportingTo: supervisor)
     let listener = try supervisor.listen(at: .ipv4(.loopback, port: port))
     say("hello-server: listening on 127.0.0.1:\(port)")
     let client = accept(listener.unsafeRawValue, nil, nil)

@@ -87,7 +87,10 @@ for path in inputs {
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
         let count = read(fd.unsafeRawValue, &chunk, chunk.count)
-        if count <= 0 { break }
+        if count < 0 && errno == EINTR { continue }
+        // A failed read is an error, not the end of the file: no statistics of part of it.
+        if count < 0 { fail("\(path): read: \(String(cString: strerror(errno)))") }
+        if count == 0 { break }
         bytes += chunk[..<count]
         if bytes.count > 64 << 20 { fail("\(path): larger than 64 MiB") }
     }
