@@ -221,6 +221,10 @@ private struct InputSource {
     private var buffered: [UInt8] = []
     private var start = 0
     private var atEnd = false
+    /// Inside a line too long to be a path, whose rest is read and dropped.
+    private var skipping = false
+    /// No path is longer (PATH_MAX); a longer line is cut here, and fails to open.
+    private static let longestLine = 4097
 
     init(paths: [String]) {
         self.paths = paths
@@ -236,12 +240,21 @@ private struct InputSource {
         while true {
             if let newline = buffered[start...].firstIndex(of: UInt8(ascii: "\n")) {
                 defer { start = newline + 1 }
+                if skipping { skipping = false; continue }
                 if newline > start { return Array(buffered[start..<newline]) }
                 continue
             }
+            // Memory is held to one read's worth past a path's length, whatever comes in.
+            if skipping {
+                start = buffered.count
+            } else if buffered.count - start > Self.longestLine {
+                skipping = true
+                defer { start = buffered.count }
+                return Array(buffered[start..<(start + Self.longestLine)])
+            }
             if atEnd {
                 defer { start = buffered.count }
-                return start < buffered.count ? Array(buffered[start...]) : nil
+                return start < buffered.count && !skipping ? Array(buffered[start...]) : nil
             }
             buffered.removeFirst(start)
             start = 0

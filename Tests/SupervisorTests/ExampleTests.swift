@@ -182,7 +182,8 @@ import Testing
     }
 
     /// A path read from stdin is its bytes: a name that is not UTF-8 is opened as it is (not
-    /// with U+FFFD in place of its byte), and shown with that byte as \xff.
+    /// with U+FFFD in place of its byte), and shown with that byte as \xff. A line longer
+    /// than any path is one input that cannot be opened, not a buffer that grows with it.
     @Test func poolInputsFromStandardInputAreTheirBytes() async throws {
         let tree = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: tree) }
@@ -191,11 +192,17 @@ import Testing
         #expect(fd >= 0)
         _ = write(fd, "[s]\nk = v\n", 10)
         close(fd)
-        let result = try await Self.run("/bin/sh", ["-c", "printf '\(tree)/bad\\377.rec\\n\\n' | \"$0\" pool --policy \"$1\" --json -- \"$2\"",
+        let script = "{ printf '%0100000d' 0; printf '\\n\(tree)/bad\\377.rec\\n\\n'; } | \"$0\" pool --policy \"$1\" --json -- \"$2\""
+        let result = try await Self.run("/bin/sh", ["-c", script,
                                                    Self.bin + "/privsep", Self.examples + "/parser-pool/policy.json", Self.bin + "/record-parser"])
-        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: String], "\(result.stdout) \(result.stderr)")
-        #expect(object["input"] == tree + "/bad\\xff.rec")
-        #expect(object["status"] == "ok", "\(object)")
+        var statuses: [String: String] = [:]
+        for line in result.stdout.split(separator: "\n") {
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String], "\(result.stdout) \(result.stderr)")
+            statuses[object["input"]!] = object["status"] == "ok" ? "ok" : object["detail"]
+        }
+        #expect(statuses.count == 2, "\(statuses)")
+        #expect(statuses[tree + "/bad\\xff.rec"] == "ok", "\(statuses)")
+        #expect(statuses[String(repeating: "0", count: 4097)] == "cannot open: File name too long", "\(statuses.values)")
     }
 
     /// `privsep pool --placement`: every placement serves the same jobs; a dedicated
