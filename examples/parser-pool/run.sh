@@ -47,6 +47,9 @@ for ((i = 0; i < count; i++)); do
     fi
 done
 
+# Warm workers, 100 jobs each, for throughput: a worker that an input takes over without
+# crashing it sees the next inputs that worker gets. --jobs-per-worker 1 gives every input a
+# fresh process (a few hundred a second on a small machine; SECURITY.md, "Known limits").
 pool() { "$bin/privsep" pool --policy "$here/policy.json" --workers 4 --jobs-per-worker 100 --timeout 0.5 --memory 64M "$@" -- "$bin/record-parser"; }
 
 echo
