@@ -4,10 +4,17 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 static long raw(long nr, long a, long b, long c, long d, long e, long f) {
@@ -177,4 +184,66 @@ long attack_escape_and_call(long pause_seconds) {
     }
     syscall(SYS_exit_group, 0);
     return 0;
+}
+
+long attack_connect_tcp_loopback(int port) {
+    long fd = raw(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0, 0, 0, 0);
+    if (fd < 0) return fd;
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                   .sin_addr = { .s_addr = htonl(INADDR_LOOPBACK) } };
+    long r = raw(SYS_connect, fd, (long)&address, sizeof address, 0, 0, 0);
+    close((int)fd);
+    return r;
+}
+
+/* The abstract address `name` (without its leading NUL) and its length. */
+static socklen_t abstract_address(struct sockaddr_un *address, const char *name) {
+    size_t length = strlen(name);
+    if (length + 1 > sizeof address->sun_path) return 0;
+    memset(address, 0, sizeof *address);
+    address->sun_family = AF_UNIX;
+    memcpy(address->sun_path + 1, name, length);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + length);
+}
+
+long attack_connect_abstract(const char *name) {
+    struct sockaddr_un address;
+    socklen_t size = abstract_address(&address, name);
+    if (size == 0) return -ENAMETOOLONG;
+    long fd = raw(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, 0, 0, 0);
+    if (fd < 0) return fd;
+    long r = raw(SYS_connect, fd, (long)&address, size, 0, 0, 0);
+    close((int)fd);
+    return r;
+}
+
+int privsep_selftest_listen_abstract(const char *name) {
+    struct sockaddr_un address;
+    socklen_t size = abstract_address(&address, name);
+    if (size == 0) { errno = ENAMETOOLONG; return -1; }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (bind(fd, (struct sockaddr *)&address, size) != 0 || listen(fd, 8) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+static void *sleep_for_ever(void *unused) {
+    (void)unused;
+    for (;;) pause();
+    return NULL;
+}
+
+long attack_filter_one_thread_of_two(void) {
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, sleep_for_ever, NULL);
+    if (rc != 0) return -rc;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
+    struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog program = { .len = 1, .filter = &allow };
+    return raw(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, (long)&program, 0, 0, 0);
 }

@@ -567,8 +567,13 @@ final class EventLoop: @unchecked Sendable {
             record.sandbox = status
             record.handle.recordSandbox(status)
             let missing = SandboxLayers(rawValue: (status.requested.rawValue | record.configuration.requiredLayers.rawValue) & ~status.active.rawValue)
+            // What the policy requires is checked against the kernel's view, once (see sandboxContradiction).
+            let contradiction = missing.isEmpty && !repeated
+                ? sandboxContradiction(pid: record.pid, claimed: record.configuration.requiredLayers) : nil
             if !missing.isEmpty {
                 kill(record, .sandboxIncomplete("layers \(layerNames(missing)) requested but not active"))
+            } else if let contradiction {
+                kill(record, .sandboxIncomplete("reported \(layerNames(record.configuration.requiredLayers)) in force, but \(contradiction)"))
             } else {
                 audit(record, event: "SANDBOX", detail: layerNames(status.active) + (status.landlockABI > 0 ? " (Landlock ABI \(status.landlockABI))" : ""),
                       budgeted: repeated)

@@ -218,3 +218,28 @@ func system_own_peak_resident_bytes() -> Int {
     guard getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 else { return .max } // unknown: no child peak is then believed
     return usage.ru_maxrss * 1024
 }
+
+/// The names in directory `path`, "." and ".." left out.
+func system_directory_entries(_ path: String) -> Result<[String], Errno> {
+    guard let stream = opendir(path) else { return .failure(currentErrno()) }
+    defer { closedir(stream) }
+    var names: [String] = []
+    while let entry = readdir(stream) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return .success(names)
+}
+
+/// The start of file `path` (at most `capacity` bytes), read in one call.
+func system_read_small_file(_ path: String, capacity: Int) -> Result<[UInt8], Errno> {
+    let fd: Int32
+    switch system_open(path, O_RDONLY | O_CLOEXEC) {
+    case .success(let opened): fd = opened
+    case .failure(let error): return .failure(error)
+    }
+    defer { _ = system_close(fd) }
+    var bytes = [UInt8](repeating: 0, count: capacity)
+    let result = bytes.withUnsafeMutableBytes { system_pread(fd, $0, offset: 0) }
+    return result.map { Array(bytes[..<$0]) }
+}

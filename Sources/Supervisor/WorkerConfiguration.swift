@@ -27,7 +27,10 @@ public struct WorkerConfiguration: Sendable {
     /// The worker is killed after this many seconds; nil for no limit.
     public var wallClockTimeout: Double?
     /// Sandbox layers the worker must report active (SANDBOX_STATUS) before its
-    /// first request; empty to require none.
+    /// first request; empty to require none. Those the kernel shows in /proc
+    /// (``SandboxLayers/visibleToTheKernel``: no_new_privs, seccomp, user and network
+    /// namespaces) are checked there on every thread of the worker at its first report, and a
+    /// worker that reported one not in force is killed; Landlock and rlimits are its word.
     public var requiredLayers: SandboxLayers
     public var caps: WorkerCaps
     /// Learning mode: the worker's filter sends every call it does not allow to the

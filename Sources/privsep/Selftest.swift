@@ -1,5 +1,6 @@
 import ArgumentParser
 import CPrivsepAttacks
+import CPrivsepShims
 import Glibc
 import Logging
 import PrivsepIPC
@@ -15,9 +16,13 @@ struct Selftest: AsyncParsableCommand {
         discussion: """
         Each attack runs in a worker of its own under the policy: malformed protocol \\
         messages (the worker must be killed with the rule it broke), paths that try to \\
-        leave the policy's rules (refused with EACCES), sockets and addresses no rule \\
-        grants (refused), and, after a brokered lockdown, system calls the filter must \\
-        stop (killed, the call named). Exit status 0 if every attack was stopped.
+        leave the policy's rules and open flags its rules do not grant (refused with \\
+        EACCES), sockets and addresses no rule grants (refused), requests before the \\
+        sandbox layers the policy requires (killed), and, after a lockdown, system calls \\
+        the filter must stop (killed, the call named) and calls only Landlock stops \\
+        (refused). The symlink attacks plant a link named privsep-selftest-PID-link at \\
+        the top of each directory rule, and remove it after. Exit status 0 if every \\
+        attack was stopped.
         """
     )
 
@@ -34,13 +39,28 @@ struct Selftest: AsyncParsableCommand {
         logger.logLevel = .critical
         let supervisor = try Supervisor(logger: logger)
         let me = try selfExecutable()
-        var failures = 0
-        let attacks = Attack.catalogue(for: file.policy)
+        var failures = 0, skipped = 0
+        let attacks = Attack.catalogue(for: file)
         print("privsep selftest: \(attacks.count) attacks against \(policy)")
         print("")
+        // What landlock-abstract aims at: without Landlock's scoping its connect would succeed.
+        let abstractListener = privsep_selftest_listen_abstract(Attack.uniqueName)
+        defer { if abstractListener >= 0 { close(abstractListener) } }
         for attack in attacks {
-            var configuration = WorkerConfiguration(executable: me, arguments: ["_attack", attack.name] + attack.arguments,
+            func report(_ verdict: String, _ what: String) {
+                print("\(verdict)  \(attack.name.padding(22))  \(attack.summary.padding(44))  \(what)")
+            }
+            if let link = attack.plantedLink {
+                guard symlink(link.target, link.path) == 0 else {
+                    skipped += 1
+                    report("SKIP", "cannot plant \(link.path): \(Errno(rawValue: errno))")
+                    continue
+                }
+            }
+            defer { if let link = attack.plantedLink { unlink(link.path) } }
+            var configuration = WorkerConfiguration(executable: me, arguments: ["_attack", attack.workerAction ?? attack.name] + attack.arguments,
                                                     policy: file.policy, name: "attack-\(attack.name)")
+            configuration.requiredLayers = attack.enforcesRequiredLayers ? file.requiredLayers : []
             configuration.handshakeTimeout = 10
             configuration.wallClockTimeout = 20
             let output = OutputPipe()
@@ -48,19 +68,28 @@ struct Selftest: AsyncParsableCommand {
             let handle = try await supervisor.spawn(configuration)
             let reason = await handle.exit()
             configuration.standardOutput = .null
-            let answer = output.read()
+            var answer = output.read()
             var passed = attack.expectation.isMet(by: reason, output: answer)
             // The call killed must be the one attacked (i386/x32 die unreported, by the kernel).
             if case .seccompViolation(let call) = reason, let expected = attack.syscall, call.name != nil, call.name != expected {
                 passed = false
             }
+            // A defence that let a create through left a file behind: a failure, and not left there.
+            if let path = attack.mustNotExistAfter {
+                var status = stat()
+                if lstat(path, &status) == 0 {
+                    passed = false
+                    answer = "created \(path) (removed)" + (answer.isEmpty ? "" : "; \(answer)")
+                    unlink(path)
+                }
+            }
             if !passed { failures += 1 }
             let shown = answer.isEmpty || answer.hasPrefix("survived") ? "\(reason)" : answer
-            print("\(passed ? "PASS" : "FAIL")  \(attack.name.padding(22))  \(attack.summary.padding(44))  \(passed ? shown : "\(shown) (expected \(attack.expectation))")")
+            report(passed ? "PASS" : "FAIL", passed ? shown : "\(shown) (expected \(attack.expectation))")
         }
         await supervisor.shutdown()
         print("")
-        print("\(attacks.count - failures) passed, \(failures) failed")
+        print("\(attacks.count - failures - skipped) passed, \(failures) failed" + (skipped > 0 ? ", \(skipped) skipped" : ""))
         if failures > 0 { throw ExitCode(1) }
     }
 }
@@ -71,7 +100,8 @@ struct AttackWorker: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "_attack", shouldDisplay: false)
 
     @Argument var name: String
-    @Argument var argument: String = ""
+    @Argument var arguments: [String] = []
+    var argument: String { arguments.first ?? "" }
 
     func run() throws {
         if name.hasPrefix("protocol-before-hello") {
@@ -115,8 +145,14 @@ struct AttackWorker: ParsableCommand {
             sleep(20)
         case "path":
             answer { () throws(WorkerError) in try supervisor.open(argument, .readOnly) }
-        case "path-write":
-            answer { () throws(WorkerError) in try supervisor.open(argument, [.writeOnly, .create, .truncate]) }
+        case "open": // PATH FLAGS (decimal)
+            let flags = OpenFlags(rawValue: Int32(arguments[1])!)
+            answer { () throws(WorkerError) in try supervisor.open(argument, flags) }
+        case "require-skipped":
+            answer { () throws(WorkerError) in try supervisor.open(argument, .readOnly) }
+        case "require-partial": // LAYERS (the raw value reported as in force, none applied) PATH
+            try supervisor.reportSandbox(SandboxStatus(requested: [], active: SandboxLayers(rawValue: UInt32(argument)!)))
+            answer { () throws(WorkerError) in try supervisor.open(arguments[1], .readOnly) }
         case "flag-path":
             answer { () throws(WorkerError) in try supervisor.open(argument, OpenFlags(rawValue: 0o10000000)) } // O_PATH
         case "flag-tmpfile":
@@ -135,6 +171,24 @@ struct AttackWorker: ParsableCommand {
         case "bind":
             let address = parseAddress(argument)
             answer { () throws(WorkerError) in try supervisor.bind(to: address) }
+        case let wall where wall.hasPrefix("landlock-"):
+            // Landlock alone is under test: the group lets the call past seccomp, and the worker
+            // keeps the selftest's user, so nothing but Landlock stands in its way.
+            let (group, scopes): (SyscallGroup, Lockdown.Scoping) = switch wall {
+            case "landlock-openat": (.rpath, .off)
+            case "landlock-connect": (.inet, .off)
+            case "landlock-signal": (.proc, .required)
+            case "landlock-abstract": (.unix, .required)
+            default: fatalError("unknown attack \(wall)")
+            }
+            try Lockdown(groups: [group], landlock: Lockdown.FilesystemAccess.none, landlockScopes: scopes).apply(reportingTo: supervisor)
+            let result: Int = switch wall {
+            case "landlock-openat": attack_openat("/etc/hostname")
+            case "landlock-connect": attack_connect_tcp_loopback(9)
+            case "landlock-signal": attack_kill_parent()
+            default: attack_connect_abstract(argument)
+            }
+            say(result < 0 ? "errno \(-result)" : "survived \(result)")
         case let syscall where syscall.hasPrefix("seccomp-"):
             // The filter alone is under test. The attack runs on the only thread there is
             // (see Entry): a thread the filter met first would hide whether it stops the attack.
@@ -168,6 +222,7 @@ struct AttackWorker: ParsableCommand {
     }
 
     func parseAddress(_ text: String) -> SocketAddress {
+        if text.hasPrefix("/") { return .unix(path: text) }
         let colon = text.lastIndex(of: ":")!
         let host = String(text[..<colon]), port = UInt16(text[text.index(after: colon)...])!
         if let v4 = IPv4Address(host) { return .ipv4(v4, port: port) }
@@ -190,6 +245,8 @@ struct Attack {
         case fdsRefused
         /// Killed by the filter.
         case killedBySeccomp
+        /// Killed for asking before it reported the required sandbox layers, or reporting fewer.
+        case killedForIncompleteSandbox
         /// Refused with this errno.
         case refused(Int32)
 
@@ -199,6 +256,7 @@ struct Attack {
             case .fdsRefused: SeqpacketSocket.kernelCanRefuseFileDescriptors
                 ? "fds refused by the kernel" : "killed for a protocol violation"
             case .killedBySeccomp: "killed by seccomp"
+            case .killedForIncompleteSandbox: "killed: sandbox incomplete"
             case .refused(let errno): "refused with \(Errno(rawValue: errno))"
             }
         }
@@ -213,6 +271,7 @@ struct Attack {
             case (.fdsRefused, .protocolViolation): !SeqpacketSocket.kernelCanRefuseFileDescriptors
             case (.fdsRefused, .exited(code: 0)): SeqpacketSocket.kernelCanRefuseFileDescriptors && output == "fds refused"
             case (.killedBySeccomp, .seccompViolation): !output.hasPrefix("survived")
+            case (.killedForIncompleteSandbox, .sandboxIncomplete): true
             case (.refused(let errno), _): output == "errno \(errno)"
             default: false
             }
@@ -225,10 +284,20 @@ struct Attack {
     var expectation: Expectation
     /// For a seccomp attack, the name the violation must carry.
     var syscall: String? = nil
+    /// What the attack worker does, when not named by `name` (`open PATH FLAGS`).
+    var workerAction: String? = nil
+    /// Whether the worker is spawned with the policy's required layers (the others are not,
+    /// so that they test the rules, not the report).
+    var enforcesRequiredLayers = false
+    /// A symlink the selftest plants before the attack and removes after.
+    var plantedLink: (path: String, target: String)? = nil
+    /// A path the attack must not have created.
+    var mustNotExistAfter: String? = nil
 
-    /// The attacks that apply to `policy`: path and address attacks aim at what it
-    /// does not grant.
-    static func catalogue(for policy: Policy) -> [Attack] {
+    /// The attacks that apply to `file`: path, flag and address attacks aim at what its
+    /// policy does not grant; the sandbox attacks at the layers it requires.
+    static func catalogue(for file: PolicyFile) -> [Attack] {
+        let policy = file.policy
         var attacks: [Attack] = [
             Attack(name: "protocol-before-hello", arguments: [], summary: "OPEN before HELLO", expectation: .killedForProtocol),
             Attack(name: "protocol-truncated", arguments: [], summary: "10-byte datagram", expectation: .killedForProtocol),
@@ -248,17 +317,49 @@ struct Attack {
         let grantsProc = policy.paths.contains { $0.path == "/proc" || $0.path.hasPrefix("/proc/") }
         var paths: [(String, String)] = [("relative/path", "a relative path"),
                                          ("/proc/self/root/etc/shadow", grantsProc ? "a magic link to /" : "a magic link to / (outside every rule)")]
+        // Where planted links point: a file and a directory no rule grants.
+        let outsideFile = ["/etc/shadow", "/etc/passwd", "/etc/hostname"].first { !granted($0) }
+        let outsideDirectory = ["/root", "/etc", "/var"].first { !granted($0) }
         for rule in policy.paths {
             let (parent, _) = splitLast(rule.path)
-            if rule.kind == .directory {
+            let isDirectory = rule.kind == .directory
+            if isDirectory {
                 paths.append(("\(rule.path)/../\(uniqueName)", "'..' out of \(rule.path)"))
                 paths.append(("\(rule.path)/./x", "a non-canonical path in \(rule.path)"))
             }
             let sibling = (parent == "/" ? "" : parent) + "/" + uniqueName
             if !granted(sibling) { paths.append((sibling, "a sibling of \(rule.path)")) }
-            if !rule.permissions.contains(.write) && !rule.permissions.contains(.create) {
-                attacks.append(Attack(name: "path-write", arguments: [rule.kind == .directory ? rule.path + "/\(uniqueName)" : rule.path],
-                                      summary: "writing under a read-only rule", expectation: .refused(eacces)))
+            // Flag attacks open a name that does not exist beneath a directory rule (so a
+            // check that let the flags through would answer ENOENT, or create it), or the
+            // file rule's own file, with flags that change nothing should they get through.
+            let target = isDirectory ? joined(rule.path, uniqueName) : rule.path
+            var targetStatus = stat()
+            let targetExists = lstat(target, &targetStatus) == 0
+            for (name, flags, summary) in flagAttacks(rule.permissions, isDirectory: isDirectory, targetExists: targetExists) {
+                attacks.append(Attack(name: name, arguments: [target, String(flags)], summary: "\(summary) (\(rule.path))",
+                                      expectation: .refused(eacces), workerAction: "open", mustNotExistAfter: targetExists ? nil : target))
+            }
+            if isDirectory && rule.permissions.contains(.listDirectory) && !rule.permissions.contains(.read),
+               let file = firstRegularFile(in: rule.path) {
+                attacks.append(Attack(name: "flag-list-only", arguments: [file, String(O_RDONLY)],
+                                      summary: "reading a file under a list-only rule (\(rule.path))", expectation: .refused(eacces),
+                                      workerAction: "open"))
+            }
+            // A link planted beneath a directory rule by someone else, pointing out of it.
+            if isDirectory, let flags = harmlessOpenFlags(rule.permissions) {
+                let wantsDirectory = !rule.permissions.contains(.read) && rule.permissions.contains(.listDirectory)
+                if let outside = wantsDirectory ? outsideDirectory : outsideFile {
+                    let link = joined(rule.path, uniqueName + "-link")
+                    attacks.append(Attack(name: "symlink", arguments: [link, String(flags)], summary: "a link in \(rule.path) to \(outside)",
+                                          expectation: .refused(eacces), workerAction: "open", plantedLink: (link, outside)))
+                    if rule.symlinks == .followBeneath {
+                        let depth = rule.path.split(separator: "/").count
+                        let climbing = String(repeating: "../", count: depth + 1) + outside.dropFirst()
+                        attacks.append(Attack(name: "symlink-relative", arguments: [link, String(flags)],
+                                              summary: "a link in \(rule.path) climbing out to \(outside)",
+                                              expectation: .refused(eacces), workerAction: "open", plantedLink: (link, climbing)))
+                    }
+                }
             }
         }
         for outside in ["/etc/shadow", "/root/.ssh/id_ed25519", "/proc/1/environ"] where !granted(outside) {
@@ -285,8 +386,28 @@ struct Attack {
             attacks.append(Attack(name: "connect", arguments: ["192.0.2.1:9"], summary: "connect to a denied address", expectation: .refused(eacces)))
             attacks.append(Attack(name: "connect", arguments: ["::ffff:192.0.2.1:9"], summary: "the same, IPv4-mapped IPv6", expectation: .refused(eacces)))
         }
+        let unixSocket = "/run/\(uniqueName).sock"
+        if !policy.connect.contains(where: { $0.allows(.unix(path: unixSocket), type: 1) }) {
+            attacks.append(Attack(name: "connect", arguments: [unixSocket], summary: "connect to a unix socket no rule names", expectation: .refused(eacces)))
+        }
         if !policy.bind.contains(where: { $0.allows(.ipv4(.loopback, port: 1), type: 1) }) {
             attacks.append(Attack(name: "bind", arguments: ["127.0.0.1:1"], summary: "bind a denied port", expectation: .refused(eacces)))
+        }
+        // The policy's `require`: a worker that asks before its lockdown, or reports less.
+        let required = file.requiredLayers
+        if !required.isEmpty {
+            let anyPath = policy.paths.first?.path ?? "/etc/hostname"
+            attacks.append(Attack(name: "require-skipped", arguments: [anyPath], summary: "a request before any sandbox report",
+                                  expectation: .killedForIncompleteSandbox, enforcesRequiredLayers: true))
+            let lowestLayer = required.rawValue & (~required.rawValue &+ 1)
+            attacks.append(Attack(name: "require-partial", arguments: [String(required.rawValue & ~lowestLayer), anyPath],
+                                  summary: "a report with a required layer left out", expectation: .killedForIncompleteSandbox,
+                                  enforcesRequiredLayers: true))
+            if !required.isDisjoint(with: .visibleToTheKernel) {
+                attacks.append(Attack(name: "require-unapplied", arguments: [String(required.rawValue), anyPath],
+                                      summary: "a report of every required layer, none applied", expectation: .killedForIncompleteSandbox,
+                                      workerAction: "require-partial", enforcesRequiredLayers: true))
+            }
         }
         let calls: [(String, String?)] = [
             ("openat", "openat"), ("openat2", "openat2"), ("execve", "execve"), ("socket", "socket"), ("ptrace", "ptrace"),
@@ -297,8 +418,76 @@ struct Attack {
             attacks.append(Attack(name: "seccomp-\(call)", arguments: [], summary: "\(call) after a brokered lockdown",
                                   expectation: .killedBySeccomp, syscall: name))
         }
+        // Landlock behind a filter that lets the call through: what stops a worker whose groups allow it.
+        let landlockABI = privsep_landlock_create_ruleset(nil, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
+        if landlockABI >= 1 {
+            attacks.append(Attack(name: "landlock-openat", arguments: [], summary: "openat of /etc/hostname, rpath granted",
+                                  expectation: .refused(eacces)))
+        }
+        if landlockABI >= 4 {
+            attacks.append(Attack(name: "landlock-connect", arguments: [], summary: "a TCP connect to 127.0.0.1:9, inet granted",
+                                  expectation: .refused(eacces)))
+        }
+        if landlockABI >= 6 {
+            attacks.append(Attack(name: "landlock-signal", arguments: [], summary: "a signal to the supervisor, proc granted",
+                                  expectation: .refused(EPERM)))
+            attacks.append(Attack(name: "landlock-abstract", arguments: [uniqueName],
+                                  summary: "connect to the supervisor's abstract socket, unix granted", expectation: .refused(EPERM)))
+        }
         return attacks
     }
+
+    /// Flag attacks on a rule granting `permissions`: (name, open flags, summary), each
+    /// asking for one thing the rule does not grant.
+    static func flagAttacks(_ permissions: PathPermissions, isDirectory: Bool, targetExists: Bool) -> [(String, Int32, String)] {
+        var attacks: [(String, Int32, String)] = []
+        let read = permissions.contains(.read), write = permissions.contains(.write), append = permissions.contains(.append)
+        if !read && !permissions.contains(.listDirectory) {
+            attacks.append(("flag-read", O_RDONLY, "reading where no read is granted"))
+        }
+        if !write && !append {
+            attacks.append(("flag-write", O_WRONLY, "writing where no write is granted"))
+        }
+        if append && !write {
+            attacks.append(("flag-append-only", O_WRONLY, "writing without O_APPEND, append only"))
+            if read { attacks.append(("flag-append-rdwr", O_RDWR | O_APPEND, "O_RDWR | O_APPEND, read and append only")) }
+        }
+        if write && !read {
+            attacks.append(("flag-rdwr", O_RDWR, "O_RDWR where read is not granted"))
+        }
+        if !permissions.contains(.create), let mode = harmlessOpenFlags(permissions) {
+            attacks.append(("flag-create", mode | O_CREAT, "O_CREAT where create is not granted"))
+        }
+        // Never O_TRUNC on a file that exists: were the check wrong, it would be emptied.
+        if write && !permissions.contains(.truncate) && !targetExists {
+            attacks.append(("flag-truncate", O_WRONLY | O_TRUNC, "O_TRUNC where truncate is not granted"))
+        }
+        return attacks
+    }
+
+    /// Open flags a rule with `permissions` grants and that change nothing on their own
+    /// (no create, no truncation); nil if it grants none.
+    static func harmlessOpenFlags(_ permissions: PathPermissions) -> Int32? {
+        if permissions.contains(.read) || permissions.contains(.listDirectory) { return O_RDONLY }
+        if permissions.contains(.write) { return O_WRONLY }
+        if permissions.contains(.append) { return O_WRONLY | O_APPEND }
+        return nil
+    }
+
+    /// A regular file directly in `directory`, if it has one.
+    static func firstRegularFile(in directory: String) -> String? {
+        guard let stream = opendir(directory) else { return nil }
+        defer { closedir(stream) }
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let path = joined(directory, name)
+            var status = stat()
+            if name != "." && name != "..", lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG { return path }
+        }
+        return nil
+    }
+
+    static func joined(_ directory: String, _ name: String) -> String { directory == "/" ? "/" + name : directory + "/" + name }
 
     static let uniqueName = "privsep-selftest-\(getpid())"
 

@@ -154,6 +154,34 @@ import Testing
         #expect(missing.reason == .sandboxIncomplete("layers landlock requested but not active"))
     }
 
+    /// A required layer the kernel can show is checked against it, on every thread: a report
+    /// of layers never applied, or a filter that binds one thread of two, is not believed.
+    @Test func requiredLayersAreCheckedAgainstTheKernel() async throws {
+        let unapplied = try await runWorker(["handshake", "claim:\(SandboxLayers([.noNewPrivileges, .seccomp]).rawValue)", "read:/etc/hostname"],
+                                            configure: { $0.requiredLayers = [.noNewPrivileges, .seccomp] })
+        guard case .sandboxIncomplete(let why) = unapplied.reason else { Issue.record("\(unapplied.reason)"); return }
+        #expect(why.hasPrefix("reported no_new_privs, seccomp in force, but thread "), "\(why)")
+        #expect(why.hasSuffix(" runs without no_new_privs"), "\(why)")
+        #expect(!unapplied.lines.contains { $0.hasPrefix("read ") })
+
+        let halfFiltered = try await runWorker(["handshake", "halffilter", "read:/etc/hostname"],
+                                               configure: { $0.requiredLayers = [.seccomp] })
+        guard case .sandboxIncomplete(let halfWhy) = halfFiltered.reason else { Issue.record("\(halfFiltered.reason)"); return }
+        #expect(halfWhy.hasSuffix(" runs without a seccomp filter"), "\(halfWhy)")
+        #expect(!halfFiltered.lines.contains { $0.hasPrefix("read ") })
+
+        let namespaces = SandboxLayers([.userNamespace, .networkNamespace])
+        let claimedNamespaces = try await runWorker(["handshake", "claim:\(namespaces.rawValue)", "exit:0"],
+                                                    configure: { $0.requiredLayers = namespaces })
+        guard case .sandboxIncomplete(let nsWhy) = claimedNamespaces.reason else { Issue.record("\(claimedNamespaces.reason)"); return }
+        #expect(nsWhy.hasSuffix(" is still in the supervisor's user namespace"), "\(nsWhy)")
+
+        // Where the layers are in force, the same checks pass.
+        let real = try await runWorker(["handshake", "lockdown:ns", "exit:0"],
+                                       configure: { $0.requiredLayers = [.noNewPrivileges, .seccomp, .userNamespace, .networkNamespace] })
+        #expect(real.reason == .exited(code: 0))
+    }
+
     @Test func theWorkerDiesWithItsSupervisor() async throws {
         let pidFile = "/tmp/privsep-orphan-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { unlink(pidFile) }

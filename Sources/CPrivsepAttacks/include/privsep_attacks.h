@@ -50,5 +50,17 @@ long attack_unknown_syscalls(long count);
    a socket call every 10 ms (20 s at most) until one fails ENOSYS, which it says on its
    stdout ("escaped enosys") before it sleeps 30 s; returns the child's pid. */
 long attack_escape_and_call(long pause_seconds);
+/* A TCP connect to 127.0.0.1:port from a socket of the worker's own (the `inet` group). */
+long attack_connect_tcp_loopback(int port);
+/* A connect to the abstract unix socket `name` (no leading NUL) from a socket of the
+   worker's own (the `unix` group). */
+long attack_connect_abstract(const char *name);
+/* For the tests: starts a thread that sleeps for ever, then sets no_new_privs and loads an
+   allow-all filter on the calling thread only (no TSYNC): a lockdown that binds one thread
+   of two. 0 on success. */
+long attack_filter_one_thread_of_two(void);
+/* For the selftest itself (the supervisor side): a listening abstract unix socket named
+   `name`, close-on-exec, for attack_connect_abstract to aim at; -1 with errno on failure. */
+int privsep_selftest_listen_abstract(const char *name);
 
 #endif

@@ -385,6 +385,16 @@ for step in CommandLine.arguments.dropFirst() {
             do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
         }
         say("\(parts[0]) sent \(sent)")
+    case "claim":
+        // Reports layers as in force without applying any.
+        do { try requireConnection().reportSandbox(SandboxStatus(requested: [], active: SandboxLayers(rawValue: UInt32(parts[1])!))) }
+        catch { say("claim failed: \(error)") }
+    case "halffilter":
+        // A filter on this thread only, a second thread without: then reports both layers.
+        let result = attack_filter_one_thread_of_two()
+        guard result == 0 else { say("halffilter failed \(result)"); exit(4) }
+        do { try requireConnection().reportSandbox(SandboxStatus(requested: [], active: [.noNewPrivileges, .seccomp])) }
+        catch { say("claim failed: \(error)") }
     case "pdeathsig":
         var signal: Int32 = 0
         _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
