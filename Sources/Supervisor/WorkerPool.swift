@@ -89,7 +89,7 @@ public final class WorkerPool: Sendable {
             throw .inputTooLarge(bytes: job.input.count, limit: WireFormat.maximumJobBytes)
         }
         guard job.fileDescriptors.count <= WireFormat.maximumFileDescriptors else {
-            throw .inputTooLarge(bytes: job.fileDescriptors.count, limit: WireFormat.maximumFileDescriptors)
+            throw .tooManyFileDescriptors(count: job.fileDescriptors.count, limit: WireFormat.maximumFileDescriptors)
         }
         // Swapped out rather than partially consumed: Swift 6.3 miscompiles the latter.
         var fds = OwnedFileDescriptors()
@@ -260,8 +260,8 @@ public struct JobOutput: Sendable, Equatable {
 }
 
 /// Why a job failed. Every failure but ``rejected(code:message:)``,
-/// ``queueFull``, ``inputTooLarge(bytes:limit:)`` and ``poolClosed`` cost the
-/// worker its life.
+/// ``queueFull``, ``inputTooLarge(bytes:limit:)``, ``tooManyFileDescriptors(count:limit:)``
+/// and ``poolClosed`` cost the worker its life.
 public enum JobFailure: Error, Sendable, Equatable, CustomStringConvertible {
     /// The worker refused the input with its own code and explanation.
     case rejected(code: Int32, message: [UInt8])
@@ -287,8 +287,10 @@ public enum JobFailure: Error, Sendable, Equatable, CustomStringConvertible {
     case cancelled
     /// The queue was full and the pool is configured to reject.
     case queueFull
-    /// More input bytes (or fds) than one JOB message carries.
+    /// More input bytes than one JOB message carries.
     case inputTooLarge(bytes: Int, limit: Int)
+    /// More fds than one JOB message carries (counted with ``Kind/inputTooLarge``).
+    case tooManyFileDescriptors(count: Int, limit: Int)
     /// Workers cannot be started, or keep dying before they are ready.
     case workerUnavailable(String)
     /// The pool or its supervisor is shutting down.
@@ -309,7 +311,7 @@ public enum JobFailure: Error, Sendable, Equatable, CustomStringConvertible {
         case .killed: .killed
         case .cancelled: .cancelled
         case .queueFull: .queueFull
-        case .inputTooLarge: .inputTooLarge
+        case .inputTooLarge, .tooManyFileDescriptors: .inputTooLarge
         case .workerUnavailable: .workerUnavailable
         case .poolClosed: .poolClosed
         }
@@ -336,6 +338,7 @@ public enum JobFailure: Error, Sendable, Equatable, CustomStringConvertible {
         case .cancelled: "cancelled"
         case .queueFull: "queue full"
         case .inputTooLarge(let bytes, let limit): "input too large for one job message (\(bytes) > \(limit)); pass it as an fd"
+        case .tooManyFileDescriptors(let count, let limit): "too many fds for one job message (\(count) > \(limit))"
         case .workerUnavailable(let why): "no worker available: \(why)"
         case .poolClosed: "the pool is closed"
         }

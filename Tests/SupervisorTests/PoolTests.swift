@@ -294,6 +294,34 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         await supervisor.shutdown()
     }
 
+    /// A job one JOB message cannot carry is refused before it is queued, each with its own
+    /// reason, and the fds it came with are closed; the pool serves on.
+    @Test func aJobTooLargeForOneMessageIsRefusedWithItsReason() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1)
+        let bytes = [UInt8](repeating: 0x41, count: WireFormat.maximumJobBytes + 1)
+        do {
+            _ = try await pool.run(input: bytes)
+            Issue.record("an oversized input ran")
+        } catch {
+            #expect(error == .inputTooLarge(bytes: bytes.count, limit: WireFormat.maximumJobBytes))
+        }
+        let before = openFileDescriptorSet()
+        var fds = OwnedFileDescriptors()
+        for _ in 0...WireFormat.maximumFileDescriptors { fds.append(openFile("/dev/null")) }
+        do {
+            _ = try await pool.run(PoolJob(input: Array("readfd".utf8), fileDescriptors: fds))
+            Issue.record("a job with too many fds ran")
+        } catch {
+            #expect(error == .tooManyFileDescriptors(count: WireFormat.maximumFileDescriptors + 1, limit: WireFormat.maximumFileDescriptors))
+            #expect("\(error)" == "too many fds for one job message (254 > 253)")
+        }
+        #expect(newFileDescriptors(since: before).isEmpty)
+        #expect(text(try await pool.run(input: Array("echo:still".utf8))) == "still")
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
     /// Settings no pool can run are refused before any worker starts, each with its
     /// reason: a NaN check interval (which spun the serving thread), a zero start-up
     /// failure limit (which failed every job that found its workers busy), a size whose
@@ -382,6 +410,54 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
             let leaked = newFileDescriptors(since: before)
             require(leaked.isEmpty, "supervisor fds leaked: \(leaked.sorted())")
             require(pool.metrics.jobsFailed[.crashed] == 20, "\(pool.metrics.jobsFailed)")
+            await supervisor.shutdown()
+        }
+    }
+
+    /// Every failure path with fds in flight: timeouts, cancelled running and queued jobs,
+    /// output over the cap, wrong-id RESULTs, crashes, a full queue, memory watching (its
+    /// /proc fds), and a shutdown with jobs still queued.
+    @Test func jobsLeakNoDescriptorOnAnyFailurePath() async {
+        await #expect(processExitsWith: .success) {
+            let supervisor = try! Supervisor(logger: quietLogger())
+            let warmUp = try! await makePool(supervisor, size: 2)
+            _ = try! await warmUp.run(input: Array("pid".utf8))
+            await warmUp.shutdown()
+            let before = openFileDescriptorSet()
+            let pool = try! await makePool(supervisor, size: 2) {
+                $0.jobsPerWorker = 5
+                $0.jobTimeout = 0.3
+                $0.memoryLimit = 512 << 20
+                $0.maximumOutputBytes = 1000
+                $0.queueCapacity = 2
+                $0.rejectWhenFull = true
+            }
+            func twoFiles() -> OwnedFileDescriptors {
+                var fds = OwnedFileDescriptors(openFile("/dev/null"))
+                fds.append(openFile("/dev/null"))
+                return fds
+            }
+            let commands = ["sleep:5", "big:5000", "wrongid", "echo:x", "crash", "readfd", "spin"]
+            await withTaskGroup(of: Void.self) { group in
+                for index in 0..<200 {
+                    let command = commands[index % commands.count]
+                    let task = Task { _ = try? await pool.run(PoolJob(input: Array(command.utf8), fileDescriptors: twoFiles())) }
+                    if index % 5 == 0 {
+                        try? await Task.sleep(for: .milliseconds(1))
+                        task.cancel()
+                    }
+                    group.addTask { await task.value }
+                    if index % 10 == 0 { try? await Task.sleep(for: .milliseconds(50)) }
+                }
+            }
+            let queued = (0..<4).map { _ in
+                Task { _ = try? await pool.run(PoolJob(input: Array("sleep:0.2".utf8), fileDescriptors: OwnedFileDescriptors(openFile("/dev/null")))) }
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+            await pool.shutdown()
+            for task in queued { await task.value }
+            let leaked = newFileDescriptors(since: before)
+            require(leaked.isEmpty, "supervisor fds leaked: \(leaked.sorted())")
             await supervisor.shutdown()
         }
     }
@@ -594,6 +670,41 @@ private func within<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable 
         // or it goes to one about to exit (exited).
         let kind = await within(30) { await failure(of: "echo:x", in: pool)?.kind }
         #expect(kind == .some(.workerUnavailable) || kind == .some(.exited), "\(String(describing: kind))")
+        await pool.shutdown()
+        await supervisor.shutdown()
+    }
+
+    /// Failed starts, then a worker that starts and serves: the run of failures is over, so a
+    /// job that finds that worker busy waits for it instead of failing workerUnavailable.
+    @Test func aPoolThatRecoveredFromFailedStartsQueuesJobsAgain() async throws {
+        let marker = "/tmp/privsep-pool-recovers-\(getpid())"
+        unlink(marker)
+        defer { unlink(marker) }
+        let supervisor = try Supervisor(logger: quietLogger())
+        let script = "if [ -e \(marker) ]; then exec \(testWorkerPath) handshake lockdown serve; "
+            + "else exec \(testWorkerPath) handshake lockdown exit:0; fi"
+        var worker = WorkerConfiguration(executable: "/bin/sh", arguments: ["-c", script], policy: Policy())
+        worker.standardOutput = .null
+        worker.requiredLayers = [.seccomp]
+        var configuration = WorkerPoolConfiguration(worker: worker, size: 1, jobsPerWorker: 100)
+        configuration.startupFailureLimit = 5
+        let pool = try await WorkerPool(supervisor: supervisor, configuration: configuration)
+        try await waitFor(pool) { $0.workersSpawned >= 7 }
+        close(open(marker, O_CREAT | O_WRONLY | O_CLOEXEC, 0o644)) // the cause goes away
+        var served = false
+        for _ in 0..<500 where !served {
+            served = (try? await pool.run(input: Array("pid".utf8))) != nil
+            if !served { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(served)
+        let held = HeldJob()
+        async let first = held.run(in: pool)
+        try await waitFor(pool) { $0.jobsRunning == 1 }
+        let second = Task { await failure(of: "echo:queued", in: pool) }
+        try await Task.sleep(for: .milliseconds(300))
+        held.release()
+        #expect(await first == nil)
+        #expect(await second.value == nil)
         await pool.shutdown()
         await supervisor.shutdown()
     }
