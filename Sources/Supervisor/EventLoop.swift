@@ -869,10 +869,15 @@ final class EventLoop: @unchecked Sendable {
         let now = max(turnStarted, record.lastRefill)
         let elapsed = Double(now - record.lastRefill) / 1e9
         record.lastRefill = now
-        record.tokens = min(Double(caps.messageBurst), record.tokens + elapsed * Double(caps.messagesPerSecond))
+        // A burst under 1 would throttle every message, however slow the worker.
+        let burst = Double(max(caps.messageBurst, 1))
+        record.tokens = min(burst, record.tokens + elapsed * Double(caps.messagesPerSecond))
         if record.tokens >= 1 {
             record.tokens -= 1
-            if record.tokens > Double(caps.messageBurst) / 2 { record.throttledSince = nil }
+            // The bucket was at least half full: the worker is back under its rate, and a later
+            // throttle starts a flood of its own. (With "more than half" a burst of 1 or 2 never
+            // got there, and a throttle minutes later counted from the first.)
+            if record.tokens >= (burst - 1) / 2 { record.throttledSince = nil }
             return true
         }
         // This message is served (it was already read); then reading pauses.
@@ -1406,7 +1411,7 @@ final class WorkerRecord: DeadlineQueued {
         self.channel = ChannelBox(channel)
         self.handshakeDeadline = now + nanoseconds(configuration.handshakeTimeout)
         self.wallClockDeadline = configuration.wallClockTimeout.map { now + nanoseconds($0) }
-        self.tokens = Double(configuration.caps.messageBurst)
+        self.tokens = Double(max(configuration.caps.messageBurst, 1))
         self.lastRefill = now
         // What learning mode learns is read back from the records: none may be left out.
         self.auditBudget = configuration.learning ? AuditBudget(perSecond: 0, burst: 0, now: now) : AuditBudget(caps: configuration.caps, now: now)

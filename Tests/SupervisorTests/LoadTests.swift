@@ -226,6 +226,22 @@ import Testing
         await supervisor.shutdown()
     }
 
+    /// A throttle long after the last one is a new one, whatever the burst: with a burst of 2
+    /// the flood's clock used to run from the first throttle, and with 0 every message
+    /// throttled, so slow workers were killed for flooding.
+    @Test(arguments: [2, 0]) func aSlowWorkerWithASmallBurstIsNotKilledForFlooding(burst: Int) async throws {
+        var policy = Policy()
+        policy.allow(path: "/etc/hostname", .file, [.read])
+        let steps = ["handshake", "opens:3:/etc/hostname", "sleep:2.5"] + Array(repeating: ["opens:1:/etc/hostname", "sleep:0.4"], count: 4).flatMap { $0 }
+            + ["opens:3:/etc/hostname", "sleep:0.5", "exit:0"] // the kill came at the throttle's end
+        let run = try await runWorker(steps, policy: policy, configure: {
+            $0.caps.messagesPerSecond = 10
+            $0.caps.messageBurst = burst
+            $0.caps.floodKillSeconds = 1
+        })
+        #expect(run.reason == .exited(code: 0))
+    }
+
     @Test func aPolicyCanBeNarrowedButNotWidened() async throws {
         let scratch = ScratchDirectory()
         scratch.write("a.txt", "alpha\n")
