@@ -87,7 +87,26 @@ public final class AuditLog: Sendable {
 
     /// Writes `record`; says why if its line could not be written whole.
     func write(_ record: AuditRecord) -> String? {
+        collect(record)
+        return writeLine(record)
+    }
+
+    /// Keeps `record` in memory (in-memory logs only), on the thread that made it: a reader
+    /// of ``records`` sees it at once.
+    func collect(_ record: AuditRecord) {
         collected?.withLock { $0.add(record) }
+    }
+
+    /// Whether records are written to a file (and must go to the writing thread).
+    var writesLines: Bool { fd != nil }
+
+    /// Counts records that never reached the file (dropped before they were written).
+    func noteLost(_ count: Int) {
+        if count > 0 && fd != nil { lost.add(count, ordering: .relaxed) }
+    }
+
+    /// Appends `record`'s JSON line to the file; says why if it could not be written whole.
+    func writeLine(_ record: AuditRecord) -> String? {
         guard let fd else { return nil }
         // One write(2) per line on an O_APPEND fd: lines from concurrent writers never interleave.
         var line = record.jsonLine + "\n"
@@ -203,7 +222,8 @@ final class SharedFlag: Sendable {
     func clear() { if value.load(ordering: .relaxed) { value.store(false, ordering: .relaxed) } }
 }
 
-/// Audits through swift-log and an optional ``AuditLog``.
+/// Audits through swift-log and an optional ``AuditLog``. What goes to a file or the logger
+/// is written by an ``AuditWriter`` thread; the in-memory log is kept by the caller.
 struct Auditor: Sendable {
     let logger: Logger
     let log: AuditLog?
@@ -211,14 +231,25 @@ struct Auditor: Sendable {
     /// handler each time, which cost the serving thread more per grant than the
     /// check saved. A level the handler changes later is not seen.
     let loggerLevel: Logger.Level
-    /// Whether the last write to the audit log failed, so a run of failures is reported once.
-    private let lastWriteFailed = SharedFlag()
+    /// nil if its thread could not be started: then the caller writes (as before there was one).
+    let writer: AuditWriter?
 
     init(logger: Logger, log: AuditLog?) {
         self.logger = logger
         self.log = log
         loggerLevel = logger.logLevel
+        // Whether the last write to the audit log failed, so a run of failures is reported once.
+        let lastWriteFailed = SharedFlag()
+        writer = AuditWriter(write: { entry in
+            Self.write(entry, logger: logger, log: log, loggerLevel: logger.logLevel, lastWriteFailed: lastWriteFailed)
+        }, reportDropped: { records, lines in
+            log?.noteLost(records)
+            logger.error("\(records) audit records and \(lines) log lines were dropped: the log was not being written (\(AuditWriter.capacity) were waiting)")
+        })
+        self.lastWriteFailed = lastWriteFailed
     }
+
+    private let lastWriteFailed: SharedFlag
 
     /// Whether a record at `level` goes anywhere: when neither the audit log nor the
     /// logger wants it, the hot path skips building it (strings cost more than the open).
@@ -236,8 +267,38 @@ struct Auditor: Sendable {
     }
 
     func record(_ record: AuditRecord) {
+        log?.collect(record)
+        guard log?.writesLines == true || loggerLevel <= Self.level(of: record) else { return }
+        if let writer { writer.enqueue(.record(record)) } else { write(.record(record)) }
+    }
+
+    /// Logs a line of the supervisor's own (not an audit record) through the writer.
+    func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: Logger.Metadata? = nil) {
+        guard loggerLevel <= level else { return }
+        if let writer { writer.enqueue(.line(level, message(), metadata)) } else { write(.line(level, message(), metadata)) }
+    }
+
+    /// Returns once what was given to the writer so far is written, or after `seconds`.
+    func drained(within seconds: Double) async {
+        await writer?.drained(within: seconds)
+    }
+
+    private func write(_ entry: AuditWriter.Entry) {
+        Self.write(entry, logger: logger, log: log, loggerLevel: loggerLevel, lastWriteFailed: lastWriteFailed)
+    }
+
+    private static func write(_ entry: AuditWriter.Entry, logger: Logger, log: AuditLog?, loggerLevel: Logger.Level,
+                              lastWriteFailed: SharedFlag) {
+        let record: AuditRecord
+        switch entry {
+        case .line(let level, let message, let metadata):
+            logger.log(level: level, message, metadata: metadata)
+            return
+        case .record(let made):
+            record = made
+        }
         if let log {
-            if let problem = log.write(record) {
+            if let problem = log.writeLine(record) {
                 if !lastWriteFailed.set() {
                     logger.error("the audit log could not be written (\(problem)); records are being lost")
                 }

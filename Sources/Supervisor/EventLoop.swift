@@ -395,7 +395,7 @@ final class EventLoop: @unchecked Sendable {
             return .failure(.spawnFailed(error.description))
         }
         if let problem = process.placementProblem {
-            auditor.logger.warning("\(configuration.name): spawned without its placement: \(problem)")
+            auditor.log(.warning, "\(configuration.name): spawned without its placement: \(problem)")
         }
         let id = workerIDs.next()
         let handle = WorkerHandle(id: id, pid: process.pid, name: configuration.name, policy: configuration.policy, loop: self)
@@ -622,8 +622,7 @@ final class EventLoop: @unchecked Sendable {
         }
         // The worker chooses how often it logs: its lines share its audit budget.
         guard auditor.loggerLevel <= level, admitAudit(record, isDenial: false) else { return }
-        auditor.logger.log(level: level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))",
-                           metadata: ["worker": "\(record.id)"])
+        auditor.log(level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))", metadata: ["worker": "\(record.id)"])
     }
 
     /// Checks a request may be served now: the required sandbox layers are
@@ -827,7 +826,7 @@ final class EventLoop: @unchecked Sendable {
     /// embedder made inconsistent): logged as the supervisor's error and not sent. The
     /// worker, left waiting for it, is stopped rather than blamed.
     private func refuseOwnMessage(_ record: WorkerRecord, _ envelope: Envelope, _ error: ProtocolError) {
-        auditor.logger.error("supervisor built an invalid \(envelope.message.type) for worker \(record.id): \(error)")
+        auditor.log(.error, "supervisor built an invalid \(envelope.message.type) for worker \(record.id): \(error)")
         kill(record, .stoppedBySupervisor)
     }
 
@@ -1139,7 +1138,7 @@ final class EventLoop: @unchecked Sendable {
         case .success(let result?): status = result
         case .success(nil): return
         case .failure(let errno):
-            auditor.logger.error("waitid on worker \(record.id)'s pidfd failed: \(errno)")
+            auditor.log(.error, "waitid on worker \(record.id)'s pidfd failed: \(errno)")
             status = (0, 0, 0)
         }
         // What left its group (learning mode lets setsid through) is no longer learned from.

@@ -419,7 +419,7 @@ final class InterceptServer: @unchecked Sendable {
         if binding, case .success = result, active.keepsIPv4Out(parsed, type: type),
            system_getsockopt_int(raw, 41 /* IPPROTO_IPV6 */, 26 /* IPV6_V6ONLY */) != .success(1) {
             if programPidfd >= 0 { _ = system_pidfd_send_signal(programPidfd, SIGKILL) }
-            auditor.logger.critical("intercept: the program cleared IPV6_V6ONLY while its socket was bound at \(parsed); killing it")
+            auditor.log(.critical, "intercept: the program cleared IPV6_V6ONLY while its socket was bound at \(parsed); killing it")
             return deny(n, event, detail, .permissionDenied, "IPV6_V6ONLY was cleared during the bind: the program is killed")
         }
         switch result {
@@ -666,7 +666,7 @@ final class InterceptServer: @unchecked Sendable {
         case .cannotRestore(let why)?:
             stopped = true
             if programPidfd >= 0 { _ = system_pidfd_send_signal(programPidfd, SIGKILL) }
-            auditor.logger.critical("intercept: \(why); killing the program and no longer serving it")
+            auditor.log(.critical, "intercept: \(why); killing the program and no longer serving it")
             return why
         }
     }

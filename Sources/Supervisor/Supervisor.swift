@@ -20,6 +20,7 @@ import Synchronization
 /// ```
 public final class Supervisor: Sendable {
     let loops: [EventLoop]
+    private let auditor: Auditor
     /// Where the search for the least loaded loop starts, so ties go to each loop in turn.
     private let nextLoop = Atomic<Int>(0)
 
@@ -84,6 +85,7 @@ public final class Supervisor: Sendable {
             }
         }
         self.loops = loops
+        self.auditor = auditor
         for loop in loops where loop.hasServingCPU {
             // On the loop thread, before anything is spawned; on failure every loop ends here.
             // A loop just started waits on nothing, so a supervisor made by a task on another
@@ -155,8 +157,14 @@ public final class Supervisor: Sendable {
         loops.flatMap { $0.call { $0.workerSnapshots() } ?? [] }.sorted { $0.id < $1.id }
     }
 
+    /// How long ``shutdown(grace:)`` waits for the audit log and the logger to take what is
+    /// left to write.
+    public static let auditDrainSeconds = 5.0
+
     /// Stops every worker (SIGTERM, then SIGKILL after `grace` seconds), waits for
     /// them all to exit, and ends the serving threads. Spawning afterwards fails.
+    /// Returns once the audit records and log lines made so far are written, or after
+    /// ``auditDrainSeconds`` more if they cannot be (a stopped terminal).
     public func shutdown(grace: Double = 2) async {
         // Every loop is told at once, so their workers' grace periods run together.
         await withTaskGroup(of: Void.self) { group in
@@ -168,6 +176,7 @@ public final class Supervisor: Sendable {
                 }
             }
         }
+        await auditor.drained(within: Self.auditDrainSeconds)
     }
 
     private func activate(_ configuration: WorkerConfiguration) throws(SupervisorError) -> ActivePolicy {

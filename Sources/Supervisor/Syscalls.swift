@@ -135,6 +135,12 @@ func system_eventfd() -> Result<Int32, Errno> {
     return fd >= 0 ? .success(fd) : .failure(currentErrno())
 }
 
+/// An eventfd whose read blocks until it is signalled (for a thread of its own to wait on).
+func system_eventfd_blocking() -> Result<Int32, Errno> {
+    let fd = privsep_eventfd(0, privsep_EFD_CLOEXEC)
+    return fd >= 0 ? .success(fd) : .failure(currentErrno())
+}
+
 func system_write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Result<Int, Errno> {
     retryingOnInterrupt { Glibc.write(fd, bytes.baseAddress, bytes.count) }
 }

@@ -1,4 +1,6 @@
 import Glibc
+import Logging
+import Synchronization
 import PrivsepIPC
 import PrivsepTestSupport
 import Supervisor
@@ -271,5 +273,70 @@ import Testing
         let lines = readAvailable(pipe.read).split(separator: "\n").dropFirst()
         #expect(Array(lines) == ["read \(scratch.path)/a.txt alpha", "read \(scratch.path)/a.txt errno \(EACCES)", "read \(scratch.path)/b.txt bravo"])
         await supervisor.shutdown()
+    }
+}
+
+/// A log handler whose every write waits until its gate opens: a terminal a worker stopped
+/// (TCXONC), or a pipe nobody reads.
+private struct GatedLogHandler: LogHandler {
+    final class Gate: Sendable {
+        private let state = Mutex<(open: Bool, entered: Bool, messages: [String])>((false, false, []))
+        func open() { state.withLock { $0.open = true } }
+        var entered: Bool { state.withLock { $0.entered } }
+        var messages: [String] { state.withLock { $0.messages } }
+        func pass(_ message: String) {
+            state.withLock { $0.entered = true }
+            while !state.withLock({ $0.open }) { usleep(1_000) }
+            state.withLock { $0.messages.append(message) }
+        }
+    }
+
+    let gate: Gate
+    var logLevel: Logger.Level = .notice
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        gate.pass("\(message)")
+    }
+}
+
+@Suite struct BlockedLogTests {
+    /// A logger that blocks holds up no worker: records wait for it (up to the writer's
+    /// capacity, the rest counted as dropped), and the serving thread goes on serving.
+    @Test func aLoggerThatBlocksHoldsUpNoWorker() async throws {
+        let gate = GatedLogHandler.Gate()
+        var logger = Logger(label: "privsep.test", factory: { _ in GatedLogHandler(gate: gate) })
+        logger.logLevel = .notice
+        let supervisor = try Supervisor(logger: logger)
+        var policy = Policy()
+        policy.allow(path: "/etc/hostname", .file, [.read])
+        let refusals = 20_000
+        // Were the serving thread to wait on the logger, the worker would wait with it: a
+        // watchdog opens the gate after a minute, and says so.
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(60))
+            gate.open()
+            return true
+        }
+        let run = try await runWorker(["handshake", "opens:\(refusals):/etc/shadow", "read:/etc/hostname", "exit:0"],
+                                      policy: policy, supervisor: supervisor, configure: { $0.caps.auditRecordsPerSecond = 0 })
+        watchdog.cancel()
+        #expect(await (try? watchdog.value) == nil, "the worker was served only once the logger was unblocked")
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.contains("opens granted 0 refused \(refusals)"))
+        #expect(gate.entered)
+        gate.open()
+        await supervisor.shutdown()
+        let messages = gate.messages
+        let logged = messages.filter { $0.contains(" OPEN /etc/shadow") }.count
+        let report = try #require(messages.first { $0.hasSuffix(" log lines were dropped: the log was not being written (16384 were waiting)") })
+        let dropped = Int(report.prefix { $0 != " " })!
+        #expect(logged + dropped == refusals, "\(logged) logged, \(dropped) dropped")
+        #expect(logged >= 16_384)
     }
 }

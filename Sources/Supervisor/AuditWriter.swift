@@ -1,0 +1,152 @@
+import Logging
+import PrivsepIPC
+import Synchronization
+import SystemPackage
+
+/// Writes audit records and log lines on a thread of its own, so that no serving thread
+/// waits on a terminal, a pipe or a disk. A worker can make those block: one that shares the
+/// supervisor's terminal (its stderr, by default) and may use terminal ioctls stops the
+/// terminal's output (TCXONC), and one that fills a pipe the supervisor also logs to stalls
+/// every write to it. A serving thread blocked in such a write served no other worker.
+///
+/// Bounded: past ``capacity`` entries waiting, entries are dropped and counted, and the count
+/// is logged once there is room again (records among them count as the audit log's
+/// ``AuditLog/lostRecords``). The thread ends when the last copy of the writer is gone and
+/// everything given to it is written.
+final class AuditWriter: Sendable {
+    enum Entry: Sendable {
+        case record(AuditRecord)
+        case line(Logger.Level, Logger.Message, Logger.Metadata?)
+    }
+
+    /// Entries waiting, at most: about 4 MB of typical records.
+    static let capacity = 16_384
+
+    private let core: Core
+
+    /// Starts the writing thread; nil if it cannot be started.
+    init?(write: @escaping @Sendable (Entry) -> Void, reportDropped: @escaping @Sendable (_ records: Int, _ lines: Int) -> Void) {
+        guard case .success(let wakeup) = system_eventfd_blocking() else { return nil }
+        core = Core(wakeup: wakeup)
+        let core = self.core
+        guard startDetachedThread(named: "privsep-audit", on: nil, { core.run(write: write, reportDropped: reportDropped) }) else {
+            core.closeWakeup()
+            return nil
+        }
+    }
+
+    deinit { core.finish() }
+
+    /// Queues `entry`; counts it as dropped when the queue is full.
+    func enqueue(_ entry: Entry) {
+        if core.enqueue(entry) { core.wake() }
+    }
+
+    /// Returns once everything queued before the call is written, or after `seconds`
+    /// (a writer blocked on a stopped terminal must not hold up a shutdown for ever).
+    func drained(within seconds: Double) async {
+        let id = core.nextWaiterID()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            guard core.addWaiter(id, continuation) else { return continuation.resume() }
+            Task.detached {
+                try? await Task.sleep(for: .milliseconds(Int(max(seconds, 0) * 1000)))
+                self.core.removeWaiter(id)?.resume()
+            }
+        }
+    }
+
+    final class Core: Sendable {
+        private struct State {
+            var queue: [Entry] = []
+            var droppedRecords = 0
+            var droppedLines = 0
+            /// The thread found nothing to write and waits (or is about to) on the eventfd.
+            var idle = true
+            var finishing = false
+            var nextWaiterID = 0
+            var waiters: [(id: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        }
+
+        private let state = Mutex(State())
+        private let wakeup: Int32
+
+        init(wakeup: Int32) { self.wakeup = wakeup }
+
+        /// Whether the thread must be woken.
+        func enqueue(_ entry: Entry) -> Bool {
+            state.withLock { state in
+                guard state.queue.count < AuditWriter.capacity else {
+                    if case .record = entry { state.droppedRecords += 1 } else { state.droppedLines += 1 }
+                    return false
+                }
+                state.queue.append(entry)
+                defer { state.idle = false }
+                return state.idle
+            }
+        }
+
+        func wake() {
+            var one: UInt64 = 1
+            _ = withUnsafeBytes(of: &one) { system_write(wakeup, $0) }
+        }
+
+        func finish() {
+            let wake = state.withLock { state in
+                state.finishing = true
+                defer { state.idle = false }
+                return state.idle
+            }
+            if wake { self.wake() }
+        }
+
+        func closeWakeup() { _ = system_close(wakeup) }
+
+        func nextWaiterID() -> Int { state.withLock { state in defer { state.nextWaiterID += 1 }; return state.nextWaiterID } }
+
+        /// False when nothing is waiting to be written (the caller need not wait).
+        func addWaiter(_ id: Int, _ continuation: CheckedContinuation<Void, Never>) -> Bool {
+            state.withLock { state in
+                if state.idle && state.queue.isEmpty { return false }
+                state.waiters.append((id, continuation))
+                return true
+            }
+        }
+
+        func removeWaiter(_ id: Int) -> CheckedContinuation<Void, Never>? {
+            state.withLock { state in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index).continuation
+            }
+        }
+
+        func run(write: (Entry) -> Void, reportDropped: (Int, Int) -> Void) {
+            while true {
+                var batch: [Entry] = []
+                var dropped = (records: 0, lines: 0)
+                var waiters: [CheckedContinuation<Void, Never>] = []
+                var finished = false
+                state.withLock { state in
+                    swap(&batch, &state.queue)
+                    dropped = (state.droppedRecords, state.droppedLines)
+                    (state.droppedRecords, state.droppedLines) = (0, 0)
+                    if batch.isEmpty && dropped == (0, 0) {
+                        state.idle = true
+                        waiters = state.waiters.map(\.continuation)
+                        state.waiters = []
+                        finished = state.finishing
+                    }
+                }
+                if dropped != (0, 0) { reportDropped(dropped.records, dropped.lines) }
+                if !batch.isEmpty || dropped != (0, 0) {
+                    for entry in batch { write(entry) }
+                    continue
+                }
+                for waiter in waiters { waiter.resume() }
+                if finished { break }
+                var count: UInt64 = 0
+                _ = withUnsafeMutableBytes(of: &count) { system_read(wakeup, $0) }
+            }
+            closeWakeup()
+        }
+    }
+}
