@@ -23,6 +23,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     private var receivesSenderCredentials = false
     /// Whether the kernel refuses fds sent to this end (SO_PASSRIGHTS off).
     private var refusesFileDescriptors = false
+    /// Whether fds the peer sends are taken as hostile (``closePeerFileDescriptorsAtOnce()``).
+    private var closesPeerFileDescriptorsOnReceipt = false
 
     /// Wraps a descriptor that is already a connected SOCK_SEQPACKET socket.
     /// Use ``validated(_:)`` for a descriptor of unknown origin.
@@ -75,6 +77,24 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         var off: Int32 = 0
         try system_setsockopt(descriptor.unsafeRawValue, SOL_SOCKET, privsep_SO_PASSRIGHTS, &off).get()
         refusesFileDescriptors = true
+    }
+
+    /// Whether the kernel refuses every fd sent to this end (``refuseFileDescriptors()``
+    /// succeeded): no fd of the peer's can be in flight to it.
+    public var refusesPeerFileDescriptors: Bool { refusesFileDescriptors }
+
+    /// For an end whose peer is hostile and whose receiving thread must never block: every fd
+    /// the peer sends is installed and, if a socket, set to close at once (SO_LINGER {1, 0})
+    /// before anything else happens to it, including being closed with a refused datagram.
+    ///
+    /// The last close of a TCP socket the peer set to linger, with data a receiver never takes,
+    /// waits for the linger time the peer chose. An fd the kernel drops because the receive
+    /// had no room for it is closed by the kernel on the receiving thread, unseen. So where
+    /// fds can arrive (the kernel cannot refuse them, or this end takes a LISTENER) a receive
+    /// has room for all a datagram can carry (253, the kernel's SCM_MAX_FD), and those past
+    /// the caller's `maximumFileDescriptors` are installed only to be closed.
+    public mutating func closePeerFileDescriptorsAtOnce() {
+        closesPeerFileDescriptorsOnReceipt = true
     }
 
     /// Whether this kernel can refuse fds sent to a socket (SO_PASSRIGHTS, Linux 6.16+),
@@ -228,7 +248,9 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     /// when this process had no free fd number for them), more fds than allowed
     /// arrived, or a control message other than SCM_RIGHTS came with it. The
     /// control buffer is sized for `maximumFileDescriptors`, so a peer that sends
-    /// more cannot make this process install them. End-of-file is ``ChannelError/peerClosed``.
+    /// more cannot make this process install them (except on an end that
+    /// ``closePeerFileDescriptorsAtOnce()``, which installs them to close them itself).
+    /// End-of-file is ``ChannelError/peerClosed``.
     /// On an end that refuses fds with sender credentials off, the receive is `recv`: no
     /// control data can arrive there, so of these only a datagram that did not fit fails it.
     public func receive(
@@ -239,14 +261,14 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         precondition((0...Self.maximumFileDescriptorsPerMessage).contains(maximumFileDescriptors),
                      "maximumFileDescriptors must be 0...253")
         return try withUnsafeTemporaryAllocation(
-            byteCount: max(controlLength(maximumFileDescriptors), 1), alignment: MemoryLayout<cmsghdr>.alignment
+            byteCount: max(controlLength(room(for: maximumFileDescriptors)), 1), alignment: MemoryLayout<cmsghdr>.alignment
         ) { (control) throws(ChannelError) -> ReceivedDatagram in
             try receive(into: buffer, control: control, maximumFileDescriptors: maximumFileDescriptors, nonBlocking: nonBlocking)
         }
     }
 
     /// Bytes of control buffer a receive of up to `maximumFileDescriptors` fds uses.
-    /// Sized exactly: fds beyond the limit are never installed in this process. The fd
+    /// Sized exactly: fds beyond the room are never installed in this process. The fd
     /// part is CMSG_LEN, not CMSG_SPACE: the kernel fills the room it is given, and the
     /// alignment padding of CMSG_SPACE holds one more fd when the count is odd.
     /// SCM_CREDENTIALS, when enabled, comes first.
@@ -254,6 +276,12 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         let credentialsLength = receivesSenderCredentials ? privsep_cmsg_space(MemoryLayout<privsep_peer_credentials>.size) : 0
         return credentialsLength + (maximumFileDescriptors == 0
             ? 0 : privsep_cmsg_len(maximumFileDescriptors * MemoryLayout<Int32>.size))
+    }
+
+    /// The fds a receive makes room for: those the caller takes, or every fd a datagram can
+    /// carry on an end that closes a hostile peer's fds itself (``closePeerFileDescriptorsAtOnce()``).
+    private func room(for maximumFileDescriptors: Int) -> Int {
+        closesPeerFileDescriptorsOnReceipt && !refusesFileDescriptors ? Self.maximumFileDescriptorsPerMessage : maximumFileDescriptors
     }
 
     /// The largest control buffer any receive uses (253 fds and credentials).
@@ -282,7 +310,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         if refusesFileDescriptors && !receivesSenderCredentials {
             return try receiveBytesOnly(into: buffer, nonBlocking: nonBlocking)
         }
-        let controlLength = controlLength(maximumFileDescriptors)
+        let room = room(for: maximumFileDescriptors)
+        let controlLength = controlLength(room)
         precondition(scratch.count >= controlLength, "control buffer too small")
         let control = UnsafeMutableRawBufferPointer(rebasing: scratch[..<max(controlLength, 1)])
         let flags = privsep_MSG_CMSG_CLOEXEC | (nonBlocking ? privsep_MSG_DONTWAIT : 0)
@@ -328,7 +357,10 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
                 fds.reserveCapacity(fds.count + dataLength / MemoryLayout<Int32>.size)
                 for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
                     let fd = data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
-                    if fd >= 0 { fds.adopt(fd) }
+                    if fd >= 0 {
+                        if closesPeerFileDescriptorsOnReceipt { system_reset_linger_if_socket(fd) }
+                        fds.adopt(fd)
+                    }
                 }
                 if !isRights && unexpected == nil { unexpected = (level, type) }
             } else if level == SOL_SOCKET && type == privsep_SCM_CREDENTIALS && receivesSenderCredentials
@@ -345,8 +377,10 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
             // The kernel installs fds until the room offered is full or an install fails: fewer
             // than the room, whole bytes and nothing unexpected mean this process had no free
             // fd number (EMFILE), not that the sender sent too many.
-            if fds.count < maximumFileDescriptors && message.msg_flags & privsep_MSG_TRUNC == 0 && unexpected == nil {
-                throw .fileDescriptorsNotInstalled(byteCount: byteCount)
+            if fds.count < room && message.msg_flags & privsep_MSG_TRUNC == 0 && unexpected == nil {
+                throw fds.count > maximumFileDescriptors
+                    ? .tooManyFileDescriptors(received: fds.count, limit: maximumFileDescriptors)
+                    : .fileDescriptorsNotInstalled(byteCount: byteCount)
             }
             throw .controlTruncated(acceptedFileDescriptors: maximumFileDescriptors)
         }

@@ -85,3 +85,13 @@ internal func system_setsockopt<Value>(
     let rc = withUnsafeBytes(of: &value) { Glibc.setsockopt(fd, level, option, $0.baseAddress, socklen_t($0.count)) }
     return rc == 0 ? .success(()) : .failure(currentErrno())
 }
+
+/// If `fd` is a socket, sets SO_LINGER to {on, 0 s}: its last close then resets a TCP
+/// connection at once instead of waiting, for as long as the linger a peer chose, for unsent
+/// data a receiver may never take. For fds a peer sent, closed by a thread that must not block.
+internal func system_reset_linger_if_socket(_ fd: Int32) {
+    var info = stat()
+    guard system_fstat(fd, into: &info) == nil, info.st_mode & S_IFMT == S_IFSOCK else { return }
+    var immediately = linger(l_onoff: 1, l_linger: 0)
+    _ = system_setsockopt(fd, SOL_SOCKET, SO_LINGER, &immediately)
+}

@@ -1117,6 +1117,21 @@ final class EventLoop: @unchecked Sendable {
     /// Closes the channel and drops everything waiting on it (pending connects, parked replies).
     private func closeChannel(_ record: WorkerRecord) {
         guard let channel = record.channel else { return }
+        // Closed with datagrams queued, the channel would have the kernel close their fds here,
+        // unseen: a socket the worker set to linger would hold this thread (see
+        // SeqpacketSocket.closePeerFileDescriptorsAtOnce). Where fds can be queued, it is read
+        // empty first (the kernel queues a few hundred datagrams at most).
+        if !channel.socket.refusesPeerFileDescriptors {
+            for _ in 0..<Self.lastMessagesRead {
+                do {
+                    _ = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 0, nonBlocking: true)
+                } catch .system, .peerClosed {
+                    break // empty (EAGAIN), or the worker's end is gone
+                } catch {
+                    continue // refused, its fds closed as it was
+                }
+            }
+        }
         if let token = record.channelToken { unregister(channel.socket.unsafeRawValue, token: token) }
         record.channelToken = nil
         record.channel = nil

@@ -48,6 +48,10 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
     // with this, ~80, after which replies are parked and the worker is killed once it has
     // left them unread for replyStallSeconds. It holds several largest messages.
     do { try supervisorEnd.setSendBufferSize(32 << 10) } catch { throw SpawnError(step: "SO_SNDBUF", errno: error) }
+    // A serving thread must never make the last close of a socket the worker set to linger
+    // (it would wait as long as the worker chose, serving no one): fds a worker sends are
+    // installed and made to close at once, never dropped by the kernel on that thread.
+    supervisorEnd.closePeerFileDescriptorsAtOnce()
     // Only a learning or intercept worker hands the supervisor an fd (its LISTENER): every
     // other worker's fds are refused by the kernel, from before the worker runs. Without
     // SO_PASSRIGHTS (before Linux 6.16) the serving loop's receive installs at most one,

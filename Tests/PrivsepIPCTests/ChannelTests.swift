@@ -651,6 +651,46 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         }
     }
 
+    /// An end that closes a hostile peer's fds at once installs every fd a datagram carries
+    /// (none is left for the kernel to close unseen on the receiving thread), refuses those
+    /// past the limit, closes them, and sets a socket among them to close without lingering.
+    @Test func anEndThatClosesPeerDescriptorsAtOnceTakesThemAllAndUnlingersSockets() async {
+        await #expect(processExitsWith: .success) {
+            let pair = try! SeqpacketSocket.pair()
+            let a = pair.first
+            var b = pair.second
+            b.closePeerFileDescriptorsAtOnce()
+            let before = openFileDescriptorSet()
+            for (sent, limit) in [(3, 1), (253, 0), (253, 16)] {
+                var fds = OwnedFileDescriptors()
+                for _ in 0..<sent { fds.append(makeDescriptor()) }
+                do { try [UInt8](repeating: 1, count: 24).withUnsafeBytes { try a.send($0, passing: fds) } } catch { fail("send \(sent): \(error)") }
+                fds.closeAll()
+                do {
+                    _ = try b.receive(maximumBytes: 64, maximumFileDescriptors: limit)
+                    fail("\(sent) fds accepted with limit \(limit)")
+                } catch let error as ChannelError {
+                    require(error == .tooManyFileDescriptors(received: sent, limit: limit), "sent \(sent), limit \(limit): \(error)")
+                } catch {
+                    fail("\(error)")
+                }
+                require(newFileDescriptors(since: before).isEmpty, "sent \(sent), limit \(limit): leaked")
+            }
+            // A TCP socket set to linger arrives set to close at once.
+            let tcp = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var lingering = linger(l_onoff: 1, l_linger: 60)
+            require(setsockopt(tcp, SOL_SOCKET, SO_LINGER, &lingering, socklen_t(MemoryLayout<linger>.size)) == 0, "SO_LINGER")
+            do { try [UInt8](repeating: 1, count: 8).withUnsafeBytes { try a.send($0, passing: OwnedFileDescriptor(adoptingRawValue: tcp)) } }
+            catch { fail("send: \(error)") }
+            let received = try! b.receive(maximumBytes: 64, maximumFileDescriptors: 1)
+            require(received.fileDescriptors.count == 1, "one fd")
+            var now = linger()
+            var size = socklen_t(MemoryLayout<linger>.size)
+            require(getsockopt(received.fileDescriptors.unsafeRawValues[0], SOL_SOCKET, SO_LINGER, &now, &size) == 0, "getsockopt")
+            require(now.l_onoff == 1 && now.l_linger == 0, "linger \(now.l_onoff) \(now.l_linger)")
+        }
+    }
+
     @Test func malformedMessagesCloseTheirDescriptors() async {
         await #expect(processExitsWith: .success) {
             let pair = try! SeqpacketSocket.pair()

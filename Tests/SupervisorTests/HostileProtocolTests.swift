@@ -80,6 +80,47 @@ import Testing
     }
 }
 
+/// A worker that sends the supervisor a TCP socket set to linger, with data its peer never
+/// takes, must not make the serving thread do the blocking last close: that thread would
+/// serve no one for as long as the worker chose. A learning worker's channel takes fds on
+/// every kernel, as every channel does before Linux 6.16. The fd is read and refused, or
+/// still queued when the worker is killed for an earlier datagram.
+@Suite(.serialized) struct LingeringSocketTests {
+    @Test(arguments: ["lingerfd", "lingerfdqueued"]) func aLingeringSocketFromAWorkerHoldsUpNoOne(step: String) async throws {
+        // The peer: a listener of the test's that never accepts, so the connection outlives the worker.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) } }
+        #expect(listen(listener, 8) == 0)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
+        let port = UInt16(bigEndian: address.sin_port)
+
+        let supervisor = try Supervisor(logger: quietLogger())
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(30))
+            return true
+        }
+        // Two LOG lines spend the worker's token: the supervisor stops reading it for a second,
+        // so the fd is in flight when the worker closes its own copy, and the supervisor's is last.
+        let hostile = try await runWorker(["handshake", "log:a", "log:b", "\(step):60:\(port)", "sleep:30"], supervisor: supervisor) {
+            $0.learning = true
+            $0.caps.messagesPerSecond = 1
+            $0.caps.messageBurst = 1
+        }
+        #expect(hostile.lines.contains("lingerfd sent"))
+        guard case .protocolViolation = hostile.reason else { Issue.record("\(hostile.reason)"); return }
+        // Another worker, on the same (only) serving thread, is served as usual.
+        let honest = try await runWorker(["handshake", "exit:0"], supervisor: supervisor)
+        #expect(honest.reason == .exited(code: 0))
+        watchdog.cancel()
+        #expect(await (try? watchdog.value) == nil, "the serving thread waited on the worker's socket")
+        await supervisor.shutdown()
+    }
+}
 
 /// Equal outcomes; a seccomp violation is compared by call and architecture only.
 func sameOutcome(_ a: ExitReason, _ b: ExitReason) -> Bool {

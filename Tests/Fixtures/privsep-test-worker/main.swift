@@ -385,6 +385,42 @@ for step in CommandLine.arguments.dropFirst() {
             do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
         }
         say("\(parts[0]) sent \(sent)")
+    case "lingerfd", "lingerfdqueued":
+        // lingerfd:SECONDS:PORT. A TCP socket whose last close would wait SECONDS (SO_LINGER,
+        // data unsent, a peer at 127.0.0.1:PORT that never accepts), sent to the supervisor with
+        // bytes that are no message (behind another bad datagram, for "queued"); our copy is
+        // closed first, so the supervisor's is the last.
+        let seconds = Int32(parts[1])!
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(parts[2])!.bigEndian
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { say("lingerfd connect failed \(errno)"); exit(4) }
+        _ = fcntl(client, F_SETFL, O_NONBLOCK)
+        var chunk = [UInt8](repeating: 0x41, count: 65536)
+        // Filled twice: the second time the peer's window has closed.
+        for _ in 0..<2 {
+            while write(client, &chunk, chunk.count) > 0 {}
+            usleep(100_000)
+        }
+        var lingering = linger(l_onoff: 1, l_linger: seconds)
+        _ = setsockopt(client, SOL_SOCKET, SO_LINGER, &lingering, socklen_t(MemoryLayout<linger>.size))
+        let channel = SeqpacketSocket(OwnedFileDescriptor(adoptingRawValue: dup(WireFormat.channelFileDescriptor)))
+        // Sent from a copy, so that ours is closed before the supervisor can read it.
+        let sent = dup(client)
+        close(client)
+        do {
+            if parts[0] == "lingerfdqueued" { try [UInt8(0)].withUnsafeBytes { try channel.unsafeSend($0, passingRawValues: []) } }
+            try [UInt8](repeating: 0xde, count: 4).withUnsafeBytes { try channel.unsafeSend($0, passingRawValues: [sent]) }
+            close(sent)
+            say("lingerfd sent")
+        } catch {
+            say("lingerfd failed \(error)")
+        }
     case "claim":
         // Reports layers as in force without applying any.
         do { try requireConnection().reportSandbox(SandboxStatus(requested: [], active: SandboxLayers(rawValue: UInt32(parts[1])!))) }
