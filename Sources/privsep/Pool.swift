@@ -120,27 +120,46 @@ struct Pool: AsyncParsableCommand {
             throw ExitCode(3)
         }
 
-        var source = InputSource(paths: inputs)
+        let reader = PathReader(InputSource(paths: inputs))
         let started = Clock.now
         // A bounded window of jobs in flight: each holds an open fd until its worker has it.
         let window = workers + configuration.queueCapacity
         var failures = 0, unreadable = 0, total = 0
         let printer = OutcomePrinter(json: json, quiet: quiet)
-        await withTaskGroup(of: Outcome.self) { group in
-            var inFlight = 0
-            while true {
-                while inFlight < window, let path = source.next() {
+        // Paths are read on a thread of their own, one at a time, while results are printed as
+        // they come: a producer that writes a path now and then (tail -f, inotifywait -m) sees
+        // each result at once, not when the window has filled.
+        enum Event: Sendable {
+            case path([UInt8]?)
+            case outcome(Outcome)
+        }
+        await withTaskGroup(of: Event.self) { group in
+            var inFlight = 0, reading = false, inputEnded = false
+            func readNextIfRoom() {
+                guard !reading, !inputEnded, inFlight < window else { return }
+                reading = true
+                group.addTask { .path(await reader.next()) }
+            }
+            readNextIfRoom()
+            while let event = await group.next() {
+                switch event {
+                case .path(let path?):
+                    reading = false
                     inFlight += 1
-                    group.addTask { await runOne(path, pool: pool) }
+                    group.addTask { .outcome(await runOne(path, pool: pool)) }
+                case .path(nil):
+                    reading = false
+                    inputEnded = true
+                case .outcome(let outcome):
+                    inFlight -= 1
+                    total += 1
+                    if let failure = outcome.failure {
+                        failures += 1
+                        if failure.kind == "unreadable" { unreadable += 1 }
+                    }
+                    printer.print(outcome)
                 }
-                guard inFlight > 0, let outcome = await group.next() else { break }
-                inFlight -= 1
-                total += 1
-                if let failure = outcome.failure {
-                    failures += 1
-                    if failure.kind == "unreadable" { unreadable += 1 }
-                }
-                printer.print(outcome)
+                readNextIfRoom()
             }
         }
         let elapsed = Clock.now - started
@@ -214,6 +233,73 @@ private func format(_ value: Double, _ decimals: Int) -> String {
 /// Input paths from the command line, else from stdin one per line. A path is its bytes:
 /// Linux file names need not be UTF-8, and decoding one (as `readLine` does) would put
 /// U+FFFD in place of a byte and name another file.
+/// Reads the inputs' paths on a thread of its own (a blocking read of stdin must not hold a
+/// thread of the cooperative pool, nor keep finished results from being printed), one path
+/// per ``next()`` call. The thread ends at the end of the input.
+private final class PathReader: @unchecked Sendable {
+    // Touched by the reading thread only, after init.
+    private var source: InputSource
+    // Allocated, so that their addresses never move.
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wanted = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // Under `lock`: the caller waiting for the next path, and whether the thread runs.
+    private var waiting: CheckedContinuation<[UInt8]?, Never>?
+    private var started = false
+
+    init(_ source: InputSource) {
+        self.source = source
+        pthread_mutex_init(lock, nil)
+        pthread_cond_init(wanted, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(wanted)
+        pthread_mutex_destroy(lock)
+        wanted.deallocate()
+        lock.deallocate()
+    }
+
+    /// The next path, or nil at the end of the input. One call at a time.
+    func next() async -> [UInt8]? {
+        await withCheckedContinuation { continuation in
+            pthread_mutex_lock(lock)
+            waiting = continuation
+            let start = !started
+            started = true
+            pthread_cond_signal(wanted)
+            pthread_mutex_unlock(lock)
+            if start { startThread() }
+        }
+    }
+
+    private func startThread() {
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(self)
+        let rc = pthread_create(&thread, nil, { context in
+            Unmanaged<PathReader>.fromOpaque(context!).takeRetainedValue().run()
+            return nil
+        }, box.toOpaque())
+        if rc != 0 {
+            box.release()
+            fatalError("privsep pool: cannot start the thread that reads the inputs: \(Errno(rawValue: rc))")
+        }
+        pthread_detach(thread)
+    }
+
+    private func run() {
+        while true {
+            pthread_mutex_lock(lock)
+            while waiting == nil { pthread_cond_wait(wanted, lock) }
+            let continuation = waiting!
+            waiting = nil
+            pthread_mutex_unlock(lock)
+            let path = source.next()
+            continuation.resume(returning: path)
+            if path == nil { return }
+        }
+    }
+}
+
 private struct InputSource {
     private var paths: [String]
     private var index = 0

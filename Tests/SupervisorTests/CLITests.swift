@@ -139,6 +139,22 @@ import Testing
         #expect(!result.stdout.contains("FAIL"))
     }
 
+    /// A path read from stdin gets its result printed when its job ends, not when more paths
+    /// have come: the producer here writes its second path only once the first result is out
+    /// (after 20 s without it, it notes that it gave up waiting).
+    @Test func poolPrintsEachResultWithoutWaitingForMoreInput() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [] }"#)
+        let out = scratch.path + "/out", late = scratch.path + "/late"
+        let producer = "echo /etc/hostname; for i in $(seq 200); do grep -q hostname \(out) && break; sleep 0.1; done; "
+            + "grep -q hostname \(out) || touch \(late); echo /etc/hosts"
+        let pool = "\(Self.binDirectory)/privsep pool --policy \(scratch.path)/policy.json --workers 2 -- \(testWorkerPath) handshake lockdown serve"
+        let result = try await ExampleTests.run("/bin/sh", ["-c", "(\(producer)) | \(pool) > \(out)"])
+        #expect(result.status == 1, "\(result.stderr)") // both rejected: the worker knows no such command
+        #expect(scratch.contents("out")?.contains("/etc/hosts\trejected") == true)
+        #expect(!FileManager.default.fileExists(atPath: late), "the first result came only with the second path")
+    }
+
     /// Rules of every shape get the attacks aimed at what each does not grant: flags, planted
     /// symlinks (removed after), the required layers, and the calls only Landlock stops.
     @Test func selftestAimsAtWhatEachRuleLeavesOut() async throws {
