@@ -389,7 +389,8 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         if fds.count > maximumFileDescriptors {
             throw .tooManyFileDescriptors(received: fds.count, limit: maximumFileDescriptors)
         }
-        if byteCount == 0 && fds.isEmpty { throw .peerClosed }
+        // With sender credentials on, an empty datagram carries them and only the end does not.
+        if byteCount == 0 && fds.isEmpty && sender == nil { throw .peerClosed }
         return ReceivedDatagram(byteCount: byteCount, fileDescriptors: fds, flags: message.msg_flags,
                                 senderCredentials: sender)
     }

@@ -48,9 +48,11 @@ final class AuditWriter: Sendable {
         let id = core.nextWaiterID()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             guard core.addWaiter(id, continuation) else { return continuation.resume() }
+            // The core only: holding the writer would keep its thread for the whole wait.
+            let core = self.core
             Task.detached {
                 try? await Task.sleep(for: .milliseconds(Int(max(seconds, 0) * 1000)))
-                self.core.removeWaiter(id)?.resume()
+                core.removeWaiter(id)?.resume()
             }
         }
     }

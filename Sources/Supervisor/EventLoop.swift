@@ -873,14 +873,18 @@ final class EventLoop: @unchecked Sendable {
         record.tokens = min(burst, record.tokens + elapsed * Double(caps.messagesPerSecond))
         if record.tokens >= 1 {
             record.tokens -= 1
-            // The bucket was at least half full: the worker is back under its rate, and a later
-            // throttle starts a flood of its own. (With "more than half" a burst of 1 or 2 never
-            // got there, and a throttle minutes later counted from the first.)
-            if record.tokens >= (burst - 1) / 2 { record.throttledSince = nil }
+            // More than half the burst left: the worker is back under its rate.
+            if record.tokens > burst / 2 { record.throttledSince = nil }
             return true
         }
-        // This message is served (it was already read); then reading pauses.
-        record.tokens -= 1
+        // This message is served (it was already read); then reading pauses. A flood holds the
+        // worker back throttle after throttle, its next message there as soon as reading
+        // resumes: a throttle that begins well after the last one ended starts a flood of its
+        // own. (A burst of 1 or 2 never leaves more than half of it, so that alone would
+        // count a throttle minutes later from the first.)
+        if let ended = record.lastThrottleEnded, now > ended, Double(now - ended) / 1e9 > Self.floodGapSeconds {
+            record.throttledSince = nil
+        }
         if record.throttledSince == nil { record.throttledSince = now }
         let until = now + nanoseconds((1 - record.tokens) / Double(max(caps.messagesPerSecond, 1)))
         record.throttledUntil = until
@@ -1042,6 +1046,7 @@ final class EventLoop: @unchecked Sendable {
             }
             if now >= until {
                 record.throttledUntil = nil
+                record.lastThrottleEnded = until
                 updateInterest(record)
             } else {
                 consider(until)
@@ -1120,13 +1125,18 @@ final class EventLoop: @unchecked Sendable {
         // Closed with datagrams queued, the channel would have the kernel close their fds here,
         // unseen: a socket the worker set to linger would hold this thread (see
         // SeqpacketSocket.closePeerFileDescriptorsAtOnce). Where fds can be queued, it is read
-        // empty first (the kernel queues a few hundred datagrams at most).
+        // empty first. An empty datagram reads like the end of the channel, so a worker could
+        // hide fds behind a few; with sender credentials on, every datagram carries them and
+        // the end does not. Unable to tell them apart, the drain reads on to its limit.
         if !channel.socket.refusesPeerFileDescriptors {
-            for _ in 0..<Self.lastMessagesRead {
+            let endIsKnown = channel.enableSenderCredentials()
+            for _ in 0..<Self.drainLimit {
                 do {
                     _ = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 0, nonBlocking: true)
-                } catch .system, .peerClosed {
-                    break // empty (EAGAIN), or the worker's end is gone
+                } catch .system {
+                    break // empty (EAGAIN)
+                } catch .peerClosed where endIsKnown {
+                    break // the worker's end is gone and nothing is left
                 } catch {
                     continue // refused, its fds closed as it was
                 }
@@ -1243,6 +1253,15 @@ final class EventLoop: @unchecked Sendable {
     /// worker can have left, while one whose copy of the channel lives on in another
     /// process cannot keep the loop reading.
     static let lastMessagesRead = 1024
+
+    /// A throttle that begins this long after the last one ended starts a flood of its own
+    /// (a flooding worker's next message is read as soon as its pause ends).
+    static let floodGapSeconds = 0.1
+
+    /// The most datagrams ``closeChannel(_:)`` reads to empty a channel: more than the kernel
+    /// queues on one (about 280 with the default send buffer, 11,000 at a 4 MB wmem_max),
+    /// against a sender that keeps refilling it.
+    static let drainLimit = 16_384
 
     // MARK: Pools (called by PoolCore, on this thread)
 
@@ -1393,6 +1412,8 @@ final class WorkerRecord: DeadlineQueued {
     @exclusivity(unchecked) var lastRefill: UInt64
     @exclusivity(unchecked) var throttledSince: UInt64?
     @exclusivity(unchecked) var throttledUntil: UInt64?
+    /// When the last throttle's pause ended (see consumeToken).
+    @exclusivity(unchecked) var lastThrottleEnded: UInt64?
     @exclusivity(unchecked) var auditBudget: AuditBudget
     @exclusivity(unchecked) var parked: [ParkedReply] = []
     var parkedSince: UInt64?
@@ -1439,6 +1460,12 @@ final class ChannelBox {
 
     func disableSenderCredentials() {
         _ = try? socket.disableSenderCredentials()
+    }
+
+    /// Turns sender credentials on: each datagram, an empty one included, then comes with them,
+    /// and only the end of the channel without (see EventLoop.closeChannel).
+    func enableSenderCredentials() -> Bool {
+        (try? socket.enableSenderCredentials()) != nil
     }
 }
 

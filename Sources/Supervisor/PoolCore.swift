@@ -128,9 +128,11 @@ final class PoolCore: @unchecked Sendable {
         slot.job = nil
         job.slot = nil
         slot.jobsRun += 1
-        // A worker that answered a job has started: a run of failed starts before it is over,
-        // and must no longer fail jobs that find every worker busy (see submit).
-        consecutiveStartupFailures = 0
+        // A worker that answered its first job has started: a run of failed starts before it
+        // is over, and must no longer fail jobs that find every worker busy (see submit).
+        // Only its first: while one worker serves on, replacements that keep failing still
+        // back off further each time.
+        if slot.jobsRun == 1 { consecutiveStartupFailures = 0 }
         jobStopped()
         // The worker's fate first, so metrics read by the caller on hearing of the job include it.
         if chunk.status != 0 && configuration.recycleAfterRejection {

@@ -12,7 +12,9 @@ extension SandboxLayers {
 /// Where what the kernel shows of worker `pid` contradicts its report that `claimed` are in
 /// force, on every thread it has; nil where it agrees. A worker whose threads cannot be read
 /// fails (the check was asked for). `pid` must be an unreaped child of ours, so it cannot
-/// name another process. A thread that is gone, or exiting, is passed over: it runs no more code.
+/// name another process. A thread that is gone, exiting, or a zombie is passed over: it runs no
+/// more code. A supervisor that is not root cannot read the namespaces of a worker that made
+/// itself non-dumpable: such a worker is killed, as one that cannot be checked.
 ///
 /// A SANDBOX_STATUS is the worker's word, and a policy's `require` is what the supervisor
 /// relies on. A lockdown that silently failed, a filter loaded without TSYNC that binds one
@@ -42,11 +44,15 @@ func sandboxContradiction(pid: pid_t, claimed: SandboxLayers) -> String? {
         let directory = "/proc/\(pid)/task/\(tid)"
         if !checked.isDisjoint(with: [.noNewPrivileges, .seccomp]) {
             let text: [UInt8]
-            switch system_read_small_file(directory + "/status", capacity: 16384) {
+            // Whole: a user in thousands of groups pushes these fields past 16 KiB.
+            switch system_read_file(directory + "/status", limit: 1 << 20) {
             case .success(let bytes): text = bytes
             case .failure(.noSuchFileOrDirectory), .failure(.noSuchProcess): continue // the thread is gone
             case .failure(let error): return "thread \(tid)'s status cannot be read (\(error))"
             }
+            // A zombie (a main thread that ended with pthread_exit) shows what it had when it
+            // ended, and runs no more code.
+            if let state = statusField(text, "State"), state.hasPrefix("Z") || state.hasPrefix("X") { continue }
             if checked.contains(.noNewPrivileges), statusField(text, "NoNewPrivs") != "1" {
                 return "thread \(tid) runs without no_new_privs"
             }

@@ -237,15 +237,22 @@ func system_directory_entries(_ path: String) -> Result<[String], Errno> {
     return .success(names)
 }
 
-/// The start of file `path` (at most `capacity` bytes), read in one call.
-func system_read_small_file(_ path: String, capacity: Int) -> Result<[UInt8], Errno> {
+/// File `path` to its end, or its first `limit` bytes.
+func system_read_file(_ path: String, limit: Int) -> Result<[UInt8], Errno> {
     let fd: Int32
     switch system_open(path, O_RDONLY | O_CLOEXEC) {
     case .success(let opened): fd = opened
     case .failure(let error): return .failure(error)
     }
     defer { _ = system_close(fd) }
-    var bytes = [UInt8](repeating: 0, count: capacity)
-    let result = bytes.withUnsafeMutableBytes { system_pread(fd, $0, offset: 0) }
-    return result.map { Array(bytes[..<$0]) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16384)
+    while bytes.count < limit {
+        switch chunk.withUnsafeMutableBytes({ system_read(fd, $0) }) {
+        case .success(0): return .success(bytes)
+        case .success(let count): bytes += chunk[..<min(count, limit - bytes.count)]
+        case .failure(let error): return .failure(error)
+        }
+    }
+    return .success(bytes)
 }

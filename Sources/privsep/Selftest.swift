@@ -56,8 +56,14 @@ struct Selftest: AsyncParsableCommand {
                     report("SKIP", "cannot plant \(link.path): \(Errno(rawValue: errno))")
                     continue
                 }
+                PlantedLink.set(link.path)
             }
-            defer { if let link = attack.plantedLink { unlink(link.path) } }
+            defer {
+                if let link = attack.plantedLink {
+                    unlink(link.path)
+                    PlantedLink.set(nil)
+                }
+            }
             var configuration = WorkerConfiguration(executable: me, arguments: ["_attack", attack.workerAction ?? attack.name] + attack.arguments,
                                                     policy: file.policy, name: "attack-\(attack.name)")
             configuration.requiredLayers = attack.enforcesRequiredLayers ? file.requiredLayers : []
@@ -74,13 +80,16 @@ struct Selftest: AsyncParsableCommand {
             if case .seccompViolation(let call) = reason, let expected = attack.syscall, call.name != nil, call.name != expected {
                 passed = false
             }
-            // A defence that let a create through left a file behind: a failure, and not left there.
+            // A defence that let a create through left a file behind: a failure. A name of the
+            // selftest's own is removed; a file rule's file may have been made by its owner
+            // meanwhile, so it is left where it is.
             if let path = attack.mustNotExistAfter {
                 var status = stat()
                 if lstat(path, &status) == 0 {
                     passed = false
-                    answer = "created \(path) (removed)" + (answer.isEmpty ? "" : "; \(answer)")
-                    unlink(path)
+                    let ours = path.hasSuffix("/" + Attack.uniqueName)
+                    answer = "created \(path)\(ours ? " (removed)" : "")" + (answer.isEmpty ? "" : "; \(answer)")
+                    if ours { unlink(path) }
                 }
             }
             if !passed { failures += 1 }
@@ -495,6 +504,29 @@ struct Attack {
         guard let slash = path.lastIndex(of: "/"), path != "/" else { return ("/", "") }
         let parent = String(path[..<slash])
         return (parent.isEmpty ? "/" : parent, String(path[path.index(after: slash)...]))
+    }
+}
+
+/// The link a symlink attack has planted, removed by SIGINT, SIGTERM or SIGHUP too (the
+/// selftest then exits 128 + the signal's number): an interrupted selftest leaves nothing behind.
+enum PlantedLink {
+    nonisolated(unsafe) private static var path: UnsafeMutablePointer<CChar>?
+    nonisolated(unsafe) private static var handlersInstalled = false
+
+    /// Called from the selftest's one task; the handler reads the pointer only.
+    static func set(_ newPath: String?) {
+        if !handlersInstalled {
+            handlersInstalled = true
+            for signal in [SIGINT, SIGTERM, SIGHUP] {
+                _ = Glibc.signal(signal) { number in
+                    if let planted = PlantedLink.path { unlink(planted) }
+                    _exit(128 + number)
+                }
+            }
+        }
+        // Never freed: a handler on another thread may be reading the old one (a few bytes
+        // per symlink attack).
+        path = newPath.map { strdup($0) }
     }
 }
 

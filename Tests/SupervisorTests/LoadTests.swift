@@ -210,7 +210,9 @@ import Testing
         await supervisor.shutdown()
     }
 
-    @Test func aWorkerOverItsMessageRateIsHeldBackThenKilled() async throws {
+    /// Whatever the burst: with 1 (and 0, taken as 1) every pause leaves the bucket full, so
+    /// only the flood's pauses following one another tell it from a slow worker.
+    @Test(arguments: [4, 1, 0]) func aWorkerOverItsMessageRateIsHeldBackThenKilled(burst: Int) async throws {
         let supervisor = try Supervisor(logger: quietLogger())
         let run = try await runWorker(["handshake", "flood:100000", "sleep:30"], supervisor: supervisor, configure: {
             // Slow enough that the worker's reply queue (about 80 replies) does not fill
@@ -220,7 +222,7 @@ import Testing
             // faster than the rate then); at 100 a second, 80 replies came within those
             // restarts once in a full run. At 20, they take 4 s of serving.
             $0.caps.messagesPerSecond = 20
-            $0.caps.messageBurst = 4
+            $0.caps.messageBurst = burst
             $0.caps.floodKillSeconds = 0.5
             $0.caps.replyStallSeconds = 60
         })

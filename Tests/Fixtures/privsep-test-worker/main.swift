@@ -385,11 +385,12 @@ for step in CommandLine.arguments.dropFirst() {
             do { try message.withUnsafeBytes { try socket.send($0) }; sent += 1 } catch { break }
         }
         say("\(parts[0]) sent \(sent)")
-    case "lingerfd", "lingerfdqueued":
+    case "lingerfd", "lingerfdqueued", "lingerfdempty":
         // lingerfd:SECONDS:PORT. A TCP socket whose last close would wait SECONDS (SO_LINGER,
         // data unsent, a peer at 127.0.0.1:PORT that never accepts), sent to the supervisor with
-        // bytes that are no message (behind another bad datagram, for "queued"); our copy is
-        // closed first, so the supervisor's is the last.
+        // bytes that are no message (behind another bad datagram, for "queued"; behind two
+        // empty ones, which read like the channel's end, for "empty"); our copy is closed
+        // first, so the supervisor's is the last.
         let seconds = Int32(parts[1])!
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -415,6 +416,9 @@ for step in CommandLine.arguments.dropFirst() {
         close(client)
         do {
             if parts[0] == "lingerfdqueued" { try [UInt8(0)].withUnsafeBytes { try channel.unsafeSend($0, passingRawValues: []) } }
+            if parts[0] == "lingerfdempty" {
+                for _ in 0..<2 { try [UInt8]().withUnsafeBytes { try channel.unsafeSend($0, passingRawValues: []) } }
+            }
             try [UInt8](repeating: 0xde, count: 4).withUnsafeBytes { try channel.unsafeSend($0, passingRawValues: [sent]) }
             close(sent)
             say("lingerfd sent")
