@@ -107,16 +107,21 @@ public final class AuditLog: Sendable {
 
     /// Appends `record`'s JSON line to the file; says why if it could not be written whole.
     func writeLine(_ record: AuditRecord) -> String? {
-        guard let fd else { return nil }
-        // One write(2) per line on an O_APPEND fd: lines from concurrent writers never interleave.
-        var line = record.jsonLine + "\n"
-        let problem: String? = line.withUTF8 { bytes in
+        writeLines(Array((record.jsonLine + "\n").utf8), count: 1)
+    }
+
+    /// Appends `count` whole lines (`bytes`, each ending in a newline) in one write(2): on an
+    /// O_APPEND fd, lines from concurrent writers never interleave. If it is not written
+    /// whole, every record in it is counted lost. Says why it was not.
+    func writeLines(_ bytes: [UInt8], count: Int) -> String? {
+        guard let fd, !bytes.isEmpty else { return nil }
+        let problem: String? = bytes.withUnsafeBytes { bytes in
             var written = Glibc.write(fd, bytes.baseAddress, bytes.count)
             while written < 0 && Glibc.errno == EINTR { written = Glibc.write(fd, bytes.baseAddress, bytes.count) }
             if written == bytes.count { return nil }
             return written < 0 ? "\(Errno(rawValue: Glibc.errno))" : "\(written) of \(bytes.count) bytes written"
         }
-        if problem != nil { lost.add(1, ordering: .relaxed) }
+        if problem != nil { lost.add(count, ordering: .relaxed) }
         return problem
     }
 }
@@ -240,8 +245,8 @@ struct Auditor: Sendable {
         loggerLevel = logger.logLevel
         // Whether the last write to the audit log failed, so a run of failures is reported once.
         let lastWriteFailed = SharedFlag()
-        writer = AuditWriter(write: { entry in
-            Self.write(entry, logger: logger, log: log, loggerLevel: logger.logLevel, lastWriteFailed: lastWriteFailed)
+        writer = AuditWriter(write: { entries in
+            Self.write(entries, logger: logger, log: log, loggerLevel: logger.logLevel, lastWriteFailed: lastWriteFailed)
         }, reportDropped: { records, lines in
             log?.noteLost(records)
             logger.error("\(records) audit records and \(lines) log lines were dropped: the log was not being written (\(AuditWriter.capacity) were waiting)")
@@ -269,13 +274,13 @@ struct Auditor: Sendable {
     func record(_ record: AuditRecord) {
         log?.collect(record)
         guard log?.writesLines == true || loggerLevel <= Self.level(of: record) else { return }
-        if let writer { writer.enqueue(.record(record)) } else { write(.record(record)) }
+        if let writer { writer.enqueue(.record(record)) } else { write([.record(record)]) }
     }
 
     /// Logs a line of the supervisor's own (not an audit record) through the writer.
     func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: Logger.Metadata? = nil) {
         guard loggerLevel <= level else { return }
-        if let writer { writer.enqueue(.line(level, message(), metadata)) } else { write(.line(level, message(), metadata)) }
+        if let writer { writer.enqueue(.line(level, message(), metadata)) } else { write([.line(level, message(), metadata)]) }
     }
 
     /// Returns once what was given to the writer so far is written, or after `seconds`.
@@ -283,41 +288,59 @@ struct Auditor: Sendable {
         await writer?.drained(within: seconds)
     }
 
-    private func write(_ entry: AuditWriter.Entry) {
-        Self.write(entry, logger: logger, log: log, loggerLevel: loggerLevel, lastWriteFailed: lastWriteFailed)
+    private func write(_ entries: [AuditWriter.Entry]) {
+        Self.write(entries, logger: logger, log: log, loggerLevel: loggerLevel, lastWriteFailed: lastWriteFailed)
     }
 
-    private static func write(_ entry: AuditWriter.Entry, logger: Logger, log: AuditLog?, loggerLevel: Logger.Level,
+    /// The most bytes of JSON lines written to the audit log in one write(2).
+    static let linesPerWriteBytes = 256 << 10
+
+    /// Writes `entries` in order: to the logger one by one, to the audit log a write(2) per
+    /// batch of lines (a line a write cost the writer most of its time in a flood).
+    private static func write(_ entries: [AuditWriter.Entry], logger: Logger, log: AuditLog?, loggerLevel: Logger.Level,
                               lastWriteFailed: SharedFlag) {
-        let record: AuditRecord
-        switch entry {
-        case .line(let level, let message, let metadata):
-            logger.log(level: level, message, metadata: metadata)
-            return
-        case .record(let made):
-            record = made
-        }
-        if let log {
-            if let problem = log.writeLine(record) {
+        var lines: [UInt8] = []
+        var lineCount = 0
+        func flushLines() {
+            guard let log, lineCount > 0 else { return }
+            if let problem = log.writeLines(lines, count: lineCount) {
                 if !lastWriteFailed.set() {
                     logger.error("the audit log could not be written (\(problem)); records are being lost")
                 }
             } else {
                 lastWriteFailed.clear() // a load, while it is clear: no store to a line other threads read
             }
+            lines.removeAll(keepingCapacity: true)
+            lineCount = 0
         }
-        let level = Self.level(of: record)
-        guard loggerLevel <= level else { return }
-        var metadata: Logger.Metadata = [
-            "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",
-        ]
-        if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
-        if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
-        // Paths and reasons come from the worker: escaped, so a newline cannot forge a log line.
-        let detail = printable(record.detail, maximumBytes: AuditRecord.maximumFieldBytes)
-        let reason = printable(record.reason, maximumBytes: AuditRecord.maximumFieldBytes)
-        let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(detail)\(reason.isEmpty ? "" : ": \(reason)")"
-        logger.log(level: level, message, metadata: metadata)
+        for entry in entries {
+            let record: AuditRecord
+            switch entry {
+            case .line(let level, let message, let metadata):
+                logger.log(level: level, message, metadata: metadata)
+                continue
+            case .record(let made):
+                record = made
+            }
+            if let log, log.writesLines {
+                lines += (record.jsonLine + "\n").utf8
+                lineCount += 1
+                if lines.count >= linesPerWriteBytes { flushLines() }
+            }
+            let level = Self.level(of: record)
+            guard loggerLevel <= level else { continue }
+            var metadata: Logger.Metadata = [
+                "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",
+            ]
+            if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
+            if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
+            // Paths and reasons come from the worker: escaped, so a newline cannot forge a log line.
+            let detail = printable(record.detail, maximumBytes: AuditRecord.maximumFieldBytes)
+            let reason = printable(record.reason, maximumBytes: AuditRecord.maximumFieldBytes)
+            let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(detail)\(reason.isEmpty ? "" : ": \(reason)")"
+            logger.log(level: level, message, metadata: metadata)
+        }
+        flushLines()
     }
 }
 

@@ -25,7 +25,7 @@ final class AuditWriter: Sendable {
     private let core: Core
 
     /// Starts the writing thread; nil if it cannot be started.
-    init?(write: @escaping @Sendable (Entry) -> Void, reportDropped: @escaping @Sendable (_ records: Int, _ lines: Int) -> Void) {
+    init?(write: @escaping @Sendable ([Entry]) -> Void, reportDropped: @escaping @Sendable (_ records: Int, _ lines: Int) -> Void) {
         guard case .success(let wakeup) = system_eventfd_blocking() else { return nil }
         core = Core(wakeup: wakeup)
         let core = self.core
@@ -74,6 +74,9 @@ final class AuditWriter: Sendable {
 
         init(wakeup: Int32) { self.wakeup = wakeup }
 
+        /// How long the thread waits, once woken, for more to write.
+        static let batchingDelayNanoseconds = 1_000_000
+
         /// Whether the thread must be woken.
         func enqueue(_ entry: Entry) -> Bool {
             state.withLock { state in
@@ -121,7 +124,7 @@ final class AuditWriter: Sendable {
             }
         }
 
-        func run(write: (Entry) -> Void, reportDropped: (Int, Int) -> Void) {
+        func run(write: ([Entry]) -> Void, reportDropped: (Int, Int) -> Void) {
             while true {
                 var batch: [Entry] = []
                 var dropped = (records: 0, lines: 0)
@@ -140,13 +143,17 @@ final class AuditWriter: Sendable {
                 }
                 if dropped != (0, 0) { reportDropped(dropped.records, dropped.lines) }
                 if !batch.isEmpty || dropped != (0, 0) {
-                    for entry in batch { write(entry) }
+                    if !batch.isEmpty { write(batch) }
                     continue
                 }
                 for waiter in waiters { waiter.resume() }
                 if finished { break }
                 var count: UInt64 = 0
                 _ = withUnsafeMutableBytes(of: &count) { system_read(wakeup, $0) }
+                // Woken by the first entry after a quiet spell: what follows it within the
+                // next millisecond is taken in the same batch. Woken for each, the thread cost
+                // a flood two context switches a record on a shared CPU (BENCHMARKS.md).
+                system_sleep_nanoseconds(Self.batchingDelayNanoseconds)
             }
             closeWakeup()
         }

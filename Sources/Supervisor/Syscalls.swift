@@ -256,3 +256,9 @@ func system_read_file(_ path: String, limit: Int) -> Result<[UInt8], Errno> {
     }
     return .success(bytes)
 }
+
+/// Sleeps the calling thread for `nanoseconds` (less if a signal interrupts it).
+func system_sleep_nanoseconds(_ nanoseconds: Int) {
+    var duration = timespec(tv_sec: nanoseconds / 1_000_000_000, tv_nsec: nanoseconds % 1_000_000_000)
+    _ = nanosleep(&duration, nil)
+}
