@@ -19,12 +19,32 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
     public static let maximumFileDescriptorsPerMessage = 253
 
     private let descriptor: OwnedFileDescriptor
+    /// What this end does besides receiving bytes: one byte for all, so that the socket
+    /// stays an fd and a byte (a third Bool of its own cost every send and receive about 40
+    /// instructions of moving it about: BENCHMARKS.md, fifteenth round).
+    private struct Modes: OptionSet {
+        let rawValue: UInt8
+        static let receivesSenderCredentials = Modes(rawValue: 1)
+        static let refusesFileDescriptors = Modes(rawValue: 2)
+        static let closesPeerFileDescriptorsOnReceipt = Modes(rawValue: 4)
+    }
+    private var modes: Modes = []
+
     /// Whether SO_PASSCRED is on, so each datagram brings its sender's credentials.
-    private var receivesSenderCredentials = false
+    private var receivesSenderCredentials: Bool {
+        get { modes.contains(.receivesSenderCredentials) }
+        set { if newValue { modes.insert(.receivesSenderCredentials) } else { modes.remove(.receivesSenderCredentials) } }
+    }
     /// Whether the kernel refuses fds sent to this end (SO_PASSRIGHTS off).
-    private var refusesFileDescriptors = false
+    private var refusesFileDescriptors: Bool {
+        get { modes.contains(.refusesFileDescriptors) }
+        set { if newValue { modes.insert(.refusesFileDescriptors) } else { modes.remove(.refusesFileDescriptors) } }
+    }
     /// Whether fds the peer sends are taken as hostile (``closePeerFileDescriptorsAtOnce()``).
-    private var closesPeerFileDescriptorsOnReceipt = false
+    private var closesPeerFileDescriptorsOnReceipt: Bool {
+        get { modes.contains(.closesPeerFileDescriptorsOnReceipt) }
+        set { if newValue { modes.insert(.closesPeerFileDescriptorsOnReceipt) } else { modes.remove(.closesPeerFileDescriptorsOnReceipt) } }
+    }
 
     /// Wraps a descriptor that is already a connected SOCK_SEQPACKET socket.
     /// Use ``validated(_:)`` for a descriptor of unknown origin.
@@ -310,7 +330,9 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         if refusesFileDescriptors && !receivesSenderCredentials {
             return try receiveBytesOnly(into: buffer, nonBlocking: nonBlocking)
         }
-        let room = room(for: maximumFileDescriptors)
+        // Apart, so that the usual case folds to the caller's constant.
+        let room = _slowPath(closesPeerFileDescriptorsOnReceipt && !refusesFileDescriptors)
+            ? Self.maximumFileDescriptorsPerMessage : maximumFileDescriptors
         let controlLength = controlLength(room)
         precondition(scratch.count >= controlLength, "control buffer too small")
         let control = UnsafeMutableRawBufferPointer(rebasing: scratch[..<max(controlLength, 1)])

@@ -228,8 +228,10 @@ final class SharedFlag: Sendable {
 }
 
 /// Audits through swift-log and an optional ``AuditLog``. What goes to a file or the logger
-/// is written by an ``AuditWriter`` thread; the in-memory log is kept by the caller.
-struct Auditor: Sendable {
+/// is written by an ``AuditWriter`` thread; the in-memory log is kept by the caller. A class:
+/// the serving thread reads its level on every request, and a struct of this many
+/// references was copied (retained and released) for it.
+final class Auditor: Sendable {
     let logger: Logger
     let log: AuditLog?
     /// The logger's level, read once: reading it through the logger copies the
