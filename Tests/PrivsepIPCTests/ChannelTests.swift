@@ -634,19 +634,7 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
                 (253, 16, .controlTruncated(acceptedFileDescriptors: 16)),
             ]
             for (sent, limit, expected) in cases {
-                var fds = OwnedFileDescriptors()
-                for _ in 0..<sent { fds.append(makeDescriptor()) }
-                do { try [UInt8](repeating: 1, count: 24).withUnsafeBytes { try a.send($0, passing: fds) } } catch { fail("send \(sent): \(error)") }
-                fds.closeAll()
-                do {
-                    _ = try b.receive(maximumBytes: 64, maximumFileDescriptors: limit)
-                    fail("\(sent) fds accepted with limit \(limit)")
-                } catch let error as ChannelError {
-                    require(error == expected, "sent \(sent), limit \(limit): \(error)")
-                } catch {
-                    fail("\(error)")
-                }
-                require(newFileDescriptors(since: before).isEmpty, "sent \(sent), limit \(limit): leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
+                expectRefused(sending: sent, from: a, to: b, limit: limit, expected, before: before)
             }
         }
     }
@@ -662,19 +650,7 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             b.closePeerFileDescriptorsAtOnce()
             let before = openFileDescriptorSet()
             for (sent, limit) in [(3, 1), (253, 0), (253, 16)] {
-                var fds = OwnedFileDescriptors()
-                for _ in 0..<sent { fds.append(makeDescriptor()) }
-                do { try [UInt8](repeating: 1, count: 24).withUnsafeBytes { try a.send($0, passing: fds) } } catch { fail("send \(sent): \(error)") }
-                fds.closeAll()
-                do {
-                    _ = try b.receive(maximumBytes: 64, maximumFileDescriptors: limit)
-                    fail("\(sent) fds accepted with limit \(limit)")
-                } catch let error as ChannelError {
-                    require(error == .tooManyFileDescriptors(received: sent, limit: limit), "sent \(sent), limit \(limit): \(error)")
-                } catch {
-                    fail("\(error)")
-                }
-                require(newFileDescriptors(since: before).isEmpty, "sent \(sent), limit \(limit): leaked")
+                expectRefused(sending: sent, from: a, to: b, limit: limit, .tooManyFileDescriptors(received: sent, limit: limit), before: before)
             }
             // A TCP socket set to linger arrives set to close at once.
             let tcp = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -822,4 +798,23 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
             require(newFileDescriptors(since: before).isEmpty, "leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
         }
     }
+}
+
+/// Sends `count` fds from `a` and checks `b`'s receive, allowing `limit`, fails with
+/// `expected` and leaves no fd open that was not open `before` (in an exit test).
+private func expectRefused(sending count: Int, from a: borrowing SeqpacketSocket, to b: borrowing SeqpacketSocket, limit: Int,
+                           _ expected: ChannelError, before: Set<String>) {
+    var fds = OwnedFileDescriptors()
+    for _ in 0..<count { fds.append(makeDescriptor()) }
+    do { try [UInt8](repeating: 1, count: 24).withUnsafeBytes { try a.send($0, passing: fds) } } catch { fail("send \(count): \(error)") }
+    fds.closeAll()
+    do {
+        _ = try b.receive(maximumBytes: 64, maximumFileDescriptors: limit)
+        fail("\(count) fds accepted with limit \(limit)")
+    } catch let error as ChannelError {
+        require(error == expected, "sent \(count), limit \(limit): \(error)")
+    } catch {
+        fail("\(error)")
+    }
+    require(newFileDescriptors(since: before).isEmpty, "sent \(count), limit \(limit): leaked: \(newFileDescriptors(since: before, within: 0).sorted())")
 }

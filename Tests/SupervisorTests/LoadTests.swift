@@ -278,32 +278,17 @@ import Testing
     }
 }
 
-/// A log handler whose every write waits until its gate opens: a terminal a worker stopped
-/// (TCXONC), or a pipe nobody reads.
-private struct GatedLogHandler: LogHandler {
-    final class Gate: Sendable {
-        private let state = Mutex<(open: Bool, entered: Bool, messages: [String])>((false, false, []))
-        func open() { state.withLock { $0.open = true } }
-        var entered: Bool { state.withLock { $0.entered } }
-        var messages: [String] { state.withLock { $0.messages } }
-        func pass(_ message: String) {
-            state.withLock { $0.entered = true }
-            while !state.withLock({ $0.open }) { usleep(1_000) }
-            state.withLock { $0.messages.append(message) }
-        }
-    }
-
-    let gate: Gate
-    var logLevel: Logger.Level = .notice
-    var metadata: Logger.Metadata = [:]
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        gate.pass("\(message)")
+/// Log messages that wait until a gate opens: a terminal a worker stopped (TCXONC), or a
+/// pipe nobody reads.
+private final class LogGate: Sendable {
+    private let state = Mutex<(open: Bool, entered: Bool, messages: [String])>((false, false, []))
+    func open() { state.withLock { $0.open = true } }
+    var entered: Bool { state.withLock { $0.entered } }
+    var messages: [String] { state.withLock { $0.messages } }
+    func pass(_ message: String) {
+        state.withLock { $0.entered = true }
+        while !state.withLock({ $0.open }) { usleep(1_000) }
+        state.withLock { $0.messages.append(message) }
     }
 }
 
@@ -311,10 +296,8 @@ private struct GatedLogHandler: LogHandler {
     /// A logger that blocks holds up no worker: records wait for it (up to the writer's
     /// capacity, the rest counted as dropped), and the serving thread goes on serving.
     @Test func aLoggerThatBlocksHoldsUpNoWorker() async throws {
-        let gate = GatedLogHandler.Gate()
-        var logger = Logger(label: "privsep.test", factory: { _ in GatedLogHandler(gate: gate) })
-        logger.logLevel = .notice
-        let supervisor = try Supervisor(logger: logger)
+        let gate = LogGate()
+        let supervisor = try Supervisor(logger: ClosureLogHandler.logger(at: .notice) { _, message, _ in gate.pass(message) })
         var policy = Policy()
         policy.allow(path: "/etc/hostname", .file, [.read])
         let refusals = 20_000

@@ -97,6 +97,16 @@ private func expectEachRuns(_ jobs: [(command: String, outputBytes: Int)], in po
 
 private func text(_ output: JobOutput) -> String { String(decoding: output.bytes, as: UTF8.self) }
 
+/// A supervisor that has run a pool once (its loop's own fds, the first spawn), and the fds
+/// open then: what a leak test compares against.
+private func warmedUpSupervisor() async -> (Supervisor, Set<String>) {
+    let supervisor = try! Supervisor(logger: quietLogger())
+    let warmUp = try! await makePool(supervisor, size: 2)
+    _ = try! await warmUp.run(input: Array("pid".utf8))
+    await warmUp.shutdown()
+    return (supervisor, openFileDescriptorSet())
+}
+
 private func failure(of command: String, in pool: WorkerPool) async -> JobFailure? {
     do {
         _ = try await pool.run(input: Array(command.utf8))
@@ -392,12 +402,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
     /// Thousands of jobs with fds, some failing: the supervisor ends with the fds it began with.
     @Test func jobsLeakNoDescriptor() async {
         await #expect(processExitsWith: .success) {
-            let supervisor = try! Supervisor(logger: quietLogger())
-            // Warm up: the loop's own fds, the first spawn.
-            let warmUp = try! await makePool(supervisor, size: 2)
-            _ = try! await warmUp.run(input: Array("pid".utf8))
-            await warmUp.shutdown()
-            let before = openFileDescriptorSet()
+            let (supervisor, before) = await warmedUpSupervisor()
             let pool = try! await makePool(supervisor, size: 2) { $0.jobsPerWorker = 50 }
             for index in 0..<2000 {
                 let fd = openFile("/dev/null")
@@ -417,11 +422,7 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
     /// /proc fds), and a shutdown with jobs still queued.
     @Test func jobsLeakNoDescriptorOnAnyFailurePath() async {
         await #expect(processExitsWith: .success) {
-            let supervisor = try! Supervisor(logger: quietLogger())
-            let warmUp = try! await makePool(supervisor, size: 2)
-            _ = try! await warmUp.run(input: Array("pid".utf8))
-            await warmUp.shutdown()
-            let before = openFileDescriptorSet()
+            let (supervisor, before) = await warmedUpSupervisor()
             let pool = try! await makePool(supervisor, size: 2) {
                 $0.jobsPerWorker = 5
                 $0.jobTimeout = 0.3

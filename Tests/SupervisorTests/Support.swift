@@ -151,16 +151,9 @@ func require(_ condition: Bool, _ message: @autoclosure () -> String) {
     }
 }
 
-/// A log handler that keeps every message, for tests of what reaches the logger.
-struct CollectingLogHandler: LogHandler {
-    final class Messages: Sendable {
-        private let lines = Mutex<[(Logger.Level, String, String?)]>([])
-        func append(_ level: Logger.Level, _ message: String, event: String?) { lines.withLock { $0.append((level, message, event)) } }
-        /// Each message, with its "event" metadata (an audit record's event).
-        var all: [(level: Logger.Level, message: String, event: String?)] { lines.withLock { $0 } }
-    }
-
-    let messages: Messages
+/// A log handler that hands each message, with its metadata, to `body`.
+struct ClosureLogHandler: LogHandler {
+    let body: @Sendable (Logger.Level, String, Logger.Metadata?) -> Void
     var logLevel: Logger.Level = .trace
     var metadata: Logger.Metadata = [:]
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -170,14 +163,32 @@ struct CollectingLogHandler: LogHandler {
 
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
              file: String, function: String, line: UInt) {
-        messages.append(level, "\(message)", event: metadata?["event"].map { "\($0)" })
+        body(level, "\(message)", metadata)
+    }
+
+    /// A logger at `level` whose messages go to `body`.
+    static func logger(at level: Logger.Level, _ body: @escaping @Sendable (Logger.Level, String, Logger.Metadata?) -> Void) -> Logger {
+        var logger = Logger(label: "privsep.test", factory: { _ in ClosureLogHandler(body: body) })
+        logger.logLevel = level
+        return logger
+    }
+}
+
+/// Keeps every message, for tests of what reaches the logger.
+enum CollectingLogHandler {
+    final class Messages: Sendable {
+        private let lines = Mutex<[(Logger.Level, String, String?)]>([])
+        func append(_ level: Logger.Level, _ message: String, event: String?) { lines.withLock { $0.append((level, message, event)) } }
+        /// Each message, with its "event" metadata (an audit record's event).
+        var all: [(level: Logger.Level, message: String, event: String?)] { lines.withLock { $0 } }
     }
 
     /// A logger at `level` whose messages land in the returned collection.
     static func logger(at level: Logger.Level) -> (Logger, Messages) {
         let messages = Messages()
-        var logger = Logger(label: "privsep.test", factory: { _ in CollectingLogHandler(messages: messages) })
-        logger.logLevel = level
+        let logger = ClosureLogHandler.logger(at: level) { level, message, metadata in
+            messages.append(level, message, event: metadata?["event"].map { "\($0)" })
+        }
         return (logger, messages)
     }
 }
