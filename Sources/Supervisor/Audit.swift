@@ -238,7 +238,7 @@ final class Auditor: Sendable {
     /// handler each time, which cost the serving thread more per grant than the
     /// check saved. A level the handler changes later is not seen.
     let loggerLevel: Logger.Level
-    /// nil if its thread could not be started: then the caller writes (as before there was one).
+    /// nil if its thread could not be started: the caller then writes, on its own thread.
     let writer: AuditWriter?
 
     init(logger: Logger, log: AuditLog?) {

@@ -11,7 +11,7 @@ import SystemPackage
 ///
 /// Bounded: past ``capacity`` entries waiting, entries are dropped and counted, and the count
 /// is logged once there is room again (records among them count as the audit log's
-/// ``AuditLog/lostRecords``). The thread ends when the last copy of the writer is gone and
+/// ``AuditLog/lostRecords``). The thread ends when the writer is released (with its Auditor) and
 /// everything given to it is written.
 final class AuditWriter: Sendable {
     enum Entry: Sendable {

@@ -882,6 +882,7 @@ final class EventLoop: @unchecked Sendable {
         // resumes: a throttle that begins well after the last one ended starts a flood of its
         // own. (A burst of 1 or 2 never leaves more than half of it, so that alone would
         // count a throttle minutes later from the first.)
+        record.tokens -= 1
         if let ended = record.lastThrottleEnded, now > ended, Double(now - ended) / 1e9 > Self.floodGapSeconds {
             record.throttledSince = nil
         }
@@ -1127,7 +1128,7 @@ final class EventLoop: @unchecked Sendable {
         // SeqpacketSocket.closePeerFileDescriptorsAtOnce). Where fds can be queued, it is read
         // empty first. An empty datagram reads like the end of the channel, so a worker could
         // hide fds behind a few; with sender credentials on, every datagram carries them and
-        // the end does not. Unable to tell them apart, the drain reads on to its limit.
+        // the end does not. (Were credentials refused, the drain would read on to its limit.)
         if !channel.socket.refusesPeerFileDescriptors {
             let endIsKnown = channel.enableSenderCredentials()
             for _ in 0..<Self.drainLimit {

@@ -230,6 +230,24 @@ import Testing
         await supervisor.shutdown()
     }
 
+    /// A worker is held to its rate: past its burst, a message a 1/rate. A lower bound on the
+    /// time taken (a slow machine only adds to it): 44 opens at 20 a second, burst 4, take at
+    /// least 2 s less one message's worth; served for free, the throttled ones took half that.
+    @Test func aWorkerIsHeldToItsMessageRate() async throws {
+        var policy = Policy()
+        policy.allow(path: "/etc/hostname", .file, [.read])
+        let started = ContinuousClock.now
+        let run = try await runWorker(["handshake", "opens:44:/etc/hostname", "exit:0"], policy: policy, configure: {
+            $0.caps.messagesPerSecond = 20
+            $0.caps.messageBurst = 4
+            $0.caps.floodKillSeconds = 60
+        })
+        let elapsed = ContinuousClock.now - started
+        #expect(run.reason == .exited(code: 0))
+        #expect(run.lines.contains("opens granted 44 refused 0"))
+        #expect(elapsed >= .milliseconds(1_900), "\(elapsed)")
+    }
+
     /// A throttle long after the last one is a new one, whatever the burst: with a burst of 2
     /// the flood's clock used to run from the first throttle, and with 0 every message
     /// throttled, so slow workers were killed for flooding.
