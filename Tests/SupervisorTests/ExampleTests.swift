@@ -16,24 +16,64 @@ import Testing
 
     /// Runs a program to its end on a thread of its own: waiting for it on the cooperative
     /// pool (two threads here) would stall every async test meanwhile.
-    static func run(_ executable: String, _ arguments: [String], input: String? = nil) async throws -> Output {
+    static func run(_ executable: String, _ arguments: [String]) async throws -> Output {
         try await withCheckedThrowingContinuation { continuation in
-            Thread.detach { continuation.resume(with: Result { try runBlocking(executable, arguments, input: input) }) }
+            Thread.detach { continuation.resume(with: Result { try runBlocking(executable, arguments) }) }
         }
     }
 
-    private static func runBlocking(_ executable: String, _ arguments: [String], input: String?) throws -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let out = Foundation.Pipe(), err = Foundation.Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Output(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+    /// posix_spawn, not Foundation's Process: on Linux with Swift 6.3.1 its run() reads past
+    /// a readdir buffer while it lists /proc/self/fd (swift-corelibs-foundation #5472), and
+    /// crashed a fresh-clone run of this suite. stdin is /dev/null; the status is the exit
+    /// code, or the signal's number for a program a signal ended, as Process's terminationStatus is.
+    private static func runBlocking(_ executable: String, _ arguments: [String]) throws -> Output {
+        func closeOnExecPipe() throws -> (read: Int32, write: Int32) {
+            var fds: [Int32] = [-1, -1]
+            guard pipe(&fds) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+            return (fds[0], fds[1])
+        }
+        let out = try closeOnExecPipe(), err = try closeOnExecPipe()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, out.write, 1)
+        posix_spawn_file_actions_adddup2(&actions, err.write, 2)
+        _ = privsep_spawn_addclosefrom(&actions, 3)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        close(out.write)
+        close(err.write)
+        guard rc == 0 else {
+            close(out.read)
+            close(err.read)
+            throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO)
+        }
+        // Both at once: a child that fills one pipe while we wait on the other would stall.
+        var collected: [Int32: [UInt8]] = [out.read: [], err.read: []]
+        var open = [out.read, err.read]
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !open.isEmpty {
+            var polled = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            if poll(&polled, nfds_t(polled.count), -1) < 0 && errno != EINTR { break }
+            for entry in polled where entry.revents != 0 {
+                let count = read(entry.fd, &chunk, chunk.count)
+                if count > 0 {
+                    collected[entry.fd]! += chunk[..<count]
+                } else if count == 0 || errno != EINTR {
+                    close(entry.fd)
+                    open.removeAll { $0 == entry.fd }
+                }
+            }
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let code = status & 0x7f == 0 ? (status >> 8) & 0xff : status & 0x7f
+        return Output(status: code, stdout: String(decoding: collected[out.read]!, as: UTF8.self),
+                      stderr: String(decoding: collected[err.read]!, as: UTF8.self))
     }
 
     static func temporaryDirectory() throws -> String {
