@@ -300,8 +300,9 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
 
     /// The fds a receive makes room for: those the caller takes, or every fd a datagram can
     /// carry on an end that closes a hostile peer's fds itself (``closePeerFileDescriptorsAtOnce()``).
+    @inline(__always)
     private func room(for maximumFileDescriptors: Int) -> Int {
-        closesPeerFileDescriptorsOnReceipt && !refusesFileDescriptors ? Self.maximumFileDescriptorsPerMessage : maximumFileDescriptors
+        _slowPath(closesPeerFileDescriptorsOnReceipt && !refusesFileDescriptors) ? Self.maximumFileDescriptorsPerMessage : maximumFileDescriptors
     }
 
     /// The largest control buffer any receive uses (253 fds and credentials).
@@ -330,9 +331,7 @@ public struct SeqpacketSocket: ~Copyable, Sendable {
         if refusesFileDescriptors && !receivesSenderCredentials {
             return try receiveBytesOnly(into: buffer, nonBlocking: nonBlocking)
         }
-        // Apart, so that the usual case folds to the caller's constant.
-        let room = _slowPath(closesPeerFileDescriptorsOnReceipt && !refusesFileDescriptors)
-            ? Self.maximumFileDescriptorsPerMessage : maximumFileDescriptors
+        let room = room(for: maximumFileDescriptors)
         let controlLength = controlLength(room)
         precondition(scratch.count >= controlLength, "control buffer too small")
         let control = UnsafeMutableRawBufferPointer(rebasing: scratch[..<max(controlLength, 1)])
