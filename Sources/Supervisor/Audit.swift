@@ -227,10 +227,13 @@ final class SharedFlag: Sendable {
     func clear() { if value.load(ordering: .relaxed) { value.store(false, ordering: .relaxed) } }
 }
 
-/// Audits through swift-log and an optional ``AuditLog``. What goes to a file or the logger
-/// is written by an ``AuditWriter`` thread; the in-memory log is kept by the caller. A class:
-/// the serving thread reads its level on every request, and a struct of this many
-/// references was copied (retained and released) for it.
+/// Audits through swift-log and an optional ``AuditLog``.
+///
+/// The audit log's file and the logger are each written by a thread of their own
+/// (``AuditWriter``): a serving thread never waits on a disk, a pipe or a terminal, and a
+/// logger that blocks (a terminal a worker stopped) holds up the logger's lines only, not
+/// the file. The in-memory log is kept by the caller. A class: the serving thread reads its
+/// level on every request, and a struct of this many references was copied for it.
 final class Auditor: Sendable {
     let logger: Logger
     let log: AuditLog?
@@ -238,25 +241,38 @@ final class Auditor: Sendable {
     /// handler each time, which cost the serving thread more per grant than the
     /// check saved. A level the handler changes later is not seen.
     let loggerLevel: Logger.Level
-    /// nil if its thread could not be started: the caller then writes, on its own thread.
-    let writer: AuditWriter?
+    /// Writes the audit log's lines (nil without a file).
+    private let fileWriter: AuditWriter?
+    /// Writes to the logger: records at its level, and the supervisor's own lines.
+    private let loggerWriter: AuditWriter
+    /// Whether the last write to the audit log failed, so a run of failures is reported once.
+    private let lastWriteFailed: SharedFlag
 
-    init(logger: Logger, log: AuditLog?) {
+    /// nil if a writing thread cannot be started.
+    init?(logger: Logger, log: AuditLog?) {
         self.logger = logger
         self.log = log
         loggerLevel = logger.logLevel
-        // Whether the last write to the audit log failed, so a run of failures is reported once.
         let lastWriteFailed = SharedFlag()
-        writer = AuditWriter(write: { entries in
-            Self.write(entries, logger: logger, log: log, loggerLevel: logger.logLevel, lastWriteFailed: lastWriteFailed)
-        }, reportDropped: { records, lines in
-            log?.noteLost(records)
-            logger.error("\(records) audit records and \(lines) log lines were dropped: the log was not being written (\(AuditWriter.capacity) were waiting)")
-        })
         self.lastWriteFailed = lastWriteFailed
+        guard let loggerWriter = AuditWriter(name: "privsep-log", write: { entries in
+            Self.writeToLogger(entries, logger: logger, loggerLevel: logger.logLevel)
+        }, reportDropped: { records, lines in
+            logger.error("\(records) audit records and \(lines) log lines were not logged: the logger was not taking them (\(AuditWriter.capacity) were waiting)")
+        }) else { return nil }
+        self.loggerWriter = loggerWriter
+        if let log, log.writesLines {
+            guard let fileWriter = AuditWriter(name: "privsep-audit", write: { entries in
+                Self.writeToFile(entries, log: log, logger: logger, lastWriteFailed: lastWriteFailed)
+            }, reportDropped: { records, _ in
+                log.noteLost(records)
+                logger.error("\(records) audit records were dropped: the audit log was not being written (\(AuditWriter.capacity) were waiting)")
+            }) else { return nil }
+            self.fileWriter = fileWriter
+        } else {
+            fileWriter = nil
+        }
     }
-
-    private let lastWriteFailed: SharedFlag
 
     /// Whether a record at `level` goes anywhere: when neither the audit log nor the
     /// logger wants it, the hot path skips building it (strings cost more than the open).
@@ -273,38 +289,48 @@ final class Auditor: Sendable {
         decision == "denied" ? .notice : (decision == "granted" ? .debug : .info)
     }
 
-    func record(_ record: AuditRecord) {
+    /// Audits `record` through the writing threads. `essential`: a record the worker does not
+    /// choose the rate of (lifecycle, a report of records left out), which may use the
+    /// writers' reserve when their queues are full.
+    func record(_ record: AuditRecord, essential: Bool = false) {
         log?.collect(record)
-        guard log?.writesLines == true || loggerLevel <= Self.level(of: record) else { return }
-        if let writer { writer.enqueue(.record(record)) } else { write([.record(record)]) }
+        fileWriter?.enqueue(.record(record), essential: essential)
+        if loggerLevel <= Self.level(of: record) { loggerWriter.enqueue(.record(record), essential: essential) }
     }
 
-    /// Logs a line of the supervisor's own (not an audit record) through the writer.
+    /// Audits `record` on the calling thread, written before this returns: for an intercepted
+    /// program's decisions, whose record must exist before the program sees the answer (its
+    /// thread serves that program alone, so a log that blocks holds up that program only).
+    func recordNow(_ record: AuditRecord) {
+        log?.collect(record)
+        if let log, log.writesLines { Self.writeToFile([.record(record)], log: log, logger: logger, lastWriteFailed: lastWriteFailed) }
+        if loggerLevel <= Self.level(of: record) { Self.writeToLogger([.record(record)], logger: logger, loggerLevel: loggerLevel) }
+    }
+
+    /// Logs a line of the supervisor's own (not an audit record) through the logger's writer.
     func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: Logger.Metadata? = nil) {
         guard loggerLevel <= level else { return }
-        if let writer { writer.enqueue(.line(level, message(), metadata)) } else { write([.line(level, message(), metadata)]) }
+        loggerWriter.enqueue(.line(level, message(), metadata), essential: true)
     }
 
-    /// Returns once what was given to the writer so far is written, or after `seconds`.
+    /// Returns once what was given to the writers so far is written, or after `seconds`;
+    /// records the audit log's writer had not written by then count as lost.
     func drained(within seconds: Double) async {
-        await writer?.drained(within: seconds)
-    }
-
-    private func write(_ entries: [AuditWriter.Entry]) {
-        Self.write(entries, logger: logger, log: log, loggerLevel: loggerLevel, lastWriteFailed: lastWriteFailed)
+        async let logged: Int = loggerWriter.drained(within: seconds)
+        if let fileWriter { log?.noteLost(await fileWriter.drained(within: seconds)) }
+        _ = await logged
     }
 
     /// The most bytes of JSON lines written to the audit log in one write(2).
     static let linesPerWriteBytes = 256 << 10
 
-    /// Writes `entries` in order: to the logger one by one, to the audit log a write(2) per
-    /// batch of lines (a line a write cost the writer most of its time in a flood).
-    private static func write(_ entries: [AuditWriter.Entry], logger: Logger, log: AuditLog?, loggerLevel: Logger.Level,
-                              lastWriteFailed: SharedFlag) {
+    /// Appends the records among `entries` to the audit log, a write(2) per batch of lines (a
+    /// line a write cost the writer most of its time in a flood).
+    private static func writeToFile(_ entries: [AuditWriter.Entry], log: AuditLog, logger: Logger, lastWriteFailed: SharedFlag) {
         var lines: [UInt8] = []
         var lineCount = 0
         func flushLines() {
-            guard let log, lineCount > 0 else { return }
+            guard lineCount > 0 else { return }
             if let problem = log.writeLines(lines, count: lineCount) {
                 if !lastWriteFailed.set() {
                     logger.error("the audit log could not be written (\(problem)); records are being lost")
@@ -315,34 +341,35 @@ final class Auditor: Sendable {
             lines.removeAll(keepingCapacity: true)
             lineCount = 0
         }
+        for case .record(let record) in entries {
+            lines += (record.jsonLine + "\n").utf8
+            lineCount += 1
+            if lines.count >= linesPerWriteBytes { flushLines() }
+        }
+        flushLines()
+    }
+
+    /// Hands `entries` to the logger in order: records at their level, lines as they are.
+    private static func writeToLogger(_ entries: [AuditWriter.Entry], logger: Logger, loggerLevel: Logger.Level) {
         for entry in entries {
-            let record: AuditRecord
             switch entry {
             case .line(let level, let message, let metadata):
                 logger.log(level: level, message, metadata: metadata)
-                continue
-            case .record(let made):
-                record = made
+            case .record(let record):
+                let level = Self.level(of: record)
+                guard loggerLevel <= level else { continue }
+                var metadata: Logger.Metadata = [
+                    "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",
+                ]
+                if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
+                if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
+                // Paths and reasons come from the worker: escaped, so a newline cannot forge a log line.
+                let detail = printable(record.detail, maximumBytes: AuditRecord.maximumFieldBytes)
+                let reason = printable(record.reason, maximumBytes: AuditRecord.maximumFieldBytes)
+                let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(detail)\(reason.isEmpty ? "" : ": \(reason)")"
+                logger.log(level: level, message, metadata: metadata)
             }
-            if let log, log.writesLines {
-                lines += (record.jsonLine + "\n").utf8
-                lineCount += 1
-                if lines.count >= linesPerWriteBytes { flushLines() }
-            }
-            let level = Self.level(of: record)
-            guard loggerLevel <= level else { continue }
-            var metadata: Logger.Metadata = [
-                "worker": "\(record.workerID)", "pid": "\(record.pid)", "event": "\(record.event)",
-            ]
-            if !record.decision.isEmpty { metadata["decision"] = "\(record.decision)" }
-            if record.errno != 0 { metadata["errno"] = "\(Errno(rawValue: record.errno))" }
-            // Paths and reasons come from the worker: escaped, so a newline cannot forge a log line.
-            let detail = printable(record.detail, maximumBytes: AuditRecord.maximumFieldBytes)
-            let reason = printable(record.reason, maximumBytes: AuditRecord.maximumFieldBytes)
-            let message: Logger.Message = "\(record.workerName)[\(record.pid)] \(record.event) \(detail)\(reason.isEmpty ? "" : ": \(reason)")"
-            logger.log(level: level, message, metadata: metadata)
         }
-        flushLines()
     }
 }
 

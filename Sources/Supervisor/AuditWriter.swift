@@ -3,16 +3,16 @@ import PrivsepIPC
 import Synchronization
 import SystemPackage
 
-/// Writes audit records and log lines on a thread of its own, so that no serving thread
+/// Writes audit records or log lines on a thread of its own, so that no serving thread
 /// waits on a terminal, a pipe or a disk. A worker can make those block: one that shares the
 /// supervisor's terminal (its stderr, by default) and may use terminal ioctls stops the
 /// terminal's output (TCXONC), and one that fills a pipe the supervisor also logs to stalls
 /// every write to it. A serving thread blocked in such a write served no other worker.
 ///
 /// Bounded: past ``capacity`` entries waiting, entries are dropped and counted, and the count
-/// is logged once there is room again (records among them count as the audit log's
-/// ``AuditLog/lostRecords``). The thread ends when the writer is released (with its Auditor) and
-/// everything given to it is written.
+/// is reported once there is room again; essential entries (lifecycle records, the
+/// supervisor's own lines) have ``reserve`` more. The thread ends when the writer is released
+/// (with its Auditor) and everything given to it is written.
 final class AuditWriter: Sendable {
     enum Entry: Sendable {
         case record(AuditRecord)
@@ -21,15 +21,18 @@ final class AuditWriter: Sendable {
 
     /// Entries waiting, at most: about 4 MB of typical records.
     static let capacity = 16_384
+    /// Room past ``capacity`` for essential entries only.
+    static let reserve = 4_096
 
     private let core: Core
 
     /// Starts the writing thread; nil if it cannot be started.
-    init?(write: @escaping @Sendable ([Entry]) -> Void, reportDropped: @escaping @Sendable (_ records: Int, _ lines: Int) -> Void) {
+    init?(name: String, write: @escaping @Sendable ([Entry]) -> Void,
+          reportDropped: @escaping @Sendable (_ records: Int, _ lines: Int) -> Void) {
         guard case .success(let wakeup) = system_eventfd_blocking() else { return nil }
         core = Core(wakeup: wakeup)
         let core = self.core
-        guard startDetachedThread(named: "privsep-audit", on: nil, { core.run(write: write, reportDropped: reportDropped) }) else {
+        guard startDetachedThread(named: name, on: nil, { core.run(write: write, reportDropped: reportDropped) }) else {
             core.closeWakeup()
             return nil
         }
@@ -37,24 +40,27 @@ final class AuditWriter: Sendable {
 
     deinit { core.finish() }
 
-    /// Queues `entry`; counts it as dropped when the queue is full.
-    func enqueue(_ entry: Entry) {
-        if core.enqueue(entry) { core.wake() }
+    /// Queues `entry`; counts it as dropped when the queue is full (for an essential entry,
+    /// when the reserve is full too).
+    func enqueue(_ entry: Entry, essential: Bool = false) {
+        if core.enqueue(entry, limit: AuditWriter.capacity + (essential ? AuditWriter.reserve : 0)) { core.wake() }
     }
 
     /// Returns once everything queued before the call is written, or after `seconds`
-    /// (a writer blocked on a stopped terminal must not hold up a shutdown for ever).
-    func drained(within seconds: Double) async {
+    /// (a writer blocked on a stopped terminal must not hold up a shutdown for ever), with
+    /// the records still waiting then (0 when everything was written).
+    func drained(within seconds: Double) async -> Int {
         let id = core.nextWaiterID()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            guard core.addWaiter(id, continuation) else { return continuation.resume() }
+        let timedOut: Bool = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            guard core.addWaiter(id, continuation) else { return continuation.resume(returning: false) }
             // The core only: holding the writer would keep its thread for the whole wait.
             let core = self.core
             Task.detached {
                 try? await Task.sleep(for: .milliseconds(Int(max(seconds, 0) * 1000)))
-                core.removeWaiter(id)?.resume()
+                core.removeWaiter(id)?.resume(returning: true)
             }
         }
+        return timedOut ? core.recordsWaiting() : 0
     }
 
     final class Core: Sendable {
@@ -66,7 +72,7 @@ final class AuditWriter: Sendable {
             var idle = true
             var finishing = false
             var nextWaiterID = 0
-            var waiters: [(id: Int, continuation: CheckedContinuation<Void, Never>)] = []
+            var waiters: [(id: Int, continuation: CheckedContinuation<Bool, Never>)] = []
         }
 
         private let state = Mutex(State())
@@ -78,9 +84,9 @@ final class AuditWriter: Sendable {
         static let batchingDelayNanoseconds = 1_000_000
 
         /// Whether the thread must be woken.
-        func enqueue(_ entry: Entry) -> Bool {
+        func enqueue(_ entry: Entry, limit: Int) -> Bool {
             state.withLock { state in
-                guard state.queue.count < AuditWriter.capacity else {
+                guard state.queue.count < limit else {
                     if case .record = entry { state.droppedRecords += 1 } else { state.droppedLines += 1 }
                     return false
                 }
@@ -109,7 +115,7 @@ final class AuditWriter: Sendable {
         func nextWaiterID() -> Int { state.withLock { state in defer { state.nextWaiterID += 1 }; return state.nextWaiterID } }
 
         /// False when nothing is waiting to be written (the caller need not wait).
-        func addWaiter(_ id: Int, _ continuation: CheckedContinuation<Void, Never>) -> Bool {
+        func addWaiter(_ id: Int, _ continuation: CheckedContinuation<Bool, Never>) -> Bool {
             state.withLock { state in
                 if state.idle && state.queue.isEmpty { return false }
                 state.waiters.append((id, continuation))
@@ -117,7 +123,12 @@ final class AuditWriter: Sendable {
             }
         }
 
-        func removeWaiter(_ id: Int) -> CheckedContinuation<Void, Never>? {
+        /// Records queued and not yet taken by the thread.
+        func recordsWaiting() -> Int {
+            state.withLock { state in state.queue.reduce(0) { count, entry in if case .record = entry { count + 1 } else { count } } }
+        }
+
+        func removeWaiter(_ id: Int) -> CheckedContinuation<Bool, Never>? {
             state.withLock { state in
                 guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
                 return state.waiters.remove(at: index).continuation
@@ -128,7 +139,7 @@ final class AuditWriter: Sendable {
             while true {
                 var batch: [Entry] = []
                 var dropped = (records: 0, lines: 0)
-                var waiters: [CheckedContinuation<Void, Never>] = []
+                var waiters: [CheckedContinuation<Bool, Never>] = []
                 var finished = false
                 state.withLock { state in
                     swap(&batch, &state.queue)
@@ -146,7 +157,7 @@ final class AuditWriter: Sendable {
                     if !batch.isEmpty { write(batch) }
                     continue
                 }
-                for waiter in waiters { waiter.resume() }
+                for waiter in waiters { waiter.resume(returning: false) }
                 if finished { break }
                 var count: UInt64 = 0
                 _ = withUnsafeMutableBytes(of: &count) { system_read(wakeup, $0) }

@@ -1339,12 +1339,14 @@ final class EventLoop: @unchecked Sendable {
     private func audit(_ record: WorkerRecord, event: String, detail: @autoclosure () -> String = "", decision: String = "",
                        errno: Errno? = nil, reason: @autoclosure () -> String = "", request: @autoclosure () -> Message? = nil,
                        budgeted: Bool = false) {
-        if budgeted || !decision.isEmpty {
+        let workerChosen = budgeted || !decision.isEmpty
+        if workerChosen {
             guard auditor.wants(Auditor.level(ofDecision: decision)), admitAudit(record, isDenial: decision == "denied") else { return }
         }
         auditor.record(AuditRecord(time: wallClockSeconds(), workerID: record.id, workerName: record.configuration.name,
                                    pid: record.pid, event: event, detail: detail(), decision: decision,
-                                   errno: errno?.rawValue ?? 0, reason: reason(), request: request()))
+                                   errno: errno?.rawValue ?? 0, reason: reason(), request: request()),
+                       essential: !workerChosen)
     }
 
     /// Whether a record the worker caused is written now (its ``AuditBudget``); first writes
@@ -1357,7 +1359,7 @@ final class EventLoop: @unchecked Sendable {
 
     private func reportLeftOut(_ record: WorkerRecord, _ leftOut: AuditBudget.LeftOut) {
         auditor.record(record.auditBudget.report(leftOut, time: wallClockSeconds(), workerID: record.id,
-                                                 workerName: record.configuration.name, pid: record.pid))
+                                                 workerName: record.configuration.name, pid: record.pid), essential: true)
     }
 }
 

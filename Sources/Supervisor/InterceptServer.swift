@@ -705,8 +705,9 @@ final class InterceptServer: @unchecked Sendable {
         let (write, leftOut) = auditBudget.withLock { $0.admit(now: system_clock_monotonic(), isDenial: decision == "denied") }
         if let leftOut { reportLeftOut(leftOut, pid: Int32(bitPattern: n.pid)) }
         guard write else { return }
-        auditor.record(AuditRecord(time: wallClockSeconds(), workerID: workerID, workerName: workerName, pid: Int32(bitPattern: n.pid),
-                                   event: event, detail: detail(), decision: decision, errno: errno?.rawValue ?? 0, reason: reason()))
+        // Written before the program sees the answer (see Auditor.recordNow).
+        auditor.recordNow(AuditRecord(time: wallClockSeconds(), workerID: workerID, workerName: workerName, pid: Int32(bitPattern: n.pid),
+                                      event: event, detail: detail(), decision: decision, errno: errno?.rawValue ?? 0, reason: reason()))
     }
 
     /// Reports the records left out since the last report, if any: when the program is reaped
@@ -719,7 +720,8 @@ final class InterceptServer: @unchecked Sendable {
         let record = auditBudget.withLock {
             $0.report(leftOut, time: wallClockSeconds(), workerID: workerID, workerName: workerName, pid: pid)
         }
-        auditor.record(record)
+        // Through the writer: this also runs on the serving thread (at the program's reap).
+        auditor.record(record, essential: true)
     }
 }
 

@@ -54,8 +54,8 @@ func spawnWorker(_ configuration: WorkerConfiguration, placement: PlacementPlan 
     supervisorEnd.closePeerFileDescriptorsAtOnce()
     // Only a learning or intercept worker hands the supervisor an fd (its LISTENER): every
     // other worker's fds are refused by the kernel, from before the worker runs. Without
-    // SO_PASSRIGHTS (before Linux 6.16) the serving loop's receive installs at most one,
-    // closes it with the refused message and reports more, as for every worker.
+    // SO_PASSRIGHTS (before Linux 6.16) the serving loop's receive installs them all, to close
+    // them at once with the refused message (see closePeerFileDescriptorsAtOnce).
     if !configuration.learning && !configuration.intercept {
         switch Result(catching: { () throws(Errno) in try supervisorEnd.refuseFileDescriptors() }) {
         case .success, .failure(.protocolNotAvailable): break

@@ -65,7 +65,9 @@ public final class Supervisor: Sendable {
                 throw .systemError("cannot read this thread's CPUs and scheduling policy for placement \(placement): \(errno)")
             }
         }
-        let auditor = Auditor(logger: logger, log: auditLog)
+        guard let auditor = Auditor(logger: logger, log: auditLog) else {
+            throw .systemError("cannot start the threads that write the audit log and the logger")
+        }
         let workerIDs = WorkerIDSource()
         var loops: [EventLoop] = []
         for (index, plan) in plans.enumerated() {
