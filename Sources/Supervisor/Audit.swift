@@ -262,11 +262,14 @@ final class Auditor: Sendable {
         }) else { return nil }
         self.loggerWriter = loggerWriter
         if let log, log.writesLines {
+            // What the file's writer has to say goes through the logger's writer: a logger that
+            // blocks must not hold up the file.
             guard let fileWriter = AuditWriter(name: "privsep-audit", write: { entries in
-                Self.writeToFile(entries, log: log, logger: logger, lastWriteFailed: lastWriteFailed)
+                Self.writeToFile(entries, log: log, lastWriteFailed: lastWriteFailed) { loggerWriter.enqueue(.line(.error, $0, nil), essential: true) }
             }, reportDropped: { records, _ in
                 log.noteLost(records)
-                logger.error("\(records) audit records were dropped: the audit log was not being written (\(AuditWriter.capacity) were waiting)")
+                loggerWriter.enqueue(.line(.error, "\(records) audit records were dropped: the audit log was not being written (\(AuditWriter.capacity) were waiting)", nil),
+                                     essential: true)
             }) else { return nil }
             self.fileWriter = fileWriter
         } else {
@@ -303,7 +306,9 @@ final class Auditor: Sendable {
     /// thread serves that program alone, so a log that blocks holds up that program only).
     func recordNow(_ record: AuditRecord) {
         log?.collect(record)
-        if let log, log.writesLines { Self.writeToFile([.record(record)], log: log, logger: logger, lastWriteFailed: lastWriteFailed) }
+        if let log, log.writesLines {
+            Self.writeToFile([.record(record)], log: log, lastWriteFailed: lastWriteFailed) { loggerWriter.enqueue(.line(.error, $0, nil), essential: true) }
+        }
         if loggerLevel <= Self.level(of: record) { Self.writeToLogger([.record(record)], logger: logger, loggerLevel: loggerLevel) }
     }
 
@@ -326,14 +331,15 @@ final class Auditor: Sendable {
 
     /// Appends the records among `entries` to the audit log, a write(2) per batch of lines (a
     /// line a write cost the writer most of its time in a flood).
-    private static func writeToFile(_ entries: [AuditWriter.Entry], log: AuditLog, logger: Logger, lastWriteFailed: SharedFlag) {
+    private static func writeToFile(_ entries: [AuditWriter.Entry], log: AuditLog, lastWriteFailed: SharedFlag,
+                                    report: (Logger.Message) -> Void) {
         var lines: [UInt8] = []
         var lineCount = 0
         func flushLines() {
             guard lineCount > 0 else { return }
             if let problem = log.writeLines(lines, count: lineCount) {
                 if !lastWriteFailed.set() {
-                    logger.error("the audit log could not be written (\(problem)); records are being lost")
+                    report("the audit log could not be written (\(problem)); records are being lost")
                 }
             } else {
                 lastWriteFailed.clear() // a load, while it is clear: no store to a line other threads read

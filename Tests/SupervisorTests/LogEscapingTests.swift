@@ -48,6 +48,19 @@ import Testing
         #expect(log.lostRecords == 2)
     }
 
+    /// Through a supervisor: records its log cannot take are counted, and the logger hears of
+    /// it once for the run of failures (from the file's writer, through the logger's).
+    @Test func aSupervisorWhoseLogCannotBeWrittenSaysSoOnce() async throws {
+        let (logger, messages) = CollectingLogHandler.logger(at: .error)
+        let log = try AuditLog(path: "/dev/full")
+        let supervisor = try Supervisor(logger: logger, auditLog: log)
+        let run = try await runWorker(["handshake", "exit:0"], supervisor: supervisor)
+        await supervisor.shutdown()
+        #expect(run.reason == .exited(code: 0))
+        #expect(log.lostRecords >= 2) // SPAWN, EXIT at least
+        #expect(messages.all.filter { $0.message.hasPrefix("the audit log could not be written (No space left on device)") }.count == 1)
+    }
+
     /// A limit of 0 (or less) keeps nothing, rather than trapping on the first record.
     @Test(arguments: [0, -1]) func anInMemoryLogWithNoRoomKeepsNothing(limit: Int) {
         let log = AuditLog(collectingUpTo: limit)
