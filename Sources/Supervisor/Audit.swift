@@ -88,7 +88,7 @@ public final class AuditLog: Sendable {
     /// Writes `record`; says why if its line could not be written whole.
     func write(_ record: AuditRecord) -> String? {
         collect(record)
-        return writeLine(record)
+        return writeLines(Array((record.jsonLine + "\n").utf8), count: 1)
     }
 
     /// Keeps `record` in memory (in-memory logs only), on the thread that made it: a reader
@@ -103,11 +103,6 @@ public final class AuditLog: Sendable {
     /// Counts records that never reached the file (dropped before they were written).
     func noteLost(_ count: Int) {
         if count > 0 && fd != nil { lost.add(count, ordering: .relaxed) }
-    }
-
-    /// Appends `record`'s JSON line to the file; says why if it could not be written whole.
-    func writeLine(_ record: AuditRecord) -> String? {
-        writeLines(Array((record.jsonLine + "\n").utf8), count: 1)
     }
 
     /// Appends `count` whole lines (`bytes`, each ending in a newline) in one write(2): on an
@@ -312,10 +307,12 @@ final class Auditor: Sendable {
         if loggerLevel <= Self.level(of: record) { Self.writeToLogger([.record(record)], logger: logger, loggerLevel: loggerLevel) }
     }
 
-    /// Logs a line of the supervisor's own (not an audit record) through the logger's writer.
-    func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: Logger.Metadata? = nil) {
+    /// Logs a line (not an audit record) through the logger's writer. `essential`: a line of
+    /// the supervisor's own, which may use the writer's reserve; a worker's LOG line may not.
+    func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: Logger.Metadata? = nil,
+             essential: Bool = true) {
         guard loggerLevel <= level else { return }
-        loggerWriter.enqueue(.line(level, message(), metadata), essential: true)
+        loggerWriter.enqueue(.line(level, message(), metadata), essential: essential)
     }
 
     /// Returns once what was given to the writers so far is written, or after `seconds`;

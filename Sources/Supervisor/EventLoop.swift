@@ -622,7 +622,8 @@ final class EventLoop: @unchecked Sendable {
         }
         // The worker chooses how often it logs: its lines share its audit budget.
         guard auditor.loggerLevel <= level, admitAudit(record, isDenial: false) else { return }
-        auditor.log(level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))", metadata: ["worker": "\(record.id)"])
+        auditor.log(level, "\(record.configuration.name)[\(record.pid)]: \(printable(line.message))", metadata: ["worker": "\(record.id)"],
+                    essential: false)
     }
 
     /// Checks a request may be served now: the required sandbox layers are
