@@ -26,6 +26,8 @@ final class PoolCore: @unchecked Sendable {
     private var consecutiveStartupFailures = 0
     private var lastStartupFailure = ""
     private var respawnAt: UInt64?
+    /// When a shutdown stops waiting for running jobs and kills their workers.
+    private var shutdownDeadline: UInt64?
     private var nextLimitCheck: UInt64?
     private var jobsRunning = 0
 
@@ -77,8 +79,15 @@ final class PoolCore: @unchecked Sendable {
         // Otherwise it is not submitted yet (submit sees the flag) or already finished.
     }
 
-    func shutdown(completion: @escaping () -> Void) {
+    /// `gracePeriod`: how long running jobs may go on before their workers are killed
+    /// (nil: as long as they take). Of several shutdowns, the earliest deadline holds.
+    func shutdown(gracePeriod: Double?, completion: @escaping () -> Void) {
         closing.append(completion)
+        if let gracePeriod {
+            let deadline = system_clock_monotonic() + nanoseconds(gracePeriod)
+            shutdownDeadline = min(shutdownDeadline ?? .max, deadline)
+            loop?.notePoolDeadline(deadline)
+        }
         close()
     }
 
@@ -223,6 +232,17 @@ final class PoolCore: @unchecked Sendable {
                 respawnAt = nil
                 replenish()
                 dispatch()
+            } else {
+                next = min(next, at)
+            }
+        }
+        if let at = shutdownDeadline {
+            if now >= at {
+                shutdownDeadline = nil
+                for slot in slots.values where slot.job != nil && slot.failure == nil {
+                    slot.failure = .poolClosed
+                    loop?.killForPool(slot.workerID, .stoppedBySupervisor)
+                }
             } else {
                 next = min(next, at)
             }

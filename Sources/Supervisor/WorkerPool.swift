@@ -72,10 +72,10 @@ public final class WorkerPool: Sendable {
         try started.get()
     }
 
-    /// A pool dropped without ``shutdown()`` still retires its workers.
+    /// A pool dropped without ``shutdown(gracePeriod:)`` still retires its workers.
     deinit {
         let core = self.core
-        loop.submit(.run { _ in core.shutdown {} })
+        loop.submit(.run { _ in core.shutdown(gracePeriod: nil) {} })
     }
 
     /// Runs `job` on a free worker and returns its output.
@@ -149,12 +149,17 @@ public final class WorkerPool: Sendable {
 
     /// Fails every queued job with ``JobFailure/poolClosed``, lets running jobs
     /// finish, retires every worker and returns once all have exited. Later
-    /// `run` calls fail with ``JobFailure/poolClosed``. Without a ``WorkerPoolConfiguration/jobTimeout``
-    /// a job whose worker never answers holds this: `Supervisor.shutdown` stops every worker.
-    public func shutdown() async {
+    /// `run` calls fail with ``JobFailure/poolClosed``.
+    ///
+    /// - Parameter gracePeriod: seconds running jobs may go on; then their workers are
+    ///   killed and the jobs fail with ``JobFailure/poolClosed``. Zero (or less) kills them
+    ///   at once. Nil waits for them: a job whose worker never answers then holds this
+    ///   until its ``WorkerPoolConfiguration/jobTimeout``, and forever without one. When
+    ///   shutdowns overlap, the earliest deadline of them all holds.
+    public func shutdown(gracePeriod: Double? = nil) async {
         let core = self.core
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            if !loop.submit(.run { _ in core.shutdown { continuation.resume() } }) { continuation.resume() }
+            if !loop.submit(.run { _ in core.shutdown(gracePeriod: gracePeriod) { continuation.resume() } }) { continuation.resume() }
         }
     }
 }

@@ -399,6 +399,41 @@ private func failure(of command: String, in pool: WorkerPool) async -> JobFailur
         await supervisor.shutdown()
     }
 
+    /// Jobs that would never answer (no job timeout) end when the grace runs out: their
+    /// workers are killed and the jobs fail with poolClosed.
+    @Test func shutdownWithAGracePeriodKillsTheJobsStillRunning() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 2) { $0.jobsPerWorker = 100 }
+        async let spinning = failure(of: "spin", in: pool)
+        async let sleeping = failure(of: "sleep:600", in: pool)
+        try await waitFor(pool) { $0.jobsRunning == 2 }
+        let started = ContinuousClock.now
+        await pool.shutdown(gracePeriod: 0.3)
+        #expect(ContinuousClock.now - started >= .milliseconds(300), "the grace was cut short")
+        #expect(await spinning == .poolClosed)
+        #expect(await sleeping == .poolClosed)
+        #expect(supervisor.workers().isEmpty)
+        #expect(pool.metrics.workerRestarts == 0)
+        await supervisor.shutdown()
+    }
+
+    /// Of overlapping shutdowns, the earliest deadline holds: one that would wait for ever
+    /// returns when a later one with no grace kills the job.
+    @Test func overlappingShutdownsKeepTheEarliestDeadline() async throws {
+        let supervisor = try Supervisor(logger: quietLogger())
+        let pool = try await makePool(supervisor, size: 1) { $0.jobsPerWorker = 100 }
+        async let sleeping = failure(of: "sleep:600", in: pool)
+        try await waitFor(pool) { $0.jobsRunning == 1 }
+        let patient = Task { await pool.shutdown() }
+        let late = Task { await pool.shutdown(gracePeriod: 600) }
+        await pool.shutdown(gracePeriod: 0)
+        await patient.value
+        await late.value
+        #expect(await sleeping == .poolClosed)
+        #expect(supervisor.workers().isEmpty)
+        await supervisor.shutdown()
+    }
+
     /// Thousands of jobs with fds, some failing: the supervisor ends with the fds it began with.
     @Test func jobsLeakNoDescriptor() async {
         await #expect(processExitsWith: .success) {
