@@ -139,6 +139,20 @@ import Testing
         #expect(!result.stdout.contains("FAIL"))
     }
 
+    /// An attack the selftest cannot set up (a link in a directory of /proc, where none can be
+    /// made) is a SKIP: the run passes, unless --strict, which counts it as a failure.
+    @Test func selftestSkipsWhatItCannotSetUpAndStrictFailsThem() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [ { "path": "/proc/sys/kernel", "kind": "directory", "allow": ["read"] } ] }"#)
+        let lenient = try await privsep(["selftest", "--policy", scratch.path + "/policy.json"])
+        #expect(lenient.status == 0, "\(lenient.stdout)\(lenient.stderr)")
+        #expect(lenient.stdout.contains("SKIP  symlink "), "\(lenient.stdout)")
+        #expect(lenient.stdout.hasSuffix(" failed, 1 skipped\n"), "\(lenient.stdout)")
+        let strict = try await privsep(["selftest", "--strict", "--policy", scratch.path + "/policy.json"])
+        #expect(strict.status == 1, "\(strict.stdout)\(strict.stderr)")
+        #expect(strict.stdout.hasSuffix(" 0 failed, 1 skipped\n"), "\(strict.stdout)")
+    }
+
     /// A path read from stdin gets its result printed when its job ends, not when more paths
     /// have come: the producer here writes its second path only once the first result is out
     /// (after 20 s without it, it notes that it gave up waiting).
