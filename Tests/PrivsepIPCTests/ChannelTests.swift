@@ -181,6 +181,18 @@ func appendDescriptors(_ count: Int, to list: inout OwnedFileDescriptors) -> [UI
         #expect(throws: ChannelError.peerClosed) { _ = try b.receive(maximumBytes: 8, maximumFileDescriptors: 0) }
     }
 
+    /// What the supervisor's drain relies on: an end shut for reading stops its peer's sends
+    /// (EPIPE, so the queue cannot refill) and still reads what was queued before.
+    @Test func shutdownForReadingStopsThePeerAndKeepsWhatIsQueued() throws {
+        let pair = try SeqpacketSocket.pair()
+        let a = pair.first, b = pair.second
+        try bytes("queued").withUnsafeBytes { try b.send($0) }
+        try a.shutdown(.reading)
+        #expect(throws: ChannelError.peerClosed) { try bytes("late").withUnsafeBytes { try b.send($0) } }
+        #expect(try a.receive(maximumBytes: 8, maximumFileDescriptors: 0).bytes == bytes("queued"))
+        #expect(throws: ChannelError.peerClosed) { _ = try a.receive(maximumBytes: 8, maximumFileDescriptors: 0) }
+    }
+
     @Test func peerCredentialsNameTheCreator() throws {
         let pair = try SeqpacketSocket.pair()
         let a = pair.first
