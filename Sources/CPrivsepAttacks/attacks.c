@@ -80,6 +80,10 @@ long attack_fork(void) {
 long attack_fcntl_clear_append(void) { return raw(SYS_fcntl, 1, F_SETFL, 0, 0, 0, 0); }
 long attack_fcntl_keep_append(void) { return raw(SYS_fcntl, 1, F_SETFL, O_APPEND, 0, 0, 0); }
 long attack_fcntl_setown(void) { return raw(SYS_fcntl, 1, F_SETOWN, 1, 0, 0, 0); }
+long attack_fcntl_async(void) { return raw(SYS_fcntl, 1, F_SETFL, O_APPEND | O_ASYNC, 0, 0, 0); }
+/* An empty range: harmless whether or not the filter stops it (the kernel returns 0). */
+long attack_madvise_hwpoison(void) { return raw(SYS_madvise, 0, 0, 100 /* MADV_HWPOISON */, 0, 0, 0); }
+long attack_madvise_guard(void) { return raw(SYS_madvise, 0, 0, 102 /* MADV_GUARD_INSTALL */, 0, 0, 0); }
 long attack_sendto_address(void) {
     static const char address[16] = { 2, 0, 0, 80, 127, 0, 0, 1 };
     return raw(SYS_sendto, 3, (long)"x", 1, 0, (long)address, 16);

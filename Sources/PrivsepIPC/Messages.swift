@@ -271,8 +271,8 @@ public struct Violation: Sendable, Equatable {
     /// AUDIT_ARCH_* of the trapped call.
     public var architecture: UInt32
     public var instructionPointer: UInt64
-    /// The six syscall arguments.
-    public var arguments: [UInt64]
+    /// The six syscall arguments (set by `init`, which checks there are six).
+    public private(set) var arguments: [UInt64]
     public init(syscallNumber: Int32, architecture: UInt32, instructionPointer: UInt64, arguments: [UInt64] = [0, 0, 0, 0, 0, 0]) {
         precondition(arguments.count == 6, "a syscall has six argument registers")
         self.syscallNumber = syscallNumber

@@ -169,6 +169,12 @@ public struct InterceptLockdown: Sendable {
         for option: UInt64 in [22, 35] {
             try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, prctl, 0, 0xffff_ffff, option), "prctl \(option)")
         }
+        // madvise MADV_HWPOISON and MADV_SOFT_OFFLINE (100, 101): a root program would take
+        // the host's physical pages out of service. The kernel reads the advice as 32 bits.
+        let madvise = seccomp_syscall_resolve_name("madvise")
+        for advice: UInt64 in [100, 101] {
+            try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, madvise, 2, 0xffff_ffff, advice), "madvise \(advice)")
+        }
         // prlimit64 on another process (a root program could lower or raise anyone's limits);
         // any bit set in the pid argument counts as another process, so it fails closed.
         try check(privsep_seccomp_rule_add_ne(filter, eperm, seccomp_syscall_resolve_name("prlimit64"), 0, 0), "prlimit64")

@@ -109,8 +109,11 @@ public struct Lockdown: Sendable {
     }
 
     /// Applies every layer, then reports them to `supervisor` (if given).
-    /// Returns what is in force. Call it before starting threads: Landlock binds
-    /// only the calling thread, so a multi-threaded caller is refused.
+    /// Returns what is in force. Call it before starting threads: Landlock binds only
+    /// the calling thread, so a multi-threaded caller that asks for Landlock rules or needs
+    /// scoping (``Scoping/required``, or a group of ``SyscallGroup/needingScopes``) is
+    /// refused, and one that wants scoping only where available gets none (the status
+    /// returned and reported leaves `landlockScopes` out).
     @discardableResult
     public func apply(reportingTo supervisor: SupervisorConnection? = nil) throws(WorkerError) -> SandboxStatus {
         // Checked before any layer is applied, so a caller that goes on after the error is

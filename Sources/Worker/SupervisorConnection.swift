@@ -162,12 +162,14 @@ public final class SupervisorConnection: @unchecked Sendable {
     }
 
     /// A socket bound at `address` (SOCK_STREAM unless `type` says otherwise): the
-    /// worker calls `listen` on it itself, or uses ``listen(at:backlog:)``.
+    /// worker calls `listen` on it itself, or uses ``listen(at:backlog:)``; after a
+    /// lockdown either needs the `serve` group (``SyscallGroup/serve``), or the filter stops it.
     public func bind(to address: SocketAddress, type: Int32 = 1, protocol: Int32 = 0) throws(WorkerError) -> OwnedFileDescriptor {
         try singleFileDescriptor(.bind(AddressRequest(type: type, protocol: `protocol`, address: address)))
     }
 
-    /// A listening stream socket bound at `address`.
+    /// A listening stream socket bound at `address`. Its `listen` is the worker's own
+    /// call: after a lockdown it needs the `serve` group.
     public func listen(at address: SocketAddress, backlog: Int32 = 128) throws(WorkerError) -> OwnedFileDescriptor {
         let socket = try bind(to: address)
         if case .failure(let errno) = system_listen(socket.unsafeRawValue, backlog) {
@@ -207,16 +209,14 @@ public final class SupervisorConnection: @unchecked Sendable {
         do {
             try channel.send(Envelope(requestID: 0, .listener(ListenerAnnouncement(purpose: .learning))),
                              passing: OwnedFileDescriptors(listener))
-        } catch .peerClosed {
-            throw .supervisorGone
         } catch {
-            throw .protocolError("\(error)")
+            throw WorkerError(sending: error)
         }
     }
 
     private func sendOnly(_ message: Message, requestID: UInt64 = 0) throws(WorkerError) {
-        do { try channel.send(Envelope(requestID: requestID, message)) } catch .peerClosed { throw .supervisorGone } catch {
-            throw .protocolError("\(error)")
+        do { try channel.send(Envelope(requestID: requestID, message)) } catch {
+            throw WorkerError(sending: error)
         }
     }
 
@@ -240,6 +240,12 @@ public final class SupervisorConnection: @unchecked Sendable {
     @inline(__always)
     private func request(sending send: (UInt64) throws(ChannelError) -> Void) throws(WorkerError) -> OwnedFileDescriptors {
         privsep_monitor_lock(lock)
+        // A failed connection sends nothing more: the supervisor would act on the request
+        // (create, truncate, connect) while its caller is only told of the old failure.
+        if let failure {
+            privsep_monitor_unlock(lock)
+            throw failure
+        }
         let id = nextRequestID
         nextRequestID += 1
         // Alone (nobody else reading or waiting): take the reader's role before sending,
@@ -248,7 +254,7 @@ public final class SupervisorConnection: @unchecked Sendable {
         // Such a thread is not listed in `waiting` (nobody else can read its reply while
         // it holds the role), sparing the list's upkeep; it lists itself before it gives
         // the role up without its reply.
-        let readsOwnReply = !readerActive && waiting.isEmpty && failure == nil
+        let readsOwnReply = !readerActive && waiting.isEmpty
         if readsOwnReply { readerActive = true } else { waiting.append(id) }
         privsep_monitor_unlock(lock)
         do {
@@ -257,7 +263,7 @@ public final class SupervisorConnection: @unchecked Sendable {
             privsep_monitor_lock(lock)
             if readsOwnReply { releaseReaderRoleLocked() } else { stopWaiting(for: id) }
             privsep_monitor_unlock(lock)
-            throw error == .peerClosed ? .supervisorGone : .protocolError("\(error)")
+            throw WorkerError(sending: error)
         }
         if readsOwnReply {
             // Ours is decoded in place (no Envelope) and handed back without the mailbox;
@@ -558,6 +564,10 @@ public enum WorkerError: Error, Sendable, Equatable, CustomStringConvertible {
     case supervisorGone
     /// The supervisor sent something this protocol does not allow.
     case protocolError(String)
+    /// The caller's request could not be put in a message (a path with a NUL byte, empty or
+    /// too long; more fds than a message carries), so nothing was sent. The errno is the one
+    /// the system call would give: ENAMETOOLONG for a string too long, EINVAL otherwise.
+    case invalidArgument(Errno, String)
     /// A local system call failed.
     case system(String, Errno)
     /// A sandbox layer that was asked for cannot be applied.
@@ -569,6 +579,7 @@ public enum WorkerError: Error, Sendable, Equatable, CustomStringConvertible {
         case .noChannel(let why): "no supervisor channel: \(why)"
         case .supervisorGone: "the supervisor is gone"
         case .protocolError(let why): "protocol error: \(why)"
+        case .invalidArgument(_, let why): "invalid argument: \(why)"
         case .system(let call, let errno): "\(call): \(errno)"
         case .lockdownFailed(let why): "lockdown failed: \(why)"
         }
@@ -577,8 +588,20 @@ public enum WorkerError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The errno of a refusal or a failed call, if this is one.
     public var errno: Errno? {
         switch self {
-        case .denied(let errno), .system(_, let errno): errno
+        case .denied(let errno), .system(_, let errno), .invalidArgument(let errno, _): errno
         default: nil
+        }
+    }
+
+    /// What a failed send means to the caller: the supervisor gone, an argument of its own
+    /// that no message can carry, or the system call's error; never the supervisor's fault.
+    init(sending error: ChannelError) {
+        switch error {
+        case .peerClosed: self = .supervisorGone
+        case .malformed(.stringTooLong): self = .invalidArgument(.fileNameTooLong, "\(error)")
+        case .malformed, .tooManyFileDescriptorsToSend: self = .invalidArgument(.invalidArgument, "\(error)")
+        case .system(let errno): self = .system("sendmsg", errno)
+        default: self = .protocolError("\(error)")
         }
     }
 }

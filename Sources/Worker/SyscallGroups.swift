@@ -27,7 +27,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     public static let baseline = SyscallGroup(name: "baseline", syscalls: [
         "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2",
         "close", "close_range", "fstat", "newfstatat", "statx", "lseek", "dup", "dup2", "dup3",
-        "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync",
+        "mmap", "munmap", "mprotect", "mremap", "brk", "msync",
         "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait", "rt_sigsuspend", "sigaltstack",
         "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "getgroups",
         "futex", "set_robust_list", "rseq", "set_tid_address", "sched_yield", "sched_getaffinity",
@@ -40,6 +40,12 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
     ], conditional: [
         // pwritev2 never with RWF_NOAPPEND (Linux 6.9+), which would write anywhere in an O_APPEND file.
         ConditionalRule(syscall: "pwritev2", argument: 5, mask: 0x20, value: 0),
+        // madvise with the advice a process gives about its own memory (0-31, MADV_COLLAPSE is
+        // 25; MADV_GUARD_INSTALL and _REMOVE, 102 and 103), never MADV_HWPOISON or
+        // MADV_SOFT_OFFLINE (100, 101): with CAP_SYS_ADMIN, which a worker left root keeps,
+        // they take the host's physical pages out of service.
+        ConditionalRule(syscall: "madvise", argument: 2, mask: ~0x1f, value: 0),
+        ConditionalRule(syscall: "madvise", argument: 2, mask: ~0x1, value: 102),
         // prlimit64 may read this process's limits (pid 0, new_limit NULL), never change them or read another's.
         ConditionalRule(syscall: "prlimit64", [Comparison(argument: 0, value: 0), Comparison(argument: 2, value: 0)]),
         // The ioctls isatty() and non-blocking mode need, nothing else.
@@ -54,7 +60,9 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         ConditionalRule(syscall: "prctl", argument: 0, value: 2),  // PR_GET_PDEATHSIG
         // fcntl: descriptor flags, status reads, locks, duplication. Not F_SETOWN/F_SETSIG
         // (they make the kernel signal other processes), not F_SETLEASE/F_NOTIFY, and
-        // F_SETFL only with O_APPEND kept set, so an append-only grant stays append-only.
+        // F_SETFL only with O_APPEND kept set, so an append-only grant stays append-only,
+        // and O_ASYNC clear: on a terminal the kernel makes its foreground process group the
+        // owner, so SIGIO (which terminates) would reach the supervisor sharing it.
         // Non-blocking mode is ioctl(FIONBIO).
         ConditionalRule(syscall: "fcntl", argument: 1, value: 0),    // F_DUPFD
         ConditionalRule(syscall: "fcntl", argument: 1, value: 1),    // F_GETFD
@@ -69,7 +77,7 @@ public struct SyscallGroup: Hashable, Sendable, CustomStringConvertible {
         ConditionalRule(syscall: "fcntl", argument: 1, value: 1030), // F_DUPFD_CLOEXEC
         ConditionalRule(syscall: "fcntl", argument: 1, value: 1032), // F_GETPIPE_SZ
         ConditionalRule(syscall: "fcntl", argument: 1, value: 1034), // F_GET_SEALS
-        ConditionalRule(syscall: "fcntl", [Comparison(argument: 1, value: 4), Comparison(argument: 2, mask: 0o2000, value: 0o2000)]),
+        ConditionalRule(syscall: "fcntl", [Comparison(argument: 1, value: 4), Comparison(argument: 2, mask: 0o2000 | 0o20000, value: 0o2000)]),
         // Sending never carries MSG_FASTOPEN (it would connect an unconnected TCP socket
         // anywhere); sendto only on connected sockets (no destination address).
         ConditionalRule(syscall: "sendmsg", argument: 2, mask: msgFastOpen, value: 0),

@@ -221,6 +221,8 @@ struct AttackWorker: ParsableCommand {
             case "seccomp-unshare": attack_unshare_user()
             case "seccomp-fork": attack_fork()
             case "seccomp-fcntl_setown": attack_fcntl_setown()
+            case "seccomp-fcntl_async": attack_fcntl_async()
+            case "seccomp-madvise_hwpoison": attack_madvise_hwpoison()
             default: fatalError("unknown attack \(syscall)")
             }
             say("survived \(result)")
@@ -426,7 +428,8 @@ struct Attack {
         let calls: [(String, String?)] = [
             ("openat", "openat"), ("openat2", "openat2"), ("execve", "execve"), ("socket", "socket"), ("ptrace", "ptrace"),
             ("i386", nil), ("x32", nil), ("io_uring", "io_uring_setup"), ("memfd_exec", "memfd_create"), ("seccomp", "seccomp"),
-            ("unshare", "unshare"), ("fork", "clone"), ("fcntl_setown", "fcntl"),
+            ("unshare", "unshare"), ("fork", "clone"), ("fcntl_setown", "fcntl"), ("fcntl_async", "fcntl"),
+            ("madvise_hwpoison", "madvise"),
         ]
         for (call, name) in calls {
             attacks.append(Attack(name: "seccomp-\(call)", arguments: [], summary: "\(call) after a brokered lockdown",

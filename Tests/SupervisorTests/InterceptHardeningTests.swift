@@ -263,7 +263,7 @@ extension InterceptTests {
         if fd >= 0 { close(fd) }
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func ipcNewSessionsAndDatagramPairsAreRefused() async throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func ipcNewSessionsDatagramPairsAndPageOffliningAreRefused() async throws {
         let tree = Tree()
         let script = """
         import ctypes, os, socket
@@ -294,6 +294,9 @@ extension InterceptTests {
             os._exit(0)
         print('clone_parent', ctypes.get_errno() if r < 0 else 'made')
         a, b = socket.socketpair(); a.send(b'ok'); print('stream pair', b.recv(2).decode())
+        # An empty range: harmless whether or not the filter stops it (0 from the kernel).
+        print('madvise hwpoison', raw(28, 0, 0, 100), 'soft offline', raw(28, 0, 0, 101),
+              'high bits', raw(28, 0, 0, (1 << 32) | 100), 'dontneed', raw(28, 0, 0, 4))
         """
         let result = try await intercepted(tree, [Self.python, "-c", script])
         #expect(result.status == 0, "\(result.stderr)")
@@ -308,6 +311,7 @@ extension InterceptTests {
         raw pair \(EPERM)
         clone_parent \(EPERM)
         stream pair ok
+        madvise hwpoison \(EPERM) soft offline \(EPERM) high bits \(EPERM) dontneed 0
 
         """)
     }

@@ -30,7 +30,8 @@ import Testing
         ("openat", "openat"), ("openat2", "openat2"), ("execve", "execve"), ("socket", "socket"),
         ("ptrace", "ptrace"), ("unshare", "unshare"), ("seccomp", "seccomp"), ("io_uring", "io_uring_setup"),
         ("memfd_exec", "memfd_create"), ("prctl", "prctl"), ("fork", "clone"),
-        ("fcntl_clear_append", "fcntl"), ("fcntl_setown", "fcntl"), ("sendto_address", "sendto"),
+        ("fcntl_clear_append", "fcntl"), ("fcntl_setown", "fcntl"), ("fcntl_async", "fcntl"),
+        ("madvise_hwpoison", "madvise"), ("sendto_address", "sendto"),
         ("sendto_fastopen", "sendto"), ("prlimit_other", "prlimit64"),
     ])
     func deniedSyscallIsReportedByName(attack: String, syscall: String) async throws {
@@ -53,10 +54,11 @@ import Testing
 
     @Test func theBaselineKeepsWhatItAllowsUsable() async throws {
         // F_SETFL that keeps O_APPEND set is allowed (stdout is a pipe: the kernel accepts it).
-        let run = try await runWorker(["handshake", "lockdown", "attack:fcntl_keep_append", "attack:tcgets2", "exit:0"])
+        // madvise's guard-page advice (102, past the 0-31 range) is let through.
+        let run = try await runWorker(["handshake", "lockdown", "attack:fcntl_keep_append", "attack:tcgets2", "attack:madvise_guard", "exit:0"])
         #expect(run.reason == .exited(code: 0))
         // TCGETS2 (isatty in glibc 2.42) reaches the kernel, which says a pipe is no terminal.
-        #expect(run.lines.dropFirst(2) == ["attack fcntl_keep_append 0", "attack tcgets2 -\(ENOTTY)"])
+        #expect(run.lines.dropFirst(2) == ["attack fcntl_keep_append 0", "attack tcgets2 -\(ENOTTY)", "attack madvise_guard 0"])
     }
 
     @Test func clone3GetsENOSYSAndThreadsStillStart() async throws {

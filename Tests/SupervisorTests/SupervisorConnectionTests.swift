@@ -32,14 +32,22 @@ import Worker
     /// A request that fails before anything is sent gives up the reader's role: the next
     /// request reads its reply. (A role left taken leaves it waiting for ever: the run hangs
     /// and CI's watchdog fails it; checked by removing the release.)
+    /// The caller's own bad argument is an invalidArgument with the errno open(2) would give,
+    /// not a protocol error (which blames the supervisor).
     @Test func aRequestThatCannotBeSentLeavesTheConnectionUsable() throws {
         let channel = try Channel()
-        #expect(throws: WorkerError.self) { _ = try channel.connection.open("/a\u{0}b", .readOnly) }
-        try channel.queueGrant(2) // the failed request took id 1
+        #expect { _ = try channel.connection.open("/a\u{0}b", .readOnly) } throws: { error in
+            guard case WorkerError.invalidArgument(.invalidArgument, let why)? = error as? WorkerError else { return false }
+            return why.contains("NUL")
+        }
+        #expect { _ = try channel.connection.open("/" + String(repeating: "a", count: 5000), .readOnly) } throws: { error in
+            (error as? WorkerError)?.errno == .fileNameTooLong
+        }
+        try channel.queueGrant(3) // the failed requests took ids 1 and 2
         let fd = try channel.connection.open("/srv/data", .readOnly)
         #expect(fd.unsafeRawValue >= 0)
         let sent = try channel.supervisorEnd.receiveMessage()
-        #expect(sent.envelope == Envelope(requestID: 2, .open(OpenRequest(path: "/srv/data", flags: O_RDONLY, mode: 0o600))))
+        #expect(sent.envelope == Envelope(requestID: 3, .open(OpenRequest(path: "/srv/data", flags: O_RDONLY, mode: 0o600))))
     }
 
     /// A thread reading its own reply that finds a JOB first files it for nextJob and goes
@@ -60,12 +68,17 @@ import Worker
         #expect(throws: WorkerError.denied(.permissionDenied)) { _ = try channel.connection.open("/srv/other", .readOnly) }
     }
 
-    /// A REPLY nobody asked for fails the connection, whichever thread reads it.
+    /// A REPLY nobody asked for fails the connection, whichever thread reads it; a failed
+    /// connection sends no more requests (the supervisor would create or truncate a file
+    /// for a caller told only of the old failure).
     @Test func aReplyForARequestNobodyMadeFailsTheConnection() throws {
         let channel = try Channel()
         try channel.queueGrant(9)
         #expect(throws: WorkerError.self) { _ = try channel.connection.open("/srv/data", .readOnly) }
-        #expect(throws: WorkerError.self) { _ = try channel.connection.open("/srv/data", .readOnly) }
+        #expect(throws: WorkerError.self) { _ = try channel.connection.open("/srv/new", [.writeOnly, .create, .truncate]) }
+        #expect(try channel.supervisorEnd.receiveMessage().envelope.message.type == .open)
+        try channel.supervisorEnd.setNonBlocking(true)
+        #expect(throws: ChannelError.system(.resourceTemporarilyUnavailable)) { _ = try channel.supervisorEnd.receiveMessage() }
     }
 
     /// Intercept mode's hand-over is a request like the others: made while another thread
