@@ -376,6 +376,6 @@ public func parseByteSize(_ text: String) -> UInt64? {
 /// Whether `name` can name an environment variable: not empty, and no '=' or NUL byte. Bytes,
 /// not Characters: "=" followed by a combining accent is one Character that is not "=", yet
 /// its bytes still end the name where execve's reader sees them.
-func isEnvironmentName(_ name: String) -> Bool {
+package func isEnvironmentName(_ name: String) -> Bool {
     !name.isEmpty && !name.utf8.contains(UInt8(ascii: "=")) && !name.utf8.contains(0)
 }

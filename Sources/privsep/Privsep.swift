@@ -25,6 +25,12 @@ enum Entry {
         // must stay our children until we reap them, and no file of ours (an audit log) may
         // take fd 0, 1 or 2 and receive what is meant for stdio.
         _ = privsep_default_sigchld()
+        // A write to a pipe whose reader is gone (stderr into `| head`, with a worker's LOG
+        // line) or past RLIMIT_FSIZE (the audit log) fails with EPIPE or EFBIG, which its
+        // writer reports, rather than end the supervisor and leave its workers' children
+        // running. Workers get every signal's default back (POSIX_SPAWN_SETSIGDEF).
+        signal(SIGPIPE, SIG_IGN)
+        signal(SIGXFSZ, SIG_IGN)
         for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) == -1 {
             _ = open("/dev/null", O_RDWR) // takes the lowest free number: fd
         }
@@ -36,21 +42,32 @@ enum Entry {
     }
 }
 
-/// Until the returned sources are released, SIGINT, SIGTERM and SIGHUP shut `supervisor` down
-/// (its workers stopped, what they forked killed) and exit with 128 + the signal, rather
-/// than end this process and leave the workers to their PR_SET_PDEATHSIG.
-func shutDownOnTerminationSignals(_ supervisor: Supervisor) -> [any DispatchSourceSignal] {
-    [SIGINT, SIGTERM, SIGHUP].map { number in
+/// The signals whose default action ends a process (SIGPIPE and SIGXFSZ aside, which are
+/// ignored). Each is taken as a request to stop: ended by one, this process would leave
+/// its workers to their PR_SET_PDEATHSIG, which what they forked does not have.
+let stopSignals: [Int32] = [SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM, SIGSTKFLT,
+                            SIGVTALRM, SIGPROF, SIGIO, SIGPWR]
+
+/// Until the returned sources are released, each of `stopSignals` runs `handler` with its
+/// number (on a Dispatch queue) instead of ending this process.
+func onStopSignals(_ handler: @escaping @Sendable (Int32) -> Void) -> [any DispatchSourceSignal] {
+    stopSignals.map { number in
         signal(number, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: number)
-        source.setEventHandler {
-            Task {
-                await supervisor.shutdown()
-                exit(128 + number)
-            }
-        }
+        source.setEventHandler { handler(number) }
         source.resume()
         return source
+    }
+}
+
+/// Until the returned sources are released, a stop signal (`stopSignals`) shuts `supervisor`
+/// down (its workers stopped, what they forked killed) and exits with 128 + the signal.
+func shutDownOnTerminationSignals(_ supervisor: Supervisor) -> [any DispatchSourceSignal] {
+    onStopSignals { number in
+        Task {
+            await supervisor.shutdown()
+            exit(128 + number)
+        }
     }
 }
 
@@ -136,6 +153,16 @@ struct Run: AsyncParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "program"))
     var command: [String] = []
 
+    mutating func validate() throws {
+        if let timeout, !(timeout > 0 && timeout.isFinite) { throw ValidationError("--timeout must be a positive number of seconds") }
+        if let bad = passEnvironment.first(where: { !isEnvironmentName($0) }) {
+            throw ValidationError("--pass-env takes a variable's name (not empty, no '=' or NUL), not \"\(bad)\"")
+        }
+        if let bad = environment.first(where: { pair in pair.firstIndex(of: "=").map { !isEnvironmentName(String(pair[..<$0])) } ?? true }) {
+            throw ValidationError("--env takes NAME=VALUE, not \(bad)")
+        }
+    }
+
     mutating func run() async throws {
         let file = try loadPolicy(policy)
 
@@ -154,9 +181,7 @@ struct Run: AsyncParsableCommand {
         audit.apply(to: &configuration.caps)
         configuration.inheritedEnvironment += passEnvironment
         for pair in environment {
-            guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {
-                throw ValidationError("--env takes NAME=VALUE, not \(pair)")
-            }
+            let equals = pair.firstIndex(of: "=")! // validate() checked
             configuration.environment[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
         }
         configuration.resourceLimits = file.resourceLimits
@@ -175,16 +200,9 @@ struct Run: AsyncParsableCommand {
         let stopping = Mutex(false)
         // Ctrl-C and friends stop the worker (it runs in a session of its own, so the
         // terminal's signals reach only us).
-        var sources: [any DispatchSourceSignal] = []
-        for number in [SIGINT, SIGTERM, SIGHUP] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number)
-            source.setEventHandler {
-                stopping.withLock { $0 = true }
-                current.withLock { $0 }?.stop(grace: 2)
-            }
-            source.resume()
-            sources.append(source)
+        let sources = onStopSignals { _ in
+            stopping.withLock { $0 = true }
+            current.withLock { $0 }?.stop(grace: 2)
         }
         let reason: ExitReason
         do {
@@ -282,6 +300,10 @@ struct Learn: AsyncParsableCommand {
 
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "program"))
     var command: [String] = []
+
+    mutating func validate() throws {
+        guard timeout > 0 && timeout.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") }
+    }
 
     mutating func run() async throws {
         let file = try policy.map(loadPolicy) ?? PolicyFile()

@@ -515,7 +515,7 @@ struct Attack {
     }
 }
 
-/// The link a symlink attack has planted, removed by SIGINT, SIGTERM or SIGHUP too (the
+/// The link a symlink attack has planted, removed by a stop signal too (`stopSignals`; the
 /// selftest then exits 128 + the signal's number): an interrupted selftest leaves nothing behind.
 enum PlantedLink {
     nonisolated(unsafe) private static var path: UnsafeMutablePointer<CChar>?
@@ -525,7 +525,7 @@ enum PlantedLink {
     static func set(_ newPath: String?) {
         if !handlersInstalled {
             handlersInstalled = true
-            for signal in [SIGINT, SIGTERM, SIGHUP] {
+            for signal in stopSignals {
                 _ = Glibc.signal(signal) { number in
                     if let planted = PlantedLink.path { unlink(planted) }
                     _exit(128 + number)

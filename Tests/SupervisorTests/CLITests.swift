@@ -153,6 +153,27 @@ import Testing
         #expect(strict.stdout.hasSuffix(" 0 failed, 1 skipped\n"), "\(strict.stdout)")
     }
 
+    /// A line written to a stderr whose reader is gone fails with EPIPE: it does not end the
+    /// supervisor (SIGPIPE), which would leave what its worker forked running; privsep goes
+    /// on and exits with the worker's status.
+    @Test func aStderrWithNoReaderDoesNotEndTheSupervisor() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [] }"#)
+        let run = "\(Self.binDirectory)/privsep run -v -p \(scratch.path)/policy.json -- \(testWorkerPath) handshake sleep:0.3 log:hello exit:7"
+        _ = try await ExampleTests.run("/bin/sh", ["-c", "(\(run) 2>&1 >/dev/null; echo $? > \(scratch.path)/status) | true"])
+        #expect(scratch.contents("status") == "7\n")
+    }
+
+    /// A signal whose default would end privsep (SIGUSR1 here) stops the worker as Ctrl-C does.
+    @Test func anyTerminatingSignalStopsTheWorker() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [] }"#)
+        let run = "\(Self.binDirectory)/privsep run -p \(scratch.path)/policy.json -- \(testWorkerPath) handshake sleep:30"
+        let result = try await ExampleTests.run("/bin/sh", ["-c", "\(run) & sleep 0.5; kill -USR1 $!; wait $!"])
+        #expect(result.status == 143, "\(result.stderr)")
+        #expect(result.stderr.contains("stopped"), "\(result.stderr)")
+    }
+
     /// A path read from stdin gets its result printed when its job ends, not when more paths
     /// have come: the producer here writes its second path only once the first result is out
     /// (after 20 s without it, it notes that it gave up waiting).
