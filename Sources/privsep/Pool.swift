@@ -157,7 +157,13 @@ struct Pool: AsyncParsableCommand {
                         failures += 1
                         if failure.kind == "unreadable" { unreadable += 1 }
                     }
-                    printer.print(outcome)
+                    if !printer.print(outcome) {
+                        // Nobody reads the results (`| head`): stop at once, as SIGPIPE would
+                        // have, but with the workers stopped first.
+                        await pool.shutdown(gracePeriod: 0)
+                        await supervisor.shutdown()
+                        Glibc.exit(128 + SIGPIPE)
+                    }
                 }
                 readNextIfRoom()
             }
@@ -439,8 +445,10 @@ private struct OutcomePrinter {
     let json: Bool
     let quiet: Bool
 
-    func print(_ outcome: Outcome) {
-        guard !quiet else { return }
+    /// Writes the outcome's line; false once stdout's reader is gone (EPIPE: SIGPIPE is
+    /// ignored, so the write says so instead of ending the process).
+    func print(_ outcome: Outcome) -> Bool {
+        guard !quiet else { return true }
         let output = String(decoding: outcome.output, as: UTF8.self)
         let line: String
         if json {
@@ -463,8 +471,9 @@ private struct OutcomePrinter {
         while written < bytes.count {
             let n = bytes[written...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
+            if n <= 0 { return !(n < 0 && errno == EPIPE) }
             written += n
         }
+        return true
     }
 }

@@ -164,6 +164,18 @@ import Testing
         #expect(scratch.contents("status") == "7\n")
     }
 
+    /// With SIGPIPE ignored, `privsep pool | head -1` still ends when its results have no
+    /// reader (141, as SIGPIPE would give), with its workers stopped, not after every input.
+    @Test func poolStopsWhenNobodyReadsItsResults() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [] }"#)
+        scratch.write("paths", String(repeating: "/etc/hostname\n", count: 2000))
+        let pool = "\(Self.binDirectory)/privsep pool -p \(scratch.path)/policy.json --workers 2 -- \(testWorkerPath) handshake lockdown serve"
+        let result = try await ExampleTests.run("/bin/sh", ["-c", "(\(pool) < \(scratch.path)/paths; echo $? > \(scratch.path)/status) | head -1"])
+        #expect(scratch.contents("status") == "141\n", "\(result.stderr)")
+        #expect(!result.stderr.contains("2000 jobs"), "\(result.stderr)")
+    }
+
     /// A signal whose default would end privsep (SIGUSR1 here) stops the worker as Ctrl-C does.
     @Test func anyTerminatingSignalStopsTheWorker() async throws {
         let scratch = ScratchDirectory()
