@@ -158,9 +158,12 @@ public struct InterceptLockdown: Sendable {
         // opened for it (chattr +i, clearing +a, the inode version, the filesystem label):
         // FS_IOC_SETFLAGS and its 32-bit twin, FS_IOC_FSSETXATTR, FS_IOC_SETVERSION and its
         // 32-bit twin, ext4's EXT4_IOC_SETVERSION, FS_IOC_SETFSLABEL.
+        // Nor, on a terminal (the operator's, with `privsep run --terminal`): TIOCSETD (a line
+        // discipline leaves the shell deaf once the program is gone, and loads kernel code),
+        // TIOCEXCL (no one else may open it), TIOCSCTTY, TIOCNOTTY, TIOCCONS and TIOCVHANGUP.
         let ioctl = seccomp_syscall_resolve_name("ioctl")
         for command: UInt64 in [0x5412, 0x541C, 0x4008_6602, 0x4004_6602, 0x401c_5820, 0x4008_7602, 0x4004_7602,
-                                0x4008_6604, 0x4100_9432] {
+                                0x4008_6604, 0x4100_9432, 0x5423, 0x540C, 0x540E, 0x5422, 0x541D, 0x5437] {
             try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, ioctl, 1, 0xffff_ffff, command), "ioctl \(command)")
         }
         // prctl: no PR_SET_SECCOMP (22, a filter of its own could answer our notifications

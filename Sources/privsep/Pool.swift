@@ -99,6 +99,7 @@ struct Pool: AsyncParsableCommand {
         worker.standardInput = .null
         worker.standardOutput = .null
         worker.standardError = workerStderr ? .inherit : .null
+        let relay = try TerminalRelay(guarding: &worker)
         worker.resourceLimits = file.resourceLimits
         worker.requiredLayers = file.requiredLayers
         var configuration = WorkerPoolConfiguration(worker: worker, size: workers, jobsPerWorker: jobsPerWorker,
@@ -172,6 +173,9 @@ struct Pool: AsyncParsableCommand {
         let metrics = pool.metrics
         await pool.shutdown()
         await supervisor.shutdown()
+        // The pool keeps its configuration, so the copy never sees its pipe's end; but every
+        // worker has exited, and what they wrote is in the pipe: a moment copies it.
+        await relay.finish(within: 0.2)
         printSummary(total: total, failures: failures, unreadable: unreadable, seconds: elapsed, metrics: metrics)
         if failures > 0 { throw ExitCode(1) }
     }

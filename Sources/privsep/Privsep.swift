@@ -103,8 +103,10 @@ struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run PROGRAM as a worker under a policy and exit with its exit status.",
         discussion: """
-        The worker's stdin, stdout and stderr are this command's. Its environment is only \
-        what the policy file and --env/--pass-env give it, plus PRIVSEP_FD=3.
+        The worker's stdin, stdout and stderr are this command's, except a terminal: \
+        it reads /dev/null instead, and what it writes to one is copied by privsep \
+        (--terminal gives it the terminal). Its environment is only what the policy file \
+        and --env/--pass-env give it, plus PRIVSEP_FD=3.
 
         Exit status: the worker's own, or 128+N if signal N ended it, 159 after a seccomp \
         violation, 124 after a timeout, 125 when the supervisor killed it for another reason \
@@ -150,6 +152,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: ArgumentHelp("With --intercept: run PROGRAM as this user (and group; default: the user's number).", valueName: "uid[:gid]"))
     var user: String?
 
+    @Flag(help: "Give PROGRAM this terminal itself (an interactive program). Without it, a worker never holds the terminal: stdin is /dev/null and output is copied. With it, PROGRAM can read what is typed even while privsep runs in the background, and change the terminal's settings.")
+    var terminal = false
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "program"))
     var command: [String] = []
 
@@ -190,6 +195,7 @@ struct Run: AsyncParsableCommand {
         if let cpuSeconds { configuration.resourceLimits.cpuSeconds = cpuSeconds }
         configuration.wallClockTimeout = timeout ?? file.timeout
         configuration.requiredLayers = file.requiredLayers
+        let relay = terminal ? nil : try TerminalRelay(guarding: &configuration)
 
         let supervisor: Supervisor
         do { supervisor = try Supervisor(logger: logger, auditLog: auditLog) } catch {
@@ -217,7 +223,11 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(127)
         }
         _ = sources
+        // Our copies of the pipes' write ends go, so the relay's copies can end.
+        configuration.standardOutput = .null
+        configuration.standardError = .null
         await supervisor.shutdown()
+        await relay?.finish()
         let pid = current.withLock { $0?.pid } ?? 0
         throw ExitCode(report(reason, pid: pid))
     }
@@ -317,9 +327,13 @@ struct Learn: AsyncParsableCommand {
         defer { _ = signals }
         configuration.wallClockTimeout = timeout
         configuration.learning = true
+        let relay = try TerminalRelay(guarding: &configuration)
         let handle = try await supervisor.spawn(configuration)
+        configuration.standardOutput = .null
+        configuration.standardError = .null
         let reason = await handle.exit()
         await supervisor.shutdown()
+        await relay.finish()
 
         print("")
         print("privsep learn: \(program) \(reason)")

@@ -545,7 +545,7 @@ final class OutputPipe: @unchecked Sendable {
 
     init() {
         var fds: [Int32] = [-1, -1]
-        precondition(pipe2Cloexec(&fds) == 0, "pipe")
+        precondition(privsep_pipe_cloexec(&fds) == 0, "pipe")
         readEnd = fds[0]
         writeEnd = SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: fds[1]))
     }
@@ -559,13 +559,6 @@ final class OutputPipe: @unchecked Sendable {
         let count = Glibc.read(readEnd, &bytes, bytes.count)
         return String(decoding: bytes[..<max(count, 0)], as: UTF8.self).trimmingNewlines()
     }
-}
-
-private func pipe2Cloexec(_ fds: inout [Int32]) -> Int32 {
-    guard pipe(&fds) == 0 else { return -1 }
-    _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-    _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-    return 0
 }
 
 extension String {

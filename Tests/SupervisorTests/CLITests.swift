@@ -164,6 +164,24 @@ import Testing
         #expect(scratch.contents("status") == "7\n")
     }
 
+    static let hasScript = access("/usr/bin/script", X_OK) == 0
+
+    /// Run in a terminal (script's pty), a worker never holds it: in a session of its own,
+    /// job control would not stop it reading what is typed at the shell, and it could change
+    /// the terminal's settings. Its stdin is /dev/null and its output a pipe that privsep
+    /// copies to the terminal, every line of it; --terminal hands it the terminal.
+    @Test(.enabled(if: hasScript, "script (util-linux) is not installed")) func aWorkerNeverHoldsTheTerminalUnlessTold() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [] }"#)
+        let run = "\(Self.binDirectory)/privsep run -p \(scratch.path)/policy.json"
+        let worker = "-- \(testWorkerPath) handshake ttys exit:3"
+        let guarded = try await ExampleTests.run("/usr/bin/script", ["-qec", "\(run) \(worker)", "/dev/null"])
+        #expect(guarded.status == 3, "\(guarded.stdout)\(guarded.stderr)")
+        #expect(guarded.stdout == "welcome 1\r\nttys 0 0 0\r\n", "\(guarded.stdout)")
+        let given = try await ExampleTests.run("/usr/bin/script", ["-qec", "\(run) --terminal \(worker)", "/dev/null"])
+        #expect(given.stdout == "welcome 1\r\nttys 1 1 1\r\n", "\(given.stdout)")
+    }
+
     /// With SIGPIPE ignored, `privsep pool | head -1` still ends when its results have no
     /// reader (141, as SIGPIPE would give), with its workers stopped, not after every input.
     @Test func poolStopsWhenNobodyReadsItsResults() async throws {

@@ -263,7 +263,7 @@ extension InterceptTests {
         if fd >= 0 { close(fd) }
     }
 
-    @Test(.enabled(if: hasPython, "python3 is not installed")) func ipcNewSessionsDatagramPairsAndPageOffliningAreRefused() async throws {
+    @Test(.enabled(if: hasPython, "python3 is not installed")) func ipcNewSessionsDatagramPairsPageOffliningAndTerminalTakeoverAreRefused() async throws {
         let tree = Tree()
         let script = """
         import ctypes, os, socket
@@ -297,6 +297,9 @@ extension InterceptTests {
         # An empty range: harmless whether or not the filter stops it (0 from the kernel).
         print('madvise hwpoison', raw(28, 0, 0, 100), 'soft offline', raw(28, 0, 0, 101),
               'high bits', raw(28, 0, 0, (1 << 32) | 100), 'dontneed', raw(28, 0, 0, 4))
+        # Terminal ioctls on a pipe: ENOTTY from the kernel, EPERM from the filter.
+        r, w = os.pipe()
+        print('tty', [raw(16, r, c) for c in (0x5423, 0x540C, 0x540E, 0x5422, 0x541D, 0x5437)], 'tcgets', raw(16, r, 0x5401))
         """
         let result = try await intercepted(tree, [Self.python, "-c", script])
         #expect(result.status == 0, "\(result.stderr)")
@@ -312,6 +315,7 @@ extension InterceptTests {
         clone_parent \(EPERM)
         stream pair ok
         madvise hwpoison \(EPERM) soft offline \(EPERM) high bits \(EPERM) dontneed 0
+        tty [1, 1, 1, 1, 1, 1] tcgets \(ENOTTY)
 
         """)
     }

@@ -418,6 +418,11 @@ static inline int privsep_children_reaped_by_kernel(void) {
     if (sigaction(SIGCHLD, NULL, &current) != 0) return -1;
     return (!(current.sa_flags & SA_SIGINFO) && current.sa_handler == SIG_IGN) || (current.sa_flags & SA_NOCLDWAIT) ? 1 : 0;
 }
+/* A pipe whose ends are close-on-exec from the start (pipe2 needs _GNU_SOURCE): no spawn
+   on another thread can inherit an end between pipe and fcntl. */
+static inline int privsep_pipe_cloexec(int *fds) {
+    return (int)syscall(SYS_pipe2, fds, O_CLOEXEC);
+}
 /* SIGCHLD back to its default disposition (ignored, but children stay until reaped). */
 static inline int privsep_default_sigchld(void) {
     struct sigaction action;

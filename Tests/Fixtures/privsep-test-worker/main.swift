@@ -24,6 +24,7 @@
 //   hoard:N:PATH         send N OPEN requests for PATH without reading replies (fds left in flight)
 //   drain:N              read N replies left unread -> "drain fds K errnos E:COUNT,..."
 //   pdeathsig            print the parent-death signal
+//   ttys                 whether stdin, stdout and stderr are terminals -> "ttys 0 1 1"
 //   threads:N:PATH       N threads each open and read PATH 50 times through one connection
 //                                                                       -> "threads ok N*50" / "threads failed ..."
 //   limits               print RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE soft limits
@@ -435,6 +436,8 @@ for step in CommandLine.arguments.dropFirst() {
         guard result == 0 else { say("halffilter failed \(result)"); exit(4) }
         do { try requireConnection().reportSandbox(SandboxStatus(requested: [], active: [.noNewPrivileges, .seccomp])) }
         catch { say("claim failed: \(error)") }
+    case "ttys":
+        say("ttys \(isatty(0)) \(isatty(1)) \(isatty(2))")
     case "pdeathsig":
         var signal: Int32 = 0
         _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
