@@ -204,24 +204,36 @@ struct Run: AsyncParsableCommand {
         }
         let current = Mutex<WorkerHandle?>(nil)
         let stopping = Mutex(false)
+        let running = Mutex<Task<Result<ExitReason, SupervisorError>, Never>?>(nil)
         // Ctrl-C and friends stop the worker (it runs in a session of its own, so the
-        // terminal's signals reach only us).
+        // terminal's signals reach only us), and cancel the run, so that a restart's back-off
+        // ends at once and starts no other worker.
         let sources = onStopSignals { _ in
             stopping.withLock { $0 = true }
             current.withLock { $0 }?.stop(grace: 2)
+            running.withLock { $0 }?.cancel()
         }
+        let restartPolicy = RestartPolicy(mode: restart, maximumRestarts: maxRestarts)
+        let task = Task { [configuration] () -> Result<ExitReason, SupervisorError> in
+            do throws(SupervisorError) {
+                return .success(try await supervisor.run(configuration, restart: restartPolicy, onStart: { handle in
+                    current.withLock { $0 = handle }
+                    if stopping.withLock({ $0 }) { handle.stop(grace: 2) }
+                }))
+            } catch {
+                return .failure(error)
+            }
+        }
+        running.withLock { $0 = task }
+        if stopping.withLock({ $0 }) { task.cancel() } // a signal came before the task was known
         let reason: ExitReason
-        do {
-            reason = try await supervisor.run(configuration,
-                                              restart: RestartPolicy(mode: restart, maximumRestarts: maxRestarts),
-                                              onStart: { handle in
-                                                  current.withLock { $0 = handle }
-                                                  if stopping.withLock({ $0 }) { handle.stop(grace: 2) }
-                                              })
-        } catch {
+        switch await task.value {
+        case .success(let ended): reason = ended
+        case .failure(let error):
             printError("privsep: \(error)")
             throw ExitCode(127)
         }
+        running.withLock { $0 = nil }
         _ = sources
         // Our copies of the pipes' write ends go, so the relay's copies can end.
         configuration.standardOutput = .null

@@ -194,6 +194,23 @@ import Testing
         #expect(!result.stderr.contains("2000 jobs"), "\(result.stderr)")
     }
 
+    /// A stop during a restart's back-off ends the run then: no other worker is started (it
+    /// used to wait the back-off out, up to 30 s, then start one only to stop it).
+    @Test func aStopDuringARestartBackOffStartsNoOtherWorker() async throws {
+        let scratch = ScratchDirectory()
+        scratch.write("policy.json", #"{ "paths": [] }"#)
+        let log = scratch.path + "/audit.jsonl"
+        let run = "\(Self.binDirectory)/privsep run -p \(scratch.path)/policy.json --restart always --max-restarts 20 --audit-log \(log) -- \(testWorkerPath) handshake exit:1"
+        // Back-offs of 0.1, 0.2, 0.4, 0.8 and 1.6 s: at 4 s it is in one of 3.2 s.
+        let result = try await ExampleTests.run("/bin/sh", ["-c", "\(run) & sleep 4; kill -TERM $!; wait $!"])
+        #expect(result.status == 1, "\(result.stderr)")
+        let events = (scratch.contents("audit.jsonl") ?? "").split(separator: "\n")
+        let spawns = events.filter { $0.contains(#""event":"SPAWN""#) }.count
+        let exits = events.filter { $0.contains(#""event":"EXIT""#) }
+        #expect(spawns >= 5 && spawns == exits.count, "\(events)")
+        #expect(!exits.contains { $0.contains("stopped") }, "\(exits)")
+    }
+
     /// A signal whose default would end privsep (SIGUSR1 here) stops the worker as Ctrl-C does.
     @Test func anyTerminatingSignalStopsTheWorker() async throws {
         let scratch = ScratchDirectory()
