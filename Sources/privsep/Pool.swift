@@ -27,7 +27,8 @@ struct Pool: AsyncParsableCommand {
         (throughput, failures by kind) goes to stderr.
 
         Exit status: 0 if every job succeeded, 1 if any failed, 2 for a bad policy or audit \
-        log, 3 if the workers could not be started, 64 for bad options.
+        log, 3 if the workers could not be started, 64 for bad options, 127 if PROGRAM is \
+        not found, 141 when stdout's reader is gone, 128+N after signal N.
         """
     )
 

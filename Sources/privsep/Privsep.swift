@@ -450,7 +450,9 @@ func workerConfiguration(command: [String], file: PolicyFile) throws -> WorkerCo
         throw ValidationError("Name the program after --, for example: privsep run --policy policy.json -- ./parser input.csv")
     }
     guard let executable = resolveProgram(program) else {
-        printError("privsep: \(program): not found (give a path, or a name on PATH)")
+        // With a slash, the file was named: say why it cannot be run (not there, or not executable).
+        let why = program.contains("/") ? "\(Errno(rawValue: access(program, X_OK) == 0 ? 0 : errno))" : "not found (give a path, or a name on PATH)"
+        printError("privsep: \(program): \(why)")
         throw ExitCode(127)
     }
     var configuration = WorkerConfiguration(executable: executable, arguments: Array(command.dropFirst()), policy: file.policy)
