@@ -35,8 +35,9 @@ public struct InterceptLockdown: Sendable {
     /// Paths (files, or directories and what lies beneath) the program may execute.
     public var executablePaths: [String]
 
-    /// Become this user and group (supplementary groups dropped) first, so a program
-    /// started by a root supervisor holds no capability. nil keeps the supervisor's identity.
+    /// Become this user and group (supplementary groups dropped) first. nil keeps the
+    /// supervisor's user and groups, but not its capabilities: a program started by a root
+    /// supervisor holds none either way, and gains none when it execs.
     public var identity: (uid: UInt32, gid: UInt32)?
 
     public init(executablePaths: [String], identity: (uid: UInt32, gid: UInt32)? = nil) {
@@ -101,6 +102,14 @@ public struct InterceptLockdown: Sendable {
     public func apply(handingListenerTo supervisor: SupervisorConnection) throws(WorkerError) -> SandboxStatus {
         // The raw calls change only this thread, which is the only one that survives the exec.
         if let identity { try dropIdentity(to: identity, supervisorProcessID: supervisor.supervisorProcessID) }
+        // Kept as root (no identity), the program would still hold root's capabilities, and
+        // a deny-list cannot name every ioctl they open (a read-only file's EXT4_IOC_SHUTDOWN
+        // took its filesystem down; a socketpair's SIOCSIFFLAGS took an interface down).
+        // Every call that needs the supervisor's authority is served by the supervisor, so
+        // the program needs none: they go, for good, exec included.
+        guard privsep_drop_all_capabilities() == 0 else {
+            throw .lockdownFailed("giving up capabilities: \(currentErrno())")
+        }
         guard case .success = system_prctl(privsep_PR_SET_NO_NEW_PRIVS, 1),
               case .success(1) = system_prctl(privsep_PR_GET_NO_NEW_PRIVS, 0) else {
             throw .lockdownFailed("no_new_privs could not be set")
@@ -160,10 +169,11 @@ public struct InterceptLockdown: Sendable {
         // 32-bit twin, ext4's EXT4_IOC_SETVERSION, FS_IOC_SETFSLABEL.
         // Nor, on a terminal (the operator's, with `privsep run --terminal`): TIOCSETD (a line
         // discipline leaves the shell deaf once the program is gone, and loads kernel code),
-        // TIOCEXCL (no one else may open it), TIOCSCTTY, TIOCNOTTY, TIOCCONS and TIOCVHANGUP.
+        // TIOCSLCKTRMIOS (settings locked so that the shell cannot change them back), TIOCEXCL
+        // (no one else may open it), TIOCSCTTY, TIOCNOTTY, TIOCCONS and TIOCVHANGUP.
         let ioctl = seccomp_syscall_resolve_name("ioctl")
         for command: UInt64 in [0x5412, 0x541C, 0x4008_6602, 0x4004_6602, 0x401c_5820, 0x4008_7602, 0x4004_7602,
-                                0x4008_6604, 0x4100_9432, 0x5423, 0x540C, 0x540E, 0x5422, 0x541D, 0x5437] {
+                                0x4008_6604, 0x4100_9432, 0x5423, 0x5457, 0x540C, 0x540E, 0x5422, 0x541D, 0x5437] {
             try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, ioctl, 1, 0xffff_ffff, command), "ioctl \(command)")
         }
         // prctl: no PR_SET_SECCOMP (22, a filter of its own could answer our notifications

@@ -299,7 +299,7 @@ extension InterceptTests {
               'high bits', raw(28, 0, 0, (1 << 32) | 100), 'dontneed', raw(28, 0, 0, 4))
         # Terminal ioctls on a pipe: ENOTTY from the kernel, EPERM from the filter.
         r, w = os.pipe()
-        print('tty', [raw(16, r, c) for c in (0x5423, 0x540C, 0x540E, 0x5422, 0x541D, 0x5437)], 'tcgets', raw(16, r, 0x5401))
+        print('tty', [raw(16, r, c) for c in (0x5423, 0x5457, 0x540C, 0x540E, 0x5422, 0x541D, 0x5437)], 'tcgets', raw(16, r, 0x5401))
         """
         let result = try await intercepted(tree, [Self.python, "-c", script])
         #expect(result.status == 0, "\(result.stderr)")
@@ -315,7 +315,39 @@ extension InterceptTests {
         clone_parent \(EPERM)
         stream pair ok
         madvise hwpoison \(EPERM) soft offline \(EPERM) high bits \(EPERM) dontneed 0
-        tty [1, 1, 1, 1, 1, 1] tcgets \(ENOTTY)
+        tty [1, 1, 1, 1, 1, 1, 1] tcgets \(ENOTTY)
+
+        """)
+    }
+
+    /// Kept as root (no --user), the program holds no capability, and gains none at exec: a
+    /// deny-list cannot name every ioctl root's capabilities open (a read-only file's
+    /// EXT4_IOC_SHUTDOWN, a socketpair's SIOCSIFFLAGS).
+    @Test(.enabled(if: hasPython && getuid() == 0, "python3 and root are needed")) func aProgramKeptAsRootHoldsNoCapability() async throws {
+        let tree = Tree()
+        let policy = tree.policy(extra: ",\n    { \"path\": \"/proc\", \"kind\": \"directory\", \"allow\": [\"read\"] }")
+        let script = """
+        import os, socket, fcntl, struct
+        print('uid', os.getuid())
+        for line in open('/proc/%d/status' % os.getpid()):
+            if line.startswith('Cap'): print(line.split()[0], int(line.split()[1], 16))
+        a, b = socket.socketpair()
+        try:  # lo's flags set to what they are: a change nobody would see, had it been allowed
+            flags = fcntl.ioctl(a, 0x8913, struct.pack('16sH', b'lo', 0))
+            fcntl.ioctl(a, 0x8914, flags); print('SIOCSIFFLAGS succeeded')
+        except OSError as e:
+            print('SIOCSIFFLAGS', e.errno)
+        """
+        let result = try await intercepted(tree, [Self.python, "-c", script], policy: policy)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+        uid 0
+        CapInh: 0
+        CapPrm: 0
+        CapEff: 0
+        CapBnd: 0
+        CapAmb: 0
+        SIOCSIFFLAGS \(EPERM)
 
         """)
     }
