@@ -5,7 +5,37 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include "privsep_shims.h"
+
+int privsep_open_output_pty(int *master, int *slave, int window_of) {
+    int unlocked = 0;
+    int m = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0) return -1;
+    /* The slave by the master's fd (TIOCGPTPEER), not by a path someone could swap. */
+    int s = ioctl(m, TIOCSPTLCK, &unlocked) == 0 ? ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC) : -1;
+    struct termios settings;
+    if (s < 0 || tcgetattr(s, &settings) != 0) goto fail;
+    settings.c_oflag &= ~OPOST;
+    if (tcsetattr(s, TCSANOW, &settings) != 0) goto fail;
+    struct winsize window;
+    if (ioctl(window_of, TIOCGWINSZ, &window) == 0) (void)ioctl(m, TIOCSWINSZ, &window);
+    *master = m;
+    *slave = s;
+    return 0;
+fail:;
+    int error = errno;
+    if (s >= 0) close(s);
+    close(m);
+    errno = error;
+    return -1;
+}
+
+int privsep_bytes_waiting(int fd) {
+    int count = 0;
+    return ioctl(fd, FIONREAD, &count) == 0 ? count : -1;
+}
 
 void privsep_monitor_lock_contended(struct privsep_monitor *monitor) {
     /* Marked 2 by whoever takes it from here on, so its unlock wakes a sleeper. A failed

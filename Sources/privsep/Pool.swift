@@ -114,7 +114,7 @@ struct Pool: AsyncParsableCommand {
             printError("privsep: \(error)")
             throw ExitCode(1)
         }
-        let signals = shutDownOnTerminationSignals(supervisor)
+        let signals = shutDownOnTerminationSignals(supervisor, relay: relay)
         defer { _ = signals }
         let pool: WorkerPool
         do { pool = try await WorkerPool(supervisor: supervisor, configuration: configuration) } catch {
@@ -164,6 +164,7 @@ struct Pool: AsyncParsableCommand {
                         // have, but with the workers stopped first.
                         await pool.shutdown(gracePeriod: 0)
                         await supervisor.shutdown()
+                        await relay.finish(writersGone: true)
                         Glibc.exit(128 + SIGPIPE)
                     }
                 }
@@ -174,9 +175,9 @@ struct Pool: AsyncParsableCommand {
         let metrics = pool.metrics
         await pool.shutdown()
         await supervisor.shutdown()
-        // The pool keeps its configuration, so the copy never sees its pipe's end; but every
-        // worker has exited, and what they wrote is in the pipe: a moment copies it.
-        await relay.finish(within: 0.2)
+        // The pool keeps its configuration, so the copy never sees its terminal's end; but
+        // every worker has exited: what they wrote is copied, and nothing more comes.
+        await relay.finish(writersGone: true)
         printSummary(total: total, failures: failures, unreadable: unreadable, seconds: elapsed, metrics: metrics)
         if failures > 0 { throw ExitCode(1) }
     }

@@ -61,11 +61,13 @@ func onStopSignals(_ handler: @escaping @Sendable (Int32) -> Void) -> [any Dispa
 }
 
 /// Until the returned sources are released, a stop signal (`stopSignals`) shuts `supervisor`
-/// down (its workers stopped, what they forked killed) and exits with 128 + the signal.
-func shutDownOnTerminationSignals(_ supervisor: Supervisor) -> [any DispatchSourceSignal] {
+/// down (its workers stopped, what they forked killed), lets `relay` copy what they wrote,
+/// and exits with 128 + the signal.
+func shutDownOnTerminationSignals(_ supervisor: Supervisor, relay: TerminalRelay? = nil) -> [any DispatchSourceSignal] {
     onStopSignals { number in
         Task {
             await supervisor.shutdown()
+            await relay?.finish(writersGone: true)
             exit(128 + number)
         }
     }
@@ -335,11 +337,11 @@ struct Learn: AsyncParsableCommand {
         logger.logLevel = .critical
         let audit = AuditLog(collectingUpTo: 1_000_000)
         let supervisor = try Supervisor(logger: logger, auditLog: audit)
-        let signals = shutDownOnTerminationSignals(supervisor)
+        let relay = try TerminalRelay(guarding: &configuration)
+        let signals = shutDownOnTerminationSignals(supervisor, relay: relay)
         defer { _ = signals }
         configuration.wallClockTimeout = timeout
         configuration.learning = true
-        let relay = try TerminalRelay(guarding: &configuration)
         let handle = try await supervisor.spawn(configuration)
         configuration.standardOutput = .null
         configuration.standardError = .null

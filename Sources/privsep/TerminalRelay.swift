@@ -12,43 +12,90 @@ import SystemPackage
 /// the background (no SIGTTIN stops it), and change the terminal's settings for the shell
 /// too: a line discipline that leaves the shell deaf, ISIG off so that Ctrl-C does nothing.
 /// So where a worker would inherit a standard stream that is a terminal, it gets /dev/null
-/// for stdin, and for stdout and stderr a pipe that a thread of ours copies to the terminal.
-/// What it writes still appears; it is no longer written by a holder of the terminal.
+/// for stdin, and for stdout and stderr a pseudo-terminal of its own, which a thread of ours
+/// copies to the real one. Being a terminal, it keeps the worker's output line-buffered (so
+/// a worker killed mid-run has shown what it printed) and its colours and columns; stdout and
+/// stderr on one terminal share one, so their lines keep their order.
 final class TerminalRelay: Sendable {
-    /// Copying threads that have not yet reached their pipe's end.
-    private let running = Atomic<Int>(0)
+    private let copies: [Copy]
 
     /// Replaces each stream of `configuration` that would inherit a terminal.
     init(guarding configuration: inout WorkerConfiguration) throws {
         if case .inherit = configuration.standardInput, isatty(0) == 1 { configuration.standardInput = .null }
-        if case .inherit = configuration.standardOutput, isatty(1) == 1 {
-            configuration.standardOutput = .descriptor(try startCopy(to: 1))
+        func inheritsTerminal(_ stream: StandardStream, _ fd: Int32) -> Bool {
+            if case .inherit = stream { return isatty(fd) == 1 }
+            return false
         }
-        if case .inherit = configuration.standardError, isatty(2) == 1 {
-            configuration.standardError = .descriptor(try startCopy(to: 2))
+        var copies: [Copy] = []
+        let output = inheritsTerminal(configuration.standardOutput, 1)
+        let error = inheritsTerminal(configuration.standardError, 2)
+        if output && error && Self.sameTerminal(1, 2) {
+            let (copy, slave) = try Copy.start(to: 1)
+            copies.append(copy)
+            configuration.standardOutput = .descriptor(slave)
+            configuration.standardError = .descriptor(slave)
+        } else {
+            if output {
+                let (copy, slave) = try Copy.start(to: 1)
+                copies.append(copy)
+                configuration.standardOutput = .descriptor(slave)
+            }
+            if error {
+                let (copy, slave) = try Copy.start(to: 2)
+                copies.append(copy)
+                configuration.standardError = .descriptor(slave)
+            }
         }
+        self.copies = copies
     }
 
-    /// Waits until every copy has reached its pipe's end, at most `seconds`: each ends once
-    /// the last holder of the pipe's write end is gone (configurations that held it
-    /// dropped, workers and what they forked ended). Past that, what a stray holder keeps
-    /// open is left, so that privsep still exits.
-    func finish(within seconds: Double = 2) async {
+    /// Waits, at most `seconds`, until every copy has reached its terminal's end (the last
+    /// holder of its slave gone: configurations that held it dropped, workers and what they
+    /// forked ended), or, with `writersGone` (no process can write any more, though a
+    /// configuration still holds the slave), until nothing is left to copy. Past the bound,
+    /// what a stray holder keeps open is left, so that privsep still exits.
+    func finish(within seconds: Double = 2, writersGone: Bool = false) async {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while running.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {
+        while ContinuousClock.now < deadline && !copies.allSatisfy({ $0.isDone(writersGone: writersGone) }) {
             try? await Task.sleep(for: .milliseconds(5))
         }
     }
 
-    /// A pipe whose read end a thread copies to `target` until the pipe's end; returns the
-    /// write end, for the worker.
-    private func startCopy(to target: Int32) throws -> SharedFileDescriptor {
-        var ends: [Int32] = [-1, -1]
-        guard privsep_pipe_cloexec(&ends) == 0 else {
-            throw RelayError(message: "privsep: cannot make a pipe for the worker's output: \(Errno(rawValue: errno))")
+    private static func sameTerminal(_ a: Int32, _ b: Int32) -> Bool {
+        var first = stat(), second = stat()
+        return fstat(a, &first) == 0 && fstat(b, &second) == 0 && first.st_rdev == second.st_rdev
+    }
+
+    struct RelayError: Error, CustomStringConvertible {
+        let message: String
+        var description: String { message }
+    }
+}
+
+/// One pseudo-terminal's output copied to one of our descriptors, on a thread of its own.
+private final class Copy: Sendable {
+    private let master: Int32
+    private let target: Int32
+    /// Set once the thread is done with the master (which it then closes).
+    private let ended = Atomic<Bool>(false)
+    /// Even while the thread waits in poll for the master (holding no bytes), odd from
+    /// when poll returns until it waits again: one more on each change.
+    private let phase = Atomic<Int>(1)
+
+    private init(master: Int32, target: Int32) {
+        self.master = master
+        self.target = target
+    }
+
+    /// A pseudo-terminal whose output a new thread copies to `target`; returns the copy and
+    /// the slave, for the worker.
+    static func start(to target: Int32) throws -> (Copy, SharedFileDescriptor) {
+        var master: Int32 = -1, slave: Int32 = -1
+        guard privsep_open_output_pty(&master, &slave, target) == 0 else {
+            throw TerminalRelay.RelayError(message: "privsep: cannot open a pseudo-terminal for the worker's output: \(Errno(rawValue: errno))")
         }
-        let copy = Copy(source: ends[0], target: target, running: self)
-        running.add(1, ordering: .relaxed)
+        let slaveEnd = SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: slave))
+        let copy = Copy(master: master, target: target)
         var thread = pthread_t()
         let box = Unmanaged.passRetained(copy)
         let rc = pthread_create(&thread, nil, { context in
@@ -57,49 +104,43 @@ final class TerminalRelay: Sendable {
         }, box.toOpaque())
         guard rc == 0 else {
             box.release()
-            running.subtract(1, ordering: .relaxed)
-            close(ends[1])
-            throw RelayError(message: "privsep: cannot start the thread that copies the worker's output: \(Errno(rawValue: rc))")
+            close(master)
+            throw TerminalRelay.RelayError(message: "privsep: cannot start the thread that copies the worker's output: \(Errno(rawValue: rc))")
         }
         pthread_detach(thread)
-        return SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: ends[1]))
+        return (copy, slaveEnd)
     }
 
-    fileprivate func copyEnded() { running.subtract(1, ordering: .releasing) }
-
-    struct RelayError: Error, CustomStringConvertible {
-        let message: String
-        var description: String { message }
-    }
-}
-
-/// One pipe copied to one of our descriptors, on its own thread.
-private final class Copy: @unchecked Sendable { // touched by its thread only, after init
-    private let source: Int32
-    private let target: Int32
-    private let relay: TerminalRelay
-
-    init(source: Int32, target: Int32, running relay: TerminalRelay) {
-        self.source = source
-        self.target = target
-        self.relay = relay
+    func isDone(writersGone: Bool) -> Bool {
+        if ended.load(ordering: .acquiring) { return true }
+        guard writersGone else { return false }
+        // Nothing waiting, seen while the thread waited in poll, not leaving it meanwhile: it
+        // carries nothing, and no writer is left to give it more.
+        let before = phase.load(ordering: .acquiring)
+        guard before % 2 == 0, privsep_bytes_waiting(master) == 0 else { return false }
+        return phase.load(ordering: .acquiring) == before
     }
 
-    func run() {
-        defer {
-            // Closed here, so a worker writing after our side failed gets EPIPE, as it would
-            // writing to the terminal's closed pipe itself.
-            close(source)
-            relay.copyEnded()
-        }
+    private func run() {
         let capacity = 65_536
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
-        defer { buffer.deallocate() }
+        defer {
+            buffer.deallocate()
+            // Closed here, so a worker writing after our side failed gets EIO, as from a
+            // terminal that hung up.
+            close(master)
+            ended.store(true, ordering: .releasing)
+        }
         while true {
-            let count = read(source, buffer, capacity)
+            phase.add(1, ordering: .releasing)
+            var ready = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
+            let polled = poll(&ready, 1, -1)
+            phase.add(1, ordering: .acquiringAndReleasing)
+            if polled < 0 && errno == EINTR { continue }
+            let count = read(master, buffer, capacity)
             if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return }
-            guard writeAll(buffer, count) else { return }
+            // EIO: the last holder of the slave closed it (a master's end of input).
+            guard count > 0, writeAll(buffer, count) else { return }
         }
     }
 

@@ -168,18 +168,27 @@ import Testing
 
     /// Run in a terminal (script's pty), a worker never holds it: in a session of its own,
     /// job control would not stop it reading what is typed at the shell, and it could change
-    /// the terminal's settings. Its stdin is /dev/null and its output a pipe that privsep
-    /// copies to the terminal, every line of it; --terminal hands it the terminal.
+    /// the terminal's settings. Its stdin is /dev/null and its stdout and stderr one terminal
+    /// of its own, which privsep copies to the real one, every line of it; --terminal hands
+    /// it the real one.
     @Test(.enabled(if: hasScript, "script (util-linux) is not installed")) func aWorkerNeverHoldsTheTerminalUnlessTold() async throws {
         let scratch = ScratchDirectory()
         scratch.write("policy.json", #"{ "paths": [] }"#)
         let run = "\(Self.binDirectory)/privsep run -p \(scratch.path)/policy.json"
         let worker = "-- \(testWorkerPath) handshake ttys exit:3"
-        let guarded = try await ExampleTests.run("/usr/bin/script", ["-qec", "\(run) \(worker)", "/dev/null"])
+        // `tty` names the real terminal (script's); the worker's is another, once for both
+        // streams, once for stdout alone (stderr is not a terminal).
+        let guarded = try await ExampleTests.run("/usr/bin/script", ["-qec", "tty; \(run) \(worker); \(run) \(worker) 2>/dev/null", "/dev/null"])
         #expect(guarded.status == 3, "\(guarded.stdout)\(guarded.stderr)")
-        #expect(guarded.stdout == "welcome 1\r\nttys 0 0 0\r\n", "\(guarded.stdout)")
-        let given = try await ExampleTests.run("/usr/bin/script", ["-qec", "\(run) --terminal \(worker)", "/dev/null"])
-        #expect(given.stdout == "welcome 1\r\nttys 1 1 1\r\n", "\(given.stdout)")
+        let lines = guarded.stdout.split(separator: "\r\n").map(String.init)
+        #expect(lines.count == 5 && lines[1] == "welcome 1" && lines[3] == "welcome 1", "\(lines)")
+        let real = lines.first ?? ""
+        #expect(real.hasPrefix("/dev/pts/"), "\(lines)")
+        #expect(lines.count == 5 && lines[2].hasPrefix("ttys 0 1 1 shared /dev/pts/") && !lines[2].hasSuffix(" " + real), "\(lines)")
+        #expect(lines.count == 5 && lines[4].hasPrefix("ttys 0 1 0 /dev/pts/") && !lines[4].hasSuffix(" " + real), "\(lines)")
+        let given = try await ExampleTests.run("/usr/bin/script", ["-qec", "tty; \(run) --terminal \(worker)", "/dev/null"])
+        let handed = given.stdout.split(separator: "\r\n").map(String.init)
+        #expect(handed.count == 3 && handed[2] == "ttys 1 1 1 shared " + handed[0], "\(handed)")
     }
 
     /// With SIGPIPE ignored, `privsep pool | head -1` still ends when its results have no

@@ -320,6 +320,17 @@ extension InterceptTests {
         """)
     }
 
+    /// A program's output on privsep's terminal goes through a terminal of its own, so stdio
+    /// stays line-buffered: a line printed before the program is killed is shown (through a
+    /// pipe, Python would have held it in its buffer and lost it).
+    @Test(.enabled(if: hasPython && CLITests.hasScript, "python3 and script are needed")) func outputPrintedBeforeAKillIsShown() async throws {
+        let tree = Tree()
+        let run = "\(CLITests.binDirectory)/privsep run --intercept --timeout 1 --policy \(tree.policy()) -- \(Self.python)"
+        let result = try await ExampleTests.run("/usr/bin/script", ["-qec", "\(run) -c 'import time; print(\"started\"); time.sleep(30)'", "/dev/null"])
+        #expect(result.stdout.hasPrefix("started\r\n"), "\(result.stdout)")
+        #expect(result.stdout.contains("wall-clock limit"), "\(result.stdout)")
+    }
+
     /// Kept as root (no --user), the program holds no capability, and gains none at exec: a
     /// deny-list cannot name every ioctl root's capabilities open (a read-only file's
     /// EXT4_IOC_SHUTDOWN, a socketpair's SIOCSIFFLAGS).

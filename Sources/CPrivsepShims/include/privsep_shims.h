@@ -447,6 +447,13 @@ static inline int privsep_children_reaped_by_kernel(void) {
     if (sigaction(SIGCHLD, NULL, &current) != 0) return -1;
     return (!(current.sa_flags & SA_SIGINFO) && current.sa_handler == SIG_IGN) || (current.sa_flags & SA_NOCLDWAIT) ? 1 : 0;
 }
+/* A new pseudo-terminal, both ends close-on-exec and neither a controlling terminal: the
+   slave for a worker's output, the master for the supervisor to copy it from. The slave
+   passes bytes unchanged (no output processing: the terminal they are copied to does its
+   own) and has the window size of `window_of` (when that is a terminal). 0, or -1 with errno. */
+int privsep_open_output_pty(int *master, int *slave, int window_of);
+/* Bytes waiting to be read on `fd` (FIONREAD), or -1 with errno. */
+int privsep_bytes_waiting(int fd);
 /* A pipe whose ends are close-on-exec from the start (pipe2 needs _GNU_SOURCE): no spawn
    on another thread can inherit an end between pipe and fcntl. */
 static inline int privsep_pipe_cloexec(int *fds) {

@@ -24,7 +24,8 @@
 //   hoard:N:PATH         send N OPEN requests for PATH without reading replies (fds left in flight)
 //   drain:N              read N replies left unread -> "drain fds K errnos E:COUNT,..."
 //   pdeathsig            print the parent-death signal
-//   ttys                 whether stdin, stdout and stderr are terminals -> "ttys 0 1 1"
+//   ttys                 whether stdin, stdout and stderr are terminals -> "ttys 0 1 1 [shared] [NAME]"
+//                        ("shared": stdout and stderr are one terminal; NAME: stdout's)
 //   threads:N:PATH       N threads each open and read PATH 50 times through one connection
 //                                                                       -> "threads ok N*50" / "threads failed ..."
 //   limits               print RLIMIT_NOFILE, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE soft limits
@@ -437,7 +438,10 @@ for step in CommandLine.arguments.dropFirst() {
         do { try requireConnection().reportSandbox(SandboxStatus(requested: [], active: [.noNewPrivileges, .seccomp])) }
         catch { say("claim failed: \(error)") }
     case "ttys":
-        say("ttys \(isatty(0)) \(isatty(1)) \(isatty(2))")
+        var out = stat(), err = stat()
+        let shared = fstat(1, &out) == 0 && fstat(2, &err) == 0 && out.st_rdev == err.st_rdev
+        let name = ttyname(1).map { " " + String(cString: $0) } ?? ""
+        say("ttys \(isatty(0)) \(isatty(1)) \(isatty(2))" + (shared ? " shared" : "") + name)
     case "pdeathsig":
         var signal: Int32 = 0
         _ = withUnsafeMutablePointer(to: &signal) { privsep_prctl(2 /* PR_GET_PDEATHSIG */, UInt(bitPattern: $0), 0, 0, 0) }
