@@ -45,8 +45,11 @@ enum Entry {
 /// The signals whose default action ends a process (SIGPIPE and SIGXFSZ aside, which are
 /// ignored). Each is taken as a request to stop: ended by one, this process would leave
 /// its workers to their PR_SET_PDEATHSIG, which what they forked does not have.
+/// The signals of a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS) are
+/// left as they are: ignoring one the kernel raises would fault again for ever.
 let stopSignals: [Int32] = [SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM, SIGSTKFLT,
-                            SIGVTALRM, SIGPROF, SIGIO, SIGPWR]
+                            SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGXCPU]
+    + Array(__libc_current_sigrtmin()...__libc_current_sigrtmax())
 
 /// Until the returned sources are released, each of `stopSignals` runs `handler` with its
 /// number (on a Dispatch queue) instead of ending this process.
@@ -236,13 +239,19 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(127)
         }
         running.withLock { $0 = nil }
-        _ = sources
+        // Stopped between two runs of --restart: the last worker's own status would read as
+        // the run's (0, say), yet the run was interrupted, as a stop while a worker runs is.
+        let stoppedBetweenRuns = stopping.withLock { $0 } && reason != .stoppedBySupervisor
         // Our copies of the pipes' write ends go, so the relay's copies can end.
         configuration.standardOutput = .null
         configuration.standardError = .null
         await supervisor.shutdown()
         await relay?.finish()
         let pid = current.withLock { $0?.pid } ?? 0
+        if stoppedBetweenRuns {
+            printError("privsep: stopped between runs (worker \(pid), the last, \(reason))")
+            throw ExitCode(128 + SIGTERM)
+        }
         throw ExitCode(report(reason, pid: pid))
     }
 
