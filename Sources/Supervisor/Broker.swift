@@ -239,11 +239,18 @@ public final class ActivePolicy: Sendable {
         case .failure(let errno): return .denied(errno, "fstat failed")
         }
         // procfs files speak for the process that opens them (here the supervisor:
-        // /proc/self/mem, environ...). Only a rule inside /proc may hand them out.
+        // /proc/self/mem, environ...). Only a rule inside /proc may hand them out, and never a
+        // process's own files, which would be the supervisor's (/proc/self, reached through
+        // a link or by its number) or another process's.
         let rawFD = fd.unsafeRawValue
         let sameFilesystem = status.device == anchorDevice && !anchors[index].onProcfs
-        if !anchors[index].ruleInsideProc && !sameFilesystem && isProcFilesystem(rawFD) {
-            return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
+        if !sameFilesystem && (anchors[index].onProcfs || isProcFilesystem(rawFD)) {
+            guard anchors[index].ruleInsideProc else {
+                return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
+            }
+            if namesAProcessFile(rawFD) {
+                return .denied(.permissionDenied, "a process's /proc files are not handed out (they would be the supervisor's or another's)")
+            }
         }
         guard anchors[index].allowedFileTypeBits & fileTypeBit(status.type) != 0 else {
             return .denied(.permissionDenied, "\(status.type) is not a type this rule hands out")

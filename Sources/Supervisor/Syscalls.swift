@@ -185,6 +185,17 @@ func isOpen(_ fd: Int32) -> Bool { Glibc.fcntl(fd, F_GETFD) >= 0 }
 func openDevNull() -> Int32 { Glibc.open("/dev/null", O_RDWR) }
 
 /// Whether `fd` is on procfs (fstatfs f_type PROC_SUPER_MAGIC).
+/// Whether `fd`, open on procfs, is a file of a process (beneath /proc/PID, /proc/self or
+/// /proc/thread-self, which its path names by number). Unreadable counts as one: fail closed.
+func namesAProcessFile(_ fd: Int32) -> Bool {
+    guard case .success(let path) = system_readlink_bytes("/proc/self/fd/\(fd)") else { return true }
+    let prefix = Array("/proc/".utf8)
+    guard path.count > prefix.count, path.starts(with: prefix) else { return false }
+    let component = path[prefix.count...].prefix { $0 != UInt8(ascii: "/") }
+    return component.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+        || component.elementsEqual("self".utf8) || component.elementsEqual("thread-self".utf8)
+}
+
 func isProcFilesystem(_ fd: Int32) -> Bool {
     let type = privsep_fstatfs_type(fd)
     return type < 0 || type == 0x9fa0 // unknown: treat as the riskier case

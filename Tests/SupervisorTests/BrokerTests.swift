@@ -88,6 +88,32 @@ import Testing
         ])
     }
 
+    /// A rule inside /proc hands out the system's files (cpuinfo, /proc/sys), never a
+    /// process's: opened by the supervisor, /proc/self would be the supervisor's (its
+    /// environment, its memory), and a number another process's, whichever way the path
+    /// reaches it (self, the supervisor's pid, a link followed beneath the rule).
+    @Test func aProcRuleNeverHandsOutAProcesssFiles() async throws {
+        var policy = Policy()
+        policy.allow(path: "/proc", .directory, [.read], symlinks: .followBeneath)
+        let supervisor = getpid()
+        let run = try await runWorker([
+            "handshake", "read:/proc/sys/kernel/ostype", "read:/proc/self/environ", "read:/proc/\(supervisor)/environ",
+            "read:/proc/thread-self/comm", "read:/proc/1/cmdline", "read:/proc/mounts",
+        ], policy: policy)
+        #expect(run.lines.dropFirst() == [
+            "read /proc/sys/kernel/ostype Linux",
+            "read /proc/self/environ errno \(EACCES)",
+            "read /proc/\(supervisor)/environ errno \(EACCES)",
+            "read /proc/thread-self/comm errno \(EACCES)",
+            "read /proc/1/cmdline errno \(EACCES)",
+            "read /proc/mounts errno \(EACCES)", // a link to self/mounts
+        ])
+        var fileRule = Policy()
+        fileRule.allow(path: "/proc/self/status", .file, [.read])
+        let named = try await runWorker(["handshake", "read:/proc/self/status"], policy: fileRule)
+        #expect(named.lines.dropFirst() == ["read /proc/self/status errno \(EACCES)"])
+    }
+
     @Test func flagsAreVettedBitByBit() async throws {
         let scratch = Self.tree()
         let root = scratch.path
