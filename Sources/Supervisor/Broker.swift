@@ -380,7 +380,7 @@ public final class ActivePolicy: Sendable {
     /// Serves a BIND: the classic use is a privileged port for an unprivileged worker.
     public func bind(_ request: AddressRequest) -> BrokerResult {
         let baseType = request.type & ~(privsep_SOCK_NONBLOCK | privsep_SOCK_CLOEXEC)
-        guard policy.bind.contains(where: { $0.allows(request.address, type: baseType) }) else {
+        guard policy.bind.contains(where: { $0.allowsBinding(request.address, type: baseType) }) else {
             return .denied(.permissionDenied, "no rule allows binding \(request.address)")
         }
         guard isDefaultProtocol(request.protocol, domain: family(of: request.address), type: baseType) else {
@@ -417,7 +417,7 @@ public final class ActivePolicy: Sendable {
     /// Whether a socket bound at `address` must be IPv6-only (``keepIPv4Out(_:binding:type:)``).
     func keepsIPv4Out(_ address: SocketAddress, type: Int32) -> Bool {
         guard case .ipv6(let ip, let port, _) = address, ip == .any else { return false }
-        return !policy.bind.contains(where: { $0.allows(.ipv4(.any, port: port), type: type) })
+        return !policy.bind.contains(where: { $0.allowsBinding(.ipv4(.any, port: port), type: type) })
     }
 
     func family(of address: SocketAddress) -> Int32 {

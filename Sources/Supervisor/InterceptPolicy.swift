@@ -48,7 +48,7 @@ extension ActivePolicy {
     func allowsAddress(_ address: SocketAddress, domain: Int32, type: Int32, protocol: Int32, binding: Bool) -> String? {
         guard domain == family(of: address) else { return "the socket's domain is not the address's family" }
         let rules = binding ? policy.bind : policy.connect
-        guard rules.contains(where: { $0.allows(address, type: type) }) else {
+        guard rules.contains(where: { binding ? $0.allowsBinding(address, type: type) : $0.allows(address, type: type) }) else {
             return "no rule allows \(binding ? "binding" : "connecting to") \(address)"
         }
         guard isDefaultProtocol(`protocol`, domain: domain, type: type) else {

@@ -444,8 +444,18 @@ final class InterceptServer: @unchecked Sendable {
         case .success(let fetched): socket = fetched
         case .failure(let errno): return deny(n, "LISTEN", detail, errno, "the program's descriptor")
         }
-        if case .success(let port?) = system_getsockname_port(socket.unsafeRawValue), port == 0 {
+        switch system_getsockname_kind(socket.unsafeRawValue) {
+        case .success(.internet(port: 0)):
             return deny(n, "LISTEN", detail, .permissionDenied, "the socket is not bound: listen would bind it to every interface")
+        case .success(.unixAbstractOrUnnamed):
+            // Only a served BIND names a unix socket by a path, and abstract binds are refused;
+            // an abstract name is the kernel's autobind (a connect with SO_PASSCRED, say),
+            // where anyone outside the sandbox could connect.
+            return deny(n, "LISTEN", detail, .permissionDenied, "a unix socket listens only at a path a bind rule allowed (this one is abstract or unnamed)")
+        case .success:
+            break
+        case .failure(let errno):
+            return deny(n, "LISTEN", detail, errno, "getsockname failed")
         }
         // As the program (--user): a unix socket records its listener's credentials, which
         // its clients read (SO_PEERCRED), and they must not be the supervisor's.

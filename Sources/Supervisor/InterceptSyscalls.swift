@@ -378,16 +378,36 @@ func system_connect_bounded(_ fd: Int32, timeout: Double, _ connect: () -> Resul
 }
 
 /// The local port of an Internet socket (0 while unbound); nil for another family.
-func system_getsockname_port(_ fd: Int32) -> Result<UInt16?, Errno> {
+/// What a socket is bound to, as far as a listen cares.
+enum SocketName: Equatable {
+    /// An Internet socket's port (0: not bound).
+    case internet(port: UInt16)
+    /// A unix socket bound to a path.
+    case unixPath
+    /// A unix socket with an abstract name (autobound by a connect or a send, say) or none.
+    case unixAbstractOrUnnamed
+    case other
+}
+
+func system_getsockname_kind(_ fd: Int32) -> Result<SocketName, Errno> {
     var address = sockaddr_storage()
     var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
     let rc = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.getsockname(fd, $0, &length) }
     }
     guard rc == 0 else { return .failure(currentErrno()) }
-    // sin_port and sin6_port both lie at offset 2.
-    guard Int32(address.ss_family) == AF_INET || Int32(address.ss_family) == AF_INET6 else { return .success(nil) }
-    return .success(withUnsafeBytes(of: &address) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) })
+    switch Int32(address.ss_family) {
+    case AF_INET, AF_INET6:
+        // sin_port and sin6_port both lie at offset 2.
+        return .success(.internet(port: withUnsafeBytes(of: &address) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) }))
+    case AF_UNIX:
+        // A path's first byte is not NUL; an abstract name's is, and an unnamed socket's
+        // address is the family alone.
+        let pathname = Int(length) > 2 && withUnsafeBytes(of: &address) { $0[2] } != 0
+        return .success(pathname ? .unixPath : .unixAbstractOrUnnamed)
+    default:
+        return .success(.other)
+    }
 }
 
 func system_listen(_ fd: Int32, _ backlog: Int32) -> Result<Void, Errno> {

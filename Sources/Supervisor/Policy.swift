@@ -335,6 +335,17 @@ public struct AddressRule: Sendable, Equatable {
         }
     }
 
+    /// Whether a socket may be bound at `address`: as ``allows(_:type:)``, but port 0 (the
+    /// kernel picks a free port, anywhere in its ephemeral range) only where every port from
+    /// 1 up is allowed; a rule for "0-1023" would otherwise bind the socket at 33605.
+    public func allowsBinding(_ address: SocketAddress, type: Int32) -> Bool {
+        switch address {
+        case .ipv4(let ip, 0): ports.lowerBound <= 1 && ports.upperBound == .max && allows(.ipv4(ip, port: 1), type: type)
+        case .ipv6(let ip, 0, let scope): ports.lowerBound <= 1 && ports.upperBound == .max && allows(.ipv6(ip, port: 1, scopeID: scope), type: type)
+        default: allows(address, type: type)
+        }
+    }
+
     /// Whether every address `other` allows, this rule allows too.
     func contains(_ other: AddressRule) -> Bool {
         let otherTypes = other.types.isEmpty ? [streamType] : other.types

@@ -345,6 +345,34 @@ private func boundLoopbackSocket() -> (fd: Int32, port: UInt16) {
         await supervisor.shutdown()
     }
 
+    /// Port 0 lets the kernel pick a port anywhere in its ephemeral range: a rule for
+    /// "0-1023" must not bind one at 33605. Only a rule for every port from 1 allows it.
+    @Test func portZeroIsBoundOnlyWhereEveryPortIsAllowed() throws {
+        func bindsPortZero(_ ports: ClosedRange<UInt16>) throws -> Bool {
+            var policy = Policy()
+            policy.allowBind(to: AddressRule(network: .ipv4(.loopback, prefixLength: 32), ports: ports))
+            policy.allowBind(to: AddressRule(network: .ipv6(.any, prefixLength: 0), ports: ports))
+            let active = try ActivePolicy(policy)
+            func binds(_ address: SocketAddress) -> Bool? {
+                switch active.bind(AddressRequest(type: privsep_SOCK_STREAM, address: address)) {
+                case .granted: return true
+                case .denied(.permissionDenied, _): return false
+                case .denied(let errno, let reason):
+                    Issue.record("\(ports) \(address): \(errno) \(reason)")
+                    return nil
+                }
+            }
+            let v4 = binds(.ipv4(.loopback, port: 0)), v6 = binds(.ipv6(.any, port: 0))
+            #expect(v4 == v6, "\(ports)")
+            return v4 == true
+        }
+        #expect(try !bindsPortZero(0...1023))
+        #expect(try !bindsPortZero(0...60000))
+        #expect(try !bindsPortZero(1024...65535))
+        #expect(try bindsPortZero(1...65535))
+        #expect(try bindsPortZero(0...65535))
+    }
+
     /// Linux sockets are dual-stack by default: one bound at `::` also takes IPv4 traffic at
     /// 0.0.0.0, which only an IPv4 rule may grant.
     @Test func anIPv6WildcardBindTakesIPv4TrafficOnlyIfAnIPv4RuleAllowsIt() throws {
