@@ -1130,11 +1130,13 @@ final class EventLoop: @unchecked Sendable {
         // empty first. An empty datagram reads like the end of the channel, so a worker could
         // hide fds behind a few; with sender credentials on, every datagram carries them and
         // the end does not. (Were credentials refused, the drain would read on to its limit.)
-        // Shut for reading first, so a worker still running gets EPIPE and cannot refill the
-        // queue while it is read: the drain then ends with what was queued, well within its limit.
+        // Shut for reading too, so a worker still running gets EPIPE and cannot refill the
+        // queue while it is read: the drain then ends with what was queued, well within its
+        // limit. Only where the end is known: once shut, an empty queue reads as the end,
+        // which without credentials would be read on to the limit.
         if !channel.socket.refusesPeerFileDescriptors {
-            _ = try? channel.socket.shutdown(.reading) // on failure the limit still bounds it
             let endIsKnown = channel.enableSenderCredentials()
+            if endIsKnown { _ = try? channel.socket.shutdown(.reading) } // on failure the limit still bounds it
             for _ in 0..<Self.drainLimit {
                 do {
                     _ = try channel.socket.receiveMessage(using: receiveBuffer, maximumFileDescriptors: 0, nonBlocking: true)
