@@ -155,22 +155,27 @@ public final class ActivePolicy: Sendable {
     /// A path outside every rule fails with EACCES before any system call, the
     /// same errno as a path that exists but is denied, so the broker is no
     /// oracle of what exists outside the policy.
+    /// No process's /proc files are handed out (see ``Requester``).
     public func open(_ request: OpenRequest) -> BrokerResult {
-        switch open(path: request.path, flags: request.flags) {
+        open(request, requester: .nobody)
+    }
+
+    func open(_ request: OpenRequest, requester: Requester) -> BrokerResult {
+        switch open(path: request.path, flags: request.flags, requester: requester) {
         case .granted(let fd, let rule): .granted(fd, grantReason(rule: rule))
         case .denied(let errno, let reason): .denied(errno, reason)
         }
     }
 
     /// ``open(path:flags:)`` on a string's bytes.
-    func open(path: String, flags: Int32) -> OpenDecision {
+    func open(path: String, flags: Int32, requester: Requester) -> OpenDecision {
         let count = path.utf8.count
         // withCString hands over every byte (a NUL inside too, which the checks refuse) and a
         // NUL after them, copying only a string that is not already contiguous.
         var decision: OpenDecision? = nil
         path.withCString { cString in
             decision = open(path: UnsafeBufferPointer(start: UnsafeRawPointer(cString).assumingMemoryBound(to: UInt8.self), count: count),
-                            flags: flags)
+                            flags: flags, requester: requester)
         }
         return decision.take()!
     }
@@ -185,22 +190,32 @@ public final class ActivePolicy: Sendable {
     /// A grant names its rule rather than carrying the rule's reason: the serving loop reads
     /// the reason (``grantReason(rule:)``) only when it writes a record, so an OPEN costs no
     /// reference counting for a string it does not use (BENCHMARKS.md, seventh round).
-    func open(path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> OpenDecision {
+    func open(path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32, requester: Requester) -> OpenDecision {
         guard isCanonicalAbsolutePath(bytes: path) else {
             return .denied(.permissionDenied, "path is not absolute and canonical")
         }
-        return open(checkedPath: path, flags: requestFlags)
+        return open(checkedPath: path, flags: requestFlags, requester: requester)
     }
 
     /// ``open(path:flags:)`` of a path the caller has already found absolute and canonical
     /// (the intercept thread, which chose by it how to read the path), so it is not walked
     /// twice. Each entry point inlines the body: neither pays for the other.
-    func open(canonicalPath path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> OpenDecision {
-        open(checkedPath: path, flags: requestFlags)
+    func open(canonicalPath path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32, requester: Requester) -> OpenDecision {
+        open(checkedPath: path, flags: requestFlags, requester: requester)
+    }
+
+    /// Who asks for an open, by the numbers /proc knows it by: its own files there are the
+    /// only ones of a process a rule inside /proc hands out.
+    struct Requester {
+        var process: pid_t
+        /// The calling thread (intercept mode), else the process again.
+        var thread: pid_t
+        /// No process: none of a process's files (pid 0 has no /proc entry).
+        static let nobody = Requester(process: 0, thread: 0)
     }
 
     @inline(__always)
-    private func open(checkedPath path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32) -> OpenDecision {
+    private func open(checkedPath path: UnsafeBufferPointer<UInt8>, flags requestFlags: Int32, requester: Requester) -> OpenDecision {
         guard let index = mostSpecificRule(forPath: path) else {
             return .denied(.permissionDenied, "no rule grants this path")
         }
@@ -239,17 +254,17 @@ public final class ActivePolicy: Sendable {
         case .failure(let errno): return .denied(errno, "fstat failed")
         }
         // procfs files speak for the process that opens them (here the supervisor:
-        // /proc/self/mem, environ...). Only a rule inside /proc may hand them out, and never a
-        // process's own files, which would be the supervisor's (/proc/self, reached through
-        // a link or by its number) or another process's.
+        // /proc/self/mem, environ...). Only a rule inside /proc may hand them out, and of the
+        // files of processes only the requester's own: any other would be the supervisor's
+        // (/proc/self, reached through a link or by its number) or another process's.
         let rawFD = fd.unsafeRawValue
         let sameFilesystem = status.device == anchorDevice && !anchors[index].onProcfs
         if !sameFilesystem && (anchors[index].onProcfs || isProcFilesystem(rawFD)) {
             guard anchors[index].ruleInsideProc else {
                 return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
             }
-            if namesAProcessFile(rawFD) {
-                return .denied(.permissionDenied, "a process's /proc files are not handed out (they would be the supervisor's or another's)")
+            if let owner = processOwningProcFile(rawFD), owner != requester.process && owner != requester.thread {
+                return .denied(.permissionDenied, "another process's /proc files are not handed out (the supervisor's, say)")
             }
         }
         guard anchors[index].allowedFileTypeBits & fileTypeBit(status.type) != 0 else {

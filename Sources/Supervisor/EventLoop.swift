@@ -543,7 +543,7 @@ final class EventLoop: @unchecked Sendable {
             // sent before HELLO, refused above. Served here all the same, should one come.
             guard admitRequest(record, requestID) else { return }
             reply(record, requestID, event: "OPEN", detail: "\(request.path) \(describeOpenFlags(request.flags))",
-                  request: envelope.message, record.policy.open(request))
+                  request: envelope.message, record.policy.open(request, requester: ActivePolicy.Requester(process: record.pid, thread: record.pid)))
         case .socket(let request):
             guard admitRequest(record, requestID) else { return }
             reply(record, requestID, event: "SOCKET", detail: "domain \(request.domain) type \(request.type) protocol \(request.protocol)",
@@ -602,7 +602,10 @@ final class EventLoop: @unchecked Sendable {
             return
         }
         guard admitRequest(record, open.requestID) else { return }
-        let decision = withoutRetaining(.passUnretained(record.policy)) { policy in policy.open(path: open.path, flags: open.flags) }
+        let requester = ActivePolicy.Requester(process: record.pid, thread: record.pid)
+        let decision = withoutRetaining(.passUnretained(record.policy)) { policy in
+            policy.open(path: open.path, flags: open.flags, requester: requester)
+        }
         func detail() -> String { "\(String(decoding: open.path, as: UTF8.self)) \(describeOpenFlags(open.flags))" }
         switch consume decision {
         case .granted(let fd, let rule):

@@ -162,7 +162,16 @@ final class InterceptServer: @unchecked Sendable {
         }
         guard stillWaiting(n) else { return abandoned(n, "OPEN", "\(call) \(described())") }
         let active = policy.withLock { $0 }
-        let decision = if let inPlace { active.open(canonicalPath: inPlace, flags: flags) } else { active.open(path: path, flags: flags) }
+        // Only a path under /proc can reach a process's files (a rule inside /proc), and only
+        // for one is the caller's process looked up.
+        let tid = pid_t(bitPattern: n.pid)
+        let underProc = inPlace.map { $0.starts(with: "/proc".utf8) } ?? path.utf8.starts(with: "/proc".utf8)
+        let requester = ActivePolicy.Requester(process: underProc ? threadGroup(of: tid) ?? tid : tid, thread: tid)
+        let decision = if let inPlace {
+            active.open(canonicalPath: inPlace, flags: flags, requester: requester)
+        } else {
+            active.open(path: path, flags: flags, requester: requester)
+        }
         switch consume decision {
         case .granted(let fd, let rule):
             install(n, fd, closeOnExec: flags & O_CLOEXEC != 0, event: "OPEN",

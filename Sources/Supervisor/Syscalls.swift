@@ -185,15 +185,17 @@ func isOpen(_ fd: Int32) -> Bool { Glibc.fcntl(fd, F_GETFD) >= 0 }
 func openDevNull() -> Int32 { Glibc.open("/dev/null", O_RDWR) }
 
 /// Whether `fd` is on procfs (fstatfs f_type PROC_SUPER_MAGIC).
-/// Whether `fd`, open on procfs, is a file of a process (beneath /proc/PID, /proc/self or
-/// /proc/thread-self, which its path names by number). Unreadable counts as one: fail closed.
-func namesAProcessFile(_ fd: Int32) -> Bool {
-    guard case .success(let path) = system_readlink_bytes("/proc/self/fd/\(fd)") else { return true }
+/// The process whose file `fd`, open on procfs, is (beneath /proc/PID, however the path
+/// reached it: /proc/self and /proc/thread-self resolve to numbers), by its number; nil for a
+/// file of no process (cpuinfo, /proc/sys). Unreadable, or not a number: -1, no process's.
+func processOwningProcFile(_ fd: Int32) -> pid_t? {
+    guard case .success(let path) = system_readlink_bytes("/proc/self/fd/\(fd)") else { return -1 }
     let prefix = Array("/proc/".utf8)
-    guard path.count > prefix.count, path.starts(with: prefix) else { return false }
+    guard path.count > prefix.count, path.starts(with: prefix) else { return nil }
     let component = path[prefix.count...].prefix { $0 != UInt8(ascii: "/") }
-    return component.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
-        || component.elementsEqual("self".utf8) || component.elementsEqual("thread-self".utf8)
+    if component.elementsEqual("self".utf8) || component.elementsEqual("thread-self".utf8) { return -1 }
+    guard component.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
+    return pid_t(String(decoding: component, as: UTF8.self)) ?? -1
 }
 
 func isProcFilesystem(_ fd: Int32) -> Bool {
