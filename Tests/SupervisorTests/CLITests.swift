@@ -225,8 +225,11 @@ import Testing
     @Test(arguments: ["USR1", "XCPU", "RTMIN+2", "QUIT"]) func anyTerminatingSignalStopsTheWorker(signal: String) async throws {
         let scratch = ScratchDirectory()
         scratch.write("policy.json", #"{ "paths": [] }"#)
-        let run = "\(Self.binDirectory)/privsep run -p \(scratch.path)/policy.json -- \(testWorkerPath) handshake sleep:30"
-        let result = try await ExampleTests.run("/bin/bash", ["-c", "\(run) & sleep 0.5; kill -s \(signal) $!; wait $!"])
+        let out = scratch.path + "/out"
+        let run = "\(Self.binDirectory)/privsep run -p \(scratch.path)/policy.json -- \(testWorkerPath) handshake sleep:30 > \(out)"
+        // Signalled once the worker has said it is up: privsep handles its signals by then.
+        let wait = "for i in $(seq 600); do grep -q welcome \(out) && break; sleep 0.05; done"
+        let result = try await ExampleTests.run("/bin/bash", ["-c", "\(run) & \(wait); kill -s \(signal) $!; wait $!"])
         #expect(result.status == 143, "\(signal): \(result.stderr)")
         #expect(result.stderr.contains("stopped"), "\(signal): \(result.stderr)")
     }
