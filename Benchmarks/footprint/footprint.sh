@@ -30,7 +30,7 @@ python3 "$here/footprint.py" lackey "$work/lackey" "$(awk '/^MARKER/ {print $2}'
 for side in c swift; do
     case $side in
         c) symbol='checked_open_request$'; label='serving side: C broker on privsep'"'"'s loop (epoll), one client' ;;
-        swift) symbol='ActivePolicyC4open4path5flagsAA12OpenDecisionOSRys5UInt8VG_s5Int32VtF$'; label='serving side: privsep (policy, openat2, fstat, reply)' ;;
+        swift) symbol='ActivePolicyC4open4path5flags9requesterAA12OpenDecisionOSRys5UInt8VG_s5Int32VAC9RequesterVtF$'; label='serving side: privsep (policy, openat2, fstat, reply)' ;;
     esac
     "$bench" --serve-for-tracing $side >/dev/null 2>&1 &
     pid=$!
