@@ -100,7 +100,7 @@ struct Pool: AsyncParsableCommand {
         worker.standardInput = .null
         worker.standardOutput = .null
         worker.standardError = workerStderr ? .inherit : .null
-        let relay = try TerminalRelay(guarding: &worker)
+        let relay = try TerminalRelay(guarding: &worker, shared: true)
         worker.resourceLimits = file.resourceLimits
         worker.requiredLayers = file.requiredLayers
         var configuration = WorkerPoolConfiguration(worker: worker, size: workers, jobsPerWorker: jobsPerWorker,

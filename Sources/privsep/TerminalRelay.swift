@@ -12,15 +12,17 @@ import SystemPackage
 /// the background (no SIGTTIN stops it), and change the terminal's settings for the shell
 /// too: a line discipline that leaves the shell deaf, ISIG off so that Ctrl-C does nothing.
 /// So where a worker would inherit a standard stream that is a terminal, it gets /dev/null
-/// for stdin, and for stdout and stderr a pseudo-terminal of its own, which a thread of ours
-/// copies to the real one. Being a terminal, it keeps the worker's output line-buffered (so
+/// for stdin, and for stdout and stderr a pseudo-terminal of its own (a pipe where many
+/// workers share it), which a thread of ours copies to the real one. Being a terminal, it keeps the worker's output line-buffered (so
 /// a worker killed mid-run has shown what it printed) and its colours and columns; stdout and
 /// stderr on one terminal share one, so their lines keep their order.
 final class TerminalRelay: Sendable {
     private let copies: [Copy]
 
-    /// Replaces each stream of `configuration` that would inherit a terminal.
-    init(guarding configuration: inout WorkerConfiguration) throws {
+    /// Replaces each stream of `configuration` that would inherit a terminal. `shared`: many
+    /// workers are started with it (a pool); they get a pipe, not a terminal one could stop
+    /// (TCXONC) or reconfigure under the others.
+    init(guarding configuration: inout WorkerConfiguration, shared: Bool = false) throws {
         if case .inherit = configuration.standardInput, isatty(0) == 1 { configuration.standardInput = .null }
         func inheritsTerminal(_ stream: StandardStream, _ fd: Int32) -> Bool {
             if case .inherit = stream { return isatty(fd) == 1 }
@@ -30,33 +32,35 @@ final class TerminalRelay: Sendable {
         let output = inheritsTerminal(configuration.standardOutput, 1)
         let error = inheritsTerminal(configuration.standardError, 2)
         if output && error && Self.sameTerminal(1, 2) {
-            let (copy, slave) = try Copy.start(to: 1)
+            let (copy, writerEnd) = try Copy.start(to: 1, pipe: shared)
             copies.append(copy)
-            configuration.standardOutput = .descriptor(slave)
-            configuration.standardError = .descriptor(slave)
+            configuration.standardOutput = .descriptor(writerEnd)
+            configuration.standardError = .descriptor(writerEnd)
         } else {
             if output {
-                let (copy, slave) = try Copy.start(to: 1)
+                let (copy, writerEnd) = try Copy.start(to: 1, pipe: shared)
                 copies.append(copy)
-                configuration.standardOutput = .descriptor(slave)
+                configuration.standardOutput = .descriptor(writerEnd)
             }
             if error {
-                let (copy, slave) = try Copy.start(to: 2)
+                let (copy, writerEnd) = try Copy.start(to: 2, pipe: shared)
                 copies.append(copy)
-                configuration.standardError = .descriptor(slave)
+                configuration.standardError = .descriptor(writerEnd)
             }
         }
         self.copies = copies
     }
 
-    /// Waits, at most `seconds`, until every copy has reached its terminal's end (the last
-    /// holder of its slave gone: configurations that held it dropped, workers and what they
-    /// forked ended), or, with `writersGone` (no process can write any more, though a
-    /// configuration still holds the slave), until nothing is left to copy. Past the bound,
-    /// what a stray holder keeps open is left, so that privsep still exits.
+    /// Waits, at most `seconds`, until every copy has ended: at the end of its terminal or
+    /// pipe (the last holder of the worker's end gone: configurations that held it dropped,
+    /// workers and what they forked ended), or, with `writersGone` (no process can write any
+    /// more, though a configuration may still hold the worker's end), once it has copied
+    /// what is left. Past the bound, what a stray holder keeps open is left, so that privsep
+    /// still exits.
     func finish(within seconds: Double = 2, writersGone: Bool = false) async {
+        if writersGone { for copy in copies { copy.drainAndEnd() } }
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while ContinuousClock.now < deadline && !copies.allSatisfy({ $0.isDone(writersGone: writersGone) }) {
+        while ContinuousClock.now < deadline && !copies.allSatisfy(\.isDone) {
             try? await Task.sleep(for: .milliseconds(5))
         }
     }
@@ -72,30 +76,48 @@ final class TerminalRelay: Sendable {
     }
 }
 
-/// One pseudo-terminal's output copied to one of our descriptors, on a thread of its own.
+/// One pseudo-terminal's (or pipe's) output copied to one of our descriptors, on a thread of
+/// its own.
 private final class Copy: Sendable {
-    private let master: Int32
+    /// The master of the worker's terminal, or the read end of its pipe.
+    private let source: Int32
     private let target: Int32
-    /// Set once the thread is done with the master (which it then closes).
+    /// A pipe whose write end asks the thread to drain what is left and end (`finish` with
+    /// the writers gone): it waits in poll for this and the source.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    /// Set once the thread is done with the source (which it then closes).
     private let ended = Atomic<Bool>(false)
-    /// Even while the thread waits in poll for the master (holding no bytes), odd from
-    /// when poll returns until it waits again: one more on each change.
-    private let phase = Atomic<Int>(1)
 
-    private init(master: Int32, target: Int32) {
-        self.master = master
+    private init(source: Int32, target: Int32, wakeRead: Int32, wakeWrite: Int32) {
+        self.source = source
         self.target = target
+        self.wakeRead = wakeRead
+        self.wakeWrite = wakeWrite
     }
 
-    /// A pseudo-terminal whose output a new thread copies to `target`; returns the copy and
-    /// the slave, for the worker.
-    static func start(to target: Int32) throws -> (Copy, SharedFileDescriptor) {
-        var master: Int32 = -1, slave: Int32 = -1
-        guard privsep_open_output_pty(&master, &slave, target) == 0 else {
-            throw TerminalRelay.RelayError(message: "privsep: cannot open a pseudo-terminal for the worker's output: \(Errno(rawValue: errno))")
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    /// Starts copying to `target` what the worker writes into the returned descriptor: the
+    /// slave of a pseudo-terminal of its own, or (`pipe`) a pipe's write end.
+    static func start(to target: Int32, pipe: Bool) throws -> (Copy, SharedFileDescriptor) {
+        var ends: [Int32] = [-1, -1]
+        var reader: Int32 = -1, writer: Int32 = -1
+        let opened = pipe ? privsep_pipe_cloexec(&ends) : privsep_open_output_pty(&reader, &writer, target)
+        if !pipe { ends = [reader, writer] }
+        guard opened == 0 else {
+            throw TerminalRelay.RelayError(message: "privsep: cannot open a \(pipe ? "pipe" : "pseudo-terminal") for the worker's output: \(Errno(rawValue: errno))")
         }
-        let slaveEnd = SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: slave))
-        let copy = Copy(master: master, target: target)
+        let writerEnd = SharedFileDescriptor(OwnedFileDescriptor(adoptingRawValue: ends[1]))
+        var wake: [Int32] = [-1, -1]
+        guard privsep_pipe_cloexec(&wake) == 0 else {
+            close(ends[0])
+            throw TerminalRelay.RelayError(message: "privsep: cannot make a pipe: \(Errno(rawValue: errno))")
+        }
+        let copy = Copy(source: ends[0], target: target, wakeRead: wake[0], wakeWrite: wake[1])
         var thread = pthread_t()
         let box = Unmanaged.passRetained(copy)
         let rc = pthread_create(&thread, nil, { context in
@@ -104,21 +126,19 @@ private final class Copy: Sendable {
         }, box.toOpaque())
         guard rc == 0 else {
             box.release()
-            close(master)
+            close(ends[0])
             throw TerminalRelay.RelayError(message: "privsep: cannot start the thread that copies the worker's output: \(Errno(rawValue: rc))")
         }
         pthread_detach(thread)
-        return (copy, slaveEnd)
+        return (copy, writerEnd)
     }
 
-    func isDone(writersGone: Bool) -> Bool {
-        if ended.load(ordering: .acquiring) { return true }
-        guard writersGone else { return false }
-        // Nothing waiting, seen while the thread waited in poll, not leaving it meanwhile: it
-        // carries nothing, and no writer is left to give it more.
-        let before = phase.load(ordering: .acquiring)
-        guard before % 2 == 0, privsep_bytes_waiting(master) == 0 else { return false }
-        return phase.load(ordering: .acquiring) == before
+    var isDone: Bool { ended.load(ordering: .acquiring) }
+
+    /// No process can write any more: the thread copies what is left and ends.
+    func drainAndEnd() {
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
     }
 
     private func run() {
@@ -126,20 +146,28 @@ private final class Copy: Sendable {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
         defer {
             buffer.deallocate()
-            // Closed here, so a worker writing after our side failed gets EIO, as from a
-            // terminal that hung up.
-            close(master)
+            // Closed here, so a worker writing after our side failed gets EIO (or EPIPE), as
+            // from a terminal that hung up.
+            close(source)
             ended.store(true, ordering: .releasing)
         }
         while true {
-            phase.add(1, ordering: .releasing)
-            var ready = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
-            let polled = poll(&ready, 1, -1)
-            phase.add(1, ordering: .acquiringAndReleasing)
-            if polled < 0 && errno == EINTR { continue }
-            let count = read(master, buffer, capacity)
+            var ready = [pollfd(fd: source, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+            if poll(&ready, 2, -1) < 0 && errno == EINTR { continue }
+            if ready[1].revents != 0 {
+                // Read until the source is empty: a terminal's read first moves what its
+                // writers left in the kernel's buffers into view, so EAGAIN means nothing is
+                // left, not "not yet". (Data poll has not seen may be there.)
+                _ = fcntl(source, F_SETFL, fcntl(source, F_GETFL) | O_NONBLOCK)
+                while true {
+                    let count = read(source, buffer, capacity)
+                    if count < 0 && errno == EINTR { continue }
+                    guard count > 0, writeAll(buffer, count) else { return }
+                }
+            }
+            let count = read(source, buffer, capacity)
             if count < 0 && errno == EINTR { continue }
-            // EIO: the last holder of the slave closed it (a master's end of input).
+            // 0 (a pipe) or EIO (a terminal): the last writer closed its end.
             guard count > 0, writeAll(buffer, count) else { return }
         }
     }
