@@ -152,19 +152,25 @@ static inline int privsep_setgroups_empty(void) { return (int)syscall(SYS_setgro
 static inline int privsep_setresgid(uint32_t gid) { return (int)syscall(SYS_setresgid, gid, gid, gid); }
 static inline int privsep_setresuid(uint32_t uid) { return (int)syscall(SYS_setresuid, uid, uid, uid); }
 /* Gives up every capability of the calling thread for good, and any a later exec would
-   grant (uid 0 gains none at exec: SECBIT_NOROOT; the bounding set is emptied). Returns 0,
-   or -1 with errno from the step that failed. A thread that holds no capability and is not
-   uid 0 has none to give up, and may lack CAP_SETPCAP for the steps: it returns 0 at once. */
+   grant. With CAP_SETPCAP: SECBIT_NOROOT locked (uid 0 gains none at exec) and the bounding
+   set emptied. Without it (a container that dropped it, ambient capabilities of a non-root
+   service): the sets alone are emptied, which holds once no_new_privs is set (the caller sets
+   it next): an exec then never raises the permitted set above the empty one it had. Returns
+   0, or -1 with errno from the step that failed. A thread that holds no capability and is not
+   uid 0 has none to give up: it returns 0 at once. */
 static inline int privsep_drop_all_capabilities(void) {
     struct { uint32_t version; int pid; } header = { 0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0 };
     struct { uint32_t effective, permitted, inheritable; } data[2];
     if (syscall(SYS_capget, &header, data) != 0) return -1;
     int holds = data[0].permitted | data[1].permitted | data[0].effective | data[1].effective;
     if (!holds && syscall(SYS_getuid) != 0 && syscall(SYS_geteuid) != 0) return 0;
-    /* SECBIT_NOROOT | _LOCKED, NO_SETUID_FIXUP | _LOCKED, KEEP_CAPS_LOCKED, NO_CAP_AMBIENT_RAISE | _LOCKED */
-    if (prctl(PR_SET_SECUREBITS, 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80, 0, 0, 0) != 0) return -1;
-    for (int cap = 0; cap < 64; cap++) {
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -1; /* EINVAL: past the last */
+    int setpcap = (data[0].effective >> 8) & 1; /* CAP_SETPCAP is 8 */
+    if (setpcap) {
+        /* SECBIT_NOROOT | _LOCKED, NO_SETUID_FIXUP | _LOCKED, KEEP_CAPS_LOCKED, NO_CAP_AMBIENT_RAISE | _LOCKED */
+        if (prctl(PR_SET_SECUREBITS, 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80, 0, 0, 0) != 0) return -1;
+        for (int cap = 0; cap < 64; cap++) {
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -1; /* EINVAL: past the last */
+        }
     }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return -1;
     for (int i = 0; i < 2; i++) data[i].effective = data[i].permitted = data[i].inheritable = 0;
@@ -174,7 +180,7 @@ static inline int privsep_drop_all_capabilities(void) {
         errno = EPERM;
         return -1;
     }
-    for (int cap = 0; cap < 64; cap++) {
+    for (int cap = 0; setpcap && cap < 64; cap++) {
         int in = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
         if (in > 0) { errno = EPERM; return -1; }
     }
