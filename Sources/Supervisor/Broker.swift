@@ -263,8 +263,8 @@ public final class ActivePolicy: Sendable {
             guard anchors[index].ruleInsideProc else {
                 return .denied(.permissionDenied, "procfs files are handed out only by rules inside /proc")
             }
-            if let owner = processOwningProcFile(rawFD), owner != requester.process && owner != requester.thread {
-                return .denied(.permissionDenied, "another process's /proc files are not handed out (the supervisor's, say)")
+            if let refusal = procFileRefusal(rawFD, flags: requestFlags, requester: requester) {
+                return .denied(.permissionDenied, refusal)
             }
         }
         guard anchors[index].allowedFileTypeBits & fileTypeBit(status.type) != 0 else {
@@ -290,6 +290,29 @@ public final class ActivePolicy: Sendable {
             }
         }
         return .granted(fd, rule: index)
+    }
+
+    /// Why a file open on procfs, under a rule inside /proc, is not handed out, if it is not.
+    /// The supervisor opened it with its own rights, which the file may keep: only the
+    /// requester's own process's files, only as anyone may open them (a root supervisor
+    /// passes every permission check: kmsg, kcore, sysrq-trigger), and none that shows its
+    /// opener's view (kernel addresses in kallsyms).
+    private func procFileRefusal(_ fd: Int32, flags: Int32, requester: Requester) -> String? {
+        let path: [UInt8]
+        switch inspectProcFile(fd) {
+        case .process(let owner) where owner == requester.process || owner == requester.thread: return nil
+        case .process, .unknown: return "another process's /proc files are not handed out (the supervisor's, say)"
+        case .system(let systemPath): path = systemPath
+        }
+        guard case .success(let info) = system_fstat(fd) else { return "fstat failed" }
+        let accessMode = flags & O_ACCMODE
+        if (accessMode != O_WRONLY && info.st_mode & S_IROTH == 0) || (accessMode != O_RDONLY && info.st_mode & S_IWOTH == 0) {
+            return "procfs files are handed out only where anyone may open them so (the supervisor's own rights would open this one)"
+        }
+        if procFilesShowingTheOpenersView.contains(path) {
+            return "this procfs file shows its opener's view (the supervisor's)"
+        }
+        return nil
     }
 
     func mostSpecificRule(for path: String) -> Int? {

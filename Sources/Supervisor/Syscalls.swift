@@ -185,18 +185,30 @@ func isOpen(_ fd: Int32) -> Bool { Glibc.fcntl(fd, F_GETFD) >= 0 }
 func openDevNull() -> Int32 { Glibc.open("/dev/null", O_RDWR) }
 
 /// Whether `fd` is on procfs (fstatfs f_type PROC_SUPER_MAGIC).
-/// The process whose file `fd`, open on procfs, is (beneath /proc/PID, however the path
-/// reached it: /proc/self and /proc/thread-self resolve to numbers), by its number; nil for a
-/// file of no process (cpuinfo, /proc/sys). Unreadable, or not a number: -1, no process's.
-func processOwningProcFile(_ fd: Int32) -> pid_t? {
-    guard case .success(let path) = system_readlink_bytes("/proc/self/fd/\(fd)") else { return -1 }
-    let prefix = Array("/proc/".utf8)
-    guard path.count > prefix.count, path.starts(with: prefix) else { return nil }
-    let component = path[prefix.count...].prefix { $0 != UInt8(ascii: "/") }
-    if component.elementsEqual("self".utf8) || component.elementsEqual("thread-self".utf8) { return -1 }
-    guard component.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
-    return pid_t(String(decoding: component, as: UTF8.self)) ?? -1
+/// What a file open on procfs is, by the path the kernel gives its descriptor.
+enum ProcFile {
+    /// A file of the process with this number (beneath /proc/PID, however the path reached
+    /// it: /proc/self and /proc/thread-self resolve to numbers).
+    case process(pid_t)
+    /// A file of no process (cpuinfo, /proc/sys...), at this path.
+    case system([UInt8])
+    /// Unreadable, or not as expected: no one's to hand out.
+    case unknown
 }
+
+func inspectProcFile(_ fd: Int32) -> ProcFile {
+    guard case .success(let path) = system_readlink_bytes("/proc/self/fd/\(fd)") else { return .unknown }
+    let prefix = Array("/proc/".utf8)
+    guard path.count > prefix.count, path.starts(with: prefix) else { return .system(path) }
+    let component = path[prefix.count...].prefix { $0 != UInt8(ascii: "/") }
+    if component.elementsEqual("self".utf8) || component.elementsEqual("thread-self".utf8) { return .unknown }
+    guard component.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return .system(path) }
+    return pid_t(String(decoding: component, as: UTF8.self)).map { .process($0) } ?? .unknown
+}
+
+/// procfs files whose contents depend on who opened them, not on who reads: kernel addresses
+/// in kallsyms and modules are shown to an opener with CAP_SYSLOG (as root), zeros otherwise.
+let procFilesShowingTheOpenersView: [[UInt8]] = [Array("/proc/kallsyms".utf8), Array("/proc/modules".utf8)]
 
 func isProcFilesystem(_ fd: Int32) -> Bool {
     let type = privsep_fstatfs_type(fd)

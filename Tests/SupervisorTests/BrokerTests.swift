@@ -88,10 +88,10 @@ import Testing
         ])
     }
 
-    /// A rule inside /proc hands out the system's files (cpuinfo, /proc/sys), never a
-    /// process's: opened by the supervisor, /proc/self would be the supervisor's (its
-    /// environment, its memory), and a number another process's, whichever way the path
-    /// reaches it (self, the supervisor's pid, a link followed beneath the rule).
+    /// A rule inside /proc hands out the system's files (cpuinfo, /proc/sys) as anyone may
+    /// open them, never another process's: opened by the supervisor, /proc/self would be the
+    /// supervisor's (its environment, its memory), and a number another process's, whichever
+    /// way the path reaches it (self, the supervisor's pid, a link followed beneath the rule).
     @Test func aProcRuleNeverHandsOutAProcesssFiles() async throws {
         var policy = Policy()
         policy.allow(path: "/proc", .directory, [.read], symlinks: .followBeneath)
@@ -99,6 +99,7 @@ import Testing
         let run = try await runWorker([
             "handshake", "read:/proc/sys/kernel/ostype", "read:/proc/self/environ", "read:/proc/\(supervisor)/environ",
             "read:/proc/thread-self/comm", "read:/proc/1/cmdline", "read:/proc/mounts",
+            "read:/proc/kallsyms", "read:/proc/kmsg", "read:/proc/sys/kernel/cad_pid",
         ], policy: policy)
         #expect(run.lines.dropFirst() == [
             "read /proc/sys/kernel/ostype Linux",
@@ -107,6 +108,11 @@ import Testing
             "read /proc/thread-self/comm errno \(EACCES)",
             "read /proc/1/cmdline errno \(EACCES)",
             "read /proc/mounts errno \(EACCES)", // a link to self/mounts
+            // Opened by the supervisor, with its rights: kernel addresses (the opener's view),
+            // and files only root may read.
+            "read /proc/kallsyms errno \(EACCES)",
+            "read /proc/kmsg errno \(EACCES)",
+            "read /proc/sys/kernel/cad_pid errno \(EACCES)",
         ])
         var fileRule = Policy()
         fileRule.allow(path: "/proc/self/status", .file, [.read])
