@@ -182,6 +182,15 @@ public struct InterceptLockdown: Sendable {
         for option: UInt64 in [22, 35] {
             try check(privsep_seccomp_rule_add_masked_eq(filter, eperm, prctl, 0, 0xffff_ffff, option), "prctl \(option)")
         }
+        // setsockopt SO_PASSCRED and SO_PASSPIDFD (16, 76): with either, the kernel gives an
+        // unbound unix socket an abstract name at its first connect or send, where anyone
+        // outside the sandbox can connect or send to it (fds included). The kernel reads
+        // level and name as 32 bits.
+        let setsockopt = seccomp_syscall_resolve_name("setsockopt")
+        for name: UInt64 in [16, 76] {
+            try check(privsep_seccomp_rule_add_masked_eq2(filter, eperm, setsockopt, 1, 0xffff_ffff, 1 /* SOL_SOCKET */, 2, 0xffff_ffff, name),
+                      "setsockopt \(name)")
+        }
         // madvise MADV_HWPOISON and MADV_SOFT_OFFLINE (100, 101): a root program would take
         // the host's physical pages out of service. The kernel reads the advice as 32 bits.
         let madvise = seccomp_syscall_resolve_name("madvise")

@@ -320,9 +320,10 @@ extension InterceptTests {
         """)
     }
 
-    /// A unix socket autobound by a failed connect (SO_PASSCRED set) has an abstract name
-    /// anyone outside the sandbox could connect to: it may not listen. A bind at port 0 under
-    /// a rule for "0-1023" would get a port from the ephemeral range: refused.
+    /// SO_PASSCRED and SO_PASSPIDFD are refused: with either, a failed connect or a send
+    /// autobinds a unix socket to an abstract name anyone outside the sandbox could reach; and
+    /// an unnamed unix socket may not listen either. A bind at port 0 under a rule for
+    /// "0-1023" would get a port from the ephemeral range: refused.
     @Test(.enabled(if: hasPython, "python3 is not installed")) func noListeningAtANameNoBindRuleAllowed() async throws {
         let tree = Tree()
         let stale = tree.path + "/stale.sock"
@@ -337,12 +338,19 @@ extension InterceptTests {
         let script = """
         import socket, sys
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        except OSError as e:
+            print('passcred', e.errno)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, 76, 1)  # SO_PASSPIDFD
+        except OSError as e:
+            print('passpidfd', e.errno)
         try:
             s.connect(sys.argv[1])
         except OSError as e:
             print('connect', e.errno)
-        print('abstract', s.getsockname()[:1] == b'\\0')
+        print('unnamed', s.getsockname() in ('', b''))
         try:
             s.listen(1); print('listening')
         except OSError as e:
@@ -356,7 +364,8 @@ extension InterceptTests {
         let result = try await privsep(["run", "--intercept", "--policy", tree.policy(sockets: sockets), "--",
                                         Self.python, "-c", script, stale])
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout == "connect \(ECONNREFUSED)\nabstract True\nlisten \(EACCES)\nbind 0 \(EACCES)\n", "\(result.stderr)")
+        #expect(result.stdout == "passcred \(EPERM)\npasspidfd \(EPERM)\nconnect \(ECONNREFUSED)\nunnamed True\nlisten \(EACCES)\nbind 0 \(EACCES)\n",
+                "\(result.stdout)\(result.stderr)")
     }
 
     /// A program's output on privsep's terminal goes through a terminal of its own, so stdio
