@@ -300,7 +300,7 @@ public final class ActivePolicy: Sendable {
     private func procFileRefusal(_ fd: Int32, flags: Int32, requester: Requester) -> String? {
         let path: [UInt8]
         switch inspectProcFile(fd) {
-        case .process(let owner) where owner == requester.process || owner == requester.thread: return nil
+        case .process(let owner) where (owner == requester.process || owner == requester.thread) && procNumbersOurProcesses: return nil
         case .process, .unknown: return "another process's /proc files are not handed out (the supervisor's, say)"
         case .system(let systemPath): path = systemPath
         }

@@ -206,6 +206,10 @@ func inspectProcFile(_ fd: Int32) -> ProcFile {
     return pid_t(String(decoding: component, as: UTF8.self)).map { .process($0) } ?? .unknown
 }
 
+/// Whether /proc numbers processes as this process sees them: a /proc mounted for another
+/// PID namespace would give a requester's number to some other process there.
+let procNumbersOurProcesses: Bool = system_readlink("/proc/self") == "\(getpid())"
+
 /// procfs files whose contents depend on who opened them, not on who reads: kernel addresses
 /// in kallsyms and modules are shown to an opener with CAP_SYSLOG (as root), zeros otherwise.
 let procFilesShowingTheOpenersView: [[UInt8]] = [Array("/proc/kallsyms".utf8), Array("/proc/modules".utf8)]
