@@ -285,17 +285,10 @@ private final class PathReader: @unchecked Sendable {
     }
 
     private func startThread() {
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(self)
-        let rc = pthread_create(&thread, nil, { context in
-            Unmanaged<PathReader>.fromOpaque(context!).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
+        let rc = startDetachedThread { self.run() }
         if rc != 0 {
-            box.release()
             fatalError("privsep pool: cannot start the thread that reads the inputs: \(Errno(rawValue: rc))")
         }
-        pthread_detach(thread)
     }
 
     private func run() {

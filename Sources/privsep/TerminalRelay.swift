@@ -118,18 +118,11 @@ private final class Copy: Sendable {
             throw TerminalRelay.RelayError(message: "privsep: cannot make a pipe: \(Errno(rawValue: errno))")
         }
         let copy = Copy(source: ends[0], target: target, wakeRead: wake[0], wakeWrite: wake[1])
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(copy)
-        let rc = pthread_create(&thread, nil, { context in
-            Unmanaged<Copy>.fromOpaque(context!).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
+        let rc = startDetachedThread { copy.run() }
         guard rc == 0 else {
-            box.release()
             close(ends[0])
             throw TerminalRelay.RelayError(message: "privsep: cannot start the thread that copies the worker's output: \(Errno(rawValue: rc))")
         }
-        pthread_detach(thread)
         return (copy, writerEnd)
     }
 
@@ -141,7 +134,7 @@ private final class Copy: Sendable {
         _ = write(wakeWrite, &byte, 1)
     }
 
-    private func run() {
+    fileprivate func run() {
         let capacity = 65_536
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
         defer {
@@ -191,4 +184,21 @@ private final class Copy: Sendable {
         }
         return true
     }
+}
+
+/// Runs `body` on a detached thread of its own (a blocking loop that must not hold a thread
+/// of the cooperative pool); returns pthread_create's error, 0 once started.
+func startDetachedThread(_ body: @escaping @Sendable () -> Void) -> Int32 {
+    final class Body: @unchecked Sendable { // handed to the new thread once
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+    var thread = pthread_t()
+    let box = Unmanaged.passRetained(Body(body))
+    let rc = pthread_create(&thread, nil, { context in
+        Unmanaged<Body>.fromOpaque(context!).takeRetainedValue().run()
+        return nil
+    }, box.toOpaque())
+    if rc == 0 { pthread_detach(thread) } else { box.release() }
+    return rc
 }
