@@ -184,7 +184,6 @@ func isOpen(_ fd: Int32) -> Bool { Glibc.fcntl(fd, F_GETFD) >= 0 }
 /// Opens /dev/null read-write without close-on-exec (for filling a standard stream's slot).
 func openDevNull() -> Int32 { Glibc.open("/dev/null", O_RDWR) }
 
-/// Whether `fd` is on procfs (fstatfs f_type PROC_SUPER_MAGIC).
 /// What a file open on procfs is, by the path the kernel gives its descriptor.
 enum ProcFile {
     /// A file of the process with this number (beneath /proc/PID, however the path reached
@@ -214,6 +213,7 @@ let procNumbersOurProcesses: Bool = system_readlink("/proc/self") == "\(getpid()
 /// in kallsyms and modules are shown to an opener with CAP_SYSLOG (as root), zeros otherwise.
 let procFilesShowingTheOpenersView: [[UInt8]] = [Array("/proc/kallsyms".utf8), Array("/proc/modules".utf8)]
 
+/// Whether `fd` is on procfs (fstatfs f_type PROC_SUPER_MAGIC).
 func isProcFilesystem(_ fd: Int32) -> Bool {
     let type = privsep_fstatfs_type(fd)
     return type < 0 || type == 0x9fa0 // unknown: treat as the riskier case

@@ -242,7 +242,7 @@ struct Run: AsyncParsableCommand {
         // Stopped between two runs of --restart: the last worker's own status would read as
         // the run's (0, say), yet the run was interrupted, as a stop while a worker runs is.
         let stoppedBetweenRuns = stopping.withLock { $0 } && reason != .stoppedBySupervisor
-        // Our copies of the pipes' write ends go, so the relay's copies can end.
+        // Our references to the worker's ends of the relay go, so its copies can end.
         configuration.standardOutput = .null
         configuration.standardError = .null
         await supervisor.shutdown()

@@ -13,9 +13,10 @@ import SystemPackage
 /// too: a line discipline that leaves the shell deaf, ISIG off so that Ctrl-C does nothing.
 /// So where a worker would inherit a standard stream that is a terminal, it gets /dev/null
 /// for stdin, and for stdout and stderr a pseudo-terminal of its own (a pipe where many
-/// workers share it), which a thread of ours copies to the real one. Being a terminal, it keeps the worker's output line-buffered (so
-/// a worker killed mid-run has shown what it printed) and its colours and columns; stdout and
-/// stderr on one terminal share one, so their lines keep their order.
+/// workers share it), which a thread of ours copies to the real one. Being a terminal, it
+/// keeps the worker's output line-buffered (so a worker killed mid-run has shown what it
+/// printed) and its colours and columns; stdout and stderr on one terminal share one, so
+/// their lines keep their order.
 final class TerminalRelay: Sendable {
     private let copies: [Copy]
 
