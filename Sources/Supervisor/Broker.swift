@@ -293,14 +293,18 @@ public final class ActivePolicy: Sendable {
     }
 
     /// Why a file open on procfs, under a rule inside /proc, is not handed out, if it is not.
-    /// The supervisor opened it with its own rights, which the file may keep: only the
-    /// requester's own process's files, only as anyone may open them (a root supervisor
-    /// passes every permission check: kmsg, kcore, sysrq-trigger), and none that shows its
-    /// opener's view (kernel addresses in kallsyms).
+    /// The supervisor opened it with its own rights, which the file may keep: of a process's
+    /// files, only the requester's own, and none that judges its opener (pagemap's physical
+    /// pages); of the others, only as anyone may open them (a root supervisor passes every
+    /// permission check: kmsg, kcore, sysrq-trigger), and none that shows its opener's view
+    /// (kernel addresses in kallsyms).
     private func procFileRefusal(_ fd: Int32, flags: Int32, requester: Requester) -> String? {
         let path: [UInt8]
         switch inspectProcFile(fd) {
-        case .process(let owner) where (owner == requester.process || owner == requester.thread) && procNumbersOurProcesses: return nil
+        case .process(let owner, let processPath) where (owner == requester.process || owner == requester.thread) && procNumbersOurProcesses:
+            let name = lastComponent(processPath)
+            return processFilesShowingTheOpenersView.contains { name.elementsEqual($0) }
+                ? "this file of a process shows, or lets write, what its opener (the supervisor) may" : nil
         case .process, .unknown: return "another process's /proc files are not handed out (the supervisor's, say)"
         case .system(let systemPath): path = systemPath
         }

@@ -187,8 +187,8 @@ func openDevNull() -> Int32 { Glibc.open("/dev/null", O_RDWR) }
 /// What a file open on procfs is, by the path the kernel gives its descriptor.
 enum ProcFile {
     /// A file of the process with this number (beneath /proc/PID, however the path reached
-    /// it: /proc/self and /proc/thread-self resolve to numbers).
-    case process(pid_t)
+    /// it: /proc/self and /proc/thread-self resolve to numbers), at this path.
+    case process(pid_t, [UInt8])
     /// A file of no process (cpuinfo, /proc/sys...), at this path.
     case system([UInt8])
     /// Unreadable, or not as expected: no one's to hand out.
@@ -202,16 +202,29 @@ func inspectProcFile(_ fd: Int32) -> ProcFile {
     let component = path[prefix.count...].prefix { $0 != UInt8(ascii: "/") }
     if component.elementsEqual("self".utf8) || component.elementsEqual("thread-self".utf8) { return .unknown }
     guard component.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return .system(path) }
-    return pid_t(String(decoding: component, as: UTF8.self)).map { .process($0) } ?? .unknown
+    return pid_t(String(decoding: component, as: UTF8.self)).map { .process($0, path) } ?? .unknown
 }
 
 /// Whether /proc numbers processes as this process sees them: a /proc mounted for another
 /// PID namespace would give a requester's number to some other process there.
 let procNumbersOurProcesses: Bool = system_readlink("/proc/self") == "\(getpid())"
 
-/// procfs files whose contents depend on who opened them, not on who reads: kernel addresses
-/// in kallsyms and modules are shown to an opener with CAP_SYSLOG (as root), zeros otherwise.
-let procFilesShowingTheOpenersView: [[UInt8]] = [Array("/proc/kallsyms".utf8), Array("/proc/modules".utf8)]
+/// procfs files of no process whose contents depend on who opened them, not on who reads:
+/// kernel addresses in kallsyms and modules (shown to an opener with CAP_SYSLOG), physical
+/// ranges in iomem and ioports (CAP_SYS_ADMIN), and mtrr, which checks CAP_SYS_ADMIN at open.
+let procFilesShowingTheOpenersView: [[UInt8]] = ["/proc/kallsyms", "/proc/modules", "/proc/iomem", "/proc/ioports", "/proc/mtrr"]
+    .map { Array($0.utf8) }
+
+/// Files of a process that judge their opener, not their reader, beyond what the process may
+/// see of itself: physical page numbers in pagemap and kernel stacks in stack (CAP_SYS_ADMIN),
+/// and the id maps, setgroups and timens_offsets, whose writes are judged by the opener.
+let processFilesShowingTheOpenersView: [[UInt8]] = ["pagemap", "stack", "uid_map", "gid_map", "projid_map", "setgroups", "timens_offsets"]
+    .map { Array($0.utf8) }
+
+/// The last component of `path`.
+func lastComponent(_ path: [UInt8]) -> ArraySlice<UInt8> {
+    path.lastIndex(of: UInt8(ascii: "/")).map { path[($0 + 1)...] } ?? path[...]
+}
 
 /// Whether `fd` is on procfs (fstatfs f_type PROC_SUPER_MAGIC).
 func isProcFilesystem(_ fd: Int32) -> Bool {

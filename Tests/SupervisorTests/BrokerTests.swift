@@ -99,7 +99,7 @@ import Testing
         let run = try await runWorker([
             "handshake", "read:/proc/sys/kernel/ostype", "read:/proc/self/environ", "read:/proc/\(supervisor)/environ",
             "read:/proc/thread-self/comm", "read:/proc/1/cmdline", "read:/proc/mounts",
-            "read:/proc/kallsyms", "read:/proc/kmsg", "read:/proc/sys/kernel/cad_pid",
+            "read:/proc/kallsyms", "read:/proc/kmsg", "read:/proc/sys/kernel/cad_pid", "read:/proc/iomem", "read:/proc/ioports",
         ], policy: policy)
         #expect(run.lines.dropFirst() == [
             "read /proc/sys/kernel/ostype Linux",
@@ -113,6 +113,8 @@ import Testing
             "read /proc/kallsyms errno \(EACCES)",
             "read /proc/kmsg errno \(EACCES)",
             "read /proc/sys/kernel/cad_pid errno \(EACCES)",
+            "read /proc/iomem errno \(EACCES)", // physical ranges, shown to an opener with CAP_SYS_ADMIN
+            "read /proc/ioports errno \(EACCES)",
         ])
         var fileRule = Policy()
         fileRule.allow(path: "/proc/self/status", .file, [.read])

@@ -445,6 +445,8 @@ extension InterceptTests {
         print('init', attempt('/proc/1/cmdline'))
         print('own status', attempt('/proc/%d/status' % os.getpid()))
         print('own task', attempt('/proc/%d/task/%d/stat' % (os.getpid(), os.getpid())))
+        print('own pagemap', attempt('/proc/%d/pagemap' % os.getpid()))
+        print('own stack', attempt('/proc/%d/task/%d/stack' % (os.getpid(), os.getpid())))
         """
         let result = try await intercepted(tree, [Self.python, "-c", script], policy: policy)
         #expect(result.status == 0, "\(result.stderr)")
@@ -454,6 +456,8 @@ extension InterceptTests {
         init \(EACCES)
         own status read
         own task read
+        own pagemap \(EACCES)
+        own stack \(EACCES)
 
         """, "\(result.stderr)")
     }

@@ -164,7 +164,11 @@ static inline int privsep_drop_all_capabilities(void) {
     if (syscall(SYS_capget, &header, data) != 0) return -1;
     int holds = data[0].permitted | data[1].permitted | data[0].effective | data[1].effective;
     if (!holds && syscall(SYS_getuid) != 0 && syscall(SYS_geteuid) != 0) return 0;
-    int setpcap = (data[0].effective >> 8) & 1; /* CAP_SETPCAP is 8 */
+    int setpcap = (data[0].permitted >> 8) & 1; /* CAP_SETPCAP is 8 */
+    if (setpcap && !((data[0].effective >> 8) & 1)) {
+        data[0].effective |= 1u << 8; /* permitted, so it may be raised for the steps below */
+        if (syscall(SYS_capset, &header, data) != 0) return -1;
+    }
     if (setpcap) {
         /* SECBIT_NOROOT | _LOCKED, NO_SETUID_FIXUP | _LOCKED, KEEP_CAPS_LOCKED, NO_CAP_AMBIENT_RAISE | _LOCKED */
         if (prctl(PR_SET_SECUREBITS, 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80, 0, 0, 0) != 0) return -1;
