@@ -106,9 +106,9 @@ private final class Copy: Sendable {
     /// slave of a pseudo-terminal of its own, or (`pipe`) a pipe's write end.
     static func start(to target: Int32, pipe: Bool) throws -> (Copy, SharedFileDescriptor) {
         var ends: [Int32] = [-1, -1]
-        var reader: Int32 = -1, writer: Int32 = -1
-        let opened = pipe ? privsep_pipe_cloexec(&ends) : privsep_open_output_pty(&reader, &writer, target)
-        if !pipe { ends = [reader, writer] }
+        let opened = ends.withUnsafeMutableBufferPointer { ends in
+            pipe ? privsep_pipe_cloexec(ends.baseAddress!) : privsep_open_output_pty(ends.baseAddress!, ends.baseAddress! + 1, target)
+        }
         guard opened == 0 else {
             throw TerminalRelay.RelayError(message: "privsep: cannot open a \(pipe ? "pipe" : "pseudo-terminal") for the worker's output: \(Errno(rawValue: errno))")
         }
@@ -135,7 +135,7 @@ private final class Copy: Sendable {
         _ = write(wakeWrite, &byte, 1)
     }
 
-    fileprivate func run() {
+    private func run() {
         let capacity = 65_536
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
         defer {
